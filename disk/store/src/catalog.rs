@@ -1,0 +1,166 @@
+//! The LMDB environment: chunk index, pack table, restore-point catalog.
+//!
+//! ## Databases (keys and values are our own fixed encodings, little-endian unless noted)
+//! | database | key | value |
+//! |---|---|---|
+//! | `chunks` | digest (32 bytes) | [`ChunkLoc`]: pack u64, offset u64, stored_len u32, raw_len u32, kind u8, codec u8 |
+//! | `packs`  | pack number (u64 big-endian, so keys sort) | [`PackInfo`] as JSON |
+//! | `points` | name, 0x00, id (u64 big-endian) | [`RestorePoint`](crate::RestorePoint) as JSON |
+//! | `meta`   | utf-8 name | `format` (u32), `next_pack` (u64), `next_point` (u64) |
+//!
+//! LMDB gives one writer at a time across processes (its own lock file) and snapshot readers;
+//! every commit is durable (`fsync`) before it returns.
+
+use std::path::{Path, PathBuf};
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::pack::{Codec, RecordKind};
+use crate::Digest;
+
+pub type Db = Database<'static, Bytes, Bytes>;
+
+/// Where a chunk lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack: u64,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub kind: RecordKind,
+    pub codec: Codec,
+}
+
+impl ChunkLoc {
+    pub const ENCODED_LEN: usize = 26;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut v = [0u8; Self::ENCODED_LEN];
+        v[0..8].copy_from_slice(&self.pack.to_le_bytes());
+        v[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        v[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
+        v[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
+        v[24] = self.kind as u8;
+        v[25] = self.codec as u8;
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<ChunkLoc> {
+        if v.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        Some(ChunkLoc {
+            pack: u64::from_le_bytes(v[0..8].try_into().ok()?),
+            offset: u64::from_le_bytes(v[8..16].try_into().ok()?),
+            stored_len: u32::from_le_bytes(v[16..20].try_into().ok()?),
+            raw_len: u32::from_le_bytes(v[20..24].try_into().ok()?),
+            kind: RecordKind::from_u8(v[24])?,
+            codec: Codec::from_u8(v[25])?,
+        })
+    }
+}
+
+/// A sealed, indexed pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackInfo {
+    pub number: u64,
+    /// End of the last record.
+    pub len: u64,
+    pub records: u32,
+    pub sealed_unix: u64,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub env: Env<WithoutTls>,
+    pub path: PathBuf,
+    pub chunks: Db,
+    pub packs: Db,
+    pub points: Db,
+    pub meta: Db,
+}
+
+/// Virtual size of the LMDB map; the file grows only as data is written.
+const MAP_SIZE: usize = 1 << 40;
+
+impl Catalog {
+    pub fn open(dir: &Path) -> Result<Catalog> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        opts.map_size(MAP_SIZE).max_dbs(8).max_readers(512);
+        // SAFETY: heed requires that the environment is not opened twice in one process and
+        // that the files are not modified by anything but LMDB. A `Store` owns its catalog and
+        // the store directory documents that nothing else writes `index/`.
+        let env = unsafe { opts.open(dir) }.map_err(|e| StoreError::index(dir, e))?;
+        let wtxn = env.write_txn().map_err(|e| StoreError::index(dir, e))?;
+        let (chunks, packs, points, meta) = env
+            .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {
+                let chunks: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("chunks"))?;
+                let packs: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("packs"))?;
+                let points: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("points"))?;
+                let meta: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("meta"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((chunks, packs, points, meta)))
+            })
+            .map_err(|e| StoreError::index(dir, e))?
+            .unwrap_commit();
+        Ok(Catalog { env, path: dir.to_path_buf(), chunks, packs, points, meta })
+    }
+
+    pub fn err(&self, e: heed::Error) -> StoreError {
+        StoreError::index(&self.path, e)
+    }
+
+    pub fn read(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        self.env.read_txn().map_err(|e| self.err(e))
+    }
+
+    pub fn write(&self) -> Result<RwTxn<'_>> {
+        self.env.write_txn().map_err(|e| self.err(e))
+    }
+
+    pub fn chunk(&self, txn: &RoTxn<'_>, digest: &Digest) -> Result<Option<ChunkLoc>> {
+        match self.chunks.get(txn, &digest.0).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => ChunkLoc::decode(v).map(Some).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                offset: 0,
+                detail: format!("index entry for chunk {digest} is malformed; run `rackvault reindex`"),
+            }),
+        }
+    }
+
+    pub fn meta_u64(&self, txn: &RoTxn<'_>, key: &str) -> Result<Option<u64>> {
+        let v = self.meta.get(txn, key.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes))
+    }
+
+    /// Take the next value of a counter in `meta` (starting at 1) within `txn`.
+    pub fn next_counter(&self, txn: &mut RwTxn<'_>, key: &str) -> Result<u64> {
+        let cur = self
+            .meta
+            .get(txn, key.as_bytes())
+            .map_err(|e| self.err(e))?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        let next = cur + 1;
+        self.meta.put(txn, key.as_bytes(), &next.to_le_bytes()).map_err(|e| self.err(e))?;
+        Ok(next)
+    }
+}
+
+/// Key of a restore point in `points`.
+pub fn point_key(name: &str, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 9);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn pack_key(number: u64) -> [u8; 8] {
+    number.to_be_bytes()
+}

@@ -1,0 +1,94 @@
+//! The store's errors. Every message names the file or object involved and what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::Digest;
+
+/// Whether an error is worth retrying, or needs an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Out of space or another resource; free some and retry.
+    Resource,
+    /// Stored data is damaged; run `rackvault verify` and restore from another copy.
+    Damaged,
+    /// The request is wrong (no such restore point, bad argument).
+    Usage,
+    /// Anything else.
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not a rackvault store (no {marker} file); give the path of an existing store, or a new empty directory to create one")]
+    NotAStore { path: PathBuf, marker: &'static str },
+
+    #[error("{path}: store format version {found} is newer than this rackvault supports (up to {supported}); upgrade rackvault to use this store, it has not been touched")]
+    NewerFormat { path: PathBuf, found: u32, supported: u32 },
+
+    #[error("{path}: the disk is full; free space or move the store to a larger disk, then retry. The interrupted backup left no restore point and its partial data is removed on the next open")]
+    DiskFull { path: PathBuf },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{path}: chunk index database error: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: heed::Error,
+    },
+
+    #[error("chunk {digest} is referenced but missing from the index; run `rackvault verify` to find the damaged restore points, then `rackvault reindex` if packs are intact")]
+    MissingChunk { digest: Digest },
+
+    #[error("{path}: damaged chunk record at byte offset {offset}: {detail}; run `rackvault verify` to see which restore points are affected")]
+    Corrupt { path: PathBuf, offset: u64, detail: String },
+
+    #[error("no restore point {0}; `rackvault list` shows what the store holds")]
+    NoSuchPoint(String),
+
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::DiskFull { .. } => ErrorKind::Resource,
+            StoreError::MissingChunk { .. } | StoreError::Corrupt { .. } => ErrorKind::Damaged,
+            StoreError::NoSuchPoint(_) | StoreError::Invalid(_) | StoreError::NotAStore { .. } => ErrorKind::Usage,
+            StoreError::Io { source, .. } if is_enospc(source) => ErrorKind::Resource,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// Wrap an I/O error on `path`, turning ENOSPC/EDQUOT into [`StoreError::DiskFull`].
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> StoreError {
+        let path = path.into();
+        if is_enospc(&source) {
+            StoreError::DiskFull { path }
+        } else {
+            StoreError::Io { path, source }
+        }
+    }
+
+    pub fn index(path: impl Into<PathBuf>, source: heed::Error) -> StoreError {
+        let path = path.into();
+        match source {
+            heed::Error::Io(e) if is_enospc(&e) => StoreError::DiskFull { path },
+            heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::DiskFull { path },
+            source => StoreError::Index { path, source },
+        }
+    }
+}
+
+fn is_enospc(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,647 @@
+//! `store`: the disk staging store. Content-addressed chunks in append-only packs, a chunk
+//! index and a restore-point catalog in LMDB.
+//!
+//! ## Layout of a store directory
+//! ```text
+//! rackvault-store.json   marker: {"format": 1, "store_id": hex, "created_unix": n}
+//! writers.lock           flock: shared by every backup session, exclusive for cleanup/reindex
+//! index/                 LMDB environment (see `catalog` for its databases)
+//! packs/<016x>.pack      sealed packs, immutable (see `pack` for the format)
+//! tmp/<016x>.pack        packs being written; never referenced by the index
+//! ```
+//!
+//! ## Model
+//! A *chunk* is a fixed-size piece of a disk image, identified by the blake3 digest of its
+//! bytes. All-zero chunks are never stored: the index tree records them as `Digest::ZERO`.
+//! A *restore point* names one or more disks; each disk is an index tree (see `tree`) over
+//! its chunk digests. Every restore point is therefore a full image by reference, and a new
+//! backup stores only chunks (data and tree nodes) the store lacks.
+//!
+//! ## Durability: the order of writes in a backup
+//! 1. Records are appended to `tmp/N.pack` (N allocated by an LMDB commit of `next_pack`).
+//! 2. When the pack reaches its target size, or the backup ends, the tail is written and the
+//!    file is `fsync`ed.
+//! 3. The pack is renamed to `packs/N.pack` and `packs/` is `fsync`ed, so the name is durable.
+//! 4. One LMDB transaction inserts the pack's chunks into `chunks` (an existing entry is kept:
+//!    the first durable copy wins) and the pack into `packs`; the commit `fsync`s.
+//! 5. Steps 1-4 repeat for the index-tree nodes, which are chunks too.
+//! 6. One LMDB transaction inserts the restore point into `points`. Only now is it visible.
+//!
+//! So a visible restore point references only chunks that are durable and indexed. A crash
+//! (`kill -9`) before step 6 leaves no restore point; before step 4 it leaves a pack file the
+//! index does not name, which the next open deletes (`tmp/*` always, `packs/*` not in
+//! `packs`). Packs indexed in step 4 of an interrupted backup stay: their chunks are valid and
+//! make the retried backup cheaper. (Reclaiming unreferenced chunks is the job of a future
+//! garbage collector, which must hold `writers.lock` exclusively.)
+//!
+//! ## Locking
+//! | what | lock | why |
+//! |---|---|---|
+//! | a backup session | `writers.lock` shared, for its lifetime | cleanup must not delete its `tmp/` pack |
+//! | cleanup at open, `reindex` | `writers.lock` exclusive, non-blocking for cleanup | they delete or rewrite what writers use |
+//! | LMDB write transactions | LMDB's own writer lock, across processes | one writer at a time |
+//! | pack file handle cache | `RwLock` in [`Store`] | readers share open handles |
+//!
+//! Two backups into one store at once each write their own packs; if both store the same new
+//! chunk, both copies are durable and the index keeps the first (step 4), so no chunk is lost.
+
+pub mod catalog;
+mod digest;
+pub mod error;
+pub mod pack;
+pub mod tree;
+mod verify;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use heed::PutFlags;
+use serde::{Deserialize, Serialize};
+
+pub use catalog::{ChunkLoc, PackInfo};
+pub use digest::{is_all_zero, Digest};
+pub use error::{ErrorKind, Result, StoreError};
+pub use pack::{ChunkEncoder, Codec, EncodedChunk, RecordKind};
+pub use tree::{TreeBuilder, TreeWalker};
+pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyReport};
+
+use catalog::{pack_key, point_key, Catalog};
+use pack::PackWriter;
+
+/// The on-disk format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+const MARKER: &str = "rackvault-store.json";
+/// Default size at which a pack is sealed and a new one started.
+pub const DEFAULT_PACK_TARGET: u64 = 256 << 20;
+/// Chunk sizes a disk index may use.
+pub const MIN_CHUNK_SIZE: u32 = 4 << 10;
+pub const MAX_CHUNK_SIZE: u32 = 8 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: u32,
+    store_id: String,
+    created_unix: u64,
+}
+
+/// What the cleanup at open removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Unsealed packs of interrupted backups.
+    pub tmp_packs_removed: u64,
+    /// Sealed packs the index never learned of (crash between steps 3 and 4).
+    pub orphan_packs_removed: u64,
+    pub bytes_freed: u64,
+    /// False when another process held the store, so cleanup was left for later.
+    pub ran: bool,
+}
+
+/// One disk of a restore point: where its index tree is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskIndex {
+    /// Label within the restore point ("disk0", or the disk's file name).
+    pub label: String,
+    /// Where it was read from (never contains secrets).
+    pub source: String,
+    /// Image format it was decoded from ("raw", "qcow2", ...).
+    pub format: String,
+    /// Guest-visible size in bytes.
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunks: u64,
+    #[serde(with = "digest_hex")]
+    pub root: Digest,
+    pub height: u8,
+}
+
+/// Figures recorded with a restore point.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PointStats {
+    pub bytes_logical: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub chunks_zero: u64,
+    pub duration_s: f64,
+}
+
+/// A committed restore point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    pub name: String,
+    pub id: u64,
+    pub created_unix: u64,
+    pub disks: Vec<DiskIndex>,
+    pub stats: PointStats,
+}
+
+impl RestorePoint {
+    pub fn spec(&self) -> String {
+        format!("{}@{}", self.name, self.id)
+    }
+}
+
+mod digest_hex {
+    use super::Digest;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad digest"))
+    }
+}
+
+/// Check a restore-point name: 1-128 characters of `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "restore point name {name:?}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn fsync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(path, e))
+}
+
+fn random_id() -> [u8; 16] {
+    // Unique enough to tell stores apart: time, pid and a hash of both.
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let h = blake3::hash(&[t.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat());
+    h.as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// Tunables of an open store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Create the store if the directory is missing or empty.
+    pub create: bool,
+    /// Seal packs at about this size.
+    pub pack_target: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET }
+    }
+}
+
+/// An open store. `Sync`: readers and one or more backup sessions may use it from many threads.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    catalog: Catalog,
+    store_id: [u8; 16],
+    pack_target: u64,
+    pack_files: RwLock<HashMap<u64, Arc<File>>>,
+    cleanup: CleanupReport,
+}
+
+impl Store {
+    /// Open (or with `opts.create`, create) the store at `root`, then clean up what
+    /// interrupted backups left behind if no other process is using the store.
+    pub fn open(root: &Path, opts: &StoreOptions) -> Result<Store> {
+        let marker_path = root.join(MARKER);
+        if !marker_path.exists() {
+            let empty = match std::fs::read_dir(root) {
+                Ok(mut d) => d.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(StoreError::io(root, e)),
+            };
+            if !(opts.create && empty) {
+                return Err(StoreError::NotAStore { path: root.to_path_buf(), marker: MARKER });
+            }
+            Self::init(root)?;
+        }
+        let text = std::fs::read_to_string(&marker_path).map_err(|e| StoreError::io(&marker_path, e))?;
+        let marker: Marker = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: marker_path.clone(),
+            offset: 0,
+            detail: format!("unreadable store marker: {e}"),
+        })?;
+        // Refuse a newer format before touching anything.
+        if marker.format > FORMAT_VERSION {
+            return Err(StoreError::NewerFormat { path: root.to_path_buf(), found: marker.format, supported: FORMAT_VERSION });
+        }
+        let mut store_id = [0u8; 16];
+        for (i, b) in store_id.iter_mut().enumerate() {
+            *b = marker.store_id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+        }
+        let catalog = Catalog::open(&root.join("index"))?;
+        {
+            let mut wtxn = catalog.write()?;
+            let found = catalog
+                .meta
+                .get(&wtxn, b"format")
+                .map_err(|e| catalog.err(e))?
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes);
+            match found {
+                Some(f) if f > FORMAT_VERSION => {
+                    return Err(StoreError::NewerFormat { path: root.to_path_buf(), found: f, supported: FORMAT_VERSION })
+                }
+                Some(_) => wtxn.abort(),
+                None => {
+                    catalog.meta.put(&mut wtxn, b"format", &FORMAT_VERSION.to_le_bytes()).map_err(|e| catalog.err(e))?;
+                    wtxn.commit().map_err(|e| catalog.err(e))?;
+                }
+            }
+        }
+        let mut store = Store {
+            root: root.to_path_buf(),
+            catalog,
+            store_id,
+            pack_target: opts.pack_target.max(1 << 20),
+            pack_files: RwLock::new(HashMap::new()),
+            cleanup: CleanupReport::default(),
+        };
+        store.cleanup = store.cleanup_leftovers()?;
+        Ok(store)
+    }
+
+    /// Create the directory skeleton and, last, the marker (atomically), so a half-created
+    /// store is still "empty" to the next attempt.
+    fn init(root: &Path) -> Result<()> {
+        for d in ["", "index", "packs", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
+        }
+        let id = random_id();
+        let marker = Marker {
+            format: FORMAT_VERSION,
+            store_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            created_unix: now_unix(),
+        };
+        let tmp = root.join(".rackvault-store.json.tmp");
+        let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        f.write_all(serde_json::to_string_pretty(&marker).expect("marker serialises").as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| StoreError::io(&tmp, e))?;
+        std::fs::rename(&tmp, root.join(MARKER)).map_err(|e| StoreError::io(root, e))?;
+        fsync_dir(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// What the cleanup at open removed.
+    pub fn cleanup_report(&self) -> &CleanupReport {
+        &self.cleanup
+    }
+
+    /// The I/O path pack writes take.
+    pub fn io_backend(&self) -> uringio::Backend {
+        uringio::backend()
+    }
+
+    pub(crate) fn writers_lock(&self) -> Result<File> {
+        let p = self.root.join("writers.lock");
+        File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| StoreError::io(&p, e))
+    }
+
+    pub(crate) fn pack_path(&self, number: u64) -> PathBuf {
+        self.root.join("packs").join(format!("{number:016x}.pack"))
+    }
+
+    fn tmp_pack_path(&self, number: u64) -> PathBuf {
+        self.root.join("tmp").join(format!("{number:016x}.pack"))
+    }
+
+    /// Remove unsealed and unindexed packs, if no backup is running.
+    fn cleanup_leftovers(&self) -> Result<CleanupReport> {
+        let lock = self.writers_lock()?;
+        if lock.try_lock().is_err() {
+            return Ok(CleanupReport { ran: false, ..Default::default() });
+        }
+        let mut report = CleanupReport { ran: true, ..Default::default() };
+        let tmp = self.root.join("tmp");
+        for entry in std::fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {
+            let entry = entry.map_err(|e| StoreError::io(&tmp, e))?;
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(entry.path(), e))?;
+            report.tmp_packs_removed += 1;
+            report.bytes_freed += len;
+        }
+        let packs_dir = self.root.join("packs");
+        let rtxn = self.catalog.read()?;
+        for entry in std::fs::read_dir(&packs_dir).map_err(|e| StoreError::io(&packs_dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io(&packs_dir, e))?;
+            let name = entry.file_name();
+            let Some(number) = name.to_str().and_then(|n| n.strip_suffix(".pack")).and_then(|n| u64::from_str_radix(n, 16).ok())
+            else {
+                continue;
+            };
+            let known = self.catalog.packs.get(&rtxn, &pack_key(number)).map_err(|e| self.catalog.err(e))?.is_some();
+            if !known {
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(entry.path(), e))?;
+                report.orphan_packs_removed += 1;
+                report.bytes_freed += len;
+            }
+        }
+        drop(rtxn);
+        if report.orphan_packs_removed > 0 {
+            fsync_dir(&packs_dir)?;
+        }
+        Ok(report)
+    }
+
+    /// Whether the index holds `digest`.
+    pub fn contains(&self, digest: &Digest) -> Result<bool> {
+        let rtxn = self.catalog.read()?;
+        Ok(self.catalog.chunks.get(&rtxn, &digest.0).map_err(|e| self.catalog.err(e))?.is_some())
+    }
+
+    /// Where `digest` is stored.
+    pub fn locate(&self, digest: &Digest) -> Result<Option<ChunkLoc>> {
+        let rtxn = self.catalog.read()?;
+        self.catalog.chunk(&rtxn, digest)
+    }
+
+    fn pack_file(&self, number: u64) -> Result<Arc<File>> {
+        if let Some(f) = self.pack_files.read().expect("pack cache lock").get(&number) {
+            return Ok(f.clone());
+        }
+        let path = self.pack_path(number);
+        let f = Arc::new(File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Corrupt { path: path.clone(), offset: 0, detail: "pack file is missing".into() }
+            } else {
+                StoreError::io(&path, e)
+            }
+        })?);
+        self.pack_files.write().expect("pack cache lock").insert(number, f.clone());
+        Ok(f)
+    }
+
+    /// Read chunk `digest` into `out`, checking its checksum and digest. `scratch` is reused
+    /// between calls to avoid allocations.
+    pub fn read_chunk(&self, digest: &Digest, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<ChunkLoc> {
+        let loc = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
+        let file = self.pack_file(loc.pack)?;
+        let header = pack::read_record(&file, &self.pack_path(loc.pack), loc.offset, loc.stored_len, scratch, out)?;
+        if header.digest != *digest {
+            return Err(StoreError::Corrupt {
+                path: self.pack_path(loc.pack),
+                offset: loc.offset,
+                detail: format!("index says chunk {digest} is here, the record holds {}", header.digest),
+            });
+        }
+        Ok(loc)
+    }
+
+    /// A walker over the chunk digests of one disk, in disk order.
+    pub fn walk(&self, disk: &DiskIndex) -> TreeWalker<'_> {
+        let mut scratch = Vec::new();
+        TreeWalker::new(disk.root, disk.height, move |d| {
+            let mut out = Vec::new();
+            self.read_chunk(d, &mut scratch, &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// Start a backup session.
+    pub fn begin_backup(&self) -> Result<BackupSession<'_>> {
+        let lock = self.writers_lock()?;
+        lock.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        Ok(BackupSession {
+            store: self,
+            _lock: lock,
+            pack: None,
+            pending: HashMap::new(),
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// All restore points, ordered by name then id.
+    pub fn list(&self) -> Result<Vec<RestorePoint>> {
+        let rtxn = self.catalog.read()?;
+        let mut out = Vec::new();
+        for item in self.catalog.points.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
+            let (_, v) = item.map_err(|e| self.catalog.err(e))?;
+            out.push(self.decode_point(v)?);
+        }
+        Ok(out)
+    }
+
+    fn decode_point(&self, v: &[u8]) -> Result<RestorePoint> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            path: self.catalog.path.clone(),
+            offset: 0,
+            detail: format!("unreadable restore point record: {e}"),
+        })
+    }
+
+    /// Find `NAME` (its newest restore point) or `NAME@ID`.
+    pub fn find(&self, spec: &str) -> Result<RestorePoint> {
+        let (name, id) = match spec.rsplit_once('@') {
+            Some((n, i)) => {
+                let id = i.parse::<u64>().map_err(|_| StoreError::Invalid(format!("{spec:?}: the part after '@' must be a restore point id")))?;
+                (n, Some(id))
+            }
+            None => (spec, None),
+        };
+        validate_name(name)?;
+        let rtxn = self.catalog.read()?;
+        let found = match id {
+            Some(id) => self.catalog.points.get(&rtxn, &point_key(name, id)).map_err(|e| self.catalog.err(e))?,
+            None => {
+                let mut prefix = name.as_bytes().to_vec();
+                prefix.push(0);
+                let mut last = None;
+                for item in self.catalog.points.prefix_iter(&rtxn, &prefix).map_err(|e| self.catalog.err(e))? {
+                    last = Some(item.map_err(|e| self.catalog.err(e))?.1);
+                }
+                last
+            }
+        };
+        match found {
+            Some(v) => self.decode_point(v),
+            None => Err(StoreError::NoSuchPoint(spec.to_string())),
+        }
+    }
+
+    /// Size of the store on disk and what it holds.
+    pub fn usage(&self) -> Result<StoreUsage> {
+        let rtxn = self.catalog.read()?;
+        let chunks = self.catalog.chunks.len(&rtxn).map_err(|e| self.catalog.err(e))?;
+        let mut pack_bytes = 0;
+        let mut packs = 0;
+        for item in self.catalog.packs.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
+            let (_, v) = item.map_err(|e| self.catalog.err(e))?;
+            if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
+                pack_bytes += info.len;
+                packs += 1;
+            }
+        }
+        let index_bytes = std::fs::metadata(self.catalog.path.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
+        let points = self.catalog.points.len(&rtxn).map_err(|e| self.catalog.err(e))?;
+        Ok(StoreUsage { chunks, packs, pack_bytes, index_bytes, restore_points: points })
+    }
+}
+
+/// Size and contents of a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreUsage {
+    pub chunks: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub index_bytes: u64,
+    pub restore_points: u64,
+}
+
+/// Counters of one backup session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// New data chunks stored.
+    pub chunks_new: u64,
+    /// New index-tree nodes stored.
+    pub tree_nodes_new: u64,
+    /// Bytes appended to packs (headers and payloads).
+    pub bytes_written: u64,
+    pub packs_sealed: u64,
+}
+
+/// A backup in progress: appends new chunks to its own packs and finally commits a restore
+/// point. Dropping it without [`commit`](BackupSession::commit) abandons its unsealed pack
+/// (already indexed packs stay, see the crate docs).
+#[derive(Debug)]
+pub struct BackupSession<'s> {
+    store: &'s Store,
+    _lock: File,
+    pack: Option<PackWriter>,
+    /// Chunks in the unsealed pack, not yet in the index.
+    pending: HashMap<Digest, ChunkLoc>,
+    stats: SessionStats,
+}
+
+impl<'s> BackupSession<'s> {
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Whether the store or this session already holds `digest`.
+    pub fn contains(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.pending.contains_key(digest) || self.store.contains(digest)?)
+    }
+
+    /// Store `chunk` unless it is already present. Returns whether it was new.
+    pub fn insert(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        if self.contains(&chunk.digest)? {
+            return Ok(false);
+        }
+        if self.pack.is_none() {
+            let catalog = &self.store.catalog;
+            let mut wtxn = catalog.write()?;
+            let number = catalog.next_counter(&mut wtxn, "next_pack")?;
+            wtxn.commit().map_err(|e| catalog.err(e))?;
+            let path = self.store.tmp_pack_path(number);
+            self.pack = Some(PackWriter::create(&path, number, &self.store.store_id, now_unix())?);
+        }
+        let pack = self.pack.as_mut().expect("pack opened above");
+        let loc = pack.append(chunk)?;
+        self.pending.insert(
+            chunk.digest,
+            ChunkLoc {
+                pack: pack.number,
+                offset: loc.offset,
+                stored_len: loc.stored_len,
+                raw_len: chunk.raw_len,
+                kind: chunk.kind,
+                codec: chunk.codec,
+            },
+        );
+        match chunk.kind {
+            RecordKind::Data => self.stats.chunks_new += 1,
+            RecordKind::Tree => self.stats.tree_nodes_new += 1,
+        }
+        self.stats.bytes_written += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
+        if pack.len() >= self.store.pack_target {
+            self.seal()?;
+        }
+        Ok(true)
+    }
+
+    /// Steps 2-4 of the durability order for the current pack.
+    fn seal(&mut self) -> Result<()> {
+        let Some(pack) = self.pack.take() else { return Ok(()) };
+        let number = pack.number;
+        let (tmp_path, len, records) = pack.seal()?;
+        let final_path = self.store.pack_path(number);
+        std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        fsync_dir(&self.store.root.join("packs"))?;
+        let catalog = &self.store.catalog;
+        let mut wtxn = catalog.write()?;
+        for (digest, loc) in self.pending.drain() {
+            match catalog.chunks.put_with_flags(&mut wtxn, PutFlags::NO_OVERWRITE, &digest.0, &loc.encode()) {
+                Ok(()) | Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
+                Err(e) => return Err(catalog.err(e)),
+            }
+        }
+        let info = PackInfo { number, len, records, sealed_unix: now_unix() };
+        catalog
+            .packs
+            .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&info).expect("pack info serialises"))
+            .map_err(|e| catalog.err(e))?;
+        wtxn.commit().map_err(|e| catalog.err(e))?;
+        self.stats.packs_sealed += 1;
+        Ok(())
+    }
+
+    /// Seal the last pack and make the restore point visible (steps 5-6).
+    pub fn commit(mut self, name: &str, disks: Vec<DiskIndex>, stats: PointStats) -> Result<RestorePoint> {
+        validate_name(name)?;
+        self.seal()?;
+        let catalog = &self.store.catalog;
+        // Every referenced root must be indexed now; a bug here would publish a broken point.
+        {
+            let rtxn = catalog.read()?;
+            for d in &disks {
+                if d.height > 0 && catalog.chunk(&rtxn, &d.root)?.is_none() {
+                    return Err(StoreError::MissingChunk { digest: d.root });
+                }
+            }
+        }
+        let mut wtxn = catalog.write()?;
+        let id = catalog.next_counter(&mut wtxn, "next_point")?;
+        let point = RestorePoint { name: name.to_string(), id, created_unix: now_unix(), disks, stats };
+        catalog
+            .points
+            .put(&mut wtxn, &point_key(name, id), &serde_json::to_vec(&point).expect("restore point serialises"))
+            .map_err(|e| catalog.err(e))?;
+        wtxn.commit().map_err(|e| catalog.err(e))?;
+        Ok(point)
+    }
+}
+
+impl Drop for BackupSession<'_> {
+    fn drop(&mut self) {
+        if let Some(pack) = self.pack.take() {
+            // An abandoned backup: its unsealed pack is garbage. Removing it now saves the
+            // next open the work; if this fails, that cleanup removes it.
+            let path = pack.path().to_path_buf();
+            drop(pack);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Pack files: append-only, immutable once sealed, self-describing.
+//!
+//! ## On-disk format (all integers little-endian)
+//! ```text
+//! pack header, 64 bytes
+//!   0  magic        b"RVPACK\0\x01"
+//!   8  format       u32  (store format version)
+//!  12  reserved     u32  = 0
+//!  16  pack number  u64
+//!  24  store id     [u8; 16]
+//!  40  created      u64  (unix seconds)
+//!  48  reserved     [u8; 12] = 0
+//!  60  crc32c       u32  of bytes 0..60
+//! records, back to back from byte 64:
+//!   0  magic        b"RVc1"
+//!   4  kind         u8   (1 = data chunk, 2 = index-tree node)
+//!   5  codec        u8   (0 = stored raw, 1 = zstd frame)
+//!   6  reserved     u16  = 0
+//!   8  raw_len      u32  (uncompressed length)
+//!  12  stored_len   u32  (payload length)
+//!  16  digest       [u8; 32]  blake3 of the uncompressed bytes
+//!  48  crc32c       u32  of bytes 0..48 followed by the payload
+//!  52  reserved     [u8; 12] = 0
+//!  64  payload      stored_len bytes
+//! zero padding up to a multiple of 4096 bytes (direct I/O), only after the last record
+//! ```
+//! A reader can walk a pack from byte 64, record by record, and rebuild the chunk index from
+//! it alone: every record carries its digest, both lengths and a checksum. A record whose
+//! magic is zero marks the padding at the end; a record that fails its checksum ends the
+//! usable part of a pack (it can only be the torn tail of a pack that was never sealed).
+//!
+//! ## Writing
+//! [`PackWriter`] appends records into a 4 KiB-aligned buffer and writes whole buffers at
+//! increasing offsets through this thread's `uringio` ring, opened with `O_DIRECT` where the
+//! filesystem allows it. [`PackWriter::seal`] pads the tail, writes it and `fdatasync`s.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use uringio::AlignedBuf;
+
+use crate::error::{Result, StoreError};
+use crate::{Digest, FORMAT_VERSION};
+
+pub const PACK_MAGIC: &[u8; 8] = b"RVPACK\0\x01";
+pub const RECORD_MAGIC: &[u8; 4] = b"RVc1";
+pub const PACK_HEADER_LEN: u64 = 64;
+pub const RECORD_HEADER_LEN: usize = 64;
+/// Largest chunk or tree node the store accepts (bytes, uncompressed).
+pub const MAX_RECORD_RAW: u32 = 16 << 20;
+
+/// Write buffer: large enough to keep the device busy, small enough for bounded memory.
+const WRITE_BUF: usize = 8 << 20;
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Data = 1,
+    Tree = 2,
+}
+
+impl RecordKind {
+    pub fn from_u8(v: u8) -> Option<RecordKind> {
+        match v {
+            1 => Some(RecordKind::Data),
+            2 => Some(RecordKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// How a record's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(v: u8) -> Option<Codec> {
+        match v {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A chunk ready to be stored: its digest and its encoded payload.
+#[derive(Debug, Clone)]
+pub struct EncodedChunk {
+    pub digest: Digest,
+    pub kind: RecordKind,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Compresses chunks; one per worker thread (it keeps zstd's context between chunks).
+pub struct ChunkEncoder {
+    level: i32,
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl std::fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkEncoder").field("level", &self.level).finish()
+    }
+}
+
+impl ChunkEncoder {
+    pub fn new(level: i32) -> ChunkEncoder {
+        let compressor = zstd::bulk::Compressor::new(level).expect("zstd accepts every level in its range");
+        ChunkEncoder { level, compressor }
+    }
+
+    /// Encode `raw` whose digest is already known. Compression must save at least 1/16 of the
+    /// bytes to be kept; otherwise the chunk is stored raw, which also makes restore cheaper.
+    pub fn encode(&mut self, digest: Digest, kind: RecordKind, raw: &[u8]) -> EncodedChunk {
+        let limit = raw.len() - raw.len() / 16;
+        let mut out = Vec::with_capacity(limit);
+        let compressed = self.level > -1000 && self.compressor.compress_to_buffer(raw, &mut out).is_ok();
+        let (codec, payload) = if compressed && out.len() < limit {
+            (Codec::Zstd, out)
+        } else {
+            (Codec::Raw, raw.to_vec())
+        };
+        EncodedChunk { digest, kind, codec, raw_len: raw.len() as u32, payload }
+    }
+}
+
+/// Decode a record payload into `out` and check it against `digest`.
+pub fn decode_payload(
+    codec: Codec,
+    payload: &[u8],
+    raw_len: u32,
+    digest: &Digest,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    out.clear();
+    match codec {
+        Codec::Raw => {
+            if payload.len() != raw_len as usize {
+                return Err(format!("raw payload is {} bytes, header says {raw_len}", payload.len()));
+            }
+            out.extend_from_slice(payload);
+        }
+        Codec::Zstd => {
+            out.reserve(raw_len as usize);
+            // One decompression context per thread, reused: creating one per chunk costs
+            // more than decompressing a small chunk.
+            thread_local! {
+                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+            }
+            let n = DCTX
+                .with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    // The Vec's spare capacity (>= raw_len) is the destination, so a frame
+                    // that claims more than raw_len fails instead of allocating.
+                    slot.as_mut().expect("set above").decompress_to_buffer(payload, out)
+                })
+                .map_err(|e| format!("zstd: {e}"))?;
+            if n != raw_len as usize {
+                return Err(format!("decompressed to {n} bytes, header says {raw_len}"));
+            }
+        }
+    }
+    if Digest::of(out) != *digest {
+        return Err(format!("content does not match its digest {digest}"));
+    }
+    Ok(())
+}
+
+/// A parsed record header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: RecordKind,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    pub digest: Digest,
+    pub crc: u32,
+}
+
+impl RecordHeader {
+    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[0..4].copy_from_slice(RECORD_MAGIC);
+        h[4] = self.kind as u8;
+        h[5] = self.codec as u8;
+        h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[16..48].copy_from_slice(&self.digest.0);
+        h[48..52].copy_from_slice(&self.crc.to_le_bytes());
+        h
+    }
+
+    /// Parse a header; `Ok(None)` for zero padding.
+    pub fn decode(h: &[u8]) -> std::result::Result<Option<RecordHeader>, String> {
+        if h.len() < RECORD_HEADER_LEN {
+            return Err("truncated record header".into());
+        }
+        if h[0..4] == [0; 4] {
+            return Ok(None);
+        }
+        if &h[0..4] != RECORD_MAGIC {
+            return Err("bad record magic".into());
+        }
+        let kind = RecordKind::from_u8(h[4]).ok_or_else(|| format!("unknown record kind {}", h[4]))?;
+        let codec = Codec::from_u8(h[5]).ok_or_else(|| format!("unknown codec {}", h[5]))?;
+        let raw_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        let stored_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+        if raw_len > MAX_RECORD_RAW || stored_len > MAX_RECORD_RAW + (MAX_RECORD_RAW >> 4) {
+            return Err(format!("absurd record lengths raw={raw_len} stored={stored_len}"));
+        }
+        let digest = Digest(h[16..48].try_into().expect("32 bytes"));
+        let crc = u32::from_le_bytes(h[48..52].try_into().expect("4 bytes"));
+        Ok(Some(RecordHeader { kind, codec, raw_len, stored_len, digest, crc }))
+    }
+
+    /// The checksum over the header's first 48 bytes and the payload.
+    pub fn compute_crc(header48: &[u8], payload: &[u8]) -> u32 {
+        crc32c::crc32c_append(crc32c::crc32c(&header48[..48]), payload)
+    }
+}
+
+/// Encode the 64-byte pack header.
+pub fn encode_pack_header(pack: u64, store_id: &[u8; 16], created: u64) -> [u8; PACK_HEADER_LEN as usize] {
+    let mut h = [0u8; PACK_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(PACK_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&pack.to_le_bytes());
+    h[24..40].copy_from_slice(store_id);
+    h[40..48].copy_from_slice(&created.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Parse a pack header, returning (format, pack number, store id).
+pub fn decode_pack_header(h: &[u8]) -> std::result::Result<(u32, u64, [u8; 16]), String> {
+    if h.len() < PACK_HEADER_LEN as usize {
+        return Err("file shorter than a pack header".into());
+    }
+    if &h[0..8] != PACK_MAGIC {
+        return Err("not a pack file (bad magic)".into());
+    }
+    let crc = u32::from_le_bytes(h[60..64].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&h[0..60]) != crc {
+        return Err("pack header checksum mismatch".into());
+    }
+    let format = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    let pack = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    let store_id = h[24..40].try_into().expect("16 bytes");
+    Ok((format, pack, store_id))
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLocation {
+    pub offset: u64,
+    pub stored_len: u32,
+}
+
+/// Appends records to one new pack file.
+#[derive(Debug)]
+pub struct PackWriter {
+    path: PathBuf,
+    file: File,
+    pub number: u64,
+    /// Bytes durably handed to the file so far (always a multiple of 4096).
+    flushed: u64,
+    buf: AlignedBuf,
+    /// Logical end of the data: `flushed + buf.len()`.
+    records: u32,
+    direct: bool,
+}
+
+impl PackWriter {
+    /// Create `path` (which must not exist) as pack `number`.
+    pub fn create(path: &Path, number: u64, store_id: &[u8; 16], created: u64) -> Result<PackWriter> {
+        let (file, direct) = uringio::open_direct(path, true).map_err(|e| StoreError::io(path, e))?;
+        let mut buf = AlignedBuf::with_capacity(WRITE_BUF);
+        buf.extend_from_slice(&encode_pack_header(number, store_id, created));
+        Ok(PackWriter { path: path.to_path_buf(), file, number, flushed: 0, buf, records: 0, direct })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Logical size: where the next record starts.
+    pub fn len(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+
+    /// Append one record.
+    pub fn append(&mut self, chunk: &EncodedChunk) -> Result<RecordLocation> {
+        let offset = self.len();
+        let mut header = RecordHeader {
+            kind: chunk.kind,
+            codec: chunk.codec,
+            raw_len: chunk.raw_len,
+            stored_len: chunk.payload.len() as u32,
+            digest: chunk.digest,
+            crc: 0,
+        };
+        let pre = header.encode();
+        header.crc = RecordHeader::compute_crc(&pre, &chunk.payload);
+        self.put(&header.encode())?;
+        self.put(&chunk.payload)?;
+        self.records += 1;
+        Ok(RecordLocation { offset, stored_len: header.stored_len })
+    }
+
+    fn put(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = self.buf.extend_from_slice(data);
+            data = &data[n..];
+            if self.buf.spare() == 0 {
+                self.flush_full()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the full buffer and start a new one.
+    fn flush_full(&mut self) -> Result<()> {
+        let at = self.flushed;
+        uringio::with_thread_ring(|ring| ring.write_all_many(&self.file, &[(at, &self.buf[..])]))
+            .map_err(|f| StoreError::io(&self.path, f.error))?;
+        self.flushed += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Write the tail (zero-padded to 4 KiB) and make the whole file durable. Returns the
+    /// logical length (end of the last record).
+    pub fn seal(mut self) -> Result<(PathBuf, u64, u32)> {
+        let logical = self.len();
+        if !self.buf.is_empty() {
+            self.buf.pad_to_alignment();
+            let at = self.flushed;
+            uringio::with_thread_ring(|ring| ring.write_all_many(&self.file, &[(at, &self.buf[..])]))
+                .map_err(|f| StoreError::io(&self.path, f.error))?;
+        }
+        self.file.sync_all().map_err(|e| StoreError::io(&self.path, e))?;
+        Ok((self.path, logical, self.records))
+    }
+}
+
+/// Read and check the record at `offset` of `file` (whose path is for messages), decoding its
+/// payload into `out`. `scratch` is reused between calls.
+pub fn read_record(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    stored_len: u32,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<RecordHeader> {
+    let total = RECORD_HEADER_LEN + stored_len as usize;
+    scratch.resize(total, 0);
+    file.read_exact_at(scratch, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            StoreError::Corrupt { path: path.to_path_buf(), offset, detail: "pack is truncated".into() }
+        } else {
+            StoreError::io(path, e)
+        }
+    })?;
+    let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), offset, detail };
+    let header = RecordHeader::decode(&scratch[..RECORD_HEADER_LEN])
+        .map_err(corrupt)?
+        .ok_or_else(|| corrupt("expected a record, found padding".into()))?;
+    if header.stored_len != stored_len {
+        return Err(corrupt(format!("record is {} bytes, index says {stored_len}", header.stored_len)));
+    }
+    let payload = &scratch[RECORD_HEADER_LEN..];
+    if RecordHeader::compute_crc(&scratch[..RECORD_HEADER_LEN], payload) != header.crc {
+        return Err(corrupt("record checksum mismatch".into()));
+    }
+    decode_payload(header.codec, payload, header.raw_len, &header.digest, out).map_err(corrupt)?;
+    Ok(header)
+}
+
+/// One record found by [`scan_pack`].
+#[derive(Debug, Clone, Copy)]
+pub struct ScannedRecord {
+    pub header: RecordHeader,
+    pub offset: u64,
+    /// Whether the payload passed its checksum and digest.
+    pub intact: bool,
+}
+
+/// Walk every record of a pack in order. Reads sequentially in large blocks. `check_content`
+/// also decompresses each payload and checks its digest (verify); without it only checksums
+/// are checked (index rebuild). Stops at padding or at an unreadable header; returns the
+/// records and, if the walk stopped early, why.
+pub fn scan_pack(path: &Path, check_content: bool) -> Result<(u64, Vec<ScannedRecord>, Option<String>)> {
+    use std::io::Read;
+    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+    let mut reader = std::io::BufReader::with_capacity(4 << 20, &file);
+    let mut head = [0u8; PACK_HEADER_LEN as usize];
+    reader
+        .read_exact(&mut head)
+        .map_err(|_| StoreError::Corrupt { path: path.into(), offset: 0, detail: "shorter than a pack header".into() })?;
+    let (_, number, _) =
+        decode_pack_header(&head).map_err(|detail| StoreError::Corrupt { path: path.into(), offset: 0, detail })?;
+    let mut offset = PACK_HEADER_LEN;
+    let mut records = Vec::new();
+    let mut payload = Vec::new();
+    let mut out = Vec::new();
+    let mut stop = None;
+    while offset + RECORD_HEADER_LEN as u64 <= len {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        if let Err(e) = reader.read_exact(&mut h) {
+            stop = Some(format!("read error at {offset}: {e}"));
+            break;
+        }
+        let header = match RecordHeader::decode(&h) {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => {
+                stop = Some(format!("unreadable record header at byte offset {offset}: {e}"));
+                break;
+            }
+        };
+        payload.resize(header.stored_len as usize, 0);
+        if let Err(e) = reader.read_exact(&mut payload) {
+            stop = Some(format!("record at byte offset {offset} is cut short: {e}"));
+            break;
+        }
+        let mut intact = RecordHeader::compute_crc(&h, &payload) == header.crc;
+        if intact && check_content {
+            intact = decode_payload(header.codec, &payload, header.raw_len, &header.digest, &mut out).is_ok();
+        }
+        records.push(ScannedRecord { header, offset, intact });
+        offset += RECORD_HEADER_LEN as u64 + header.stored_len as u64;
+    }
+    Ok((number, records, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let text: Vec<u8> = (0..262_144u32).map(|i| b"hello world, log line "[(i % 22) as usize]).collect();
+        let mut enc = ChunkEncoder::new(1);
+        let d = Digest::of(&text);
+        let c = enc.encode(d, RecordKind::Data, &text);
+        assert_eq!(c.codec, Codec::Zstd);
+        let mut out = Vec::new();
+        decode_payload(c.codec, &c.payload, c.raw_len, &d, &mut out).unwrap();
+        assert_eq!(out, text);
+        // reuse of the output buffer
+        decode_payload(c.codec, &c.payload, c.raw_len, &d, &mut out).unwrap();
+        assert_eq!(out, text);
+    }
+}

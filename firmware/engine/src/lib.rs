@@ -1,0 +1,375 @@
+//! `engine`: the jobs that move disk images between [`BlockSource`]s and the staging
+//! [`Store`]: backup, restore and verify.
+//!
+//! ## Backup pipeline
+//! ```text
+//!  workers (one per core)                               the calling thread
+//!  ┌──────────────────────────────────────────┐         ┌───────────────────────────────┐
+//!  │ take next batch of chunks (atomic cursor)│         │ insert new chunks into packs  │
+//!  │ allocation map → skip unallocated ranges │ bounded │ reorder digests by chunk no.  │
+//!  │ read_many at queue depth                 │──chan──▶│ push into the index tree      │
+//!  │ zero check → blake3 → index lookup       │         │ commit the restore point      │
+//!  │ compress only chunks the store lacks     │         └───────────────────────────────┘
+//!  └──────────────────────────────────────────┘
+//! ```
+//! Memory is bounded by `threads × batch + channel capacity` chunks, independent of the disk
+//! size. A worker that fails sets a shared stop flag; the session is then dropped without a
+//! commit, so a failed backup never leaves a restore point (see the `store` crate's
+//! durability order).
+//!
+//! ## Restore pipeline
+//! A walker thread reads the index tree in disk order and feeds `(chunk no., digest)` to
+//! workers, which read, check and decompress each chunk and write it at its offset with
+//! `pwrite` (raw file or block device), or hand it to the single qcow2 writer. All-zero
+//! chunks become holes in a new raw file and are written as zeros on a block device.
+
+mod progress;
+mod restore;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use blocksource::{BlockSource, ExtentKind, ReadRequest, SourceError};
+use serde::Serialize;
+use store::{ChunkEncoder, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, Store, StoreError, TreeBuilder};
+
+pub use progress::{NoProgress, Progress};
+pub use restore::{restore, RestoreFormat, RestoreOptions, RestoreReport};
+pub use source::{open_source, SourceSpec};
+
+/// Default chunk size, chosen by measurement (see README, "Chunk size").
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
+/// Default zstd level.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// Errors of a job. Messages come from the layer that failed and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {detail}")]
+    Target { path: String, detail: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings of one backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub name: String,
+    /// Power of two between 4 KiB and 8 MiB.
+    pub chunk_size: u32,
+    pub zstd_level: i32,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+    /// Label of the disk inside the restore point.
+    pub disk_label: String,
+}
+
+impl BackupOptions {
+    pub fn new(name: &str) -> BackupOptions {
+        BackupOptions {
+            name: name.to_string(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            threads: 0,
+            disk_label: "disk0".into(),
+        }
+    }
+}
+
+/// What a backup did; also the `--json` output of `rackvault backup`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub name: String,
+    pub id: u64,
+    pub source: String,
+    pub format: String,
+    pub bytes_logical: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub chunks_zero: u64,
+    pub tree_nodes_new: u64,
+    pub chunk_size: u32,
+    pub duration_s: f64,
+    pub io_backend: String,
+}
+
+pub fn default_threads(requested: usize) -> usize {
+    if requested > 0 {
+        requested
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    }
+}
+
+/// Check a chunk size: a power of two within the store's limits.
+pub fn validate_chunk_size(size: u32) -> Result<(), EngineError> {
+    if size.is_power_of_two() && (store::MIN_CHUNK_SIZE..=store::MAX_CHUNK_SIZE).contains(&size) {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "chunk size {size}: use a power of two between {} KiB and {} MiB",
+            store::MIN_CHUNK_SIZE >> 10,
+            store::MAX_CHUNK_SIZE >> 20
+        )))
+    }
+}
+
+/// One chunk as a worker hands it to the committing thread.
+struct ChunkResult {
+    index: u64,
+    digest: Digest,
+    /// Present when the store lacked the chunk at lookup time.
+    encoded: Option<EncodedChunk>,
+}
+
+/// Bytes of disk a worker claims at a time.
+const BATCH_BYTES: u64 = 4 << 20;
+
+/// Back up `source` into `store` as a new restore point.
+pub fn backup(store: &Store, source: &dyn BlockSource, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupReport, EngineError> {
+    validate_chunk_size(opts.chunk_size)?;
+    store::validate_name(&opts.name)?;
+    let started = Instant::now();
+    let size = source.size();
+    let cs = opts.chunk_size as u64;
+    let chunks_total = size.div_ceil(cs);
+    let per_batch = (BATCH_BYTES / cs).max(1);
+    let threads = default_threads(opts.threads);
+    progress.start("backup", size);
+
+    let mut session = store.begin_backup()?;
+    let cursor = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let bytes_read = AtomicU64::new(0);
+    let chunks_zero = AtomicU64::new(0);
+    let (tx, rx) = crossbeam_channel::bounded::<Result<ChunkResult, EngineError>>(threads * per_batch as usize * 2);
+
+    let mut tree = TreeBuilder::new();
+    let outcome: Result<(), EngineError> = std::thread::scope(|s| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (cursor, stop, bytes_read, chunks_zero) = (&cursor, &stop, &bytes_read, &chunks_zero);
+            s.spawn(move || {
+                let mut worker = Worker {
+                    store,
+                    source,
+                    chunk_size: cs,
+                    size,
+                    encoder: ChunkEncoder::new(opts.zstd_level),
+                    bufs: Vec::new(),
+                };
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let first = cursor.fetch_add(per_batch, Ordering::Relaxed);
+                    if first >= chunks_total {
+                        return;
+                    }
+                    let last = (first + per_batch).min(chunks_total);
+                    match worker.process(first, last, bytes_read, chunks_zero, progress) {
+                        Ok(results) => {
+                            for r in results {
+                                if tx.send(Ok(r)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        // The committing side: store new chunks as they come, build the tree in order.
+        let mut reorder: BTreeMap<u64, Digest> = BTreeMap::new();
+        let mut next_index = 0u64;
+        let mut emit = |c: EncodedChunk| -> store::Result<()> { session.insert(&c).map(|_| ()) };
+        let result = (|| {
+            for msg in rx.iter() {
+                let r = msg?;
+                if let Some(enc) = &r.encoded {
+                    emit(enc.clone())?;
+                }
+                reorder.insert(r.index, r.digest);
+                while let Some(d) = reorder.remove(&next_index) {
+                    tree.push(d, &mut emit)?;
+                    next_index += 1;
+                }
+            }
+            if next_index != chunks_total {
+                return Err(EngineError::Invalid(format!("internal error: {next_index} of {chunks_total} chunks processed")));
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            // Drain so blocked workers can exit.
+            for _ in rx.iter() {}
+        }
+        result
+    });
+    outcome?;
+
+    let mut emit = |c: EncodedChunk| -> store::Result<()> { session.insert(&c).map(|_| ()) };
+    let (root, height) = tree.finish(&mut emit)?;
+    let stats = session.stats().clone();
+    let duration_s = started.elapsed().as_secs_f64();
+    let point_stats = PointStats {
+        bytes_logical: size,
+        bytes_read: bytes_read.load(Ordering::Relaxed),
+        bytes_written: stats.bytes_written,
+        chunks_total,
+        chunks_new: stats.chunks_new,
+        chunks_zero: chunks_zero.load(Ordering::Relaxed),
+        duration_s,
+    };
+    let disk = DiskIndex {
+        label: opts.disk_label.clone(),
+        source: source.describe(),
+        format: source.format().to_string(),
+        size,
+        chunk_size: opts.chunk_size,
+        chunks: chunks_total,
+        root,
+        height,
+    };
+    let point = session.commit(&opts.name, vec![disk], point_stats.clone())?;
+    progress.finish();
+    Ok(BackupReport {
+        name: point.name,
+        id: point.id,
+        source: source.describe(),
+        format: source.format().to_string(),
+        bytes_logical: size,
+        bytes_read: point_stats.bytes_read,
+        bytes_written: stats.bytes_written,
+        chunks_total,
+        chunks_new: stats.chunks_new,
+        chunks_zero: point_stats.chunks_zero,
+        tree_nodes_new: stats.tree_nodes_new,
+        chunk_size: opts.chunk_size,
+        duration_s: started.elapsed().as_secs_f64(),
+        io_backend: store.io_backend().to_string(),
+    })
+}
+
+/// Per-thread state of a backup worker.
+struct Worker<'a> {
+    store: &'a Store,
+    source: &'a dyn BlockSource,
+    chunk_size: u64,
+    size: u64,
+    encoder: ChunkEncoder,
+    bufs: Vec<Vec<u8>>,
+}
+
+impl Worker<'_> {
+    /// Read, hash and (if new) compress chunks `first..last`.
+    fn process(
+        &mut self,
+        first: u64,
+        last: u64,
+        bytes_read: &AtomicU64,
+        chunks_zero: &AtomicU64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<ChunkResult>, EngineError> {
+        let start = first * self.chunk_size;
+        let end = (last * self.chunk_size).min(self.size);
+        let map = self.source.allocation(start, end - start)?;
+        let n = (last - first) as usize;
+        while self.bufs.len() < n {
+            self.bufs.push(Vec::new());
+        }
+        // Per chunk: its length and whether any of it is allocated.
+        let mut has_data = vec![false; n];
+        // Read requests: (disk offset, len, chunk slot, offset within the chunk).
+        let mut segments: Vec<(u64, u64, usize, usize)> = Vec::new();
+        for (slot, buf) in self.bufs.iter_mut().enumerate().take(n) {
+            let c_start = start + slot as u64 * self.chunk_size;
+            let c_end = (c_start + self.chunk_size).min(end);
+            buf.clear();
+            buf.resize((c_end - c_start) as usize, 0);
+            for e in map.iter().filter(|e| e.kind == ExtentKind::Data) {
+                let s = e.offset.max(c_start);
+                let t = e.end().min(c_end);
+                if s < t {
+                    has_data[slot] = true;
+                    segments.push((s, t - s, slot, (s - c_start) as usize));
+                }
+            }
+        }
+        // Carve disjoint mutable slices out of the chunk buffers for one read_many call.
+        {
+            let mut reqs: Vec<ReadRequest<'_>> = Vec::with_capacity(segments.len());
+            let mut rest: Vec<Option<&mut [u8]>> = self.bufs.iter_mut().take(n).map(|b| Some(b.as_mut_slice())).collect();
+            let mut consumed = vec![0usize; n];
+            for &(offset, len, slot, within) in &segments {
+                let tail = rest[slot].take().expect("segments of a chunk are in order");
+                let (_, tail) = tail.split_at_mut(within - consumed[slot]);
+                let (this, after) = tail.split_at_mut(len as usize);
+                consumed[slot] = within + len as usize;
+                rest[slot] = Some(after);
+                reqs.push(ReadRequest { offset, buf: this });
+            }
+            if !reqs.is_empty() {
+                self.source.read_many(&mut reqs)?;
+            }
+        }
+        let read: u64 = segments.iter().map(|s| s.1).sum();
+        bytes_read.fetch_add(read, Ordering::Relaxed);
+
+        let mut out = Vec::with_capacity(n);
+        for (slot, &has) in has_data.iter().enumerate() {
+            let buf = &self.bufs[slot];
+            let index = first + slot as u64;
+            let result = if !has || store::is_all_zero(buf) {
+                chunks_zero.fetch_add(1, Ordering::Relaxed);
+                ChunkResult { index, digest: Digest::ZERO, encoded: None }
+            } else {
+                let digest = Digest::of(buf);
+                let encoded = if self.store.contains(&digest)? {
+                    None
+                } else {
+                    Some(self.encoder.encode(digest, RecordKind::Data, buf))
+                };
+                ChunkResult { index, digest, encoded }
+            };
+            progress.advance(buf.len() as u64);
+            out.push(result);
+        }
+        Ok(out)
+    }
+}
+
+/// Verify `spec` (`NAME` or `NAME@ID`), or the whole store when `None`.
+pub fn verify(store: &Store, spec: Option<&str>, threads: usize, progress: &dyn Progress) -> Result<store::VerifyReport, EngineError> {
+    let threads = default_threads(threads);
+    let advance = |n: u64| progress.advance(n);
+    let report = match spec {
+        Some(spec) => {
+            let point = store.find(spec)?;
+            progress.start("verify", point.disks.iter().map(|d| d.size).sum());
+            store.verify_points(&[point], threads, &advance)?
+        }
+        None => {
+            progress.start("verify", store.usage()?.pack_bytes);
+            store.verify_store(threads, &advance)?
+        }
+    };
+    progress.finish();
+    Ok(report)
+}

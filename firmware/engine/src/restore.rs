@@ -1,0 +1,402 @@
+//! Restore a disk of a restore point to a raw file, a block device or a qcow2 file.
+//!
+//! A new file is written under a temporary name next to the target (`.NAME.rackvault-partial`)
+//! and renamed into place only after it is complete and `fsync`ed, so an interrupted restore
+//! never leaves a plausible but incomplete image under the requested name.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use blocksource::ReadRequest;
+use serde::Serialize;
+use store::{Digest, DiskIndex, RestorePoint, Store};
+
+use crate::{default_threads, open_source, EngineError, Progress};
+
+/// Output format of a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreFormat {
+    Raw,
+    Qcow2,
+}
+
+/// Settings of one restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub to: PathBuf,
+    pub format: RestoreFormat,
+    /// Read the result back and check every chunk against its digest.
+    pub verify: bool,
+    /// Overwrite an existing regular file.
+    pub force: bool,
+    /// Which disk of the restore point (index); 0 for single-disk points.
+    pub disk: usize,
+    pub threads: usize,
+}
+
+/// What a restore did; the `--json` output of `rackvault restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub point: String,
+    pub disk: String,
+    pub to: String,
+    pub format: RestoreFormat,
+    pub bytes_logical: u64,
+    pub bytes_written: u64,
+    pub chunks: u64,
+    pub chunks_zero: u64,
+    pub duration_s: f64,
+    pub verified: bool,
+}
+
+/// Where restored chunks go.
+enum Sink {
+    /// pwrite at the chunk's offset; `write_zeros` for block devices, whose old contents must
+    /// be overwritten.
+    Raw { file: File, write_zeros: bool },
+    /// The single qcow2 writer, fed through a lock (it lays clusters out in arrival order).
+    Qcow2(Mutex<QcowAssembler>),
+}
+
+/// Feeds a [`qcow2::Qcow2Writer`] whole clusters even when chunks are smaller than clusters.
+struct QcowAssembler {
+    writer: qcow2::Qcow2Writer,
+    cluster: u64,
+    size: u64,
+    /// Partly received clusters: cluster index → (bytes, bytes received).
+    partial: std::collections::HashMap<u64, (Vec<u8>, u64)>,
+}
+
+impl QcowAssembler {
+    fn put(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if offset % self.cluster == 0 && (data.len() as u64 % self.cluster == 0 || offset + data.len() as u64 == self.size) {
+            return self.writer.write_at(offset, data);
+        }
+        // A chunk smaller than a cluster: assemble the cluster first.
+        let idx = offset / self.cluster;
+        let c_start = idx * self.cluster;
+        let c_len = self.cluster.min(self.size - c_start);
+        let entry = self.partial.entry(idx).or_insert_with(|| (vec![0u8; c_len as usize], 0));
+        let within = (offset - c_start) as usize;
+        entry.0[within..within + data.len()].copy_from_slice(data);
+        entry.1 += data.len() as u64;
+        if entry.1 == c_len {
+            let (buf, _) = self.partial.remove(&idx).expect("entry exists");
+            self.writer.write_at(c_start, &buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// Restore disk `opts.disk` of `point` from `store`.
+pub fn restore(store: &Store, point: &RestorePoint, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport, EngineError> {
+    let started = Instant::now();
+    let disk = point.disks.get(opts.disk).ok_or_else(|| {
+        EngineError::Invalid(format!("restore point {} has {} disk(s); there is no disk {}", point.spec(), point.disks.len(), opts.disk))
+    })?;
+    let threads = default_threads(opts.threads);
+    let target = Target::prepare(&opts.to, opts.format, opts.force)?;
+    let sink = match opts.format {
+        RestoreFormat::Raw => {
+            target.file.set_len(disk.size).or_else(|e| if target.is_block_device { Ok(()) } else { Err(e) }).map_err(|e| target.err(e))?;
+            Sink::Raw { file: target.file.try_clone().map_err(|e| target.err(e))?, write_zeros: target.is_block_device }
+        }
+        RestoreFormat::Qcow2 => {
+            let cluster_bits = disk.chunk_size.trailing_zeros().clamp(16, 21);
+            let writer = qcow2::Qcow2Writer::create(target.file.try_clone().map_err(|e| target.err(e))?, disk.size, cluster_bits)
+                .map_err(|e| target.err(e))?;
+            Sink::Qcow2(Mutex::new(QcowAssembler {
+                writer,
+                cluster: 1 << cluster_bits,
+                size: disk.size,
+                partial: Default::default(),
+            }))
+        }
+    };
+    if target.is_block_device && opts.format == RestoreFormat::Qcow2 {
+        return Err(EngineError::Invalid("a qcow2 image cannot be restored onto a block device; use --format raw".into()));
+    }
+    progress.start("restore", disk.size);
+    let bytes_written = AtomicU64::new(0);
+    // Small chunks feeding a qcow2 writer must all arrive so that clusters complete.
+    let send_zeros = match &sink {
+        Sink::Raw { write_zeros, .. } => *write_zeros,
+        Sink::Qcow2(a) => (disk.chunk_size as u64) < a.lock().expect("qcow2 lock").cluster,
+    };
+    let zero_chunks = for_each_chunk(store, disk, threads, send_zeros, |index, digest, data| {
+        let offset = index * disk.chunk_size as u64;
+        let len = (disk.chunk_size as u64).min(disk.size - offset) as usize;
+        let zeros;
+        let bytes: &[u8] = if digest.is_zero() {
+            zeros = vec![0u8; len];
+            &zeros
+        } else {
+            data
+        };
+        match &sink {
+            Sink::Raw { file, .. } => file.write_all_at(bytes, offset).map_err(|e| target.err(e))?,
+            Sink::Qcow2(a) => a.lock().expect("qcow2 lock").put(offset, bytes).map_err(|e| target.err(e))?,
+        }
+        if !digest.is_zero() {
+            bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        progress.advance(len as u64);
+        Ok(())
+    })?;
+    match sink {
+        Sink::Raw { file, .. } => file.sync_all().map_err(|e| target.err(e))?,
+        Sink::Qcow2(a) => {
+            let a = a.into_inner().expect("qcow2 lock");
+            debug_assert!(a.partial.is_empty(), "every cluster completed");
+            a.writer.finish().map_err(|e| target.err(e))?;
+        }
+    }
+    target.publish()?;
+    progress.finish();
+    let mut verified = false;
+    if opts.verify {
+        verify_output(store, disk, &opts.to, threads, progress)?;
+        verified = true;
+    }
+    Ok(RestoreReport {
+        point: point.spec(),
+        disk: disk.label.clone(),
+        to: opts.to.display().to_string(),
+        format: opts.format,
+        bytes_logical: disk.size,
+        bytes_written: bytes_written.load(Ordering::Relaxed),
+        chunks: disk.chunks,
+        chunks_zero: zero_chunks,
+        duration_s: started.elapsed().as_secs_f64(),
+        verified,
+    })
+}
+
+/// Walk `disk`'s tree on one thread and hand each chunk, read and checked, to `f` on
+/// `threads` workers. Zero chunks are passed (with empty data) only if `with_zeros`.
+/// Returns the number of zero chunks.
+fn for_each_chunk(
+    store: &Store,
+    disk: &DiskIndex,
+    threads: usize,
+    with_zeros: bool,
+    f: impl Fn(u64, &Digest, &[u8]) -> Result<(), EngineError> + Sync,
+) -> Result<u64, EngineError> {
+    let mut zero_chunks = 0u64;
+    let stop = AtomicBool::new(false);
+    let failure: Mutex<Option<EngineError>> = Mutex::new(None);
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(threads * 8);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let (stop, failure, f) = (&stop, &failure, &f);
+            s.spawn(move || {
+                let (mut scratch, mut out) = (Vec::new(), Vec::new());
+                for (index, digest) in rx {
+                    if stop.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let r = if digest.is_zero() {
+                        f(index, &digest, &[])
+                    } else {
+                        match store.read_chunk(&digest, &mut scratch, &mut out) {
+                            Ok(_) => f(index, &digest, &out),
+                            Err(e) => Err(e.into()),
+                        }
+                    };
+                    if let Err(e) = r {
+                        stop.store(true, Ordering::Relaxed);
+                        failure.lock().expect("failure slot").get_or_insert(e);
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let mut index = 0u64;
+        for entry in store.walk(disk) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match entry {
+                Ok(d) => {
+                    zero_chunks += d.is_zero() as u64;
+                    if (with_zeros || !d.is_zero()) && tx.send((index, d)).is_err() {
+                        break;
+                    }
+                    index += 1;
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failure.lock().expect("failure slot").get_or_insert(e.into());
+                    break;
+                }
+            }
+        }
+        if !stop.load(Ordering::Relaxed) && index != disk.chunks {
+            failure.lock().expect("failure slot").get_or_insert(EngineError::Invalid(format!(
+                "index tree of {} holds {index} chunks, the restore point says {}; run `rackvault verify`",
+                disk.label, disk.chunks
+            )));
+        }
+        drop(tx);
+    });
+    match failure.into_inner().expect("failure slot") {
+        Some(e) => Err(e),
+        None => Ok(zero_chunks),
+    }
+}
+
+/// Read the restored image back (decoding qcow2 if that is what was written) and compare
+/// every chunk with the digest in the index tree.
+fn verify_output(store: &Store, disk: &DiskIndex, path: &Path, threads: usize, progress: &dyn Progress) -> Result<(), EngineError> {
+    let out = open_source(&path.display().to_string())?;
+    if out.size() < disk.size {
+        return Err(EngineError::Target {
+            path: path.display().to_string(),
+            detail: format!("restored image is {} bytes, expected {}", out.size(), disk.size),
+        });
+    }
+    progress.start("verify", disk.size);
+    let cs = disk.chunk_size as u64;
+    let mismatch: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    // Here zero chunks must be checked too: walk with zeros and ignore the stored data.
+    for_each_chunk_digest_only(store, disk, threads, |index, digest| {
+        let offset = index * cs;
+        let len = cs.min(disk.size - offset) as usize;
+        let mut buf = vec![0u8; len];
+        out.read_many(&mut [ReadRequest { offset, buf: &mut buf }])?;
+        let ok = if digest.is_zero() { store::is_all_zero(&buf) } else { Digest::of(&buf) == *digest };
+        if !ok {
+            mismatch.lock().expect("mismatch list").push(offset);
+        }
+        progress.advance(len as u64);
+        Ok(())
+    })?;
+    progress.finish();
+    let mismatch = mismatch.into_inner().expect("mismatch list");
+    if let Some(first) = mismatch.iter().min() {
+        return Err(EngineError::Target {
+            path: path.display().to_string(),
+            detail: format!(
+                "verify after restore failed: {} chunk(s) differ from the backup, first at byte offset {first}; the target device may be faulty",
+                mismatch.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Like [`for_each_chunk`] but without reading chunk data from the store.
+fn for_each_chunk_digest_only(
+    store: &Store,
+    disk: &DiskIndex,
+    threads: usize,
+    f: impl Fn(u64, &Digest) -> Result<(), EngineError> + Sync,
+) -> Result<(), EngineError> {
+    let failure: Mutex<Option<EngineError>> = Mutex::new(None);
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(threads * 8);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let (failure, f) = (&failure, &f);
+            s.spawn(move || {
+                for (index, digest) in rx {
+                    if let Err(e) = f(index, &digest) {
+                        failure.lock().expect("failure slot").get_or_insert(e);
+                    }
+                }
+            });
+        }
+        drop(rx);
+        for (index, entry) in store.walk(disk).enumerate() {
+            match entry {
+                Ok(d) => {
+                    if tx.send((index as u64, d)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure.lock().expect("failure slot").get_or_insert(e.into());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+    });
+    match failure.into_inner().expect("failure slot") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The file being restored into.
+struct Target {
+    /// The requested path.
+    path: PathBuf,
+    /// Where we write: a temporary sibling for new files, the path itself for devices.
+    write_path: PathBuf,
+    file: File,
+    is_block_device: bool,
+}
+
+impl Target {
+    fn prepare(path: &Path, format: RestoreFormat, force: bool) -> Result<Target, EngineError> {
+        let shown = path.display().to_string();
+        let err = |detail: String| EngineError::Target { path: shown.clone(), detail };
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_block_device() => {
+                let _ = format;
+                let file = File::options().write(true).read(true).open(path).map_err(|e| err(e.to_string()))?;
+                return Ok(Target { path: path.into(), write_path: path.into(), file, is_block_device: true });
+            }
+            Ok(m) if m.is_dir() => return Err(err("is a directory; give the path of the image file to create".into())),
+            Ok(_) if !force => return Err(err("already exists; choose another path, or pass --force to overwrite it".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e.to_string())),
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path.file_name().ok_or_else(|| err("has no file name".into()))?;
+        let write_path = parent.join(format!(".{}.rackvault-partial", name.to_string_lossy()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&write_path)
+            .map_err(|e| err(format!("cannot create {}: {e}", write_path.display())))?;
+        Ok(Target { path: path.into(), write_path, file, is_block_device: false })
+    }
+
+    fn err(&self, e: std::io::Error) -> EngineError {
+        let hint = match e.raw_os_error() {
+            Some(libc_enospc) if libc_enospc == 28 => "; the target filesystem is full, free space or restore elsewhere",
+            _ => "",
+        };
+        EngineError::Target { path: self.write_path.display().to_string(), detail: format!("{e}{hint}") }
+    }
+
+    /// Move a finished file into place and make the rename durable.
+    fn publish(&self) -> Result<(), EngineError> {
+        if self.write_path == self.path {
+            return Ok(());
+        }
+        std::fs::rename(&self.write_path, &self.path).map_err(|e| self.err(e))?;
+        let parent = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| self.err(e))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // Remove a temporary file left by a failed restore.
+        if self.write_path != self.path && self.write_path.exists() {
+            let _ = std::fs::remove_file(&self.write_path);
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `rackvault`: the appliance binary. Parses the command line, opens the store, runs one
+//! engine job, and prints the result for a person or, with `--json`, one JSON object for a
+//! script. It is the only place that reads paths from the command line, draws progress bars
+//! and turns errors into exit codes (1: the job failed; 3: verify found damage).
+
+mod demo;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use engine::{BackupOptions, RestoreFormat, RestoreOptions};
+use store::{Store, StoreOptions};
+
+use crate::progress::Bar;
+
+#[derive(Parser, Debug)]
+#[command(name = "rackvault", version, about = "rackvault: image-level VM backup appliance", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Back up a disk image into a store (creates the store if the directory is new or empty).
+    Backup {
+        /// A path (raw image, qcow2, block device) or a file:// URL.
+        source: String,
+        #[arg(long)]
+        store: PathBuf,
+        /// Restore point name; defaults to the source's file name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Chunk size, a power of two from 4K to 8M (e.g. 256K, 1M).
+        #[arg(long, value_parser = parse_size, default_value = "256K")]
+        chunk_size: u32,
+        /// zstd compression level (negative levels are faster).
+        #[arg(long, default_value_t = engine::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
+        zstd_level: i32,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the restore points of a store.
+    List {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a restore point (NAME for the newest, or NAME@ID) to a file or block device.
+    Restore {
+        point: String,
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, value_enum, default_value = "raw")]
+        format: Format,
+        /// Read the result back and check it against the backup.
+        #[arg(long)]
+        verify: bool,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every chunk of one restore point, or of the whole store.
+    Verify {
+        #[arg(long)]
+        store: PathBuf,
+        /// NAME or NAME@ID; all of the store when omitted.
+        point: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the chunk index from the pack files.
+    Reindex {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a sample VM disk, back it up twice with a change between, verify, restore.
+    Demo {
+        /// Working directory for the sample disk, the store and the restored image.
+        #[arg(long, default_value = "rackvault-demo")]
+        dir: PathBuf,
+        /// Size of the sample disk in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Raw,
+    Qcow2,
+}
+
+/// Parse "65536", "64K", "64KiB", "1M", "4MiB".
+fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size; use e.g. 256K or 1M"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use K or M")),
+    };
+    u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
+}
+
+fn open_store(path: &Path, create: bool) -> Result<Store> {
+    let store = Store::open(path, &StoreOptions { create, ..Default::default() })?;
+    let c = store.cleanup_report();
+    if c.tmp_packs_removed + c.orphan_packs_removed > 0 {
+        eprintln!(
+            "rackvault: cleaned up after an interrupted backup: removed {} unsealed and {} unindexed pack(s), {} freed",
+            c.tmp_packs_removed,
+            c.orphan_packs_removed,
+            human_bytes(c.bytes_freed)
+        );
+    }
+    Ok(store)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn default_name(source: &str) -> String {
+    let base = source.rsplit('/').next().unwrap_or(source);
+    let stem = base.split('.').next().unwrap_or(base);
+    let cleaned: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    if cleaned.is_empty() {
+        "disk".into()
+    } else {
+        cleaned
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let interactive = std::io::stderr().is_terminal();
+    match cli.command {
+        Command::Backup { source, store, name, chunk_size, zstd_level, threads, json } => {
+            let name = name.unwrap_or_else(|| default_name(&source));
+            engine::validate_chunk_size(chunk_size)?;
+            store::validate_name(&name)?;
+            let src = engine::open_source(&source)?;
+            let store = open_store(&store, true)?;
+            let opts = BackupOptions { chunk_size, zstd_level, threads, ..BackupOptions::new(&name) };
+            let bar = Bar::new(interactive && !json);
+            let report = engine::backup(&store, src.as_ref(), &opts, &bar)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "backed up {} ({}, {}) as {}@{} in {:.2} s: read {}, wrote {}, {} of {} chunks new, {} zero; I/O via {}",
+                    report.source,
+                    report.format,
+                    human_bytes(report.bytes_logical),
+                    report.name,
+                    report.id,
+                    report.duration_s,
+                    human_bytes(report.bytes_read),
+                    human_bytes(report.bytes_written),
+                    report.chunks_new,
+                    report.chunks_total,
+                    report.chunks_zero,
+                    report.io_backend
+                );
+            }
+        }
+        Command::List { store, json } => {
+            let store = open_store(&store, false)?;
+            let points = store.list()?;
+            if json {
+                print_json(&serde_json::json!({ "restore_points": points, "usage": store.usage()? }))?;
+            } else if points.is_empty() {
+                println!("no restore points yet; create one with `rackvault backup SOURCE --store {}`", store.root().display());
+            } else {
+                println!("{:<24} {:>6} {:>20} {:>10} {:>10}  source", "name", "id", "created (UTC)", "size", "new data");
+                for p in &points {
+                    let size: u64 = p.disks.iter().map(|d| d.size).sum();
+                    let src = p.disks.first().map(|d| d.source.as_str()).unwrap_or("");
+                    println!(
+                        "{:<24} {:>6} {:>20} {:>10} {:>10}  {}",
+                        p.name,
+                        p.id,
+                        format_time(p.created_unix),
+                        human_bytes(size),
+                        human_bytes(p.stats.bytes_written),
+                        src
+                    );
+                }
+                let u = store.usage()?;
+                println!("store: {} in {} pack(s), {} chunks, index {}", human_bytes(u.pack_bytes), u.packs, u.chunks, human_bytes(u.index_bytes));
+            }
+        }
+        Command::Restore { point, store, to, format, verify, force, threads, json } => {
+            let store = open_store(&store, false)?;
+            let rp = store.find(&point)?;
+            let format = match format {
+                Format::Raw => RestoreFormat::Raw,
+                Format::Qcow2 => RestoreFormat::Qcow2,
+            };
+            let opts = RestoreOptions { to, format, verify, force, disk: 0, threads };
+            let bar = Bar::new(interactive && !json);
+            let report = engine::restore(&store, &rp, &opts, &bar)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "restored {} ({}) to {} as {:?} in {:.2} s: {} written, {} zero chunks left as holes{}",
+                    report.point,
+                    human_bytes(report.bytes_logical),
+                    report.to,
+                    report.format,
+                    report.duration_s,
+                    human_bytes(report.bytes_written),
+                    report.chunks_zero,
+                    if report.verified { "; verified against the backup" } else { "" }
+                );
+            }
+        }
+        Command::Verify { store, point, threads, json } => {
+            let store = open_store(&store, false)?;
+            let bar = Bar::new(interactive && !json);
+            let report = engine::verify(&store, point.as_deref(), threads, &bar)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "checked {} restore point(s), {} chunks, {}",
+                    report.restore_points_checked,
+                    report.chunks_checked,
+                    human_bytes(report.bytes_checked)
+                );
+                for r in &report.damaged_records {
+                    println!("DAMAGED RECORD {r}");
+                }
+                for p in &report.damaged_points {
+                    for r in &p.ranges {
+                        println!("DAMAGED {} disk {} bytes {}..{}: {}", p.point, r.disk, r.offset, r.offset + r.len, r.reason);
+                    }
+                }
+                if report.is_clean() {
+                    println!("all intact");
+                } else {
+                    println!("damage found: restore points listed above cannot be fully restored; back them up again from the source, and keep the store's disk under watch");
+                }
+            }
+            if !report.is_clean() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Reindex { store, json } => {
+            let store = open_store(&store, false)?;
+            let report = store.reindex()?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!("rebuilt the index from {} pack(s): {} chunks", report.packs, report.chunks);
+                for r in &report.damaged_records {
+                    println!("DAMAGED {r}");
+                }
+            }
+        }
+        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_time(unix: u64) -> String {
+    // Civil date from days since the epoch (proleptic Gregorian), to avoid a time crate.
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rackvault: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").is_err());
+    }
+
+    #[test]
+    fn names_from_sources() {
+        assert_eq!(default_name("/var/lib/vm-01.qcow2"), "vm-01");
+        assert_eq!(default_name("file:///x/disk image.raw"), "disk-image");
+    }
+
+    #[test]
+    fn dates_format() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000), "2026-11-18 11:06:40");
+    }
+}
