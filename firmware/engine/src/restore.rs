@@ -17,6 +17,9 @@ use store::{Digest, DiskIndex, RestorePoint, Store};
 
 use crate::{default_threads, open_source, EngineError, Progress};
 
+/// Kick off writeback after this many bytes, so the final fsync is short.
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
 /// Output format of a restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,6 +126,8 @@ pub fn restore(store: &Store, point: &RestorePoint, opts: &RestoreOptions, progr
     }
     progress.start("restore", disk.size);
     let bytes_written = AtomicU64::new(0);
+    // Bytes written since writeback was last kicked.
+    let unflushed = AtomicU64::new(0);
     // Small chunks feeding a qcow2 writer must all arrive so that clusters complete.
     let send_zeros = match &sink {
         Sink::Raw { write_zeros, .. } => *write_zeros,
@@ -139,7 +144,13 @@ pub fn restore(store: &Store, point: &RestorePoint, opts: &RestoreOptions, progr
             data
         };
         match &sink {
-            Sink::Raw { file, .. } => file.write_all_at(bytes, offset).map_err(|e| target.err(e))?,
+            Sink::Raw { file, .. } => {
+                file.write_all_at(bytes, offset).map_err(|e| target.err(e))?;
+                if unflushed.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64 >= WRITEBACK_EVERY {
+                    unflushed.store(0, Ordering::Relaxed);
+                    uringio::start_writeback(file);
+                }
+            }
             Sink::Qcow2(a) => a.lock().expect("qcow2 lock").put(offset, bytes).map_err(|e| target.err(e))?,
         }
         if !digest.is_zero() {

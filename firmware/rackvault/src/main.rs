@@ -44,6 +44,9 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Seal packs at this size (tests use small packs to exercise pack rotation).
+        #[arg(long, value_parser = parse_size, hide = true)]
+        pack_target: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -175,12 +178,18 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let interactive = std::io::stderr().is_terminal();
     match cli.command {
-        Command::Backup { source, store, name, chunk_size, zstd_level, threads, json } => {
+        Command::Backup { source, store, name, chunk_size, zstd_level, threads, pack_target, json } => {
             let name = name.unwrap_or_else(|| default_name(&source));
             engine::validate_chunk_size(chunk_size)?;
             store::validate_name(&name)?;
             let src = engine::open_source(&source)?;
-            let store = open_store(&store, true)?;
+            let store = match pack_target {
+                Some(t) => {
+                    let o = StoreOptions { create: true, pack_target: t as u64 };
+                    Store::open(&store, &o)?
+                }
+                None => open_store(&store, true)?,
+            };
             let opts = BackupOptions { chunk_size, zstd_level, threads, ..BackupOptions::new(&name) };
             let bar = Bar::new(interactive && !json);
             let report = engine::backup(&store, src.as_ref(), &opts, &bar)?;

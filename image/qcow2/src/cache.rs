@@ -39,7 +39,10 @@ impl fmt::Debug for L2Cache {
 
 impl L2Cache {
     pub(crate) fn new(capacity_bytes: usize) -> L2Cache {
-        L2Cache { capacity_bytes, inner: Mutex::new(Lru::default()) }
+        L2Cache {
+            capacity_bytes,
+            inner: Mutex::new(Lru::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Lru> {
@@ -75,7 +78,9 @@ impl L2Cache {
         // Evict oldest first, but always keep the table just inserted, even if it alone is
         // over the budget (the caller holds its own Arc for the current batch anyway).
         while lru.bytes > self.capacity_bytes && lru.order.len() > 1 {
-            let Some((_, victim)) = lru.order.pop_first() else { break };
+            let Some((_, victim)) = lru.order.pop_first() else {
+                break;
+            };
             if let Some((_, t)) = lru.map.remove(&victim) {
                 lru.bytes -= t.len() * 8;
             }

@@ -72,13 +72,19 @@ fn invalid(msg: String) -> io::Error {
 /// spend their time here.
 fn is_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(16);
-    let wide = chunks.by_ref().all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0);
+    let wide = chunks
+        .by_ref()
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0);
     wide && chunks.remainder().iter().all(|&x| x == 0)
 }
 
 impl Qcow2Writer {
     /// Start a new image of `virtual_size` bytes with clusters of `2^cluster_bits` bytes
     /// (16..=21, i.e. 64 KiB..2 MiB; 16 is the usual choice) in `file`, which is truncated.
+    ///
+    /// QEMU only handles whole 512-byte sectors, so like `qemu-img convert` the image's size
+    /// is `virtual_size` rounded up to a multiple of 512; the padding reads as zeros. Writes
+    /// are still checked against `virtual_size` itself.
     pub fn create(file: File, virtual_size: u64, cluster_bits: u32) -> io::Result<Self> {
         if !(WRITER_MIN_CLUSTER_BITS..=WRITER_MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(invalid(format!(
@@ -94,18 +100,28 @@ impl Qcow2Writer {
                 MAX_L1_BYTES >> 20
             )));
         }
-        let clusters = usize::try_from(clusters).map_err(|_| invalid(format!("virtual size {virtual_size} too large")))?;
+        let clusters = usize::try_from(clusters)
+            .map_err(|_| invalid(format!("virtual size {virtual_size} too large")))?;
         let mut map = Vec::new();
         map.try_reserve_exact(clusters).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::OutOfMemory,
-                format!("cannot allocate the {} MiB cluster map for a {virtual_size}-byte qcow2 image", (clusters * 8) >> 20),
+                format!(
+                    "cannot allocate the {} MiB cluster map for a {virtual_size}-byte qcow2 image",
+                    (clusters * 8) >> 20
+                ),
             )
         })?;
         map.resize(clusters, 0);
         // Start from an empty file: stale bytes must not survive in unwritten clusters.
         file.set_len(0)?;
-        Ok(Qcow2Writer { file, virtual_size, cluster_bits, map, next_host: cs })
+        Ok(Qcow2Writer {
+            file,
+            virtual_size,
+            cluster_bits,
+            map,
+            next_host: cs,
+        })
     }
 
     fn cluster_size(&self) -> u64 {
@@ -152,7 +168,9 @@ impl Qcow2Writer {
             };
             let start = i * cs as usize;
             pending = match pending {
-                Some((h, s, l)) if h + l as u64 == host && s + l == start => Some((h, s, l + chunk.len())),
+                Some((h, s, l)) if h + l as u64 == host && s + l == start => {
+                    Some((h, s, l + chunk.len()))
+                }
                 other => {
                     if let Some((h, s, l)) = other {
                         self.file.write_all_at(&data[s..s + l], h)?;
@@ -256,9 +274,9 @@ impl Qcow2Writer {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
         h[4..8].copy_from_slice(&3u32.to_be_bytes()); // version
-        // 8..16 backing_file_offset, 16..20 backing_file_size: none
+                                                      // 8..16 backing_file_offset, 16..20 backing_file_size: none
         h[20..24].copy_from_slice(&self.cluster_bits.to_be_bytes());
-        h[24..32].copy_from_slice(&self.virtual_size.to_be_bytes());
+        h[24..32].copy_from_slice(&self.virtual_size.next_multiple_of(512).to_be_bytes());
         // 32..36 crypt_method: none
         h[36..40].copy_from_slice(&(l1_entries as u32).to_be_bytes());
         h[40..48].copy_from_slice(&l1_offset.to_be_bytes());

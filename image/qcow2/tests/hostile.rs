@@ -30,7 +30,10 @@ fn try_everything(src: &dyn BlockSource) -> Result<(), SourceError> {
     let mut off = 0;
     while off < src.size() {
         let n = (src.size() - off).min(buf.len() as u64) as usize;
-        src.read_many(&mut [ReadRequest { offset: off, buf: &mut buf[..n] }])?;
+        src.read_many(&mut [ReadRequest {
+            offset: off,
+            buf: &mut buf[..n],
+        }])?;
         off += n as u64;
     }
     Ok(())
@@ -45,7 +48,11 @@ fn open_err(bytes: Vec<u8>) -> SourceError {
 
 fn assert_corrupt(e: &SourceError, offset: u64, words: &str) {
     match e {
-        SourceError::Corrupt { what, offset: o, detail } => {
+        SourceError::Corrupt {
+            what,
+            offset: o,
+            detail,
+        } => {
             assert_eq!(what, "mem.qcow2");
             assert_eq!(*o, offset, "wrong offset in: {e}");
             assert!(detail.contains(words), "expected {words:?} in: {e}");
@@ -55,7 +62,10 @@ fn assert_corrupt(e: &SourceError, offset: u64, words: &str) {
 }
 
 fn assert_unsupported(e: &SourceError, words: &str) {
-    assert!(matches!(e, SourceError::Unsupported { .. }), "expected Unsupported, got {e}");
+    assert!(
+        matches!(e, SourceError::Unsupported { .. }),
+        "expected Unsupported, got {e}"
+    );
     assert!(e.to_string().contains(words), "expected {words:?} in: {e}");
 }
 
@@ -94,10 +104,19 @@ fn truncated_images() {
             Err(e) => e,
             Ok(src) => try_everything(&src).expect_err("a truncated image read without error"),
         };
-        assert!(matches!(err, SourceError::Corrupt { .. }), "cut {cut}: {err}");
+        assert!(
+            matches!(err, SourceError::Corrupt { .. }),
+            "cut {cut}: {err}"
+        );
         let msg = err.to_string();
-        assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
-        assert!(msg.contains("truncated") || msg.contains("past the end"), "cut {cut}: {msg}");
+        assert!(
+            msg.contains(&path.display().to_string()),
+            "error does not name the file: {msg}"
+        );
+        assert!(
+            msg.contains("truncated") || msg.contains("past the end"),
+            "cut {cut}: {msg}"
+        );
     }
     drop(img);
 }
@@ -123,7 +142,9 @@ fn bad_l1_table() {
     let entry = get_u64(&bytes, l1 as usize);
     let e = open_err(patched(&img, |d| put_u64(d, l1 as usize, entry + 512)));
     assert_corrupt(&e, l1, "unaligned");
-    let e = open_err(patched(&img, |d| put_u64(d, l1 as usize, (1 << 40) | (1 << 63))));
+    let e = open_err(patched(&img, |d| {
+        put_u64(d, l1 as usize, (1 << 40) | (1 << 63))
+    }));
     assert_corrupt(&e, l1, "past the end");
     // l1_size too small for the virtual size, or absurd.
     let e = open_err(patched(&img, |d| put_u32(d, 36, 0)));
@@ -226,9 +247,27 @@ fn feature_bits() {
 fn unsupported_features_made_by_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", s(&p("e.qcow2")), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        s(&p("e.qcow2")),
+        "1M",
+    ]);
     assert_unsupported(&open(&p("e.qcow2")).unwrap_err(), "subclusters");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={}", s(&p("d.raw"))), s(&p("d.qcow2")), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", s(&p("d.raw"))),
+        s(&p("d.qcow2")),
+        "1M",
+    ]);
     assert_unsupported(&open(&p("d.qcow2")).unwrap_err(), "external data file");
     qemu_img(&[
         "create",
@@ -287,12 +326,13 @@ fn zero_flag_in_v2_image() {
 fn damaged_compressed_cluster() {
     let dir = tempfile::tempdir().unwrap();
     for ty in ["zlib", "zstd"] {
-        let (img, bytes, data) = base_image(dir.path(), &["-c", "-o", &format!("compression_type={ty}")]);
+        let (img, bytes, data) =
+            base_image(dir.path(), &["-c", "-o", &format!("compression_type={ty}")]);
         let l2 = first_l2(&bytes) as usize;
         let entry = get_u64(&bytes, l2);
         assert_ne!(entry & (1 << 62), 0, "cluster 0 is not compressed");
         let host = (entry & ((1u64 << 54) - 1)) as usize; // 64 KiB clusters: x = 54
-        // Garbage compressed bytes.
+                                                          // Garbage compressed bytes.
         let src = open_mem(patched(&img, |d| d[host..host + 64].fill(0xff))).unwrap();
         let e = src.read_at(0, &mut [0u8; 4096]).unwrap_err();
         assert_corrupt(&e, host as u64, "does not decompress");

@@ -22,13 +22,20 @@ fn roundtrip_converted(size: u64, extra: &[&str], seed: u64) -> Qcow2Source {
     args.extend_from_slice(extra);
     args.extend_from_slice(&[s(&raw), s(&img)]);
     qemu_img(&args);
-    assert_eq!(qemu_raw(&img), data, "qemu itself disagrees with the source data");
+    assert_eq!(
+        qemu_raw(&img),
+        data,
+        "qemu itself disagrees with the source data"
+    );
 
     let src = open(&img).unwrap();
     assert_eq!(src.size(), size);
     assert_eq!(src.format(), "qcow2");
     assert_eq!(src.describe(), img.display().to_string());
-    assert!(read_all(&src) == data, "read_all differs from the raw data for {extra:?}");
+    assert!(
+        read_all(&src) == data,
+        "read_all differs from the raw data for {extra:?}"
+    );
     check_random_reads(&src, &data, seed, 40);
     assert_alloc_matches_qemu(&src, &img, &data);
     src
@@ -95,12 +102,21 @@ fn qemu_io_scattered_writes_and_zero_flag() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("io.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", s(&img), "64M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=65536",
+        s(&img),
+        "64M",
+    ]);
     qemu_io(
         &img,
         &[
             "write -P 0xab 0 64k",
-            "write -P 0x12 1000 3000",      // partial cluster: QEMU copies on write
+            "write -P 0x12 1000 3000", // partial cluster: QEMU copies on write
             "write -P 0x34 5M 1M",
             "write -P 0x56 9437184 131072", // 9 MiB
             "write -P 0x78 33554432 512",   // 32 MiB, one sector
@@ -155,16 +171,33 @@ fn compressed_really_compressed() {
     let raw = dir.path().join("t.raw");
     let img = dir.path().join("t.qcow2");
     let data = make_raw(&raw, 4 * MIB, &[(0, 2 * MIB)], 10);
-    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd", s(&raw), s(&img)]);
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "compression_type=zstd",
+        s(&raw),
+        s(&img),
+    ]);
     let map = qemu_img(&["map", "--output=json", s(&img)]);
-    assert!(map.contains("\"compressed\": true"), "no compressed clusters in {map}");
+    assert!(
+        map.contains("\"compressed\": true"),
+        "no compressed clusters in {map}"
+    );
     let src = open(&img).unwrap();
     // Many small reads into the same compressed clusters in one batch.
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 1000]).collect();
     let mut reqs: Vec<ReadRequest<'_>> = bufs
         .iter_mut()
         .enumerate()
-        .map(|(i, b)| ReadRequest { offset: i as u64 * 1000, buf: b.as_mut_slice() })
+        .map(|(i, b)| ReadRequest {
+            offset: i as u64 * 1000,
+            buf: b.as_mut_slice(),
+        })
         .collect();
     src.read_many(&mut reqs).unwrap();
     for (i, b) in bufs.iter().enumerate() {
@@ -180,11 +213,26 @@ fn tiny_cache_and_concurrent_readers() {
     let size = 16 * MIB;
     let ranges: Vec<(u64, u64)> = (0..64).map(|i| (i * 250_000, 70_000)).collect();
     let data = Arc::new(make_raw(&raw, size, &ranges, 11));
-    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=512", s(&raw), s(&img)]);
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        s(&raw),
+        s(&img),
+    ]);
     // A cache smaller than one table: every lookup evicts, results must not change.
     let src = Arc::new(
-        Qcow2Source::open_with(Box::new(FileBlock::open(&img).unwrap()), &TestOpener, &OpenOptions { l2_cache_bytes: 1 })
-            .unwrap(),
+        Qcow2Source::open_with(
+            Box::new(FileBlock::open(&img).unwrap()),
+            &TestOpener,
+            &OpenOptions { l2_cache_bytes: 1 },
+        )
+        .unwrap(),
     );
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -211,10 +259,22 @@ fn batch_with_empty_and_overlapping_requests() {
     let mut c = vec![1u8; 100_000];
     let mut d = vec![1u8; 1];
     let mut reqs = [
-        ReadRequest { offset: 5, buf: &mut a },
-        ReadRequest { offset: 60_000, buf: &mut b },
-        ReadRequest { offset: 60_000, buf: &mut c },
-        ReadRequest { offset: 8 * MIB - 1, buf: &mut d },
+        ReadRequest {
+            offset: 5,
+            buf: &mut a,
+        },
+        ReadRequest {
+            offset: 60_000,
+            buf: &mut b,
+        },
+        ReadRequest {
+            offset: 60_000,
+            buf: &mut c,
+        },
+        ReadRequest {
+            offset: 8 * MIB - 1,
+            buf: &mut d,
+        },
     ];
     src.read_many(&mut reqs).unwrap();
     assert_eq!(b[..], data[60_000..160_000]);

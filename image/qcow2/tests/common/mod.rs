@@ -20,9 +20,22 @@ pub struct FileBlock {
 
 impl FileBlock {
     pub fn open(path: &Path) -> Result<FileBlock, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io { what: path.display().to_string(), source })?;
-        let size = file.metadata().map_err(|source| SourceError::Io { what: path.display().to_string(), source })?.len();
-        Ok(FileBlock { file, path: path.to_path_buf(), size })
+        let file = File::open(path).map_err(|source| SourceError::Io {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|source| SourceError::Io {
+                what: path.display().to_string(),
+                source,
+            })?
+            .len();
+        Ok(FileBlock {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
     }
 }
 
@@ -35,14 +48,22 @@ impl BlockSource for FileBlock {
     }
     fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
         let end = offset.saturating_add(len).min(self.size);
-        Ok(vec![Extent { offset, len: end.saturating_sub(offset), kind: ExtentKind::Data }])
+        Ok(vec![Extent {
+            offset,
+            len: end.saturating_sub(offset),
+            kind: ExtentKind::Data,
+        }])
     }
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         for r in reqs.iter_mut() {
             blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size)?;
             self.file
                 .read_exact_at(r.buf, r.offset)
-                .map_err(|source| SourceError::Read { what: self.describe(), offset: r.offset, source })?;
+                .map_err(|source| SourceError::Read {
+                    what: self.describe(),
+                    offset: r.offset,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -64,11 +85,20 @@ impl BlockSource for MemSource {
     }
     fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
         let end = offset.saturating_add(len).min(self.size());
-        Ok(vec![Extent { offset, len: end.saturating_sub(offset), kind: ExtentKind::Data }])
+        Ok(vec![Extent {
+            offset,
+            len: end.saturating_sub(offset),
+            kind: ExtentKind::Data,
+        }])
     }
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         for r in reqs.iter_mut() {
-            blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size())?;
+            blocksource::check_range(
+                &|| self.describe(),
+                r.offset,
+                r.buf.len() as u64,
+                self.size(),
+            )?;
             let o = r.offset as usize;
             r.buf.copy_from_slice(&self.data[o..o + r.buf.len()]);
         }
@@ -81,13 +111,23 @@ impl BlockSource for MemSource {
 pub struct TestOpener;
 
 impl BackingOpener for TestOpener {
-    fn open_backing(&self, name: &str, child_describe: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
+    fn open_backing(
+        &self,
+        name: &str,
+        child_describe: &str,
+    ) -> Result<(Box<dyn BlockSource>, String), SourceError> {
         let path = resolve_backing_path(name, child_describe)?;
         let canonical = std::fs::canonicalize(&path).map_err(|source| SourceError::Io {
-            what: format!("{child_describe}: backing file {name:?} (looked for {})", path.display()),
+            what: format!(
+                "{child_describe}: backing file {name:?} (looked for {})",
+                path.display()
+            ),
             source,
         })?;
-        Ok((Box::new(FileBlock::open(&canonical)?), canonical.display().to_string()))
+        Ok((
+            Box::new(FileBlock::open(&canonical)?),
+            canonical.display().to_string(),
+        ))
     }
 }
 
@@ -97,8 +137,15 @@ impl BackingOpener for TestOpener {
 pub struct NoBacking;
 
 impl BackingOpener for NoBacking {
-    fn open_backing(&self, name: &str, child: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
-        Err(SourceError::Unsupported { what: child.to_string(), detail: format!("test: no backing files ({name:?})") })
+    fn open_backing(
+        &self,
+        name: &str,
+        child: &str,
+    ) -> Result<(Box<dyn BlockSource>, String), SourceError> {
+        Err(SourceError::Unsupported {
+            what: child.to_string(),
+            detail: format!("test: no backing files ({name:?})"),
+        })
     }
 }
 
@@ -107,11 +154,19 @@ pub fn open(path: &Path) -> Result<Qcow2Source, SourceError> {
 }
 
 pub fn open_mem(data: Vec<u8>) -> Result<Qcow2Source, SourceError> {
-    Qcow2Source::open(Box::new(MemSource { data, name: "mem.qcow2".into() }), &NoBacking)
+    Qcow2Source::open(
+        Box::new(MemSource {
+            data,
+            name: "mem.qcow2".into(),
+        }),
+        &NoBacking,
+    )
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -138,13 +193,22 @@ pub fn qemu_io(path: &Path, cmds: &[&str]) {
 }
 
 pub fn have_qemu_io() -> bool {
-    Command::new("qemu-io").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("qemu-io")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The guest-visible bytes of an image according to QEMU.
 pub fn qemu_raw(path: &Path) -> Vec<u8> {
     let out = path.with_extension("qemu-raw");
-    qemu_img(&["convert", "-O", "raw", path.to_str().unwrap(), out.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        path.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let data = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     data
@@ -189,7 +253,8 @@ pub fn make_raw(path: &Path, size: u64, ranges: &[(u64, u64)], seed: u64) -> Vec
     let f = File::create(path).unwrap();
     f.set_len(size).unwrap();
     for &(o, l) in ranges {
-        f.write_all_at(&data[o as usize..(o + l) as usize], o).unwrap();
+        f.write_all_at(&data[o as usize..(o + l) as usize], o)
+            .unwrap();
     }
     data
 }
@@ -197,12 +262,12 @@ pub fn make_raw(path: &Path, size: u64, ranges: &[(u64, u64)], seed: u64) -> Vec
 /// Scattered ranges used by several tests, within a disk of `size` bytes.
 pub fn scattered(size: u64) -> Vec<(u64, u64)> {
     let mut v = vec![
-        (0, 4096),                             // first sector area
-        (70_000, 3_000),                       // unaligned, inside one 64K cluster
-        (1 << 20, 256 << 10),                  // aligned run
-        ((3 << 20) - 1000, 5000),              // crosses a 1 MiB boundary
-        (size / 2 + 512, 130_000),             // middle, spans clusters
-        (size - 65536 * 3 - 512, 65536 * 3),   // near the end
+        (0, 4096),                           // first sector area
+        (70_000, 3_000),                     // unaligned, inside one 64K cluster
+        (1 << 20, 256 << 10),                // aligned run
+        ((3 << 20) - 1000, 5000),            // crosses a 1 MiB boundary
+        (size / 2 + 512, 130_000),           // middle, spans clusters
+        (size - 65536 * 3 - 512, 65536 * 3), // near the end
     ];
     v.retain(|&(o, l)| o + l <= size);
     v
@@ -219,9 +284,13 @@ pub fn read_all(src: &dyn BlockSource) -> Vec<u8> {
         let mut reqs: Vec<ReadRequest<'_>> = buf
             .chunks_mut(REQ)
             .enumerate()
-            .map(|(i, b)| ReadRequest { offset: base + (i * REQ) as u64, buf: b })
+            .map(|(i, b)| ReadRequest {
+                offset: base + (i * REQ) as u64,
+                buf: b,
+            })
             .collect();
-        src.read_many(&mut reqs).unwrap_or_else(|e| panic!("read_many failed: {e}"));
+        src.read_many(&mut reqs)
+            .unwrap_or_else(|e| panic!("read_many failed: {e}"));
     }
     out
 }
@@ -239,12 +308,21 @@ pub fn check_random_reads(src: &dyn BlockSource, expected: &[u8], seed: u64, rou
                 (off, vec![0xEEu8; len as usize])
             })
             .collect();
-        let mut reqs: Vec<ReadRequest<'_>> =
-            bufs.iter_mut().map(|(o, b)| ReadRequest { offset: *o, buf: b.as_mut_slice() }).collect();
+        let mut reqs: Vec<ReadRequest<'_>> = bufs
+            .iter_mut()
+            .map(|(o, b)| ReadRequest {
+                offset: *o,
+                buf: b.as_mut_slice(),
+            })
+            .collect();
         src.read_many(&mut reqs).unwrap();
         for (o, b) in &bufs {
             let o = *o as usize;
-            assert!(b[..] == expected[o..o + b.len()], "mismatch in read of {} bytes at {o}", b.len());
+            assert!(
+                b[..] == expected[o..o + b.len()],
+                "mismatch in read of {} bytes at {o}",
+                b.len()
+            );
         }
     }
 }
@@ -274,12 +352,17 @@ pub fn our_data_map(src: &dyn BlockSource, expected: &[u8]) -> Vec<bool> {
     let mut pos = 0;
     let mut map = vec![false; size.div_ceil(512) as usize];
     for e in &ext {
-        assert_eq!(e.offset, pos, "allocation map has a gap or overlap: {ext:?}");
+        assert_eq!(
+            e.offset, pos,
+            "allocation map has a gap or overlap: {ext:?}"
+        );
         assert!(e.len > 0);
         pos = e.end();
         match e.kind {
             ExtentKind::Zero => assert!(
-                expected[e.offset as usize..e.end() as usize].iter().all(|&b| b == 0),
+                expected[e.offset as usize..e.end() as usize]
+                    .iter()
+                    .all(|&b| b == 0),
                 "extent {e:?} reported Zero but holds data"
             ),
             ExtentKind::Data => {

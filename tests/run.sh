@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine with the Rust toolchain.
+#   ./tests/run.sh
+# 1. installs the Debian packages the tests use (only when missing; needs root),
+# 2. checks formatting and lints,
+# 3. builds the release binary the end-to-end tests drive,
+# 4. runs every test of the workspace.
+# Exit status 0 only if everything passed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need=()
+for pkg in qemu-utils; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+done
+if ((${#need[@]})); then
+	echo "tests/run.sh: installing ${need[*]}" >&2
+	apt=(apt-get -q -y -o DPkg::Lock::Timeout=600)
+	DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${need[@]}" >/dev/null ||
+		{ DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >/dev/null &&
+		  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${need[@]}" >/dev/null; }
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --release --quiet -- -D warnings
+echo "== build" >&2
+cargo build --release --workspace --quiet
+echo "== tests" >&2
+cargo test --workspace --release --quiet 2>&1 | tee /tmp/rackvault-test.log
+# `cargo test` prints one "test result:" line per test binary; sum them for a closing line.
+python3 - /tmp/rackvault-test.log <<'PY'
+import re, sys
+p = f = ig = 0
+for line in open(sys.argv[1]):
+    m = re.search(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+    if m:
+        p += int(m[1]); f += int(m[2]); ig += int(m[3])
+print(f"{p} passed, {f} failed, {ig} skipped")
+sys.exit(1 if f else 0)
+PY
