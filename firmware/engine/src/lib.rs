@@ -197,16 +197,15 @@ pub fn backup(store: &Store, source: &dyn BlockSource, opts: &BackupOptions, pro
         // The committing side: store new chunks as they come, build the tree in order.
         let mut reorder: BTreeMap<u64, Digest> = BTreeMap::new();
         let mut next_index = 0u64;
-        let mut emit = |c: EncodedChunk| -> store::Result<()> { session.insert(&c).map(|_| ()) };
         let result = (|| {
             for msg in rx.iter() {
                 let r = msg?;
                 if let Some(enc) = &r.encoded {
-                    emit(enc.clone())?;
+                    session.insert(enc)?;
                 }
                 reorder.insert(r.index, r.digest);
                 while let Some(d) = reorder.remove(&next_index) {
-                    tree.push(d, &mut emit)?;
+                    tree.push(d, &mut |node| session.insert(&node).map(|_| ()))?;
                     next_index += 1;
                 }
             }
@@ -301,15 +300,22 @@ impl Worker<'_> {
         for (slot, buf) in self.bufs.iter_mut().enumerate().take(n) {
             let c_start = start + slot as u64 * self.chunk_size;
             let c_end = (c_start + self.chunk_size).min(end);
-            buf.clear();
+            // Size the buffer without clearing it; only the gaps between data extents are
+            // zeroed below, the rest is overwritten by the reads.
             buf.resize((c_end - c_start) as usize, 0);
+            let mut filled = c_start;
             for e in map.iter().filter(|e| e.kind == ExtentKind::Data) {
                 let s = e.offset.max(c_start);
                 let t = e.end().min(c_end);
                 if s < t {
                     has_data[slot] = true;
+                    buf[(filled - c_start) as usize..(s - c_start) as usize].fill(0);
                     segments.push((s, t - s, slot, (s - c_start) as usize));
+                    filled = t;
                 }
+            }
+            if has_data[slot] {
+                buf[(filled - c_start) as usize..].fill(0);
             }
         }
         // Carve disjoint mutable slices out of the chunk buffers for one read_many call.

@@ -39,10 +39,7 @@ impl fmt::Debug for L2Cache {
 
 impl L2Cache {
     pub(crate) fn new(capacity_bytes: usize) -> L2Cache {
-        L2Cache {
-            capacity_bytes,
-            inner: Mutex::new(Lru::default()),
-        }
+        L2Cache { capacity_bytes, inner: Mutex::new(Lru::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Lru> {

@@ -24,12 +24,7 @@ pub(crate) struct Decompressor {
 
 impl Decompressor {
     /// Decompress `input` until `output` is full. Errors are a human-readable reason.
-    pub(crate) fn decompress(
-        &mut self,
-        kind: Compression,
-        input: &[u8],
-        output: &mut [u8],
-    ) -> Result<(), String> {
+    pub(crate) fn decompress(&mut self, kind: Compression, input: &[u8], output: &mut [u8]) -> Result<(), String> {
         match kind {
             Compression::Deflate => inflate(input, output),
             Compression::Zstd => self.unzstd(input, output),
@@ -43,8 +38,7 @@ impl Decompressor {
                 d
             }
             None => {
-                let mut d =
-                    Decoder::new().map_err(|e| format!("zstd decoder setup failed: {e}"))?;
+                let mut d = Decoder::new().map_err(|e| format!("zstd decoder setup failed: {e}"))?;
                 d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
                     .map_err(|e| format!("zstd decoder setup failed: {e}"))?;
                 self.zstd.insert(d)
@@ -55,13 +49,9 @@ impl Decompressor {
         let mut outb = OutBuffer::around(output);
         while outb.pos() < want {
             let (in_before, out_before) = (inb.pos(), outb.pos());
-            dec.run(&mut inb, &mut outb)
-                .map_err(|e| format!("zstd data is invalid: {e}"))?;
+            dec.run(&mut inb, &mut outb).map_err(|e| format!("zstd data is invalid: {e}"))?;
             if inb.pos() == in_before && outb.pos() == out_before {
-                return Err(format!(
-                    "zstd data ends after {} of {want} bytes",
-                    outb.pos()
-                ));
+                return Err(format!("zstd data ends after {} of {want} bytes", outb.pos()));
             }
         }
         Ok(())
@@ -77,21 +67,14 @@ fn inflate(input: &[u8], output: &mut [u8]) -> Result<(), String> {
             return Ok(());
         }
         let status = d
-            .decompress(
-                &input[in_pos.min(input.len())..],
-                &mut output[out_pos..],
-                FlushDecompress::Finish,
-            )
+            .decompress(&input[in_pos.min(input.len())..], &mut output[out_pos..], FlushDecompress::Finish)
             .map_err(|e| format!("deflate data is invalid: {e}"))?;
         let done = d.total_out() as usize;
         if done >= output.len() {
             return Ok(());
         }
         if status == Status::StreamEnd || (d.total_in() as usize == in_pos && done == out_pos) {
-            return Err(format!(
-                "deflate data ends after {done} of {} bytes",
-                output.len()
-            ));
+            return Err(format!("deflate data ends after {done} of {} bytes", output.len()));
         }
     }
 }
@@ -104,28 +87,19 @@ mod tests {
     #[test]
     fn inflate_with_trailing_garbage_and_short_streams() {
         let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut enc =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&data).unwrap();
         let mut comp = enc.finish().unwrap();
         comp.extend_from_slice(&[0xAA; 300]); // sector padding / next cluster
         let mut out = vec![0u8; 4096];
-        Decompressor::default()
-            .decompress(Compression::Deflate, &comp, &mut out)
-            .unwrap();
+        Decompressor::default().decompress(Compression::Deflate, &comp, &mut out).unwrap();
         assert_eq!(out, data);
         // Asking for more than the stream holds is corruption, not a hang or panic.
         let mut big = vec![0u8; 8192];
-        assert!(Decompressor::default()
-            .decompress(Compression::Deflate, &comp, &mut big)
-            .is_err());
+        assert!(Decompressor::default().decompress(Compression::Deflate, &comp, &mut big).is_err());
         // Truncated input.
-        assert!(Decompressor::default()
-            .decompress(Compression::Deflate, &comp[..20], &mut out)
-            .is_err());
-        assert!(Decompressor::default()
-            .decompress(Compression::Deflate, &[], &mut out)
-            .is_err());
+        assert!(Decompressor::default().decompress(Compression::Deflate, &comp[..20], &mut out).is_err());
+        assert!(Decompressor::default().decompress(Compression::Deflate, &[], &mut out).is_err());
     }
 
     #[test]
@@ -140,12 +114,8 @@ mod tests {
             assert_eq!(out, data);
         }
         let mut out = vec![0u8; 65536];
-        assert!(d
-            .decompress(Compression::Zstd, &[1, 2, 3, 4, 5, 6, 7, 8], &mut out)
-            .is_err());
-        assert!(d
-            .decompress(Compression::Zstd, &comp[..50], &mut out)
-            .is_err());
+        assert!(d.decompress(Compression::Zstd, &[1, 2, 3, 4, 5, 6, 7, 8], &mut out).is_err());
+        assert!(d.decompress(Compression::Zstd, &comp[..50], &mut out).is_err());
         // And it still works after an error.
         d.decompress(Compression::Zstd, &comp, &mut out).unwrap();
         assert_eq!(out, data);

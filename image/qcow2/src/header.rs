@@ -71,18 +71,11 @@ pub(crate) struct Parsed {
 }
 
 pub(crate) fn corrupt(what: &str, offset: u64, detail: impl Into<String>) -> SourceError {
-    SourceError::Corrupt {
-        what: what.to_string(),
-        offset,
-        detail: detail.into(),
-    }
+    SourceError::Corrupt { what: what.to_string(), offset, detail: detail.into() }
 }
 
 fn unsupported(what: &str, detail: impl Into<String>) -> SourceError {
-    SourceError::Unsupported {
-        what: what.to_string(),
-        detail: detail.into(),
-    }
+    SourceError::Unsupported { what: what.to_string(), detail: detail.into() }
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -104,10 +97,7 @@ struct FeatureNames(Vec<(u8, u8, String)>);
 
 impl FeatureNames {
     fn name(&self, kind: u8, bit: u32) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, b, _)| *k == kind && u32::from(*b) == bit)
-            .map(|(_, _, n)| n.as_str())
+        self.0.iter().find(|(k, b, _)| *k == kind && u32::from(*b) == bit).map(|(_, _, n)| n.as_str())
     }
 }
 
@@ -122,11 +112,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
     let mut head = vec![0u8; head_len];
     container.read_at(0, &mut head)?;
     if !crate::is_qcow2(&head) {
-        return Err(corrupt(
-            what,
-            0,
-            "no qcow2 magic (QFI\\xfb) at the start: not a qcow2 image",
-        ));
+        return Err(corrupt(what, 0, "no qcow2 magic (QFI\\xfb) at the start: not a qcow2 image"));
     }
     if file_size < V2_HEADER_LEN {
         return Err(corrupt(
@@ -137,10 +123,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
     }
     let version = be32(&head, 4);
     if version != 2 && version != 3 {
-        return Err(unsupported(
-            what,
-            format!("qcow2 version {version} (only versions 2 and 3 are supported)"),
-        ));
+        return Err(unsupported(what, format!("qcow2 version {version} (only versions 2 and 3 are supported)")));
     }
     let backing_file_offset = be64(&head, 8);
     let backing_file_size = u64::from(be32(&head, 16));
@@ -177,11 +160,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         let refcount_order = be32(&head, 96);
         let header_len = u64::from(be32(&head, 100));
         if refcount_order > 6 {
-            return Err(corrupt(
-                what,
-                96,
-                format!("refcount_order is {refcount_order}, more than the maximum 6"),
-            ));
+            return Err(corrupt(what, 96, format!("refcount_order is {refcount_order}, more than the maximum 6")));
         }
         if header_len < V3_MIN_HEADER_LEN || header_len % 8 != 0 || header_len > cluster_size {
             return Err(corrupt(
@@ -200,11 +179,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
             ));
         }
         // The compression type byte exists only in headers longer than 104 bytes.
-        let compression_type = if header_len > V3_MIN_HEADER_LEN {
-            head[104]
-        } else {
-            0
-        };
+        let compression_type = if header_len > V3_MIN_HEADER_LEN { head[104] } else { 0 };
         (incompat, compat, header_len, compression_type)
     } else {
         (0, 0, V2_HEADER_LEN, 0)
@@ -244,17 +219,14 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         let data = &first[data_start as usize..(data_start + len) as usize];
         match ty {
             EXT_BACKING_FORMAT => {
-                let fmt = std::str::from_utf8(data).map_err(|_| {
-                    corrupt(what, data_start, "backing format name is not valid UTF-8")
-                })?;
+                let fmt = std::str::from_utf8(data)
+                    .map_err(|_| corrupt(what, data_start, "backing format name is not valid UTF-8"))?;
                 backing_format = Some(fmt.trim_end_matches('\0').to_string());
             }
             EXT_FEATURE_NAMES => {
                 // 48-byte entries: type, bit number, 46-byte NUL-padded name.
                 for e in data.chunks_exact(48) {
-                    let name = String::from_utf8_lossy(&e[2..])
-                        .trim_end_matches('\0')
-                        .to_string();
+                    let name = String::from_utf8_lossy(&e[2..]).trim_end_matches('\0').to_string();
                     names.0.push((e[0], e[1], name));
                 }
             }
@@ -290,10 +262,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         ));
     }
     if incompat & INCOMPAT_EXTL2 != 0 {
-        return Err(unsupported(
-            what,
-            "extended L2 entries / subclusters (incompatible feature bit 4)",
-        ));
+        return Err(unsupported(what, "extended L2 entries / subclusters (incompatible feature bit 4)"));
     }
     let unknown = incompat & !INCOMPAT_KNOWN;
     if unknown != 0 {
@@ -304,10 +273,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
                 None => format!("bit {b}"),
             })
             .collect();
-        return Err(unsupported(
-            what,
-            format!("unknown incompatible features: {}", list.join(", ")),
-        ));
+        return Err(unsupported(what, format!("unknown incompatible features: {}", list.join(", "))));
     }
     if crypt_method != 0 {
         let kind = match crypt_method {
@@ -315,10 +281,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
             2 => "LUKS",
             _ => "unknown",
         };
-        return Err(unsupported(
-            what,
-            format!("encrypted image (crypt_method {crypt_method}, {kind})"),
-        ));
+        return Err(unsupported(what, format!("encrypted image (crypt_method {crypt_method}, {kind})")));
     }
     let compression = match (incompat & INCOMPAT_COMPRESSION != 0, compression_type) {
         (_, 0) => Compression::Deflate,
@@ -346,9 +309,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
             return Err(corrupt(
                 what,
                 8,
-                format!(
-                    "backing file name offset {backing_file_offset} is outside the first cluster"
-                ),
+                format!("backing file name offset {backing_file_offset} is outside the first cluster"),
             ));
         }
         let end = backing_file_offset + backing_file_size; // both small: cannot overflow
@@ -361,17 +322,9 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         }
         let mut raw = vec![0u8; backing_file_size as usize];
         container.read_at(backing_file_offset, &mut raw)?;
-        let name = String::from_utf8(raw).map_err(|_| {
-            corrupt(
-                what,
-                backing_file_offset,
-                "backing file name is not valid UTF-8",
-            )
-        })?;
-        Some(BackingRef {
-            name,
-            format: backing_format,
-        })
+        let name = String::from_utf8(raw)
+            .map_err(|_| corrupt(what, backing_file_offset, "backing file name is not valid UTF-8"))?;
+        Some(BackingRef { name, format: backing_format })
     } else {
         None
     };
@@ -395,19 +348,14 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         return Err(corrupt(
             what,
             36,
-            format!(
-                "L1 table has {l1_size} entries but the {size}-byte virtual size needs {needed}"
-            ),
+            format!("L1 table has {l1_size} entries but the {size}-byte virtual size needs {needed}"),
         ));
     }
     if l1_size > MAX_L1_BYTES / 8 {
         return Err(corrupt(
             what,
             36,
-            format!(
-                "L1 table has {l1_size} entries, over the {} MiB limit",
-                MAX_L1_BYTES >> 20
-            ),
+            format!("L1 table has {l1_size} entries, over the {} MiB limit", MAX_L1_BYTES >> 20),
         ));
     }
     let mut l1 = Vec::new();
@@ -416,14 +364,13 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
             return Err(corrupt(
                 what,
                 40,
-                format!("L1 table offset {l1_table_offset} is not a non-zero multiple of the cluster size {cluster_size}"),
+                format!(
+                    "L1 table offset {l1_table_offset} is not a non-zero multiple of the cluster size {cluster_size}"
+                ),
             ));
         }
         let l1_bytes = needed * 8;
-        if l1_table_offset
-            .checked_add(l1_bytes)
-            .is_none_or(|end| end > file_size)
-        {
+        if l1_table_offset.checked_add(l1_bytes).is_none_or(|end| end > file_size) {
             return Err(corrupt(
                 what,
                 40,
@@ -447,10 +394,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
                         format!("L1 entry {i} points to an L2 table at unaligned offset {l2:#x}"),
                     ));
                 }
-                if l2
-                    .checked_add(cluster_size)
-                    .is_none_or(|end| end > file_size)
-                {
+                if l2.checked_add(cluster_size).is_none_or(|end| end > file_size) {
                     return Err(corrupt(
                         what,
                         at,
@@ -464,13 +408,5 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         }
     }
 
-    Ok(Parsed {
-        version,
-        cluster_bits,
-        size,
-        l1,
-        l1_offset: l1_table_offset,
-        compression,
-        backing,
-    })
+    Ok(Parsed { version, cluster_bits, size, l1, l1_offset: l1_table_offset, compression, backing })
 }

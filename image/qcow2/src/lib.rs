@@ -75,8 +75,8 @@ mod writer;
 
 pub use blocksource::{BlockSource, SourceError};
 pub use reader::{
-    resolve_backing_path, BackingOpener, LocalBackingOpener, OpenOptions, Qcow2Source,
-    DEFAULT_L2_CACHE_BYTES, MAX_CHAIN_LEN,
+    resolve_backing_path, BackingOpener, LocalBackingOpener, OpenOptions, Qcow2Source, DEFAULT_L2_CACHE_BYTES,
+    MAX_CHAIN_LEN,
 };
 pub use writer::Qcow2Writer;
 

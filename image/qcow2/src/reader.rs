@@ -5,9 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blocksource::{
-    check_range, coalesce, BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError,
-};
+use blocksource::{check_range, coalesce, BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError};
 
 use crate::cache::L2Cache;
 use crate::compress::Decompressor;
@@ -36,11 +34,7 @@ pub trait BackingOpener {
     /// header, `child_describe` is the describe() of the image that names it. Returns the raw
     /// container bytes of the backing file, and a stable identity (e.g. canonical path) used
     /// for loop detection.
-    fn open_backing(
-        &self,
-        name: &str,
-        child_describe: &str,
-    ) -> Result<(Box<dyn BlockSource>, String), SourceError>;
+    fn open_backing(&self, name: &str, child_describe: &str) -> Result<(Box<dyn BlockSource>, String), SourceError>;
 }
 
 /// Opens backing files on the local filesystem: a relative name is resolved against the
@@ -49,17 +43,10 @@ pub trait BackingOpener {
 pub struct LocalBackingOpener;
 
 impl BackingOpener for LocalBackingOpener {
-    fn open_backing(
-        &self,
-        name: &str,
-        child_describe: &str,
-    ) -> Result<(Box<dyn BlockSource>, String), SourceError> {
+    fn open_backing(&self, name: &str, child_describe: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
         let path = resolve_backing_path(name, child_describe)?;
         let canonical = std::fs::canonicalize(&path).map_err(|source| SourceError::Io {
-            what: format!(
-                "{child_describe}: backing file {name:?} (looked for {})",
-                path.display()
-            ),
+            what: format!("{child_describe}: backing file {name:?} (looked for {})", path.display()),
             source,
         })?;
         let source = open_local_file(&canonical)?;
@@ -103,11 +90,7 @@ pub fn resolve_backing_path(name: &str, child_describe: &str) -> Result<PathBuf,
     ];
     let mut name = name;
     if let Some((proto, rest)) = name.split_once(':') {
-        let base = proto
-            .split('+')
-            .next()
-            .unwrap_or(proto)
-            .to_ascii_lowercase();
+        let base = proto.split('+').next().unwrap_or(proto).to_ascii_lowercase();
         if base == "file" {
             name = rest;
         } else if PROTOCOLS.contains(&base.as_str()) {
@@ -127,10 +110,7 @@ pub fn resolve_backing_path(name: &str, child_describe: &str) -> Result<PathBuf,
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {
-        Path::new(child_describe)
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(p)
+        Path::new(child_describe).parent().unwrap_or(Path::new("")).join(p)
     })
 }
 
@@ -144,9 +124,7 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions {
-            l2_cache_bytes: DEFAULT_L2_CACHE_BYTES,
-        }
+        OpenOptions { l2_cache_bytes: DEFAULT_L2_CACHE_BYTES }
     }
 }
 
@@ -250,10 +228,7 @@ impl fmt::Debug for Qcow2Source {
 impl Qcow2Source {
     /// Open the qcow2 image whose raw bytes `container` holds, and its backing chain through
     /// `opener`. Validates the header and loads the L1 table; L2 tables are read on demand.
-    pub fn open(
-        container: Box<dyn BlockSource>,
-        opener: &dyn BackingOpener,
-    ) -> Result<Qcow2Source, SourceError> {
+    pub fn open(container: Box<dyn BlockSource>, opener: &dyn BackingOpener) -> Result<Qcow2Source, SourceError> {
         Self::open_with(container, opener, &OpenOptions::default())
     }
 
@@ -264,10 +239,7 @@ impl Qcow2Source {
         options: &OpenOptions,
     ) -> Result<Qcow2Source, SourceError> {
         let cache = Arc::new(L2Cache::new(options.l2_cache_bytes));
-        let mut chain = Chain {
-            names: vec![container.describe()],
-            identities: Vec::new(),
-        };
+        let mut chain = Chain { names: vec![container.describe()], identities: Vec::new() };
         Self::open_layer(container, opener, &cache, &mut chain)
     }
 
@@ -340,7 +312,9 @@ impl Qcow2Source {
             Some(other) => {
                 return Err(SourceError::Unsupported {
                     what: container.describe(),
-                    detail: format!("backing file format {other:?} (named by {child}); only qcow2 and raw are supported"),
+                    detail: format!(
+                        "backing file format {other:?} (named by {child}); only qcow2 and raw are supported"
+                    ),
                 })
             }
             None => {
@@ -405,10 +379,7 @@ impl Qcow2Source {
         }
         if entry & L2E_ZERO != 0 {
             if self.version < 3 {
-                return Err(self.corrupt(
-                    at,
-                    "L2 entry has the zero flag (bit 0) set in a version 2 image",
-                ));
+                return Err(self.corrupt(at, "L2 entry has the zero flag (bit 0) set in a version 2 image"));
             }
             return Ok(Mapping::Zero);
         }
@@ -417,10 +388,7 @@ impl Qcow2Source {
             return Ok(Mapping::Unallocated);
         }
         if host & (self.cluster_size() - 1) != 0 {
-            return Err(self.corrupt(
-                at,
-                format!("L2 entry points to a data cluster at unaligned offset {host:#x}"),
-            ));
+            return Err(self.corrupt(at, format!("L2 entry points to a data cluster at unaligned offset {host:#x}")));
         }
         if host >= self.file_size {
             return Err(self.corrupt(
@@ -461,11 +429,8 @@ impl Qcow2Source {
         missing.dedup();
         let cs = self.cluster_size() as usize;
         let mut bufs = vec![vec![0u8; cs]; missing.len()];
-        let mut reqs: Vec<ReadRequest<'_>> = missing
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(|(&offset, buf)| ReadRequest { offset, buf })
-            .collect();
+        let mut reqs: Vec<ReadRequest<'_>> =
+            missing.iter().zip(bufs.iter_mut()).map(|(&offset, buf)| ReadRequest { offset, buf }).collect();
         self.container.read_many(&mut reqs)?;
         drop(reqs);
         for (off, buf) in missing.into_iter().zip(bufs) {
@@ -481,22 +446,13 @@ impl Qcow2Source {
 
     /// The mapping of guest cluster `cluster` (< number of clusters), whose L2 table must be
     /// in `tables` already.
-    fn mapping(
-        &self,
-        cluster: u64,
-        tables: &HashMap<u64, Arc<[u64]>>,
-    ) -> Result<Mapping, SourceError> {
+    fn mapping(&self, cluster: u64, tables: &HashMap<u64, Arc<[u64]>>) -> Result<Mapping, SourceError> {
         let l2_bits = self.cluster_bits - 3;
         let l1i = (cluster >> l2_bits) as usize;
         let l2i = (cluster & ((1u64 << l2_bits) - 1)) as usize;
         let l2_off = match self.l1.get(l1i) {
             Some(&o) => o,
-            None => {
-                return Err(self.corrupt(
-                    self.l1_offset,
-                    format!("guest cluster {cluster} has no L1 entry"),
-                ))
-            }
+            None => return Err(self.corrupt(self.l1_offset, format!("guest cluster {cluster} has no L1 entry"))),
         };
         if l2_off == 0 {
             return Ok(Mapping::Unallocated);
@@ -505,10 +461,9 @@ impl Qcow2Source {
             Some(&entry) => self.classify(entry, l2_off + l2i as u64 * 8),
             // Only reachable through a bug in the caller's table loading; fail the read
             // rather than panic.
-            None => Err(self.corrupt(
-                l2_off,
-                format!("internal error: L2 table for guest cluster {cluster} not loaded"),
-            )),
+            None => {
+                Err(self.corrupt(l2_off, format!("internal error: L2 table for guest cluster {cluster} not loaded")))
+            }
         }
     }
 
@@ -562,9 +517,7 @@ impl Qcow2Source {
                     Mapping::Unallocated if self.backing.is_some() => {
                         push(&mut segs, ri, n as usize, SegKind::Backing(pos))
                     }
-                    Mapping::Unallocated | Mapping::Zero => {
-                        push(&mut segs, ri, n as usize, SegKind::Zero)
-                    }
+                    Mapping::Unallocated | Mapping::Zero => push(&mut segs, ri, n as usize, SegKind::Zero),
                     Mapping::Data(cluster) => {
                         let host = cluster + within;
                         // QEMU may leave the last cluster of a file short (the guest never
@@ -584,15 +537,7 @@ impl Qcow2Source {
                             compressed.push((offset, len));
                             compressed.len() - 1
                         });
-                        push(
-                            &mut segs,
-                            ri,
-                            n as usize,
-                            SegKind::Compressed {
-                                idx,
-                                skip: within as usize,
-                            },
-                        );
+                        push(&mut segs, ri, n as usize, SegKind::Compressed { idx, skip: within as usize });
                     }
                 }
                 pos += n;
@@ -620,14 +565,8 @@ impl BlockSource for Qcow2Source {
         // compressed cluster twice, so ask for cluster alignment where that is reasonable.
         let h = self.container.io_hints();
         let max_request = h.max_request.max(h.alignment);
-        let alignment = h
-            .alignment
-            .max((self.cluster_size() as u32).min(max_request));
-        IoHints {
-            alignment,
-            queue_depth: h.queue_depth,
-            max_request: max_request.max(alignment),
-        }
+        let alignment = h.alignment.max((self.cluster_size() as u32).min(max_request));
+        IoHints { alignment, queue_depth: h.queue_depth, max_request: max_request.max(alignment) }
     }
 
     fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
@@ -687,11 +626,7 @@ impl BlockSource for Qcow2Source {
                 Run::Zero => ExtentKind::Zero,
                 Run::Unallocated => {
                     let Some(backing) = &self.backing else {
-                        out.push(Extent {
-                            offset: start,
-                            len,
-                            kind: ExtentKind::Zero,
-                        });
+                        out.push(Extent { offset: start, len, kind: ExtentKind::Zero });
                         continue;
                     };
                     // Unallocated here: whatever the backing image has, zeros past its end.
@@ -704,42 +639,25 @@ impl BlockSource for Qcow2Source {
                             let s = e.offset.max(start);
                             let t = e.end().min(bend);
                             if s < t {
-                                out.push(Extent {
-                                    offset: s,
-                                    len: t - s,
-                                    kind: e.kind,
-                                });
+                                out.push(Extent { offset: s, len: t - s, kind: e.kind });
                             }
                         }
                     }
                     let zs = start.max(bend);
                     if zs < run_end {
-                        out.push(Extent {
-                            offset: zs,
-                            len: run_end - zs,
-                            kind: ExtentKind::Zero,
-                        });
+                        out.push(Extent { offset: zs, len: run_end - zs, kind: ExtentKind::Zero });
                     }
                     continue;
                 }
             };
-            out.push(Extent {
-                offset: start,
-                len,
-                kind,
-            });
+            out.push(Extent { offset: start, len, kind });
         }
         Ok(coalesce(out))
     }
 
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         for r in reqs.iter() {
-            check_range(
-                &|| self.what.clone(),
-                r.offset,
-                r.buf.len() as u64,
-                self.size,
-            )?;
+            check_range(&|| self.what.clone(), r.offset, r.buf.len() as u64, self.size)?;
         }
         let Plan { segs, compressed } = self.plan(reqs)?;
 
@@ -765,15 +683,11 @@ impl BlockSource for Qcow2Source {
                     SegKind::Compressed { idx, skip } => compressed_dests.push((idx, skip, piece)),
                     SegKind::Backing(guest) => {
                         // Past the end of a smaller backing image the disk reads as zeros.
-                        let inside =
-                            backing_size.saturating_sub(guest).min(piece.len() as u64) as usize;
+                        let inside = backing_size.saturating_sub(guest).min(piece.len() as u64) as usize;
                         let (head, zeros) = piece.split_at_mut(inside);
                         zeros.fill(0);
                         if !head.is_empty() {
-                            backing_reqs.push(ReadRequest {
-                                offset: guest,
-                                buf: head,
-                            });
+                            backing_reqs.push(ReadRequest { offset: guest, buf: head });
                         }
                     }
                 }

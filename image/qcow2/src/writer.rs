@@ -72,9 +72,7 @@ fn invalid(msg: String) -> io::Error {
 /// spend their time here.
 fn is_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(16);
-    let wide = chunks
-        .by_ref()
-        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0);
+    let wide = chunks.by_ref().all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0);
     wide && chunks.remainder().iter().all(|&x| x == 0)
 }
 
@@ -100,8 +98,8 @@ impl Qcow2Writer {
                 MAX_L1_BYTES >> 20
             )));
         }
-        let clusters = usize::try_from(clusters)
-            .map_err(|_| invalid(format!("virtual size {virtual_size} too large")))?;
+        let clusters =
+            usize::try_from(clusters).map_err(|_| invalid(format!("virtual size {virtual_size} too large")))?;
         let mut map = Vec::new();
         map.try_reserve_exact(clusters).map_err(|_| {
             io::Error::new(
@@ -115,13 +113,7 @@ impl Qcow2Writer {
         map.resize(clusters, 0);
         // Start from an empty file: stale bytes must not survive in unwritten clusters.
         file.set_len(0)?;
-        Ok(Qcow2Writer {
-            file,
-            virtual_size,
-            cluster_bits,
-            map,
-            next_host: cs,
-        })
+        Ok(Qcow2Writer { file, virtual_size, cluster_bits, map, next_host: cs })
     }
 
     fn cluster_size(&self) -> u64 {
@@ -133,16 +125,13 @@ impl Qcow2Writer {
     /// skipped; runs of clusters that are contiguous on the host go out as one write.
     pub fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()> {
         let cs = self.cluster_size();
-        let end = guest_offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= self.virtual_size)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "qcow2 write of {} bytes at {guest_offset} is past the end of the {}-byte disk",
-                    data.len(),
-                    self.virtual_size
-                ))
-            })?;
+        let end = guest_offset.checked_add(data.len() as u64).filter(|&e| e <= self.virtual_size).ok_or_else(|| {
+            invalid(format!(
+                "qcow2 write of {} bytes at {guest_offset} is past the end of the {}-byte disk",
+                data.len(),
+                self.virtual_size
+            ))
+        })?;
         if guest_offset % cs != 0 || (data.len() as u64 % cs != 0 && end != self.virtual_size) {
             return Err(invalid(format!(
                 "qcow2 write of {} bytes at {guest_offset} is not cluster-aligned ({cs}-byte clusters) and does not end at the end of the disk",
@@ -168,9 +157,7 @@ impl Qcow2Writer {
             };
             let start = i * cs as usize;
             pending = match pending {
-                Some((h, s, l)) if h + l as u64 == host && s + l == start => {
-                    Some((h, s, l + chunk.len()))
-                }
+                Some((h, s, l)) if h + l as u64 == host && s + l == start => Some((h, s, l + chunk.len())),
                 other => {
                     if let Some((h, s, l)) = other {
                         self.file.write_all_at(&data[s..s + l], h)?;

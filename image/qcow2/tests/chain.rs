@@ -6,7 +6,6 @@ use std::path::Path;
 
 use blocksource::{BlockSource, ExtentKind, SourceError};
 use common::*;
-use qcow2::{LocalBackingOpener, Qcow2Source};
 
 const MIB: u64 = 1 << 20;
 
@@ -31,14 +30,7 @@ fn three_layers(dir: &Path) -> std::path::PathBuf {
     if have_qemu_io() {
         qemu_io(&base, &["write -P 0x11 0 4M", "write -P 0x12 20M 1M"]);
         qemu_io(&mid, &["write -P 0x22 2M 1M", "write -P 0x23 10M 100k"]);
-        qemu_io(
-            &top,
-            &[
-                "write -P 0x55 1M 64k",
-                "write -P 0x56 2500k 10k",
-                "write -z 3M 512k",
-            ],
-        );
+        qemu_io(&top, &["write -P 0x55 1M 64k", "write -P 0x56 2500k 10k", "write -z 3M 512k"]);
     } else {
         // Without qemu-io: fill the base via convert, the upper layers stay thin.
         let raw = dir.join("base.raw");
@@ -66,25 +58,11 @@ fn chain_of_three() {
         let ext = src.allocation(3 * MIB, 512 << 10).unwrap();
         assert_eq!(ext.len(), 1);
         assert_eq!(ext[0].kind, ExtentKind::Zero);
-        assert!(data[3 << 20..(3 << 20) + (512 << 10)]
-            .iter()
-            .all(|&b| b == 0));
+        assert!(data[3 << 20..(3 << 20) + (512 << 10)].iter().all(|&b| b == 0));
         assert_eq!(data[1 << 20], 0x55);
         assert_eq!(data[0], 0x11);
         assert_eq!(data[2 << 20], 0x22);
     }
-}
-
-#[test]
-fn chain_via_local_backing_opener() {
-    // The production opener, over blocksource::file::FileSource.
-    let dir = tempfile::tempdir().unwrap();
-    let top = three_layers(dir.path());
-    let data = qemu_raw(&top);
-    let container = blocksource::file::FileSource::open(&top).unwrap();
-    let src = Qcow2Source::open(Box::new(container), &LocalBackingOpener).unwrap();
-    assert!(read_all(&src) == data);
-    assert_alloc_matches_qemu(&src, &top, &data);
 }
 
 #[test]
@@ -110,11 +88,7 @@ fn raw_backing_smaller_than_top() {
     let theirs = qemu_data_map(&top, src.size());
     assert!((0..ours.len()).all(|i| !theirs[i] || ours[i]));
     let tail = src.allocation(6 * MIB, 4 * MIB).unwrap();
-    let data_ext: Vec<_> = tail
-        .iter()
-        .filter(|e| e.kind == ExtentKind::Data)
-        .map(|e| (e.offset, e.len))
-        .collect();
+    let data_ext: Vec<_> = tail.iter().filter(|e| e.kind == ExtentKind::Data).map(|e| (e.offset, e.len)).collect();
     if have_qemu_io() {
         assert_eq!(data_ext, vec![(8 * MIB, 64 << 10)]);
     } else {
@@ -129,23 +103,12 @@ fn backing_without_format_is_probed() {
     let base = dir.path().join("b.qcow2");
     let top = dir.path().join("t.qcow2");
     make_raw(&base_raw, 4 * MIB, &scattered(4 * MIB), 24);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        s(&base_raw),
-        s(&base),
-    ]);
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&base_raw), s(&base)]);
     create(&top, "4M", Some(("b.qcow2", "qcow2")));
     let expected = qemu_raw(&top);
     // Turn the backing-format extension into an unknown one: the format must be probed.
     let bytes = patched(&top, |d| {
-        let pos = d[..65536]
-            .windows(4)
-            .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
-            .unwrap();
+        let pos = d[..65536].windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).unwrap();
         put_u32(d, pos, 0x1234_5678);
     });
     std::fs::write(&top, bytes).unwrap();
@@ -158,10 +121,7 @@ fn backing_without_format_is_probed() {
     create(&top2, "4M", Some(("b.raw", "raw")));
     let expected = qemu_raw(&top2);
     let bytes = patched(&top2, |d| {
-        let pos = d[..65536]
-            .windows(4)
-            .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
-            .unwrap();
+        let pos = d[..65536].windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).unwrap();
         put_u32(d, pos, 0x1234_5678);
     });
     std::fs::write(&top2, bytes).unwrap();
@@ -182,20 +142,14 @@ fn backing_loop_is_refused() {
     let err = open(&a).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, SourceError::Corrupt { .. }), "{msg}");
-    assert!(
-        msg.contains("backing file loop") && msg.contains("a.qcow2") && msg.contains("b.qcow2"),
-        "{msg}"
-    );
+    assert!(msg.contains("backing file loop") && msg.contains("a.qcow2") && msg.contains("b.qcow2"), "{msg}");
 
     // An image that is its own backing file.
     let c = dir.path().join("c.qcow2");
     create(&c, "1M", None);
     qemu_img(&["rebase", "-u", "-b", "c.qcow2", "-F", "qcow2", s(&c)]);
     let msg = open(&c).unwrap_err().to_string();
-    assert!(
-        msg.contains("backing file loop") && msg.contains("c.qcow2"),
-        "{msg}"
-    );
+    assert!(msg.contains("backing file loop") && msg.contains("c.qcow2"), "{msg}");
 }
 
 #[test]
@@ -206,19 +160,7 @@ fn too_deep_chain_is_refused() {
     for i in 1..=qcow2::MAX_CHAIN_LEN {
         let prev = format!("l{}.qcow2", i - 1);
         // -u: do not open the (ever deeper) backing chain while creating.
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            &prev,
-            "-F",
-            "qcow2",
-            s(&name(i)),
-            "1M",
-        ]);
+        qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", &prev, "-F", "qcow2", s(&name(i)), "1M"]);
     }
     // Exactly MAX_CHAIN_LEN images is fine...
     let ok = open(&name(qcow2::MAX_CHAIN_LEN - 1)).unwrap();
@@ -233,39 +175,12 @@ fn too_deep_chain_is_refused() {
 fn missing_backing_file_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let top = dir.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        "gone.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-        "1M",
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "gone.qcow2", "-F", "qcow2", s(&top), "1M"]);
     let msg = open(&top).unwrap_err().to_string();
-    assert!(
-        msg.contains("gone.qcow2") && msg.contains("top.qcow2"),
-        "{msg}"
-    );
+    assert!(msg.contains("gone.qcow2") && msg.contains("top.qcow2"), "{msg}");
     // Network backing files are not local files.
     let net = dir.path().join("net.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        "nbd://10.0.0.1/x",
-        "-F",
-        "raw",
-        s(&net),
-        "1M",
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "nbd://10.0.0.1/x", "-F", "raw", s(&net), "1M"]);
     let err = open(&net).unwrap_err();
     assert!(matches!(err, SourceError::Unsupported { .. }), "{err}");
 }

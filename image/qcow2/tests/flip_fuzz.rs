@@ -11,20 +11,8 @@ use common::*;
 const MIB: u64 = 1 << 20;
 
 /// Header fields worth hitting directly (offset, width): random flips rarely land there.
-const FIELDS: &[(usize, usize)] = &[
-    (4, 4),
-    (8, 8),
-    (16, 4),
-    (20, 4),
-    (24, 8),
-    (32, 4),
-    (36, 4),
-    (40, 8),
-    (72, 8),
-    (80, 8),
-    (96, 4),
-    (100, 4),
-];
+const FIELDS: &[(usize, usize)] =
+    &[(4, 4), (8, 8), (16, 4), (20, 4), (24, 8), (32, 4), (36, 4), (40, 8), (72, 8), (80, 8), (96, 4), (100, 4)];
 
 /// Counts of what the corrupted images got through, to check the loop reaches the read path.
 #[derive(Debug, Default)]
@@ -45,10 +33,7 @@ fn exercise(data: Vec<u8>, rng: &mut Rng, stats: &mut Stats) {
     let mut reqs: Vec<ReadRequest<'_>> = buf[..n]
         .chunks_mut(256 << 10)
         .enumerate()
-        .map(|(i, b)| ReadRequest {
-            offset: (i as u64) << 18,
-            buf: b,
-        })
+        .map(|(i, b)| ReadRequest { offset: (i as u64) << 18, buf: b })
         .collect();
     stats.read += usize::from(src.read_many(&mut reqs).is_ok());
     for _ in 0..4 {
@@ -65,12 +50,7 @@ fn fuzz(opts: &[&str], iterations: usize, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("f.raw");
     let img = dir.path().join("f.qcow2");
-    make_raw(
-        &raw,
-        3 * MIB,
-        &[(0, 300_000), (MIB, 64 << 10), (2 * MIB + 4096, 500_000)],
-        seed,
-    );
+    make_raw(&raw, 3 * MIB, &[(0, 300_000), (MIB, 64 << 10), (2 * MIB + 4096, 500_000)], seed);
     let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
     args.extend_from_slice(opts);
     args.extend_from_slice(&[s(&raw), s(&img)]);
@@ -109,20 +89,10 @@ fn fuzz(opts: &[&str], iterations: usize, seed: u64) {
     }
     eprintln!("{opts:?}: {iterations} corrupted images: {stats:?}");
     // Most flips land in data or padding; make sure enough images get past open and reads.
-    assert!(
-        stats.opened > iterations / 4 && stats.read > iterations / 8,
-        "{stats:?}"
-    );
-    assert!(
-        stats.opened < iterations,
-        "no corruption was detected at all: {stats:?}"
-    );
+    assert!(stats.opened > iterations / 4 && stats.read > iterations / 8, "{stats:?}");
+    assert!(stats.opened < iterations, "no corruption was detected at all: {stats:?}");
     // A hang-like slowdown is a bug too.
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "fuzz loop too slow: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(120), "fuzz loop too slow: {:?}", started.elapsed());
 }
 
 #[test]
@@ -142,9 +112,5 @@ fn flips_compressed_deflate() {
 
 #[test]
 fn flips_compressed_zstd() {
-    fuzz(
-        &["-c", "-o", "cluster_size=4096,compression_type=zstd"],
-        1500,
-        0x1357_9bdf,
-    );
+    fuzz(&["-c", "-o", "cluster_size=4096,compression_type=zstd"], 1500, 0x1357_9bdf);
 }

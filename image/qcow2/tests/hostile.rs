@@ -30,10 +30,7 @@ fn try_everything(src: &dyn BlockSource) -> Result<(), SourceError> {
     let mut off = 0;
     while off < src.size() {
         let n = (src.size() - off).min(buf.len() as u64) as usize;
-        src.read_many(&mut [ReadRequest {
-            offset: off,
-            buf: &mut buf[..n],
-        }])?;
+        src.read_many(&mut [ReadRequest { offset: off, buf: &mut buf[..n] }])?;
         off += n as u64;
     }
     Ok(())
@@ -48,11 +45,7 @@ fn open_err(bytes: Vec<u8>) -> SourceError {
 
 fn assert_corrupt(e: &SourceError, offset: u64, words: &str) {
     match e {
-        SourceError::Corrupt {
-            what,
-            offset: o,
-            detail,
-        } => {
+        SourceError::Corrupt { what, offset: o, detail } => {
             assert_eq!(what, "mem.qcow2");
             assert_eq!(*o, offset, "wrong offset in: {e}");
             assert!(detail.contains(words), "expected {words:?} in: {e}");
@@ -62,10 +55,7 @@ fn assert_corrupt(e: &SourceError, offset: u64, words: &str) {
 }
 
 fn assert_unsupported(e: &SourceError, words: &str) {
-    assert!(
-        matches!(e, SourceError::Unsupported { .. }),
-        "expected Unsupported, got {e}"
-    );
+    assert!(matches!(e, SourceError::Unsupported { .. }), "expected Unsupported, got {e}");
     assert!(e.to_string().contains(words), "expected {words:?} in: {e}");
 }
 
@@ -104,19 +94,10 @@ fn truncated_images() {
             Err(e) => e,
             Ok(src) => try_everything(&src).expect_err("a truncated image read without error"),
         };
-        assert!(
-            matches!(err, SourceError::Corrupt { .. }),
-            "cut {cut}: {err}"
-        );
+        assert!(matches!(err, SourceError::Corrupt { .. }), "cut {cut}: {err}");
         let msg = err.to_string();
-        assert!(
-            msg.contains(&path.display().to_string()),
-            "error does not name the file: {msg}"
-        );
-        assert!(
-            msg.contains("truncated") || msg.contains("past the end"),
-            "cut {cut}: {msg}"
-        );
+        assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
+        assert!(msg.contains("truncated") || msg.contains("past the end"), "cut {cut}: {msg}");
     }
     drop(img);
 }
@@ -142,9 +123,7 @@ fn bad_l1_table() {
     let entry = get_u64(&bytes, l1 as usize);
     let e = open_err(patched(&img, |d| put_u64(d, l1 as usize, entry + 512)));
     assert_corrupt(&e, l1, "unaligned");
-    let e = open_err(patched(&img, |d| {
-        put_u64(d, l1 as usize, (1 << 40) | (1 << 63))
-    }));
+    let e = open_err(patched(&img, |d| put_u64(d, l1 as usize, (1 << 40) | (1 << 63))));
     assert_corrupt(&e, l1, "past the end");
     // l1_size too small for the virtual size, or absurd.
     let e = open_err(patched(&img, |d| put_u32(d, 36, 0)));
@@ -247,27 +226,9 @@ fn feature_bits() {
 fn unsupported_features_made_by_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        s(&p("e.qcow2")),
-        "1M",
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", s(&p("e.qcow2")), "1M"]);
     assert_unsupported(&open(&p("e.qcow2")).unwrap_err(), "subclusters");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &format!("data_file={}", s(&p("d.raw"))),
-        s(&p("d.qcow2")),
-        "1M",
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={}", s(&p("d.raw"))), s(&p("d.qcow2")), "1M"]);
     assert_unsupported(&open(&p("d.qcow2")).unwrap_err(), "external data file");
     qemu_img(&[
         "create",
@@ -326,8 +287,7 @@ fn zero_flag_in_v2_image() {
 fn damaged_compressed_cluster() {
     let dir = tempfile::tempdir().unwrap();
     for ty in ["zlib", "zstd"] {
-        let (img, bytes, data) =
-            base_image(dir.path(), &["-c", "-o", &format!("compression_type={ty}")]);
+        let (img, bytes, data) = base_image(dir.path(), &["-c", "-o", &format!("compression_type={ty}")]);
         let l2 = first_l2(&bytes) as usize;
         let entry = get_u64(&bytes, l2);
         assert_ne!(entry & (1 << 62), 0, "cluster 0 is not compressed");

@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use blocksource::file::FileSource;
 use blocksource::{BlockSource, ExtentKind, ReadRequest};
 use common::*;
-use qcow2::{is_qcow2, OpenOptions, Qcow2Source};
+use qcow2::{is_qcow2, LocalBackingOpener, OpenOptions, Qcow2Source};
 
 const MIB: u64 = 1 << 20;
 
@@ -22,20 +24,13 @@ fn roundtrip_converted(size: u64, extra: &[&str], seed: u64) -> Qcow2Source {
     args.extend_from_slice(extra);
     args.extend_from_slice(&[s(&raw), s(&img)]);
     qemu_img(&args);
-    assert_eq!(
-        qemu_raw(&img),
-        data,
-        "qemu itself disagrees with the source data"
-    );
+    assert_eq!(qemu_raw(&img), data, "qemu itself disagrees with the source data");
 
     let src = open(&img).unwrap();
     assert_eq!(src.size(), size);
     assert_eq!(src.format(), "qcow2");
     assert_eq!(src.describe(), img.display().to_string());
-    assert!(
-        read_all(&src) == data,
-        "read_all differs from the raw data for {extra:?}"
-    );
+    assert!(read_all(&src) == data, "read_all differs from the raw data for {extra:?}");
     check_random_reads(&src, &data, seed, 40);
     assert_alloc_matches_qemu(&src, &img, &data);
     src
@@ -102,16 +97,7 @@ fn qemu_io_scattered_writes_and_zero_flag() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("io.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=65536",
-        s(&img),
-        "64M",
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", s(&img), "64M"]);
     qemu_io(
         &img,
         &[
@@ -171,33 +157,16 @@ fn compressed_really_compressed() {
     let raw = dir.path().join("t.raw");
     let img = dir.path().join("t.qcow2");
     let data = make_raw(&raw, 4 * MIB, &[(0, 2 * MIB)], 10);
-    qemu_img(&[
-        "convert",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "compression_type=zstd",
-        s(&raw),
-        s(&img),
-    ]);
+    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd", s(&raw), s(&img)]);
     let map = qemu_img(&["map", "--output=json", s(&img)]);
-    assert!(
-        map.contains("\"compressed\": true"),
-        "no compressed clusters in {map}"
-    );
+    assert!(map.contains("\"compressed\": true"), "no compressed clusters in {map}");
     let src = open(&img).unwrap();
     // Many small reads into the same compressed clusters in one batch.
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 1000]).collect();
     let mut reqs: Vec<ReadRequest<'_>> = bufs
         .iter_mut()
         .enumerate()
-        .map(|(i, b)| ReadRequest {
-            offset: i as u64 * 1000,
-            buf: b.as_mut_slice(),
-        })
+        .map(|(i, b)| ReadRequest { offset: i as u64 * 1000, buf: b.as_mut_slice() })
         .collect();
     src.read_many(&mut reqs).unwrap();
     for (i, b) in bufs.iter().enumerate() {
@@ -213,23 +182,12 @@ fn tiny_cache_and_concurrent_readers() {
     let size = 16 * MIB;
     let ranges: Vec<(u64, u64)> = (0..64).map(|i| (i * 250_000, 70_000)).collect();
     let data = Arc::new(make_raw(&raw, size, &ranges, 11));
-    qemu_img(&[
-        "convert",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        s(&raw),
-        s(&img),
-    ]);
+    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=512", s(&raw), s(&img)]);
     // A cache smaller than one table: every lookup evicts, results must not change.
     let src = Arc::new(
         Qcow2Source::open_with(
-            Box::new(FileBlock::open(&img).unwrap()),
-            &TestOpener,
+            Box::new(FileSource::open(&img).unwrap()),
+            &LocalBackingOpener,
             &OpenOptions { l2_cache_bytes: 1 },
         )
         .unwrap(),
@@ -259,22 +217,10 @@ fn batch_with_empty_and_overlapping_requests() {
     let mut c = vec![1u8; 100_000];
     let mut d = vec![1u8; 1];
     let mut reqs = [
-        ReadRequest {
-            offset: 5,
-            buf: &mut a,
-        },
-        ReadRequest {
-            offset: 60_000,
-            buf: &mut b,
-        },
-        ReadRequest {
-            offset: 60_000,
-            buf: &mut c,
-        },
-        ReadRequest {
-            offset: 8 * MIB - 1,
-            buf: &mut d,
-        },
+        ReadRequest { offset: 5, buf: &mut a },
+        ReadRequest { offset: 60_000, buf: &mut b },
+        ReadRequest { offset: 60_000, buf: &mut c },
+        ReadRequest { offset: 8 * MIB - 1, buf: &mut d },
     ];
     src.read_many(&mut reqs).unwrap();
     assert_eq!(b[..], data[60_000..160_000]);
@@ -283,4 +229,74 @@ fn batch_with_empty_and_overlapping_requests() {
     let hints = src.io_hints();
     assert!(hints.alignment.is_power_of_two() && hints.alignment >= 4096);
     assert!(hints.max_request >= hints.alignment);
+}
+
+/// Delegates to a real `FileSource` and counts the calls and requests it receives.
+#[derive(Debug)]
+struct Counting {
+    inner: FileSource,
+    calls: Arc<AtomicUsize>,
+    reqs: Arc<AtomicUsize>,
+}
+
+impl BlockSource for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<blocksource::Extent>, blocksource::SourceError> {
+        self.inner.allocation(offset, len)
+    }
+    fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), blocksource::SourceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.reqs.fetch_add(reqs.len(), Ordering::SeqCst);
+        self.inner.read_many(reqs)
+    }
+}
+
+#[test]
+fn one_container_call_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("p.raw");
+    let size = 16 * MIB;
+    let data = make_raw(&raw, size, &[(0, size)], 13);
+    for (name, extra) in [("plain", None), ("compressed", Some("-c"))] {
+        let img = dir.path().join(format!("{name}.qcow2"));
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        args.extend(extra);
+        args.extend([s(&raw), s(&img)]);
+        qemu_img(&args);
+        let (calls, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let container = Counting { inner: FileSource::open(&img).unwrap(), calls: calls.clone(), reqs: reqs.clone() };
+        let src = Qcow2Source::open(Box::new(container), &LocalBackingOpener).unwrap();
+        let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; 256 << 10]).collect();
+        let mut batch = |calls_expected: usize| {
+            calls.store(0, Ordering::SeqCst);
+            reqs.store(0, Ordering::SeqCst);
+            let mut rq: Vec<ReadRequest<'_>> = bufs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, b)| ReadRequest { offset: MIB + i as u64 * (256 << 10), buf: b.as_mut_slice() })
+                .collect();
+            src.read_many(&mut rq).unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), calls_expected, "{name}: container read_many calls");
+            reqs.load(Ordering::SeqCst)
+        };
+        // Cold: one call for the L2 table, one for all the data.
+        batch(2);
+        // Warm: exactly one call for the whole batch.
+        let n = batch(1);
+        if name == "plain" {
+            // Host clusters are contiguous, so each 256 KiB request is one host read.
+            assert_eq!(n, 16);
+        } else {
+            assert_eq!(n, 16 * 4); // one per compressed 64 KiB cluster
+        }
+        for (i, b) in bufs.iter().enumerate() {
+            let o = (MIB + i as u64 * (256 << 10)) as usize;
+            assert!(b[..] == data[o..o + b.len()]);
+        }
+    }
 }

@@ -34,18 +34,8 @@ fn check_clean(img: &Path) {
     // qemu-img check exits non-zero on corruptions (2) or leaks (3); `qemu_img` asserts 0.
     let out = qemu_img(&["check", "--output=json", s(img)]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for key in [
-        "corruptions",
-        "leaks",
-        "check-errors",
-        "corruptions-fixed",
-        "leaks-fixed",
-    ] {
-        assert_eq!(
-            v.get(key).and_then(|x| x.as_u64()).unwrap_or(0),
-            0,
-            "qemu-img check {key}: {out}"
-        );
+    for key in ["corruptions", "leaks", "check-errors", "corruptions-fixed", "leaks-fixed"] {
+        assert_eq!(v.get(key).and_then(|x| x.as_u64()).unwrap_or(0), 0, "qemu-img check {key}: {out}");
     }
 }
 
@@ -72,10 +62,7 @@ fn roundtrip(size: u64, cluster_bits: u32, seed: u64) {
     }
 
     // Which clusters must end up allocated: non-zero final data, or ever written with junk.
-    let mut allocated: Vec<bool> = data
-        .chunks(cs as usize)
-        .map(|c| c.iter().any(|&b| b != 0))
-        .collect();
+    let mut allocated: Vec<bool> = data.chunks(cs as usize).map(|c| c.iter().any(|&b| b != 0)).collect();
     let mut w = Qcow2Writer::create(File::create(&img).unwrap(), size, cluster_bits).unwrap();
     for (i, &(o, l)) in pieces.iter().enumerate() {
         let want = &data[o as usize..(o + l) as usize];
@@ -95,16 +82,7 @@ fn roundtrip(size: u64, cluster_bits: u32, seed: u64) {
     drop(f);
 
     check_clean(&img);
-    qemu_img(&[
-        "compare",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        s(&img),
-        s(&raw),
-    ]);
+    qemu_img(&["compare", "-q", "-f", "qcow2", "-F", "raw", s(&img), s(&raw)]);
 
     let src = open(&img).unwrap();
     assert_eq!(src.size(), size);
@@ -118,17 +96,9 @@ fn roundtrip(size: u64, cluster_bits: u32, seed: u64) {
     let n_alloc = allocated.iter().filter(|&&a| a).count() as u64;
     let l2_tables = size.div_ceil(cs * cs / 8);
     assert!(file_len >= n_alloc * cs, "file too small: {file_len}");
-    assert!(
-        file_len <= (n_alloc + 1 + l2_tables + 4) * cs,
-        "file too large: {file_len}, {n_alloc} data clusters"
-    );
-    let zero_bytes: u64 = src
-        .allocation(0, size)
-        .unwrap()
-        .iter()
-        .filter(|e| e.kind == ExtentKind::Zero)
-        .map(|e| e.len)
-        .sum();
+    assert!(file_len <= (n_alloc + 1 + l2_tables + 4) * cs, "file too large: {file_len}, {n_alloc} data clusters");
+    let zero_bytes: u64 =
+        src.allocation(0, size).unwrap().iter().filter(|e| e.kind == ExtentKind::Zero).map(|e| e.len).sum();
     assert!(zero_bytes > 0);
 }
 
@@ -166,22 +136,10 @@ fn roundtrip_many_l2_tables() {
     std::os::unix::fs::FileExt::write_all_at(&rawf, &vec![7u8; cs as usize], size - cs).unwrap();
     drop(w.finish().unwrap());
     check_clean(&img);
-    qemu_img(&[
-        "compare",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        s(&img),
-        s(&raw),
-    ]);
+    qemu_img(&["compare", "-q", "-f", "qcow2", "-F", "raw", s(&img), s(&raw)]);
     let src = open(&img).unwrap();
     let ext = src.allocation(0, size).unwrap();
-    assert_eq!(
-        ext.iter().filter(|e| e.kind == ExtentKind::Data).count(),
-        41
-    );
+    assert_eq!(ext.iter().filter(|e| e.kind == ExtentKind::Data).count(), 41);
 }
 
 #[test]
@@ -194,11 +152,7 @@ fn empty_and_unwritten_images() {
         check_clean(&img);
         let src = open(&img).unwrap();
         assert_eq!(src.size(), size);
-        assert!(src
-            .allocation(0, size)
-            .unwrap()
-            .iter()
-            .all(|e| e.kind == ExtentKind::Zero));
+        assert!(src.allocation(0, size).unwrap().iter().all(|e| e.kind == ExtentKind::Zero));
         assert!(read_all(&src).iter().all(|&b| b == 0));
     }
     // All-zero writes allocate nothing.
@@ -226,33 +180,15 @@ fn invalid_writes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = || File::create(dir.path().join("x.qcow2")).unwrap();
     for bits in [9, 15, 22, 40] {
-        assert_eq!(
-            Qcow2Writer::create(f(), MIB, bits).unwrap_err().kind(),
-            ErrorKind::InvalidInput
-        );
+        assert_eq!(Qcow2Writer::create(f(), MIB, bits).unwrap_err().kind(), ErrorKind::InvalidInput);
     }
-    assert_eq!(
-        Qcow2Writer::create(f(), u64::MAX, 16).unwrap_err().kind(),
-        ErrorKind::InvalidInput
-    );
+    assert_eq!(Qcow2Writer::create(f(), u64::MAX, 16).unwrap_err().kind(), ErrorKind::InvalidInput);
     let mut w = Qcow2Writer::create(f(), MIB + 512, 16).unwrap();
     let c = vec![1u8; 65536];
-    assert_eq!(
-        w.write_at(512, &c).unwrap_err().kind(),
-        ErrorKind::InvalidInput
-    ); // unaligned offset
-    assert_eq!(
-        w.write_at(0, &c[..1000]).unwrap_err().kind(),
-        ErrorKind::InvalidInput
-    ); // partial, not at end
-    assert_eq!(
-        w.write_at(MIB, &c).unwrap_err().kind(),
-        ErrorKind::InvalidInput
-    ); // past the end
-    assert_eq!(
-        w.write_at(u64::MAX - 65535, &c).unwrap_err().kind(),
-        ErrorKind::InvalidInput
-    );
+    assert_eq!(w.write_at(512, &c).unwrap_err().kind(), ErrorKind::InvalidInput); // unaligned offset
+    assert_eq!(w.write_at(0, &c[..1000]).unwrap_err().kind(), ErrorKind::InvalidInput); // partial, not at end
+    assert_eq!(w.write_at(MIB, &c).unwrap_err().kind(), ErrorKind::InvalidInput); // past the end
+    assert_eq!(w.write_at(u64::MAX - 65535, &c).unwrap_err().kind(), ErrorKind::InvalidInput);
     w.write_at(MIB, &c[..512]).unwrap(); // final partial cluster
     w.write_at(0, &c).unwrap();
     drop(w.finish().unwrap());
@@ -275,9 +211,7 @@ fn odd_virtual_size_is_rounded_to_sectors() {
     let src = open(&img).unwrap();
     assert_eq!(src.size(), MIB + 512);
     let data = read_all(&src);
-    assert!(data[MIB as usize..MIB as usize + 100]
-        .iter()
-        .all(|&b| b == 0xAB));
+    assert!(data[MIB as usize..MIB as usize + 100].iter().all(|&b| b == 0xAB));
     assert!(data[MIB as usize + 100..].iter().all(|&b| b == 0));
     assert_eq!(data, qemu_raw(&img));
 }

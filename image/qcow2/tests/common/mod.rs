@@ -3,71 +3,12 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use blocksource::file::FileSource;
 use blocksource::{BlockSource, Extent, ExtentKind, ReadRequest, SourceError};
-use qcow2::{resolve_backing_path, BackingOpener, Qcow2Source};
-
-/// A raw local file as a BlockSource: the tests' stand-in for `blocksource::file::FileSource`
-/// (same `open(&Path)` shape), so these tests do not depend on its implementation.
-#[derive(Debug)]
-pub struct FileBlock {
-    file: File,
-    path: PathBuf,
-    size: u64,
-}
-
-impl FileBlock {
-    pub fn open(path: &Path) -> Result<FileBlock, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
-            what: path.display().to_string(),
-            source,
-        })?;
-        let size = file
-            .metadata()
-            .map_err(|source| SourceError::Io {
-                what: path.display().to_string(),
-                source,
-            })?
-            .len();
-        Ok(FileBlock {
-            file,
-            path: path.to_path_buf(),
-            size,
-        })
-    }
-}
-
-impl BlockSource for FileBlock {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
-    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
-        let end = offset.saturating_add(len).min(self.size);
-        Ok(vec![Extent {
-            offset,
-            len: end.saturating_sub(offset),
-            kind: ExtentKind::Data,
-        }])
-    }
-    fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
-        for r in reqs.iter_mut() {
-            blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size)?;
-            self.file
-                .read_exact_at(r.buf, r.offset)
-                .map_err(|source| SourceError::Read {
-                    what: self.describe(),
-                    offset: r.offset,
-                    source,
-                })?;
-        }
-        Ok(())
-    }
-}
+use qcow2::{BackingOpener, LocalBackingOpener, Qcow2Source};
 
 /// An in-memory container, for corrupted copies of images.
 #[derive(Debug)]
@@ -85,49 +26,15 @@ impl BlockSource for MemSource {
     }
     fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
         let end = offset.saturating_add(len).min(self.size());
-        Ok(vec![Extent {
-            offset,
-            len: end.saturating_sub(offset),
-            kind: ExtentKind::Data,
-        }])
+        Ok(vec![Extent { offset, len: end.saturating_sub(offset), kind: ExtentKind::Data }])
     }
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         for r in reqs.iter_mut() {
-            blocksource::check_range(
-                &|| self.describe(),
-                r.offset,
-                r.buf.len() as u64,
-                self.size(),
-            )?;
+            blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size())?;
             let o = r.offset as usize;
             r.buf.copy_from_slice(&self.data[o..o + r.buf.len()]);
         }
         Ok(())
-    }
-}
-
-/// Like `LocalBackingOpener`, but opening files with [`FileBlock`].
-#[derive(Debug)]
-pub struct TestOpener;
-
-impl BackingOpener for TestOpener {
-    fn open_backing(
-        &self,
-        name: &str,
-        child_describe: &str,
-    ) -> Result<(Box<dyn BlockSource>, String), SourceError> {
-        let path = resolve_backing_path(name, child_describe)?;
-        let canonical = std::fs::canonicalize(&path).map_err(|source| SourceError::Io {
-            what: format!(
-                "{child_describe}: backing file {name:?} (looked for {})",
-                path.display()
-            ),
-            source,
-        })?;
-        Ok((
-            Box::new(FileBlock::open(&canonical)?),
-            canonical.display().to_string(),
-        ))
     }
 }
 
@@ -137,36 +44,23 @@ impl BackingOpener for TestOpener {
 pub struct NoBacking;
 
 impl BackingOpener for NoBacking {
-    fn open_backing(
-        &self,
-        name: &str,
-        child: &str,
-    ) -> Result<(Box<dyn BlockSource>, String), SourceError> {
-        Err(SourceError::Unsupported {
-            what: child.to_string(),
-            detail: format!("test: no backing files ({name:?})"),
-        })
+    fn open_backing(&self, name: &str, child: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
+        Err(SourceError::Unsupported { what: child.to_string(), detail: format!("test: no backing files ({name:?})") })
     }
 }
 
+/// Open a local qcow2 file the way production does: `FileSource` (io_uring reads) for the
+/// container and `LocalBackingOpener` for the backing chain.
 pub fn open(path: &Path) -> Result<Qcow2Source, SourceError> {
-    Qcow2Source::open(Box::new(FileBlock::open(path)?), &TestOpener)
+    Qcow2Source::open(Box::new(FileSource::open(path)?), &LocalBackingOpener)
 }
 
 pub fn open_mem(data: Vec<u8>) -> Result<Qcow2Source, SourceError> {
-    Qcow2Source::open(
-        Box::new(MemSource {
-            data,
-            name: "mem.qcow2".into(),
-        }),
-        &NoBacking,
-    )
+    Qcow2Source::open(Box::new(MemSource { data, name: "mem.qcow2".into() }), &NoBacking)
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -193,22 +87,13 @@ pub fn qemu_io(path: &Path, cmds: &[&str]) {
 }
 
 pub fn have_qemu_io() -> bool {
-    Command::new("qemu-io")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("qemu-io").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// The guest-visible bytes of an image according to QEMU.
 pub fn qemu_raw(path: &Path) -> Vec<u8> {
     let out = path.with_extension("qemu-raw");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "raw",
-        path.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
+    qemu_img(&["convert", "-O", "raw", path.to_str().unwrap(), out.to_str().unwrap()]);
     let data = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     data
@@ -253,8 +138,7 @@ pub fn make_raw(path: &Path, size: u64, ranges: &[(u64, u64)], seed: u64) -> Vec
     let f = File::create(path).unwrap();
     f.set_len(size).unwrap();
     for &(o, l) in ranges {
-        f.write_all_at(&data[o as usize..(o + l) as usize], o)
-            .unwrap();
+        f.write_all_at(&data[o as usize..(o + l) as usize], o).unwrap();
     }
     data
 }
@@ -284,13 +168,9 @@ pub fn read_all(src: &dyn BlockSource) -> Vec<u8> {
         let mut reqs: Vec<ReadRequest<'_>> = buf
             .chunks_mut(REQ)
             .enumerate()
-            .map(|(i, b)| ReadRequest {
-                offset: base + (i * REQ) as u64,
-                buf: b,
-            })
+            .map(|(i, b)| ReadRequest { offset: base + (i * REQ) as u64, buf: b })
             .collect();
-        src.read_many(&mut reqs)
-            .unwrap_or_else(|e| panic!("read_many failed: {e}"));
+        src.read_many(&mut reqs).unwrap_or_else(|e| panic!("read_many failed: {e}"));
     }
     out
 }
@@ -308,21 +188,12 @@ pub fn check_random_reads(src: &dyn BlockSource, expected: &[u8], seed: u64, rou
                 (off, vec![0xEEu8; len as usize])
             })
             .collect();
-        let mut reqs: Vec<ReadRequest<'_>> = bufs
-            .iter_mut()
-            .map(|(o, b)| ReadRequest {
-                offset: *o,
-                buf: b.as_mut_slice(),
-            })
-            .collect();
+        let mut reqs: Vec<ReadRequest<'_>> =
+            bufs.iter_mut().map(|(o, b)| ReadRequest { offset: *o, buf: b.as_mut_slice() }).collect();
         src.read_many(&mut reqs).unwrap();
         for (o, b) in &bufs {
             let o = *o as usize;
-            assert!(
-                b[..] == expected[o..o + b.len()],
-                "mismatch in read of {} bytes at {o}",
-                b.len()
-            );
+            assert!(b[..] == expected[o..o + b.len()], "mismatch in read of {} bytes at {o}", b.len());
         }
     }
 }
@@ -352,17 +223,12 @@ pub fn our_data_map(src: &dyn BlockSource, expected: &[u8]) -> Vec<bool> {
     let mut pos = 0;
     let mut map = vec![false; size.div_ceil(512) as usize];
     for e in &ext {
-        assert_eq!(
-            e.offset, pos,
-            "allocation map has a gap or overlap: {ext:?}"
-        );
+        assert_eq!(e.offset, pos, "allocation map has a gap or overlap: {ext:?}");
         assert!(e.len > 0);
         pos = e.end();
         match e.kind {
             ExtentKind::Zero => assert!(
-                expected[e.offset as usize..e.end() as usize]
-                    .iter()
-                    .all(|&b| b == 0),
+                expected[e.offset as usize..e.end() as usize].iter().all(|&b| b == 0),
                 "extent {e:?} reported Zero but holds data"
             ),
             ExtentKind::Data => {
@@ -381,7 +247,12 @@ pub fn assert_alloc_matches_qemu(src: &dyn BlockSource, path: &Path, expected: &
     let ours = our_data_map(src, expected);
     let theirs = qemu_data_map(path, src.size());
     if let Some(i) = (0..ours.len()).find(|&i| ours[i] != theirs[i]) {
-        panic!("allocation differs from qemu-img map at sector {i} (byte {}): ours data={} qemu data={}", i * 512, ours[i], theirs[i]);
+        panic!(
+            "allocation differs from qemu-img map at sector {i} (byte {}): ours data={} qemu data={}",
+            i * 512,
+            ours[i],
+            theirs[i]
+        );
     }
 }
 
