@@ -24,14 +24,17 @@
 //! 3. The pack is renamed to `packs/N.pack` and `packs/` is `fsync`ed, so the name is durable.
 //! 4. One LMDB transaction inserts the pack's chunks into `chunks` (an existing entry is kept:
 //!    the first durable copy wins) and the pack into `packs`; the commit `fsync`s.
-//! 5. Steps 1-4 repeat for the index-tree nodes, which are chunks too.
+//! 5. Steps 1-4 repeat for the index-tree nodes, which are chunks too, and finally for the
+//!    restore point's manifest record (its JSON), so packs alone describe every restore point.
 //! 6. One LMDB transaction inserts the restore point into `points`. Only now is it visible.
 //!
 //! So a visible restore point references only chunks that are durable and indexed. A crash
 //! (`kill -9`) before step 6 leaves no restore point; before step 4 it leaves a pack file the
-//! index does not name, which the next open deletes (`tmp/*` always, `packs/*` not in
-//! `packs`). Packs indexed in step 4 of an interrupted backup stay: their chunks are valid and
-//! make the retried backup cheaper. (Reclaiming unreferenced chunks is the job of a future
+//! index does not name: the next open deletes `tmp/*` (never sealed) and adopts sealed
+//! `packs/*` the index lacks (indexes their records), so no sealed data is ever deleted. Packs indexed in step 4 of an interrupted backup stay: their chunks are valid and
+//! make the retried backup cheaper. A crash between steps 5 and 6 leaves a manifest in a sealed
+//! pack but no catalog entry; `reindex` may bring such a point back, which is safe because all
+//! it references is durable. (Reclaiming unreferenced chunks is the job of a future
 //! garbage collector, which must hold `writers.lock` exclusively.)
 //!
 //! ## Locking
@@ -93,8 +96,11 @@ struct Marker {
 pub struct CleanupReport {
     /// Unsealed packs of interrupted backups.
     pub tmp_packs_removed: u64,
-    /// Sealed packs the index never learned of (crash between steps 3 and 4).
-    pub orphan_packs_removed: u64,
+    /// Sealed packs the index did not know (crash between steps 3 and 4, or a lost index),
+    /// now indexed.
+    pub orphan_packs_adopted: u64,
+    /// Restore points brought back from manifests in adopted packs.
+    pub restore_points_recovered: u64,
     pub bytes_freed: u64,
     /// False when another process held the store, so cleanup was left for later.
     pub ran: bool,
@@ -342,8 +348,11 @@ impl Store {
             report.tmp_packs_removed += 1;
             report.bytes_freed += len;
         }
+        // A sealed pack the index does not know (crash between steps 3 and 4, or a lost
+        // index) is intact and fsynced: adopt it rather than delete data.
         let packs_dir = self.root.join("packs");
         let rtxn = self.catalog.read()?;
+        let mut unknown = Vec::new();
         for entry in std::fs::read_dir(&packs_dir).map_err(|e| StoreError::io(&packs_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&packs_dir, e))?;
             let name = entry.file_name();
@@ -351,17 +360,16 @@ impl Store {
             else {
                 continue;
             };
-            let known = self.catalog.packs.get(&rtxn, &pack_key(number)).map_err(|e| self.catalog.err(e))?.is_some();
-            if !known {
-                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(entry.path(), e))?;
-                report.orphan_packs_removed += 1;
-                report.bytes_freed += len;
+            if self.catalog.packs.get(&rtxn, &pack_key(number)).map_err(|e| self.catalog.err(e))?.is_none() {
+                unknown.push((number, entry.path()));
             }
         }
         drop(rtxn);
-        if report.orphan_packs_removed > 0 {
-            fsync_dir(&packs_dir)?;
+        if !unknown.is_empty() {
+            unknown.sort();
+            let adopted = self.index_packs(&unknown, false)?;
+            report.orphan_packs_adopted = adopted.packs;
+            report.restore_points_recovered = adopted.restore_points_recovered;
         }
         Ok(report)
     }
@@ -574,6 +582,7 @@ impl<'s> BackupSession<'s> {
         match chunk.kind {
             RecordKind::Data => self.stats.chunks_new += 1,
             RecordKind::Tree => self.stats.tree_nodes_new += 1,
+            RecordKind::Manifest => {}
         }
         self.stats.bytes_written += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
         if pack.len() >= self.store.pack_target {
@@ -608,23 +617,39 @@ impl<'s> BackupSession<'s> {
         Ok(())
     }
 
-    /// Seal the last pack and make the restore point visible (steps 5-6).
+    /// Write the manifest, seal the last pack and make the restore point visible (steps 5-6).
     pub fn commit(mut self, name: &str, disks: Vec<DiskIndex>, stats: PointStats) -> Result<RestorePoint> {
         validate_name(name)?;
-        self.seal()?;
         let catalog = &self.store.catalog;
+        let id = {
+            let mut wtxn = catalog.write()?;
+            let id = catalog.next_counter(&mut wtxn, "next_point")?;
+            wtxn.commit().map_err(|e| catalog.err(e))?;
+            id
+        };
+        let point = RestorePoint { name: name.to_string(), id, created_unix: now_unix(), disks, stats };
+        // The manifest goes into the last pack, after every chunk it references, so a catalog
+        // rebuilt from packs only finds manifests whose data is durable.
+        let manifest = serde_json::to_vec(&point).expect("restore point serialises");
+        let record = EncodedChunk {
+            digest: Digest::of(&manifest),
+            kind: RecordKind::Manifest,
+            codec: pack::Codec::Raw,
+            raw_len: manifest.len() as u32,
+            payload: manifest,
+        };
+        self.insert(&record)?;
+        self.seal()?;
         // Every referenced root must be indexed now; a bug here would publish a broken point.
         {
             let rtxn = catalog.read()?;
-            for d in &disks {
+            for d in &point.disks {
                 if d.height > 0 && catalog.chunk(&rtxn, &d.root)?.is_none() {
                     return Err(StoreError::MissingChunk { digest: d.root });
                 }
             }
         }
         let mut wtxn = catalog.write()?;
-        let id = catalog.next_counter(&mut wtxn, "next_point")?;
-        let point = RestorePoint { name: name.to_string(), id, created_unix: now_unix(), disks, stats };
         catalog
             .points
             .put(&mut wtxn, &point_key(name, id), &serde_json::to_vec(&point).expect("restore point serialises"))

@@ -13,7 +13,7 @@
 //!  60  crc32c       u32  of bytes 0..60
 //! records, back to back from byte 64:
 //!   0  magic        b"RVc1"
-//!   4  kind         u8   (1 = data chunk, 2 = index-tree node)
+//!   4  kind         u8   (1 = data chunk, 2 = index-tree node, 3 = restore-point manifest)
 //!   5  codec        u8   (0 = stored raw, 1 = zstd frame)
 //!   6  reserved     u16  = 0
 //!   8  raw_len      u32  (uncompressed length)
@@ -58,6 +58,9 @@ const WRITE_BUF: usize = 8 << 20;
 pub enum RecordKind {
     Data = 1,
     Tree = 2,
+    /// A restore point's manifest (JSON), written last, so the catalog can be rebuilt from
+    /// packs alone.
+    Manifest = 3,
 }
 
 impl RecordKind {
@@ -65,6 +68,7 @@ impl RecordKind {
         match v {
             1 => Some(RecordKind::Data),
             2 => Some(RecordKind::Tree),
+            3 => Some(RecordKind::Manifest),
             _ => None,
         }
     }

@@ -7,7 +7,8 @@
 //!   then walks every restore point's index tree against the index and the set of damaged
 //!   chunks. Each chunk is read once however many restore points share it.
 //!
-//! [`Store::reindex`] rebuilds the `chunks` and `packs` databases from the packs alone.
+//! [`Store::reindex`] rebuilds the `chunks` and `packs` databases from the packs alone, and
+//! restores catalog entries from the manifest records in the packs.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +17,9 @@ use std::sync::Mutex;
 use heed::PutFlags;
 use serde::Serialize;
 
-use crate::catalog::{pack_key, ChunkLoc};
+use crate::catalog::{pack_key, point_key, ChunkLoc};
 use crate::error::{Result, StoreError};
-use crate::pack;
+use crate::pack::{self, RecordKind};
 use crate::{now_unix, Digest, DiskIndex, PackInfo, RestorePoint, Store};
 
 /// A damaged stretch of one disk of a restore point.
@@ -60,6 +61,8 @@ impl VerifyReport {
 pub struct ReindexReport {
     pub packs: u64,
     pub chunks: u64,
+    /// Restore points found in pack manifests but missing from the catalog.
+    pub restore_points_recovered: u64,
     pub damaged_records: Vec<String>,
 }
 
@@ -332,14 +335,27 @@ impl Store {
             })
             .collect();
         files.sort();
+        let report = self.index_packs(&files, true)?;
+        self.pack_files.write().expect("pack cache lock").clear();
+        Ok(report)
+    }
+
+    /// Add the records of the given packs to the index in one transaction (after clearing the
+    /// index if `clear`), and catalog entries for their manifests. The caller holds
+    /// `writers.lock` exclusively.
+    pub(crate) fn index_packs(&self, files: &[(u64, std::path::PathBuf)], clear: bool) -> Result<ReindexReport> {
         let catalog = &self.catalog;
         let mut wtxn = catalog.write()?;
-        catalog.chunks.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
-        catalog.packs.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
+        if clear {
+            catalog.chunks.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
+            catalog.packs.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
+        }
         let mut report = ReindexReport::default();
         let mut max_pack = 0;
+        let mut manifests: Vec<ChunkLoc> = Vec::new();
         for (number, path) in files {
-            let (header_number, records, stop) = match pack::scan_pack(&path, false) {
+            let (number, path) = (*number, path.as_path());
+            let (header_number, records, stop) = match pack::scan_pack(path, false) {
                 Ok(r) => r,
                 Err(StoreError::Corrupt { detail, .. }) => {
                     report.damaged_records.push(format!("{}: {detail}; skipped", path.display()));
@@ -373,6 +389,9 @@ impl Store {
                     Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
                     Err(e) => return Err(catalog.err(e)),
                 }
+                if r.header.kind == RecordKind::Manifest {
+                    manifests.push(loc);
+                }
                 intact += 1;
                 end = r.offset + pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64;
             }
@@ -387,13 +406,34 @@ impl Store {
             report.packs += 1;
             max_pack = max_pack.max(number);
         }
+        // Bring back restore points whose catalog entry is missing (a lost or deleted index).
+        let mut max_point = catalog.meta_u64(&wtxn, "next_point")?.unwrap_or(0);
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        for loc in manifests {
+            let path = self.pack_path(loc.pack);
+            let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+            if pack::read_record(&file, &path, loc.offset, loc.stored_len, &mut scratch, &mut out).is_err() {
+                report.damaged_records.push(format!("{}: manifest at byte offset {} unreadable", path.display(), loc.offset));
+                continue;
+            }
+            let Ok(point) = serde_json::from_slice::<RestorePoint>(&out) else {
+                report.damaged_records.push(format!("{}: manifest at byte offset {} malformed", path.display(), loc.offset));
+                continue;
+            };
+            let key = point_key(&point.name, point.id);
+            if catalog.points.get(&wtxn, &key).map_err(|e| catalog.err(e))?.is_none() {
+                catalog.points.put(&mut wtxn, &key, &out).map_err(|e| catalog.err(e))?;
+                report.restore_points_recovered += 1;
+            }
+            max_point = max_point.max(point.id);
+        }
+        catalog.meta.put(&mut wtxn, b"next_point", &max_point.to_le_bytes()).map_err(|e| catalog.err(e))?;
         // Never hand out a pack number that exists on disk.
         let cur = catalog.meta_u64(&wtxn, "next_pack")?.unwrap_or(0);
         if max_pack > cur {
             catalog.meta.put(&mut wtxn, b"next_pack", &max_pack.to_le_bytes()).map_err(|e| catalog.err(e))?;
         }
         wtxn.commit().map_err(|e| catalog.err(e))?;
-        self.pack_files.write().expect("pack cache lock").clear();
         Ok(report)
     }
 }

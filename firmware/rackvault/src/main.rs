@@ -130,12 +130,17 @@ fn parse_size(s: &str) -> Result<u32, String> {
 fn open_store(path: &Path, create: bool) -> Result<Store> {
     let store = Store::open(path, &StoreOptions { create, ..Default::default() })?;
     let c = store.cleanup_report();
-    if c.tmp_packs_removed + c.orphan_packs_removed > 0 {
+    if c.tmp_packs_removed > 0 {
         eprintln!(
-            "rackvault: cleaned up after an interrupted backup: removed {} unsealed and {} unindexed pack(s), {} freed",
+            "rackvault: cleaned up after an interrupted backup: removed {} unsealed pack(s), {} freed",
             c.tmp_packs_removed,
-            c.orphan_packs_removed,
             human_bytes(c.bytes_freed)
+        );
+    }
+    if c.orphan_packs_adopted > 0 {
+        eprintln!(
+            "rackvault: indexed {} sealed pack(s) the index did not know (interrupted backup or lost index); {} restore point(s) recovered",
+            c.orphan_packs_adopted, c.restore_points_recovered
         );
     }
     Ok(store)

@@ -19,20 +19,11 @@ impl BlockSource for Mem {
     }
     fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
         let end = offset.saturating_add(len).min(self.size());
-        Ok(vec![Extent {
-            offset,
-            len: end.saturating_sub(offset),
-            kind: ExtentKind::Data,
-        }])
+        Ok(vec![Extent { offset, len: end.saturating_sub(offset), kind: ExtentKind::Data }])
     }
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         for r in reqs.iter_mut() {
-            blocksource::check_range(
-                &|| self.describe(),
-                r.offset,
-                r.buf.len() as u64,
-                self.size(),
-            )?;
+            blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size())?;
             let o = r.offset as usize;
             r.buf.copy_from_slice(&self.0[o..o + r.buf.len()]);
         }
@@ -44,15 +35,8 @@ impl BlockSource for Mem {
 struct NoBacking;
 
 impl BackingOpener for NoBacking {
-    fn open_backing(
-        &self,
-        name: &str,
-        child: &str,
-    ) -> Result<(Box<dyn BlockSource>, String), SourceError> {
-        Err(SourceError::Unsupported {
-            what: child.to_string(),
-            detail: format!("fuzzing: backing file {name:?}"),
-        })
+    fn open_backing(&self, name: &str, child: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
+        Err(SourceError::Unsupported { what: child.to_string(), detail: format!("fuzzing: backing file {name:?}") })
     }
 }
 
@@ -65,14 +49,8 @@ fuzz_target!(|data: &[u8]| {
     // The start of the disk in pipeline-shaped batches, plus a read at the very end.
     let n = size.min(4 << 20) as usize;
     let mut buf = vec![0u8; n];
-    let mut reqs: Vec<ReadRequest<'_>> = buf
-        .chunks_mut(256 << 10)
-        .enumerate()
-        .map(|(i, b)| ReadRequest {
-            offset: (i as u64) << 18,
-            buf: b,
-        })
-        .collect();
+    let mut reqs: Vec<ReadRequest<'_>> =
+        buf.chunks_mut(256 << 10).enumerate().map(|(i, b)| ReadRequest { offset: (i as u64) << 18, buf: b }).collect();
     let _ = src.read_many(&mut reqs);
     if size > 0 {
         let len = size.min(70_000);
