@@ -228,12 +228,7 @@ impl Store {
     pub fn open(root: &Path, opts: &StoreOptions) -> Result<Store> {
         let marker_path = root.join(MARKER);
         if !marker_path.exists() {
-            let empty = match std::fs::read_dir(root) {
-                Ok(mut d) => d.next().is_none(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(StoreError::io(root, e)),
-            };
-            if !(opts.create && empty) {
+            if !opts.create {
                 return Err(StoreError::NotAStore { path: root.to_path_buf(), marker: MARKER });
             }
             Self::init(root)?;
@@ -246,7 +241,11 @@ impl Store {
         })?;
         // Refuse a newer format before touching anything.
         if marker.format > FORMAT_VERSION {
-            return Err(StoreError::NewerFormat { path: root.to_path_buf(), found: marker.format, supported: FORMAT_VERSION });
+            return Err(StoreError::NewerFormat {
+                path: root.to_path_buf(),
+                found: marker.format,
+                supported: FORMAT_VERSION,
+            });
         }
         let mut store_id = [0u8; 16];
         for (i, b) in store_id.iter_mut().enumerate() {
@@ -263,11 +262,18 @@ impl Store {
                 .map(u32::from_le_bytes);
             match found {
                 Some(f) if f > FORMAT_VERSION => {
-                    return Err(StoreError::NewerFormat { path: root.to_path_buf(), found: f, supported: FORMAT_VERSION })
+                    return Err(StoreError::NewerFormat {
+                        path: root.to_path_buf(),
+                        found: f,
+                        supported: FORMAT_VERSION,
+                    })
                 }
                 Some(_) => wtxn.abort(),
                 None => {
-                    catalog.meta.put(&mut wtxn, b"format", &FORMAT_VERSION.to_le_bytes()).map_err(|e| catalog.err(e))?;
+                    catalog
+                        .meta
+                        .put(&mut wtxn, b"format", &FORMAT_VERSION.to_le_bytes())
+                        .map_err(|e| catalog.err(e))?;
                     wtxn.commit().map_err(|e| catalog.err(e))?;
                 }
             }
@@ -284,10 +290,29 @@ impl Store {
         Ok(store)
     }
 
-    /// Create the directory skeleton and, last, the marker (atomically), so a half-created
-    /// store is still "empty" to the next attempt.
+    /// Create a store in `root`, which must be missing, empty, or hold only the skeleton of
+    /// an earlier creation that was interrupted. Creators serialise on `writers.lock`, so two
+    /// processes creating the same store at once both succeed. The marker is written last
+    /// (atomically), so until it exists the directory is still only a skeleton.
     fn init(root: &Path) -> Result<()> {
-        for d in ["", "index", "packs", "tmp"] {
+        // Refuse someone else's directory before writing anything into it.
+        if root.exists() {
+            Self::check_skeleton(root, false)?;
+        }
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
+        let lock_path = root.join("writers.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| StoreError::io(&lock_path, e))?;
+        if root.join(MARKER).exists() {
+            return Ok(()); // another process created it while we waited
+        }
+        Self::check_skeleton(root, true)?;
+        for d in ["index", "packs", "tmp"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
         }
@@ -297,13 +322,38 @@ impl Store {
             store_id: id.iter().map(|b| format!("{b:02x}")).collect(),
             created_unix: now_unix(),
         };
-        let tmp = root.join(".rackvault-store.json.tmp");
+        let tmp = root.join(format!(".rackvault-store.json.tmp.{}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         f.write_all(serde_json::to_string_pretty(&marker).expect("marker serialises").as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| StoreError::io(&tmp, e))?;
         std::fs::rename(&tmp, root.join(MARKER)).map_err(|e| StoreError::io(root, e))?;
         fsync_dir(root)
+    }
+
+    /// Check that `root` holds nothing but the skeleton of an unfinished creation (empty
+    /// `packs/`); with `remove_temps`, delete stale marker temp files.
+    fn check_skeleton(root: &Path, remove_temps: bool) -> Result<()> {
+        let skeleton = ["index", "packs", "tmp", "writers.lock"];
+        for entry in std::fs::read_dir(root).map_err(|e| StoreError::io(root, e))? {
+            let entry = entry.map_err(|e| StoreError::io(root, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let temp = name.starts_with(".rackvault-store.json.tmp");
+            let ours = temp || skeleton.contains(&name.as_ref());
+            let empty_packs =
+                name != "packs" || std::fs::read_dir(entry.path()).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if name == MARKER {
+                continue; // created by a concurrent creator
+            }
+            if !ours || !empty_packs {
+                return Err(StoreError::NotAStore { path: root.to_path_buf(), marker: MARKER });
+            }
+            if temp && remove_temps {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -356,7 +406,8 @@ impl Store {
         for entry in std::fs::read_dir(&packs_dir).map_err(|e| StoreError::io(&packs_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&packs_dir, e))?;
             let name = entry.file_name();
-            let Some(number) = name.to_str().and_then(|n| n.strip_suffix(".pack")).and_then(|n| u64::from_str_radix(n, 16).ok())
+            let Some(number) =
+                name.to_str().and_then(|n| n.strip_suffix(".pack")).and_then(|n| u64::from_str_radix(n, 16).ok())
             else {
                 continue;
             };
@@ -444,8 +495,13 @@ impl Store {
     /// All restore points, ordered by name then id.
     pub fn list(&self) -> Result<Vec<RestorePoint>> {
         let rtxn = self.catalog.read()?;
+        self.list_in(&rtxn)
+    }
+
+    /// All restore points as of the snapshot `rtxn`.
+    pub(crate) fn list_in(&self, rtxn: &heed::RoTxn<'_>) -> Result<Vec<RestorePoint>> {
         let mut out = Vec::new();
-        for item in self.catalog.points.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
+        for item in self.catalog.points.iter(rtxn).map_err(|e| self.catalog.err(e))? {
             let (_, v) = item.map_err(|e| self.catalog.err(e))?;
             out.push(self.decode_point(v)?);
         }
@@ -464,7 +520,9 @@ impl Store {
     pub fn find(&self, spec: &str) -> Result<RestorePoint> {
         let (name, id) = match spec.rsplit_once('@') {
             Some((n, i)) => {
-                let id = i.parse::<u64>().map_err(|_| StoreError::Invalid(format!("{spec:?}: the part after '@' must be a restore point id")))?;
+                let id = i.parse::<u64>().map_err(|_| {
+                    StoreError::Invalid(format!("{spec:?}: the part after '@' must be a restore point id"))
+                })?;
                 (n, Some(id))
             }
             None => (spec, None),

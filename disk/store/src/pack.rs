@@ -127,11 +127,8 @@ impl ChunkEncoder {
         let limit = raw.len() - raw.len() / 16;
         let mut out = Vec::with_capacity(limit);
         let compressed = !looks_incompressible(raw) && self.compressor.compress_to_buffer(raw, &mut out).is_ok();
-        let (codec, payload) = if compressed && out.len() < limit {
-            (Codec::Zstd, out)
-        } else {
-            (Codec::Raw, raw.to_vec())
-        };
+        let (codec, payload) =
+            if compressed && out.len() < limit { (Codec::Zstd, out) } else { (Codec::Raw, raw.to_vec()) };
         EncodedChunk { digest, kind, codec, raw_len: raw.len() as u32, payload }
     }
 }
@@ -455,9 +452,11 @@ pub fn scan_pack(path: &Path, check_content: bool) -> Result<(u64, Vec<ScannedRe
     let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
     let mut reader = std::io::BufReader::with_capacity(4 << 20, &file);
     let mut head = [0u8; PACK_HEADER_LEN as usize];
-    reader
-        .read_exact(&mut head)
-        .map_err(|_| StoreError::Corrupt { path: path.into(), offset: 0, detail: "shorter than a pack header".into() })?;
+    reader.read_exact(&mut head).map_err(|_| StoreError::Corrupt {
+        path: path.into(),
+        offset: 0,
+        detail: "shorter than a pack header".into(),
+    })?;
     let (_, number, _) =
         decode_pack_header(&head).map_err(|detail| StoreError::Corrupt { path: path.into(), offset: 0, detail })?;
     let mut offset = PACK_HEADER_LEN;

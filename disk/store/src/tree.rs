@@ -43,11 +43,8 @@ fn encode_node(level: u8, entries: &[Digest]) -> Vec<u8> {
 
 /// Parse a node, checking that it is at `want_level`.
 pub fn decode_node(raw: &[u8], want_level: u8, digest: &Digest) -> Result<Vec<Digest>> {
-    let bad = |detail: String| StoreError::Corrupt {
-        path: format!("index-tree node {digest}").into(),
-        offset: 0,
-        detail,
-    };
+    let bad =
+        |detail: String| StoreError::Corrupt { path: format!("index-tree node {digest}").into(), offset: 0, detail };
     if raw.len() < NODE_HEADER || &raw[0..4] != NODE_MAGIC {
         return Err(bad("not an index-tree node".into()));
     }
@@ -91,7 +88,12 @@ impl TreeBuilder {
         self.push_at(0, digest, emit)
     }
 
-    fn push_at(&mut self, level: usize, digest: Digest, emit: &mut dyn FnMut(EncodedChunk) -> Result<()>) -> Result<()> {
+    fn push_at(
+        &mut self,
+        level: usize,
+        digest: Digest,
+        emit: &mut dyn FnMut(EncodedChunk) -> Result<()>,
+    ) -> Result<()> {
         if self.levels.len() <= level {
             self.levels.push(Vec::with_capacity(FANOUT));
         }
@@ -138,10 +140,13 @@ impl TreeBuilder {
     }
 }
 
+/// Loads the raw bytes of a node by digest.
+type NodeFetcher<'a> = Box<dyn FnMut(&Digest) -> Result<Vec<u8>> + 'a>;
+
 /// Walks a tree in disk order, yielding leaf entries. `fetch` loads a node's raw bytes.
 /// Memory: one node per level.
 pub struct TreeWalker<'a> {
-    fetch: Box<dyn FnMut(&Digest) -> Result<Vec<u8>> + 'a>,
+    fetch: NodeFetcher<'a>,
     /// Per level from the root down: the node's entries and the next position.
     stack: Vec<(Vec<Digest>, usize)>,
     height: u8,
@@ -210,7 +215,8 @@ mod tests {
     fn build(n: usize) -> (Digest, u8, HashMap<Digest, Vec<u8>>, Vec<Digest>) {
         let mut nodes = HashMap::new();
         let mut b = TreeBuilder::new();
-        let leaves: Vec<Digest> = (0..n).map(|i| if i % 7 == 3 { Digest::ZERO } else { Digest::of(&i.to_le_bytes()) }).collect();
+        let leaves: Vec<Digest> =
+            (0..n).map(|i| if i % 7 == 3 { Digest::ZERO } else { Digest::of(&i.to_le_bytes()) }).collect();
         let mut emit = |c: EncodedChunk| {
             nodes.insert(c.digest, c.payload);
             Ok(())
@@ -243,7 +249,13 @@ mod tests {
             Ok(())
         };
         for i in 0..64 * 64 * 2usize {
-            let d = if i == 100 { Digest::of(b"changed") } else if i % 7 == 3 { Digest::ZERO } else { Digest::of(&i.to_le_bytes()) };
+            let d = if i == 100 {
+                Digest::of(b"changed")
+            } else if i % 7 == 3 {
+                Digest::ZERO
+            } else {
+                Digest::of(&i.to_le_bytes())
+            };
             b.push(d, &mut emit).unwrap();
         }
         b.finish(&mut emit).unwrap();

@@ -98,7 +98,12 @@ impl<'a> DamageCollector<'a> {
 
 impl Store {
     /// Re-read and check every chunk of `points`. `progress` receives bytes checked.
-    pub fn verify_points(&self, points: &[RestorePoint], threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+    pub fn verify_points(
+        &self,
+        points: &[RestorePoint],
+        threads: usize,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         for point in points {
             let mut ranges = Vec::new();
@@ -164,7 +169,8 @@ impl Store {
                 }
             }
             if walk_failure.is_none() && index != disk.chunks {
-                walk_failure = Some((index, format!("index tree holds {index} chunks, the restore point says {}", disk.chunks)));
+                walk_failure =
+                    Some((index, format!("index tree holds {index} chunks, the restore point says {}", disk.chunks)));
             }
             drop(tx);
         });
@@ -244,10 +250,16 @@ impl Store {
                             }
                         }
                         Err(StoreError::Corrupt { path, offset, detail }) => {
-                            damaged_records.lock().expect("list").push(format!("{}: at {offset}: {detail}", path.display()));
+                            damaged_records
+                                .lock()
+                                .expect("list")
+                                .push(format!("{}: at {offset}: {detail}", path.display()));
                         }
                         Err(StoreError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
-                            damaged_records.lock().expect("list").push(format!("{}: pack file is missing", path.display()));
+                            damaged_records
+                                .lock()
+                                .expect("list")
+                                .push(format!("{}: pack file is missing", path.display()));
                         }
                         Err(e) => {
                             first_error.lock().expect("error slot").get_or_insert(e);
@@ -281,7 +293,9 @@ impl Store {
                 u64::from_str_radix(&name, 16).ok()
             })
             .collect();
-        for point in self.list()? {
+        // Points from the same snapshot as the lookups, so a point committed meanwhile by a
+        // concurrent backup is not judged against an older index.
+        for point in self.list_in(&rtxn)? {
             let mut ranges = Vec::new();
             for disk in &point.disks {
                 let mut collector = DamageCollector::new(disk);
@@ -293,7 +307,9 @@ impl Store {
                             if !d.is_zero() {
                                 let reason = match self.catalog.chunk(&rtxn, &d)? {
                                     None => Some(format!("chunk {d} is missing from the index")),
-                                    Some(loc) if unreadable.contains(&loc.pack) => Some(format!("chunk {d}: its pack is missing")),
+                                    Some(loc) if unreadable.contains(&loc.pack) => {
+                                        Some(format!("chunk {d}: its pack is missing"))
+                                    }
                                     Some(_) if bad.contains(&d) => Some(format!("chunk {d} is damaged")),
                                     Some(_) => None,
                                 };
@@ -305,7 +321,11 @@ impl Store {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            collector.add(index, disk.chunks.saturating_sub(index).max(1), format!("index tree unreadable: {e}"));
+                            collector.add(
+                                index,
+                                disk.chunks.saturating_sub(index).max(1),
+                                format!("index tree unreadable: {e}"),
+                            );
                             break;
                         }
                     }
@@ -364,16 +384,18 @@ impl Store {
                 Err(e) => return Err(e),
             };
             if header_number != number {
-                report
-                    .damaged_records
-                    .push(format!("{}: header says pack {header_number}; skipped", path.display()));
+                report.damaged_records.push(format!("{}: header says pack {header_number}; skipped", path.display()));
                 continue;
             }
             let mut end = pack::PACK_HEADER_LEN;
             let mut intact = 0u32;
             for r in &records {
                 if !r.intact {
-                    report.damaged_records.push(format!("{}: record at byte offset {} is damaged", path.display(), r.offset));
+                    report.damaged_records.push(format!(
+                        "{}: record at byte offset {} is damaged",
+                        path.display(),
+                        r.offset
+                    ));
                     continue;
                 }
                 let loc = ChunkLoc {
@@ -384,7 +406,12 @@ impl Store {
                     kind: r.header.kind,
                     codec: r.header.codec,
                 };
-                match catalog.chunks.put_with_flags(&mut wtxn, PutFlags::NO_OVERWRITE, &r.header.digest.0, &loc.encode()) {
+                match catalog.chunks.put_with_flags(
+                    &mut wtxn,
+                    PutFlags::NO_OVERWRITE,
+                    &r.header.digest.0,
+                    &loc.encode(),
+                ) {
                     Ok(()) => report.chunks += 1,
                     Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
                     Err(e) => return Err(catalog.err(e)),
@@ -413,11 +440,19 @@ impl Store {
             let path = self.pack_path(loc.pack);
             let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
             if pack::read_record(&file, &path, loc.offset, loc.stored_len, &mut scratch, &mut out).is_err() {
-                report.damaged_records.push(format!("{}: manifest at byte offset {} unreadable", path.display(), loc.offset));
+                report.damaged_records.push(format!(
+                    "{}: manifest at byte offset {} unreadable",
+                    path.display(),
+                    loc.offset
+                ));
                 continue;
             }
             let Ok(point) = serde_json::from_slice::<RestorePoint>(&out) else {
-                report.damaged_records.push(format!("{}: manifest at byte offset {} malformed", path.display(), loc.offset));
+                report.damaged_records.push(format!(
+                    "{}: manifest at byte offset {} malformed",
+                    path.display(),
+                    loc.offset
+                ));
                 continue;
             };
             let key = point_key(&point.name, point.id);

@@ -33,7 +33,7 @@ fn chunk_content(id: u64) -> Vec<u8> {
         return vec![0; CHUNK];
     }
     let mut v = vec![0u8; CHUNK];
-    if id % 3 == 0 {
+    if id.is_multiple_of(3) {
         // compressible
         for (i, b) in v.iter_mut().enumerate() {
             *b = b"abcdefgh"[(i + id as usize) % 8];
@@ -105,7 +105,8 @@ fn model_based_random_history() {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Rng(seed);
         let mut model: HashMap<(String, u64), Vec<u64>> = HashMap::new();
-        let mut disks: Vec<Vec<u64>> = (0..3).map(|_| (0..(50 + rng.below(300))).map(|_| rng.below(40)).collect()).collect();
+        let mut disks: Vec<Vec<u64>> =
+            (0..3).map(|_| (0..(50 + rng.below(300))).map(|_| rng.below(40)).collect()).collect();
         // Small packs so that pack rotation happens often.
         let mut store = open(dir.path(), 1 << 20);
         for step in 0..25 {
@@ -224,8 +225,16 @@ fn concurrent_sessions_in_threads_lose_nothing() {
     let store = open(dir.path(), 1 << 20);
     let disks: Vec<Vec<u64>> = (0..4).map(|t| (0..400).map(|i| ((i * 13 + t * 5) % 150) as u64).collect()).collect();
     let points: Vec<RestorePoint> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            disks.iter().enumerate().map(|(t, d)| s.spawn({ let store = &store; move || backup(store, &format!("t{t}"), d) })).collect();
+        let handles: Vec<_> = disks
+            .iter()
+            .enumerate()
+            .map(|(t, d)| {
+                s.spawn({
+                    let store = &store;
+                    move || backup(store, &format!("t{t}"), d)
+                })
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (p, d) in points.iter().zip(&disks) {
@@ -268,7 +277,9 @@ fn damaged_pack_is_reported_as_restore_point_ranges() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[(loc.offset + pack::RECORD_HEADER_LEN as u64 + 5) as usize] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
-    for report in [store.verify_store(2, &|_| {}).unwrap(), store.verify_points(&[p.clone()], 2, &|_| {}).unwrap()] {
+    for report in
+        [store.verify_store(2, &|_| {}).unwrap(), store.verify_points(std::slice::from_ref(&p), 2, &|_| {}).unwrap()]
+    {
         assert_eq!(report.damaged_points.len(), 1, "{report:?}");
         let ranges = &report.damaged_points[0].ranges;
         assert_eq!(ranges.len(), 1, "{ranges:?}");

@@ -253,10 +253,8 @@ impl Ring {
                     if -res == libc::EINTR || -res == libc::EAGAIN {
                         retry.push(idx);
                     } else if failure.is_none() {
-                        failure = Some(IoFailure {
-                            offset: p.request_offset,
-                            error: io::Error::from_raw_os_error(-res),
-                        });
+                        failure =
+                            Some(IoFailure { offset: p.request_offset, error: io::Error::from_raw_os_error(-res) });
                     }
                 } else if res == 0 && p.remaining > 0 {
                     if failure.is_none() {

@@ -134,7 +134,12 @@ struct ChunkResult {
 const BATCH_BYTES: u64 = 4 << 20;
 
 /// Back up `source` into `store` as a new restore point.
-pub fn backup(store: &Store, source: &dyn BlockSource, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupReport, EngineError> {
+pub fn backup(
+    store: &Store,
+    source: &dyn BlockSource,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupReport, EngineError> {
     validate_chunk_size(opts.chunk_size)?;
     store::validate_name(&opts.name)?;
     let started = Instant::now();
@@ -210,7 +215,9 @@ pub fn backup(store: &Store, source: &dyn BlockSource, opts: &BackupOptions, pro
                 }
             }
             if next_index != chunks_total {
-                return Err(EngineError::Invalid(format!("internal error: {next_index} of {chunks_total} chunks processed")));
+                return Err(EngineError::Invalid(format!(
+                    "internal error: {next_index} of {chunks_total} chunks processed"
+                )));
             }
             Ok(())
         })();
@@ -321,7 +328,8 @@ impl Worker<'_> {
         // Carve disjoint mutable slices out of the chunk buffers for one read_many call.
         {
             let mut reqs: Vec<ReadRequest<'_>> = Vec::with_capacity(segments.len());
-            let mut rest: Vec<Option<&mut [u8]>> = self.bufs.iter_mut().take(n).map(|b| Some(b.as_mut_slice())).collect();
+            let mut rest: Vec<Option<&mut [u8]>> =
+                self.bufs.iter_mut().take(n).map(|b| Some(b.as_mut_slice())).collect();
             let mut consumed = vec![0usize; n];
             for &(offset, len, slot, within) in &segments {
                 let tail = rest[slot].take().expect("segments of a chunk are in order");
@@ -362,7 +370,12 @@ impl Worker<'_> {
 }
 
 /// Verify `spec` (`NAME` or `NAME@ID`), or the whole store when `None`.
-pub fn verify(store: &Store, spec: Option<&str>, threads: usize, progress: &dyn Progress) -> Result<store::VerifyReport, EngineError> {
+pub fn verify(
+    store: &Store,
+    spec: Option<&str>,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<store::VerifyReport, EngineError> {
     let threads = default_threads(threads);
     let advance = |n: u64| progress.advance(n);
     let report = match spec {

@@ -77,7 +77,9 @@ struct QcowAssembler {
 
 impl QcowAssembler {
     fn put(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        if offset % self.cluster == 0 && (data.len() as u64 % self.cluster == 0 || offset + data.len() as u64 == self.size) {
+        if offset.is_multiple_of(self.cluster)
+            && ((data.len() as u64).is_multiple_of(self.cluster) || offset + data.len() as u64 == self.size)
+        {
             return self.writer.write_at(offset, data);
         }
         // A chunk smaller than a cluster: assemble the cluster first.
@@ -97,22 +99,40 @@ impl QcowAssembler {
 }
 
 /// Restore disk `opts.disk` of `point` from `store`.
-pub fn restore(store: &Store, point: &RestorePoint, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport, EngineError> {
+pub fn restore(
+    store: &Store,
+    point: &RestorePoint,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, EngineError> {
     let started = Instant::now();
     let disk = point.disks.get(opts.disk).ok_or_else(|| {
-        EngineError::Invalid(format!("restore point {} has {} disk(s); there is no disk {}", point.spec(), point.disks.len(), opts.disk))
+        EngineError::Invalid(format!(
+            "restore point {} has {} disk(s); there is no disk {}",
+            point.spec(),
+            point.disks.len(),
+            opts.disk
+        ))
     })?;
     let threads = default_threads(opts.threads);
     let target = Target::prepare(&opts.to, opts.format, opts.force)?;
     let sink = match opts.format {
         RestoreFormat::Raw => {
-            target.file.set_len(disk.size).or_else(|e| if target.is_block_device { Ok(()) } else { Err(e) }).map_err(|e| target.err(e))?;
+            target
+                .file
+                .set_len(disk.size)
+                .or_else(|e| if target.is_block_device { Ok(()) } else { Err(e) })
+                .map_err(|e| target.err(e))?;
             Sink::Raw { file: target.file.try_clone().map_err(|e| target.err(e))?, write_zeros: target.is_block_device }
         }
         RestoreFormat::Qcow2 => {
             let cluster_bits = disk.chunk_size.trailing_zeros().clamp(16, 21);
-            let writer = qcow2::Qcow2Writer::create(target.file.try_clone().map_err(|e| target.err(e))?, disk.size, cluster_bits)
-                .map_err(|e| target.err(e))?;
+            let writer = qcow2::Qcow2Writer::create(
+                target.file.try_clone().map_err(|e| target.err(e))?,
+                disk.size,
+                cluster_bits,
+            )
+            .map_err(|e| target.err(e))?;
             Sink::Qcow2(Mutex::new(QcowAssembler {
                 writer,
                 cluster: 1 << cluster_bits,
@@ -122,7 +142,9 @@ pub fn restore(store: &Store, point: &RestorePoint, opts: &RestoreOptions, progr
         }
     };
     if target.is_block_device && opts.format == RestoreFormat::Qcow2 {
-        return Err(EngineError::Invalid("a qcow2 image cannot be restored onto a block device; use --format raw".into()));
+        return Err(EngineError::Invalid(
+            "a qcow2 image cannot be restored onto a block device; use --format raw".into(),
+        ));
     }
     progress.start("restore", disk.size);
     let bytes_written = AtomicU64::new(0);
@@ -264,7 +286,13 @@ fn for_each_chunk(
 
 /// Read the restored image back (decoding qcow2 if that is what was written) and compare
 /// every chunk with the digest in the index tree.
-fn verify_output(store: &Store, disk: &DiskIndex, path: &Path, threads: usize, progress: &dyn Progress) -> Result<(), EngineError> {
+fn verify_output(
+    store: &Store,
+    disk: &DiskIndex,
+    path: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<(), EngineError> {
     let out = open_source(&path.display().to_string())?;
     if out.size() < disk.size {
         return Err(EngineError::Target {
@@ -366,7 +394,9 @@ impl Target {
                 return Ok(Target { path: path.into(), write_path: path.into(), file, is_block_device: true });
             }
             Ok(m) if m.is_dir() => return Err(err("is a directory; give the path of the image file to create".into())),
-            Ok(_) if !force => return Err(err("already exists; choose another path, or pass --force to overwrite it".into())),
+            Ok(_) if !force => {
+                return Err(err("already exists; choose another path, or pass --force to overwrite it".into()))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(e.to_string())),
@@ -385,8 +415,8 @@ impl Target {
     }
 
     fn err(&self, e: std::io::Error) -> EngineError {
-        let hint = match e.raw_os_error() {
-            Some(libc_enospc) if libc_enospc == 28 => "; the target filesystem is full, free space or restore elsewhere",
+        let hint = match e.kind() {
+            std::io::ErrorKind::StorageFull => "; the target filesystem is full, free space or restore elsewhere",
             _ => "",
         };
         EngineError::Target { path: self.write_path.display().to_string(), detail: format!("{e}{hint}") }

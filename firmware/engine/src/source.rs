@@ -22,7 +22,9 @@ impl SourceSpec {
     pub fn parse(spec: &str) -> Result<SourceSpec, EngineError> {
         if let Some(rest) = spec.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(EngineError::Invalid(format!("{spec:?}: a file:// URL needs an absolute path, e.g. file:///var/lib/images/vm.qcow2")));
+                return Err(EngineError::Invalid(format!(
+                    "{spec:?}: a file:// URL needs an absolute path, e.g. file:///var/lib/images/vm.qcow2"
+                )));
             }
             return Ok(SourceSpec::Local(PathBuf::from(rest)));
         }

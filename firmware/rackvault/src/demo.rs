@@ -37,8 +37,28 @@ fn random_block(seed: u64, len: usize) -> Vec<u8> {
 
 fn text_block(rng: &mut Rng, len: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "kernel:", "systemd[1]:", "Started", "Stopped", "session", "backup", "disk", "error", "warning", "connection",
-        "from", "user", "root", "service", "/var/log", "eth0", "timeout", "retry", "ok", "nfs", "iscsi", "volume",
+        "kernel:",
+        "systemd[1]:",
+        "Started",
+        "Stopped",
+        "session",
+        "backup",
+        "disk",
+        "error",
+        "warning",
+        "connection",
+        "from",
+        "user",
+        "root",
+        "service",
+        "/var/log",
+        "eth0",
+        "timeout",
+        "retry",
+        "ok",
+        "nfs",
+        "iscsi",
+        "volume",
     ];
     let mut out = Vec::with_capacity(len + 64);
     let mut line = 0u64;
@@ -153,17 +173,33 @@ pub fn run(dir: &Path, size_mib: u64, interactive: bool) -> Result<()> {
     if !report.is_clean() {
         bail!("verify found damage: {:?}", report);
     }
-    println!("5. verified the store: {} chunks in {} restore points intact", report.chunks_checked, report.restore_points_checked);
+    println!(
+        "5. verified the store: {} chunks in {} restore points intact",
+        report.chunks_checked, report.restore_points_checked
+    );
 
     let point = store.find("sample-vm")?;
-    let ropts = RestoreOptions { to: restored.clone(), format: RestoreFormat::Raw, verify: false, force: true, disk: 0, threads: 0 };
+    let ropts = RestoreOptions {
+        to: restored.clone(),
+        format: RestoreFormat::Raw,
+        verify: false,
+        force: true,
+        disk: 0,
+        threads: 0,
+    };
     let r = engine::restore(&store, &point, &ropts, &bar)?;
     let want = hash_file(&disk)?;
     let got = hash_file(&restored)?;
     if want != got {
         bail!("restored image differs from the disk (blake3 {got} vs {want})");
     }
-    println!("6. restored {} to {} in {:.2} s; blake3 matches the disk: {}", r.point, restored.display(), r.duration_s, got);
+    println!(
+        "6. restored {} to {} in {:.2} s; blake3 matches the disk: {}",
+        r.point,
+        restored.display(),
+        r.duration_s,
+        got
+    );
     let u = store.usage()?;
     println!(
         "store {}: {} for two restore points of a {} MiB disk ({} chunks, index {})",

@@ -164,10 +164,8 @@ pub fn human_bytes(n: u64) -> String {
 fn default_name(source: &str) -> String {
     let base = source.rsplit('/').next().unwrap_or(source);
     let stem = base.split('.').next().unwrap_or(base);
-    let cleaned: String = stem
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
-        .collect();
+    let cleaned: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
     if cleaned.is_empty() {
         "disk".into()
     } else {
@@ -224,9 +222,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::json!({ "restore_points": points, "usage": store.usage()? }))?;
             } else if points.is_empty() {
-                println!("no restore points yet; create one with `rackvault backup SOURCE --store {}`", store.root().display());
+                println!(
+                    "no restore points yet; create one with `rackvault backup SOURCE --store {}`",
+                    store.root().display()
+                );
             } else {
-                println!("{:<24} {:>6} {:>20} {:>10} {:>10}  source", "name", "id", "created (UTC)", "size", "new data");
+                println!(
+                    "{:<24} {:>6} {:>20} {:>10} {:>10}  source",
+                    "name", "id", "created (UTC)", "size", "new data"
+                );
                 for p in &points {
                     let size: u64 = p.disks.iter().map(|d| d.size).sum();
                     let src = p.disks.first().map(|d| d.source.as_str()).unwrap_or("");
@@ -241,7 +245,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 let u = store.usage()?;
-                println!("store: {} in {} pack(s), {} chunks, index {}", human_bytes(u.pack_bytes), u.packs, u.chunks, human_bytes(u.index_bytes));
+                println!(
+                    "store: {} in {} pack(s), {} chunks, index {}",
+                    human_bytes(u.pack_bytes),
+                    u.packs,
+                    u.chunks,
+                    human_bytes(u.index_bytes)
+                );
             }
         }
         Command::Restore { point, store, to, format, verify, force, threads, json } => {
@@ -288,7 +298,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 for p in &report.damaged_points {
                     for r in &p.ranges {
-                        println!("DAMAGED {} disk {} bytes {}..{}: {}", p.point, r.disk, r.offset, r.offset + r.len, r.reason);
+                        println!(
+                            "DAMAGED {} disk {} bytes {}..{}: {}",
+                            p.point,
+                            r.disk,
+                            r.offset,
+                            r.offset + r.len,
+                            r.reason
+                        );
                     }
                 }
                 if report.is_clean() {

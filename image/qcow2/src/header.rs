@@ -122,8 +122,17 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         ));
     }
     let version = be32(&head, 4);
-    if version != 2 && version != 3 {
-        return Err(unsupported(what, format!("qcow2 version {version} (only versions 2 and 3 are supported)")));
+    match version {
+        2 | 3 => {}
+        // QEMU's original format: real, but ancient; qemu-img can convert it.
+        1 => {
+            return Err(unsupported(
+                what,
+                "qcow version 1; convert it with `qemu-img convert -O qcow2` and back up the copy".to_string(),
+            ))
+        }
+        // Anything else is not a version QEMU ever wrote: a damaged header.
+        _ => return Err(corrupt(what, 4, format!("qcow2 version field is {version}, not 2 or 3"))),
     }
     let backing_file_offset = be64(&head, 8);
     let backing_file_size = u64::from(be32(&head, 16));
@@ -360,7 +369,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
     }
     let mut l1 = Vec::new();
     if needed > 0 {
-        if l1_table_offset == 0 || l1_table_offset % cluster_size != 0 {
+        if l1_table_offset == 0 || !l1_table_offset.is_multiple_of(cluster_size) {
             return Err(corrupt(
                 what,
                 40,
@@ -387,7 +396,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
             let l2 = entry & L1E_OFFSET_MASK;
             let at = l1_table_offset + i as u64 * 8;
             if l2 != 0 {
-                if l2 % cluster_size != 0 {
+                if !l2.is_multiple_of(cluster_size) {
                     return Err(corrupt(
                         what,
                         at,

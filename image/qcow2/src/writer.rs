@@ -132,7 +132,7 @@ impl Qcow2Writer {
                 self.virtual_size
             ))
         })?;
-        if guest_offset % cs != 0 || (data.len() as u64 % cs != 0 && end != self.virtual_size) {
+        if !guest_offset.is_multiple_of(cs) || (!(data.len() as u64).is_multiple_of(cs) && end != self.virtual_size) {
             return Err(invalid(format!(
                 "qcow2 write of {} bytes at {guest_offset} is not cluster-aligned ({cs}-byte clusters) and does not end at the end of the disk",
                 data.len()

@@ -80,10 +80,54 @@ pub fn rackvault_bin() -> PathBuf {
     for profile in [first, second] {
         let p = candidate(profile);
         if p.is_file() {
+            warn_if_stale(&p);
             return p;
         }
     }
     missing_binary()
+}
+
+/// Print (once per binary) a warning when `bin` is older than the newest product source file:
+/// the tests would then exercise old code.
+fn warn_if_stale(bin: &Path) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.iter().any(|w| w == bin) {
+        return;
+    }
+    warned.push(bin.to_path_buf());
+    fn newest(dir: &Path, best: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if p.is_dir() {
+                if name != "target" && name != "tests" && name != "fuzz" && !name.starts_with('.') {
+                    newest(&p, best);
+                }
+            } else if name.ends_with(".rs") || name == "Cargo.toml" {
+                if let Some(t) = mtime(&p) {
+                    if best.as_ref().is_none_or(|(b, _)| t > *b) {
+                        *best = Some((t, p));
+                    }
+                }
+            }
+        }
+    }
+    let mut best = None;
+    for d in ["disk", "image", "firmware"] {
+        newest(&workspace_root().join(d), &mut best);
+    }
+    if let (Some(bin_time), Some((src_time, src))) = (mtime(bin), best) {
+        if src_time > bin_time {
+            eprintln!(
+                "warning: {} is older than {}; rebuild it (`cargo build -p rackvault`, with --release for the release binary) to test the current code",
+                bin.display(),
+                src.display()
+            );
+        }
+    }
 }
 
 /// Like [`rackvault_bin`] but prefers the release build when it exists and is not older than
@@ -97,11 +141,9 @@ pub fn rackvault_bin_fast() -> PathBuf {
         (true, false) => rel,
         (false, true) => dbg,
         (true, true) => {
-            if mtime(&rel) >= mtime(&dbg) {
-                rel
-            } else {
-                dbg
-            }
+            let p = if mtime(&rel) >= mtime(&dbg) { rel } else { dbg };
+            warn_if_stale(&p);
+            p
         }
         (false, false) => missing_binary(),
     }
@@ -337,9 +379,9 @@ macro_rules! qemu_img {
 /// The full path of `program` on `PATH`, if it is there.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.mode() & 0o111 != 0).unwrap_or(false)
-    })
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| std::fs::metadata(p).map(|m| m.is_file() && m.mode() & 0o111 != 0).unwrap_or(false))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,7 +434,13 @@ pub fn assert_restores_to(store: &Path, spec: &str, want: &str, dir: &Path) {
     let _ = std::fs::remove_file(&to);
     restore(store, spec, &to, &[]);
     let got = hash_file(&to);
-    assert_eq!(got, want, "restore point {spec} of {} restored to {} with different content", store.display(), to.display());
+    assert_eq!(
+        got,
+        want,
+        "restore point {spec} of {} restored to {} with different content",
+        store.display(),
+        to.display()
+    );
     std::fs::remove_file(&to).expect("remove restored file");
 }
 
@@ -443,9 +491,38 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// `len` bytes of log-like text (compressible, but not trivially).
 pub fn text_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "kernel:", "systemd[1]:", "Started", "Stopped", "session", "backup", "disk", "error", "warning", "connection",
-        "from", "user", "root", "service", "/var/log", "eth0", "timeout", "retry", "ok", "nfs", "iscsi", "volume",
-        "sshd[812]:", "Accepted", "publickey", "for", "port", "mounted", "filesystem", "ext4", "xfs", "cron",
+        "kernel:",
+        "systemd[1]:",
+        "Started",
+        "Stopped",
+        "session",
+        "backup",
+        "disk",
+        "error",
+        "warning",
+        "connection",
+        "from",
+        "user",
+        "root",
+        "service",
+        "/var/log",
+        "eth0",
+        "timeout",
+        "retry",
+        "ok",
+        "nfs",
+        "iscsi",
+        "volume",
+        "sshd[812]:",
+        "Accepted",
+        "publickey",
+        "for",
+        "port",
+        "mounted",
+        "filesystem",
+        "ext4",
+        "xfs",
+        "cron",
     ];
     let mut out = Vec::with_capacity(len + 128);
     while out.len() < len {
@@ -560,8 +637,10 @@ pub fn hash_file(path: &Path) -> String {
 /// Every file below `dir` (relative path → blake3 and size); directories as `"dir"`.
 pub fn hash_tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        let mut entries: Vec<_> =
-            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())).map(|e| e.expect("dir entry")).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+            .map(|e| e.expect("dir entry"))
+            .collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();

@@ -13,8 +13,19 @@ use e2e::*;
 
 /// Words that tell an operator what to do next.
 const REMEDIES: &[&str] = &[
-    "repair", "qemu-img", "check", "retry", "rebase", "upgrade", "free space", "convert", "back up another", "give",
-    "run `rackvault", "choose", "restore from",
+    "repair",
+    "qemu-img",
+    "check",
+    "retry",
+    "rebase",
+    "upgrade",
+    "free space",
+    "convert",
+    "back up another",
+    "give",
+    "run `rackvault",
+    "choose",
+    "restore from",
 ];
 
 /// A store with two good restore points of an 8 MiB image, and what they must restore to.
@@ -96,9 +107,7 @@ fn truncated_qcow2() {
     let q = qcow2_image(f.path(), "cut.qcow2", 111);
     let len = std::fs::metadata(&q).unwrap().len();
     File::options().write(true).open(&q).unwrap().set_len(len / 3).unwrap();
-    f.backup_fails(&q)
-        .stderr_has(&["cut.qcow2", "offset"])
-        .stderr_has_any("say what to do", REMEDIES);
+    f.backup_fails(&q).stderr_has(&["cut.qcow2", "offset"]).stderr_has_any("say what to do", REMEDIES);
     f.assert_intact();
 }
 
@@ -111,9 +120,7 @@ fn corrupt_l1_table_offset() {
         let q = f.path().join(format!("l1-{i}.qcow2"));
         std::fs::copy(&good, &q).unwrap();
         File::options().write(true).open(&q).unwrap().write_all_at(&bad.to_be_bytes(), 40).unwrap();
-        f.backup_fails(&q)
-            .stderr_has(&[&file_name(&q), "offset"])
-            .stderr_has_any("say what to do", REMEDIES);
+        f.backup_fails(&q).stderr_has(&[&file_name(&q), "offset"]).stderr_has_any("say what to do", REMEDIES);
     }
     f.assert_intact();
 }
@@ -128,15 +135,12 @@ fn garbage_qcow2_header_fields() {
         let q = f.path().join(format!("garbage-{seed}.qcow2"));
         std::fs::copy(&good, &q).unwrap();
         File::options().write(true).open(&q).unwrap().write_all_at(&random_bytes(1000 + seed, 96), 8).unwrap();
-        f.backup_fails(&q)
-            .stderr_has(&[&file_name(&q), "offset"])
-            .stderr_has_any("say what to do", REMEDIES);
+        f.backup_fails(&q).stderr_has(&[&file_name(&q), "offset"]).stderr_has_any("say what to do", REMEDIES);
     }
     f.assert_intact();
 }
 
 #[test]
-#[ignore = "product bug: a garbage qcow2 version field is reported as \"unsupported image feature\" with no offset and no advice"]
 fn garbage_qcow2_version_field() {
     let f = Fixture::new("garbage-version");
     let good = qcow2_image(f.path(), "good.qcow2", 141);
@@ -145,9 +149,7 @@ fn garbage_qcow2_version_field() {
         let q = f.path().join(format!("garbage-v-{seed}.qcow2"));
         std::fs::copy(&good, &q).unwrap();
         File::options().write(true).open(&q).unwrap().write_all_at(&random_bytes(2000 + seed, 100), 4).unwrap();
-        f.backup_fails(&q)
-            .stderr_has(&[&file_name(&q)])
-            .stderr_has_any("say what to do", REMEDIES);
+        f.backup_fails(&q).stderr_has(&[&file_name(&q)]).stderr_has_any("say what to do", REMEDIES);
     }
     f.assert_intact();
 }
@@ -157,12 +159,18 @@ fn qcow2_backing_file_loop() {
     let f = Fixture::new("loop");
     let d = f.path();
     Rv::program("qemu-img").args(["create", "-f", "qcow2", "a.qcow2", "16M"]).current_dir(d).run().success();
-    Rv::program("qemu-img").args(["create", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2"]).current_dir(d).run().success();
-    Rv::program("qemu-img").args(["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"]).current_dir(d).run().success();
+    Rv::program("qemu-img")
+        .args(["create", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2"])
+        .current_dir(d)
+        .run()
+        .success();
+    Rv::program("qemu-img")
+        .args(["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"])
+        .current_dir(d)
+        .run()
+        .success();
     for top in ["a.qcow2", "b.qcow2"] {
-        f.backup_fails(&d.join(top))
-            .stderr_has(&[top, "loop"])
-            .stderr_has_any("say what to do", REMEDIES);
+        f.backup_fails(&d.join(top)).stderr_has(&[top, "loop"]).stderr_has_any("say what to do", REMEDIES);
     }
     f.assert_intact();
 }
@@ -299,7 +307,11 @@ impl BlockSource for BadSector {
     }
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         if reqs.iter().any(|r| r.offset <= self.at && self.at < r.offset + r.buf.len() as u64) {
-            return Err(SourceError::Read { what: self.describe(), offset: self.at, source: io::Error::from_raw_os_error(libc::EIO) });
+            return Err(SourceError::Read {
+                what: self.describe(),
+                offset: self.at,
+                source: io::Error::from_raw_os_error(libc::EIO),
+            });
         }
         self.inner.read_many(reqs)
     }
@@ -334,16 +346,28 @@ fn read_error_mid_backup() {
     assert!(REMEDIES.iter().any(|r| msg.to_lowercase().contains(r)), "the error should say what to do: {msg}");
 
     let points = store.list().expect("list");
-    assert_eq!(points.iter().map(|p| p.id).collect::<Vec<_>>(), vec![first.id], "the failed backup must leave no restore point");
+    assert_eq!(
+        points.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![first.id],
+        "the failed backup must leave no restore point"
+    );
     let report = store.verify_store(2, &|_| {}).expect("verify_store");
     assert!(report.is_clean(), "store damaged by a failed backup: {report:?}");
     assert!(dir_entries(&store_dir.join("tmp")).is_empty(), "the failed session must remove its unsealed pack");
 
-    let retry = engine::backup(&store, &FileSource::open(&img).unwrap(), &opts, &NoProgress).expect("retry without the fault");
+    let retry =
+        engine::backup(&store, &FileSource::open(&img).unwrap(), &opts, &NoProgress).expect("retry without the fault");
     for (id, want) in [(first.id, &h0), (retry.id, &h1)] {
         let point = store.find(&format!("vm@{id}")).expect("find point");
         let to = d.join(format!("restored-{id}.raw"));
-        let ropts = RestoreOptions { to: to.clone(), format: RestoreFormat::Raw, verify: true, force: false, disk: 0, threads: 2 };
+        let ropts = RestoreOptions {
+            to: to.clone(),
+            format: RestoreFormat::Raw,
+            verify: true,
+            force: false,
+            disk: 0,
+            threads: 2,
+        };
         engine::restore(&store, &point, &ropts, &NoProgress).expect("restore");
         assert_eq!(&hash_file(&to), want, "restore of vm@{id}");
     }
@@ -400,7 +424,8 @@ fn damaged_pack_is_found_and_reindex_recovers() {
     let (h2, d2) = (hash_file(&img), chunk_digests(&img, cs));
 
     // Damage a data chunk that only the first restore point uses, in the first pack.
-    let mut packs: Vec<_> = dir_entries(&store.join("packs")).into_iter().map(|n| store.join("packs").join(n)).collect();
+    let mut packs: Vec<_> =
+        dir_entries(&store.join("packs")).into_iter().map(|n| store.join("packs").join(n)).collect();
     packs.sort();
     let pack = &packs[0];
     let (offset, _, stored, digest) = pack_records(pack)
@@ -428,18 +453,29 @@ fn damaged_pack_is_found_and_reindex_recovers() {
             .unwrap_or_else(|| panic!("no damaged_points:{}", out.context()))
             .iter()
             .map(|p| {
-                let ranges = p["ranges"].as_array().unwrap().iter().map(|r| (r["offset"].as_u64().unwrap(), r["len"].as_u64().unwrap())).collect();
+                let ranges = p["ranges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r["offset"].as_u64().unwrap(), r["len"].as_u64().unwrap()))
+                    .collect();
                 (p["point"].as_str().unwrap().to_string(), ranges)
             })
             .collect()
     }
 
     let out = rv!["verify", "--store", &store, "--json"].run().code_is(3);
-    assert_eq!(damaged_ranges(&out), vec![(spec_of(&r1), expected.clone())], "verify must report exactly the damaged chunk:{}", out.context());
+    assert_eq!(
+        damaged_ranges(&out),
+        vec![(spec_of(&r1), expected.clone())],
+        "verify must report exactly the damaged chunk:{}",
+        out.context()
+    );
     let records = out.json()["damaged_records"].as_array().cloned().unwrap_or_default();
     let pack_name = file_name(pack);
     assert!(
-        records.len() == 1 && records[0].as_str().is_some_and(|r| r.contains(&pack_name) && r.contains(&offset.to_string())),
+        records.len() == 1
+            && records[0].as_str().is_some_and(|r| r.contains(&pack_name) && r.contains(&offset.to_string())),
         "verify must name the damaged record ({pack_name} at {offset}):{}",
         out.context()
     );
@@ -456,7 +492,10 @@ fn damaged_pack_is_found_and_reindex_recovers() {
     assert!(!d.join("r1.raw").exists(), "a failed restore must not leave the target behind");
 
     let rep = rv!["reindex", "--store", &store, "--json"].run().success().json();
-    assert!(rep["damaged_records"].as_array().is_some_and(|a| a.len() == 1), "reindex should report the damaged record: {rep}");
+    assert!(
+        rep["damaged_records"].as_array().is_some_and(|a| a.len() == 1),
+        "reindex should report the damaged record: {rep}"
+    );
     assert_restores_to(&store, &spec_of(&r2), &h2, d);
     let out = rv!["verify", "--store", &store, "--json"].run().code_is(3);
     assert_eq!(damaged_ranges(&out), vec![(spec_of(&r1), expected)], "after reindex:{}", out.context());

@@ -40,7 +40,10 @@ fn converted_and_compressed_qcow2_restore_to_the_guest_view() {
     assert_eq!(points.len(), 2, "{points:?}");
     let second = &points.iter().find(|p| p["name"] == "plain").unwrap()["stats"];
     let third = &points.iter().find(|p| p["name"] == "compressed").unwrap()["stats"];
-    assert!(third["chunks_new"].as_u64() == Some(0), "identical guest data must dedupe: plain {second}, compressed {third}");
+    assert!(
+        third["chunks_new"].as_u64() == Some(0),
+        "identical guest data must dedupe: plain {second}, compressed {third}"
+    );
     verify_clean(&store);
 }
 

@@ -62,7 +62,11 @@ fn backup_list_restore_and_incremental() {
     check_backup_report(&r2, "vm", size, 256 * KIB);
     assert!(r2["id"].as_u64() > r1["id"].as_u64(), "ids must grow: {r1} {r2}");
     let (w1, w2) = (r1["bytes_written"].as_u64().unwrap(), r2["bytes_written"].as_u64().unwrap());
-    assert!(w2 * 4 < w1, "1% change ({} blocks of 64 KiB) should store far less: first {w1} B, second {w2} B", changed.len());
+    assert!(
+        w2 * 4 < w1,
+        "1% change ({} blocks of 64 KiB) should store far less: first {w1} B, second {w2} B",
+        changed.len()
+    );
     // At most one new chunk per changed block (plus tree nodes, counted separately).
     assert!(r2["chunks_new"].as_u64().unwrap() <= changed.len() as u64, "{r2}");
 
@@ -157,10 +161,11 @@ fn restore_verify_and_overwrite_protection() {
     let precious = d.join("precious.raw");
     std::fs::write(&precious, b"someone's data, not to be overwritten").unwrap();
     let before = hash_file(&precious);
-    rv!["restore", "vm", "--store", &store, "--to", &precious]
-        .run()
-        .failure()
-        .stderr_has(&["precious.raw", "already exists", "--force"]);
+    rv!["restore", "vm", "--store", &store, "--to", &precious].run().failure().stderr_has(&[
+        "precious.raw",
+        "already exists",
+        "--force",
+    ]);
     assert_eq!(hash_file(&precious), before, "a refused restore must leave the existing file alone");
     let rep = restore(&store, "vm", &precious, &["--force", "--verify"]);
     assert_eq!(rep["verified"], true, "{rep}");
@@ -181,7 +186,11 @@ fn pread_fallback_round_trip() {
     let store = d.join("store");
     make_image(&img, 32 * MIB, 41, Profile::VM);
     let h1 = hash_file(&img);
-    let r1 = rv!["backup", &img, "--store", &store, "--name", "vm", "--json"].env("RACKVAULT_IO", "pread").run().success().json();
+    let r1 = rv!["backup", &img, "--store", &store, "--name", "vm", "--json"]
+        .env("RACKVAULT_IO", "pread")
+        .run()
+        .success()
+        .json();
     assert_eq!(r1["io_backend"], "pread/pwrite", "RACKVAULT_IO=pread must force the fallback: {r1}");
     mutate_scattered(&img, 1.0, 42);
     let h2 = hash_file(&img);
@@ -193,7 +202,10 @@ fn pread_fallback_round_trip() {
     assert_eq!(r2["io_backend"], "pread/pwrite", "{r2}");
     for (r, want) in [(&r1, &h1), (&r2, &h2)] {
         let out = d.join(format!("out-{}.raw", r["id"]));
-        rv!["restore", spec_of(r), "--store", &store, "--to", &out, "--verify"].env("RACKVAULT_IO", "pread").run().success();
+        rv!["restore", spec_of(r), "--store", &store, "--to", &out, "--verify"]
+            .env("RACKVAULT_IO", "pread")
+            .run()
+            .success();
         assert_same(&out, want, "restore with RACKVAULT_IO=pread");
     }
     rv!["verify", "--store", &store].env("RACKVAULT_IO", "pread").run().success();
@@ -268,4 +280,34 @@ fn odd_sized_disk_round_trips() {
         assert!(got[size as usize..].iter().all(|&b| b == 0), "chunk size {arg}: non-zero bytes past the disk end");
         verify_clean(&store);
     }
+}
+
+#[test]
+fn empty_and_tiny_disks() {
+    let dir = scratch("tiny");
+    let d = dir.path();
+    let store = d.join("store");
+    for (name, content) in [("empty", &b""[..]), ("three", &b"abc"[..]), ("sector", &[0x42u8; 512][..])] {
+        let img = d.join(format!("{name}.img"));
+        std::fs::write(&img, content).unwrap();
+        let r = backup(&img, &store, name, &[]);
+        check_backup_report(&r, name, content.len() as u64, 256 * KIB);
+        let out = d.join(format!("{name}.raw"));
+        restore(&store, name, &out, &["--verify"]);
+        assert_eq!(std::fs::read(&out).unwrap(), content, "{name}");
+        let q = d.join(format!("{name}.qcow2"));
+        restore(&store, name, &q, &["--format", "qcow2", "--verify"]);
+        qemu_img!["check", "-f", "qcow2", &q];
+        let info = qemu_img!["info", "--output=json", &q].json();
+        // Like `qemu-img convert`, the qcow2 writer rounds the size up to whole 512-byte
+        // sectors; the padding reads as zeros.
+        let sectors = (content.len() as u64).div_ceil(512) * 512;
+        assert_eq!(info["virtual-size"].as_u64(), Some(sectors), "{name}: {info}");
+        let back = d.join(format!("{name}-back.raw"));
+        qemu_img!["convert", "-O", "raw", &q, &back];
+        let got = std::fs::read(&back).unwrap();
+        assert_eq!(&got[..content.len()], content, "{name}: qcow2 content");
+        assert!(got[content.len()..].iter().all(|&b| b == 0), "{name}: qcow2 padding must be zeros");
+    }
+    verify_clean(&store);
 }
