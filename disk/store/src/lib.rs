@@ -453,12 +453,26 @@ impl Store {
         Ok(f)
     }
 
-    /// Read chunk `digest` into `out`, checking its checksum and digest. `scratch` is reused
-    /// between calls to avoid allocations.
+    /// Read chunk `digest` into `out`, checking its checksum and re-hashing its content.
+    /// `scratch` is reused between calls to avoid allocations.
     pub fn read_chunk(&self, digest: &Digest, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<ChunkLoc> {
+        self.read_chunk_checked(digest, scratch, out, pack::ReadCheck::Digest)
+    }
+
+    /// Read chunk `digest` with the given level of checking: restores use
+    /// [`ReadCheck::Checksum`](pack::ReadCheck) (the record checksum and the digest in its
+    /// header), `verify` the full re-hash.
+    pub fn read_chunk_checked(
+        &self,
+        digest: &Digest,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        check: pack::ReadCheck,
+    ) -> Result<ChunkLoc> {
         let loc = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
         let file = self.pack_file(loc.pack)?;
-        let header = pack::read_record(&file, &self.pack_path(loc.pack), loc.offset, loc.stored_len, scratch, out)?;
+        let header =
+            pack::read_record(&file, &self.pack_path(loc.pack), loc.offset, loc.stored_len, scratch, out, check)?;
         if header.digest != *digest {
             return Err(StoreError::Corrupt {
                 path: self.pack_path(loc.pack),

@@ -439,7 +439,17 @@ impl Store {
         for loc in manifests {
             let path = self.pack_path(loc.pack);
             let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
-            if pack::read_record(&file, &path, loc.offset, loc.stored_len, &mut scratch, &mut out).is_err() {
+            if pack::read_record(
+                &file,
+                &path,
+                loc.offset,
+                loc.stored_len,
+                &mut scratch,
+                &mut out,
+                pack::ReadCheck::Digest,
+            )
+            .is_err()
+            {
                 report.damaged_records.push(format!(
                     "{}: manifest at byte offset {} unreadable",
                     path.display(),

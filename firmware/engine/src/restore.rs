@@ -114,7 +114,9 @@ pub fn restore(
             opts.disk
         ))
     })?;
-    let threads = default_threads(opts.threads);
+    // One more worker than cores: buffered writes to one file serialise on its inode lock, and
+    // a spare worker decompresses meanwhile.
+    let threads = if opts.threads > 0 { opts.threads } else { default_threads(0) + 1 };
     let target = Target::prepare(&opts.to, opts.format, opts.force)?;
     let sink = match opts.format {
         RestoreFormat::Raw => {
@@ -237,7 +239,14 @@ fn for_each_chunk(
                     let r = if digest.is_zero() {
                         f(index, &digest, &[])
                     } else {
-                        match store.read_chunk(&digest, &mut scratch, &mut out) {
+                        // The record checksum guards the stored bytes; a full re-hash is
+                        // what `verify` and `restore --verify` are for.
+                        match store.read_chunk_checked(
+                            &digest,
+                            &mut scratch,
+                            &mut out,
+                            store::pack::ReadCheck::Checksum,
+                        ) {
                             Ok(_) => f(index, &digest, &out),
                             Err(e) => Err(e.into()),
                         }
