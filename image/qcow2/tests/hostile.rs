@@ -147,9 +147,13 @@ fn absurd_sizes_and_fields() {
         let e = open_err(patched(&img, |d| put_u32(d, 20, bits)));
         assert_corrupt(&e, 20, "cluster_bits");
     }
-    for v in [0, 1, 4, 0xffff_ffff] {
+    // Version 1 is a real, ancient format: unsupported, with advice to convert.
+    let e = open_err(patched(&img, |d| put_u32(d, 4, 1)));
+    assert_unsupported(&e, "qemu-img convert");
+    // Versions QEMU never wrote mean a damaged header.
+    for v in [0, 4, 0xffff_ffff] {
         let e = open_err(patched(&img, |d| put_u32(d, 4, v)));
-        assert_unsupported(&e, "version");
+        assert_corrupt(&e, 4, "version");
     }
     for len in [0, 50, 103, 105, 65544, u32::MAX] {
         let e = open_err(patched(&img, |d| put_u32(d, 100, len)));
