@@ -20,6 +20,9 @@ use crate::{default_threads, open_source, EngineError, Progress};
 /// Kick off writeback after this many bytes, so the final fsync is short.
 const WRITEBACK_EVERY: u64 = 64 << 20;
 
+/// Chunks queued between the tree walker and the workers.
+const QUEUE_DEPTH: usize = 64;
+
 /// Output format of a restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,11 +146,6 @@ pub fn restore(
             }))
         }
     };
-    if target.is_block_device && opts.format == RestoreFormat::Qcow2 {
-        return Err(EngineError::Invalid(
-            "a qcow2 image cannot be restored onto a block device; use --format raw".into(),
-        ));
-    }
     progress.start("restore", disk.size);
     let bytes_written = AtomicU64::new(0);
     // Bytes written since writeback was last kicked.
@@ -225,7 +223,7 @@ fn for_each_chunk(
     let mut zero_chunks = 0u64;
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<EngineError>> = Mutex::new(None);
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(threads * 8);
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(QUEUE_DEPTH);
     std::thread::scope(|s| {
         for _ in 0..threads {
             let rx = rx.clone();
@@ -398,7 +396,12 @@ impl Target {
         let err = |detail: String| EngineError::Target { path: shown.clone(), detail };
         match std::fs::metadata(path) {
             Ok(m) if m.file_type().is_block_device() => {
-                let _ = format;
+                // Checked before anything is opened for writing: the device stays untouched.
+                if format == RestoreFormat::Qcow2 {
+                    return Err(EngineError::Invalid(
+                        "a qcow2 image cannot be restored onto a block device; use --format raw".into(),
+                    ));
+                }
                 let file = File::options().write(true).read(true).open(path).map_err(|e| err(e.to_string()))?;
                 return Ok(Target { path: path.into(), write_path: path.into(), file, is_block_device: true });
             }

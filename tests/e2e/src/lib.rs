@@ -11,7 +11,7 @@
 //!   text-like and random 1 MiB slots) from a seed, [`mutate_scattered`] overwrites a share of
 //!   it in scattered 64 KiB blocks. [`Rng`] is a splitmix64 generator.
 //! - [`hash_file`], [`hash_tree`], [`allocated_bytes`]: what a test compares.
-//! - [`qemu_img!`], [`which`], [`TmpfsMount`], [`sigkill`]: the outside world.
+//! - [`qemu_img!`], [`which`], [`TmpfsMount`]: the outside world.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -704,21 +704,6 @@ pub fn scratch(tag: &str) -> tempfile::TempDir {
         d.disable_cleanup(true);
     }
     d
-}
-
-/// Send SIGKILL to exactly one process (a child we started).
-#[allow(unsafe_code)]
-pub fn sigkill(pid: u32) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
-    assert!(pid > 0, "refusing to signal pid {pid}: it would address a process group");
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; pid is positive, so
-    // it addresses exactly one process (the caller's child), never a group.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// A tmpfs mounted for the lifetime of this value (unmounted on drop, also during a panic).

@@ -8,6 +8,8 @@
 
 #[path = "e2e/bad_input.rs"]
 mod bad_input;
+#[path = "e2e/blockdev.rs"]
+mod blockdev;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/concurrency.rs"]

@@ -130,7 +130,8 @@ fn kill_dash_nine_during_backups() {
                     finished_anyway += 1;
                 }
                 None => {
-                    sigkill(child.id()).expect("kill -9 the backup");
+                    // std sends SIGKILL to exactly this child, by PID.
+                    child.kill().expect("kill -9 the backup");
                     let out = Outcome::from_child(child, cmdline, t0);
                     assert!(
                         out.signal == Some(libc::SIGKILL) || out.code == Some(0),
