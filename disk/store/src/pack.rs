@@ -103,8 +103,8 @@ pub struct EncodedChunk {
 
 /// Compresses chunks; one per worker thread (it keeps zstd's context between chunks).
 pub struct ChunkEncoder {
-    level: i32,
-    compressor: zstd::bulk::Compressor<'static>,
+    level: Option<i32>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl std::fmt::Debug for ChunkEncoder {
@@ -114,8 +114,10 @@ impl std::fmt::Debug for ChunkEncoder {
 }
 
 impl ChunkEncoder {
-    pub fn new(level: i32) -> ChunkEncoder {
-        let compressor = zstd::bulk::Compressor::new(level).expect("zstd accepts every level in its range");
+    /// An encoder compressing at zstd `level`; `None` stores every chunk raw (for data known
+    /// not to compress, or when backup speed matters more than space).
+    pub fn new(level: Option<i32>) -> ChunkEncoder {
+        let compressor = level.map(|l| zstd::bulk::Compressor::new(l).expect("zstd accepts every level in its range"));
         ChunkEncoder { level, compressor }
     }
 
@@ -126,7 +128,10 @@ impl ChunkEncoder {
     pub fn encode(&mut self, digest: Digest, kind: RecordKind, raw: &[u8]) -> EncodedChunk {
         let limit = raw.len() - raw.len() / 16;
         let mut out = Vec::with_capacity(limit);
-        let compressed = !looks_incompressible(raw) && self.compressor.compress_to_buffer(raw, &mut out).is_ok();
+        let compressed = match &mut self.compressor {
+            Some(c) => !looks_incompressible(raw) && c.compress_to_buffer(raw, &mut out).is_ok(),
+            None => false,
+        };
         let (codec, payload) =
             if compressed && out.len() < limit { (Codec::Zstd, out) } else { (Codec::Raw, raw.to_vec()) };
         EncodedChunk { digest, kind, codec, raw_len: raw.len() as u32, payload }
@@ -526,7 +531,7 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let text: Vec<u8> = (0..262_144u32).map(|i| b"hello world, log line "[(i % 22) as usize]).collect();
-        let mut enc = ChunkEncoder::new(1);
+        let mut enc = ChunkEncoder::new(Some(1));
         let d = Digest::of(&text);
         let c = enc.encode(d, RecordKind::Data, &text);
         assert_eq!(c.codec, Codec::Zstd);
@@ -549,7 +554,7 @@ mod tests {
         let mut mixed = random.clone();
         mixed[..65_536].copy_from_slice(&text[..65_536]);
         assert!(!looks_incompressible(&mixed));
-        let enc = ChunkEncoder::new(1).encode(Digest::of(&random), RecordKind::Data, &random);
+        let enc = ChunkEncoder::new(Some(1)).encode(Digest::of(&random), RecordKind::Data, &random);
         assert_eq!(enc.codec, Codec::Raw);
         assert_eq!(enc.payload, random);
     }

@@ -52,7 +52,7 @@ fn open(dir: &Path, pack_target: u64) -> Store {
 /// way the engine does.
 fn backup(store: &Store, name: &str, disk: &[u64]) -> RestorePoint {
     let mut session = store.begin_backup().unwrap();
-    let mut enc = ChunkEncoder::new(1);
+    let mut enc = ChunkEncoder::new(Some(1));
     let mut tree = TreeBuilder::new();
     for &id in disk {
         let digest = if id == 0 {
@@ -121,7 +121,7 @@ fn model_based_random_history() {
                     let mut session = store.begin_backup().unwrap();
                     let data = chunk_content(10_000 + step);
                     let d = Digest::of(&data);
-                    session.insert(&ChunkEncoder::new(1).encode(d, RecordKind::Data, &data)).unwrap();
+                    session.insert(&ChunkEncoder::new(Some(1)).encode(d, RecordKind::Data, &data)).unwrap();
                     drop(session);
                 }
                 _ => {
@@ -175,7 +175,7 @@ fn leftovers_of_a_live_writer_are_kept_and_of_a_dead_one_removed() {
     {
         let store = open(dir.path(), 64 << 20);
         let mut session = store.begin_backup().unwrap();
-        session.insert(&ChunkEncoder::new(1).encode(Digest::of(&data), RecordKind::Data, &data)).unwrap();
+        session.insert(&ChunkEncoder::new(Some(1)).encode(Digest::of(&data), RecordKind::Data, &data)).unwrap();
         // The session's destructor never runs and its lock stays held, as for a backup that
         // is still running in another process.
         std::mem::forget(session);
@@ -292,7 +292,7 @@ fn damaged_pack_is_reported_as_restore_point_ranges() {
 fn hostile_record_and_node_bytes_never_panic() {
     let mut rng = Rng(99);
     let data = chunk_content(3);
-    let enc = ChunkEncoder::new(1).encode(Digest::of(&data), RecordKind::Data, &data);
+    let enc = ChunkEncoder::new(Some(1)).encode(Digest::of(&data), RecordKind::Data, &data);
     let mut hdr = pack::RecordHeader {
         kind: enc.kind,
         codec: enc.codec,

@@ -63,7 +63,8 @@ pub struct BackupOptions {
     pub name: String,
     /// Power of two between 4 KiB and 8 MiB.
     pub chunk_size: u32,
-    pub zstd_level: i32,
+    /// zstd level, or `None` to store chunks uncompressed.
+    pub zstd_level: Option<i32>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
     /// Label of the disk inside the restore point.
@@ -75,7 +76,7 @@ impl BackupOptions {
         BackupOptions {
             name: name.to_string(),
             chunk_size: DEFAULT_CHUNK_SIZE,
-            zstd_level: DEFAULT_ZSTD_LEVEL,
+            zstd_level: Some(DEFAULT_ZSTD_LEVEL),
             threads: 0,
             disk_label: "disk0".into(),
         }

@@ -41,6 +41,9 @@ enum Command {
         /// zstd compression level (negative levels are faster).
         #[arg(long, default_value_t = engine::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
         zstd_level: i32,
+        /// Store chunks uncompressed: fastest backup, largest store.
+        #[arg(long, conflicts_with = "zstd_level")]
+        no_compress: bool,
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -181,7 +184,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let interactive = std::io::stderr().is_terminal();
     match cli.command {
-        Command::Backup { source, store, name, chunk_size, zstd_level, threads, pack_target, json } => {
+        Command::Backup { source, store, name, chunk_size, zstd_level, no_compress, threads, pack_target, json } => {
             let name = name.unwrap_or_else(|| default_name(&source));
             engine::validate_chunk_size(chunk_size)?;
             store::validate_name(&name)?;
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 None => open_store(&store, true)?,
             };
+            let zstd_level = (!no_compress).then_some(zstd_level);
             let opts = BackupOptions { chunk_size, zstd_level, threads, ..BackupOptions::new(&name) };
             let bar = Bar::new(interactive && !json);
             let report = engine::backup(&store, src.as_ref(), &opts, &bar)?;
