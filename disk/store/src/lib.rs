@@ -600,6 +600,9 @@ pub struct SessionStats {
     /// Bytes appended to packs (headers and payloads).
     pub bytes_written: u64,
     pub packs_sealed: u64,
+    /// Whether pack files were opened with `O_DIRECT` (false where the filesystem refuses
+    /// it, e.g. tmpfs); `None` before the first pack.
+    pub direct_io: Option<bool>,
 }
 
 /// A backup in progress: appends new chunks to its own packs and finally commits a restore
@@ -636,7 +639,9 @@ impl<'s> BackupSession<'s> {
             let number = catalog.next_counter(&mut wtxn, "next_pack")?;
             wtxn.commit().map_err(|e| catalog.err(e))?;
             let path = self.store.tmp_pack_path(number);
-            self.pack = Some(PackWriter::create(&path, number, &self.store.store_id, now_unix())?);
+            let writer = PackWriter::create(&path, number, &self.store.store_id, now_unix())?;
+            self.stats.direct_io = Some(writer.is_direct());
+            self.pack = Some(writer);
         }
         let pack = self.pack.as_mut().expect("pack opened above");
         let loc = pack.append(chunk)?;

@@ -99,6 +99,8 @@ pub struct BackupReport {
     pub tree_nodes_new: u64,
     pub chunk_size: u32,
     pub duration_s: f64,
+    /// The write path of the packs: "io_uring" or "pread/pwrite", plus ", O_DIRECT" when the
+    /// filesystem allowed direct I/O.
     pub io_backend: String,
 }
 
@@ -270,7 +272,10 @@ pub fn backup(
         tree_nodes_new: stats.tree_nodes_new,
         chunk_size: opts.chunk_size,
         duration_s: started.elapsed().as_secs_f64(),
-        io_backend: store.io_backend().to_string(),
+        io_backend: match stats.direct_io {
+            Some(true) => format!("{}, O_DIRECT", store.io_backend()),
+            _ => store.io_backend().to_string(),
+        },
     })
 }
 
