@@ -30,9 +30,10 @@
 //! usable part of a pack (it can only be the torn tail of a pack that was never sealed).
 //!
 //! ## Writing
-//! [`PackWriter`] appends records into a 4 KiB-aligned buffer and writes whole buffers at
-//! increasing offsets through this thread's `uringio` ring, opened with `O_DIRECT` where the
-//! filesystem allows it. [`PackWriter::seal`] pads the tail, writes it and `fdatasync`s.
+//! [`PackWriter`] appends records into a 4 KiB-aligned buffer and hands whole buffers to a
+//! `uringio::WriteBehind`, which writes them at increasing offsets with a few in flight while
+//! the next one fills; the file is opened with `O_DIRECT` where the filesystem allows it.
+//! [`PackWriter::seal`] pads the tail, waits for every write, then `fsync`s.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -52,6 +53,8 @@ pub const MAX_RECORD_RAW: u32 = 16 << 20;
 
 /// Write buffer: large enough to keep the device busy, small enough for bounded memory.
 const WRITE_BUF: usize = 8 << 20;
+/// Buffers being written while the next one fills (so up to 4 × 8 MiB per open pack).
+const WRITES_IN_FLIGHT: usize = 3;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +333,8 @@ pub struct RecordLocation {
 #[derive(Debug)]
 pub struct PackWriter {
     path: PathBuf,
+    /// Declared before `file`, so it drops (waiting for writes in flight) first.
+    writer: uringio::WriteBehind,
     file: File,
     pub number: u64,
     /// Bytes durably handed to the file so far (always a multiple of 4096).
@@ -344,9 +349,11 @@ impl PackWriter {
     /// Create `path` (which must not exist) as pack `number`.
     pub fn create(path: &Path, number: u64, store_id: &[u8; 16], created: u64) -> Result<PackWriter> {
         let (file, direct) = uringio::open_direct(path, true).map_err(|e| StoreError::io(path, e))?;
-        let mut buf = AlignedBuf::with_capacity(WRITE_BUF);
+        let mut writer =
+            uringio::WriteBehind::new(&file, WRITE_BUF, WRITES_IN_FLIGHT).map_err(|e| StoreError::io(path, e))?;
+        let mut buf = writer.take_buffer().map_err(|f| StoreError::io(path, f.error))?;
         buf.extend_from_slice(&encode_pack_header(number, store_id, created));
-        Ok(PackWriter { path: path.to_path_buf(), file, number, flushed: 0, buf, records: 0, direct })
+        Ok(PackWriter { path: path.to_path_buf(), writer, file, number, flushed: 0, buf, records: 0, direct })
     }
 
     pub fn path(&self) -> &Path {
@@ -400,13 +407,13 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Write the full buffer and start a new one.
+    /// Hand the full buffer to the background writer and continue in a fresh one.
     fn flush_full(&mut self) -> Result<()> {
-        let at = self.flushed;
-        uringio::with_thread_ring(|ring| ring.write_all_many(&self.file, &[(at, &self.buf[..])]))
-            .map_err(|f| StoreError::io(&self.path, f.error))?;
-        self.flushed += self.buf.len() as u64;
-        self.buf.clear();
+        let next = self.writer.take_buffer().map_err(|f| StoreError::io(&self.path, f.error))?;
+        let full = std::mem::replace(&mut self.buf, next);
+        let len = full.len() as u64;
+        self.writer.submit(self.flushed, full).map_err(|f| StoreError::io(&self.path, f.error))?;
+        self.flushed += len;
         Ok(())
     }
 
@@ -416,10 +423,11 @@ impl PackWriter {
         let logical = self.len();
         if !self.buf.is_empty() {
             self.buf.pad_to_alignment();
-            let at = self.flushed;
-            uringio::with_thread_ring(|ring| ring.write_all_many(&self.file, &[(at, &self.buf[..])]))
-                .map_err(|f| StoreError::io(&self.path, f.error))?;
+            let tail = std::mem::replace(&mut self.buf, AlignedBuf::with_capacity(0));
+            self.writer.submit(self.flushed, tail).map_err(|f| StoreError::io(&self.path, f.error))?;
         }
+        // Every write must have completed before the fsync that makes them durable.
+        self.writer.finish().map_err(|f| StoreError::io(&self.path, f.error))?;
         self.file.sync_all().map_err(|e| StoreError::io(&self.path, e))?;
         Ok((self.path, logical, self.records))
     }

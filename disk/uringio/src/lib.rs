@@ -284,6 +284,180 @@ impl Ring {
     }
 }
 
+/// Sequential writes of whole buffers with several in flight: the caller fills one buffer
+/// while earlier ones are still being written, so a writer thread never waits for the device
+/// unless `depth` buffers are already queued.
+///
+/// Buffers are moved into the writer while the kernel uses them and handed back by
+/// [`take_buffer`](WriteBehind::take_buffer) only after their write completed, so no buffer
+/// can be touched or freed while in flight. Dropping the writer waits for every write.
+/// A failed write is reported by the next call (and by [`finish`](WriteBehind::finish)).
+pub struct WriteBehind {
+    /// Our own handle on the file (a dup), so the descriptor outlives every write in flight.
+    file: File,
+    uring: Option<io_uring::IoUring>,
+    /// In submission order: the buffer, where it goes, and whether its write completed.
+    inflight: std::collections::VecDeque<InflightWrite>,
+    free: Vec<AlignedBuf>,
+    buf_size: usize,
+    depth: usize,
+    next_tag: u64,
+    failure: Option<IoFailure>,
+}
+
+struct InflightWrite {
+    tag: u64,
+    buf: AlignedBuf,
+    offset: u64,
+    done: bool,
+}
+
+impl fmt::Debug for WriteBehind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("in_flight", &self.inflight.len())
+            .field("depth", &self.depth)
+            .field("buf_size", &self.buf_size)
+            .finish()
+    }
+}
+
+impl WriteBehind {
+    /// A writer to `file` of `buf_size`-byte buffers, up to `depth` in flight, on the
+    /// process-wide [`backend()`] (with the pread/pwrite fallback every write is synchronous).
+    pub fn new(file: &File, buf_size: usize, depth: usize) -> io::Result<WriteBehind> {
+        let file = file.try_clone()?;
+        let depth = depth.max(1);
+        let uring = match backend() {
+            Backend::IoUring => io_uring::IoUring::new((depth as u32).next_power_of_two()).ok(),
+            Backend::Pread => None,
+        };
+        Ok(WriteBehind {
+            file,
+            uring,
+            inflight: Default::default(),
+            free: Vec::new(),
+            buf_size,
+            depth,
+            next_tag: 0,
+            failure: None,
+        })
+    }
+
+    /// An empty buffer to fill: a recycled one, a new one while fewer than `depth` exist, or
+    /// the oldest in-flight one once its write completed.
+    pub fn take_buffer(&mut self) -> Result<AlignedBuf, IoFailure> {
+        self.check()?;
+        if let Some(mut b) = self.free.pop() {
+            b.clear();
+            return Ok(b);
+        }
+        if self.inflight.len() < self.depth {
+            return Ok(AlignedBuf::with_capacity(self.buf_size));
+        }
+        while !self.inflight.front().is_some_and(|w| w.done) {
+            self.reap(true);
+        }
+        self.check()?;
+        let mut b = self.inflight.pop_front().expect("front is done").buf;
+        b.clear();
+        Ok(b)
+    }
+
+    /// Write all of `buf` at `offset`, in the background where possible.
+    pub fn submit(&mut self, offset: u64, buf: AlignedBuf) -> Result<(), IoFailure> {
+        self.check()?;
+        let file = &self.file;
+        let Some(ring) = self.uring.as_mut() else {
+            file.write_all_at(&buf, offset).map_err(|error| IoFailure { offset, error })?;
+            self.free.push(buf);
+            return Ok(());
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let len = u32::try_from(buf.len()).expect("write buffers are smaller than 4 GiB");
+        let entry = io_uring::opcode::Write::new(io_uring::types::Fd(file.as_raw_fd()), buf.ptr, len)
+            .offset(offset)
+            .build()
+            .user_data(tag);
+        // SAFETY: the buffer's heap memory stays valid and untouched until this write
+        // completes: the buffer is owned by `self.inflight` from here on and leaves it only
+        // through `take_buffer` after its completion was reaped; `Drop` waits for all writes.
+        let pushed = unsafe { ring.submission().push(&entry) };
+        if pushed.is_err() {
+            // The queue is sized to `depth`, so this only happens if the caller exceeded it.
+            file.write_all_at(&buf, offset).map_err(|error| IoFailure { offset, error })?;
+            self.free.push(buf);
+            return Ok(());
+        }
+        self.inflight.push_back(InflightWrite { tag, buf, offset, done: false });
+        if let Err(error) = ring.submit() {
+            self.failure.get_or_insert(IoFailure { offset, error });
+        }
+        self.reap(false);
+        self.check()
+    }
+
+    /// Wait for every write; the first failure, if any.
+    pub fn finish(&mut self) -> Result<(), IoFailure> {
+        while self.inflight.iter().any(|w| !w.done) {
+            self.reap(true);
+        }
+        while let Some(w) = self.inflight.pop_front() {
+            self.free.push(w.buf);
+        }
+        self.check()
+    }
+
+    fn check(&mut self) -> Result<(), IoFailure> {
+        match self.failure.take() {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    /// Collect completions, waiting for at least one if `wait`.
+    fn reap(&mut self, wait: bool) {
+        let Some(ring) = self.uring.as_mut() else { return };
+        if wait {
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    // The ring is unusable; nothing more can complete through it.
+                    let offset = self.inflight.iter().find(|w| !w.done).map_or(0, |w| w.offset);
+                    self.failure.get_or_insert(IoFailure { offset, error: e });
+                    for w in self.inflight.iter_mut() {
+                        w.done = true;
+                    }
+                    return;
+                }
+            }
+        }
+        let completions: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (tag, res) in completions {
+            let Some(w) = self.inflight.iter_mut().find(|w| w.tag == tag) else { continue };
+            w.done = true;
+            if res < 0 {
+                self.failure.get_or_insert(IoFailure { offset: w.offset, error: io::Error::from_raw_os_error(-res) });
+            } else if (res as usize) < w.buf.len() {
+                // A short write: finish the rest synchronously (rare; the buffer is ours again).
+                let n = res as usize;
+                if let Err(error) = self.file.write_all_at(&w.buf[n..], w.offset + n as u64) {
+                    self.failure.get_or_insert(IoFailure { offset: w.offset + n as u64, error });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        // The kernel may still be reading our buffers: wait before they are freed.
+        while self.uring.is_some() && self.inflight.iter().any(|w| !w.done) {
+            self.reap(true);
+        }
+    }
+}
+
 thread_local! {
     static THREAD_RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
 }
@@ -486,6 +660,40 @@ mod tests {
         let data = std::fs::read(&path).unwrap();
         assert_eq!(&data[..5000], &pattern(5000, 3)[..]);
         assert!(data[5000..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn write_behind_writes_every_buffer_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wb");
+        let (file, _) = open_direct(&path, true).unwrap();
+        let mut wb = WriteBehind::new(&file, 64 * 1024, 3).unwrap();
+        drop(file); // the writer holds its own handle
+        for i in 0..20u64 {
+            let mut b = wb.take_buffer().unwrap();
+            b.extend_from_slice(&pattern(64 * 1024, i as u8));
+            wb.submit(i * 64 * 1024, b).unwrap();
+        }
+        wb.finish().unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 20 * 64 * 1024);
+        for i in 0..20usize {
+            assert_eq!(&data[i * 65536..(i + 1) * 65536], &pattern(65536, i as u8)[..], "buffer {i}");
+        }
+    }
+
+    #[test]
+    fn write_behind_reports_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro");
+        std::fs::write(&path, b"x").unwrap();
+        let file = File::open(&path).unwrap(); // read-only: writes fail with EBADF
+        let mut wb = WriteBehind::new(&file, 4096, 2).unwrap();
+        let mut b = wb.take_buffer().unwrap();
+        b.extend_from_slice(&[1u8; 4096]);
+        let first = wb.submit(0, b);
+        let err = first.err().or_else(|| wb.finish().err()).expect("the write must fail");
+        assert_eq!(err.offset, 0);
     }
 
     #[test]
