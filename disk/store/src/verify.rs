@@ -228,7 +228,8 @@ impl Store {
                                 if r.intact {
                                     checked.fetch_add(1, Ordering::Relaxed);
                                     bytes.fetch_add(r.header.raw_len as u64, Ordering::Relaxed);
-                                    progress(r.header.raw_len as u64);
+                                    // The total is the packs' size, so progress counts stored bytes.
+                                    progress(pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64);
                                 } else {
                                     bad.lock().expect("bad set").insert(r.header.digest);
                                     damaged_records.lock().expect("list").push(format!(

@@ -155,7 +155,7 @@ pub fn restore(
         Sink::Raw { write_zeros, .. } => *write_zeros,
         Sink::Qcow2(a) => (disk.chunk_size as u64) < a.lock().expect("qcow2 lock").cluster,
     };
-    let zero_chunks = for_each_chunk(store, disk, threads, send_zeros, |index, digest, data| {
+    let zero_chunks = for_each_chunk(store, disk, threads, send_zeros, progress, |index, digest, data| {
         let offset = index * disk.chunk_size as u64;
         let len = (disk.chunk_size as u64).min(disk.size - offset) as usize;
         let zeros;
@@ -218,6 +218,7 @@ fn for_each_chunk(
     disk: &DiskIndex,
     threads: usize,
     with_zeros: bool,
+    progress: &dyn Progress,
     f: impl Fn(u64, &Digest, &[u8]) -> Result<(), EngineError> + Sync,
 ) -> Result<u64, EngineError> {
     let mut zero_chunks = 0u64;
@@ -265,6 +266,11 @@ fn for_each_chunk(
             match entry {
                 Ok(d) => {
                     zero_chunks += d.is_zero() as u64;
+                    if d.is_zero() && !with_zeros {
+                        // Skipped here, so count its bytes as done here.
+                        let offset = index * disk.chunk_size as u64;
+                        progress.advance((disk.chunk_size as u64).min(disk.size - offset));
+                    }
                     if (with_zeros || !d.is_zero()) && tx.send((index, d)).is_err() {
                         break;
                     }
