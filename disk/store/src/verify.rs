@@ -209,6 +209,8 @@ impl Store {
     pub fn verify_store(&self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
         let packs = self.pack_numbers()?;
         let bad: Mutex<HashSet<Digest>> = Mutex::new(HashSet::new());
+        // Packs that could not be scanned at all (missing, or a damaged header).
+        let unreadable: Mutex<HashSet<u64>> = Mutex::new(HashSet::new());
         let damaged_records: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let checked = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -251,12 +253,14 @@ impl Store {
                             }
                         }
                         Err(StoreError::Corrupt { path, offset, detail }) => {
+                            unreadable.lock().expect("unreadable set").insert(*number);
                             damaged_records
                                 .lock()
                                 .expect("list")
                                 .push(format!("{}: at {offset}: {detail}", path.display()));
                         }
                         Err(StoreError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+                            unreadable.lock().expect("unreadable set").insert(*number);
                             damaged_records
                                 .lock()
                                 .expect("list")
@@ -285,15 +289,7 @@ impl Store {
         // Walk every restore point: each referenced chunk must be indexed, in a pack that
         // scanned clean, and not among the damaged records.
         let rtxn = self.catalog.read()?;
-        let unreadable: HashSet<u64> = report
-            .damaged_records
-            .iter()
-            .filter(|r| r.ends_with("pack file is missing"))
-            .filter_map(|r| {
-                let name = std::path::Path::new(r.split(':').next()?).file_stem()?.to_str()?.to_string();
-                u64::from_str_radix(&name, 16).ok()
-            })
-            .collect();
+        let unreadable = unreadable.into_inner().expect("unreadable set");
         // Points from the same snapshot as the lookups, so a point committed meanwhile by a
         // concurrent backup is not judged against an older index.
         for point in self.list_in(&rtxn)? {
@@ -309,7 +305,7 @@ impl Store {
                                 let reason = match self.catalog.chunk(&rtxn, &d)? {
                                     None => Some(format!("chunk {d} is missing from the index")),
                                     Some(loc) if unreadable.contains(&loc.pack) => {
-                                        Some(format!("chunk {d}: its pack is missing"))
+                                        Some(format!("chunk {d}: its pack is missing or unreadable"))
                                     }
                                     Some(_) if bad.contains(&d) => Some(format!("chunk {d} is damaged")),
                                     Some(_) => None,

@@ -1,8 +1,9 @@
 //! `uringio`: batched positional reads and writes on files, through io_uring when the kernel
 //! allows it and through plain `pread`/`pwrite` otherwise.
 //!
-//! The unit of work is a *batch*: a slice of `(offset, buffer)` pairs that is completed as a
-//! whole. With io_uring, up to the ring's depth of requests are in flight at once; short
+//! Reads come in *batches*: a slice of `(offset, buffer)` pairs completed as a whole
+//! ([`Ring::read_exact_many`]); writes are sequential whole buffers with a few in flight
+//! ([`WriteBehind`]). With io_uring, up to the ring's depth of requests are in flight at once; short
 //! transfers are resubmitted for their remainder, so a batch either completes fully or fails
 //! with the offset of the first request that failed ([`IoFailure`]).
 //!
@@ -111,12 +112,6 @@ struct Pending {
     request_offset: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Read,
-    Write,
-}
-
 impl Ring {
     /// A ring of `depth` entries on the process-wide [`backend()`].
     pub fn new(depth: u32) -> Ring {
@@ -154,28 +149,7 @@ impl Ring {
                 request_offset: *offset,
             })
             .collect();
-        self.run(file, pending, Dir::Read)
-    }
-
-    /// Write every buffer to `file` at its offset.
-    pub fn write_all_many(&mut self, file: &File, reqs: &[(u64, &[u8])]) -> Result<(), IoFailure> {
-        if self.uring.is_none() {
-            for (offset, buf) in reqs {
-                file.write_all_at(buf, *offset).map_err(|error| IoFailure { offset: *offset, error })?;
-            }
-            return Ok(());
-        }
-        let pending: Vec<Pending> = reqs
-            .iter()
-            .map(|(offset, buf)| Pending {
-                // The kernel only reads through this pointer for a write.
-                ptr: buf.as_ptr().cast_mut(),
-                file_offset: *offset,
-                remaining: buf.len(),
-                request_offset: *offset,
-            })
-            .collect();
-        self.run(file, pending, Dir::Write)
+        self.run(file, pending)
     }
 
     /// The completion loop: keep up to `depth` transfers in flight, resubmit short ones.
@@ -183,7 +157,7 @@ impl Ring {
     /// The buffers behind `pending` are borrowed by the caller for the whole call, and this
     /// function does not return until every submitted entry has completed (also on error), so
     /// the kernel never touches a buffer after its borrow ends.
-    fn run(&mut self, file: &File, mut pending: Vec<Pending>, dir: Dir) -> Result<(), IoFailure> {
+    fn run(&mut self, file: &File, mut pending: Vec<Pending>) -> Result<(), IoFailure> {
         let ring = self.uring.as_mut().expect("run() is only called with a ring");
         let fd = io_uring::types::Fd(file.as_raw_fd());
         let depth = self.depth as usize;
@@ -210,11 +184,8 @@ impl Ring {
                 // Linux caps one transfer at 0x7ffff000 bytes; larger requests continue as
                 // short transfers.
                 let len = p.remaining.min(0x7fff_f000) as u32;
-                let entry = match dir {
-                    Dir::Read => io_uring::opcode::Read::new(fd, p.ptr, len).offset(p.file_offset).build(),
-                    Dir::Write => io_uring::opcode::Write::new(fd, p.ptr, len).offset(p.file_offset).build(),
-                }
-                .user_data(idx as u64);
+                let entry =
+                    io_uring::opcode::Read::new(fd, p.ptr, len).offset(p.file_offset).build().user_data(idx as u64);
                 // SAFETY: `p.ptr .. p.ptr+len` lies inside a buffer the caller lent us for the
                 // whole of `run`, and `run` waits for every submitted entry before returning,
                 // so the buffer outlives the kernel's access to it.
@@ -258,10 +229,7 @@ impl Ring {
                     }
                 } else if res == 0 && p.remaining > 0 {
                     if failure.is_none() {
-                        let error = match dir {
-                            Dir::Read => io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"),
-                            Dir::Write => io::Error::new(io::ErrorKind::WriteZero, "the device accepted no bytes"),
-                        };
+                        let error = io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file");
                         failure = Some(IoFailure { offset: p.file_offset, error });
                     }
                 } else {
@@ -616,19 +584,18 @@ mod tests {
     }
 
     #[test]
-    fn write_then_read_many_round_trips() {
+    fn read_many_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        let mut ring = Ring::new(8);
         let bufs: Vec<Vec<u8>> = (0..40).map(|i| pattern(64 * 1024 + i, i as u8)).collect();
-        let writes: Vec<(u64, &[u8])> =
-            bufs.iter().enumerate().map(|(i, b)| ((i as u64) * 200_000, b.as_slice())).collect();
-        ring.write_all_many(&file, &writes).unwrap();
+        for (i, b) in bufs.iter().enumerate() {
+            file.write_all_at(b, (i as u64) * 200_000).unwrap();
+        }
         let mut back: Vec<Vec<u8>> = bufs.iter().map(|b| vec![0; b.len()]).collect();
         let mut reads: Vec<(u64, &mut [u8])> =
             back.iter_mut().enumerate().map(|(i, b)| ((i as u64) * 200_000, b.as_mut_slice())).collect();
-        ring.read_exact_many(&file, &mut reads).unwrap();
+        Ring::new(8).read_exact_many(&file, &mut reads).unwrap();
         assert_eq!(back, bufs);
     }
 
@@ -656,7 +623,9 @@ mod tests {
         assert_eq!(buf.extend_from_slice(&pattern(5000, 3)), 5000);
         buf.pad_to_alignment();
         assert_eq!(buf.len(), 2 * DIRECT_ALIGN);
-        Ring::new(2).write_all_many(&file, &[(0, &buf[..])]).unwrap();
+        let mut wb = WriteBehind::new(&file, DIRECT_ALIGN, 1).unwrap();
+        wb.submit(0, buf).unwrap();
+        wb.finish().unwrap();
         let data = std::fs::read(&path).unwrap();
         assert_eq!(&data[..5000], &pattern(5000, 3)[..]);
         assert!(data[5000..].iter().all(|&x| x == 0));

@@ -155,7 +155,8 @@ pub fn restore(
         Sink::Raw { write_zeros, .. } => *write_zeros,
         Sink::Qcow2(a) => (disk.chunk_size as u64) < a.lock().expect("qcow2 lock").cluster,
     };
-    let zero_chunks = for_each_chunk(store, disk, threads, send_zeros, progress, |index, digest, data| {
+    let chunks = ChunkFeed { with_zeros: send_zeros, read_data: true };
+    let zero_chunks = for_each_chunk(store, disk, threads, chunks, progress, |index, digest, data| {
         let offset = index * disk.chunk_size as u64;
         let len = (disk.chunk_size as u64).min(disk.size - offset) as usize;
         let zeros;
@@ -210,17 +211,27 @@ pub fn restore(
     })
 }
 
-/// Walk `disk`'s tree on one thread and hand each chunk, read and checked, to `f` on
-/// `threads` workers. Zero chunks are passed (with empty data) only if `with_zeros`.
-/// Returns the number of zero chunks.
+/// What [`for_each_chunk`] hands to its callback.
+#[derive(Debug, Clone, Copy)]
+struct ChunkFeed {
+    /// Also call back for all-zero chunks (with empty data).
+    with_zeros: bool,
+    /// Read and decompress each chunk from the store; otherwise the data is empty and only
+    /// the digest is given.
+    read_data: bool,
+}
+
+/// Walk `disk`'s tree on one thread and hand each chunk to `f` on `threads` workers, as
+/// `feed` says. Stops at the first error. Returns the number of zero chunks.
 fn for_each_chunk(
     store: &Store,
     disk: &DiskIndex,
     threads: usize,
-    with_zeros: bool,
+    feed: ChunkFeed,
     progress: &dyn Progress,
     f: impl Fn(u64, &Digest, &[u8]) -> Result<(), EngineError> + Sync,
 ) -> Result<u64, EngineError> {
+    let with_zeros = feed.with_zeros;
     let mut zero_chunks = 0u64;
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<EngineError>> = Mutex::new(None);
@@ -235,7 +246,7 @@ fn for_each_chunk(
                     if stop.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let r = if digest.is_zero() {
+                    let r = if digest.is_zero() || !feed.read_data {
                         f(index, &digest, &[])
                     } else {
                         // The record checksum guards the stored bytes; a full re-hash is
@@ -317,7 +328,8 @@ fn verify_output(
     let cs = disk.chunk_size as u64;
     let mismatch: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     // Here zero chunks must be checked too: walk with zeros and ignore the stored data.
-    for_each_chunk_digest_only(store, disk, threads, |index, digest| {
+    let chunks = ChunkFeed { with_zeros: true, read_data: false };
+    for_each_chunk(store, disk, threads, chunks, progress, |index, digest, _| {
         let offset = index * cs;
         let len = cs.min(disk.size - offset) as usize;
         let mut buf = vec![0u8; len];
@@ -341,49 +353,6 @@ fn verify_output(
         });
     }
     Ok(())
-}
-
-/// Like [`for_each_chunk`] but without reading chunk data from the store.
-fn for_each_chunk_digest_only(
-    store: &Store,
-    disk: &DiskIndex,
-    threads: usize,
-    f: impl Fn(u64, &Digest) -> Result<(), EngineError> + Sync,
-) -> Result<(), EngineError> {
-    let failure: Mutex<Option<EngineError>> = Mutex::new(None);
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(threads * 8);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let rx = rx.clone();
-            let (failure, f) = (&failure, &f);
-            s.spawn(move || {
-                for (index, digest) in rx {
-                    if let Err(e) = f(index, &digest) {
-                        failure.lock().expect("failure slot").get_or_insert(e);
-                    }
-                }
-            });
-        }
-        drop(rx);
-        for (index, entry) in store.walk(disk).enumerate() {
-            match entry {
-                Ok(d) => {
-                    if tx.send((index as u64, d)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    failure.lock().expect("failure slot").get_or_insert(e.into());
-                    break;
-                }
-            }
-        }
-        drop(tx);
-    });
-    match failure.into_inner().expect("failure slot") {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 /// The file being restored into.
