@@ -21,6 +21,9 @@
 //! reading any byte at or past `size()` is an error, never silently zero.
 
 pub mod file;
+pub mod related;
+
+pub use related::{resolve_backing_path, BackingOpener, LocalBackingOpener};
 
 use std::fmt;
 use std::io;

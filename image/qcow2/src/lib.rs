@@ -73,11 +73,8 @@ mod header;
 mod reader;
 mod writer;
 
-pub use blocksource::{BlockSource, SourceError};
-pub use reader::{
-    resolve_backing_path, BackingOpener, LocalBackingOpener, OpenOptions, Qcow2Source, DEFAULT_L2_CACHE_BYTES,
-    MAX_CHAIN_LEN,
-};
+pub use blocksource::{resolve_backing_path, BackingOpener, BlockSource, LocalBackingOpener, SourceError};
+pub use reader::{OpenOptions, Qcow2Source, DEFAULT_L2_CACHE_BYTES, MAX_CHAIN_LEN};
 pub use writer::Qcow2Writer;
 
 /// The four bytes every qcow2 image starts with.
