@@ -124,6 +124,20 @@ pub struct DiskIndex {
     pub height: u8,
 }
 
+/// A small file captured with a restore point: a VM's configuration (`.vmx`, libvirt XML),
+/// so that the whole VM can be recreated. Its content is one deduplicated data record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointFile {
+    /// File name as found next to the disks (no directory part).
+    pub name: String,
+    pub size: u64,
+    #[serde(with = "digest_hex")]
+    pub digest: Digest,
+}
+
+/// Largest file [`BackupSession::add_file`] accepts: one record.
+pub const MAX_POINT_FILE: usize = MAX_CHUNK_SIZE as usize;
+
 /// Figures recorded with a restore point.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PointStats {
@@ -143,6 +157,9 @@ pub struct RestorePoint {
     pub id: u64,
     pub created_unix: u64,
     pub disks: Vec<DiskIndex>,
+    /// Configuration files captured with the disks (absent in older manifests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PointFile>,
     pub stats: PointStats,
 }
 
@@ -483,6 +500,13 @@ impl Store {
         Ok(loc)
     }
 
+    /// The content of a file captured with a restore point, checked against its digest.
+    pub fn read_point_file(&self, file: &PointFile) -> Result<Vec<u8>> {
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        self.read_chunk_checked(&file.digest, &mut scratch, &mut out, pack::ReadCheck::Digest)?;
+        Ok(out)
+    }
+
     /// A walker over the chunk digests of one disk, in disk order.
     pub fn walk(&self, disk: &DiskIndex) -> TreeWalker<'_> {
         let mut scratch = Vec::new();
@@ -502,6 +526,7 @@ impl Store {
             _lock: lock,
             pack: None,
             pending: HashMap::new(),
+            files: Vec::new(),
             stats: SessionStats::default(),
         })
     }
@@ -615,6 +640,8 @@ pub struct BackupSession<'s> {
     pack: Option<PackWriter>,
     /// Chunks in the unsealed pack, not yet in the index.
     pending: HashMap<Digest, ChunkLoc>,
+    /// Files added with [`BackupSession::add_file`], published by `commit`.
+    files: Vec<PointFile>,
     stats: SessionStats,
 }
 
@@ -694,6 +721,28 @@ impl<'s> BackupSession<'s> {
         Ok(())
     }
 
+    /// Store a small file (a VM's configuration) to be published with the restore point.
+    pub fn add_file(&mut self, name: &str, content: &[u8]) -> Result<PointFile> {
+        if name.is_empty() || name.contains('/') || name.len() > 255 {
+            return Err(StoreError::Invalid(format!("file name {name:?}: use a plain file name of 1-255 bytes")));
+        }
+        if content.len() > MAX_POINT_FILE {
+            return Err(StoreError::Invalid(format!(
+                "file {name:?} is {} bytes; configuration files larger than {} bytes are not captured",
+                content.len(),
+                MAX_POINT_FILE
+            )));
+        }
+        let digest = Digest::of(content);
+        if !self.contains(&digest)? {
+            let encoded = pack::ChunkEncoder::new(Some(3)).encode(digest, RecordKind::Data, content);
+            self.insert(&encoded)?;
+        }
+        let file = PointFile { name: name.to_string(), size: content.len() as u64, digest };
+        self.files.push(file.clone());
+        Ok(file)
+    }
+
     /// Write the manifest, seal the last pack and make the restore point visible (steps 5-6).
     pub fn commit(mut self, name: &str, disks: Vec<DiskIndex>, stats: PointStats) -> Result<RestorePoint> {
         validate_name(name)?;
@@ -704,7 +753,8 @@ impl<'s> BackupSession<'s> {
             wtxn.commit().map_err(|e| catalog.err(e))?;
             id
         };
-        let point = RestorePoint { name: name.to_string(), id, created_unix: now_unix(), disks, stats };
+        let files = std::mem::take(&mut self.files);
+        let point = RestorePoint { name: name.to_string(), id, created_unix: now_unix(), disks, files, stats };
         // The manifest goes into the last pack, after every chunk it references, so a catalog
         // rebuilt from packs only finds manifests whose data is durable.
         let manifest = serde_json::to_vec(&point).expect("restore point serialises");
@@ -723,6 +773,11 @@ impl<'s> BackupSession<'s> {
             for d in &point.disks {
                 if d.height > 0 && catalog.chunk(&rtxn, &d.root)?.is_none() {
                     return Err(StoreError::MissingChunk { digest: d.root });
+                }
+            }
+            for f in &point.files {
+                if catalog.chunk(&rtxn, &f.digest)?.is_none() {
+                    return Err(StoreError::MissingChunk { digest: f.digest });
                 }
             }
         }

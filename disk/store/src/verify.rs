@@ -31,6 +31,11 @@ pub struct DamagedRange {
     pub reason: String,
 }
 
+/// A captured configuration file that cannot be read back, as a damaged range.
+fn file_damage(file: &crate::PointFile, reason: String) -> DamagedRange {
+    DamagedRange { disk: format!("file {}", file.name), offset: 0, len: file.size, reason }
+}
+
 /// Damage found in one restore point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PointDamage {
@@ -110,6 +115,15 @@ impl Store {
             for disk in &point.disks {
                 let damage = self.verify_disk(disk, threads, progress, &mut report)?;
                 ranges.extend(damage);
+            }
+            for file in &point.files {
+                match self.read_point_file(file) {
+                    Ok(content) => {
+                        report.chunks_checked += 1;
+                        report.bytes_checked += content.len() as u64;
+                    }
+                    Err(e) => ranges.push(file_damage(file, e.to_string())),
+                }
             }
             report.restore_points_checked += 1;
             if !ranges.is_empty() {
@@ -328,6 +342,17 @@ impl Store {
                     }
                 }
                 ranges.extend(collector.ranges);
+            }
+            for file in &point.files {
+                let reason = match self.catalog.chunk(&rtxn, &file.digest)? {
+                    None => Some(format!("file content {} is missing from the index", file.digest)),
+                    Some(loc) if unreadable.contains(&loc.pack) => Some("its pack is missing or unreadable".into()),
+                    Some(_) if bad.contains(&file.digest) => Some("its record is damaged".into()),
+                    Some(_) => None,
+                };
+                if let Some(r) = reason {
+                    ranges.push(file_damage(file, r));
+                }
             }
             report.restore_points_checked += 1;
             if !ranges.is_empty() {

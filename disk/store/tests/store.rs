@@ -321,3 +321,48 @@ fn hostile_record_and_node_bytes_never_panic() {
         let _ = pack::decode_pack_header(&r);
     }
 }
+
+#[test]
+fn configuration_files_travel_with_the_point_and_survive_a_lost_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmx = b"displayName = \"web01\"\nscsi0:0.fileName = \"web01.vmdk\"\n".repeat(50);
+    let nvram = vec![0xa5u8; 8704];
+    let disk: Vec<u64> = (1..=20).collect();
+    let point = {
+        let store = open(dir.path(), 1 << 20);
+        let mut session = store.begin_backup().unwrap();
+        session.add_file("web01.vmx", &vmx).unwrap();
+        session.add_file("web01.nvram", &nvram).unwrap();
+        assert!(session.add_file("../escape", b"x").is_err());
+        assert!(session.add_file("big.vmx", &vec![1u8; store::MAX_POINT_FILE + 1]).is_err());
+        let p = session.commit("web01", vec![], PointStats::default()).unwrap();
+        assert_eq!(p.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["web01.vmx", "web01.nvram"]);
+        assert_eq!(store.read_point_file(&p.files[0]).unwrap(), vmx);
+        backup(&store, "other", &disk);
+        p
+    };
+    // Points without files still read as before, and the files come back from the packs alone.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = open(dir.path(), 1 << 20);
+    let found = store.find("web01").unwrap();
+    assert_eq!(found.files, point.files);
+    assert_eq!(store.read_point_file(&found.files[1]).unwrap(), nvram);
+    assert!(store.find("other").unwrap().files.is_empty());
+    let clean = store.verify_points(std::slice::from_ref(&found), 1, &|_| {}).unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+
+    // A damaged file record is reported as damage to that point.
+    let loc = store.locate(&found.files[0].digest).unwrap().unwrap();
+    let path = dir.path().join("packs").join(format!("{:016x}.pack", loc.pack));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(loc.offset + pack::RECORD_HEADER_LEN as u64 + 3) as usize] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    for report in
+        [store.verify_store(1, &|_| {}).unwrap(), store.verify_points(std::slice::from_ref(&found), 1, &|_| {}).unwrap()]
+    {
+        let damaged: Vec<_> = report.damaged_points.iter().map(|p| p.point.clone()).collect();
+        assert_eq!(damaged, [found.spec()], "{report:?}");
+        assert_eq!(report.damaged_points[0].ranges[0].disk, "file web01.vmx");
+    }
+    assert!(store.read_point_file(&found.files[0]).is_err());
+}
