@@ -115,6 +115,10 @@ struct Inner {
     unmounted: AtomicBool,
 }
 
+/// A pipeline's reply handler: gets the caller's tag and the procedure results, may return
+/// a follow-up call.
+type OnReply<'a> = dyn FnMut(usize, &[u8]) -> Result<Option<Call>, NfsError> + 'a;
+
 /// One NFS call of a pipeline; `tag` is the caller's.
 #[derive(Debug)]
 struct Call {
@@ -574,11 +578,7 @@ impl Inner {
     }
 
     /// Run `calls` (and the follow-ups `on_reply` returns) to completion; see the module docs.
-    fn pipeline(
-        &self,
-        calls: Vec<Call>,
-        on_reply: &mut dyn FnMut(usize, &[u8]) -> Result<Option<Call>, NfsError>,
-    ) -> Result<(), NfsError> {
+    fn pipeline(&self, calls: Vec<Call>, on_reply: &mut OnReply<'_>) -> Result<(), NfsError> {
         let (tx, rx) = crossbeam_channel::unbounded::<Completion>();
         let mut queue: VecDeque<Call> = calls.into();
         // id -> (call, connection it went to, when it was sent)
