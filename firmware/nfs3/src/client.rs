@@ -407,7 +407,9 @@ impl Nfs3Client {
     /// ignored, `..` goes up on our side and may not leave the export. Symlinks are not
     /// followed.
     pub fn lookup_path(&self, path: &str) -> Result<(FileHandle, FileAttr), NfsError> {
-        let mut stack: Vec<(FileHandle, String)> = vec![(self.inner.root.clone(), String::new())];
+        // (handle, export-relative path, attributes from its LOOKUP); the root has none yet.
+        let mut stack: Vec<(FileHandle, String, Option<FileAttr>)> =
+            vec![(self.inner.root.clone(), String::new(), None)];
         for comp in path.split('/') {
             match comp {
                 "" | "." => continue,
@@ -421,18 +423,20 @@ impl Nfs3Client {
                     stack.pop();
                 }
                 name => {
-                    let (dir, dir_path) = stack.last().cloned().expect("stack never empty");
-                    let (fh, attr) = self.inner.lookup(&dir, &dir_path, name)?;
-                    let p = if dir_path.is_empty() { name.to_string() } else { format!("{dir_path}/{name}") };
+                    let (dir, dir_path, _) = stack.last().cloned().expect("stack never empty");
                     // A non-directory followed by more components fails in the next LOOKUP
                     // (NFS3ERR_NOTDIR), which names it.
-                    let _ = attr;
-                    stack.push((fh, p));
+                    let (fh, attr) = self.inner.lookup(&dir, &dir_path, name)?;
+                    let p = if dir_path.is_empty() { name.to_string() } else { format!("{dir_path}/{name}") };
+                    stack.push((fh, p, Some(attr)));
                 }
             }
         }
-        let (fh, p) = stack.pop().expect("stack never empty");
-        let attr = self.inner.getattr(&fh, &p)?;
+        let (fh, p, attr) = stack.pop().expect("stack never empty");
+        let attr = match attr {
+            Some(a) => a,
+            None => self.inner.getattr(&fh, &p)?,
+        };
         Ok((fh, attr))
     }
 
