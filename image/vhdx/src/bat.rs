@@ -74,15 +74,6 @@ pub(crate) fn load(
     avoid: &[(&str, u64, u64)],
 ) -> Result<Bat, SourceError> {
     let (blocks, chunk_ratio) = geometry(meta);
-    if blocks > MAX_PAYLOAD_BLOCKS {
-        return Err(unsupported(
-            what,
-            format!(
-                "the BAT has {blocks} payload blocks ({} byte disk, {} byte blocks), more than the {MAX_PAYLOAD_BLOCKS} this reader loads",
-                meta.size, meta.block_size
-            ),
-        ));
-    }
     let chunks = blocks.div_ceil(chunk_ratio);
     // Entries we must read: through the last payload entry, and for a differencing image also
     // the sector bitmap entry of the last chunk.
@@ -106,6 +97,17 @@ pub(crate) fn load(
             ),
         ));
     }
+    // Checked after the region size, so a hostile size in a small file is reported as the
+    // corruption it is.
+    if blocks > MAX_PAYLOAD_BLOCKS {
+        return Err(unsupported(
+            what,
+            format!(
+                "the BAT has {blocks} payload blocks ({} byte disk, {} byte blocks), more than the {MAX_PAYLOAD_BLOCKS} this reader loads",
+                meta.size, meta.block_size
+            ),
+        ));
+    }
     let file_size = host.size();
     let mut payload: Vec<u32> = Vec::with_capacity(blocks as usize);
     let mut bitmaps: Vec<u32> = Vec::with_capacity(if meta.has_parent { chunks as usize } else { 0 });
@@ -121,7 +123,7 @@ pub(crate) fn load(
             let at = region.offset + i * 8;
             let state = entry & 7;
             let mb = entry >> 20;
-            if (i + 1) % (chunk_ratio + 1) == 0 {
+            if (i + 1).is_multiple_of(chunk_ratio + 1) {
                 // A sector bitmap entry; only differencing images use them.
                 if !meta.has_parent {
                     continue;

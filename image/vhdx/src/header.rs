@@ -365,7 +365,7 @@ pub(crate) fn read_metadata(host: &Host, what: &str, region: Region) -> Result<M
     if size > MAX_VIRTUAL_SIZE {
         return Err(corrupt(what, sz_at, format!("virtual disk size {size} is larger than the 64 TiB VHDX maximum")));
     }
-    if size % u64::from(logical_sector) != 0 {
+    if !size.is_multiple_of(u64::from(logical_sector)) {
         return Err(corrupt(
             what,
             sz_at,
@@ -412,7 +412,7 @@ fn parse_parent_locator(what: &str, b: &[u8], at: u64) -> Result<Vec<(String, St
         ));
     }
     let utf16 = |off: usize, len: usize, which: &str, i: usize| -> Result<String, SourceError> {
-        if off == 0 || len == 0 || len % 2 != 0 || off.checked_add(len).is_none_or(|e| e > b.len()) {
+        if off == 0 || len == 0 || !len.is_multiple_of(2) || off.checked_add(len).is_none_or(|e| e > b.len()) {
             return Err(corrupt(
                 what,
                 at + 20 + 12 * i as u64,

@@ -60,10 +60,6 @@ impl Overlay {
         self.zeros.insert(offset, end);
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.zeros.is_empty()
-    }
-
     /// Lay the overlay over `buf`, which holds the file bytes at `offset`.
     fn apply(&self, offset: u64, buf: &mut [u8]) {
         let end = offset + buf.len() as u64;

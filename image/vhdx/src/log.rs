@@ -118,7 +118,7 @@ impl Log<'_> {
                 return None;
             }
             let offset = le64(d, 16);
-            if offset % LOG_SECTOR != 0 || offset < FIRST_LOGGABLE_OFFSET || offset > MAX_REPLAY_OFFSET {
+            if !offset.is_multiple_of(LOG_SECTOR) || !(FIRST_LOGGABLE_OFFSET..=MAX_REPLAY_OFFSET).contains(&offset) {
                 return None;
             }
             if d[..4] == DATA_DESC_SIGNATURE {
@@ -133,7 +133,7 @@ impl Log<'_> {
                 }
             } else if d[..4] == ZERO_DESC_SIGNATURE {
                 let zlen = le64(d, 8);
-                if zlen % LOG_SECTOR != 0 || zlen > MAX_REPLAY_OFFSET - offset {
+                if !zlen.is_multiple_of(LOG_SECTOR) || zlen > MAX_REPLAY_OFFSET - offset {
                     return None;
                 }
             } else {

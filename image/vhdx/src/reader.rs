@@ -124,7 +124,7 @@ impl VhdxSource {
         let hdr: Header = header::read_header(&*container, &what)?;
         let overlay = log::replay(&*container, &what, &hdr)?;
         let mut host = Host::new(container);
-        if !overlay.is_empty() || overlay.size > host.size() {
+        if overlay.entries > 0 {
             host.set_overlay(overlay);
         }
         let (bat_region, meta_region) = header::read_regions(&host, &what, &hdr)?;

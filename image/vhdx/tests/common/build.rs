@@ -121,7 +121,10 @@ impl Image {
             let src = &data[(pos - offset) as usize..(pos - offset + n) as usize];
             self.file[host as usize..(host + n) as usize].copy_from_slice(src);
             if self.payload[b as usize] & 7 == 7 {
-                assert!(pos % self.sector == 0 && n % self.sector == 0, "differencing writes must be sector-aligned");
+                assert!(
+                    pos.is_multiple_of(self.sector) && n.is_multiple_of(self.sector),
+                    "differencing writes must be sector-aligned"
+                );
                 let chunk = (b / self.chunk_ratio()) as usize;
                 if self.bitmaps[chunk] & 7 != 6 {
                     let off = self.alloc(MIB);
