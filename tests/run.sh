@@ -4,13 +4,15 @@
 # 1. installs the Debian packages the tests use (only when missing; needs root),
 # 2. checks formatting and lints,
 # 3. builds the release binary the end-to-end tests drive,
-# 4. runs every test of the workspace.
+# 4. starts the real peers on loopback (tests/peers: nfs-ganesha, tgt iSCSI disks) and
+#    exports their env files, with RACKVAULT_REQUIRE_PEERS=1 so a missing peer fails a test,
+# 5. runs every test of the workspace, then stops the peers it started (by PID).
 # Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
-for pkg in qemu-utils; do
+for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -28,8 +30,28 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --release --quiet -- -D warnings
 echo "== build" >&2
 cargo build --release --workspace --quiet
+echo "== peers" >&2
+export RV_PEERS_ROOT=${RV_PEERS_ROOT:-/tmp/rackvault-peers}
+stop_peers() {
+	tests/peers/stop-nfs-ganesha.sh >/dev/null 2>&1 || true
+	tests/peers/stop-tgt-disk.sh >/dev/null 2>&1 || true
+}
+trap stop_peers EXIT
+tests/peers/start-tgt-disk.sh >/dev/null
+tests/peers/start-nfs-ganesha.sh >/dev/null
+set -a
+# shellcheck disable=SC1091
+source "$RV_PEERS_ROOT/tgt-disk/env"
+# shellcheck disable=SC1091
+source "$RV_PEERS_ROOT/nfs-ganesha/env"
+set +a
+export RACKVAULT_REQUIRE_PEERS=1
+
 echo "== tests" >&2
+set +e
 cargo test --workspace --release --quiet 2>&1 | tee /tmp/rackvault-test.log
+status=${PIPESTATUS[0]}
+set -e
 # `cargo test` prints one "test result:" line per test binary; sum them for a closing line.
 python3 - /tmp/rackvault-test.log <<'PY'
 import re, sys
@@ -41,3 +63,4 @@ for line in open(sys.argv[1]):
 print(f"{p} passed, {f} failed, {ig} skipped")
 sys.exit(1 if f else 0)
 PY
+exit "$status"

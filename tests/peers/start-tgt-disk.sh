@@ -90,6 +90,11 @@ new_target 1 "$IQN_OPEN" "$IMG" DISK0001
 new_target 2 "$IQN_CHAP" "$IMG" DISK0002
 new_target 3 "$IQN_MUTUAL" "$IMG" DISK0003
 new_target 4 "$IQN_THIN" "$THIN" THIN0001 thin_provisioning=1
+# Targets offer CRC32C digests; an initiator that asks for None still gets None.
+for tid in 1 2 3 4; do
+	"${T[@]}" --op update --mode target --tid "$tid" --name HeaderDigest --value CRC32C,None
+	"${T[@]}" --op update --mode target --tid "$tid" --name DataDigest --value CRC32C,None
+done
 "${T[@]}" --op new --mode account --user "$CHAP_USER" --password "$CHAP_PASS"
 "${T[@]}" --op bind --mode account --tid 2 --user "$CHAP_USER"
 "${T[@]}" --op bind --mode account --tid 3 --user "$CHAP_USER"

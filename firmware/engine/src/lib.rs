@@ -26,6 +26,7 @@
 mod progress;
 mod restore;
 mod source;
+pub mod vmx;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,11 +34,17 @@ use std::time::Instant;
 
 use blocksource::{BlockSource, ExtentKind, ReadRequest, SourceError};
 use serde::Serialize;
-use store::{ChunkEncoder, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, Store, StoreError, TreeBuilder};
+use store::{
+    BackupSession, ChunkEncoder, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, Store, StoreError,
+    TreeBuilder,
+};
 
 pub use progress::{NoProgress, Progress};
 pub use restore::{restore, RestoreFormat, RestoreOptions, RestoreReport};
-pub use source::{open_source, SourceSpec};
+pub use source::{
+    detect_format, open_image, open_source, open_source_all, IscsiSpec, NfsSpec, OpenedSource, Secret, SourceSecrets,
+    SourceSpec,
+};
 
 /// Default chunk size, chosen by measurement (see README, "Chunk size").
 pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
@@ -102,6 +109,10 @@ pub struct BackupReport {
     /// The write path of the packs: "io_uring" or "pread/pwrite", plus ", O_DIRECT" when the
     /// filesystem allowed direct I/O.
     pub io_backend: String,
+    /// Each disk of the restore point.
+    pub disks: Vec<BackupDiskReport>,
+    /// Configuration files captured with the disks.
+    pub files: Vec<String>,
 }
 
 pub fn default_threads(requested: usize) -> usize {
@@ -136,24 +147,129 @@ struct ChunkResult {
 /// Bytes of disk a worker claims at a time.
 const BATCH_BYTES: u64 = 4 << 20;
 
-/// Back up `source` into `store` as a new restore point.
+/// One disk to back up, and its label inside the restore point.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskToBackup<'a> {
+    pub label: &'a str,
+    pub source: &'a dyn BlockSource,
+}
+
+/// One disk of a backup, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupDiskReport {
+    pub label: String,
+    pub source: String,
+    pub format: String,
+    pub bytes_logical: u64,
+    pub bytes_read: u64,
+    pub chunks_total: u64,
+    pub chunks_zero: u64,
+}
+
+/// Back up `source` into `store` as a new restore point with one disk.
 pub fn backup(
     store: &Store,
     source: &dyn BlockSource,
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupReport, EngineError> {
+    backup_disks(store, &[DiskToBackup { label: &opts.disk_label, source }], &[], opts, progress)
+}
+
+/// Back up several disks (and small configuration files, e.g. a `.vmx`) into `store` as one
+/// restore point. Either every disk and file is committed, or nothing is: a failure on any
+/// disk drops the session without a commit.
+pub fn backup_disks(
+    store: &Store,
+    disks: &[DiskToBackup<'_>],
+    files: &[(String, Vec<u8>)],
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupReport, EngineError> {
     validate_chunk_size(opts.chunk_size)?;
     store::validate_name(&opts.name)?;
+    if disks.is_empty() {
+        return Err(EngineError::Invalid("nothing to back up: the source has no disks".into()));
+    }
     let started = Instant::now();
+    let total: u64 = disks.iter().map(|d| d.source.size()).sum();
+    progress.start("backup", total);
+    let mut session = store.begin_backup()?;
+    for (name, content) in files {
+        session.add_file(name, content)?;
+    }
+    let mut indexes = Vec::with_capacity(disks.len());
+    let mut disk_reports = Vec::with_capacity(disks.len());
+    for disk in disks {
+        let (index, report) = ingest_disk(store, &mut session, disk, opts, progress)?;
+        indexes.push(index);
+        disk_reports.push(report);
+    }
+    let stats = session.stats().clone();
+    let bytes_read = disk_reports.iter().map(|d| d.bytes_read).sum();
+    let chunks_total = disk_reports.iter().map(|d| d.chunks_total).sum();
+    let chunks_zero = disk_reports.iter().map(|d| d.chunks_zero).sum();
+    let point_stats = PointStats {
+        bytes_logical: total,
+        bytes_read,
+        bytes_written: stats.bytes_written,
+        chunks_total,
+        chunks_new: stats.chunks_new,
+        chunks_zero,
+        duration_s: started.elapsed().as_secs_f64(),
+    };
+    let point = session.commit(&opts.name, indexes, point_stats)?;
+    progress.finish();
+    let source = match disk_reports.as_slice() {
+        [one] => one.source.clone(),
+        many => format!("{} disks", many.len()),
+    };
+    let format = match disk_reports.as_slice() {
+        [one] => one.format.clone(),
+        many => {
+            let mut f: Vec<&str> = many.iter().map(|d| d.format.as_str()).collect();
+            f.dedup();
+            f.join("+")
+        }
+    };
+    Ok(BackupReport {
+        name: point.name,
+        id: point.id,
+        source,
+        format,
+        bytes_logical: total,
+        bytes_read,
+        bytes_written: stats.bytes_written,
+        chunks_total,
+        chunks_new: stats.chunks_new,
+        chunks_zero,
+        tree_nodes_new: stats.tree_nodes_new,
+        chunk_size: opts.chunk_size,
+        duration_s: started.elapsed().as_secs_f64(),
+        io_backend: match stats.direct_io {
+            Some(true) => format!("{}, O_DIRECT", store.io_backend()),
+            _ => store.io_backend().to_string(),
+        },
+        disks: disk_reports,
+        files: point.files.iter().map(|f| f.name.clone()).collect(),
+    })
+}
+
+/// Read one disk into the session and build its index tree.
+fn ingest_disk(
+    store: &Store,
+    session: &mut BackupSession<'_>,
+    disk: &DiskToBackup<'_>,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<(DiskIndex, BackupDiskReport), EngineError> {
+    let source = disk.source;
     let size = source.size();
     let cs = opts.chunk_size as u64;
     let chunks_total = size.div_ceil(cs);
     let per_batch = (BATCH_BYTES / cs).max(1);
     let threads = default_threads(opts.threads);
-    progress.start("backup", size);
 
-    let mut session = store.begin_backup()?;
     let cursor = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let bytes_read = AtomicU64::new(0);
@@ -235,19 +351,8 @@ pub fn backup(
 
     let mut emit = |c: EncodedChunk| -> store::Result<()> { session.insert(&c).map(|_| ()) };
     let (root, height) = tree.finish(&mut emit)?;
-    let stats = session.stats().clone();
-    let duration_s = started.elapsed().as_secs_f64();
-    let point_stats = PointStats {
-        bytes_logical: size,
-        bytes_read: bytes_read.load(Ordering::Relaxed),
-        bytes_written: stats.bytes_written,
-        chunks_total,
-        chunks_new: stats.chunks_new,
-        chunks_zero: chunks_zero.load(Ordering::Relaxed),
-        duration_s,
-    };
-    let disk = DiskIndex {
-        label: opts.disk_label.clone(),
+    let index = DiskIndex {
+        label: disk.label.to_string(),
         source: source.describe(),
         format: source.format().to_string(),
         size,
@@ -256,27 +361,16 @@ pub fn backup(
         root,
         height,
     };
-    let point = session.commit(&opts.name, vec![disk], point_stats.clone())?;
-    progress.finish();
-    Ok(BackupReport {
-        name: point.name,
-        id: point.id,
+    let report = BackupDiskReport {
+        label: disk.label.to_string(),
         source: source.describe(),
         format: source.format().to_string(),
         bytes_logical: size,
-        bytes_read: point_stats.bytes_read,
-        bytes_written: stats.bytes_written,
+        bytes_read: bytes_read.into_inner(),
         chunks_total,
-        chunks_new: stats.chunks_new,
-        chunks_zero: point_stats.chunks_zero,
-        tree_nodes_new: stats.tree_nodes_new,
-        chunk_size: opts.chunk_size,
-        duration_s: started.elapsed().as_secs_f64(),
-        io_backend: match stats.direct_io {
-            Some(true) => format!("{}, O_DIRECT", store.io_backend()),
-            _ => store.io_backend().to_string(),
-        },
-    })
+        chunks_zero: chunks_zero.into_inner(),
+    };
+    Ok((index, report))
 }
 
 /// Per-thread state of a backup worker.

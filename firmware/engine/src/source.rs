@@ -1,21 +1,57 @@
-//! Turning a source argument into a [`BlockSource`].
+//! Turning a source argument into the disks to back up.
 //!
-//! A source is a local path or a `file://` URL. The image format is detected from the
-//! content (the qcow2 magic), never from the file name; anything else is read as raw.
-//! Other URL schemes (`nfs://`, `iscsi://`, `nbd://`) belong to later protocol crates and are
-//! refused with a clear message until they exist.
+//! A source is one of:
+//! - a local path or `file://` URL: a disk image, a block device, or a VM folder (a
+//!   directory holding a `.vmx`);
+//! - `nfs://host[:port]/export/path/disk.vmdk`: one disk image read over our own NFSv3
+//!   client, no kernel mount ("Direct NFS");
+//! - `nfs://host[:port]/export/vmfolder/` (trailing slash): a whole VM folder on an NFS
+//!   datastore;
+//! - `iscsi://[user[%secret]@]host[:port]/<iqn>/<lun>`: a LUN read over our own iSCSI
+//!   initiator ("Direct SAN").
+//!
+//! Whatever carries the bytes, the image format is detected from the content (qcow2,
+//! VMDK, VHDX, else raw), never from the name, and files an image names (backing files,
+//! extents, parents) are opened from the same place as the image itself.
+//!
+//! Secrets (CHAP secrets) never appear in `describe()` strings, errors or restore-point
+//! metadata: [`SourceSpec`]'s `Debug` and every URL we print leave them out.
+
+mod folder;
+mod iscsi;
+mod nfs;
+mod url;
 
 use std::path::{Path, PathBuf};
 
 use blocksource::file::FileSource;
-use blocksource::{BlockSource, SourceError};
+use blocksource::{BackingOpener, BlockSource, LocalBackingOpener, SourceError};
 
 use crate::EngineError;
+
+pub use self::iscsi::IscsiSpec;
+pub use self::nfs::NfsSpec;
+pub use self::url::Secret;
+
+/// Bytes read to detect an image format.
+const PROBE_BYTES: u64 = 4096;
+
+/// Credentials and options that do not belong in a URL: the binary fills them from its
+/// config or from files given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSecrets {
+    /// iSCSI CHAP user and secret, used when the URL has none.
+    pub chap: Option<(String, Secret)>,
+    /// iSCSI mutual CHAP: the user and secret the target must prove.
+    pub mutual_chap: Option<(String, Secret)>,
+}
 
 /// A parsed source argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     Local(PathBuf),
+    Nfs(NfsSpec),
+    Iscsi(IscsiSpec),
 }
 
 impl SourceSpec {
@@ -28,9 +64,15 @@ impl SourceSpec {
             }
             return Ok(SourceSpec::Local(PathBuf::from(rest)));
         }
+        if spec.starts_with("nfs://") {
+            return Ok(SourceSpec::Nfs(NfsSpec::parse(spec)?));
+        }
+        if spec.starts_with("iscsi://") {
+            return Ok(SourceSpec::Iscsi(IscsiSpec::parse(spec)?));
+        }
         if let Some((scheme, _)) = spec.split_once("://") {
             return Err(EngineError::Invalid(format!(
-                "{spec:?}: source scheme {scheme}:// is not supported by this build; give a local path or a file:// URL"
+                "source scheme {scheme}:// is not supported; give a local path, a file://, nfs:// or iscsi:// URL"
             )));
         }
         if spec.is_empty() {
@@ -38,27 +80,101 @@ impl SourceSpec {
         }
         Ok(SourceSpec::Local(PathBuf::from(spec)))
     }
+
+    /// The source as it may be shown and recorded: no secrets.
+    pub fn display(&self) -> String {
+        match self {
+            SourceSpec::Local(p) => p.display().to_string(),
+            SourceSpec::Nfs(n) => n.url(),
+            SourceSpec::Iscsi(i) => i.url(),
+        }
+    }
 }
 
-/// Open a source argument, detecting its format from its content.
+/// Everything one source yields: its disks (one for an image or LUN, several for a VM
+/// folder) and the configuration files captured with them.
+#[derive(Debug)]
+pub struct OpenedSource {
+    /// What was opened, for logs (no secrets).
+    pub describe: String,
+    /// `(label, disk)` in the order they are backed up.
+    pub disks: Vec<(String, Box<dyn BlockSource>)>,
+    /// `(file name, content)`: the VM's configuration (`.vmx`, `.nvram`, ...).
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Open a source argument as one disk, detecting its format from its content. A VM folder
+/// is refused here (it has several disks); use [`open_source_all`].
 pub fn open_source(spec: &str) -> Result<Box<dyn BlockSource>, EngineError> {
+    let mut opened = open_source_all(spec, &SourceSecrets::default())?;
+    if opened.disks.len() != 1 || !opened.files.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "{} is a VM folder with {} disk(s), not a single disk image",
+            opened.describe,
+            opened.disks.len()
+        )));
+    }
+    Ok(opened.disks.pop().expect("one disk").1)
+}
+
+/// Open a source argument: a disk image, a LUN, or a VM folder with all its disks.
+pub fn open_source_all(spec: &str, secrets: &SourceSecrets) -> Result<OpenedSource, EngineError> {
     match SourceSpec::parse(spec)? {
-        SourceSpec::Local(path) => Ok(open_local(&path)?),
+        SourceSpec::Local(path) => {
+            if path.is_dir() {
+                let store = folder::LocalDatastore;
+                return folder::open_vm_folder(&store, &path.display().to_string());
+            }
+            let disk = open_local(&path)?;
+            Ok(OpenedSource {
+                describe: path.display().to_string(),
+                disks: vec![("disk0".into(), disk)],
+                files: vec![],
+            })
+        }
+        SourceSpec::Nfs(nfs) => nfs::open(&nfs),
+        SourceSpec::Iscsi(iscsi) => {
+            let disk = iscsi::open(&iscsi, secrets)?;
+            Ok(OpenedSource { describe: iscsi.url(), disks: vec![("disk0".into(), disk)], files: vec![] })
+        }
     }
 }
 
 fn open_local(path: &Path) -> Result<Box<dyn BlockSource>, SourceError> {
     let file = FileSource::open(path)?;
-    let mut magic = [0u8; 4];
-    if file.size() >= magic.len() as u64 {
-        file.read_at(0, &mut magic)?;
+    open_image(Box::new(file), &LocalBackingOpener)
+}
+
+/// Which image format `container` holds, from its first bytes.
+pub fn detect_format(container: &dyn BlockSource) -> Result<&'static str, SourceError> {
+    let len = container.size().min(PROBE_BYTES) as usize;
+    let mut head = vec![0u8; len];
+    if len > 0 {
+        container.read_at(0, &mut head)?;
     }
-    if qcow2::is_qcow2(&magic) {
-        let image = qcow2::Qcow2Source::open(Box::new(file), &qcow2::LocalBackingOpener)?;
-        Ok(Box::new(image))
+    Ok(if qcow2::is_qcow2(&head) {
+        "qcow2"
+    } else if vhdx::is_vhdx(&head) {
+        "vhdx"
+    } else if vmdk::is_vmdk(&head) {
+        "vmdk"
     } else {
-        Ok(Box::new(file))
-    }
+        "raw"
+    })
+}
+
+/// Decode the image in `container` (raw bytes of a file or LUN), whatever its format.
+/// Files it names are opened through `opener`.
+pub fn open_image(
+    container: Box<dyn BlockSource>,
+    opener: &dyn BackingOpener,
+) -> Result<Box<dyn BlockSource>, SourceError> {
+    Ok(match detect_format(container.as_ref())? {
+        "qcow2" => Box::new(qcow2::Qcow2Source::open(container, opener)?),
+        "vhdx" => Box::new(vhdx::VhdxSource::open(container, opener)?),
+        "vmdk" => Box::new(vmdk::VmdkSource::open(container, opener)?),
+        _ => container,
+    })
 }
 
 #[cfg(test)]
@@ -72,5 +188,7 @@ mod tests {
         assert!(SourceSpec::parse("file://relative").is_err());
         let e = SourceSpec::parse("gopher://x/y").unwrap_err().to_string();
         assert!(e.contains("gopher://"), "{e}");
+        assert!(matches!(SourceSpec::parse("nfs://h/export/d.img").unwrap(), SourceSpec::Nfs(_)));
+        assert!(matches!(SourceSpec::parse("iscsi://h/iqn.2024-01.x:y/1").unwrap(), SourceSpec::Iscsi(_)));
     }
 }

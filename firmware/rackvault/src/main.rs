@@ -26,10 +26,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Back up a disk image into a store (creates the store if the directory is new or empty).
+    /// Back up a disk image, a LUN or a VM folder into a store (creates the store if the
+    /// directory is new or empty).
     Backup {
-        /// A path (raw image, qcow2, block device) or a file:// URL.
+        /// A disk image (raw, qcow2, VMDK, VHDX) or block device: a path, file://, or
+        /// nfs://host[:port]/export/path/disk[?mountport=N]; a VM folder (a directory with a
+        /// .vmx, or nfs://host/export/vmfolder/ with a trailing slash); or an iSCSI LUN:
+        /// iscsi://[user@]host[:port]/<iqn>/<lun>.
         source: String,
+        #[command(flatten)]
+        credentials: Credentials,
         #[arg(long)]
         store: PathBuf,
         /// Restore point name; defaults to the source's file name.
@@ -65,8 +71,15 @@ enum Command {
         point: String,
         #[arg(long)]
         store: PathBuf,
+        /// Target file or block device; with --all, a directory.
         #[arg(long)]
         to: PathBuf,
+        /// Which disk of a multi-disk restore point: its label (e.g. scsi0:1) or number.
+        #[arg(long, conflicts_with = "all")]
+        disk: Option<String>,
+        /// Restore every disk and configuration file of the point into the directory --to.
+        #[arg(long)]
+        all: bool,
         #[arg(long, value_enum, default_value = "raw")]
         format: Format,
         /// Read the result back and check it against the backup.
@@ -107,6 +120,45 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
     },
+}
+
+/// Credentials for iSCSI sources that should not be typed into a URL (it shows in `ps`).
+#[derive(clap::Args, Debug, Default)]
+struct Credentials {
+    /// CHAP user name for iSCSI sources.
+    #[arg(long, requires = "chap_secret_file")]
+    chap_user: Option<String>,
+    /// File whose first line is the CHAP secret.
+    #[arg(long, requires = "chap_user")]
+    chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the user name the target must answer with.
+    #[arg(long, requires = "mutual_secret_file")]
+    mutual_user: Option<String>,
+    /// Mutual CHAP: file whose first line is the target's secret.
+    #[arg(long, requires = "mutual_user")]
+    mutual_secret_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    fn load(&self) -> Result<engine::SourceSecrets> {
+        let read = |path: &Path| -> Result<engine::Secret> {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read the secret file: {e}", path.display()))?;
+            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            anyhow::ensure!(!line.is_empty(), "{}: the secret file is empty", path.display());
+            Ok(engine::Secret::new(line))
+        };
+        let pair = |user: &Option<String>, file: &Option<PathBuf>| -> Result<Option<(String, engine::Secret)>> {
+            match (user, file) {
+                (Some(u), Some(f)) => Ok(Some((u.clone(), read(f)?))),
+                _ => Ok(None),
+            }
+        };
+        Ok(engine::SourceSecrets {
+            chap: pair(&self.chap_user, &self.chap_secret_file)?,
+            mutual_chap: pair(&self.mutual_user, &self.mutual_secret_file)?,
+        })
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -165,6 +217,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 fn default_name(source: &str) -> String {
+    let source = source.split('?').next().unwrap_or(source).trim_end_matches('/');
     let base = source.rsplit('/').next().unwrap_or(source);
     let stem = base.split('.').next().unwrap_or(base);
     let cleaned: String =
@@ -184,11 +237,22 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let interactive = std::io::stderr().is_terminal();
     match cli.command {
-        Command::Backup { source, store, name, chunk_size, zstd_level, no_compress, threads, pack_target, json } => {
+        Command::Backup {
+            source,
+            credentials,
+            store,
+            name,
+            chunk_size,
+            zstd_level,
+            no_compress,
+            threads,
+            pack_target,
+            json,
+        } => {
             let name = name.unwrap_or_else(|| default_name(&source));
             engine::validate_chunk_size(chunk_size)?;
             store::validate_name(&name)?;
-            let src = engine::open_source(&source)?;
+            let opened = engine::open_source_all(&source, &credentials.load()?)?;
             let store = match pack_target {
                 Some(t) => {
                     let o = StoreOptions { create: true, pack_target: t as u64 };
@@ -199,7 +263,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let zstd_level = (!no_compress).then_some(zstd_level);
             let opts = BackupOptions { chunk_size, zstd_level, threads, ..BackupOptions::new(&name) };
             let bar = Bar::new(interactive && !json);
-            let report = engine::backup(&store, src.as_ref(), &opts, &bar)?;
+            let disks: Vec<engine::DiskToBackup<'_>> = opened
+                .disks
+                .iter()
+                .map(|(label, disk)| engine::DiskToBackup { label, source: disk.as_ref() })
+                .collect();
+            let report = engine::backup_disks(&store, &disks, &opened.files, &opts, &bar)?;
             if json {
                 print_json(&report)?;
             } else {
@@ -218,6 +287,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.chunks_zero,
                     report.io_backend
                 );
+                if report.disks.len() > 1 || !report.files.is_empty() {
+                    for d in &report.disks {
+                        println!("  disk {}: {} ({}, {})", d.label, d.source, d.format, human_bytes(d.bytes_logical));
+                    }
+                    if !report.files.is_empty() {
+                        println!("  configuration: {}", report.files.join(", "));
+                    }
+                }
             }
         }
         Command::List { store, json } => {
@@ -258,15 +335,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Restore { point, store, to, format, verify, force, threads, json } => {
+        Command::Restore { point, store, to, disk, all, format, verify, force, threads, json } => {
             let store = open_store(&store, false)?;
             let rp = store.find(&point)?;
             let format = match format {
                 Format::Raw => RestoreFormat::Raw,
                 Format::Qcow2 => RestoreFormat::Qcow2,
             };
-            let opts = RestoreOptions { to, format, verify, force, disk: 0, threads };
             let bar = Bar::new(interactive && !json);
+            if all {
+                let reports = restore_all(&store, &rp, &to, format, verify, force, threads, &bar)?;
+                if json {
+                    print_json(&reports)?;
+                } else {
+                    println!("restored {} into {}: {}", rp.spec(), to.display(), reports.written.join(", "));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let disk = pick_disk(&rp, disk.as_deref())?;
+            let opts = RestoreOptions { to, format, verify, force, disk, threads };
             let report = engine::restore(&store, &rp, &opts, &bar)?;
             if json {
                 print_json(&report)?;
@@ -339,6 +426,75 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The index of the disk `--disk` names (a label or a number), or the only disk.
+fn pick_disk(rp: &store::RestorePoint, disk: Option<&str>) -> Result<usize> {
+    let labels = || rp.disks.iter().map(|d| d.label.as_str()).collect::<Vec<_>>().join(", ");
+    match disk {
+        None if rp.disks.len() <= 1 => Ok(0),
+        None => anyhow::bail!(
+            "{} has {} disks ({}); choose one with --disk LABEL, or restore the whole VM with --all --to DIR",
+            rp.spec(),
+            rp.disks.len(),
+            labels()
+        ),
+        Some(d) => rp
+            .disks
+            .iter()
+            .position(|x| x.label == d)
+            .or_else(|| d.parse::<usize>().ok().filter(|&i| i < rp.disks.len()))
+            .ok_or_else(|| anyhow::anyhow!("{} has no disk {d:?}; its disks are: {}", rp.spec(), labels())),
+    }
+}
+
+/// What `restore --all` wrote.
+#[derive(Debug, serde::Serialize)]
+struct RestoreAllReport {
+    point: String,
+    to: String,
+    disks: Vec<engine::RestoreReport>,
+    /// File names written into the directory, disks and configuration files.
+    written: Vec<String>,
+}
+
+/// Restore every disk and configuration file of `rp` into the directory `dir`: disks as
+/// `<label>.raw|qcow2` (':' in labels becomes '-'), configuration files under their names.
+#[allow(clippy::too_many_arguments)]
+fn restore_all(
+    store: &Store,
+    rp: &store::RestorePoint,
+    dir: &Path,
+    format: RestoreFormat,
+    verify: bool,
+    force: bool,
+    threads: usize,
+    bar: &Bar,
+) -> Result<RestoreAllReport> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create the directory: {e}", dir.display()))?;
+    let ext = match format {
+        RestoreFormat::Raw => "raw",
+        RestoreFormat::Qcow2 => "qcow2",
+    };
+    let mut out = RestoreAllReport { point: rp.spec(), to: dir.display().to_string(), disks: vec![], written: vec![] };
+    for file in &rp.files {
+        let path = dir.join(&file.name);
+        anyhow::ensure!(force || !path.exists(), "{}: exists; use --force to overwrite it", path.display());
+        let content = store.read_point_file(file)?;
+        let tmp = dir.join(format!(".{}.rackvault-partial", file.name));
+        std::fs::write(&tmp, &content)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+        out.written.push(file.name.clone());
+    }
+    for (i, disk) in rp.disks.iter().enumerate() {
+        let name = format!("{}.{ext}", disk.label.replace([':', '/'], "-"));
+        let opts = RestoreOptions { to: dir.join(&name), format, verify, force, disk: i, threads };
+        out.disks.push(engine::restore(store, rp, &opts, bar)?);
+        out.written.push(name);
+    }
+    Ok(out)
+}
+
 fn format_time(unix: u64) -> String {
     // Civil date from days since the epoch (proleptic Gregorian), to avoid a time crate.
     let days = (unix / 86_400) as i64;
@@ -355,12 +511,28 @@ fn format_time(unix: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// The error and its causes joined by ": ", leaving out a cause whose text the message
+/// already holds (many library errors embed their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rackvault: error: {e:#}");
+            eprintln!("rackvault: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -382,6 +554,8 @@ mod tests {
     fn names_from_sources() {
         assert_eq!(default_name("/var/lib/vm-01.qcow2"), "vm-01");
         assert_eq!(default_name("file:///x/disk image.raw"), "disk-image");
+        assert_eq!(default_name("nfs://h/export/web01/"), "web01");
+        assert_eq!(default_name("nfs://h/export/web01/web01.vmdk?mountport=1"), "web01");
     }
 
     #[test]

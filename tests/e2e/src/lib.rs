@@ -749,3 +749,55 @@ impl Drop for TmpfsMount {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real peers (tests/peers)
+
+/// The `KEY='value'` lines of a running peer's env file (`tests/peers/start-<peer>.sh` writes
+/// `$RV_PEERS_ROOT/<peer>/env`). When the peer is not running: with
+/// `RACKVAULT_REQUIRE_PEERS=1` (as `tests/run.sh` sets) the test fails; otherwise it prints
+/// why it is skipped and gets `None`.
+#[track_caller]
+pub fn peer_env(peer: &str) -> Option<BTreeMap<String, String>> {
+    let root = std::env::var("RV_PEERS_ROOT").unwrap_or_else(|_| "/tmp/rackvault-peers".into());
+    let path = Path::new(&root).join(peer).join("env");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+                .collect(),
+        ),
+        Err(_) if std::env::var("RACKVAULT_REQUIRE_PEERS").as_deref() == Ok("1") => panic!(
+            "peer {peer} is not running ({} missing) but RACKVAULT_REQUIRE_PEERS=1; start it with tests/peers/start-{peer}.sh",
+            path.display()
+        ),
+        Err(_) => {
+            eprintln!("skipped: peer {peer} is not running (start it with tests/peers/start-{peer}.sh)");
+            None
+        }
+    }
+}
+
+/// Run `tests/peers/<script>` (a start or stop script), asserting success.
+#[track_caller]
+pub fn peer_script(script: &str) {
+    let path = workspace_root().join("tests/peers").join(script);
+    let out = Command::new(&path).stdin(Stdio::null()).output().expect("run peer script");
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Serialises tests that restart a shared peer against the tests that use it: users take it
+/// shared, a restart takes it exclusive.
+pub fn peer_lock(peer: &str) -> &'static std::sync::RwLock<()> {
+    static LOCKS: std::sync::OnceLock<std::sync::Mutex<BTreeMap<String, &'static std::sync::RwLock<()>>>> =
+        std::sync::OnceLock::new();
+    let mut map = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(peer.to_string()).or_insert_with(|| Box::leak(Box::new(std::sync::RwLock::new(()))))
+}
