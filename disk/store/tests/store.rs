@@ -357,9 +357,10 @@ fn configuration_files_travel_with_the_point_and_survive_a_lost_index() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[(loc.offset + pack::RECORD_HEADER_LEN as u64 + 3) as usize] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
-    for report in
-        [store.verify_store(1, &|_| {}).unwrap(), store.verify_points(std::slice::from_ref(&found), 1, &|_| {}).unwrap()]
-    {
+    for report in [
+        store.verify_store(1, &|_| {}).unwrap(),
+        store.verify_points(std::slice::from_ref(&found), 1, &|_| {}).unwrap(),
+    ] {
         let damaged: Vec<_> = report.damaged_points.iter().map(|p| p.point.clone()).collect();
         assert_eq!(damaged, [found.spec()], "{report:?}");
         assert_eq!(report.damaged_points[0].ranges[0].disk, "file web01.vmx");
