@@ -140,6 +140,78 @@ pub fn open_source_all(spec: &str, secrets: &SourceSecrets) -> Result<OpenedSour
     }
 }
 
+/// What [`probe`] found: a "test connection" for a source, without backing anything up.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProbeReport {
+    /// An iSCSI portal: the targets SendTargets discovery lists.
+    IscsiTargets { portal: String, targets: Vec<ProbeTarget> },
+    /// An NFS server: its exports.
+    NfsExports { server: String, exports: Vec<String> },
+    /// A disk, a LUN or a VM folder, opened and decoded as a backup would.
+    Disks { source: String, disks: Vec<ProbeDisk>, files: Vec<String> },
+}
+
+/// One target of an iSCSI portal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeTarget {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+/// One disk as a backup would read it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeDisk {
+    pub label: String,
+    pub source: String,
+    pub format: String,
+    pub size: u64,
+}
+
+/// Check that a source can be reached and read: `iscsi://host[:port]` lists the portal's
+/// targets, `nfs://host[:port]` the server's exports; anything else is opened (logged in,
+/// mounted, image headers decoded) and its disks described.
+pub fn probe(spec: &str, secrets: &SourceSecrets) -> Result<ProbeReport, EngineError> {
+    if let Some(rest) = spec.strip_prefix("iscsi://") {
+        if !rest.trim_end_matches('/').contains('/') {
+            let u = url::SourceUrl::parse(spec, "iscsi")?;
+            let portal = iscsi::IscsiSpec::portal_of(&u.host, u.port);
+            let chap = match (&u.user, &u.secret) {
+                (Some(user), Some(secret)) => Some((user.clone(), secret.clone())),
+                _ => secrets.chap.clone(),
+            };
+            let chap = chap.map(|c| iscsi::chap(&c));
+            let targets = ::iscsi::discover(&portal, iscsi::DEFAULT_INITIATOR, chap.as_ref()).map_err(|e| {
+                SourceError::Io { what: format!("iscsi://{portal}"), source: std::io::Error::other(e.to_string()) }
+            })?;
+            let targets = targets.into_iter().map(|t| ProbeTarget { name: t.name, addresses: t.addresses }).collect();
+            return Ok(ProbeReport::IscsiTargets { portal, targets });
+        }
+    }
+    if let Some(rest) = spec.strip_prefix("nfs://") {
+        let before_query = rest.split('?').next().unwrap_or(rest);
+        if !before_query.trim_end_matches('/').contains('/') {
+            let (server, exports) = nfs::exports_of(spec)?;
+            return Ok(ProbeReport::NfsExports { server, exports });
+        }
+    }
+    let opened = open_source_all(spec, secrets)?;
+    Ok(ProbeReport::Disks {
+        source: opened.describe,
+        disks: opened
+            .disks
+            .iter()
+            .map(|(label, d)| ProbeDisk {
+                label: label.clone(),
+                source: d.describe(),
+                format: d.format().to_string(),
+                size: d.size(),
+            })
+            .collect(),
+        files: opened.files.into_iter().map(|(name, _)| name).collect(),
+    })
+}
+
 fn open_local(path: &Path) -> Result<Box<dyn BlockSource>, SourceError> {
     let file = FileSource::open(path)?;
     open_image(Box::new(file), &LocalBackingOpener)

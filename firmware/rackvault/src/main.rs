@@ -59,6 +59,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Test a source without backing it up: an iSCSI portal (iscsi://host[:port]) lists its
+    /// targets, an NFS server (nfs://host[:port]) its exports; a disk, LUN or VM folder is
+    /// opened and its disks described.
+    Probe {
+        source: String,
+        #[command(flatten)]
+        credentials: Credentials,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the restore points of a store.
     List {
         #[arg(long)]
@@ -293,6 +303,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     if !report.files.is_empty() {
                         println!("  configuration: {}", report.files.join(", "));
+                    }
+                }
+            }
+        }
+        Command::Probe { source, credentials, json } => {
+            let report = engine::probe(&source, &credentials.load()?)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                match report {
+                    engine::ProbeReport::IscsiTargets { portal, targets } => {
+                        println!("iSCSI portal {portal}: {} target(s)", targets.len());
+                        for t in targets {
+                            println!("  {}  ({})", t.name, t.addresses.join(", "));
+                        }
+                    }
+                    engine::ProbeReport::NfsExports { server, exports } => {
+                        println!("NFS server {server}: {} export(s)", exports.len());
+                        for e in exports {
+                            println!("  {e}");
+                        }
+                    }
+                    engine::ProbeReport::Disks { source, disks, files } => {
+                        println!("{source}: {} disk(s)", disks.len());
+                        for d in disks {
+                            println!("  {}: {} ({}, {})", d.label, d.source, d.format, human_bytes(d.size));
+                        }
+                        if !files.is_empty() {
+                            println!("  configuration: {}", files.join(", "));
+                        }
                     }
                 }
             }

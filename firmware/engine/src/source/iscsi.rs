@@ -18,6 +18,9 @@ use crate::EngineError;
 /// The default iSCSI port.
 const ISCSI_PORT: u16 = 3260;
 
+/// Our initiator name when the URL gives none.
+pub(crate) const DEFAULT_INITIATOR: &str = "iqn.2024-01.io.rackvault:initiator";
+
 /// A parsed `iscsi://` source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IscsiSpec {
@@ -93,10 +96,16 @@ impl IscsiSpec {
     }
 
     fn portal(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        Self::portal_of(&self.host, Some(self.port))
+    }
+
+    /// `host:port` (IPv6 in brackets), the default port when none is given.
+    pub(crate) fn portal_of(host: &str, port: Option<u16>) -> String {
+        let port = port.unwrap_or(ISCSI_PORT);
+        if host.contains(':') {
+            format!("[{host}]:{port}")
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{host}:{port}")
         }
     }
 
@@ -107,7 +116,7 @@ impl IscsiSpec {
     }
 }
 
-fn chap(c: &(String, Secret)) -> iscsi::Chap {
+pub(crate) fn chap(c: &(String, Secret)) -> iscsi::Chap {
     iscsi::Chap { user: c.0.clone(), secret: iscsi::Secret::new(c.1.expose().to_string()) }
 }
 
@@ -122,9 +131,7 @@ pub(super) fn open(spec: &IscsiSpec, secrets: &SourceSecrets) -> Result<Box<dyn 
         ),
     };
     let mut cfg = iscsi::SessionConfig::new(spec.portal(), &spec.target);
-    if let Some(i) = &spec.initiator {
-        cfg.initiator = i.clone();
-    }
+    cfg.initiator = spec.initiator.clone().unwrap_or_else(|| DEFAULT_INITIATOR.to_string());
     cfg.chap = spec.chap.as_ref().or(secrets.chap.as_ref()).map(chap);
     cfg.mutual_chap = spec.mutual_chap.as_ref().or(secrets.mutual_chap.as_ref()).map(chap);
     cfg.header_digest = spec.header_digest;

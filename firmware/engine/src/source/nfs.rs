@@ -103,6 +103,18 @@ fn nfs_error(what: &str, e: NfsError) -> SourceError {
     SourceError::Io { what: what.to_string(), source: io::Error::new(kind, e) }
 }
 
+/// The exports of the server an `nfs://host[:port][?options]` URL names: `(server, exports)`.
+pub(super) fn exports_of(url: &str) -> Result<(String, Vec<String>), EngineError> {
+    // Parse with a placeholder path; only the server and its options matter here.
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h.trim_end_matches('/'), format!("?{q}")),
+        None => (url.trim_end_matches('/'), String::new()),
+    };
+    let spec = NfsSpec::parse(&format!("{head}/probe{query}"))?;
+    let exports = nfs3::list_exports(&spec.options()).map_err(|e| nfs_error(&spec.base(), e))?;
+    Ok((spec.base(), exports))
+}
+
 /// Mount the export that holds `spec.path` and open what it names.
 pub(super) fn open(spec: &NfsSpec) -> Result<OpenedSource, EngineError> {
     let opts = spec.options();

@@ -162,6 +162,17 @@ fn a_vm_folder_over_nfs_is_one_restore_point_with_every_disk_and_its_vmx() {
     let store = dir.path().join("store");
     let url = nfs.url(&format!("{rel}/"));
 
+    // "Test connection" first: the server's exports, then the folder as a backup would see it.
+    let server = format!(
+        "nfs://{}:{}?mountport={}",
+        nfs.env["RV_NFS_HOST"], nfs.env["RV_NFS_PORT"], nfs.env["RV_NFS_MOUNT_PORT"]
+    );
+    let exports = rv!["probe", &server, "--json"].run().success().json();
+    assert_eq!(exports["exports"], serde_json::json!([nfs.env["RV_NFS_EXPORT"]]), "{exports}");
+    let probed = rv!["probe", &url, "--json"].run().success().json();
+    assert_eq!(probed["disks"].as_array().map(|d| d.len()), Some(2), "{probed}");
+    assert_eq!(probed["disks"][0]["format"], "vmdk", "{probed}");
+
     let r = rv!["backup", &url, "--store", &store, "--name", "web01", "--json"].run().success().json();
     let labels: Vec<&str> = r["disks"].as_array().unwrap().iter().map(|d| d["label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["scsi0:0", "scsi0:1"], "{r}");
@@ -271,6 +282,12 @@ fn verify_clean_if_exists(store: &Path) {
 fn iscsi_luns_open_chap_and_mutual_chap_restore_exactly() {
     let Some(tgt) = Tgt::get() else { return };
     let _shared = peer_lock("tgt").read();
+    // Discovery lists all four targets of the portal.
+    let found = rv!["probe", format!("iscsi://{}", tgt.e("PORTAL")), "--json"].run().success().json();
+    let names: Vec<&str> = found["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for key in ["IQN", "CHAP_IQN", "MUTUAL_IQN", "THIN_IQN"] {
+        assert!(names.contains(&tgt.e(key)), "{key} missing from discovery: {found}");
+    }
     let dir = scratch("iscsi-luns");
     let store = dir.path().join("store");
     let want = hash_file(Path::new(tgt.e("IMG")));
