@@ -92,10 +92,10 @@ pub fn decode_binary(v: &str) -> Result<Vec<u8>, String> {
     if v.len() > 2 + 2 * MAX {
         return Err("CHAP value too long".into());
     }
-    let (prefix, body) = v.split_at(v.len().min(2));
+    // Split on bytes: a hostile value may put a multi-byte character where the prefix goes.
+    let (prefix, body) = v.as_bytes().split_at(v.len().min(2));
     match prefix {
-        "0x" | "0X" => {
-            let body = body.as_bytes();
+        b"0x" | b"0X" => {
             // An odd count means a leading zero nibble was left out.
             let mut nibbles: Vec<u8> = Vec::with_capacity(body.len() + 1);
             if body.len() % 2 == 1 {
@@ -111,11 +111,11 @@ pub fn decode_binary(v: &str) -> Result<Vec<u8>, String> {
             }
             Ok(nibbles.chunks(2).map(|p| (p[0] << 4) | p[1]).collect())
         }
-        "0b" | "0B" => {
+        b"0b" | b"0B" => {
             let mut out = Vec::new();
             let mut acc: u32 = 0;
             let mut bits = 0;
-            for c in body.bytes() {
+            for &c in body {
                 let v = match c {
                     b'A'..=b'Z' => c - b'A',
                     b'a'..=b'z' => c - b'a' + 26,
@@ -164,6 +164,8 @@ mod tests {
         assert!(decode_binary("0xzz").is_err());
         assert!(decode_binary(&format!("0x{}", "a".repeat(5000))).is_err());
         assert!(decode_binary("").is_err());
+        // Found by the fuzzer: a multi-byte character across the prefix boundary.
+        assert!(decode_binary("0\u{575}").is_err());
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub fn discover(portal: &str, initiator: &str, chap: Option<&Chap>) -> Result<Ve
         p.data = std::mem::take(&mut body);
         std::io::Write::write_all(&mut w, &p.encode(neg.digests)).map_err(|e| lost(e.to_string()))?;
         let resp = loop {
-            match r.next() {
+            match r.read_pdu() {
                 Ok(Some(p)) if p.opcode() == op::NOP_IN => continue,
                 Ok(Some(p)) => break p,
                 Ok(None) => {
@@ -172,7 +172,7 @@ pub fn discover(portal: &str, initiator: &str, chap: Option<&Chap>) -> Result<Ve
     p.set_u32(24, cmd_sn);
     p.set_u32(28, exp_stat_sn);
     if std::io::Write::write_all(&mut w, &p.encode(neg.digests)).is_ok() {
-        let _ = r.next();
+        let _ = r.read_pdu();
     }
     let _ = w.shutdown(std::net::Shutdown::Both);
     Ok(out)

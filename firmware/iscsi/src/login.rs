@@ -112,9 +112,9 @@ impl Exchange<'_, '_> {
             req.set_u32(28, if self.first { 0 } else { self.exp_stat_sn });
             req.data = std::mem::take(&mut body);
             self.w.write_all(&req.encode(Digests::default())).map_err(|e| self.lost(e.to_string()))?;
-            let resp = loop {
-                match self.r.next() {
-                    Ok(Some(p)) => break p,
+            let resp = {
+                match self.r.read_pdu() {
+                    Ok(Some(p)) => p,
                     Ok(None) => {
                         return Err(IscsiError::Timeout {
                             what: format!("login to {}", self.name()),

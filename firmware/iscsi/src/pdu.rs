@@ -247,7 +247,7 @@ impl<R: Read> PduReader<R> {
     }
 
     /// The next PDU; `Ok(None)` when the read timed out before its first byte.
-    pub fn next(&mut self) -> Result<Option<Pdu>, PduError> {
+    pub fn read_pdu(&mut self) -> Result<Option<Pdu>, PduError> {
         let mut bhs = [0u8; BHS_LEN];
         if let Fill::Idle = self.fill(&mut bhs, true)? {
             return Ok(None);
@@ -311,10 +311,10 @@ mod tests {
             assert_eq!(wire.len(), 48 + 8 + if digests.header { 8 } else { 0 });
             let mut r = PduReader::new(&wire[..], 8192);
             r.digests = digests;
-            let q = r.next().unwrap().unwrap();
+            let q = r.read_pdu().unwrap().unwrap();
             assert_eq!(q.itt(), 7);
             assert_eq!(q.data, b"hello");
-            assert!(matches!(r.next(), Err(PduError::Eof { mid_pdu: false })));
+            assert!(matches!(r.read_pdu(), Err(PduError::Eof { mid_pdu: false })));
         }
     }
 
@@ -323,20 +323,20 @@ mod tests {
         let mut p = Pdu::new(op::DATA_IN, false);
         p.data = vec![1; 9000];
         let wire = p.encode(Digests::default());
-        assert!(matches!(PduReader::new(&wire[..], 8192).next(), Err(PduError::TooLong { len: 9000, .. })));
+        assert!(matches!(PduReader::new(&wire[..], 8192).read_pdu(), Err(PduError::TooLong { len: 9000, .. })));
         let mut wire = p.encode(Digests { header: true, data: true });
         let mut r = PduReader::new(&wire[..], 65536);
         r.digests = Digests { header: true, data: true };
-        assert!(r.next().is_ok());
+        assert!(r.read_pdu().is_ok());
         wire[60] ^= 1;
         let mut r = PduReader::new(&wire[..], 65536);
         r.digests = Digests { header: true, data: true };
-        assert!(matches!(r.next(), Err(PduError::DataDigest)));
+        assert!(matches!(r.read_pdu(), Err(PduError::DataDigest)));
         wire[3] ^= 1;
         let mut r = PduReader::new(&wire[..], 65536);
         r.digests = Digests { header: true, data: false };
-        assert!(matches!(r.next(), Err(PduError::HeaderDigest)));
-        assert!(matches!(PduReader::new(&wire[..20], 65536).next(), Err(PduError::Eof { mid_pdu: true })));
+        assert!(matches!(r.read_pdu(), Err(PduError::HeaderDigest)));
+        assert!(matches!(PduReader::new(&wire[..20], 65536).read_pdu(), Err(PduError::Eof { mid_pdu: true })));
     }
 
     #[test]

@@ -324,7 +324,7 @@ impl Conn {
                 self.kill("connection closed");
                 return;
             }
-            match r.next() {
+            match r.read_pdu() {
                 Ok(None) => {
                     let ping = lock(&self.st).ping;
                     match ping {

@@ -322,7 +322,7 @@ impl BlockDevice {
     fn check_range(&self, off: u64, len: usize, what: &str) -> Result<(), ScsiError> {
         let bs = self.info.block_size as u64;
         let bad = |detail: String| Err(ScsiError::BadRequest { device: self.name.clone(), detail });
-        if off % bs != 0 || len as u64 % bs != 0 {
+        if !off.is_multiple_of(bs) || !(len as u64).is_multiple_of(bs) {
             return bad(format!(
                 "{what} of {len} bytes at offset {off} is not aligned to the {bs}-byte logical block size"
             ));
@@ -370,7 +370,7 @@ impl BlockDevice {
                     cdb: &cdbs[i][..],
                     data: match d {
                         DataDir::None => DataDir::None,
-                        DataDir::In(b) => DataDir::In(&mut **b),
+                        DataDir::In(b) => DataDir::In(b),
                         DataDir::Out(b) => DataDir::Out(b),
                     },
                     timeout: None,

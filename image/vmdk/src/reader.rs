@@ -799,9 +799,33 @@ impl BlockSource for VmdkSource {
         }
         let (segs, cgrains) = self.plan(reqs)?;
 
-        // Buffers for the compressed grains' file bytes, allocated before any borrow of the
-        // callers' buffers is handed out so both go into the same read_many.
-        let mut cbufs: Vec<Vec<u8>> = cgrains.iter().map(|g| vec![0u8; g.len]).collect();
+        // File ranges of the compressed grains, merged where they overlap or touch: each
+        // grain's window (a grain plus slack) reaches into the next grain, so a run of
+        // consecutive grains is read once instead of nearly twice. The buffers are allocated
+        // before any borrow of the callers' buffers is handed out, so both go into the same
+        // read_many.
+        let container_of = |g: &CGrain| self.sparse(g.ext).map_or(0, |(c, _)| c);
+        let mut order: Vec<usize> = (0..cgrains.len()).collect();
+        order.sort_by_key(|&i| (container_of(&cgrains[i]), cgrains[i].host));
+        // (container, start, end) per run; (run, offset in run) per grain.
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+        let mut place: Vec<(usize, usize)> = vec![(0, 0); cgrains.len()];
+        for i in order {
+            let g = &cgrains[i];
+            let (c, end) = (container_of(g), g.host + g.len as u64);
+            let last = runs.len().wrapping_sub(1);
+            match runs.last_mut() {
+                Some(r) if r.0 == c && g.host <= r.2 => {
+                    r.2 = r.2.max(end);
+                    place[i] = (last, (g.host - r.1) as usize);
+                }
+                _ => {
+                    runs.push((c, g.host, end));
+                    place[i] = (runs.len() - 1, 0);
+                }
+            }
+        }
+        let mut cbufs: Vec<Vec<u8>> = runs.iter().map(|&(_, start, end)| vec![0u8; (end - start) as usize]).collect();
         let mut per_container: Vec<Vec<ReadRequest<'_>>> = (0..self.containers.len()).map(|_| Vec::new()).collect();
         let mut parent_reqs: Vec<ReadRequest<'_>> = Vec::new();
         let mut cdests: Vec<(usize, usize, &mut [u8])> = Vec::new();
@@ -830,10 +854,8 @@ impl BlockSource for VmdkSource {
                 }
             }
         }
-        for (g, buf) in cgrains.iter().zip(cbufs.iter_mut()) {
-            if let Some((c, _)) = self.sparse(g.ext) {
-                per_container[c].push(ReadRequest { offset: g.host, buf });
-            }
+        for (&(c, start, _), buf) in runs.iter().zip(cbufs.iter_mut()) {
+            per_container[c].push(ReadRequest { offset: start, buf });
         }
         for (c, creqs) in per_container.iter_mut().enumerate() {
             if !creqs.is_empty() {
@@ -859,7 +881,8 @@ impl BlockSource for VmdkSource {
                     Some((i, v)) if i == idx => v,
                     _ => {
                         grain_buf.resize(x.grain_size() as usize, 0);
-                        let v = x.decompress(g.grain, g.host, &cbufs[idx], &mut grain_buf)?;
+                        let (run, at) = place[idx];
+                        let v = x.decompress(g.grain, g.host, &cbufs[run][at..at + g.len], &mut grain_buf)?;
                         current = Some((idx, v));
                         v
                     }

@@ -242,3 +242,30 @@ fn out_of_range_reads() {
 fn write_at(path: &Path, off: u64, bytes: &[u8]) {
     std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, off).unwrap();
 }
+
+/// One batch costs one container read (plus one for grain tables the first time), and
+/// compressed grains are not read twice.
+#[test]
+fn batches_map_to_one_container_read() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let size = 16 * MIB;
+    let data = make_raw(&raw, size, &[(0, size)], &[], 120);
+    for sf in ["monolithicSparse", "streamOptimized"] {
+        let img = dir.path().join(format!("{sf}.vmdk"));
+        qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", &format!("subformat={sf}"), s(&raw), s(&img)]);
+        let (calls, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let file = blocksource::file::FileSource::open(&img).unwrap();
+        let counted = Counting { inner: Box::new(file), calls: calls.clone(), bytes: bytes.clone() };
+        let src = VmdkSource::open(Box::new(counted), &vmdk::LocalBackingOpener).unwrap();
+        let (c0, b0) = (calls.load(Relaxed), bytes.load(Relaxed));
+        assert!(read_all(&src) == data);
+        let batches = size.div_ceil(4 * MIB);
+        let calls = calls.load(Relaxed) - c0;
+        assert!(calls <= 2 * batches, "{sf}: {calls} container reads for {batches} batches");
+        let read = bytes.load(Relaxed) - b0;
+        let file_len = std::fs::metadata(&img).unwrap().len();
+        assert!(read <= file_len + 8 * 70_000, "{sf}: read {read} bytes of a {file_len}-byte file");
+    }
+}

@@ -365,3 +365,29 @@ pub fn build_stream_optimized(data: &[u8], cid: u32) -> Vec<u8> {
     f.extend_from_slice(&marker(0, 0));
     f
 }
+
+/// A container that counts its `read_many` calls and bytes read, to check batching.
+#[derive(Debug)]
+pub struct Counting {
+    pub inner: Box<dyn BlockSource>,
+    pub calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BlockSource for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
+        self.inner.allocation(offset, len)
+    }
+    fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(reqs.iter().map(|r| r.buf.len() as u64).sum(), Relaxed);
+        self.inner.read_many(reqs)
+    }
+}
