@@ -536,7 +536,7 @@ impl SparseExtent {
 }
 
 fn grain_bits(what: &str, field: u64, sectors: u64) -> Result<u32, SourceError> {
-    if sectors == 0 || !sectors.is_power_of_two() || sectors * SECTOR > MAX_GRAIN_BYTES {
+    if sectors == 0 || !sectors.is_power_of_two() || sectors > MAX_GRAIN_BYTES / SECTOR {
         return Err(corrupt(
             what,
             field,
