@@ -94,4 +94,3 @@ pub fn resolve_backing_path(name: &str, child_describe: &str) -> Result<PathBuf,
         Path::new(child_describe).parent().unwrap_or(Path::new("")).join(p)
     })
 }
-

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use blocksource::{check_range, BackingOpener, coalesce, BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError};
+use blocksource::{
+    check_range, coalesce, BackingOpener, BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError,
+};
 
 use crate::cache::L2Cache;
 use crate::compress::Decompressor;
