@@ -1,6 +1,9 @@
 //! Benchmark hook: read a whole LUN through the block layer and print bytes, seconds, MB/s.
 //!
-//!   cargo run --release -p iscsi --example iscsi_read -- PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests]
+//!   cargo run --release -p iscsi --example iscsi_read -- PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests] [--threads=N]
+//!
+//! With `--threads=N` (default 1), N threads share the session and read interleaved batches
+//! (thread t reads batches t, t+N, ...), as the backup engine does.
 //!
 //! CHAP credentials, when needed, come from RV_ISCSI_CHAP_USER / RV_ISCSI_CHAP_PASS.
 //! Each batch given to `read_many` is queue depth × IO_KIB (default 32 × 1024 KiB); all its
@@ -12,9 +15,11 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let digests = args.iter().any(|a| a == "--digests");
+    let threads: u64 =
+        args.iter().find_map(|a| a.strip_prefix("--threads=")).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     if pos.len() < 2 {
-        eprintln!("usage: iscsi_read PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests]");
+        eprintln!("usage: iscsi_read PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests] [--threads=N]");
         std::process::exit(2);
     }
     let lun: u64 = pos.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -44,22 +49,29 @@ fn main() {
     let size = dev.size_bytes();
     let io = (io_kib * 1024).min(dev.info().max_io_bytes as usize).max(dev.info().block_size as usize);
     let batch = io * qd;
-    let mut buf = vec![0u8; batch];
     let start = Instant::now();
-    let mut off = 0u64;
-    while off < size {
-        let n = (size - off).min(batch as u64) as usize;
-        let mut reqs: Vec<(u64, &mut [u8])> =
-            buf[..n].chunks_mut(io).enumerate().map(|(i, c)| (off + (i * io) as u64, c)).collect();
-        if let Err(e) = dev.read_many(&mut reqs) {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let dev = &dev;
+            sc.spawn(move || {
+                let mut buf = vec![0u8; batch];
+                let mut off = t * batch as u64;
+                while off < size {
+                    let n = (size - off).min(batch as u64) as usize;
+                    let mut reqs: Vec<(u64, &mut [u8])> =
+                        buf[..n].chunks_mut(io).enumerate().map(|(i, c)| (off + (i * io) as u64, c)).collect();
+                    if let Err(e) = dev.read_many(&mut reqs) {
+                        eprintln!("error: {e}");
+                        std::process::exit(1);
+                    }
+                    off += threads * batch as u64;
+                }
+            });
         }
-        off += n as u64;
-    }
+    });
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{} bytes in {:.3} s: {:.1} MB/s (queue depth {qd}, {} KiB per READ, digests {})",
+        "{} bytes in {:.3} s: {:.1} MB/s (queue depth {qd}, {} KiB per READ, digests {}, {threads} threads)",
         size,
         secs,
         size as f64 / secs / 1e6,

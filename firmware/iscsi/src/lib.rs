@@ -11,7 +11,8 @@
 //! module docs hold the locking table and invariants).
 //!
 //! Threading model: blocking `std::net::TcpStream`, no async runtime. Per connection one reader
-//! thread parses PDUs and routes them by Initiator Task Tag to the waiting caller; callers write
+//! thread parses PDUs and routes them by Initiator Task Tag to the waiting caller, gathering a
+//! read's Data-In PDUs into one buffer so the caller wakes once per command; callers write
 //! their PDUs under a mutex. A [`Session`] is `Send + Sync`; many threads may run commands at
 //! once, bounded by the target's CmdSN window and by [`SessionConfig::queue_depth`].
 //!
@@ -19,8 +20,9 @@
 //! ISID (session reinstatement) and outstanding commands are re-issued, until
 //! [`SessionConfig::reconnect_deadline`].
 //!
-//! Dependencies: `md-5` (CHAP requires MD5), `crc32c` (digests), `crossbeam-channel` (per-batch
-//! event channels with timeouts); random bytes for the ISID and CHAP challenges come from
+//! Dependencies: `md-5` (CHAP requires MD5), `crc32c` (digests); per-batch completion queues
+//! are a std `Mutex` + `Condvar` (`crossbeam-channel` is still declared but no longer used: drop
+//! it together with a `Cargo.lock` update); random bytes for the ISID and CHAP challenges come from
 //! `/dev/urandom`. Nothing here knows of images, chunks or backups.
 
 pub mod chap;

@@ -248,6 +248,16 @@ impl<R: Read> PduReader<R> {
 
     /// The next PDU; `Ok(None)` when the read timed out before its first byte.
     pub fn read_pdu(&mut self) -> Result<Option<Pdu>, PduError> {
+        let Some(h) = self.read_header()? else { return Ok(None) };
+        let data = self.read_data(h.data_len)?;
+        Ok(Some(Pdu { bhs: h.bhs, ahs: h.ahs, data }))
+    }
+
+    /// The next PDU's header (BHS, AHS, header digest checked); its data segment must be read
+    /// next with [`read_data`](Self::read_data) or [`read_data_into`](Self::read_data_into).
+    /// The announced data length is checked against `max_data` before anything is allocated.
+    /// `Ok(None)` when the read timed out before the first byte.
+    pub fn read_header(&mut self) -> Result<Option<Header>, PduError> {
         let mut bhs = [0u8; BHS_LEN];
         if let Fill::Idle = self.fill(&mut bhs, true)? {
             return Ok(None);
@@ -268,20 +278,62 @@ impl<R: Read> PduReader<R> {
                 return Err(PduError::HeaderDigest);
             }
         }
-        let mut data = Vec::new();
-        if data_len > 0 {
-            data = vec![0u8; data_len + pad(data_len)];
-            self.fill(&mut data, false)?;
-            if self.digests.data {
-                let mut d = [0u8; 4];
-                self.fill(&mut d, false)?;
-                if crc32c::crc32c(&data) != u32::from_le_bytes(d) {
-                    return Err(PduError::DataDigest);
-                }
-            }
-            data.truncate(data_len);
+        Ok(Some(Header { bhs, ahs, data_len }))
+    }
+
+    /// Reads a data segment of `len` bytes (the header's `data_len`) into a new vector.
+    pub fn read_data(&mut self, len: usize) -> Result<Vec<u8>, PduError> {
+        if len > self.max_data {
+            return Err(PduError::TooLong { len, max: self.max_data });
         }
-        Ok(Some(Pdu { bhs, ahs, data }))
+        let mut data = vec![0u8; len];
+        self.read_data_into(&mut data)?;
+        Ok(data)
+    }
+
+    /// Reads a data segment of exactly `dst.len()` bytes (the header's `data_len`) into `dst`,
+    /// then its padding and data digest (checked).
+    pub fn read_data_into(&mut self, dst: &mut [u8]) -> Result<(), PduError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.fill(dst, false)?;
+        let mut padding = [0u8; 4];
+        let padding = &mut padding[..pad(dst.len())];
+        self.fill(padding, false)?;
+        if self.digests.data {
+            let mut d = [0u8; 4];
+            self.fill(&mut d, false)?;
+            let c = crc32c::crc32c_append(crc32c::crc32c(dst), padding);
+            if c != u32::from_le_bytes(d) {
+                return Err(PduError::DataDigest);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A PDU header read ahead of its data segment (see [`PduReader::read_header`]).
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub bhs: [u8; BHS_LEN],
+    pub ahs: Vec<u8>,
+    /// DataSegmentLength (without padding), already checked against the reader's limit.
+    pub data_len: usize,
+}
+
+impl Header {
+    pub fn opcode(&self) -> u8 {
+        self.bhs[0] & 0x3f
+    }
+    pub fn flags(&self) -> u8 {
+        self.bhs[1]
+    }
+    pub fn u32_at(&self, i: usize) -> u32 {
+        u32::from_be_bytes([self.bhs[i], self.bhs[i + 1], self.bhs[i + 2], self.bhs[i + 3]])
+    }
+    pub fn itt(&self) -> u32 {
+        self.u32_at(16)
     }
 }
 

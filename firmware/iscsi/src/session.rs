@@ -4,25 +4,39 @@
 //! # Threads and locks
 //! ```text
 //!  caller threads (execute_many)            reader thread (one per connection)
-//!  ─ reserve a slot: Conn.st + cond         ─ PduReader::next() (socket read timeout = tick)
-//!  ─ Conn.tx: assign ITT/CmdSN, register    ─ Conn.st: update ExpCmdSN/MaxCmdSN/ExpStatSN,
-//!    the task, write the PDU(s), flush        look the task up by ITT, send the PDU to the
-//!    queued control PDUs                      task's channel, wake window waiters
-//!  ─ wait on the batch's channel: copy       ─ NOP-In ping → NOP-Out reply queued in Conn.ctrl
-//!    Data-In into the caller's buffer,        (flushed by whoever holds Conn.tx; try_lock)
-//!    answer R2T with Data-Out (Conn.tx)      ─ idle for nop_interval → our NOP-Out ping
+//!  ─ reserve a slot: Conn.st + cond         ─ PduReader::read_header() (read timeout = tick)
+//!  ─ a read takes a receive buffer from     ─ Data-In: Conn.st: take the task's receive
+//!    Session.pool and lends it to the task    buffer (checks: a read, offset = bytes so far,
+//!  ─ Conn.tx: assign ITT/CmdSN, register      fits the transfer length); unlocked: read the
+//!    the task, write the PDU(s), flush        segment from the socket straight into it;
+//!    queued control PDUs                      Conn.st: put it back, or on S end the task
+//!  ─ wait on the batch's Mailbox (one event   and send status + buffer (one event per read)
+//!    per command, not per PDU): copy the    ─ other PDUs: Conn.st: update ExpCmdSN/MaxCmdSN/
+//!    gathered data into the caller's          ExpStatSN, look the task up by ITT, send
+//!    buffer, give the buffer back to the      SCSI Response / R2T / Reject to its Mailbox,
+//!    pool; answer R2T with Data-Out           wake window waiters
+//!    (Conn.tx)                              ─ NOP-In ping → NOP-Out reply queued in Conn.ctrl
+//!                                             (flushed by whoever holds Conn.tx; try_lock)
+//!                                           ─ idle for nop_interval → our NOP-Out ping
 //! ```
-//! Lock order: `Session.reconnect` → `Session.conn` → `Conn.tx` → `Conn.st`; `Conn.ctrl` is a
-//! leaf. The reader never blocks on `Conn.tx` (only `try_lock`), so a caller blocked in a
-//! socket write can never stall the reader that drains the target's replies. Caller buffers
-//! are only touched by their own thread: the reader hands over owned data segments.
+//! Lock order: `Session.reconnect` → `Session.conn` → `Conn.tx` → `Conn.st` → `Mailbox.q`;
+//! `Conn.ctrl` and `Session.pool` are leaves. The reader never blocks on `Conn.tx` (only
+//! `try_lock`), so a caller blocked in a socket write can never stall the reader that drains
+//! the target's replies, and it never holds `Conn.st` across a socket read. Caller buffers are
+//! only touched by their own thread: the reader fills a buffer the task owns (only the reader
+//! touches it while the task is registered) and hands it over with the task's status; the
+//! caller copies it once into its own buffer. A `Mailbox` is a `Mutex<VecDeque>` + `Condvar`
+//! (no spinning: measured as fast as a crossbeam channel, without its `sched_yield` backoff
+//! competing for 2 shared cores).
 //!
 //! # Invariants
 //! - CmdSN is assigned and the PDU written under the same `Conn.tx` hold, so CmdSNs go on the
 //!   wire in order; a slot is reserved first only while `CmdSN + reserved <= MaxCmdSN` and
 //!   fewer than `queue_depth` commands are in flight, so senders block when the window closes.
 //! - Every task registered on a connection ends exactly once: its final PDU (SCSI Response,
-//!   Data-In with S, Reject) removes it, or the connection's death hands it a `Lost` event.
+//!   Data-In with S, Reject, or a Data-In the reader refuses) removes it, or the connection's
+//!   death hands it a `Lost` event. A read's receive buffer goes with it (to the caller, or
+//!   dropped with a lost task; a re-issue lends a fresh one).
 //! - Events carry the connection generation; a caller ignores events of older generations, so
 //!   a re-issued command never mixes data of two connections.
 //!
@@ -42,12 +56,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
 use scsi::{Command, Completion, DataDir, Residual, Sense, Status};
 
 use crate::error::IscsiError;
 use crate::login::{self, LoginParams, Negotiated};
-use crate::pdu::{op, sn_le, sn_lt, Pdu, PduReader, RESERVED_TAG};
+use crate::pdu::{op, sn_le, sn_lt, Header, Pdu, PduReader, RESERVED_TAG};
 use crate::SessionConfig;
 
 /// Our MaxRecvDataSegmentLength: the largest data segment we accept (and allocate).
@@ -149,12 +162,31 @@ pub(crate) fn open_connection(
     Ok((w, r, neg))
 }
 
+/// Read buffers kept by a session for reuse: at most this many bytes in all...
+const POOL_MAX_BYTES: usize = 64 << 20;
+/// ...and none larger than this.
+const POOL_MAX_BUF: usize = 4 << 20;
+
 struct Task {
-    reply: Sender<Event>,
+    reply: Arc<Mailbox>,
     idx: usize,
+    /// For a read: where its Data-In lands. Lent by the submitter, filled only by the reader
+    /// thread, handed back with the task's status (or dropped with the task).
+    rx: Option<RxBuf>,
 }
 
-/// What a reader hands to a waiting caller.
+/// A read's Data-In, gathered by the reader thread. With DataPDUInOrder and
+/// DataSequenceInOrder (we offer Yes, the result is OR) every Data-In must start where the
+/// previous one ended, so `buf[..received]` is exactly what the target sent.
+pub(crate) struct RxBuf {
+    buf: Vec<u8>,
+    /// The command's expected transfer length (`buf` may be longer: pooled buffers are reused).
+    len: usize,
+    received: usize,
+}
+
+/// What a reader hands to a waiting caller: one event per command (its status, an R2T, a
+/// rejected Data-In, or the connection's loss).
 pub(crate) struct Event {
     gen: u64,
     idx: usize,
@@ -163,8 +195,93 @@ pub(crate) struct Event {
 }
 
 enum EvKind {
-    Pdu(Pdu),
+    /// SCSI Response, Data-In with S (header only), R2T or Reject; a read's gathered data comes
+    /// back with its status.
+    Pdu(Pdu, Option<RxBuf>),
+    /// A Data-In the reader refused (the task is gone; the caller fails the batch).
+    BadDataIn(BadDataIn),
     Lost,
+}
+
+enum BadDataIn {
+    NotARead,
+    Overrun { off: usize, len: usize, buf_len: usize },
+    OutOfOrder { off: usize, expected: usize },
+}
+
+/// A batch's completion queue: the reader threads push, the batch's one caller waits.
+struct Mailbox {
+    q: Mutex<VecDeque<Event>>,
+    cond: Condvar,
+}
+
+impl Mailbox {
+    fn new() -> Mailbox {
+        Mailbox { q: Mutex::new(VecDeque::new()), cond: Condvar::new() }
+    }
+
+    fn send(&self, ev: Event) {
+        lock(&self.q).push_back(ev);
+        self.cond.notify_one();
+    }
+
+    /// The next event, or `None` after `timeout`.
+    fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.q);
+        loop {
+            if let Some(ev) = q.pop_front() {
+                return Some(ev);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            q = self.cond.wait_timeout(q, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// Reusable read buffers, so large reads do not page-fault fresh allocations every time.
+#[derive(Default)]
+struct BufPool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl BufPool {
+    /// A buffer of at least `len` bytes (contents unspecified).
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let best = self
+            .bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= len && b.len() <= len.saturating_mul(4).max(4096))
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let b = self.bufs.swap_remove(i);
+                self.bytes -= b.len();
+                b
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    fn give(&mut self, b: Vec<u8>) {
+        if b.is_empty() || b.len() > POOL_MAX_BUF {
+            return;
+        }
+        while self.bytes + b.len() > POOL_MAX_BYTES {
+            // Make room by dropping the smallest buffers first.
+            let Some((i, _)) = self.bufs.iter().enumerate().min_by_key(|(_, b)| b.len()) else { return };
+            let old = self.bufs.swap_remove(i);
+            self.bytes -= old.len();
+        }
+        self.bytes += b.len();
+        self.bufs.push(b);
+    }
 }
 
 struct ConnState {
@@ -263,7 +380,7 @@ impl Conn {
         };
         self.cond.notify_all();
         for (itt, t) in tasks {
-            let _ = t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::Lost });
+            t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::Lost });
         }
         // A clone of the socket shares the descriptor: shutting any clone down wakes the reader.
         if let Ok(s) = self.tx.try_lock() {
@@ -324,7 +441,7 @@ impl Conn {
                 self.kill("connection closed");
                 return;
             }
-            match r.read_pdu() {
+            match r.read_header() {
                 Ok(None) => {
                     let ping = lock(&self.st).ping;
                     match ping {
@@ -345,9 +462,17 @@ impl Conn {
                         _ => {}
                     }
                 }
-                Ok(Some(p)) => {
+                Ok(Some(h)) => {
                     last_rx = Instant::now();
-                    if let Err(reason) = self.dispatch(p) {
+                    let res = if h.opcode() == op::DATA_IN {
+                        self.data_in(&mut r, h)
+                    } else {
+                        match r.read_data(h.data_len) {
+                            Ok(data) => self.dispatch(Pdu { bhs: h.bhs, ahs: h.ahs, data }),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    };
+                    if let Err(reason) = res {
                         self.kill(&reason);
                         return;
                     }
@@ -360,14 +485,13 @@ impl Conn {
         }
     }
 
-    /// Routes one target PDU. An `Err` is a protocol violation that ends the connection.
-    fn dispatch(&self, p: Pdu) -> Result<(), String> {
-        let opc = p.opcode();
-        let itt = p.itt();
-        let mut st = lock(&self.st);
-        // Window update (RFC 7143 §4.2.2.1): ignore a MaxCmdSN below ExpCmdSN - 1.
+    /// The sequence-number side of every target PDU: the CmdSN window (RFC 7143 §4.2.2.1:
+    /// ignore a MaxCmdSN below ExpCmdSN - 1) and ExpStatSN for status-bearing PDUs.
+    fn update_sns(&self, st: &mut ConnState, bhs: &[u8; 48]) {
+        let at = |i: usize| u32::from_be_bytes([bhs[i], bhs[i + 1], bhs[i + 2], bhs[i + 3]]);
+        let (opc, flags, itt, stat_sn) = (bhs[0] & 0x3f, bhs[1], at(16), at(24));
         if opc != op::LOGIN_RESP {
-            let (exp, max) = (p.exp_cmd_sn(), p.max_cmd_sn());
+            let (exp, max) = (at(28), at(32));
             if sn_le(exp.wrapping_sub(1), max) && sn_lt(st.max_cmd_sn, max) {
                 st.max_cmd_sn = max;
                 self.cond.notify_all();
@@ -375,35 +499,111 @@ impl Conn {
         }
         let status_pdu = match opc {
             op::SCSI_RESP | op::LOGOUT_RESP | op::TEXT_RESP | op::ASYNC | op::REJECT | op::TMF_RESP => true,
-            op::DATA_IN => p.flags() & 0x01 != 0,
+            op::DATA_IN => flags & 0x01 != 0,
             op::NOP_IN => itt != RESERVED_TAG,
             _ => false,
         };
-        if status_pdu && sn_le(st.exp_stat_sn, p.stat_sn()) {
-            st.exp_stat_sn = p.stat_sn().wrapping_add(1);
+        if status_pdu && sn_le(st.exp_stat_sn, stat_sn) {
+            st.exp_stat_sn = stat_sn.wrapping_add(1);
         }
-        let deliver = |st: &mut ConnState, final_: bool| -> Result<(), String> {
-            let t = if final_ {
-                st.tasks.remove(&itt)
-            } else {
-                st.tasks.get(&itt).map(|t| Task { reply: t.reply.clone(), idx: t.idx })
-            };
-            let Some(t) = t else {
+    }
+
+    /// Ends task `itt` (final PDU): frees its window slot and returns it.
+    fn finish(&self, st: &mut ConnState, itt: u32) -> Option<Task> {
+        let t = st.tasks.remove(&itt)?;
+        st.in_flight = st.in_flight.saturating_sub(1);
+        self.cond.notify_all();
+        Some(t)
+    }
+
+    /// A Data-In: its data segment goes straight from the socket into the task's buffer at
+    /// its offset (checked: the task reads, the offset continues the data received so far,
+    /// the segment fits the expected transfer length). Only the last Data-In (S bit) wakes the
+    /// caller, with the status and the gathered buffer. The buffer is taken out of the task
+    /// while the socket is read, so `Conn.st` is never held across I/O; only this thread ever
+    /// touches a registered task's buffer.
+    fn data_in<R: std::io::Read>(&self, r: &mut PduReader<R>, h: Header) -> Result<(), String> {
+        let itt = h.itt();
+        let (off, len) = (h.u32_at(40) as usize, h.data_len);
+        let status = h.flags() & 0x01 != 0;
+        let taken = {
+            let mut st = lock(&self.st);
+            let Some(t) = st.tasks.get_mut(&itt) else {
                 return Err(format!(
-                    "the target sent a PDU (opcode 0x{opc:02x}) for task 0x{itt:08x}, which does not exist"
+                    "the target sent a PDU (opcode 0x{:02x}) for task 0x{itt:08x}, which does not exist",
+                    op::DATA_IN
                 ));
             };
-            if final_ {
-                st.in_flight = st.in_flight.saturating_sub(1);
-                self.cond.notify_all();
+            match t.rx.take() {
+                None => Err(BadDataIn::NotARead),
+                Some(rx) if off != rx.received => {
+                    let expected = rx.received;
+                    t.rx = Some(rx);
+                    Err(BadDataIn::OutOfOrder { off, expected })
+                }
+                Some(rx) if off.checked_add(len).is_none_or(|e| e > rx.len) => {
+                    let buf_len = rx.len;
+                    t.rx = Some(rx);
+                    Err(BadDataIn::Overrun { off, len, buf_len })
+                }
+                Some(rx) => Ok(rx),
             }
-            let _ = t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::Pdu(p.clone()) });
-            Ok(())
         };
+        let mut rx = match taken {
+            Ok(rx) => rx,
+            Err(bad) => {
+                // Consume the segment (framing, digest), then fail the command; its caller
+                // fails the batch and ends the connection.
+                r.read_data(len).map_err(|e| e.to_string())?;
+                let mut st = lock(&self.st);
+                self.update_sns(&mut st, &h.bhs);
+                if let Some(t) = self.finish(&mut st, itt) {
+                    t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::BadDataIn(bad) });
+                }
+                return Ok(());
+            }
+        };
+        r.read_data_into(&mut rx.buf[off..off + len]).map_err(|e| e.to_string())?;
+        rx.received += len;
+        let mut st = lock(&self.st);
+        self.update_sns(&mut st, &h.bhs);
+        if status {
+            if let Some(t) = self.finish(&mut st, itt) {
+                drop(st);
+                let p = Pdu { bhs: h.bhs, ahs: h.ahs, data: Vec::new() };
+                t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::Pdu(p, Some(rx)) });
+            }
+        } else if let Some(t) = st.tasks.get_mut(&itt) {
+            // Absent only when the connection was killed meanwhile (the task got `Lost`).
+            if t.rx.is_none() {
+                t.rx = Some(rx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes one target PDU other than Data-In. An `Err` is a protocol violation that ends
+    /// the connection.
+    fn dispatch(&self, p: Pdu) -> Result<(), String> {
+        let opc = p.opcode();
+        let itt = p.itt();
+        let mut st = lock(&self.st);
+        self.update_sns(&mut st, &p.bhs);
+        let missing =
+            || format!("the target sent a PDU (opcode 0x{opc:02x}) for task 0x{itt:08x}, which does not exist");
         match opc {
-            op::SCSI_RESP => deliver(&mut st, true),
-            op::DATA_IN => deliver(&mut st, p.flags() & 0x01 != 0),
-            op::R2T => deliver(&mut st, false),
+            op::SCSI_RESP => {
+                let mut t = self.finish(&mut st, itt).ok_or_else(missing)?;
+                drop(st);
+                let rx = t.rx.take();
+                t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::Pdu(p, rx) });
+                Ok(())
+            }
+            op::R2T => {
+                let t = st.tasks.get(&itt).ok_or_else(missing)?;
+                t.reply.send(Event { gen: self.gen, idx: t.idx, itt, kind: EvKind::Pdu(p, None) });
+                Ok(())
+            }
             op::NOP_IN => {
                 if itt == RESERVED_TAG {
                     if p.ttt() != RESERVED_TAG {
@@ -424,10 +624,8 @@ impl Conn {
             op::REJECT => {
                 if p.data.len() >= 48 {
                     let ritt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
-                    if let Some(t) = st.tasks.remove(&ritt) {
-                        st.in_flight = st.in_flight.saturating_sub(1);
-                        self.cond.notify_all();
-                        let _ = t.reply.send(Event { gen: self.gen, idx: t.idx, itt: ritt, kind: EvKind::Pdu(p) });
+                    if let Some(t) = self.finish(&mut st, ritt) {
+                        t.reply.send(Event { gen: self.gen, idx: t.idx, itt: ritt, kind: EvKind::Pdu(p, None) });
                     }
                 }
                 Ok(())
@@ -444,7 +642,14 @@ impl Conn {
 
     /// Reserves a window slot, then registers and sends the command. `Err` when the connection
     /// died (the caller recovers).
-    fn submit(&self, lun: [u8; 8], cmd: &Command<'_>, idx: usize, reply: &Sender<Event>) -> Result<u32, ()> {
+    fn submit(
+        &self,
+        lun: [u8; 8],
+        cmd: &Command<'_>,
+        idx: usize,
+        reply: &Arc<Mailbox>,
+        rx: Option<RxBuf>,
+    ) -> Result<u32, ()> {
         {
             let mut st = lock(&self.st);
             loop {
@@ -471,7 +676,7 @@ impl Conn {
             let sn = st.cmd_sn;
             st.cmd_sn = sn.wrapping_add(1);
             st.in_flight += 1;
-            st.tasks.insert(itt, Task { reply: reply.clone(), idx });
+            st.tasks.insert(itt, Task { reply: reply.clone(), idx, rx });
             (itt, sn, st.exp_stat_sn)
         };
         let n = &self.neg;
@@ -582,6 +787,7 @@ pub struct Session {
     closed: AtomicBool,
     reconnects: AtomicU64,
     next_gen: AtomicU64,
+    pool: Mutex<BufPool>,
 }
 
 impl std::fmt::Debug for Session {
@@ -639,6 +845,7 @@ impl Session {
             closed: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             next_gen: AtomicU64::new(2),
+            pool: Mutex::new(BufPool::default()),
         }))
     }
 
@@ -810,10 +1017,9 @@ impl Session {
         }
         let n = cmds.len();
         let lunf = scsi::parse::encode_lun(lun);
-        let (etx, erx) = crossbeam_channel::unbounded::<Event>();
+        let mailbox = Arc::new(Mailbox::new());
         let mut slots = vec![Slot::Queued; n];
         let mut issues = vec![0u32; n];
-        let mut received = vec![0usize; n];
         let mut results: Vec<Option<Completion>> = vec![None; n];
         let mut queue: VecDeque<usize> = (0..n).collect();
         let (mut outstanding, mut done) = (0usize, 0usize);
@@ -827,7 +1033,6 @@ impl Session {
                 for i in 0..n {
                     if let Slot::Sent { .. } = slots[i] {
                         slots[i] = Slot::Queued;
-                        received[i] = 0;
                         queue.push_front(i);
                     }
                 }
@@ -859,7 +1064,11 @@ impl Session {
                         ),
                     });
                 }
-                match conn.submit(lunf, &cmds[i], i, &etx) {
+                let rx = match &cmds[i].data {
+                    DataDir::In(b) => Some(RxBuf { buf: lock(&self.pool).take(b.len()), len: b.len(), received: 0 }),
+                    _ => None,
+                };
+                match conn.submit(lunf, &cmds[i], i, &mailbox, rx) {
                     Ok(itt) => {
                         queue.pop_front();
                         let t = cmds[i].timeout.unwrap_or(self.cfg.io_timeout);
@@ -885,28 +1094,23 @@ impl Session {
                 })
                 .min()
                 .unwrap_or(now);
-            let ev = match erx.recv_timeout(earliest.saturating_duration_since(now)) {
-                Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) => {
-                    let now = Instant::now();
-                    let late: Vec<usize> = (0..n)
-                        .filter(|&i| matches!(slots[i], Slot::Sent { deadline, .. } if deadline <= now))
-                        .collect();
-                    if late.is_empty() {
-                        continue;
-                    }
-                    let first = late[0];
-                    if issues[first] >= 3 {
-                        let after = cmds[first].timeout.unwrap_or(self.cfg.io_timeout);
-                        fail!(IscsiError::Timeout {
-                            what: format!("{} on {}", scsi::cdb::name(cmds[first].cdb), self.describe()),
-                            after
-                        });
-                    }
-                    recover!(&format!("{} timed out", scsi::cdb::name(cmds[first].cdb)));
+            let Some(ev) = mailbox.recv_timeout(earliest.saturating_duration_since(now)) else {
+                let now = Instant::now();
+                let late: Vec<usize> =
+                    (0..n).filter(|&i| matches!(slots[i], Slot::Sent { deadline, .. } if deadline <= now)).collect();
+                if late.is_empty() {
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => unreachable_disconnected()?,
+                let first = late[0];
+                if issues[first] >= 3 {
+                    let after = cmds[first].timeout.unwrap_or(self.cfg.io_timeout);
+                    fail!(IscsiError::Timeout {
+                        what: format!("{} on {}", scsi::cdb::name(cmds[first].cdb), self.describe()),
+                        after
+                    });
+                }
+                recover!(&format!("{} timed out", scsi::cdb::name(cmds[first].cdb)));
+                continue;
             };
             if ev.gen != conn.gen {
                 continue;
@@ -916,42 +1120,51 @@ impl Session {
                 Some(Slot::Sent { itt, .. }) if *itt == ev.itt => {}
                 _ => continue,
             }
-            let p = match ev.kind {
+            // Names are for error messages only: computed lazily.
+            let cdb = cmds[i].cdb;
+            let name = || scsi::cdb::name(cdb);
+            let (p, rx) = match ev.kind {
                 EvKind::Lost => {
                     let why = conn.dead_reason();
                     recover!(&why);
                     continue;
                 }
-                EvKind::Pdu(p) => p,
+                EvKind::BadDataIn(bad) => {
+                    let detail = match bad {
+                        BadDataIn::NotARead => format!("Data-In for {}, which reads no data", name()),
+                        BadDataIn::Overrun { off, len, buf_len } => format!(
+                            "Data-In of {len} bytes at offset {off} for {} overruns its {buf_len}-byte buffer",
+                            name()
+                        ),
+                        BadDataIn::OutOfOrder { off, expected } => format!(
+                            "Data-In at offset {off} for {}, but {expected} bytes had arrived (DataPDUInOrder=Yes)",
+                            name()
+                        ),
+                    };
+                    fail!(IscsiError::Protocol { detail });
+                }
+                EvKind::Pdu(p, rx) => (p, rx),
             };
-            let cdb_name = scsi::cdb::name(cmds[i].cdb);
-            let name = || cdb_name.clone();
+            // A read's gathered data: into the caller's buffer, the buffer back to the pool.
+            let mut received = 0;
+            if let Some(rx) = rx {
+                if let DataDir::In(buf) = &mut cmds[i].data {
+                    received = rx.received.min(buf.len());
+                    buf[..received].copy_from_slice(&rx.buf[..received]);
+                }
+                lock(&self.pool).give(rx.buf);
+            }
             match p.opcode() {
                 op::DATA_IN => {
-                    let off = p.u32_at(40) as usize;
-                    let DataDir::In(buf) = &mut cmds[i].data else {
-                        fail!(IscsiError::Protocol { detail: format!("Data-In for {}, which reads no data", name()) });
+                    // The last Data-In (S bit): the reader checked and gathered the data.
+                    let len = match &cmds[i].data {
+                        DataDir::In(b) => b.len(),
+                        _ => 0,
                     };
-                    let end = off.checked_add(p.data.len()).filter(|&e| e <= buf.len());
-                    let Some(end) = end else {
-                        fail!(IscsiError::Protocol {
-                            detail: format!(
-                                "Data-In of {} bytes at offset {off} for {} overruns its {}-byte buffer",
-                                p.data.len(),
-                                name(),
-                                buf.len()
-                            ),
-                        });
-                    };
-                    buf[off..end].copy_from_slice(&p.data);
-                    received[i] += p.data.len();
-                    if p.flags() & 0x01 != 0 {
-                        let len = buf.len();
-                        results[i] = Some(completion(&p, Status::from_byte(p.bhs[3]), None, len, received[i], true));
-                        slots[i] = Slot::Done;
-                        outstanding -= 1;
-                        done += 1;
-                    }
+                    results[i] = Some(completion(&p, Status::from_byte(p.bhs[3]), None, len, received, true));
+                    slots[i] = Slot::Done;
+                    outstanding -= 1;
+                    done += 1;
                 }
                 op::SCSI_RESP => {
                     if p.bhs[2] != 0 {
@@ -974,7 +1187,7 @@ impl Session {
                         DataDir::Out(b) => (b.len(), false),
                         DataDir::None => (0, false),
                     };
-                    results[i] = Some(completion(&p, Status::from_byte(p.bhs[3]), sense, len, received[i], is_in));
+                    results[i] = Some(completion(&p, Status::from_byte(p.bhs[3]), sense, len, received, is_in));
                     slots[i] = Slot::Done;
                     outstanding -= 1;
                     done += 1;
@@ -1008,11 +1221,6 @@ impl Session {
     }
 }
 
-fn unreachable_disconnected() -> Result<Event, IscsiError> {
-    // We hold a sender for the whole batch, so the channel cannot disconnect.
-    Err(IscsiError::Protocol { detail: "internal: event channel closed".into() })
-}
-
 /// Builds a completion from a status-bearing PDU (SCSI Response or Data-In with S): residual
 /// flags O (0x04) / U (0x02) with the count at bytes 44..48.
 fn completion(p: &Pdu, status: Status, sense: Option<Sense>, len: usize, received: usize, is_in: bool) -> Completion {
@@ -1042,5 +1250,232 @@ fn completion(p: &Pdu, status: Status, sense: Option<Sense>, len: usize, receive
 impl Drop for Session {
     fn drop(&mut self) {
         self.logout();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdu::Digests;
+
+    /// A connection without a login or reader thread: `tx` goes to a local listener.
+    fn bare_conn(digests: Digests) -> (Arc<Conn>, std::net::TcpListener) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let neg = Negotiated {
+            digests,
+            their_max_recv_data: 8192,
+            max_burst: MAX_BURST,
+            first_burst: FIRST_BURST,
+            initial_r2t: true,
+            immediate_data: false,
+            tsih: 1,
+            cmd_sn: 1,
+            exp_cmd_sn: 1,
+            max_cmd_sn: 32,
+            exp_stat_sn: 1,
+        };
+        let conn = Arc::new(Conn {
+            gen: 7,
+            neg,
+            tx: Mutex::new(w),
+            ctrl: Mutex::new(Vec::new()),
+            st: Mutex::new(ConnState {
+                cmd_sn: 1,
+                max_cmd_sn: 32,
+                exp_stat_sn: 1,
+                next_itt: 1,
+                in_flight: 0,
+                reserved: 0,
+                tasks: HashMap::new(),
+                dead: None,
+                logout: None,
+                ping: None,
+            }),
+            cond: Condvar::new(),
+            queue_depth: 32,
+            io_timeout: Duration::from_secs(5),
+            nop_interval: Duration::ZERO,
+        });
+        (conn, l)
+    }
+
+    fn register(conn: &Conn, mb: &Arc<Mailbox>, itt: u32, idx: usize, read_len: Option<usize>) {
+        let rx = read_len.map(|len| RxBuf { buf: vec![0xee; len + 100], len, received: 0 });
+        let mut st = lock(&conn.st);
+        st.in_flight += 1;
+        st.tasks.insert(itt, Task { reply: mb.clone(), idx, rx });
+    }
+
+    fn data_in_pdu(itt: u32, off: u32, data: &[u8], status: bool, stat_sn: u32) -> Pdu {
+        let mut p = Pdu::new(op::DATA_IN, false);
+        p.set_flags(if status { 0x81 } else { 0 });
+        p.set_itt(itt);
+        p.set_u32(24, stat_sn);
+        p.set_u32(28, 1);
+        p.set_u32(32, 40);
+        p.set_u32(40, off);
+        p.data = data.to_vec();
+        p
+    }
+
+    /// Feeds `pdus` through the reader-side routing (Data-In gathering, dispatch).
+    fn feed(conn: &Conn, pdus: &[Pdu], digests: Digests) -> Result<(), String> {
+        let wire: Vec<u8> = pdus.iter().flat_map(|p| p.encode(digests)).collect();
+        let mut r = PduReader::new(&wire[..], MAX_RECV_DATA as usize);
+        r.digests = digests;
+        loop {
+            let h = match r.read_header() {
+                Err(crate::pdu::PduError::Eof { mid_pdu: false }) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+                Ok(None) => return Ok(()),
+                Ok(Some(h)) => h,
+            };
+            if h.opcode() == op::DATA_IN {
+                conn.data_in(&mut r, h)?;
+            } else {
+                let data = r.read_data(h.data_len).map_err(|e| e.to_string())?;
+                conn.dispatch(Pdu { bhs: h.bhs, ahs: h.ahs, data })?;
+            }
+        }
+    }
+
+    #[test]
+    fn data_in_is_gathered_into_one_event() {
+        for digests in [Digests::default(), Digests { header: true, data: true }] {
+            let (conn, _l) = bare_conn(digests);
+            let mb = Arc::new(Mailbox::new());
+            register(&conn, &mb, 5, 3, Some(20_002));
+            let payload: Vec<u8> = (0..20_002u32).map(|i| (i * 7) as u8).collect();
+            // Odd sizes exercise padding and the digest over data + padding.
+            let pdus = [
+                data_in_pdu(5, 0, &payload[..8191], false, 0),
+                data_in_pdu(5, 8191, &payload[8191..16000], false, 0),
+                data_in_pdu(5, 16000, &payload[16000..], true, 9),
+            ];
+            feed(&conn, &pdus, digests).unwrap();
+            let ev = mb.recv_timeout(Duration::ZERO).expect("one event");
+            assert!(mb.recv_timeout(Duration::ZERO).is_none(), "exactly one event per command");
+            assert_eq!((ev.gen, ev.idx, ev.itt), (7, 3, 5));
+            let EvKind::Pdu(p, Some(rx)) = ev.kind else { panic!("expected status with data") };
+            assert_eq!(p.opcode(), op::DATA_IN);
+            assert_eq!(p.flags() & 0x01, 1);
+            assert_eq!(rx.received, payload.len());
+            assert_eq!(&rx.buf[..rx.received], &payload[..]);
+            let st = lock(&conn.st);
+            assert!(st.tasks.is_empty());
+            assert_eq!(st.in_flight, 0);
+            assert_eq!(st.exp_stat_sn, 10);
+            assert_eq!(st.max_cmd_sn, 40);
+        }
+    }
+
+    #[test]
+    fn scsi_response_returns_the_gathered_data() {
+        let (conn, _l) = bare_conn(Digests::default());
+        let mb = Arc::new(Mailbox::new());
+        register(&conn, &mb, 9, 0, Some(8192));
+        let mut resp = Pdu::new(op::SCSI_RESP, false);
+        resp.set_flags(0x82); // underflow
+        resp.set_itt(9);
+        resp.set_u32(44, 4096);
+        feed(&conn, &[data_in_pdu(9, 0, &[1; 4096], false, 0), resp], Digests::default()).unwrap();
+        let ev = mb.recv_timeout(Duration::ZERO).unwrap();
+        let EvKind::Pdu(p, Some(rx)) = ev.kind else { panic!("expected status with data") };
+        assert_eq!(p.opcode(), op::SCSI_RESP);
+        assert_eq!(rx.received, 4096);
+        let c = completion(&p, Status::Good, None, 8192, rx.received, true);
+        assert_eq!(c.residual, Residual::Under(4096));
+        assert_eq!(c.transferred, 4096);
+    }
+
+    #[test]
+    fn hostile_data_in_is_refused() {
+        let bad = |pdus: &[Pdu], read_len: Option<usize>| {
+            let (conn, _l) = bare_conn(Digests::default());
+            let mb = Arc::new(Mailbox::new());
+            register(&conn, &mb, 1, 0, read_len);
+            feed(&conn, pdus, Digests::default()).unwrap();
+            assert!(lock(&conn.st).tasks.is_empty(), "a refused task ends");
+            match mb.recv_timeout(Duration::ZERO).map(|e| e.kind) {
+                Some(EvKind::BadDataIn(b)) => b,
+                _ => panic!("expected BadDataIn"),
+            }
+        };
+        // Overrun of the expected transfer length (the pooled buffer itself is longer).
+        assert!(matches!(
+            bad(&[data_in_pdu(1, 0, &[0; 4096], false, 0), data_in_pdu(1, 4096, &[0; 4097], true, 0)], Some(8192)),
+            BadDataIn::Overrun { off: 4096, len: 4097, buf_len: 8192 }
+        ));
+        assert!(matches!(bad(&[data_in_pdu(1, u32::MAX, &[0; 4], true, 0)], Some(8192)), BadDataIn::OutOfOrder { .. }));
+        // A gap, an overlap.
+        assert!(matches!(
+            bad(&[data_in_pdu(1, 4096, &[0; 4096], true, 0)], Some(8192)),
+            BadDataIn::OutOfOrder { off: 4096, expected: 0 }
+        ));
+        assert!(matches!(
+            bad(&[data_in_pdu(1, 0, &[0; 4096], false, 0), data_in_pdu(1, 0, &[0; 4096], true, 0)], Some(8192)),
+            BadDataIn::OutOfOrder { off: 0, expected: 4096 }
+        ));
+        assert!(matches!(bad(&[data_in_pdu(1, 0, &[0; 16], true, 0)], None), BadDataIn::NotARead));
+        // Data-In for a task that does not exist ends the connection.
+        let (conn, _l) = bare_conn(Digests::default());
+        assert!(feed(&conn, &[data_in_pdu(77, 0, &[0; 16], true, 0)], Digests::default()).is_err());
+        // A corrupted data digest is an error, not data.
+        let (conn, _l) = bare_conn(Digests { header: true, data: true });
+        let mb = Arc::new(Mailbox::new());
+        register(&conn, &mb, 1, 0, Some(64));
+        let mut wire = data_in_pdu(1, 0, &[5; 64], true, 0).encode(Digests { header: true, data: true });
+        wire[60] ^= 1;
+        let mut r = PduReader::new(&wire[..], 1024);
+        r.digests = Digests { header: true, data: true };
+        let h = r.read_header().unwrap().unwrap();
+        assert!(conn.data_in(&mut r, h).unwrap_err().contains("digest"));
+    }
+
+    #[test]
+    fn lost_connection_ends_gathering_tasks() {
+        let (conn, _l) = bare_conn(Digests::default());
+        let mb = Arc::new(Mailbox::new());
+        register(&conn, &mb, 1, 0, Some(8192));
+        feed(&conn, &[data_in_pdu(1, 0, &[0; 4096], false, 0)], Digests::default()).unwrap();
+        conn.kill("test");
+        assert!(matches!(mb.recv_timeout(Duration::ZERO).map(|e| e.kind), Some(EvKind::Lost)));
+        // A late Data-In after the kill is for a task that no longer exists.
+        assert!(feed(&conn, &[data_in_pdu(1, 4096, &[0; 4096], true, 0)], Digests::default()).is_err());
+    }
+
+    #[test]
+    fn mailbox_times_out_and_keeps_order() {
+        let mb = Mailbox::new();
+        let t = Instant::now();
+        assert!(mb.recv_timeout(Duration::from_millis(30)).is_none());
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        for idx in 0..3 {
+            mb.send(Event { gen: 1, idx, itt: 0, kind: EvKind::Lost });
+        }
+        let got: Vec<usize> = (0..3).map(|_| mb.recv_timeout(Duration::ZERO).unwrap().idx).collect();
+        assert_eq!(got, [0, 1, 2]);
+    }
+
+    #[test]
+    fn buffer_pool_reuses_and_is_bounded() {
+        let mut p = BufPool::default();
+        let b = p.take(256 << 10);
+        assert_eq!(b.len(), 256 << 10);
+        let ptr = b.as_ptr();
+        p.give(b);
+        let b = p.take(200 << 10);
+        assert_eq!(b.as_ptr(), ptr, "reused");
+        p.give(b);
+        // Far larger than asked for: not handed out for a tiny read.
+        assert_eq!(p.take(512).len(), 512);
+        p.give(vec![0; POOL_MAX_BUF + 1]);
+        assert_eq!(p.bufs.len(), 1);
+        for _ in 0..(POOL_MAX_BYTES / POOL_MAX_BUF + 4) {
+            p.give(vec![0; POOL_MAX_BUF]);
+        }
+        assert!(p.bytes <= POOL_MAX_BYTES);
+        assert_eq!(p.bytes, p.bufs.iter().map(|b| b.len()).sum::<usize>());
     }
 }
