@@ -32,24 +32,25 @@ echo "== build" >&2
 cargo build --release --workspace --quiet
 echo "== peers" >&2
 export RV_PEERS_ROOT=${RV_PEERS_ROOT:-/tmp/rackvault-peers}
+PEERS=(tgt-disk nfs-ganesha)
+[[ -x tests/peers/start-tgt-vtl.sh ]] && PEERS+=(tgt-vtl)
 stop_peers() {
-	tests/peers/stop-nfs-ganesha.sh >/dev/null 2>&1 || true
-	tests/peers/stop-tgt-disk.sh >/dev/null 2>&1 || true
+	local p
+	for p in "${PEERS[@]}"; do tests/peers/stop-"$p".sh >/dev/null 2>&1 || true; done
 }
 trap stop_peers EXIT
-tests/peers/start-tgt-disk.sh >/dev/null
-tests/peers/start-nfs-ganesha.sh >/dev/null
 set -a
-# shellcheck disable=SC1091
-source "$RV_PEERS_ROOT/tgt-disk/env"
-# shellcheck disable=SC1091
-source "$RV_PEERS_ROOT/nfs-ganesha/env"
+for p in "${PEERS[@]}"; do
+	tests/peers/start-"$p".sh >/dev/null
+	# shellcheck disable=SC1090
+	source "$RV_PEERS_ROOT/$p/env"
+done
 set +a
 export RACKVAULT_REQUIRE_PEERS=1
 
 echo "== tests" >&2
 set +e
-cargo test --workspace --release --quiet 2>&1 | tee /tmp/rackvault-test.log
+cargo test --workspace --release --quiet --no-fail-fast 2>&1 | tee /tmp/rackvault-test.log
 status=${PIPESTATUS[0]}
 set -e
 # `cargo test` prints one "test result:" line per test binary; sum them for a closing line.

@@ -723,7 +723,7 @@ impl<'s> BackupSession<'s> {
 
     /// Store a small file (a VM's configuration) to be published with the restore point.
     pub fn add_file(&mut self, name: &str, content: &[u8]) -> Result<PointFile> {
-        if name.is_empty() || name.contains('/') || name.len() > 255 {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) || name.len() > 255 {
             return Err(StoreError::Invalid(format!("file name {name:?}: use a plain file name of 1-255 bytes")));
         }
         if content.len() > MAX_POINT_FILE {

@@ -333,7 +333,9 @@ fn configuration_files_travel_with_the_point_and_survive_a_lost_index() {
         let mut session = store.begin_backup().unwrap();
         session.add_file("web01.vmx", &vmx).unwrap();
         session.add_file("web01.nvram", &nvram).unwrap();
-        assert!(session.add_file("../escape", b"x").is_err());
+        for bad in ["../escape", "..", ".", "", "a\0b"] {
+            assert!(session.add_file(bad, b"x").is_err(), "{bad:?} accepted");
+        }
         assert!(session.add_file("big.vmx", &vec![1u8; store::MAX_POINT_FILE + 1]).is_err());
         let p = session.commit("web01", vec![], PointStats::default()).unwrap();
         assert_eq!(p.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["web01.vmx", "web01.nvram"]);

@@ -21,8 +21,7 @@
 //! [`SessionConfig::reconnect_deadline`].
 //!
 //! Dependencies: `md-5` (CHAP requires MD5), `crc32c` (digests); per-batch completion queues
-//! are a std `Mutex` + `Condvar` (`crossbeam-channel` is still declared but no longer used: drop
-//! it together with a `Cargo.lock` update); random bytes for the ISID and CHAP challenges come from
+//! are a std `Mutex` + `Condvar`; random bytes for the ISID and CHAP challenges come from
 //! `/dev/urandom`. Nothing here knows of images, chunks or backups.
 
 pub mod chap;

@@ -109,6 +109,11 @@ struct Inner {
     mount_port: u16,
     auth: Vec<u8>,
     slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    /// Per slot: when its connection was last opened and how many in a row died young.
+    /// Paces reconnects when connections are accepted and then dropped at once (a server
+    /// half up, a proxy or load balancer in front of a dead server), which a refused
+    /// connect's backoff does not cover.
+    paces: Vec<Mutex<Pace>>,
     next_slot: AtomicUsize,
     xid: AtomicU32,
     names: Mutex<HashMap<FileHandle, String>>,
@@ -351,6 +356,7 @@ impl Nfs3Client {
             mount_port: mport,
             auth,
             slots: (0..nslots).map(|_| Mutex::new(None)).collect(),
+            paces: (0..nslots).map(|_| Mutex::new(Pace::default())).collect(),
             next_slot: AtomicUsize::new(0),
             xid: AtomicU32::new(fresh_xid_seed()),
             names: Mutex::new(HashMap::new()),
@@ -555,10 +561,18 @@ impl Inner {
         }
         let start = *first_failure.get_or_insert_with(Instant::now);
         let deadline = self.opts.reconnect_deadline;
+        let mut pace = self.paces[i].lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            // Reconnecting: if the last connection died young, wait before the next one.
+            if let Some(wait) = pace.before_reconnect() {
+                std::thread::sleep(wait.min(deadline.saturating_sub(start.elapsed())));
+            }
+        }
         let mut backoff = Duration::from_millis(20);
         loop {
             match self.nfs_port().and_then(|p| self.open_conn(p)) {
                 Ok(c) => {
+                    pace.last_connect = Some(Instant::now());
                     *slot = Some(Arc::clone(&c));
                     return Ok(c);
                 }
@@ -791,5 +805,32 @@ impl Inner {
             pieces.push(Piece { req, pos: npos, len: nlen });
             Ok(Some(next))
         })
+    }
+}
+
+/// Reconnect pacing of one connection slot.
+#[derive(Debug, Default)]
+struct Pace {
+    last_connect: Option<Instant>,
+    /// Connections in a row that died within [`Pace::YOUNG`] of being opened.
+    young_deaths: u32,
+}
+
+impl Pace {
+    const YOUNG: Duration = Duration::from_secs(1);
+
+    /// How long to wait before replacing a connection that just died: nothing if it lived a
+    /// while, else 20 ms doubling per young death, at most 1 s.
+    fn before_reconnect(&mut self) -> Option<Duration> {
+        match self.last_connect {
+            Some(t) if t.elapsed() < Self::YOUNG => {
+                self.young_deaths = (self.young_deaths + 1).min(6);
+                Some(Duration::from_millis(20) * (1 << (self.young_deaths - 1)))
+            }
+            _ => {
+                self.young_deaths = 0;
+                None
+            }
+        }
     }
 }

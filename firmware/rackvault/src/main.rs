@@ -516,6 +516,13 @@ fn restore_all(
     };
     let mut out = RestoreAllReport { point: rp.spec(), to: dir.display().to_string(), disks: vec![], written: vec![] };
     for file in &rp.files {
+        // The store only accepts plain names; check again, a manifest is data from disk.
+        anyhow::ensure!(
+            !file.name.is_empty() && file.name != "." && file.name != ".." && !file.name.contains(['/', '\0']),
+            "{}: configuration file name {:?} is not a plain file name; not restoring it",
+            rp.spec(),
+            file.name
+        );
         let path = dir.join(&file.name);
         anyhow::ensure!(force || !path.exists(), "{}: exists; use --force to overwrite it", path.display());
         let content = store.read_point_file(file)?;

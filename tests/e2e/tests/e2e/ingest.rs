@@ -396,3 +396,24 @@ fn iscsi_target_restart_mid_backup_finishes_or_fails_cleanly() {
     }
     verify_clean_if_exists(&store);
 }
+
+#[test]
+fn a_local_vm_folder_is_one_restore_point_too() {
+    let dir = scratch("local-vmfolder");
+    let folder = dir.path().join("web01");
+    std::fs::create_dir(&folder).unwrap();
+    let (want0, want1) = make_vm_folder(&folder, dir.path());
+    let store = dir.path().join("store");
+    let r = backup(&folder, &store, "web01", &[]);
+    assert_eq!(r["disks"].as_array().map(|d| d.len()), Some(2), "{r}");
+    let out = dir.path().join("restored");
+    rv!["restore", "web01", "--store", &store, "--all", "--to", &out].run().success();
+    assert_eq!(hash_file(&out.join("scsi0-0.raw")), want0);
+    assert_eq!(hash_file(&out.join("scsi0-1.raw")), want1);
+    // A folder without a .vmx, and one with two, are refused with what to do.
+    std::fs::copy(folder.join("web01.vmx"), folder.join("copy.vmx")).unwrap();
+    rv!["backup", &folder, "--store", &store].run().failure().stderr_has(&["2 .vmx files"]);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    rv!["backup", &empty, "--store", &store].run().failure().stderr_has(&["no .vmx"]);
+}
