@@ -34,8 +34,10 @@
 //! ## Failures
 //! A dropped connection, a server restart or a call without a reply for `io_timeout` makes
 //! every call that was in flight on that connection be re-sent on a new one (all the
-//! procedures used are idempotent). Reconnects back off until `reconnect_deadline`, then
-//! the call fails with [`NfsError::ConnectionLost`]. A reply that is garbled or hostile
+//! procedures used are idempotent). Refused connects back off (20 ms doubling to 1 s), and
+//! so do connections that are accepted but die within a second (a half-started server, a
+//! proxy in front of a dead one), so a restart never turns into a reconnect storm. After
+//! `reconnect_deadline` the call fails with [`NfsError::ConnectionLost`]. A reply that is garbled or hostile
 //! (record over 16 MiB, unknown XID, truncated XDR, lengths past the buffer, a READ with
 //! more data than asked, absurd READDIRPLUS pages) fails with [`NfsError::Protocol`]; it
 //! never panics and never allocates more than the bytes actually received (capped at
