@@ -22,8 +22,10 @@
 
 pub mod file;
 pub mod related;
+pub mod table_cache;
 
 pub use related::{resolve_backing_path, BackingOpener, LocalBackingOpener};
+pub use table_cache::{TableCache, TableKey};
 
 use std::fmt;
 use std::io;

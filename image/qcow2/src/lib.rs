@@ -67,7 +67,6 @@
 //! does), so a raw backing file whose guest wrote qcow2 magic into sector 0 would be decoded as
 //! qcow2; images created by current QEMU always record the format.
 
-mod cache;
 mod compress;
 mod header;
 mod reader;

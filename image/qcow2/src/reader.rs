@@ -8,7 +8,10 @@ use blocksource::{
     check_range, coalesce, BackingOpener, BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError,
 };
 
-use crate::cache::L2Cache;
+use blocksource::TableCache;
+
+/// L2 tables by (image or extent index, table offset).
+type L2Cache = TableCache<u64>;
 use crate::compress::Decompressor;
 use crate::header::{self, corrupt, BackingRef, Compression};
 

@@ -69,7 +69,6 @@
 //! file named twice is opened once), so a disk split into thousands of extents needs as many
 //! file descriptors.
 
-mod cache;
 mod descriptor;
 mod inflate;
 mod reader;

@@ -9,7 +9,10 @@ use blocksource::{
     check_range, coalesce, BackingOpener, BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError,
 };
 
-use crate::cache::GtCache;
+use blocksource::TableCache;
+
+/// Grain tables by (image or extent index, table offset).
+type GtCache = TableCache<u32>;
 use crate::descriptor::{self, Access, Descriptor, ExtentType, CID_NONE, MAX_DESCRIPTOR_BYTES};
 use crate::sparse::{corrupt, unsupported, Mapping, SparseExtent, COWD_MAGIC, KDMV_MAGIC, MAX_DISK_BYTES, SECTOR};
 

@@ -89,11 +89,21 @@ fn stream_optimized_and_split_parents() {
 }
 
 /// Replace the first `CID=xxxxxxxx` in a file (descriptor or embedded) in place.
+/// QEMU writes CIDs without leading zeros, so the old value may be shorter than 8 digits; an
+/// embedded descriptor then gives up the NUL padding after its text, to keep every offset.
 fn set_cid(path: &std::path::Path, key: &str, cid: u32) {
     let mut d = std::fs::read(path).unwrap();
     let pat = format!("\n{key}=");
     let at = d.windows(pat.len()).position(|w| w == pat.as_bytes()).unwrap() + pat.len();
-    d[at..at + 8].copy_from_slice(format!("{cid:08x}").as_bytes());
+    let old_len = d[at..].iter().position(|&b| b == b'\n').unwrap();
+    let new = format!("{cid:08x}");
+    let grow = new.len() - old_len;
+    d.splice(at..at + old_len, new.bytes());
+    if let Some(nul) = d[at..].iter().position(|&b| b == 0) {
+        let nul = at + nul;
+        assert!(d[nul..nul + grow].iter().all(|&b| b == 0), "no padding after the descriptor");
+        d.drain(nul..nul + grow);
+    }
     std::fs::write(path, d).unwrap();
 }
 

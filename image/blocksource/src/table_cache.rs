@@ -1,35 +1,45 @@
-//! A bounded LRU cache of decoded L2 tables, shared by all images of one backing chain.
+//! [`TableCache`]: a bounded LRU cache of decoded metadata tables (qcow2 L2 tables, VMDK
+//! grain tables), shared by all images of one chain.
 //!
-//! Tables are stored as `Arc<[u64]>` (raw big-endian entries already decoded to integers and
-//! validated), so a lookup only clones an `Arc` under the lock. The lock is never held across
-//! I/O: see the crate docs on locking.
+//! Tables are stored as `Arc<[T]>` (entries already decoded to integers and validated), so a
+//! lookup only clones an `Arc` under the lock. The lock is never held across I/O: a reader
+//! that misses reads the table without the lock and inserts it afterwards, so two threads
+//! may occasionally read the same table twice, which is harmless (tables are immutable while
+//! an image is read).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// (image index in the chain, host offset of the L2 table).
-pub(crate) type Key = (u32, u64);
+/// (which image or extent of the chain, byte offset of the table in its file).
+pub type TableKey = (u32, u64);
 
-pub(crate) struct L2Cache {
+/// A bounded LRU cache of decoded tables with entries of type `T`; the budget counts
+/// `size_of::<T>()` bytes per entry.
+pub struct TableCache<T> {
     capacity_bytes: usize,
-    inner: Mutex<Lru>,
+    inner: Mutex<Lru<T>>,
 }
 
-#[derive(Default)]
-struct Lru {
+struct Lru<T> {
     /// key -> (last-use tick, table)
-    map: HashMap<Key, (u64, Arc<[u64]>)>,
+    map: HashMap<TableKey, (u64, Arc<[T]>)>,
     /// last-use tick -> key, oldest first: the eviction order.
-    order: BTreeMap<u64, Key>,
+    order: BTreeMap<u64, TableKey>,
     tick: u64,
     bytes: usize,
 }
 
-impl fmt::Debug for L2Cache {
+impl<T> Default for Lru<T> {
+    fn default() -> Self {
+        Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0, bytes: 0 }
+    }
+}
+
+impl<T> fmt::Debug for TableCache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.lock();
-        f.debug_struct("L2Cache")
+        f.debug_struct("TableCache")
             .field("capacity_bytes", &self.capacity_bytes)
             .field("tables", &inner.map.len())
             .field("bytes", &inner.bytes)
@@ -37,18 +47,20 @@ impl fmt::Debug for L2Cache {
     }
 }
 
-impl L2Cache {
-    pub(crate) fn new(capacity_bytes: usize) -> L2Cache {
-        L2Cache { capacity_bytes, inner: Mutex::new(Lru::default()) }
+impl<T> TableCache<T> {
+    const ENTRY: usize = std::mem::size_of::<T>();
+
+    pub fn new(capacity_bytes: usize) -> TableCache<T> {
+        TableCache { capacity_bytes, inner: Mutex::new(Lru::default()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Lru> {
+    fn lock(&self) -> MutexGuard<'_, Lru<T>> {
         // A panic elsewhere while holding the lock cannot leave a table half-written (they are
         // immutable), at worst the byte count is off; keep serving rather than propagate.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn get(&self, key: Key) -> Option<Arc<[u64]>> {
+    pub fn get(&self, key: TableKey) -> Option<Arc<[T]>> {
         let mut lru = self.lock();
         let lru = &mut *lru;
         lru.tick += 1;
@@ -60,15 +72,15 @@ impl L2Cache {
         Some(table.clone())
     }
 
-    pub(crate) fn insert(&self, key: Key, table: Arc<[u64]>) {
-        let table_bytes = table.len() * 8;
+    pub fn insert(&self, key: TableKey, table: Arc<[T]>) {
+        let table_bytes = table.len() * Self::ENTRY;
         let mut lru = self.lock();
         let lru = &mut *lru;
         lru.tick += 1;
         let tick = lru.tick;
         if let Some((old_tick, old)) = lru.map.insert(key, (tick, table)) {
             lru.order.remove(&old_tick);
-            lru.bytes -= old.len() * 8;
+            lru.bytes -= old.len() * Self::ENTRY;
         }
         lru.order.insert(tick, key);
         lru.bytes += table_bytes;
@@ -79,13 +91,13 @@ impl L2Cache {
                 break;
             };
             if let Some((_, t)) = lru.map.remove(&victim) {
-                lru.bytes -= t.len() * 8;
+                lru.bytes -= t.len() * Self::ENTRY;
             }
         }
     }
 
-    #[cfg(test)]
-    fn bytes(&self) -> usize {
+    /// Bytes of tables held now.
+    pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
 }
@@ -96,7 +108,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_within_budget() {
-        let c = L2Cache::new(3 * 64 * 8);
+        let c = TableCache::<u64>::new(3 * 64 * 8);
         let t = |v: u64| -> Arc<[u64]> { vec![v; 64].into() };
         c.insert((0, 1), t(1));
         c.insert((0, 2), t(2));
@@ -116,7 +128,7 @@ mod tests {
 
     #[test]
     fn keeps_one_oversized_table() {
-        let c = L2Cache::new(8);
+        let c = TableCache::<u64>::new(8);
         c.insert((0, 1), vec![0u64; 100].into());
         assert!(c.get((0, 1)).is_some());
         c.insert((0, 2), vec![0u64; 100].into());
