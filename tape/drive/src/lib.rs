@@ -21,16 +21,24 @@
 //! - The iSCSI residual of a READ that met a shorter or longer block is wrong on tgt: the
 //!   block length is learnt only from the sense INFORMATION field with ILI
 //!   (requested - actual, signed).
+//!   tgt also *sends* only "requested - block length" bytes, so when the block is more than
+//!   half the buffer its tail is missing: when the transport delivered fewer bytes than the
+//!   block holds, the drive spaces back one block and reads it again with an exact-length
+//!   buffer. Readers that know their block size should pass exactly that buffer.
 //! - End of data is BLANK CHECK (tgt: with EOM, ASC 00/00) or NO SENSE 00/05: both are
 //!   [`ReadOutcome::EndOfData`].
 //! - SPACE -N filemarks lands one block too far on tgt: this crate never spaces backwards over
 //!   filemarks; it rewinds and spaces forward from BOT.
 //! - Early warning (NO SENSE + EOM on WRITE) is returned to the caller as `true`; the write
-//!   succeeded. tgt never reports a hard end (VOLUME OVERFLOW); real drives and the emulated
+//!   succeeded. tgt signals it on WRITE only, not on WRITE FILEMARKS. tgt never reports a hard end (VOLUME OVERFLOW); real drives and the emulated
 //!   drive do: [`DriveError::EndOfMedium`].
 //! - tgt raises UNIT ATTENTION 29/00 on the first command after login (INQUIRY excepted):
 //!   every command is repeated after a UNIT ATTENTION (at most 3 times), and the tracked
 //!   position is forgotten.
+//! - WORM: MODE SENSE medium type 0x01 (LTO WORM). tgt sets the WORMM bit of the medium
+//!   configuration page (0x1d) for every cartridge with medium type 0, so that bit counts
+//!   only with a non-zero medium type. WORM cartridges are never written by
+//!   [`TapeDrive::write_block`], [`TapeDrive::write_filemarks`] or [`TapeDrive::erase`].
 //! - LOAD/UNLOAD and PREVENT ALLOW MEDIUM REMOVAL are no-ops on tgt; nothing here depends on
 //!   them having an effect.
 //!
@@ -323,10 +331,14 @@ impl TapeDrive {
         self.write_protected = h.write_protected();
         self.fixed_block_len = h.block_len.unwrap_or(0);
         let cmd = spc::mode_sense6(ssc::MEDIUM_CONFIGURATION_PAGE, 0, spc::PageControl::Current, true, 255);
-        self.worm = match self.data_in(&cmd, &mut b, None) {
+        let wormm = match self.data_in(&cmd, &mut b, None) {
             Ok(n) => ssc::mode_worm(&b[..n]).unwrap_or(false),
             Err(_) => false,
         };
+        // Medium type 0x01 is a WORM cartridge on LTO drives (IBM, HP). The WORMM bit of
+        // page 0x1d is believed only with a non-data medium type: tgt sets it for every
+        // cartridge while reporting medium type 0.
+        self.worm = h.medium_type == 0x01 || (wormm && h.medium_type != 0x00);
         Ok(())
     }
 
@@ -515,7 +527,13 @@ impl TapeDrive {
             let actual = want as i64 - residue;
             advance(&mut self.pos);
             if residue >= 0 {
-                return Ok(ReadOutcome::Data(actual.max(0) as usize));
+                let actual = actual.max(0) as usize;
+                if c.transferred < actual {
+                    // The transport delivered less than the block (tgt sends only
+                    // "requested - block length" bytes): read the block again, exactly.
+                    return self.reread_exact(buf, actual);
+                }
+                return Ok(ReadOutcome::Data(actual));
             }
             return Err(DriveError::BlockTooLarge {
                 device: self.name.clone(),
@@ -530,6 +548,30 @@ impl TapeDrive {
         }
         self.pos = None;
         Err(self.check_error("READ(6)", s))
+    }
+
+    /// Spaces back over the block just read and reads it again with a buffer of exactly
+    /// its length, which needs no ILI and makes every transport deliver all of it.
+    fn reread_exact(&mut self, buf: &mut [u8], len: usize) -> Result<ReadOutcome> {
+        self.space_blocks(-1)?;
+        let cdb = ssc::read6_variable(len as u32, false);
+        let mut cmd = Command::read(&cdb, &mut buf[..len]);
+        cmd.timeout = Some(MOTION_TIMEOUT);
+        let c = self.exec(&mut cmd)?;
+        if c.status == Status::Good && c.transferred >= len {
+            if let Some((f, b)) = self.pos {
+                self.pos = Some((f, b + 1));
+            }
+            return Ok(ReadOutcome::Data(len));
+        }
+        self.pos = None;
+        match c.sense {
+            Some(s) if c.status == Status::CheckCondition => Err(self.check_error("READ(6)", s)),
+            _ => Err(DriveError::Malformed {
+                device: self.name.clone(),
+                command: format!("READ(6) of {len} bytes (re-read delivered {} bytes)", c.transferred),
+            }),
+        }
     }
 
     /// SPACE over `n` blocks (negative: towards BOT, within the current file).
@@ -686,6 +728,7 @@ impl TapeDrive {
         let mut b = [0u8; 512];
         match self.data_in(&ssc::log_sense(ssc::TAPE_ALERT_PAGE, 512), &mut b, None) {
             Ok(n) => Ok(ssc::tape_alerts(&b[..n])),
+            Err(DriveError::Unsupported { .. }) => Ok(Vec::new()),
             Err(DriveError::Check { ref sense, .. }) if is_unsupported(sense) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
