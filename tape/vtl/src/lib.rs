@@ -1,0 +1,590 @@
+//! `vtl`: an in-process emulated tape drive implementing [`scsi::ScsiTransport`] with the SSC
+//! semantics tgt lacks: READ POSITION with real block addresses, LOCATE(10/16), a hard end
+//! of medium (VOLUME OVERFLOW) after early warning, WORM media, write protection, TapeAlert.
+//! For fast tests of the drive layer and for a demo/dev mode; not a changer (yet).
+//!
+//! # Media files
+//! A cartridge is one file on disk, written by this crate only:
+//! ```text
+//!   header  "RVTAPE01" | capacity u64 LE | flags u8 (1 = WORM, 2 = write-protected)
+//!   records kind u8 (0 = block, 1 = filemark) | length u32 LE | data (blocks only)
+//! ```
+//! The record index is rebuilt from the file when a cartridge is loaded (a torn last record
+//! is dropped: it never completed). Writing at a position before end of data truncates the
+//! file there first (tape semantics: a write sets a new end of data).
+//!
+//! # Semantics
+//! The position is a logical object number: blocks and filemarks from BOT. `capacity` counts
+//! block bytes plus 8 bytes per record; early warning starts at `capacity - early_warning`.
+//! A WRITE past early warning succeeds with NO SENSE + EOM; one that would pass `capacity`
+//! fails with VOLUME OVERFLOW + EOM and writes nothing. READ of a filemark: NO SENSE +
+//! FILEMARK; at end of data: BLANK CHECK 00/05 + EOM; a block of another length than asked:
+//! NO SENSE + ILI with INFORMATION = requested - actual (signed). SPACE -N filemarks stops on
+//! the BOT side of the filemark (correctly, unlike tgt).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use scsi::cdb::op;
+use scsi::{Command, Completion, DataDir, Residual, ScsiTransport, Sense, Status, TransportError};
+
+const MAGIC: &[u8; 8] = b"RVTAPE01";
+const HEADER: u64 = 17;
+const REC_OVERHEAD: u64 = 8;
+/// Largest block the emulated drive takes (as LTO drives: 8 MiB).
+pub const MAX_BLOCK: u32 = 8 << 20;
+
+/// Options of a new cartridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediumOptions {
+    /// Usable bytes (block data plus 8 bytes per record).
+    pub capacity: u64,
+    pub worm: bool,
+    pub write_protected: bool,
+}
+
+/// Creates an empty cartridge file (fails if it exists).
+pub fn create_medium(path: &Path, opts: MediumOptions) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut h = Vec::with_capacity(HEADER as usize);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&opts.capacity.to_le_bytes());
+    h.push(u8::from(opts.worm) | (u8::from(opts.write_protected) << 1));
+    f.write_all(&h)?;
+    f.sync_all()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rec {
+    Block { off: u64, len: u32 },
+    Filemark { off: u64 },
+}
+
+impl Rec {
+    fn off(&self) -> u64 {
+        match *self {
+            Rec::Block { off, .. } | Rec::Filemark { off } => off,
+        }
+    }
+}
+
+/// Capacity used by records: their data plus [`REC_OVERHEAD`] each.
+fn used_by(recs: &[Rec]) -> u64 {
+    recs.iter().map(|r| REC_OVERHEAD + if let Rec::Block { len, .. } = r { u64::from(*len) } else { 0 }).sum()
+}
+
+#[derive(Debug)]
+struct Loaded {
+    path: PathBuf,
+    file: File,
+    capacity: u64,
+    worm: bool,
+    write_protected: bool,
+    recs: Vec<Rec>,
+    /// Logical object number of the head.
+    pos: usize,
+    /// Bytes used (file length minus header).
+    used: u64,
+}
+
+impl Loaded {
+    fn open(path: &Path) -> std::io::Result<Loaded> {
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        let mut h = [0u8; HEADER as usize];
+        file.read_exact(&mut h)?;
+        if &h[..8] != MAGIC {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an emulated tape cartridge"));
+        }
+        let capacity = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let len = file.metadata()?.len();
+        let mut recs = Vec::new();
+        let mut off = HEADER;
+        let mut r = std::io::BufReader::new(&mut file);
+        r.seek(SeekFrom::Start(HEADER))?;
+        while off + 5 <= len {
+            let mut rh = [0u8; 5];
+            r.read_exact(&mut rh)?;
+            let n = u32::from_le_bytes([rh[1], rh[2], rh[3], rh[4]]);
+            match rh[0] {
+                0 if off + 5 + u64::from(n) <= len => {
+                    recs.push(Rec::Block { off, len: n });
+                    r.seek_relative(i64::from(n))?;
+                    off += 5 + u64::from(n);
+                }
+                1 => {
+                    recs.push(Rec::Filemark { off });
+                    off += 5;
+                }
+                _ => break,
+            }
+        }
+        drop(r);
+        file.set_len(off)?;
+        let used = used_by(&recs);
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            file,
+            capacity,
+            worm: h[16] & 1 != 0,
+            write_protected: h[16] & 2 != 0,
+            recs,
+            pos: 0,
+            used,
+        })
+    }
+
+    fn files_before(&self, pos: usize) -> u64 {
+        self.recs[..pos.min(self.recs.len())].iter().filter(|r| matches!(r, Rec::Filemark { .. })).count() as u64
+    }
+
+    /// Truncates at the head (a write sets a new end of data).
+    fn truncate_here(&mut self) -> std::io::Result<()> {
+        if self.pos < self.recs.len() {
+            let off = self.recs[self.pos].off();
+            self.recs.truncate(self.pos);
+            self.file.set_len(off)?;
+            self.used = used_by(&self.recs);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, kind: u8, data: &[u8]) -> std::io::Result<()> {
+        let off = self.file.seek(SeekFrom::End(0))?;
+        let mut rec = Vec::with_capacity(5 + data.len());
+        rec.push(kind);
+        rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        rec.extend_from_slice(data);
+        self.file.write_all(&rec)?;
+        self.recs.push(if kind == 0 { Rec::Block { off, len: data.len() as u32 } } else { Rec::Filemark { off } });
+        self.used += REC_OVERHEAD + data.len() as u64;
+        self.pos = self.recs.len();
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    medium: Option<Loaded>,
+    block_len: u32,
+    prevent: bool,
+    /// TapeAlert flags to report (1..=64).
+    alerts: Vec<u8>,
+}
+
+/// An emulated tape drive.
+#[derive(Debug)]
+pub struct EmulatedDrive {
+    serial: String,
+    early_warning: u64,
+    state: Mutex<State>,
+}
+
+type Answer = (Status, Option<Vec<u8>>, usize);
+
+fn sense_bytes(key: u8, asc: u8, ascq: u8, bits: u8, info: Option<i64>) -> Vec<u8> {
+    let mut b = vec![0u8; 18];
+    b[0] = 0x70;
+    b[2] = key | bits;
+    if let Some(i) = info {
+        b[0] |= 0x80;
+        b[3..7].copy_from_slice(&(i as i32).to_be_bytes());
+    }
+    b[7] = 10;
+    b[12] = asc;
+    b[13] = ascq;
+    b
+}
+
+const FM: u8 = 0x80;
+const EOM: u8 = 0x40;
+const ILI: u8 = 0x20;
+
+fn check(key: u8, asc: u8, ascq: u8) -> Answer {
+    (Status::CheckCondition, Some(sense_bytes(key, asc, ascq, 0, None)), 0)
+}
+
+fn io_error(_: std::io::Error) -> Answer {
+    check(0x03, 0x0c, 0x00)
+}
+
+impl EmulatedDrive {
+    /// A drive with no cartridge; `early_warning` bytes before a cartridge's end signal EOM.
+    pub fn new(serial: &str, early_warning: u64) -> EmulatedDrive {
+        EmulatedDrive { serial: serial.to_string(), early_warning, state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads the cartridge file at `path` (as a changer would); the head is at BOT.
+    pub fn load_medium(&self, path: &Path) -> std::io::Result<()> {
+        let mut s = self.lock();
+        if s.medium.is_some() {
+            return Err(std::io::Error::other("a cartridge is already loaded"));
+        }
+        s.medium = Some(Loaded::open(path)?);
+        Ok(())
+    }
+
+    /// Ejects the cartridge, returning its file's path; `None` when empty. Refused while
+    /// PREVENT MEDIUM REMOVAL is in force.
+    pub fn unload_medium(&self) -> std::io::Result<Option<PathBuf>> {
+        let mut s = self.lock();
+        if s.prevent && s.medium.is_some() {
+            return Err(std::io::Error::other("medium removal prevented"));
+        }
+        Ok(s.medium.take().map(|m| {
+            let _ = m.file.sync_all();
+            m.path
+        }))
+    }
+
+    /// Sets the TapeAlert flags the drive reports (e.g. 20 = clean now).
+    pub fn set_tape_alerts(&self, flags: &[u8]) {
+        self.lock().alerts = flags.to_vec();
+    }
+
+    fn run(&self, cdb: &[u8], data: &mut DataDir<'_>) -> Answer {
+        let mut s = self.lock();
+        let opc = cdb.first().copied().unwrap_or(0xff);
+        let be24 = |i: usize| u32::from_be_bytes([0, cdb[i], cdb[i + 1], cdb[i + 2]]);
+        if cdb.len() < 6 {
+            return check(0x05, 0x20, 0x00);
+        }
+        // Commands that work without a cartridge.
+        match opc {
+            op::INQUIRY => return self.inquiry(cdb, data),
+            op::REQUEST_SENSE => return fill(data, &sense_bytes(0, 0, 0, 0, None)),
+            op::READ_BLOCK_LIMITS => {
+                let m = MAX_BLOCK.to_be_bytes();
+                return fill(data, &[0, m[1], m[2], m[3], 0, 1]);
+            }
+            op::PREVENT_ALLOW_MEDIUM_REMOVAL => {
+                s.prevent = cdb[4] & 1 != 0;
+                return (Status::Good, None, 0);
+            }
+            op::LOG_SENSE => {
+                if cdb[2] & 0x3f != 0x2e {
+                    return check(0x05, 0x24, 0x00);
+                }
+                let mut p = vec![0x2e, 0, 0, 0];
+                for code in 1u16..=64 {
+                    p.extend_from_slice(&code.to_be_bytes());
+                    p.extend_from_slice(&[0x03, 1, u8::from(s.alerts.contains(&(code as u8)))]);
+                }
+                let l = (p.len() - 4) as u16;
+                p[2..4].copy_from_slice(&l.to_be_bytes());
+                return fill(data, &p);
+            }
+            _ => {}
+        }
+        if s.medium.is_none() {
+            return check(0x02, 0x3a, 0x00);
+        }
+        match opc {
+            op::LOAD_UNLOAD => {
+                if cdb[4] & 1 == 0 {
+                    if s.prevent {
+                        return check(0x05, 0x53, 0x02);
+                    }
+                    if let Some(m) = s.medium.take() {
+                        let _ = m.file.sync_all();
+                    }
+                } else if let Some(m) = s.medium.as_mut() {
+                    m.pos = 0;
+                }
+                return (Status::Good, None, 0);
+            }
+            op::MODE_SELECT_6 => {
+                let DataDir::Out(p) = data else { return check(0x05, 0x24, 0x00) };
+                if p.len() >= 12 && p[3] >= 8 {
+                    s.block_len = u32::from_be_bytes([0, p[9], p[10], p[11]]);
+                }
+                return (Status::Good, None, 0);
+            }
+            _ => {}
+        }
+        let ew = self.early_warning;
+        let block_len = s.block_len;
+        let Some(m) = s.medium.as_mut() else { return check(0x02, 0x3a, 0x00) };
+        match opc {
+            op::TEST_UNIT_READY => (Status::Good, None, 0),
+            op::REWIND => {
+                m.pos = 0;
+                (Status::Good, None, 0)
+            }
+            op::MODE_SENSE_6 => {
+                let page = cdb[2] & 0x3f;
+                let dbd = cdb[1] & 0x08 != 0;
+                let mut b = vec![0, u8::from(m.worm), 0x10 | if m.write_protected { 0x80 } else { 0 }, 0];
+                if !dbd {
+                    b[3] = 8;
+                    let l = block_len.to_be_bytes();
+                    b.extend_from_slice(&[0x58, 0, 0, 0, 0, l[1], l[2], l[3]]);
+                }
+                if page == 0x1d || page == 0x3f {
+                    let mut p = vec![0u8; 32];
+                    p[0] = 0x1d;
+                    p[1] = 30;
+                    p[2] = u8::from(m.worm);
+                    b.extend_from_slice(&p);
+                }
+                b[0] = (b.len() - 1) as u8;
+                fill(data, &b)
+            }
+            op::READ_6 => {
+                if cdb[1] & 1 != 0 {
+                    return check(0x05, 0x24, 0x00); // fixed mode not emulated
+                }
+                let want = be24(2) as usize;
+                let DataDir::In(buf) = data else { return check(0x05, 0x24, 0x00) };
+                let want = want.min(buf.len());
+                match m.recs.get(m.pos).copied() {
+                    None => (Status::CheckCondition, Some(sense_bytes(0x08, 0x00, 0x05, EOM, Some(want as i64))), 0),
+                    Some(Rec::Filemark { .. }) => {
+                        m.pos += 1;
+                        (Status::CheckCondition, Some(sense_bytes(0x00, 0x00, 0x01, FM, Some(want as i64))), 0)
+                    }
+                    Some(Rec::Block { off, len }) => {
+                        let n = want.min(len as usize);
+                        if m.file.seek(SeekFrom::Start(off + 5)).and_then(|_| m.file.read_exact(&mut buf[..n])).is_err()
+                        {
+                            return check(0x03, 0x11, 0x00);
+                        }
+                        m.pos += 1;
+                        if len as usize == want {
+                            (Status::Good, None, n)
+                        } else {
+                            let info = want as i64 - i64::from(len);
+                            (Status::CheckCondition, Some(sense_bytes(0x00, 0, 0, ILI, Some(info))), n)
+                        }
+                    }
+                }
+            }
+            op::WRITE_6 | op::WRITE_FILEMARKS_6 => {
+                if opc == op::WRITE_6 && cdb[1] & 1 != 0 {
+                    return check(0x05, 0x24, 0x00);
+                }
+                let payload: &[u8] = match (opc, &*data) {
+                    (op::WRITE_6, DataDir::Out(b)) => &b[..(be24(2) as usize).min(b.len())],
+                    (op::WRITE_6, _) => return check(0x05, 0x24, 0x00),
+                    _ => &[],
+                };
+                let count = if opc == op::WRITE_6 { 1 } else { be24(2) as usize };
+                if opc == op::WRITE_6 && payload.len() > MAX_BLOCK as usize {
+                    return check(0x05, 0x24, 0x00);
+                }
+                if count == 0 {
+                    return (Status::Good, None, 0);
+                }
+                if m.write_protected {
+                    return check(0x07, 0x27, 0x00);
+                }
+                if m.worm && m.pos < m.recs.len() {
+                    return check(0x07, 0x30, 0x0c); // WORM medium, overwrite attempted
+                }
+                if let Err(e) = m.truncate_here() {
+                    return io_error(e);
+                }
+                let need = (REC_OVERHEAD + payload.len() as u64) * count as u64;
+                if m.used + need > m.capacity {
+                    return (Status::CheckCondition, Some(sense_bytes(0x0d, 0x00, 0x02, EOM, Some(count as i64))), 0);
+                }
+                for _ in 0..count {
+                    let r = if opc == op::WRITE_6 { m.append(0, payload) } else { m.append(1, &[]) };
+                    if let Err(e) = r {
+                        return io_error(e);
+                    }
+                }
+                if m.used > m.capacity.saturating_sub(ew) {
+                    (Status::CheckCondition, Some(sense_bytes(0x00, 0x00, 0x02, EOM, Some(0))), payload.len())
+                } else {
+                    (Status::Good, None, payload.len())
+                }
+            }
+            op::SPACE_6 => {
+                let n = i32::from_be_bytes([if cdb[2] & 0x80 != 0 { 0xff } else { 0 }, cdb[2], cdb[3], cdb[4]]);
+                space(m, cdb[1] & 0x0f, n)
+            }
+            op::ERASE_6 => {
+                if m.worm || m.write_protected {
+                    return check(0x07, 0x27, 0x00);
+                }
+                match m.truncate_here() {
+                    Ok(()) => (Status::Good, None, 0),
+                    Err(e) => io_error(e),
+                }
+            }
+            op::LOCATE_10 | op::LOCATE_16 => {
+                let target = if opc == op::LOCATE_10 {
+                    u64::from(u32::from_be_bytes([cdb[3], cdb[4], cdb[5], cdb[6]]))
+                } else if cdb.len() >= 12 {
+                    u64::from_be_bytes(cdb[4..12].try_into().unwrap_or_default())
+                } else {
+                    return check(0x05, 0x24, 0x00);
+                };
+                if target as usize > m.recs.len() {
+                    m.pos = m.recs.len();
+                    return (Status::CheckCondition, Some(sense_bytes(0x08, 0x00, 0x05, EOM, None)), 0);
+                }
+                m.pos = target as usize;
+                (Status::Good, None, 0)
+            }
+            op::READ_POSITION => {
+                let sa = cdb[1] & 0x1f;
+                let bop = m.pos == 0;
+                let eop = m.used > m.capacity.saturating_sub(ew) && m.pos == m.recs.len();
+                let flags = (u8::from(bop) << 7) | (u8::from(eop) << 6);
+                match sa {
+                    0 | 1 => {
+                        let mut b = vec![0u8; 20];
+                        b[0] = flags;
+                        b[4..8].copy_from_slice(&(m.pos as u32).to_be_bytes());
+                        b[8..12].copy_from_slice(&(m.pos as u32).to_be_bytes());
+                        fill(data, &b)
+                    }
+                    6 => {
+                        let mut b = vec![0u8; 32];
+                        b[0] = flags;
+                        b[8..16].copy_from_slice(&(m.pos as u64).to_be_bytes());
+                        b[16..24].copy_from_slice(&m.files_before(m.pos).to_be_bytes());
+                        fill(data, &b)
+                    }
+                    _ => check(0x05, 0x24, 0x00),
+                }
+            }
+            _ => check(0x05, 0x20, 0x00),
+        }
+    }
+
+    fn inquiry(&self, cdb: &[u8], data: &mut DataDir<'_>) -> Answer {
+        if cdb[1] & 1 != 0 {
+            return match cdb[2] {
+                0x00 => fill(data, &[1, 0, 0, 0, 2, 0x00, 0x80]),
+                0x80 => {
+                    let mut b = vec![1, 0x80, 0, self.serial.len() as u8];
+                    b.extend_from_slice(self.serial.as_bytes());
+                    fill(data, &b)
+                }
+                _ => check(0x05, 0x24, 0x00),
+            };
+        }
+        let mut b = vec![0u8; 36];
+        b[0] = 0x01;
+        b[1] = 0x80;
+        b[2] = 0x06;
+        b[3] = 0x02;
+        b[4] = 31;
+        b[8..16].copy_from_slice(b"RVEMU   ");
+        b[16..32].copy_from_slice(b"EMULATED-TAPE   ");
+        b[32..36].copy_from_slice(b"0001");
+        fill(data, &b)
+    }
+}
+
+fn space(m: &mut Loaded, code: u8, n: i32) -> Answer {
+    let eod = m.recs.len();
+    match code {
+        0 => {
+            // Blocks: stop at a filemark (FILEMARK sense, positioned past it going forward,
+            // before it going backward) or at BOT/EOD.
+            let mut left = n.unsigned_abs() as usize;
+            while left > 0 {
+                if n > 0 {
+                    match m.recs.get(m.pos) {
+                        None => {
+                            return (
+                                Status::CheckCondition,
+                                Some(sense_bytes(0x08, 0x00, 0x05, EOM, Some(left as i64))),
+                                0,
+                            )
+                        }
+                        Some(Rec::Filemark { .. }) => {
+                            m.pos += 1;
+                            return (
+                                Status::CheckCondition,
+                                Some(sense_bytes(0x00, 0x00, 0x01, FM, Some(left as i64))),
+                                0,
+                            );
+                        }
+                        Some(_) => m.pos += 1,
+                    }
+                } else {
+                    if m.pos == 0 {
+                        return (
+                            Status::CheckCondition,
+                            Some(sense_bytes(0x00, 0x00, 0x04, EOM, Some(left as i64))),
+                            0,
+                        );
+                    }
+                    if let Rec::Filemark { .. } = m.recs[m.pos - 1] {
+                        return (Status::CheckCondition, Some(sense_bytes(0x00, 0x00, 0x01, FM, Some(left as i64))), 0);
+                    }
+                    m.pos -= 1;
+                }
+                left -= 1;
+            }
+            (Status::Good, None, 0)
+        }
+        1 => {
+            let mut left = n.unsigned_abs() as usize;
+            while left > 0 {
+                if n > 0 {
+                    let Some(i) = (m.pos..eod).find(|&i| matches!(m.recs[i], Rec::Filemark { .. })) else {
+                        m.pos = eod;
+                        return (
+                            Status::CheckCondition,
+                            Some(sense_bytes(0x08, 0x00, 0x05, EOM, Some(left as i64))),
+                            0,
+                        );
+                    };
+                    m.pos = i + 1;
+                } else {
+                    let Some(i) = (0..m.pos).rev().find(|&i| matches!(m.recs[i], Rec::Filemark { .. })) else {
+                        m.pos = 0;
+                        return (
+                            Status::CheckCondition,
+                            Some(sense_bytes(0x00, 0x00, 0x04, EOM, Some(left as i64))),
+                            0,
+                        );
+                    };
+                    m.pos = i; // on the BOT side of the filemark
+                }
+                left -= 1;
+            }
+            (Status::Good, None, 0)
+        }
+        3 => {
+            m.pos = eod;
+            (Status::Good, None, 0)
+        }
+        _ => check(0x05, 0x24, 0x00),
+    }
+}
+
+fn fill(data: &mut DataDir<'_>, src: &[u8]) -> Answer {
+    match data {
+        DataDir::In(b) => {
+            let n = b.len().min(src.len());
+            b[..n].copy_from_slice(&src[..n]);
+            (Status::Good, None, n)
+        }
+        _ => (Status::Good, None, 0),
+    }
+}
+
+impl ScsiTransport for EmulatedDrive {
+    fn execute(&self, cmd: &mut Command<'_>) -> Result<Completion, TransportError> {
+        let (status, sense, transferred) = self.run(cmd.cdb, &mut cmd.data);
+        let len = cmd.data.len();
+        let residual = if transferred < len { Residual::Under(len - transferred) } else { Residual::None };
+        Ok(Completion { status, sense: sense.and_then(|b| Sense::parse(&b)), residual, transferred })
+    }
+
+    fn describe(&self) -> String {
+        format!("emulated tape drive {}", self.serial)
+    }
+}
