@@ -21,6 +21,7 @@
 //! reading any byte at or past `size()` is an error, never silently zero.
 
 pub mod file;
+pub mod mem;
 pub mod related;
 pub mod table_cache;
 

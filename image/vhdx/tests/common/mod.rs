@@ -11,47 +11,12 @@ use std::path::Path;
 use std::process::Command;
 
 use blocksource::file::FileSource;
-use blocksource::{BlockSource, Extent, ExtentKind, ReadRequest, SourceError};
-use vhdx::{BackingOpener, LocalBackingOpener, VhdxSource};
+use blocksource::{BlockSource, ExtentKind, ReadRequest, SourceError};
+use vhdx::{LocalBackingOpener, VhdxSource};
 
-/// An in-memory container, for corrupted copies of images.
-#[derive(Debug)]
-pub struct MemSource {
-    pub data: Vec<u8>,
-    pub name: String,
-}
+pub use blocksource::mem::MemSource;
 
-impl BlockSource for MemSource {
-    fn size(&self) -> u64 {
-        self.data.len() as u64
-    }
-    fn describe(&self) -> String {
-        self.name.clone()
-    }
-    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
-        let end = offset.saturating_add(len).min(self.size());
-        Ok(vec![Extent { offset, len: end.saturating_sub(offset), kind: ExtentKind::Data }])
-    }
-    fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
-        for r in reqs.iter_mut() {
-            blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size())?;
-            let o = r.offset as usize;
-            r.buf.copy_from_slice(&self.data[o..o + r.buf.len()]);
-        }
-        Ok(())
-    }
-}
-
-/// Opener for in-memory images: parents are refused (with an error, not a panic, as corrupted
-/// metadata may name one).
-#[derive(Debug)]
-pub struct NoBacking;
-
-impl BackingOpener for NoBacking {
-    fn open_backing(&self, name: &str, child: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
-        Err(SourceError::Unsupported { what: child.to_string(), detail: format!("test: no parents ({name:?})") })
-    }
-}
+pub use blocksource::mem::NoBacking;
 
 /// Open a local VHDX file the way production does.
 pub fn open(path: &Path) -> Result<VhdxSource, SourceError> {

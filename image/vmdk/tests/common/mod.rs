@@ -14,33 +14,7 @@ use vmdk::{BackingOpener, LocalBackingOpener, VmdkSource};
 
 pub const MIB: u64 = 1 << 20;
 
-/// An in-memory container, for corrupted copies of images.
-#[derive(Debug)]
-pub struct MemSource {
-    pub data: Vec<u8>,
-    pub name: String,
-}
-
-impl BlockSource for MemSource {
-    fn size(&self) -> u64 {
-        self.data.len() as u64
-    }
-    fn describe(&self) -> String {
-        self.name.clone()
-    }
-    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, SourceError> {
-        let end = offset.saturating_add(len).min(self.size());
-        Ok(vec![Extent { offset, len: end.saturating_sub(offset), kind: ExtentKind::Data }])
-    }
-    fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
-        for r in reqs.iter_mut() {
-            blocksource::check_range(&|| self.describe(), r.offset, r.buf.len() as u64, self.size())?;
-            let o = r.offset as usize;
-            r.buf.copy_from_slice(&self.data[o..o + r.buf.len()]);
-        }
-        Ok(())
-    }
-}
+pub use blocksource::mem::MemSource;
 
 /// Opener for in-memory sets of files: names are looked up as given (no directories).
 #[derive(Debug, Default)]
