@@ -52,11 +52,16 @@
 //! ILI read of a block longer than the buffer on drives that do not say where they stopped.
 //! [`TapeDrive::locate`] always ends at a known position or fails. When the drive reports a
 //! trustworthy READ POSITION, [`TapeDrive::position`] returns the drive's logical object
-//! number beside the tracked values.
+//! number beside the tracked values and records where each file starts (object number minus
+//! block in file); [`TapeDrive::locate`] then issues one LOCATE(16) to a known file start plus
+//! the block, and a position lost by LOCATE or SPACE to end of data is recovered from the long
+//! form's file number. File starts are forgotten on a medium change (UNIT ATTENTION, no
+//! medium, load, unload) and past the head on every write.
 //!
 //! SG_IO (`/dev/sg*`) is not implemented here: it is a [`scsi::ScsiTransport`] of its own,
 //! needing `unsafe` ioctls, to be added in a separate crate.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,6 +226,10 @@ pub struct TapeDrive {
     write_protected: bool,
     fixed_block_len: u32,
     early_warning: bool,
+    /// Drives with READ POSITION: logical object number of each file's first block, learnt
+    /// whenever the tracked position and the drive's position were both known. Forgotten on
+    /// a medium change; entries past a write are dropped (the write set a new end of data).
+    file_starts: BTreeMap<u64, u64>,
 }
 
 fn is_unsupported(s: &Sense) -> bool {
@@ -249,6 +258,7 @@ impl TapeDrive {
             write_protected: false,
             fixed_block_len: 0,
             early_warning: false,
+            file_starts: BTreeMap::new(),
         };
         let mut buf = [0u8; 96];
         let n = d.data_in(&spc::inquiry(96), &mut buf, None)?;
@@ -303,6 +313,7 @@ impl TapeDrive {
             return match (s.key, s.asc, s.ascq) {
                 (SenseKey::NotReady, 0x3a, _) => {
                     self.pos = None;
+                    self.file_starts.clear();
                     Ok(MediaState::NoMedium)
                 }
                 (SenseKey::NotReady, 0x04, 0x01) => Ok(MediaState::BecomingReady),
@@ -372,6 +383,7 @@ impl TapeDrive {
     /// LOAD: threads the cartridge and positions at BOT.
     pub fn load(&mut self) -> Result<()> {
         self.pos = None;
+        self.file_starts.clear();
         self.motion("LOAD UNLOAD", &ssc::load_unload(true, false))?;
         self.pos = Some((0, 0));
         self.early_warning = false;
@@ -381,6 +393,7 @@ impl TapeDrive {
     /// UNLOAD: rewinds and ejects, so the changer can take the cartridge.
     pub fn unload(&mut self) -> Result<()> {
         self.pos = None;
+        self.file_starts.clear();
         self.motion("LOAD UNLOAD", &ssc::load_unload(false, false))
     }
 
@@ -424,6 +437,7 @@ impl TapeDrive {
                 max,
             });
         }
+        self.forget_files_after_head();
         let cdb = ssc::write6_variable(data.len() as u32);
         let ew = self.write_like("WRITE(6)", &cdb, data)?;
         if let Some((f, b)) = self.pos {
@@ -438,6 +452,9 @@ impl TapeDrive {
         if n > 0 {
             self.check_writable()?;
         }
+        if n > 0 {
+            self.forget_files_after_head();
+        }
         let ew = self.write_like("WRITE FILEMARKS(6)", &ssc::write_filemarks6(n, false), &[])?;
         if n > 0 {
             if let Some((f, _)) = self.pos {
@@ -445,6 +462,16 @@ impl TapeDrive {
             }
         }
         Ok(ew)
+    }
+
+    /// A write at the head sets a new end of data: files after the head's file are gone.
+    fn forget_files_after_head(&mut self) {
+        match self.pos {
+            Some((f, _)) => {
+                self.file_starts.split_off(&(f + 1));
+            }
+            None => self.file_starts.clear(),
+        }
     }
 
     fn write_like(&mut self, what: &str, cdb: &[u8], data: &[u8]) -> Result<bool> {
@@ -660,8 +687,32 @@ impl TapeDrive {
     /// Where the head is: the tracked (file, block), plus the drive's logical object number
     /// when it reports one. `None` when neither is known (after an error or SPACE to EOD on a
     /// drive without READ POSITION): [`rewind`](Self::rewind) or [`locate`](Self::locate).
+    ///
+    /// On drives with READ POSITION this also learns where each file starts, which lets
+    /// [`locate`](Self::locate) use LOCATE, and recovers the tracked position after a
+    /// [`locate_object`](Self::locate_object) or SPACE to end of data into a known file.
     pub fn position(&mut self) -> Result<Option<TapePosition>> {
         let hw = self.hw_read_position()?;
+        if let Some(p) = hw {
+            match self.pos {
+                Some((f, b)) if p.block >= b => {
+                    self.file_starts.insert(f, p.block - b);
+                }
+                Some(_) => {}
+                None => {
+                    let start = match p.file {
+                        Some(0) => Some(0),
+                        Some(f) => self.file_starts.get(&f).copied(),
+                        None => None,
+                    };
+                    if let (Some(f), Some(s)) = (p.file, start) {
+                        if p.block >= s {
+                            self.pos = Some((f, p.block - s));
+                        }
+                    }
+                }
+            }
+        }
         Ok(self.pos.map(|(file, block)| TapePosition { file, block, object: hw.map(|p| p.block) }))
     }
 
@@ -695,11 +746,26 @@ impl TapeDrive {
         Ok(())
     }
 
-    /// Positions the head before block `block` of file `file` (file 0 starts at BOT). Uses
-    /// forward SPACE blocks when already in that file before the target, else REWIND, SPACE
-    /// `file` filemarks forward, SPACE `block` blocks: always spacing forward from a known
-    /// point. Ends with a known tracked position, or an error.
+    /// Positions the head before block `block` of file `file` (file 0 starts at BOT).
+    ///
+    /// On a drive with READ POSITION and LOCATE whose file start is known (learnt by
+    /// [`position`](Self::position)), one LOCATE(16). Otherwise forward SPACE blocks when
+    /// already in that file before the target, else REWIND, SPACE `file` filemarks forward,
+    /// SPACE `block` blocks: always spacing forward from a known point (tgt's backward
+    /// SPACE over filemarks is off by one block). Ends with a known tracked position, or an
+    /// error.
     pub fn locate(&mut self, file: u64, block: u64) -> Result<()> {
+        let start = if file == 0 { Some(0) } else { self.file_starts.get(&file).copied() };
+        if let (Some(true), Some(start), false) = (self.hw_position, start, self.hw_locate == Some(false)) {
+            match self.locate_object(start + block) {
+                Ok(()) => {
+                    self.pos = Some((file, block));
+                    return Ok(());
+                }
+                Err(DriveError::Unsupported { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         if block >= 1 << 23 || file >= 1 << 23 {
             return Err(DriveError::Unsupported {
                 device: self.name.clone(),
@@ -761,6 +827,7 @@ impl TapeDrive {
                 break;
             }
             self.pos = None;
+            self.file_starts.clear();
             c = self.t.execute(cmd)?;
         }
         Ok(c)

@@ -177,6 +177,8 @@ struct State {
 #[derive(Debug)]
 pub struct EmulatedDrive {
     serial: String,
+    /// Commands executed, per operation code.
+    counts: Mutex<Vec<u64>>,
     early_warning: u64,
     state: Mutex<State>,
 }
@@ -212,7 +214,17 @@ fn io_error(_: std::io::Error) -> Answer {
 impl EmulatedDrive {
     /// A drive with no cartridge; `early_warning` bytes before a cartridge's end signal EOM.
     pub fn new(serial: &str, early_warning: u64) -> EmulatedDrive {
-        EmulatedDrive { serial: serial.to_string(), early_warning, state: Mutex::new(State::default()) }
+        EmulatedDrive {
+            serial: serial.to_string(),
+            counts: Mutex::new(vec![0; 256]),
+            early_warning,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// How many commands with operation code `opcode` were executed (for tests).
+    pub fn commands_seen(&self, opcode: u8) -> u64 {
+        self.counts.lock().map(|c| c[usize::from(opcode)]).unwrap_or(0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -578,6 +590,9 @@ fn fill(data: &mut DataDir<'_>, src: &[u8]) -> Answer {
 
 impl ScsiTransport for EmulatedDrive {
     fn execute(&self, cmd: &mut Command<'_>) -> Result<Completion, TransportError> {
+        if let (Ok(mut c), Some(&o)) = (self.counts.lock(), cmd.cdb.first()) {
+            c[usize::from(o)] += 1;
+        }
         let (status, sense, transferred) = self.run(cmd.cdb, &mut cmd.data);
         let len = cmd.data.len();
         let residual = if transferred < len { Residual::Under(len - transferred) } else { Residual::None };

@@ -78,15 +78,20 @@ fn emulated_drive_full_ssc() {
     // Hardware LOCATE to logical objects: file 1 block 1 is object 4 (blocks) + 1 (FM) + 1.
     d.locate_object(6).unwrap();
     read_expect(&mut d, &mut buf, 1, 1);
-    let p = d.position().unwrap();
-    assert_eq!(p, None, "tracked position is unknown after a hardware LOCATE");
-    // Tracked locate (REWIND + SPACE) in every direction.
+    // The tracked position is recovered from READ POSITION (long form: file number) and the
+    // file starts learnt while writing.
+    let p = d.position().unwrap().unwrap();
+    assert_eq!((p.file, p.block, p.object), (1, 2, Some(7)));
+    // locate(file, block) uses LOCATE, never REWIND + SPACE, on this drive.
+    let (rewinds, spaces) = (emu.commands_seen(0x01), emu.commands_seen(0x11));
     for (f, b) in [(2u64, 0u64), (0, 3), (0, 1), (1, 2), (1, 0)] {
         d.locate(f, b).unwrap();
         let p = d.position().unwrap().unwrap();
         assert_eq!((p.file, p.block), (f, b));
         read_expect(&mut d, &mut buf, f, b);
     }
+    assert_eq!((emu.commands_seen(0x01), emu.commands_seen(0x11)), (rewinds, spaces));
+    assert!(emu.commands_seen(0x92) >= 6);
     // A block larger than the buffer, then space back and read it whole.
     d.locate(1, 1).unwrap();
     let e = d.read_block(&mut buf[..4096]).unwrap_err();
