@@ -65,8 +65,9 @@ impl Tgt {
 
 #[test]
 fn every_disk_format_over_nfs_restores_to_the_guest_view() {
-    let Some(nfs) = Nfs::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("nfs").read();
+    let Some(nfs) = Nfs::get() else { return };
     let dir = scratch("nfs-formats");
     let (export, rel) = nfs.dir("formats");
     let raw = dir.path().join("vm.raw");
@@ -154,8 +155,9 @@ nvram = "web01.nvram"
 
 #[test]
 fn a_vm_folder_over_nfs_is_one_restore_point_with_every_disk_and_its_vmx() {
-    let Some(nfs) = Nfs::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("nfs").read();
+    let Some(nfs) = Nfs::get() else { return };
     let dir = scratch("nfs-vmfolder");
     let (export, rel) = nfs.dir("vmfolder");
     let (want0, want1) = make_vm_folder(&export, dir.path());
@@ -206,8 +208,9 @@ fn a_vm_folder_over_nfs_is_one_restore_point_with_every_disk_and_its_vmx() {
 
 #[test]
 fn corrupt_images_over_nfs_fail_clearly_and_leave_no_restore_point() {
-    let Some(nfs) = Nfs::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("nfs").read();
+    let Some(nfs) = Nfs::get() else { return };
     let dir = scratch("nfs-corrupt");
     let (export, rel) = nfs.dir("corrupt");
     let raw = dir.path().join("vm.raw");
@@ -242,8 +245,9 @@ fn corrupt_images_over_nfs_fail_clearly_and_leave_no_restore_point() {
 
 #[test]
 fn nfs_server_restart_mid_backup_finishes_or_fails_cleanly() {
-    let Some(nfs) = Nfs::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _exclusive = peer_lock("nfs").write();
+    let Some(nfs) = Nfs::get() else { return };
     let dir = scratch("nfs-restart");
     let store = dir.path().join("store");
     let url = nfs.url(&nfs.env["RV_NFS_DISK_FILE"]);
@@ -280,8 +284,9 @@ fn verify_clean_if_exists(store: &Path) {
 
 #[test]
 fn iscsi_luns_open_chap_and_mutual_chap_restore_exactly() {
-    let Some(tgt) = Tgt::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("tgt").read();
+    let Some(tgt) = Tgt::get() else { return };
     // Discovery lists all four targets of the portal.
     let found = rv!["probe", format!("iscsi://{}", tgt.e("PORTAL")), "--json"].run().success().json();
     let names: Vec<&str> = found["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -328,8 +333,9 @@ fn iscsi_luns_open_chap_and_mutual_chap_restore_exactly() {
 
 #[test]
 fn wrong_iscsi_credentials_fail_clearly_without_a_restore_point() {
-    let Some(tgt) = Tgt::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("tgt").read();
+    let Some(tgt) = Tgt::get() else { return };
     let dir = scratch("iscsi-badauth");
     let store = dir.path().join("store");
     let user = tgt.e("CHAP_USER");
@@ -352,8 +358,9 @@ fn wrong_iscsi_credentials_fail_clearly_without_a_restore_point() {
 
 #[test]
 fn thin_lun_unmapped_ranges_are_never_read() {
-    let Some(tgt) = Tgt::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("tgt").read();
+    let Some(tgt) = Tgt::get() else { return };
     let dir = scratch("iscsi-thin");
     let store = dir.path().join("store");
     let layout = std::fs::read_to_string(tgt.e("THIN_LAYOUT")).unwrap();
@@ -370,8 +377,9 @@ fn thin_lun_unmapped_ranges_are_never_read() {
 
 #[test]
 fn iscsi_target_restart_mid_backup_finishes_or_fails_cleanly() {
-    let Some(tgt) = Tgt::get() else { return };
+    // Lock before reading the env file: a restart test removes it while the peer is down.
     let _exclusive = peer_lock("tgt").write();
+    let Some(tgt) = Tgt::get() else { return };
     let dir = scratch("iscsi-restart");
     let store = dir.path().join("store");
     let want = hash_file(Path::new(tgt.e("IMG")));
