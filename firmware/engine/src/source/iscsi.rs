@@ -176,32 +176,18 @@ impl BlockSource for IscsiDisk {
             offset,
             source: io::Error::other(e.to_string()),
         })?;
-        let mut out = Vec::with_capacity(map.len());
-        for x in map {
-            let s = (x.lba * bs).max(offset);
-            let t = ((x.lba + x.blocks) * bs).min(end);
-            if s < t {
+        // `lba_status` covers the whole range in order, reporting anything the unit did not
+        // describe as mapped, so the extents only need clipping to the byte range.
+        let extents = map
+            .into_iter()
+            .map(|x| {
+                let s = (x.lba * bs).max(offset);
+                let t = ((x.lba + x.blocks) * bs).min(end);
                 let kind = if x.mapped || !unmapped_is_zero { ExtentKind::Data } else { ExtentKind::Zero };
-                out.push(Extent { offset: s, len: t - s, kind });
-            }
-        }
-        // Anything the target did not describe is read, never assumed zero.
-        let mut full = Vec::with_capacity(out.len() + 2);
-        let mut at = offset;
-        for e in out {
-            if e.offset > at {
-                full.push(Extent { offset: at, len: e.offset - at, kind: ExtentKind::Data });
-            }
-            if e.end() > at {
-                let s = e.offset.max(at);
-                full.push(Extent { offset: s, len: e.end() - s, kind: e.kind });
-                at = e.end();
-            }
-        }
-        if at < end {
-            full.push(Extent { offset: at, len: end - at, kind: ExtentKind::Data });
-        }
-        Ok(coalesce(full))
+                Extent { offset: s, len: t.saturating_sub(s), kind }
+            })
+            .collect();
+        Ok(coalesce(extents))
     }
     fn read_many(&self, reqs: &mut [ReadRequest<'_>]) -> Result<(), SourceError> {
         for r in reqs.iter() {
