@@ -33,6 +33,17 @@ pub struct NfsSpec {
 
 impl NfsSpec {
     pub fn parse(spec: &str) -> Result<NfsSpec, EngineError> {
+        let parsed = Self::parse_server(spec)?;
+        if parsed.path.is_empty() {
+            return Err(EngineError::Invalid(
+                "nfs:// source URL: no export path; use nfs://host/export/path/to/disk".into(),
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// Parse a URL that may name only the server (`nfs://host[:port][?options]`, an empty path).
+    fn parse_server(spec: &str) -> Result<NfsSpec, EngineError> {
         let u = SourceUrl::parse(spec, "nfs")?;
         if u.user.is_some() {
             return Err(EngineError::Invalid(
@@ -59,11 +70,6 @@ impl NfsSpec {
         }
         let folder = u.path.ends_with('/');
         let path = u.path.trim_end_matches('/').to_string();
-        if path.is_empty() {
-            return Err(EngineError::Invalid(
-                "nfs:// source URL: no export path; use nfs://host/export/path/to/disk".into(),
-            ));
-        }
         Ok(NfsSpec { host: u.host, nfs_port, mount_port, uid, gid, connections, path, folder })
     }
 
@@ -105,12 +111,7 @@ fn nfs_error(what: &str, e: NfsError) -> SourceError {
 
 /// The exports of the server an `nfs://host[:port][?options]` URL names: `(server, exports)`.
 pub(super) fn exports_of(url: &str) -> Result<(String, Vec<String>), EngineError> {
-    // Parse with a placeholder path; only the server and its options matter here.
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h.trim_end_matches('/'), format!("?{q}")),
-        None => (url.trim_end_matches('/'), String::new()),
-    };
-    let spec = NfsSpec::parse(&format!("{head}/probe{query}"))?;
+    let spec = NfsSpec::parse_server(url)?;
     let exports = nfs3::list_exports(&spec.options()).map_err(|e| nfs_error(&spec.base(), e))?;
     Ok((spec.base(), exports))
 }
