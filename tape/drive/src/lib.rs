@@ -58,8 +58,8 @@
 //! form's file number. File starts are forgotten on a medium change (UNIT ATTENTION, no
 //! medium, load, unload) and past the head on every write.
 //!
-//! SG_IO (`/dev/sg*`) is not implemented here: it is a [`scsi::ScsiTransport`] of its own,
-//! needing `unsafe` ioctls, to be added in a separate crate.
+//! SG_IO (`/dev/sg*`) is not implemented here: it is a [`scsi::ScsiTransport`] of its own, the
+//! `sgio` crate's `SgDevice`, which a `TapeDrive` takes like any other transport.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
