@@ -1,7 +1,9 @@
 //! `vtl`: an in-process emulated tape drive implementing [`scsi::ScsiTransport`] with the SSC
 //! semantics tgt lacks: READ POSITION with real block addresses, LOCATE(10/16), a hard end
 //! of medium (VOLUME OVERFLOW) after early warning, WORM media, write protection, TapeAlert.
-//! For fast tests of the drive layer and for a demo/dev mode; not a changer (yet).
+//! For fast tests of the drive layer and for a demo/dev mode. [`EmulatedLibrary`] (module
+//! [`library`]) puts drives, slots, mail slots and a picker around them with full SMC
+//! semantics.
 //!
 //! # Media files
 //! A cartridge is one file on disk, written by this crate only:
@@ -21,13 +23,35 @@
 //! FILEMARK; at end of data: BLANK CHECK 00/05 + EOM; a block of another length than asked:
 //! NO SENSE + ILI with INFORMATION = requested - actual (signed). SPACE -N filemarks stops on
 //! the BOT side of the filemark (correctly, unlike tgt).
+//!
+//! Like a real drive: loading a cartridge raises UNIT ATTENTION 28/00 (medium may have
+//! changed) once, on the next command other than INQUIRY and REQUEST SENSE. LOAD UNLOAD
+//! (unload) ejects the cartridge to the drive's throat: the drive is NOT READY 3a/00, a LOAD
+//! threads it again, and a changer (or [`EmulatedDrive::unload_medium`]) takes it away.
+//!
+//! # Fault injection
+//! - [`EmulatedDrive::inject_medium_error`]: every READ of the block at a logical object
+//!   number fails with MEDIUM ERROR 11/00 (fixed sense, VALID, INFORMATION = the requested
+//!   length, as SSC asks for variable-block reads) and transfers nothing. The head moves
+//!   *past* the bad block. That is our choice (where the head ends after an unrecovered
+//!   read error differs between drives): a reader that skips damaged blocks goes on with
+//!   the next one, and READ POSITION tells where the head is.
+//! - [`EmulatedDrive::pull_medium`]: an operator yanks the cartridge, PREVENT or not.
+//! - [`EmulatedDrive::set_needs_cleaning`]: TapeAlert 20 (clean now); [`EmulatedDrive::clean`]
+//!   (a cleaning cartridge, see [`library`]) clears 20 and 21.
 
+pub mod library;
+
+pub use library::{CartridgeSpec, EmulatedChanger, EmulatedLibrary, LibraryConfig, LibraryError};
+
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use scsi::cdb::op;
+use scsi::cdb::ssc::{TAPE_ALERT_CLEAN_NOW, TAPE_ALERT_CLEAN_PERIODIC};
 use scsi::{Command, Completion, DataDir, Residual, ScsiTransport, Sense, Status, TransportError};
 
 const MAGIC: &[u8; 8] = b"RVTAPE01";
@@ -35,6 +59,9 @@ const HEADER: u64 = 17;
 const REC_OVERHEAD: u64 = 8;
 /// Largest block the emulated drive takes (as LTO drives: 8 MiB).
 pub const MAX_BLOCK: u32 = 8 << 20;
+/// INQUIRY vendor and product of the emulated drive (a changer's DVCID identifier repeats them).
+pub(crate) const DRIVE_VENDOR: &str = "RVEMU";
+pub(crate) const DRIVE_PRODUCT: &str = "EMULATED-TAPE";
 
 /// Options of a new cartridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +81,20 @@ pub fn create_medium(path: &Path, opts: MediumOptions) -> std::io::Result<()> {
     h.push(u8::from(opts.worm) | (u8::from(opts.write_protected) << 1));
     f.write_all(&h)?;
     f.sync_all()
+}
+
+/// Reads a cartridge file's header: its options (fails when it is not a cartridge file).
+pub fn medium_options(path: &Path) -> std::io::Result<MediumOptions> {
+    let mut h = [0u8; HEADER as usize];
+    File::open(path)?.read_exact(&mut h)?;
+    if &h[..8] != MAGIC {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an emulated tape cartridge"));
+    }
+    Ok(MediumOptions {
+        capacity: u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()),
+        worm: h[16] & 1 != 0,
+        write_protected: h[16] & 2 != 0,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,10 +208,17 @@ impl Loaded {
 #[derive(Debug, Default)]
 struct State {
     medium: Option<Loaded>,
+    /// A cartridge ejected by LOAD UNLOAD, still in the drive's throat: LOAD threads it
+    /// again, a changer takes it away.
+    ejected: Option<PathBuf>,
     block_len: u32,
     prevent: bool,
     /// TapeAlert flags to report (1..=64).
     alerts: Vec<u8>,
+    /// UNIT ATTENTION (ASC, ASCQ) to report on the next command.
+    unit_attention: Option<(u8, u8)>,
+    /// Logical object numbers whose READ fails with MEDIUM ERROR.
+    bad_objects: BTreeSet<u64>,
 }
 
 /// An emulated tape drive.
@@ -183,9 +231,10 @@ pub struct EmulatedDrive {
     state: Mutex<State>,
 }
 
-type Answer = (Status, Option<Vec<u8>>, usize);
+/// Status, sense bytes, bytes transferred.
+pub(crate) type Answer = (Status, Option<Vec<u8>>, usize);
 
-fn sense_bytes(key: u8, asc: u8, ascq: u8, bits: u8, info: Option<i64>) -> Vec<u8> {
+pub(crate) fn sense_bytes(key: u8, asc: u8, ascq: u8, bits: u8, info: Option<i64>) -> Vec<u8> {
     let mut b = vec![0u8; 18];
     b[0] = 0x70;
     b[2] = key | bits;
@@ -203,7 +252,7 @@ const FM: u8 = 0x80;
 const EOM: u8 = 0x40;
 const ILI: u8 = 0x20;
 
-fn check(key: u8, asc: u8, ascq: u8) -> Answer {
+pub(crate) fn check(key: u8, asc: u8, ascq: u8) -> Answer {
     (Status::CheckCondition, Some(sense_bytes(key, asc, ascq, 0, None)), 0)
 }
 
@@ -231,32 +280,100 @@ impl EmulatedDrive {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Loads the cartridge file at `path` (as a changer would); the head is at BOT.
+    /// The drive's serial number (INQUIRY VPD 0x80).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// Loads the cartridge file at `path` (as a changer would); the head is at BOT and the
+    /// next command (INQUIRY and REQUEST SENSE excepted) gets UNIT ATTENTION 28/00. A
+    /// cartridge left ejected in the throat is taken away first.
     pub fn load_medium(&self, path: &Path) -> std::io::Result<()> {
         let mut s = self.lock();
-        if s.medium.is_some() {
-            return Err(std::io::Error::other("a cartridge is already loaded"));
+        if let Some(m) = &s.medium {
+            return Err(std::io::Error::other(format!(
+                "drive {}: cartridge {} is already loaded; unload it first",
+                self.serial,
+                m.path.display()
+            )));
         }
         s.medium = Some(Loaded::open(path)?);
+        s.ejected = None;
+        s.unit_attention = Some((0x28, 0x00));
         Ok(())
     }
 
-    /// Ejects the cartridge, returning its file's path; `None` when empty. Refused while
-    /// PREVENT MEDIUM REMOVAL is in force.
+    /// Takes the cartridge out (loaded or ejected), returning its file's path; `None` when
+    /// the drive is empty. Refused while PREVENT MEDIUM REMOVAL is in force and the
+    /// cartridge is loaded.
     pub fn unload_medium(&self) -> std::io::Result<Option<PathBuf>> {
         let mut s = self.lock();
         if s.prevent && s.medium.is_some() {
-            return Err(std::io::Error::other("medium removal prevented"));
+            return Err(std::io::Error::other(format!(
+                "drive {}: medium removal prevented (PREVENT ALLOW MEDIUM REMOVAL); allow removal first",
+                self.serial
+            )));
         }
-        Ok(s.medium.take().map(|m| {
-            let _ = m.file.sync_all();
-            m.path
-        }))
+        Ok(Self::take_medium(&mut s))
+    }
+
+    /// An operator pulls the cartridge out, PREVENT or not (fault injection): the drive
+    /// answers NOT READY 3a/00 from then on. Returns the cartridge's file's path.
+    pub fn pull_medium(&self) -> Option<PathBuf> {
+        Self::take_medium(&mut self.lock())
+    }
+
+    fn take_medium(s: &mut State) -> Option<PathBuf> {
+        match s.medium.take() {
+            Some(m) => {
+                // Data written so far reaches the disk, as it would have reached the tape.
+                let _ = m.file.sync_all();
+                Some(m.path)
+            }
+            None => s.ejected.take(),
+        }
+    }
+
+    /// The file of the cartridge in the drive (loaded or ejected), if any.
+    pub fn medium_path(&self) -> Option<PathBuf> {
+        let s = self.lock();
+        s.medium.as_ref().map(|m| m.path.clone()).or_else(|| s.ejected.clone())
     }
 
     /// Sets the TapeAlert flags the drive reports (e.g. 20 = clean now).
     pub fn set_tape_alerts(&self, flags: &[u8]) {
         self.lock().alerts = flags.to_vec();
+    }
+
+    /// The TapeAlert flags the drive reports.
+    pub fn tape_alerts(&self) -> Vec<u8> {
+        self.lock().alerts.clone()
+    }
+
+    /// Raises (true) or clears (false) TapeAlert 20, "clean now".
+    pub fn set_needs_cleaning(&self, on: bool) {
+        let mut s = self.lock();
+        s.alerts.retain(|&f| f != TAPE_ALERT_CLEAN_NOW);
+        if on {
+            s.alerts.push(TAPE_ALERT_CLEAN_NOW);
+        }
+    }
+
+    /// A cleaning cycle ran: clears TapeAlert 20 and 21 (clean now, clean periodic).
+    pub fn clean(&self) {
+        self.lock().alerts.retain(|&f| f != TAPE_ALERT_CLEAN_NOW && f != TAPE_ALERT_CLEAN_PERIODIC);
+    }
+
+    /// From now on, every READ of the block at logical object number `object` (blocks and
+    /// filemarks from BOT) fails with MEDIUM ERROR 11/00, whichever cartridge is loaded; the
+    /// head moves past the block (see the crate docs).
+    pub fn inject_medium_error(&self, object: u64) {
+        self.lock().bad_objects.insert(object);
+    }
+
+    /// Removes every injected medium error.
+    pub fn clear_medium_errors(&self) {
+        self.lock().bad_objects.clear();
     }
 
     fn run(&self, cdb: &[u8], data: &mut DataDir<'_>) -> Answer {
@@ -266,10 +383,22 @@ impl EmulatedDrive {
         if cdb.len() < 6 {
             return check(0x05, 0x20, 0x00);
         }
+        // A UNIT ATTENTION is reported once, instead of executing the command.
+        if !matches!(opc, op::INQUIRY | op::REQUEST_SENSE) {
+            if let Some((asc, ascq)) = s.unit_attention.take() {
+                return check(0x06, asc, ascq);
+            }
+        }
         // Commands that work without a cartridge.
         match opc {
             op::INQUIRY => return self.inquiry(cdb, data),
-            op::REQUEST_SENSE => return fill(data, &sense_bytes(0, 0, 0, 0, None)),
+            op::REQUEST_SENSE => {
+                let (key, (asc, ascq)) = match s.unit_attention.take() {
+                    Some(ua) => (0x06, ua),
+                    None => (0, (0, 0)),
+                };
+                return fill(data, &sense_bytes(key, asc, ascq, 0, None));
+            }
             op::READ_BLOCK_LIMITS => {
                 let m = MAX_BLOCK.to_be_bytes();
                 return fill(data, &[0, m[1], m[2], m[3], 0, 1]);
@@ -293,6 +422,20 @@ impl EmulatedDrive {
             }
             _ => {}
         }
+        if opc == op::LOAD_UNLOAD && cdb[4] & 1 != 0 && s.medium.is_none() {
+            // LOAD of a cartridge left in the throat by an unload: thread it again.
+            let Some(path) = s.ejected.take() else { return check(0x02, 0x3a, 0x00) };
+            return match Loaded::open(&path) {
+                Ok(m) => {
+                    s.medium = Some(m);
+                    (Status::Good, None, 0)
+                }
+                Err(_) => {
+                    s.ejected = Some(path);
+                    check(0x03, 0x30, 0x00) // incompatible medium installed
+                }
+            };
+        }
         if s.medium.is_none() {
             return check(0x02, 0x3a, 0x00);
         }
@@ -304,6 +447,7 @@ impl EmulatedDrive {
                     }
                     if let Some(m) = s.medium.take() {
                         let _ = m.file.sync_all();
+                        s.ejected = Some(m.path);
                     }
                 } else if let Some(m) = s.medium.as_mut() {
                     m.pos = 0;
@@ -321,6 +465,8 @@ impl EmulatedDrive {
         }
         let ew = self.early_warning;
         let block_len = s.block_len;
+        let s = &mut *s;
+        let bad_objects = &s.bad_objects;
         let Some(m) = s.medium.as_mut() else { return check(0x02, 0x3a, 0x00) };
         match opc {
             op::TEST_UNIT_READY => (Status::Good, None, 0),
@@ -359,6 +505,11 @@ impl EmulatedDrive {
                     Some(Rec::Filemark { .. }) => {
                         m.pos += 1;
                         (Status::CheckCondition, Some(sense_bytes(0x00, 0x00, 0x01, FM, Some(want as i64))), 0)
+                    }
+                    Some(Rec::Block { .. }) if bad_objects.contains(&(m.pos as u64)) => {
+                        // Unrecovered read error: nothing transferred, the head past the block.
+                        m.pos += 1;
+                        (Status::CheckCondition, Some(sense_bytes(0x03, 0x11, 0x00, 0, Some(want as i64))), 0)
                     }
                     Some(Rec::Block { off, len }) => {
                         let n = want.min(len as usize);
@@ -490,8 +641,8 @@ impl EmulatedDrive {
         b[2] = 0x06;
         b[3] = 0x02;
         b[4] = 31;
-        b[8..16].copy_from_slice(b"RVEMU   ");
-        b[16..32].copy_from_slice(b"EMULATED-TAPE   ");
+        b[8..16].copy_from_slice(format!("{DRIVE_VENDOR:<8}").as_bytes());
+        b[16..32].copy_from_slice(format!("{DRIVE_PRODUCT:<16}").as_bytes());
         b[32..36].copy_from_slice(b"0001");
         fill(data, &b)
     }
@@ -577,7 +728,7 @@ fn space(m: &mut Loaded, code: u8, n: i32) -> Answer {
     }
 }
 
-fn fill(data: &mut DataDir<'_>, src: &[u8]) -> Answer {
+pub(crate) fn fill(data: &mut DataDir<'_>, src: &[u8]) -> Answer {
     match data {
         DataDir::In(b) => {
             let n = b.len().min(src.len());

@@ -166,6 +166,9 @@ fn emulated_worm_refuses_overwrite_at_the_device_too() {
     create_medium(&p, MediumOptions { capacity: 1 << 20, worm: true, write_protected: false }).unwrap();
     let emu = EmulatedDrive::new("EMU2", 1 << 16);
     emu.load_medium(&p).unwrap();
+    // The load's UNIT ATTENTION (28/00) answers the first command.
+    let c = emu.execute(&mut Command::none(&scsi::cdb::spc::test_unit_ready())).unwrap();
+    assert_eq!(c.sense.map(|s| (s.key, s.asc)), Some((SenseKey::UnitAttention, 0x28)));
     let c = emu.execute(&mut Command::write(&ssc::write6_variable(4), &[1, 2, 3, 4])).unwrap();
     assert_eq!(c.status, scsi::Status::Good, "appending to WORM is allowed");
     emu.execute(&mut Command::none(&ssc::rewind(false))).unwrap();
