@@ -51,6 +51,7 @@
 pub mod catalog;
 mod digest;
 pub mod error;
+pub mod kv;
 pub mod pack;
 pub mod tree;
 mod verify;
@@ -500,6 +501,29 @@ impl Store {
         Ok(loc)
     }
 
+    /// Chunk `digest` as stored (still compressed), with its record checksum checked: what
+    /// the tape tier copies, so that destaging never recompresses.
+    pub fn read_encoded(&self, digest: &Digest, scratch: &mut Vec<u8>) -> Result<EncodedChunk> {
+        let loc = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
+        let file = self.pack_file(loc.pack)?;
+        let path = self.pack_path(loc.pack);
+        let header = pack::read_record_stored(&file, &path, loc.offset, loc.stored_len, scratch)?;
+        if header.digest != *digest {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: loc.offset,
+                detail: format!("index says chunk {digest} is here, the record holds {}", header.digest),
+            });
+        }
+        Ok(EncodedChunk {
+            digest: header.digest,
+            kind: header.kind,
+            codec: header.codec,
+            raw_len: header.raw_len,
+            payload: scratch[pack::RECORD_HEADER_LEN..].to_vec(),
+        })
+    }
+
     /// The content of a file captured with a restore point, checked against its digest.
     pub fn read_point_file(&self, file: &PointFile) -> Result<Vec<u8>> {
         let (mut scratch, mut out) = (Vec::new(), Vec::new());
@@ -741,6 +765,16 @@ impl<'s> BackupSession<'s> {
         let file = PointFile { name: name.to_string(), size: content.len() as u64, digest };
         self.files.push(file.clone());
         Ok(file)
+    }
+
+    /// Publish a file whose content record was already inserted (a restore point imported
+    /// from tape brings its files' records with its chunks).
+    pub fn add_file_record(&mut self, file: PointFile) -> Result<()> {
+        if !self.contains(&file.digest)? {
+            return Err(StoreError::MissingChunk { digest: file.digest });
+        }
+        self.files.push(file);
+        Ok(())
     }
 
     /// Write the manifest, seal the last pack and make the restore point visible (steps 5-6).

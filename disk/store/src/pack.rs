@@ -444,6 +444,26 @@ pub fn read_record(
     out: &mut Vec<u8>,
     check: ReadCheck,
 ) -> Result<RecordHeader> {
+    let header = read_record_stored(file, path, offset, stored_len, scratch)?;
+    let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), offset, detail };
+    let payload = &scratch[RECORD_HEADER_LEN..];
+    match check {
+        ReadCheck::Digest => decode_payload(header.codec, payload, header.raw_len, &header.digest, out),
+        ReadCheck::Checksum => decompress_payload(header.codec, payload, header.raw_len, out),
+    }
+    .map_err(corrupt)?;
+    Ok(header)
+}
+
+/// Read the record at `offset` into `scratch` (header then stored bytes) and check its
+/// checksum, without decoding the payload.
+pub fn read_record_stored(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    stored_len: u32,
+    scratch: &mut Vec<u8>,
+) -> Result<RecordHeader> {
     let total = RECORD_HEADER_LEN + stored_len as usize;
     scratch.resize(total, 0);
     file.read_exact_at(scratch, offset).map_err(|e| {
@@ -460,15 +480,9 @@ pub fn read_record(
     if header.stored_len != stored_len {
         return Err(corrupt(format!("record is {} bytes, index says {stored_len}", header.stored_len)));
     }
-    let payload = &scratch[RECORD_HEADER_LEN..];
-    if RecordHeader::compute_crc(&scratch[..RECORD_HEADER_LEN], payload) != header.crc {
+    if RecordHeader::compute_crc(&scratch[..RECORD_HEADER_LEN], &scratch[RECORD_HEADER_LEN..]) != header.crc {
         return Err(corrupt("record checksum mismatch".into()));
     }
-    match check {
-        ReadCheck::Digest => decode_payload(header.codec, payload, header.raw_len, &header.digest, out),
-        ReadCheck::Checksum => decompress_payload(header.codec, payload, header.raw_len, out),
-    }
-    .map_err(corrupt)?;
     Ok(header)
 }
 

@@ -26,6 +26,7 @@
 mod progress;
 mod restore;
 mod source;
+pub mod tape;
 pub mod vmx;
 
 use std::collections::BTreeMap;

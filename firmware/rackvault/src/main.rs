@@ -5,6 +5,7 @@
 
 mod demo;
 mod progress;
+mod tape_cmd;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The tape tier: inventory, label, destage, restore from tape, catalog, verify, pools.
+    Tape(tape_cmd::TapeArgs),
     /// Make a sample VM disk, back it up twice with a change between, verify, restore.
     Demo {
         /// Working directory for the sample disk, the store and the restored image.
@@ -461,6 +464,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
     }
     Ok(ExitCode::SUCCESS)

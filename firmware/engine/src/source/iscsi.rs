@@ -109,6 +109,18 @@ impl IscsiSpec {
         }
     }
 
+    /// The session settings for this URL; secrets in the URL win over `secrets`.
+    pub fn session_config(&self, secrets: &SourceSecrets) -> iscsi::SessionConfig {
+        let mut cfg = iscsi::SessionConfig::new(self.portal(), &self.target);
+        cfg.initiator = self.initiator.clone().unwrap_or_else(|| DEFAULT_INITIATOR.to_string());
+        cfg.chap = self.chap.as_ref().or(secrets.chap.as_ref()).map(chap);
+        cfg.mutual_chap = self.mutual_chap.as_ref().or(secrets.mutual_chap.as_ref()).map(chap);
+        cfg.header_digest = self.header_digest;
+        cfg.data_digest = self.data_digest;
+        cfg.reconnect_deadline = Duration::from_secs(60);
+        cfg
+    }
+
     /// The source URL as shown and recorded: the CHAP user, never a secret.
     pub fn url(&self) -> String {
         let user = self.chap.as_ref().map(|(u, _)| format!("{u}@")).unwrap_or_default();
@@ -130,13 +142,7 @@ pub(super) fn open(spec: &IscsiSpec, secrets: &SourceSecrets) -> Result<Box<dyn 
             e.to_string(),
         ),
     };
-    let mut cfg = iscsi::SessionConfig::new(spec.portal(), &spec.target);
-    cfg.initiator = spec.initiator.clone().unwrap_or_else(|| DEFAULT_INITIATOR.to_string());
-    cfg.chap = spec.chap.as_ref().or(secrets.chap.as_ref()).map(chap);
-    cfg.mutual_chap = spec.mutual_chap.as_ref().or(secrets.mutual_chap.as_ref()).map(chap);
-    cfg.header_digest = spec.header_digest;
-    cfg.data_digest = spec.data_digest;
-    cfg.reconnect_deadline = Duration::from_secs(60);
+    let cfg = spec.session_config(secrets);
     let session = iscsi::Session::login(cfg).map_err(|e| io_err(&e, false))?;
     let transport: Arc<dyn scsi::ScsiTransport> = Arc::new(session.lun(spec.lun));
     let dev = scsi::BlockDevice::open(transport).map_err(|e| io_err(&e, false))?;
