@@ -151,6 +151,16 @@ fn label_loaded(
         });
     }
     let worm = tape.drive.is_worm();
+    if worm {
+        // Appending to WORM media needs end-of-data positioning this firmware does not do
+        // yet; refusing keeps the promise that WORM data is never touched.
+        return Err(TapeError::Medium {
+            barcode: barcode.into(),
+            detail: "is a WORM (write-once) cartridge; this firmware never writes WORM media: use a rewritable \
+                     cartridge for this pool"
+                .into(),
+        });
+    }
     let previously = match read_identity(tape)? {
         TapeIdentity::Blank => "blank".to_string(),
         other => {
@@ -162,14 +172,6 @@ fn label_loaded(
                 TapeIdentity::Foreign(d) => format!("data not written by rackvault: {d}"),
                 TapeIdentity::Blank => unreachable!(),
             };
-            if worm {
-                return Err(TapeError::Medium {
-                    barcode: barcode.into(),
-                    detail: format!(
-                        "is a WORM cartridge that already holds {detail}; WORM media are never overwritten"
-                    ),
-                });
-            }
             if !force {
                 return Err(TapeError::HoldsData { barcode: barcode.into(), detail });
             }
