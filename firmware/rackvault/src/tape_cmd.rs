@@ -240,13 +240,20 @@ pub fn run(args: TapeArgs, interactive: bool) -> Result<ExitCode> {
             }
         }
         TapeCmd::Restore { point, to, disk, import } => {
+            // The store first: creating a new one needs an empty directory, and the default
+            // catalog directory lives inside it.
+            let store = if *import {
+                Some(open_store(
+                    args.store.as_ref().context("restore --import writes into a store: give --store DIR")?,
+                    true,
+                )?)
+            } else {
+                None
+            };
             let cat = args.catalog()?;
             let mut lib = args.library()?;
-            let store;
-            let target = if *import {
-                let dir = args.store.as_ref().context("restore --import writes into a store: give --store DIR")?;
-                store = open_store(dir, true)?;
-                TapeRestoreTarget::Import(&store)
+            let target = if let Some(store) = &store {
+                TapeRestoreTarget::Import(store)
             } else {
                 let to = to.clone().expect("clap requires --to without --import");
                 match disk {

@@ -22,3 +22,5 @@ mod ingest;
 mod qcow2_sources;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
+#[path = "e2e/tape.rs"]
+mod tape;
