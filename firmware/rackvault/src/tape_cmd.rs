@@ -131,10 +131,7 @@ pub fn run(args: TapeArgs, interactive: bool) -> Result<ExitCode> {
                 print_json(&serde_json::json!({ "library": lib.describe(), "elements": rows }))?;
             } else {
                 println!("library {}", lib.describe());
-                println!(
-                    "{:<10} {:>6}  {:<10} {:<10} {:<34} {}",
-                    "element", "addr", "barcode", "pool", "media set", "notes"
-                );
+                println!("{:<10} {:>6}  {:<10} {:<10} {:<34} notes", "element", "addr", "barcode", "pool", "media set");
                 for r in rows {
                     let mut notes = Vec::new();
                     if let Some(s) = &r.drive_serial {

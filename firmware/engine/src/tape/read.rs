@@ -196,7 +196,7 @@ fn sanitize(label: &str) -> String {
 
 enum Sink<'a> {
     Files { disks: Vec<Option<(File, bool)>> },
-    Import { session: store::BackupSession<'a> },
+    Import { session: Box<store::BackupSession<'a>> },
 }
 
 /// Restores `spec` from tape.
@@ -366,7 +366,7 @@ pub fn restore_from_tape(
                     payload: r.payload.clone(),
                 })?;
             }
-            Sink::Import { session }
+            Sink::Import { session: Box::new(session) }
         }
     };
     let mut file_contents: HashMap<Digest, Vec<u8>> = HashMap::new();
@@ -385,7 +385,9 @@ pub fn restore_from_tape(
     }
 
     // 5. Chunk archives, cartridge by cartridge.
-    let mut by_seq: BTreeMap<u32, Vec<(u64, Vec<(u64, Digest)>)>> = BTreeMap::new();
+    // Cartridge place in the set -> (file, [(block, chunk)]).
+    type FilesWanted = Vec<(u64, Vec<(u64, Digest)>)>;
+    let mut by_seq: BTreeMap<u32, FilesWanted> = BTreeMap::new();
     for ((seq, file), mut v) in by_file {
         v.sort();
         by_seq.entry(seq).or_default().push((file, v));
