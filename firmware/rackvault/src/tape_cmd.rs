@@ -98,6 +98,12 @@ enum TapeCmd {
         #[arg(long)]
         max_restore_tapes: Option<u32>,
     },
+    /// Benchmarks only (tests/bench/tape-bench.sh): makes the data cartridges of an
+    /// emulated:<dir> library (created if new; none may be in a drive) discarding: writes are
+    /// accepted and counted against capacity, the data of blocks over 64 KiB is dropped and
+    /// reads back as a medium error.
+    #[command(hide = true)]
+    EmulatedDiscard,
 }
 
 impl TapeArgs {
@@ -395,6 +401,22 @@ pub fn run(args: TapeArgs, interactive: bool) -> Result<ExitCode> {
                     p.retention_days,
                     p.max_restore_tapes.map(|m| m.to_string()).unwrap_or("unbounded".into())
                 );
+            }
+        }
+        TapeCmd::EmulatedDiscard => {
+            let lib = args.library()?;
+            let emu = lib.emulated().context("emulated-discard works on an emulated:<dir> library only")?;
+            let mut done = Vec::new();
+            for e in lib.inventory()?.all() {
+                if let (Some(b), true, false) = (&e.barcode, e.full, e.is_cleaning()) {
+                    emu.set_discard(b, true).with_context(|| format!("making {b} discarding"))?;
+                    done.push(b.clone());
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({ "library": lib.describe(), "discarding": done }))?;
+            } else {
+                println!("{}: {} discarding (benchmarks only)", lib.describe(), done.join(", "));
             }
         }
     }

@@ -8,12 +8,26 @@
 //! # Media files
 //! A cartridge is one file on disk, written by this crate only:
 //! ```text
-//!   header  "RVTAPE01" | capacity u64 LE | flags u8 (1 = WORM, 2 = write-protected)
-//!   records kind u8 (0 = block, 1 = filemark) | length u32 LE | data (blocks only)
+//!   header  "RVTAPE01" | capacity u64 LE | flags u8 (1 = WORM, 2 = write-protected,
+//!           4 = discarding)
+//!   records kind u8 (0 = block, 1 = filemark, 2 = discarded block) | length u32 LE |
+//!           data (kind 0 only)
 //! ```
 //! The record index is rebuilt from the file when a cartridge is loaded (a torn last record
 //! is dropped: it never completed). Writing at a position before end of data truncates the
 //! file there first (tape semantics: a write sets a new end of data).
+//!
+//! # Discarding cartridges (benchmarks only)
+//! A cartridge created with [`MediumOptions::discard`] (or switched with
+//! [`set_medium_discard`]) is a sink: every WRITE is accepted, positioned and counted
+//! against capacity and early warning exactly as on any cartridge, but the data of a block
+//! longer than [`DISCARD_KEEP`] bytes is dropped and only its length is kept (a kind 2
+//! record). Shorter blocks (labels: what software reads back to identify a cartridge) are
+//! stored as usual. READ of a discarded block fails with MEDIUM ERROR 11/00 (unrecovered
+//! read error) and moves the head past it, as an injected medium error does. It lets a
+//! benchmark measure a writer without the emulator's own disk writes. Files without the
+//! flag and without kind 2 records are the format as before; a build that predates the
+//! flag would stop reading a discarding cartridge at its first discarded block.
 //!
 //! # Semantics
 //! The position is a logical object number: blocks and filemarks from BOT. `capacity` counts
@@ -57,6 +71,12 @@ use scsi::{Command, Completion, DataDir, Residual, ScsiTransport, Sense, Status,
 const MAGIC: &[u8; 8] = b"RVTAPE01";
 const HEADER: u64 = 17;
 const REC_OVERHEAD: u64 = 8;
+const FLAG_WORM: u8 = 1;
+const FLAG_WRITE_PROTECTED: u8 = 2;
+const FLAG_DISCARD: u8 = 4;
+/// On a discarding cartridge, blocks up to this length are still stored (labels stay
+/// readable); the data of longer ones is dropped.
+pub const DISCARD_KEEP: usize = 64 << 10;
 /// Largest block the emulated drive takes (as LTO drives: 8 MiB).
 pub const MAX_BLOCK: u32 = 8 << 20;
 /// INQUIRY vendor and product of the emulated drive (a changer's DVCID identifier repeats them).
@@ -70,6 +90,9 @@ pub struct MediumOptions {
     pub capacity: u64,
     pub worm: bool,
     pub write_protected: bool,
+    /// A discarding cartridge (benchmarks only; see the crate docs): the data of blocks
+    /// longer than [`DISCARD_KEEP`] is dropped, their lengths are kept.
+    pub discard: bool,
 }
 
 /// Creates an empty cartridge file (fails if it exists).
@@ -78,8 +101,42 @@ pub fn create_medium(path: &Path, opts: MediumOptions) -> std::io::Result<()> {
     let mut h = Vec::with_capacity(HEADER as usize);
     h.extend_from_slice(MAGIC);
     h.extend_from_slice(&opts.capacity.to_le_bytes());
-    h.push(u8::from(opts.worm) | (u8::from(opts.write_protected) << 1));
+    h.push(flags_of(&opts));
     f.write_all(&h)?;
+    f.sync_all()
+}
+
+fn flags_of(opts: &MediumOptions) -> u8 {
+    let bit = |on: bool, flag: u8| if on { flag } else { 0 };
+    bit(opts.worm, FLAG_WORM) | bit(opts.write_protected, FLAG_WRITE_PROTECTED) | bit(opts.discard, FLAG_DISCARD)
+}
+
+fn options_of(h: &[u8; HEADER as usize]) -> MediumOptions {
+    MediumOptions {
+        capacity: u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()),
+        worm: h[16] & FLAG_WORM != 0,
+        write_protected: h[16] & FLAG_WRITE_PROTECTED != 0,
+        discard: h[16] & FLAG_DISCARD != 0,
+    }
+}
+
+fn not_a_cartridge() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "not an emulated tape cartridge")
+}
+
+/// Makes the cartridge file at `path` discarding (or not) from its next load on (see the
+/// crate docs); what it holds stays as it is. Must not be called while a drive has it
+/// loaded (the drive keeps the options it read at load).
+pub fn set_medium_discard(path: &Path, discard: bool) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut h = [0u8; HEADER as usize];
+    f.read_exact(&mut h)?;
+    if &h[..8] != MAGIC {
+        return Err(not_a_cartridge());
+    }
+    let opts = MediumOptions { discard, ..options_of(&h) };
+    f.seek(SeekFrom::Start(16))?;
+    f.write_all(&[flags_of(&opts)])?;
     f.sync_all()
 }
 
@@ -88,32 +145,39 @@ pub fn medium_options(path: &Path) -> std::io::Result<MediumOptions> {
     let mut h = [0u8; HEADER as usize];
     File::open(path)?.read_exact(&mut h)?;
     if &h[..8] != MAGIC {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an emulated tape cartridge"));
+        return Err(not_a_cartridge());
     }
-    Ok(MediumOptions {
-        capacity: u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()),
-        worm: h[16] & 1 != 0,
-        write_protected: h[16] & 2 != 0,
-    })
+    Ok(options_of(&h))
 }
 
+/// A record of the cartridge; `Discarded`: a block written to a discarding cartridge, of
+/// which only the length was kept.
 #[derive(Debug, Clone, Copy)]
 enum Rec {
     Block { off: u64, len: u32 },
     Filemark { off: u64 },
+    Discarded { off: u64, len: u32 },
 }
 
 impl Rec {
     fn off(&self) -> u64 {
         match *self {
-            Rec::Block { off, .. } | Rec::Filemark { off } => off,
+            Rec::Block { off, .. } | Rec::Filemark { off } | Rec::Discarded { off, .. } => off,
         }
     }
 }
 
-/// Capacity used by records: their data plus [`REC_OVERHEAD`] each.
+/// Capacity used by records: their data (discarded or not) plus [`REC_OVERHEAD`] each.
 fn used_by(recs: &[Rec]) -> u64 {
-    recs.iter().map(|r| REC_OVERHEAD + if let Rec::Block { len, .. } = r { u64::from(*len) } else { 0 }).sum()
+    recs.iter()
+        .map(|r| {
+            REC_OVERHEAD
+                + match *r {
+                    Rec::Block { len, .. } | Rec::Discarded { len, .. } => u64::from(len),
+                    Rec::Filemark { .. } => 0,
+                }
+        })
+        .sum()
 }
 
 #[derive(Debug)]
@@ -123,6 +187,7 @@ struct Loaded {
     capacity: u64,
     worm: bool,
     write_protected: bool,
+    discard: bool,
     recs: Vec<Rec>,
     /// Logical object number of the head.
     pos: usize,
@@ -136,9 +201,9 @@ impl Loaded {
         let mut h = [0u8; HEADER as usize];
         file.read_exact(&mut h)?;
         if &h[..8] != MAGIC {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an emulated tape cartridge"));
+            return Err(not_a_cartridge());
         }
-        let capacity = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let opts = options_of(&h);
         let len = file.metadata()?.len();
         let mut recs = Vec::new();
         let mut off = HEADER;
@@ -158,6 +223,10 @@ impl Loaded {
                     recs.push(Rec::Filemark { off });
                     off += 5;
                 }
+                2 => {
+                    recs.push(Rec::Discarded { off, len: n });
+                    off += 5;
+                }
                 _ => break,
             }
         }
@@ -167,9 +236,10 @@ impl Loaded {
         Ok(Loaded {
             path: path.to_path_buf(),
             file,
-            capacity,
-            worm: h[16] & 1 != 0,
-            write_protected: h[16] & 2 != 0,
+            capacity: opts.capacity,
+            worm: opts.worm,
+            write_protected: opts.write_protected,
+            discard: opts.discard,
             recs,
             pos: 0,
             used,
@@ -191,15 +261,22 @@ impl Loaded {
         Ok(())
     }
 
-    fn append(&mut self, kind: u8, data: &[u8]) -> std::io::Result<()> {
+    /// Appends a block (`Some`) or a filemark (`None`) at end of data.
+    fn append(&mut self, block: Option<&[u8]>) -> std::io::Result<()> {
         let off = self.file.seek(SeekFrom::End(0))?;
-        let mut rec = Vec::with_capacity(5 + data.len());
-        rec.push(kind);
-        rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        rec.extend_from_slice(data);
-        self.file.write_all(&rec)?;
-        self.recs.push(if kind == 0 { Rec::Block { off, len: data.len() as u32 } } else { Rec::Filemark { off } });
-        self.used += REC_OVERHEAD + data.len() as u64;
+        let len = block.map_or(0, <[u8]>::len);
+        let (kind, rec, data) = match block {
+            None => (1, Rec::Filemark { off }, &[][..]),
+            Some(_) if self.discard && len > DISCARD_KEEP => (2, Rec::Discarded { off, len: len as u32 }, &[][..]),
+            Some(d) => (0, Rec::Block { off, len: len as u32 }, d),
+        };
+        let mut bytes = Vec::with_capacity(5 + data.len());
+        bytes.push(kind);
+        bytes.extend_from_slice(&(len as u32).to_le_bytes());
+        bytes.extend_from_slice(data);
+        self.file.write_all(&bytes)?;
+        self.recs.push(rec);
+        self.used += REC_OVERHEAD + len as u64;
         self.pos = self.recs.len();
         Ok(())
     }
@@ -506,6 +583,11 @@ impl EmulatedDrive {
                         m.pos += 1;
                         (Status::CheckCondition, Some(sense_bytes(0x00, 0x00, 0x01, FM, Some(want as i64))), 0)
                     }
+                    Some(Rec::Discarded { .. }) => {
+                        // Its data was never kept: an unrecovered read error, as below.
+                        m.pos += 1;
+                        (Status::CheckCondition, Some(sense_bytes(0x03, 0x11, 0x00, 0, Some(want as i64))), 0)
+                    }
                     Some(Rec::Block { .. }) if bad_objects.contains(&(m.pos as u64)) => {
                         // Unrecovered read error: nothing transferred, the head past the block.
                         m.pos += 1;
@@ -557,7 +639,7 @@ impl EmulatedDrive {
                     return (Status::CheckCondition, Some(sense_bytes(0x0d, 0x00, 0x02, EOM, Some(count as i64))), 0);
                 }
                 for _ in 0..count {
-                    let r = if opc == op::WRITE_6 { m.append(0, payload) } else { m.append(1, &[]) };
+                    let r = m.append((opc == op::WRITE_6).then_some(payload));
                     if let Err(e) = r {
                         return io_error(e);
                     }

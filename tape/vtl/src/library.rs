@@ -181,6 +181,10 @@ pub enum LibraryError {
     NoSuchDrive { index: usize, count: usize },
     #[error("drive {index} (element {address}) holds no cartridge: nothing to pull")]
     DriveEmpty { index: usize, address: u16 },
+    #[error("cartridge {barcode} is not in the library; insert it first")]
+    NotInLibrary { barcode: String },
+    #[error("cartridge {barcode} is in drive element {address}; move it to a slot first")]
+    InDrive { barcode: String, address: u16 },
 }
 
 fn mail_range(first: u16, count: usize) -> String {
@@ -407,8 +411,11 @@ impl EmulatedLibrary {
         }
         for c in cartridges {
             let path = media.join(&c.barcode);
-            create_medium(&path, MediumOptions { capacity: c.capacity, worm: c.worm, write_protected: false })
-                .map_err(io_err("creating cartridge file", &path))?;
+            create_medium(
+                &path,
+                MediumOptions { capacity: c.capacity, worm: c.worm, write_protected: false, discard: false },
+            )
+            .map_err(io_err("creating cartridge file", &path))?;
         }
         let serial = new_serial();
         let drive_serials = (1..=config.drives).map(|i| format!("{serial}D{i:02}")).collect();
@@ -607,6 +614,24 @@ impl EmulatedLibrary {
         st.last_event = (asc, ascq);
     }
 
+    /// Benchmarks only: makes cartridge `barcode` discarding (or not) from its next load on;
+    /// see the crate docs. It must be in a slot or mail slot, not in a drive; cleaning
+    /// cartridges are left alone (they hold no data).
+    pub fn set_discard(&self, barcode: &str, discard: bool) -> Result<(), LibraryError> {
+        let st = self.lock();
+        let Some((&address, _)) = st.at.iter().find(|(_, c)| c.barcode == barcode) else {
+            return Err(LibraryError::NotInLibrary { barcode: barcode.to_string() });
+        };
+        if let Some(Place::Drive(_)) = place(&self.config, address) {
+            return Err(LibraryError::InDrive { barcode: barcode.to_string(), address });
+        }
+        if is_cleaning(barcode) {
+            return Ok(());
+        }
+        let path = self.media_path(barcode);
+        crate::set_medium_discard(&path, discard).map_err(io_err("rewriting the header of", &path))
+    }
+
     /// An operator puts the cartridge `barcode` into the first empty mail slot, whose
     /// address is returned. A new barcode gets a new media file of `capacity` bytes; a
     /// barcode whose file exists (a cartridge that left the library) comes back with its
@@ -627,7 +652,7 @@ impl EmulatedLibrary {
             .ok_or(LibraryError::MailSlotsFull { count: self.config.mail_slots })?;
         let path = self.media_path(barcode);
         if !path.exists() {
-            create_medium(&path, MediumOptions { capacity, worm: false, write_protected: false })
+            create_medium(&path, MediumOptions { capacity, worm: false, write_protected: false, discard: false })
                 .map_err(io_err("creating cartridge file", &path))?;
         }
         let worm = medium_options(&path).map_err(io_err("reading cartridge file", &path))?.worm;

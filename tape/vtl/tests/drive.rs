@@ -33,7 +33,7 @@ fn read_expect(d: &mut TapeDrive, buf: &mut [u8], f: u64, b: u64) {
 }
 
 fn opts(capacity: u64) -> MediumOptions {
-    MediumOptions { capacity, worm: false, write_protected: false }
+    MediumOptions { capacity, worm: false, write_protected: false, discard: false }
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn emulated_worm_refuses_overwrite_at_the_device_too() {
     use scsi::{Command, ScsiTransport, SenseKey};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("W");
-    create_medium(&p, MediumOptions { capacity: 1 << 20, worm: true, write_protected: false }).unwrap();
+    create_medium(&p, MediumOptions { capacity: 1 << 20, worm: true, write_protected: false, discard: false }).unwrap();
     let emu = EmulatedDrive::new("EMU2", 1 << 16);
     emu.load_medium(&p).unwrap();
     // The load's UNIT ATTENTION (28/00) answers the first command.
@@ -175,4 +175,82 @@ fn emulated_worm_refuses_overwrite_at_the_device_too() {
     let c = emu.execute(&mut Command::write(&ssc::write6_variable(4), &[5, 6, 7, 8])).unwrap();
     let s = c.sense.unwrap();
     assert_eq!((s.key, s.asc, s.ascq), (SenseKey::DataProtect, 0x30, 0x0c));
+}
+
+/// A discarding cartridge (benchmarks): writes are positioned and counted against capacity
+/// and early warning like on any cartridge; small blocks are kept, the data of large ones is
+/// dropped (reading one is a MEDIUM ERROR); the file stays small and survives a reload.
+#[test]
+fn discarding_cartridge_counts_writes_and_drops_large_blocks() {
+    use vtl::{medium_options, set_medium_discard, DISCARD_KEEP};
+    let dir = tempfile::tempdir().unwrap();
+    let capacity = 16 << 20;
+    let early_warning = 4 << 20;
+    // The same writes to a normal and to a discarding cartridge.
+    let mut outcomes = Vec::new();
+    for discard in [false, true] {
+        let p = dir.path().join(if discard { "DIS001L6" } else { "NRM001L6" });
+        create_medium(&p, MediumOptions { discard, ..opts(capacity) }).unwrap();
+        assert_eq!(medium_options(&p).unwrap().discard, discard);
+        let emu = Arc::new(EmulatedDrive::new("EMU3", early_warning));
+        emu.load_medium(&p).unwrap();
+        let mut d = TapeDrive::open(emu.clone()).unwrap();
+        assert_eq!(d.test_unit_ready().unwrap(), MediaState::Ready);
+        d.set_variable_block_mode().unwrap();
+        d.rewind().unwrap();
+        d.write_block(&block(0, 0, 1000)).unwrap();
+        d.write_block(&block(0, 1, DISCARD_KEEP)).unwrap();
+        d.write_filemarks(1).unwrap();
+        let mut ews = Vec::new();
+        let err = loop {
+            match d.write_block(&block(1, ews.len() as u64, 1 << 20)) {
+                Ok(ew) => ews.push(ew),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, DriveError::EndOfMedium { .. }), "{err:?}");
+        let size = std::fs::metadata(&p).unwrap().len();
+        outcomes.push(ews.clone());
+        if !discard {
+            assert!(size > 10 << 20, "normal cartridge stores the data: {size}");
+            continue;
+        }
+        assert!(size < 200 << 10, "discarding cartridge keeps lengths only: {size}");
+        // Reload from the file: positions, kept blocks, dropped blocks.
+        d.unload().unwrap();
+        emu.unload_medium().unwrap();
+        emu.load_medium(&p).unwrap();
+        assert_eq!(d.test_unit_ready().unwrap(), MediaState::Ready);
+        d.rewind().unwrap();
+        let mut buf = vec![0u8; 2 << 20];
+        assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::Data(1000));
+        assert!(buf[..1000] == block(0, 0, 1000)[..]);
+        assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::Data(DISCARD_KEEP));
+        assert!(buf[..DISCARD_KEEP] == block(0, 1, DISCARD_KEEP)[..]);
+        assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::Filemark);
+        match d.read_block(&mut buf).unwrap_err() {
+            DriveError::Medium { sense, .. } => {
+                assert_eq!((sense.key, sense.asc, sense.ascq), (scsi::SenseKey::MediumError, 0x11, 0x00))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every block is still on the cartridge: end of data after the last one.
+        d.locate_object(2 + ews.len() as u64).unwrap();
+        assert!(matches!(d.read_block(&mut buf), Err(DriveError::Medium { .. })));
+        assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::EndOfData, "head past the discarded block");
+        // Switched back to a normal cartridge, new writes keep their data again.
+        d.unload().unwrap();
+        emu.unload_medium().unwrap();
+        set_medium_discard(&p, false).unwrap();
+        assert_eq!(medium_options(&p).unwrap(), MediumOptions { discard: false, ..opts(capacity) });
+        emu.load_medium(&p).unwrap();
+        assert_eq!(d.test_unit_ready().unwrap(), MediaState::Ready);
+        d.locate(1, 2).unwrap();
+        d.write_block(&block(2, 0, 1 << 20)).unwrap();
+        d.locate(1, 2).unwrap();
+        assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::Data(1 << 20));
+        assert!(buf[..1 << 20] == block(2, 0, 1 << 20)[..]);
+    }
+    assert_eq!(outcomes[0], outcomes[1], "early warning and the hard end at the same blocks");
+    assert!(outcomes[1].contains(&true) && outcomes[1].contains(&false));
 }

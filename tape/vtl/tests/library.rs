@@ -542,6 +542,32 @@ fn injected_medium_error() {
     read_expect(d, &mut buf, 0, 2);
 }
 
+/// Benchmarks: cartridges of a library made discarding keep small blocks and drop large
+/// ones; a cartridge in a drive or not in the library is refused.
+#[test]
+fn discarding_cartridges_of_a_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = library(dir.path());
+    let (ch, mut drives) = open(&lib);
+    lib.set_discard("TST001L6", true).unwrap();
+    lib.set_discard("CLN001L1", true).unwrap();
+    assert!(!vtl::medium_options(&lib.media_path("CLN001L1")).unwrap().discard, "cleaning cartridges left alone");
+    assert!(matches!(lib.set_discard("NOPE01L6", true), Err(LibraryError::NotInLibrary { .. })));
+    ch.move_medium(1000, 500).unwrap();
+    let e = lib.set_discard("TST001L6", false).unwrap_err();
+    assert!(matches!(e, LibraryError::InDrive { address: 500, .. }), "{e:?}");
+    assert!(e.to_string().contains("move it to a slot first"), "{e}");
+    let d = &mut drives[0];
+    ready(d);
+    d.write_block(&block(1, 1000)).unwrap();
+    d.write_block(&block(2, vtl::DISCARD_KEEP + 1)).unwrap();
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::Data(1000));
+    assert!(matches!(d.read_block(&mut buf), Err(DriveError::Medium { .. })));
+    assert!(std::fs::metadata(lib.media_path("TST001L6")).unwrap().len() < 4096);
+}
+
 /// A drive raises UNIT ATTENTION 28/00 on the first command after a load; INQUIRY does not
 /// consume it.
 #[test]
