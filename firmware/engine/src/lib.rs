@@ -63,6 +63,9 @@ pub enum EngineError {
     Target { path: String, detail: String },
     #[error("{0}")]
     Invalid(String),
+    /// The job was cancelled (by an operator); nothing was committed.
+    #[error("cancelled: the job was stopped before it finished and left nothing behind")]
+    Cancelled,
 }
 
 /// Settings of one backup.
@@ -293,6 +296,11 @@ fn ingest_disk(
                 };
                 loop {
                     if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if progress.cancelled() {
+                        stop.store(true, Ordering::Relaxed);
+                        let _ = tx.send(Err(EngineError::Cancelled));
                         return;
                     }
                     let first = cursor.fetch_add(per_batch, Ordering::Relaxed);

@@ -8,6 +8,11 @@ pub trait Progress: Sync {
     fn advance(&self, bytes: u64);
     /// The phase is finished.
     fn finish(&self);
+    /// Whether the job should stop: jobs poll this between batches and then fail with
+    /// [`EngineError::Cancelled`](crate::EngineError::Cancelled), committing nothing.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Ignores all progress.

@@ -274,6 +274,11 @@ fn for_each_chunk(
             if stop.load(Ordering::Relaxed) {
                 break;
             }
+            if progress.cancelled() {
+                stop.store(true, Ordering::Relaxed);
+                failure.lock().expect("failure slot").get_or_insert(EngineError::Cancelled);
+                break;
+            }
             match entry {
                 Ok(d) => {
                     zero_chunks += d.is_zero() as u64;

@@ -1,0 +1,230 @@
+//! The human-readable configuration file (`<data>/config.json`) that the UI and API edit:
+//! sources, jobs, the tape library and settings. Written atomically (temporary file, fsync,
+//! rename). Secrets in it (CHAP secrets) are sealed with the appliance key
+//! (`<data>/appliance.key`, 32 random bytes, mode 0600) using ChaCha20-Poly1305, as
+//! `"sealed:v1:<hex nonce><hex ciphertext>"`: the file can be read, backed up and diffed
+//! without exposing them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use serde::{Deserialize, Serialize};
+
+use crate::ServiceError;
+
+/// A backup source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceConfig {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+/// A job: a source on a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobConfig {
+    pub id: String,
+    pub name: String,
+    pub source: String,
+    pub schedule: String,
+    /// A run may start up to this many hours after its scheduled time (a backup window);
+    /// later, it is skipped until the next occurrence.
+    #[serde(default)]
+    pub window_hours: Option<u32>,
+    pub enabled: bool,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// Global settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Tasks running at once against one source host.
+    pub max_tasks_per_host: usize,
+    /// Tasks running at once in all.
+    pub max_tasks: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { max_tasks_per_host: 1, max_tasks: 4 }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+    /// The tape library (`iscsi://…`, `/dev/sgN`, `emulated:<dir>`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tape_changer: Option<String>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ServiceError> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                ServiceError::Invalid(format!(
+                    "{}: not valid configuration ({e}); fix the file by hand or move it away to start afresh",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+            Err(e) => Err(ServiceError::io(path, e)),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ServiceError> {
+        let tmp = path.with_extension("json.tmp");
+        let mut text = serde_json::to_vec_pretty(self).expect("config serialises");
+        text.push(b'\n');
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| ServiceError::io(path, e))
+    }
+}
+
+/// Seals and opens secrets with the appliance key.
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: ChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+const SEALED: &str = "sealed:v1:";
+
+impl Sealer {
+    /// Loads the key at `path`, creating it (mode 0600) on first start.
+    pub fn open(path: &Path) -> Result<Sealer, ServiceError> {
+        let key = match std::fs::read(path) {
+            Ok(k) if k.len() == 32 => k,
+            Ok(k) => {
+                return Err(ServiceError::Invalid(format!(
+                    "{}: the appliance key must be 32 bytes, found {}; restore it from a backup (sealed secrets \
+                     cannot be read without it)",
+                    path.display(),
+                    k.len()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = crate::random_bytes::<32>().to_vec();
+                write_private(path, &k)?;
+                k
+            }
+            Err(e) => return Err(ServiceError::io(path, e)),
+        };
+        Ok(Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) })
+    }
+
+    pub fn seal(&self, plain: &str) -> String {
+        let nonce = crate::random_bytes::<12>();
+        let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), plain.as_bytes()).expect("encryption cannot fail");
+        format!("{SEALED}{}{}", crate::hex(&nonce), crate::hex(&ct))
+    }
+
+    pub fn open_sealed(&self, sealed: &str) -> Result<String, ServiceError> {
+        let bad = || {
+            ServiceError::Invalid(
+                "a sealed secret in config.json cannot be opened with this appliance's key (edited by hand, or the \
+                 key was replaced); enter the secret again"
+                    .into(),
+            )
+        };
+        let hex = sealed.strip_prefix(SEALED).ok_or_else(bad)?;
+        let bytes = crate::unhex(hex).ok_or_else(bad)?;
+        if bytes.len() < 12 + 16 {
+            return Err(bad());
+        }
+        let plain = self.cipher.decrypt(Nonce::from_slice(&bytes[..12]), &bytes[12..]).map_err(|_| bad())?;
+        String::from_utf8(plain).map_err(|_| bad())
+    }
+}
+
+/// Writes `bytes` to a new file readable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp: PathBuf = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| ServiceError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_round_trip_and_tampering_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("appliance.key");
+        let s = Sealer::open(&key).unwrap();
+        let sealed = s.seal("chap-secret-123");
+        assert!(!sealed.contains("chap-secret"));
+        assert_eq!(s.open_sealed(&sealed).unwrap(), "chap-secret-123");
+        // Reopened with the same key file.
+        assert_eq!(Sealer::open(&key).unwrap().open_sealed(&sealed).unwrap(), "chap-secret-123");
+        let mut t = sealed.clone().into_bytes();
+        let n = t.len() - 3;
+        t[n] = if t[n] == b'0' { b'1' } else { b'0' };
+        assert!(s.open_sealed(std::str::from_utf8(&t).unwrap()).is_err());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn config_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        assert_eq!(ConfigFile::load(&p).unwrap(), ConfigFile::default());
+        let mut c = ConfigFile::default();
+        c.sources.push(SourceConfig {
+            id: "s1".into(),
+            name: "web01".into(),
+            url: "/tmp/x.raw".into(),
+            chap_user: None,
+            chap_secret: None,
+            mutual_user: None,
+            mutual_secret: None,
+        });
+        c.save(&p).unwrap();
+        assert_eq!(ConfigFile::load(&p).unwrap(), c);
+        std::fs::write(&p, "{ not json").unwrap();
+        assert!(ConfigFile::load(&p).unwrap_err().to_string().contains("config.json"));
+    }
+}

@@ -1,0 +1,1170 @@
+//! `service`: the engine's service API, what the daemon's web layer calls. It owns the
+//! appliance's data directory:
+//!
+//! ```text
+//!  <data>/config.json      sources, jobs, tape library, settings (human-readable; secrets sealed)
+//!  <data>/appliance.key    32-byte key sealing secrets in config.json (0600)
+//!  <data>/state/           LMDB: users, API tokens, audit log, tasks, usage history
+//!  <data>/store/           the staging store
+//!  <data>/tasks/<id>.log   task logs
+//!  <data>/restores/<name>/ restore targets of the UI
+//!  <data>/tls/             certificate and key of the HTTPS server (the web layer's)
+//! ```
+//!
+//! Every method that acts for someone takes the acting [`Principal`] and checks its role
+//! here, whatever the caller checked before; changes are written to the audit log. The
+//! service spawns plain threads (tasks, the scheduler), never an async runtime.
+
+mod auth;
+mod config;
+pub mod schedule;
+mod tasks;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use store::kv::{KvDb, KvEnv};
+use store::{RestorePoint, Store, StoreOptions};
+
+pub use auth::{AuditEntry, Session, TokenInfo, UserInfo, MIN_PASSWORD};
+pub use config::{ConfigFile, JobConfig, Settings, SourceConfig};
+pub use schedule::CalendarEvent;
+pub use tasks::{Live, TaskInfo, TaskState};
+
+use auth::Auth;
+use config::Sealer;
+use tasks::Tasks;
+
+/// Roles, from most to least powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    Auditor,
+}
+
+impl Role {
+    fn rank(self) -> u8 {
+        match self {
+            Role::Admin => 3,
+            Role::Operator => 2,
+            Role::Auditor => 1,
+        }
+    }
+
+    /// Whether this role may do what `needed` may do.
+    pub fn allows(self, needed: Role) -> bool {
+        self.rank() >= needed.rank()
+    }
+
+    pub fn parse(s: &str) -> Result<Role, ServiceError> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "auditor" => Ok(Role::Auditor),
+            _ => Err(ServiceError::Invalid(format!("role {s:?}: use admin, operator or auditor"))),
+        }
+    }
+}
+
+/// Who is acting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+}
+
+impl Principal {
+    fn require(&self, role: Role) -> Result<(), ServiceError> {
+        if self.role.allows(role) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!("{} has the {:?} role; this needs {:?}", self.user, self.role, role)))
+        }
+    }
+}
+
+/// What went wrong, for the web layer's status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceErrorKind {
+    Invalid,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Conflict,
+    RateLimited { retry_after_s: u64 },
+    Internal,
+}
+
+/// Errors of the service API; messages are for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many failed sign-ins; try again in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error(transparent)]
+    Tape(#[from] engine::tape::TapeError),
+}
+
+impl ServiceError {
+    pub fn kind(&self) -> ServiceErrorKind {
+        match self {
+            ServiceError::Invalid(_) => ServiceErrorKind::Invalid,
+            ServiceError::Unauthenticated(_) => ServiceErrorKind::Unauthenticated,
+            ServiceError::Forbidden(_) => ServiceErrorKind::Forbidden,
+            ServiceError::NotFound(_) => ServiceErrorKind::NotFound,
+            ServiceError::Conflict(_) => ServiceErrorKind::Conflict,
+            ServiceError::RateLimited { retry_after_s } => {
+                ServiceErrorKind::RateLimited { retry_after_s: *retry_after_s }
+            }
+            ServiceError::Store(store::StoreError::NoSuchPoint(_)) => ServiceErrorKind::NotFound,
+            ServiceError::Store(e) if e.kind() == store::ErrorKind::Usage => ServiceErrorKind::Invalid,
+            ServiceError::Engine(engine::EngineError::Invalid(_)) => ServiceErrorKind::Invalid,
+            _ => ServiceErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<Path>, e: std::io::Error) -> ServiceError {
+        ServiceError::Internal(format!("{}: {e}", path.as_ref().display()))
+    }
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable on Linux");
+    b
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+pub(crate) fn random_hex(n: usize) -> String {
+    let b = random_bytes::<32>();
+    hex(&b[..n.min(32)])
+}
+
+/// Options of [`Appliance::open`].
+#[derive(Debug, Clone, Default)]
+pub struct ApplianceOptions {
+    /// Dev mode: a sample source (a generated disk image) and an emulated tape library.
+    pub dev: bool,
+}
+
+/// A source as the API shows it (never its secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceInfo {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub host: String,
+    pub chap_user: Option<String>,
+    pub has_chap_secret: bool,
+    pub has_mutual_secret: bool,
+}
+
+/// A source as the API receives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInput {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub chap_user: Option<String>,
+    #[serde(default)]
+    pub chap_secret: Option<String>,
+    #[serde(default)]
+    pub mutual_user: Option<String>,
+    #[serde(default)]
+    pub mutual_secret: Option<String>,
+}
+
+/// A job as the API receives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    pub name: String,
+    pub source: String,
+    pub schedule: String,
+    #[serde(default)]
+    pub window_hours: Option<u32>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    #[serde(flatten)]
+    pub job: JobConfig,
+    pub next_run_unix: Option<u64>,
+    pub last_task: Option<u64>,
+}
+
+/// A restore through the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub point: String,
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// A plain name: the restore goes to `<data>/restores/<target>/`.
+    pub target: String,
+}
+
+/// Store usage, now and over time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Usage {
+    pub bytes_stored: u64,
+    pub bytes_logical: u64,
+    pub dedup_ratio: f64,
+    pub restore_points: u64,
+    pub history: Vec<UsageSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageSample {
+    pub unix: u64,
+    pub bytes_stored: u64,
+    pub bytes_logical: u64,
+}
+
+/// Something the operator should look at.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub level: String,
+    pub message: String,
+    pub unix: u64,
+}
+
+/// The dashboard's content.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dashboard {
+    pub tasks: Vec<TaskInfo>,
+    pub usage: Usage,
+    pub last_results: Vec<TaskInfo>,
+    pub alerts: Vec<Alert>,
+}
+
+/// The appliance.
+#[derive(Debug)]
+pub struct Appliance {
+    data_dir: PathBuf,
+    env: Arc<KvEnv>,
+    auth: Auth,
+    tasks: Arc<Tasks>,
+    usage_db: KvDb,
+    config: Mutex<ConfigFile>,
+    sealer: Sealer,
+    store: Arc<Store>,
+    /// Next planned run per job id, and the last task a job started.
+    next_runs: Mutex<HashMap<String, u64>>,
+    last_tasks: Mutex<HashMap<String, u64>>,
+    interrupted_at_open: u64,
+    /// Serialises tape jobs: one library, one job at a time.
+    tape_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn new_id() -> String {
+    random_hex(6)
+}
+
+fn plain_name(s: &str, what: &str) -> Result<(), ServiceError> {
+    if s.is_empty()
+        || s.len() > 100
+        || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || s.starts_with('.')
+    {
+        return Err(ServiceError::Invalid(format!("{what} {s:?}: use 1-100 letters, digits, '-', '_' and '.'")));
+    }
+    Ok(())
+}
+
+/// The host part of a source URL, for per-host concurrency ("local" for paths).
+fn source_host(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme != "file" => {
+            let auth = rest.split('/').next().unwrap_or("");
+            let hostport = auth.rsplit('@').next().unwrap_or(auth);
+            let host = if let Some(h) = hostport.strip_prefix('[') {
+                h.split(']').next().unwrap_or(h)
+            } else {
+                hostport.split(':').next().unwrap_or(hostport)
+            };
+            host.to_string()
+        }
+        _ => "local".into(),
+    }
+}
+
+impl Appliance {
+    /// Opens (creating on first start) the appliance in `data_dir`. Tasks that were running
+    /// when the appliance last stopped are marked interrupted.
+    pub fn open(data_dir: &Path, opts: ApplianceOptions) -> Result<Arc<Appliance>, ServiceError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| ServiceError::io(data_dir, e))?;
+        let (env, dbs) = KvEnv::open(&data_dir.join("state"), &["users", "tokens", "audit", "tasks", "usage"])?;
+        let env = Arc::new(env);
+        let [users, tokens, audit, tasks_db, usage_db]: [KvDb; 5] = dbs.try_into().expect("one database per name");
+        let sealer = Sealer::open(&data_dir.join("appliance.key"))?;
+        let mut config = ConfigFile::load(&data_dir.join("config.json"))?;
+        let store_dir = data_dir.join("store");
+        let store = Arc::new(Store::open(&store_dir, &StoreOptions { create: true, ..Default::default() })?);
+        let (tasks, interrupted) = Tasks::open(env.clone(), tasks_db, data_dir.join("tasks"))?;
+        if opts.dev {
+            dev_defaults(data_dir, &mut config)?;
+            config.save(&data_dir.join("config.json"))?;
+        }
+        *lock(&tasks.limits) = (config.settings.max_tasks.max(1), config.settings.max_tasks_per_host.max(1));
+        for d in ["restores", "tls"] {
+            std::fs::create_dir_all(data_dir.join(d)).map_err(|e| ServiceError::io(data_dir.join(d), e))?;
+        }
+        Ok(Arc::new(Appliance {
+            data_dir: data_dir.to_path_buf(),
+            auth: Auth::open(users, tokens, audit),
+            tasks: Arc::new(tasks),
+            usage_db,
+            config: Mutex::new(config),
+            sealer,
+            store,
+            next_runs: Mutex::default(),
+            last_tasks: Mutex::default(),
+            interrupted_at_open: interrupted,
+            tape_lock: Mutex::new(()),
+            env,
+        }))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where the HTTPS certificate and key live (PEM).
+    pub fn tls_paths(&self) -> (PathBuf, PathBuf) {
+        (self.data_dir.join("tls/cert.pem"), self.data_dir.join("tls/key.pem"))
+    }
+
+    /// How many tasks were found interrupted when the appliance opened.
+    pub fn interrupted_at_open(&self) -> u64 {
+        self.interrupted_at_open
+    }
+
+    fn audit(&self, actor: &Principal, action: &str, detail: &str) {
+        self.auth.audit(&self.env, &actor.user, action, detail);
+    }
+
+    fn save_config(&self, c: &ConfigFile) -> Result<(), ServiceError> {
+        c.save(&self.data_dir.join("config.json"))
+    }
+
+    // ---- setup and sign-in ----------------------------------------------------------------
+
+    pub fn needs_setup(&self) -> bool {
+        self.auth.user_count(&self.env).map(|n| n == 0).unwrap_or(false)
+    }
+
+    /// Creates the first administrator; refused once any user exists.
+    pub fn setup(&self, user: &str, password: &str) -> Result<(), ServiceError> {
+        if !self.needs_setup() {
+            return Err(ServiceError::Conflict("the appliance is already set up; sign in instead".into()));
+        }
+        self.auth.put_user(&self.env, user, password, Role::Admin, true)?;
+        self.auth.audit(&self.env, user, "setup", "created the first administrator");
+        Ok(())
+    }
+
+    pub fn login(&self, user: &str, password: &str, client: &str) -> Result<Session, ServiceError> {
+        let r = self.auth.login(&self.env, user, password, client);
+        match &r {
+            Ok(_) => self.auth.audit(&self.env, user, "login", &format!("from {client}")),
+            Err(e) => self.auth.audit(&self.env, user, "login failed", &format!("from {client}: {e}")),
+        }
+        r
+    }
+
+    pub fn session(&self, token: &str) -> Option<Session> {
+        self.auth.session(token)
+    }
+
+    pub fn logout(&self, token: &str) {
+        self.auth.logout(token)
+    }
+
+    pub fn authenticate_token(&self, bearer: &str) -> Option<Principal> {
+        self.auth.authenticate_token(&self.env, bearer)
+    }
+
+    // ---- users, tokens, audit ---------------------------------------------------------------
+
+    pub fn users(&self, actor: &Principal) -> Result<Vec<UserInfo>, ServiceError> {
+        actor.require(Role::Admin)?;
+        self.auth.users(&self.env)
+    }
+
+    pub fn add_user(
+        &self,
+        actor: &Principal,
+        name: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<UserInfo, ServiceError> {
+        actor.require(Role::Admin)?;
+        let u = self.auth.put_user(&self.env, name, password, role, true)?;
+        self.audit(actor, "add user", &format!("{name} as {role:?}"));
+        Ok(u)
+    }
+
+    pub fn delete_user(&self, actor: &Principal, name: &str) -> Result<(), ServiceError> {
+        actor.require(Role::Admin)?;
+        if name == actor.user {
+            return Err(ServiceError::Conflict("you cannot delete your own account".into()));
+        }
+        self.auth.delete_user(&self.env, name)?;
+        self.audit(actor, "delete user", name);
+        Ok(())
+    }
+
+    pub fn api_tokens(&self, actor: &Principal) -> Result<Vec<TokenInfo>, ServiceError> {
+        actor.require(Role::Admin)?;
+        self.auth.tokens(&self.env)
+    }
+
+    /// Creates an API token; the secret is returned once and never stored.
+    pub fn create_api_token(
+        &self,
+        actor: &Principal,
+        name: &str,
+        role: Role,
+    ) -> Result<(TokenInfo, String), ServiceError> {
+        actor.require(Role::Admin)?;
+        let user = actor.user.split(" (token").next().unwrap_or(&actor.user);
+        let r = self.auth.create_token(&self.env, user, name, role)?;
+        self.audit(actor, "create API token", &format!("{name} ({role:?})"));
+        Ok(r)
+    }
+
+    pub fn delete_api_token(&self, actor: &Principal, id: &str) -> Result<(), ServiceError> {
+        actor.require(Role::Admin)?;
+        self.auth.delete_token(&self.env, id)?;
+        self.audit(actor, "delete API token", id);
+        Ok(())
+    }
+
+    pub fn audit_log(&self, actor: &Principal, limit: usize) -> Result<Vec<AuditEntry>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        self.auth.audit_log(&self.env, limit)
+    }
+
+    // ---- sources and jobs -------------------------------------------------------------------
+
+    fn source_info(s: &SourceConfig) -> SourceInfo {
+        SourceInfo {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            url: s.url.clone(),
+            host: source_host(&s.url),
+            chap_user: s.chap_user.clone(),
+            has_chap_secret: s.chap_secret.is_some(),
+            has_mutual_secret: s.mutual_secret.is_some(),
+        }
+    }
+
+    pub fn sources(&self, actor: &Principal) -> Result<Vec<SourceInfo>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        Ok(lock(&self.config).sources.iter().map(Self::source_info).collect())
+    }
+
+    /// Adds (`id` None) or replaces a source. A secret left out on an edit keeps the old one.
+    pub fn put_source(
+        &self,
+        actor: &Principal,
+        id: Option<&str>,
+        input: SourceInput,
+    ) -> Result<SourceInfo, ServiceError> {
+        actor.require(Role::Admin)?;
+        plain_name(&input.name, "source name")?;
+        if input.url.trim().is_empty() {
+            return Err(ServiceError::Invalid("give the source's URL or path".into()));
+        }
+        if input.url.contains("%") && input.url.contains('@') && input.url.starts_with("iscsi://") {
+            return Err(ServiceError::Invalid(
+                "put CHAP secrets in the secret fields, not in the URL (the URL is shown and logged)".into(),
+            ));
+        }
+        let mut c = lock(&self.config);
+        let existing = id.map(|id| {
+            c.sources.iter().position(|s| s.id == id).ok_or_else(|| ServiceError::NotFound(format!("no source {id}")))
+        });
+        let existing = existing.transpose()?;
+        if c.sources.iter().enumerate().any(|(i, s)| s.name == input.name && Some(i) != existing) {
+            return Err(ServiceError::Conflict(format!("a source named {} already exists", input.name)));
+        }
+        let old = existing.map(|i| c.sources[i].clone());
+        let seal = |new: Option<String>, old: Option<String>| match new.filter(|s| !s.is_empty()) {
+            Some(s) => Some(self.sealer.seal(&s)),
+            None => old,
+        };
+        let src = SourceConfig {
+            id: old.as_ref().map(|o| o.id.clone()).unwrap_or_else(new_id),
+            name: input.name,
+            url: input.url.trim().to_string(),
+            chap_user: input.chap_user.filter(|s| !s.is_empty()),
+            chap_secret: seal(input.chap_secret, old.as_ref().and_then(|o| o.chap_secret.clone())),
+            mutual_user: input.mutual_user.filter(|s| !s.is_empty()),
+            mutual_secret: seal(input.mutual_secret, old.as_ref().and_then(|o| o.mutual_secret.clone())),
+        };
+        let mut next = c.clone();
+        match existing {
+            Some(i) => next.sources[i] = src.clone(),
+            None => next.sources.push(src.clone()),
+        }
+        self.save_config(&next)?;
+        *c = next;
+        drop(c);
+        self.audit(
+            actor,
+            if existing.is_some() { "edit source" } else { "add source" },
+            &format!("{} {}", src.name, src.url),
+        );
+        Ok(Self::source_info(&src))
+    }
+
+    pub fn delete_source(&self, actor: &Principal, id: &str) -> Result<(), ServiceError> {
+        actor.require(Role::Admin)?;
+        let mut c = lock(&self.config);
+        if c.jobs.iter().any(|j| j.source == id) {
+            return Err(ServiceError::Conflict(format!("source {id} is used by a job; delete the job first")));
+        }
+        let mut next = c.clone();
+        let before = next.sources.len();
+        next.sources.retain(|s| s.id != id);
+        if next.sources.len() == before {
+            return Err(ServiceError::NotFound(format!("no source {id}")));
+        }
+        self.save_config(&next)?;
+        *c = next;
+        drop(c);
+        self.audit(actor, "delete source", id);
+        Ok(())
+    }
+
+    fn source(&self, id: &str) -> Result<SourceConfig, ServiceError> {
+        lock(&self.config)
+            .sources
+            .iter()
+            .find(|s| s.id == id || s.name == id)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("no source {id}")))
+    }
+
+    fn secrets(&self, s: &SourceConfig) -> Result<engine::SourceSecrets, ServiceError> {
+        let pair = |user: &Option<String>,
+                    secret: &Option<String>|
+         -> Result<Option<(String, engine::Secret)>, ServiceError> {
+            match (user, secret) {
+                (Some(u), Some(sec)) => Ok(Some((u.clone(), engine::Secret::new(self.sealer.open_sealed(sec)?)))),
+                _ => Ok(None),
+            }
+        };
+        Ok(engine::SourceSecrets {
+            chap: pair(&s.chap_user, &s.chap_secret)?,
+            mutual_chap: pair(&s.mutual_user, &s.mutual_secret)?,
+        })
+    }
+
+    /// "Test connection": probes the source (iSCSI targets, NFS exports, or its disks).
+    pub fn test_source(&self, actor: &Principal, id: &str) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Operator)?;
+        let s = self.source(id)?;
+        let report = engine::probe(&s.url, &self.secrets(&s)?)?;
+        Ok(serde_json::to_value(report).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn jobs(&self, actor: &Principal) -> Result<Vec<JobInfo>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let c = lock(&self.config);
+        let next = lock(&self.next_runs);
+        let last = lock(&self.last_tasks);
+        let now = now_unix();
+        Ok(c.jobs
+            .iter()
+            .map(|j| JobInfo {
+                job: j.clone(),
+                next_run_unix: j
+                    .enabled
+                    .then(|| {
+                        next.get(&j.id).copied().or_else(|| CalendarEvent::parse(&j.schedule).ok()?.next_after(now))
+                    })
+                    .flatten(),
+                last_task: last.get(&j.id).copied(),
+            })
+            .collect())
+    }
+
+    pub fn put_job(&self, actor: &Principal, id: Option<&str>, input: JobInput) -> Result<JobInfo, ServiceError> {
+        actor.require(Role::Admin)?;
+        plain_name(&input.name, "job name")?;
+        CalendarEvent::parse(&input.schedule).map_err(ServiceError::Invalid)?;
+        let src = self.source(&input.source)?;
+        let mut c = lock(&self.config);
+        let existing = match id {
+            Some(id) => Some(
+                c.jobs.iter().position(|j| j.id == id).ok_or_else(|| ServiceError::NotFound(format!("no job {id}")))?,
+            ),
+            None => None,
+        };
+        let job = JobConfig {
+            id: existing.map(|i| c.jobs[i].id.clone()).unwrap_or_else(new_id),
+            name: input.name,
+            source: src.id,
+            schedule: input.schedule,
+            window_hours: input.window_hours,
+            enabled: input.enabled,
+            retries: input.retries.unwrap_or(2).min(10),
+        };
+        let mut next = c.clone();
+        match existing {
+            Some(i) => next.jobs[i] = job.clone(),
+            None => next.jobs.push(job.clone()),
+        }
+        self.save_config(&next)?;
+        *c = next;
+        drop(c);
+        lock(&self.next_runs).remove(&job.id);
+        self.audit(
+            actor,
+            if existing.is_some() { "edit job" } else { "add job" },
+            &format!("{} {}", job.name, job.schedule),
+        );
+        let next_run_unix = CalendarEvent::parse(&job.schedule).ok().and_then(|e| e.next_after(now_unix()));
+        Ok(JobInfo { job, next_run_unix, last_task: None })
+    }
+
+    pub fn delete_job(&self, actor: &Principal, id: &str) -> Result<(), ServiceError> {
+        actor.require(Role::Admin)?;
+        let mut c = lock(&self.config);
+        let mut next = c.clone();
+        let before = next.jobs.len();
+        next.jobs.retain(|j| j.id != id);
+        if next.jobs.len() == before {
+            return Err(ServiceError::NotFound(format!("no job {id}")));
+        }
+        self.save_config(&next)?;
+        *c = next;
+        drop(c);
+        self.audit(actor, "delete job", id);
+        Ok(())
+    }
+
+    /// Runs a job now, outside its schedule.
+    pub fn run_job(&self, actor: &Principal, id: &str) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        let job = lock(&self.config)
+            .jobs
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("no job {id}")))?;
+        let t = self.backup_task(&actor.user, &job.source, job.retries)?;
+        lock(&self.last_tasks).insert(job.id.clone(), t.id);
+        self.audit(actor, "run job", &job.name);
+        Ok(t)
+    }
+
+    // ---- restore points and usage -----------------------------------------------------------
+
+    pub fn points(&self, actor: &Principal) -> Result<Vec<RestorePoint>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let mut v = self.store.list()?;
+        v.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(b.id.cmp(&a.id)));
+        Ok(v)
+    }
+
+    fn usage_now(&self) -> Result<(u64, u64, u64), ServiceError> {
+        usage_now(&self.store)
+    }
+
+    pub fn usage(&self, actor: &Principal) -> Result<Usage, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let (stored, logical, points) = self.usage_now()?;
+        let mut history = Vec::new();
+        {
+            let rtxn = self.env.read()?;
+            for item in self.usage_db.rev_iter(&rtxn).map_err(|e| self.env.err(e))?.take(200) {
+                let (_, v) = item.map_err(|e| self.env.err(e))?;
+                if let Ok(s) = serde_json::from_slice::<UsageSample>(v) {
+                    history.push(s);
+                }
+            }
+        }
+        history.reverse();
+        Ok(Usage {
+            bytes_stored: stored,
+            bytes_logical: logical,
+            dedup_ratio: if stored > 0 { logical as f64 / stored as f64 } else { 0.0 },
+            restore_points: points,
+            history,
+        })
+    }
+
+    pub fn dashboard(&self, actor: &Principal) -> Result<Dashboard, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let all = self.tasks.list(200)?;
+        let running: Vec<TaskInfo> = all.iter().filter(|t| !t.state.is_finished()).cloned().collect();
+        let finished: Vec<TaskInfo> = all.iter().filter(|t| t.state.is_finished()).take(8).cloned().collect();
+        let now = now_unix();
+        let mut alerts: Vec<Alert> = all
+            .iter()
+            .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Interrupted))
+            .filter(|t| t.finished_unix.is_some_and(|f| f + 86400 > now))
+            .take(5)
+            .map(|t| Alert {
+                level: "error".into(),
+                message: format!("{} of {} {:?}: {}", t.kind, t.subject, t.state, t.error.clone().unwrap_or_default()),
+                unix: t.finished_unix.unwrap_or(now),
+            })
+            .collect();
+        if lock(&self.config).sources.is_empty() {
+            alerts.push(Alert {
+                level: "warning".into(),
+                message: "No source yet: add one under Sources".into(),
+                unix: now,
+            });
+        }
+        Ok(Dashboard { tasks: running, usage: self.usage(actor)?, last_results: finished, alerts })
+    }
+
+    // ---- tasks ---------------------------------------------------------------------------------
+
+    fn backup_task(&self, user: &str, source_id: &str, retries: u32) -> Result<TaskInfo, ServiceError> {
+        let src = self.source(source_id)?;
+        let secrets = self.secrets(&src)?;
+        let store = self.store.clone();
+        let name = src.name.clone();
+        let url = src.url.clone();
+        let (env, usage_db) = (self.env.clone(), self.usage_db);
+        let job: tasks::Job = Box::new(move |live: &Live| {
+            let mut attempt = 0;
+            loop {
+                let r = (|| -> Result<serde_json::Value, String> {
+                    live.log(&format!("opening {url}"));
+                    let opened = engine::open_source_all(&url, &secrets).map_err(|e| e.to_string())?;
+                    live.log(&format!("opened {}: {} disk(s)", opened.describe, opened.disks.len()));
+                    let disks: Vec<engine::DiskToBackup<'_>> = opened
+                        .disks
+                        .iter()
+                        .map(|(label, d)| engine::DiskToBackup { label, source: d.as_ref() })
+                        .collect();
+                    let opts = engine::BackupOptions::new(&name);
+                    let report =
+                        engine::backup_disks(&store, &disks, &opened.files, &opts, live).map_err(|e| e.to_string())?;
+                    live.log(&format!(
+                        "backup complete: restore point {}@{}, {} bytes read, {} written, {} of {} chunks new",
+                        report.name,
+                        report.id,
+                        report.bytes_read,
+                        report.bytes_written,
+                        report.chunks_new,
+                        report.chunks_total
+                    ));
+                    Ok(serde_json::to_value(&report).unwrap_or_default())
+                })();
+                match r {
+                    Ok(v) => {
+                        record_usage(&store, &env, &usage_db);
+                        return Ok(v);
+                    }
+                    Err(e) if attempt < retries && !live.is_cancelled() => {
+                        attempt += 1;
+                        let wait = 5u64 << attempt.min(6);
+                        live.log(&format!("attempt {attempt} failed: {e}; retrying in {wait} s"));
+                        for _ in 0..wait {
+                            if live.is_cancelled() {
+                                return Err("cancelled".into());
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        self.tasks.spawn("backup", &src.name, user, &source_host(&src.url), job)
+    }
+
+    pub fn start_backup(&self, actor: &Principal, source_id: &str) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        let t = self.backup_task(&actor.user, source_id, 0)?;
+        self.audit(actor, "start backup", source_id);
+        Ok(t)
+    }
+
+    pub fn start_restore(&self, actor: &Principal, req: RestoreRequest) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        plain_name(&req.target, "restore target")?;
+        let point = self.store.find(&req.point)?;
+        let disks: Vec<usize> = match &req.disk {
+            Some(d) => vec![point
+                .disks
+                .iter()
+                .position(|x| &x.label == d)
+                .ok_or_else(|| ServiceError::Invalid(format!("restore point {} has no disk {d}", point.spec())))?],
+            None => (0..point.disks.len()).collect(),
+        };
+        let dir = self.data_dir.join("restores").join(&req.target);
+        if dir.exists() {
+            return Err(ServiceError::Conflict(format!("restore target {} exists; pick another name", req.target)));
+        }
+        let store = self.store.clone();
+        let spec = point.spec();
+        let job: tasks::Job = Box::new(move |live: &Live| {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut outputs = Vec::new();
+            for i in disks {
+                let label = &point.disks[i].label;
+                let file: String = label
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+                    .collect();
+                let to = dir.join(format!("{file}.raw"));
+                live.log(&format!("restoring disk {label} to {}", to.display()));
+                let opts = engine::RestoreOptions {
+                    to: to.clone(),
+                    format: engine::RestoreFormat::Raw,
+                    verify: false,
+                    force: false,
+                    disk: i,
+                    threads: 0,
+                };
+                let r = engine::restore(&store, &point, &opts, live).map_err(|e| e.to_string())?;
+                live.log(&format!("disk {label}: {} bytes written", r.bytes_written));
+                outputs.push(to.display().to_string());
+            }
+            for f in &point.files {
+                let content = store.read_point_file(f).map_err(|e| e.to_string())?;
+                std::fs::write(dir.join(&f.name), content).map_err(|e| e.to_string())?;
+                outputs.push(dir.join(&f.name).display().to_string());
+            }
+            live.log(&format!("restore complete: {}", outputs.join(", ")));
+            Ok(serde_json::json!({ "point": point.spec(), "outputs": outputs }))
+        });
+        let t = self.tasks.spawn("restore", &spec, &actor.user, "local", job)?;
+        self.audit(actor, "start restore", &format!("{spec} to {}", req.target));
+        Ok(t)
+    }
+
+    pub fn start_verify(&self, actor: &Principal, point: Option<String>) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        if let Some(p) = &point {
+            self.store.find(p)?;
+        }
+        let store = self.store.clone();
+        let subject = point.clone().unwrap_or_else(|| "the whole store".into());
+        let job: tasks::Job = Box::new(move |live: &Live| {
+            let r = engine::verify(&store, point.as_deref(), 0, live).map_err(|e| e.to_string())?;
+            if r.is_clean() {
+                live.log(&format!("verify complete: {} chunks intact", r.chunks_checked));
+                Ok(serde_json::to_value(&r).unwrap_or_default())
+            } else {
+                Err(format!(
+                    "damage found: {} damaged record(s), {} damaged restore point(s)",
+                    r.damaged_records.len(),
+                    r.damaged_points.len()
+                ))
+            }
+        });
+        let t = self.tasks.spawn("verify", &subject, &actor.user, "local", job)?;
+        self.audit(actor, "start verify", &subject);
+        Ok(t)
+    }
+
+    pub fn tasks(&self, actor: &Principal) -> Result<Vec<TaskInfo>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        self.tasks.list(500)
+    }
+
+    pub fn task(&self, actor: &Principal, id: u64) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Auditor)?;
+        self.tasks.get(id)
+    }
+
+    pub fn task_log(&self, actor: &Principal, id: u64, from: u64) -> Result<(Vec<String>, u64), ServiceError> {
+        actor.require(Role::Auditor)?;
+        self.tasks.log_lines(id, from)
+    }
+
+    pub fn cancel_task(&self, actor: &Principal, id: u64) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        let t = self.tasks.cancel(id)?;
+        self.audit(actor, "cancel task", &id.to_string());
+        Ok(t)
+    }
+
+    // ---- tape ------------------------------------------------------------------------------------
+
+    /// The tape library's inventory; `NotFound` when no library is configured.
+    pub fn tape_inventory(&self, actor: &Principal) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let changer = lock(&self.config)
+            .tape_changer
+            .clone()
+            .ok_or_else(|| ServiceError::NotFound("no tape library configured".into()))?;
+        let _one = lock(&self.tape_lock);
+        let lib = engine::tape::Library::open(&changer)?;
+        let cat = engine::tape::TapeCatalog::open(&self.data_dir.join("store/tape-catalog"))?;
+        let rows = engine::tape::inventory(&cat, &lib)?;
+        Ok(serde_json::json!({ "library": lib.describe(), "elements": rows }))
+    }
+
+    // ---- settings and metrics ---------------------------------------------------------------------
+
+    pub fn settings(&self, actor: &Principal) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let c = lock(&self.config).clone();
+        Ok(serde_json::json!({
+            "data_dir": self.data_dir.display().to_string(),
+            "settings": c.settings,
+            "tape_changer": c.tape_changer,
+            "store": self.usage(actor)?,
+        }))
+    }
+
+    /// Replaces the HTTPS certificate and key (PEM); the web layer reloads them.
+    pub fn set_certificate(&self, actor: &Principal, cert_pem: &str, key_pem: &str) -> Result<(), ServiceError> {
+        actor.require(Role::Admin)?;
+        if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ServiceError::Invalid("the certificate must be PEM (-----BEGIN CERTIFICATE-----)".into()));
+        }
+        if !key_pem.contains("PRIVATE KEY-----") {
+            return Err(ServiceError::Invalid("the key must be a PEM private key".into()));
+        }
+        let (cert, key) = self.tls_paths();
+        config::write_private(&key, key_pem.as_bytes())?;
+        config::write_private(&cert, cert_pem.as_bytes())?;
+        self.audit(actor, "replace certificate", "uploaded a certificate and key");
+        Ok(())
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let tasks = self.tasks.list(10_000).unwrap_or_default();
+        let mut by: HashMap<(String, String), u64> = HashMap::new();
+        let mut ingested = 0u64;
+        let mut last_tput = 0.0;
+        for t in &tasks {
+            *by.entry((t.kind.clone(), format!("{:?}", t.state).to_lowercase())).or_default() += 1;
+            if t.kind == "backup" && t.state == TaskState::Succeeded {
+                ingested += t.result.as_ref().and_then(|r| r["bytes_read"].as_u64()).unwrap_or(0);
+                if last_tput == 0.0 {
+                    last_tput = t.throughput_bps;
+                }
+            }
+        }
+        out.push_str("# HELP rackvault_tasks Tasks by kind and state.\n# TYPE rackvault_tasks gauge\n");
+        let mut keys: Vec<_> = by.into_iter().collect();
+        keys.sort();
+        for ((kind, state), n) in keys {
+            out.push_str(&format!("rackvault_tasks{{kind=\"{kind}\",state=\"{state}\"}} {n}\n"));
+        }
+        out.push_str(&format!(
+            "# HELP rackvault_tasks_running Tasks running now.\n# TYPE rackvault_tasks_running gauge\nrackvault_tasks_running {}\n",
+            self.tasks.running()
+        ));
+        out.push_str(&format!(
+            "# HELP rackvault_bytes_ingested_total Bytes read from sources by successful backups.\n# TYPE rackvault_bytes_ingested_total counter\nrackvault_bytes_ingested_total {ingested}\n"
+        ));
+        out.push_str(&format!(
+            "# HELP rackvault_backup_throughput_bytes_per_second Throughput of the newest successful backup.\n# TYPE rackvault_backup_throughput_bytes_per_second gauge\nrackvault_backup_throughput_bytes_per_second {last_tput}\n"
+        ));
+        if let Ok((stored, logical, points)) = self.usage_now() {
+            out.push_str(&format!(
+                "# HELP rackvault_store_bytes Bytes in the store's packs.\n# TYPE rackvault_store_bytes gauge\nrackvault_store_bytes {stored}\n\
+                 # HELP rackvault_store_logical_bytes Bytes the restore points represent.\n# TYPE rackvault_store_logical_bytes gauge\nrackvault_store_logical_bytes {logical}\n\
+                 # HELP rackvault_store_dedup_ratio Logical bytes over stored bytes.\n# TYPE rackvault_store_dedup_ratio gauge\nrackvault_store_dedup_ratio {}\n\
+                 # HELP rackvault_restore_points Restore points in the store.\n# TYPE rackvault_restore_points gauge\nrackvault_restore_points {points}\n",
+                if stored > 0 { logical as f64 / stored as f64 } else { 0.0 }
+            ));
+        }
+        let changer = lock(&self.config).tape_changer.clone();
+        if let Some(changer) = changer {
+            if let Ok(_one) = self.tape_lock.try_lock() {
+                if let Ok(lib) = engine::tape::Library::open(&changer) {
+                    if let Ok(inv) = lib.inventory() {
+                        out.push_str("# HELP rackvault_tape_drive_loaded Whether a tape drive holds a cartridge.\n# TYPE rackvault_tape_drive_loaded gauge\n");
+                        for (addr, serial) in lib.drive_serials() {
+                            let full = inv.element(addr).is_some_and(|e| e.full);
+                            out.push_str(&format!(
+                                "rackvault_tape_drive_loaded{{drive=\"{serial}\"}} {}\n",
+                                u8::from(full)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    // ---- scheduler ---------------------------------------------------------------------------------
+
+    /// Starts the scheduler thread: every few seconds it starts the jobs that are due
+    /// (within their backup window), with the job's retries. It stops when the appliance is
+    /// dropped.
+    pub fn start_scheduler(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let _ = std::thread::Builder::new().name("scheduler".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let Some(app) = weak.upgrade() else { return };
+            app.tick(now_unix());
+        });
+    }
+
+    /// Starts due jobs as of `now`.
+    pub fn tick(&self, now: u64) {
+        let jobs = lock(&self.config).jobs.clone();
+        for j in jobs.iter().filter(|j| j.enabled) {
+            let Ok(ev) = CalendarEvent::parse(&j.schedule) else { continue };
+            let due = {
+                let mut next = lock(&self.next_runs);
+                let planned = *next.entry(j.id.clone()).or_insert_with(|| ev.next_after(now).unwrap_or(u64::MAX));
+                if planned > now {
+                    continue;
+                }
+                next.insert(j.id.clone(), ev.next_after(now).unwrap_or(u64::MAX));
+                planned
+            };
+            let window = u64::from(j.window_hours.unwrap_or(24)) * 3600;
+            let system = Principal { user: "scheduler".into(), role: Role::Operator };
+            if now > due + window {
+                self.audit(&system, "skip job", &format!("{}: missed its window", j.name));
+                continue;
+            }
+            match self.backup_task("scheduler", &j.source, j.retries) {
+                Ok(t) => {
+                    lock(&self.last_tasks).insert(j.id.clone(), t.id);
+                }
+                Err(e) => self.audit(&system, "job failed to start", &format!("{}: {e}", j.name)),
+            }
+        }
+    }
+}
+
+fn usage_now(store: &Store) -> Result<(u64, u64, u64), ServiceError> {
+    let u = store.usage()?;
+    let logical: u64 = store.list()?.iter().map(|p| p.stats.bytes_logical).sum();
+    Ok((u.pack_bytes, logical, u.restore_points))
+}
+
+/// Adds a usage sample (after every backup), for the dashboard's chart.
+fn record_usage(store: &Store, env: &KvEnv, db: &KvDb) {
+    let Ok((stored, logical, _)) = usage_now(store) else { return };
+    let s = UsageSample { unix: now_unix(), bytes_stored: stored, bytes_logical: logical };
+    if let Ok(mut wtxn) = env.write() {
+        if db.put(&mut wtxn, &s.unix.to_be_bytes(), &serde_json::to_vec(&s).expect("serialises")).is_ok() {
+            let _ = wtxn.commit();
+        }
+    }
+}
+
+/// Dev mode: a sample VM disk and source, and an emulated tape library.
+fn dev_defaults(data_dir: &Path, config: &mut ConfigFile) -> Result<(), ServiceError> {
+    let samples = data_dir.join("samples");
+    std::fs::create_dir_all(&samples).map_err(|e| ServiceError::io(&samples, e))?;
+    let disk = samples.join("sample-vm.raw");
+    if !disk.exists() {
+        write_sample_disk(&disk, 256 << 20)?;
+    }
+    if config.sources.is_empty() {
+        config.sources.push(SourceConfig {
+            id: new_id(),
+            name: "sample-vm".into(),
+            url: disk.display().to_string(),
+            chap_user: None,
+            chap_secret: None,
+            mutual_user: None,
+            mutual_secret: None,
+        });
+    }
+    if config.tape_changer.is_none() {
+        config.tape_changer = Some(format!("emulated:{}", data_dir.join("tape-library").display()));
+    }
+    Ok(())
+}
+
+/// A deterministic disk image that looks like a VM's: text, binary, zeros and holes.
+fn write_sample_disk(path: &Path, size: u64) -> Result<(), ServiceError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let block = 1 << 20;
+    let mut buf = vec![0u8; block];
+    for i in 0..(size / block as u64) {
+        match i % 4 {
+            0 => {
+                let line = format!("sample guest file system block {i}: logs, configuration and documents\n");
+                for (dst, src) in buf.iter_mut().zip(line.bytes().cycle()) {
+                    *dst = src;
+                }
+            }
+            1 => {
+                for b in buf.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            _ => buf.fill(0),
+        }
+        f.write_all(&buf).map_err(|e| ServiceError::io(&tmp, e))?;
+    }
+    f.sync_all().map_err(|e| ServiceError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ServiceError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests;

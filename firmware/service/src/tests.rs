@@ -1,0 +1,233 @@
+//! Service API tests on a temporary data directory.
+
+use super::*;
+
+fn admin() -> Principal {
+    Principal { user: "admin".into(), role: Role::Admin }
+}
+
+fn open() -> (tempfile::TempDir, Arc<Appliance>) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Appliance::open(dir.path(), ApplianceOptions::default()).unwrap();
+    (dir, app)
+}
+
+fn wait(app: &Appliance, id: u64) -> TaskInfo {
+    for _ in 0..600 {
+        let t = app.task(&admin(), id).unwrap();
+        if t.state.is_finished() {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("task {id} did not finish");
+}
+
+#[test]
+fn setup_once_then_login_with_lockout() {
+    let (_d, app) = open();
+    assert!(app.needs_setup());
+    assert!(app.setup("admin", "short").unwrap_err().to_string().contains("at least"));
+    app.setup("admin", "correct horse battery").unwrap();
+    assert!(!app.needs_setup());
+    assert!(matches!(app.setup("admin2", "correct horse battery"), Err(ServiceError::Conflict(_))));
+    let s = app.login("admin", "correct horse battery", "127.0.0.1").unwrap();
+    assert_eq!(s.principal.role, Role::Admin);
+    assert_eq!(app.session(&s.token).unwrap().csrf, s.csrf);
+    app.logout(&s.token);
+    assert!(app.session(&s.token).is_none());
+    for _ in 0..5 {
+        assert!(matches!(app.login("admin", "wrong", "10.0.0.1"), Err(ServiceError::Unauthenticated(_))));
+    }
+    match app.login("admin", "correct horse battery", "10.0.0.1") {
+        Err(ServiceError::RateLimited { retry_after_s }) => assert!(retry_after_s > 0),
+        other => panic!("expected a lockout, got {other:?}"),
+    }
+    let log = app.audit_log(&admin(), 100).unwrap();
+    assert!(log.iter().any(|e| e.action == "login failed"));
+}
+
+#[test]
+fn roles_are_enforced_by_the_service() {
+    let (_d, app) = open();
+    app.setup("admin", "correct horse battery").unwrap();
+    let auditor = Principal { user: "eve".into(), role: Role::Auditor };
+    let operator = Principal { user: "op".into(), role: Role::Operator };
+    assert!(matches!(app.start_backup(&auditor, "x"), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(app.users(&operator), Err(ServiceError::Forbidden(_))));
+    let input = SourceInput {
+        name: "s".into(),
+        url: "/x".into(),
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    assert!(matches!(app.put_source(&operator, None, input), Err(ServiceError::Forbidden(_))));
+    assert!(app.tasks(&auditor).is_ok());
+    let (info, secret) = app.create_api_token(&admin(), "script", Role::Operator).unwrap();
+    let p = app.authenticate_token(&secret).unwrap();
+    assert_eq!(p.role, Role::Operator);
+    assert!(app.authenticate_token("rvt_wrong").is_none());
+    app.delete_api_token(&admin(), &info.id).unwrap();
+    assert!(app.authenticate_token(&secret).is_none());
+}
+
+#[test]
+fn secrets_are_sealed_in_the_config_file_and_never_shown() {
+    let (d, app) = open();
+    let input = SourceInput {
+        name: "san".into(),
+        url: "iscsi://127.0.0.1:3260/iqn.2024-01.test:disk/1".into(),
+        chap_user: Some("u".into()),
+        chap_secret: Some("supersecret-chap".into()),
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    let s = app.put_source(&admin(), None, input).unwrap();
+    assert!(s.has_chap_secret);
+    assert_eq!(s.host, "127.0.0.1");
+    let text = std::fs::read_to_string(d.path().join("config.json")).unwrap();
+    assert!(!text.contains("supersecret-chap") && text.contains("sealed:v1:"), "{text}");
+    let listed = serde_json::to_string(&app.sources(&admin()).unwrap()).unwrap();
+    assert!(!listed.contains("supersecret") && !listed.contains("sealed"), "{listed}");
+    // An edit without a secret keeps the old one.
+    let edit = SourceInput {
+        name: "san".into(),
+        url: s.url.clone(),
+        chap_user: Some("u".into()),
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    assert!(app.put_source(&admin(), Some(&s.id), edit).unwrap().has_chap_secret);
+}
+
+#[test]
+fn backup_restore_verify_tasks_with_progress_logs_and_cancel() {
+    let (d, app) = open();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 32 << 20).unwrap();
+    let input = SourceInput {
+        name: "vm".into(),
+        url: img.display().to_string(),
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    let src = app.put_source(&admin(), None, input).unwrap();
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    let t = wait(&app, t.id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(t.percent, 100.0);
+    assert!(t.bytes_total >= 32 << 20);
+    let (lines, next) = app.task_log(&admin(), t.id, 0).unwrap();
+    assert!(lines.iter().any(|l| l.contains("backup complete")), "{lines:?}");
+    assert_eq!(app.task_log(&admin(), t.id, next).unwrap().0.len(), 0);
+    let points = app.points(&admin()).unwrap();
+    assert_eq!(points.len(), 1);
+    let r = app
+        .start_restore(&admin(), RestoreRequest { point: points[0].spec(), disk: None, target: "r1".into() })
+        .unwrap();
+    assert_eq!(wait(&app, r.id).state, TaskState::Succeeded);
+    let restored = std::fs::read(d.path().join("restores/r1/disk0.raw")).unwrap();
+    assert_eq!(restored, std::fs::read(&img).unwrap());
+    let v = app.start_verify(&admin(), None).unwrap();
+    assert_eq!(wait(&app, v.id).state, TaskState::Succeeded);
+    let u = app.usage(&admin()).unwrap();
+    assert!(u.dedup_ratio > 1.0 && !u.history.is_empty(), "{u:?}");
+    let m = app.metrics();
+    assert!(m.contains("rackvault_tasks{kind=\"backup\",state=\"succeeded\"} 1"), "{m}");
+    assert!(m.contains("rackvault_store_dedup_ratio"), "{m}");
+    // Cancel: a finished task cannot be cancelled; a restore target cannot be reused.
+    assert!(matches!(app.cancel_task(&admin(), t.id), Err(ServiceError::Conflict(_))));
+    assert!(matches!(
+        app.start_restore(&admin(), RestoreRequest { point: points[0].spec(), disk: None, target: "r1".into() }),
+        Err(ServiceError::Conflict(_))
+    ));
+    assert!(matches!(
+        app.start_restore(&admin(), RestoreRequest { point: points[0].spec(), disk: None, target: "../x".into() }),
+        Err(ServiceError::Invalid(_))
+    ));
+}
+
+#[test]
+fn interrupted_tasks_are_marked_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let app = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+        // A task that never finishes: the source is a FIFO nobody writes.
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let input = SourceInput {
+            name: "hang".into(),
+            url: fifo.display().to_string(),
+            chap_user: None,
+            chap_secret: None,
+            mutual_user: None,
+            mutual_secret: None,
+        };
+        let src = app.put_source(&admin(), None, input).unwrap();
+        let t = app.start_backup(&admin(), &src.id).unwrap();
+        for _ in 0..100 {
+            if app.task(&admin(), t.id).unwrap().state == TaskState::Running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Simulate the crash: the record says running; reopen a second appliance on a copy.
+        let copy = d.path().join("copy");
+        std::fs::create_dir_all(copy.join("state")).unwrap();
+        std::fs::copy(d.path().join("state/data.mdb"), copy.join("state/data.mdb")).unwrap();
+        let again = Appliance::open(&copy, ApplianceOptions::default()).unwrap();
+        assert_eq!(again.interrupted_at_open(), 1);
+        let t2 = again.task(&admin(), t.id).unwrap();
+        assert_eq!(t2.state, TaskState::Interrupted);
+        assert!(t2.error.unwrap().contains("stopped"));
+        // Unblock the hanging reader so the thread ends.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+}
+
+#[test]
+fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
+    let (d, app) = open();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let input = SourceInput {
+        name: "vm".into(),
+        url: img.display().to_string(),
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    let src = app.put_source(&admin(), None, input).unwrap();
+    let bad = JobInput {
+        name: "nightly".into(),
+        source: src.id.clone(),
+        schedule: "someday".into(),
+        window_hours: None,
+        enabled: true,
+        retries: None,
+    };
+    assert!(app.put_job(&admin(), None, bad).unwrap_err().to_string().contains("example"));
+    let job = JobInput {
+        name: "nightly".into(),
+        source: src.id.clone(),
+        schedule: "*:0/15".into(),
+        window_hours: Some(1),
+        enabled: true,
+        retries: Some(0),
+    };
+    let j = app.put_job(&admin(), None, job).unwrap();
+    let next = j.next_run_unix.unwrap();
+    app.tick(next - 60); // plans the run
+    assert!(app.tasks(&admin()).unwrap().is_empty());
+    app.tick(next + 1);
+    let tasks = app.tasks(&admin()).unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(wait(&app, tasks[0].id).state, TaskState::Succeeded);
+    assert!(matches!(app.delete_source(&admin(), &src.id), Err(ServiceError::Conflict(_))));
+}
