@@ -1,0 +1,1614 @@
+// rackvault web console: a single-page app on the REST API (/api/v1), no framework, no build.
+//
+// Served by the appliance itself under a strict CSP (default-src 'self'): no inline scripts,
+// no inline style attributes, no external assets. Everything is built with DOM calls (never
+// innerHTML with data), styles come from classes in style.css; only progress bar widths are
+// set through the CSSOM, which CSP allows.
+//
+// Routing is on the location hash (#/dashboard, #/tasks/12, ...). Each page render gets a
+// context whose timers are cleared when the route changes, so polling stops with its page.
+// Stable ids and data-test attributes are part of the browser test's contract
+// (tests/e2e/tests/browser.rs): keep them when changing the markup.
+'use strict';
+
+(function () {
+  const API = '/api/v1';
+  const ROLE_RANK = { auditor: 1, operator: 2, admin: 3 };
+  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor' };
+  const ROLE_HELP = {
+    admin: 'everything, including users, sources, jobs and certificates',
+    operator: 'run backups, restores and verifications, cancel tasks',
+    auditor: 'read-only: dashboards, tasks, logs and the audit log',
+  };
+  const ACTIVE_STATES = new Set(['queued', 'running']);
+  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape' };
+
+  const state = {
+    setup: null, // GET /setup
+    session: null, // GET /session or POST /login
+    gen: 0, // bumped on every route change; stale async work checks it
+    timers: [],
+    flash: null, // {kind, text} shown after the next navigation
+    afterLogin: null, // where to go after signing in
+    shell: null, // the layout's elements once built
+    testAfterLoad: null, // source id whose edit page should run a connection test at once
+  };
+
+  // -------------------------------------------------------------------------------------------
+  // DOM helpers
+
+  function append(el, kids) {
+    for (const k of kids) {
+      if (k == null || k === false) continue;
+      if (Array.isArray(k)) append(el, k);
+      else if (k instanceof Node) el.appendChild(k);
+      else el.appendChild(document.createTextNode(String(k)));
+    }
+    return el;
+  }
+
+  // h('button', {class: 'btn', onclick: fn, test: 'x'}, 'Label'): `test` becomes data-test,
+  // `on*` become listeners, `text` sets textContent, true/false toggle boolean attributes.
+  function h(tag, attrs, ...kids) {
+    const el = document.createElement(tag);
+    setAttrs(el, attrs);
+    return append(el, kids);
+  }
+
+  function setAttrs(el, attrs) {
+    if (!attrs) return;
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v == null || v === false) continue;
+      if (k === 'class') el.setAttribute('class', v);
+      else if (k === 'test') el.setAttribute('data-test', v);
+      else if (k === 'text') el.textContent = v;
+      else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+      else if (k === 'value' && 'value' in el && tagIsField(el)) el.value = v;
+      else el.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+
+  function tagIsField(el) {
+    return el.tagName === 'INPUT' || el.tagName === 'TEXTAREA' || el.tagName === 'SELECT';
+  }
+
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  function s(tag, attrs, ...kids) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) if (v != null) el.setAttribute(k, String(v));
+    return append(el, kids);
+  }
+
+  function clear(el) {
+    while (el.firstChild) el.removeChild(el.firstChild);
+    return el;
+  }
+
+  function $(sel, root) {
+    return (root || document).querySelector(sel);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Formatting
+
+  function fmtBytes(n) {
+    if (n == null || !isFinite(n)) return '—';
+    n = Number(n);
+    if (Math.abs(n) < 1024) return `${n} B`;
+    const units = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+    let v = n;
+    let i = -1;
+    do {
+      v /= 1024;
+      i++;
+    } while (Math.abs(v) >= 1024 && i < units.length - 1);
+    return `${v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
+  }
+
+  function fmtRate(bps) {
+    if (bps == null || !isFinite(bps) || bps <= 0) return '—';
+    return `${fmtBytes(Math.round(bps))}/s`;
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, '0');
+  }
+
+  function fmtDate(unix, withSeconds) {
+    if (unix == null || unix === 0) return '—';
+    const d = new Date(Number(unix) * 1000);
+    const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}${withSeconds ? ':' + pad(d.getSeconds()) : ''}`;
+    return `${date} ${time}`;
+  }
+
+  function fmtAgo(unix) {
+    if (!unix) return '';
+    const s = Math.round(Date.now() / 1000 - Number(unix));
+    if (s < 0) return 'in ' + fmtDuration(-s);
+    if (s < 60) return 'just now';
+    return fmtDuration(s) + ' ago';
+  }
+
+  function dateCell(unix, withSeconds) {
+    return h('time', { class: 'date', title: unix ? `${new Date(unix * 1000).toString()} (${fmtAgo(unix)})` : null }, fmtDate(unix, withSeconds));
+  }
+
+  function fmtDuration(sec) {
+    if (sec == null || !isFinite(sec) || sec < 0) return '—';
+    sec = Math.round(sec);
+    if (sec < 60) return `${sec} s`;
+    const m = Math.floor(sec / 60);
+    if (m < 60) return `${m} min ${pad(sec % 60)} s`;
+    const hrs = Math.floor(m / 60);
+    if (hrs < 48) return `${hrs} h ${pad(m % 60)} min`;
+    return `${Math.floor(hrs / 24)} d ${hrs % 24} h`;
+  }
+
+  function fmtPercent(p) {
+    if (p == null || !isFinite(p)) return '—';
+    const v = Math.max(0, Math.min(100, Number(p)));
+    return `${v >= 99.95 || v === 0 ? v.toFixed(0) : v.toFixed(1)}%`;
+  }
+
+  function fmtFingerprint(fp) {
+    if (!fp) return '—';
+    const hex = String(fp).replace(/[^0-9a-fA-F]/g, '');
+    if (hex.length !== 64) return String(fp);
+    return hex.toUpperCase().match(/../g).join(':');
+  }
+
+  function taskDuration(t) {
+    if (!t.started_unix) return null;
+    const end = t.finished_unix || Date.now() / 1000;
+    return end - t.started_unix;
+  }
+
+  function taskTitle(t) {
+    return `${KIND_LABEL[t.kind] || t.kind} · ${t.subject || ''}`;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // API
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  async function api(method, path, body, opts) {
+    opts = opts || {};
+    const init = { method, credentials: 'same-origin', cache: 'no-store', headers: { Accept: 'application/json' } };
+    if (method !== 'GET') {
+      init.headers['Content-Type'] = 'application/json';
+      if (state.session && state.session.csrf) init.headers['X-CSRF-Token'] = state.session.csrf;
+      init.body = JSON.stringify(body === undefined ? {} : body);
+    }
+    let res;
+    try {
+      res = await fetch(API + path, init);
+    } catch (e) {
+      throw new ApiError(0, 'network', `Cannot reach the appliance (${e.message}). Check the network connection and that rackvault is running.`);
+    }
+    const text = res.status === 204 ? '' : await res.text();
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch (e) {
+        if (res.ok) throw new ApiError(res.status, 'bad_response', `The appliance sent an unreadable answer to ${method} ${path}.`);
+      }
+    }
+    if (res.ok) return data;
+
+    let msg = data && typeof data.error === 'string' && data.error ? data.error : `${res.status} ${res.statusText || 'error'}`;
+    const code = data && data.code;
+    if (res.status === 429) {
+      const ra = res.headers.get('Retry-After');
+      if (ra) msg += ` Try again in ${fmtDuration(Number(ra))}.`;
+    }
+    // A stale CSRF token (the session was renewed in another tab): fetch the current one, retry once.
+    if (res.status === 403 && method !== 'GET' && !opts.retried && /csrf/i.test(`${code || ''} ${msg}`) && state.session) {
+      try {
+        state.session = await api('GET', '/session', undefined, { noRedirect: true });
+        return await api(method, path, body, Object.assign({}, opts, { retried: true }));
+      } catch (e) {
+        /* fall through to the original error */
+      }
+    }
+    const err = new ApiError(res.status, code, msg);
+    if (res.status === 401 && !opts.noRedirect) {
+      const wasSignedIn = !!state.session;
+      state.session = null;
+      state.shell = null;
+      state.afterLogin = location.hash && !/^#\/(login|setup)/.test(location.hash) ? location.hash : null;
+      state.flash = { kind: 'error', text: wasSignedIn ? 'Your session has ended. Sign in again.' : msg };
+      err.handled = true;
+      go('#/login');
+    }
+    throw err;
+  }
+
+  function can(role) {
+    return !!state.session && (ROLE_RANK[state.session.role] || 0) >= ROLE_RANK[role];
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Banner (errors) and notices
+
+  let banner = null;
+  function bannerEl() {
+    if (!banner) {
+      banner = h('div', { id: 'banner', class: 'banner', role: 'alert', hidden: true });
+    }
+    return banner;
+  }
+
+  function showBanner(kind, text, source) {
+    const b = bannerEl();
+    clear(b);
+    b.className = `banner banner-${kind}`;
+    b.dataset.source = source || '';
+    append(b, [
+      h('span', { class: 'banner-icon', 'aria-hidden': 'true' }, kind === 'error' ? '!' : kind === 'warning' ? '!' : '✓'),
+      h('span', { class: 'banner-text', id: 'banner-text' }, text),
+      h('button', { class: 'banner-close', type: 'button', title: 'Dismiss', 'aria-label': 'Dismiss', onclick: hideBanner }, '×'),
+    ]);
+    b.hidden = false;
+    if (kind === 'success') {
+      const gen = state.gen;
+      setTimeout(() => {
+        if (state.gen === gen && b.dataset.source === (source || '') && b.classList.contains('banner-success')) hideBanner();
+      }, 6000);
+    }
+  }
+
+  function showError(err, source) {
+    if (err && err.handled) return;
+    const text = err instanceof ApiError || (err && err.message) ? err.message : String(err);
+    showBanner('error', text, source);
+  }
+
+  function notice(text) {
+    showBanner('success', text, 'notice');
+  }
+
+  function hideBanner() {
+    const b = bannerEl();
+    b.hidden = true;
+    clear(b);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Routing
+
+  function go(hash) {
+    if (location.hash === hash) route();
+    else location.hash = hash;
+  }
+
+  function clearTimers() {
+    for (const t of state.timers) clearTimeout(t);
+    state.timers = [];
+  }
+
+  // The per-render context: `alive()` is false once the user navigated away.
+  function makeCtx(content) {
+    const gen = state.gen;
+    const ctx = {
+      content,
+      alive: () => state.gen === gen,
+      later(fn, ms) {
+        if (!ctx.alive()) return;
+        const t = setTimeout(() => {
+          state.timers = state.timers.filter((x) => x !== t);
+          if (ctx.alive()) fn();
+        }, ms);
+        state.timers.push(t);
+      },
+      // Errors while polling: show them, and clear them once polling works again.
+      pollError(err) {
+        if (ctx.alive()) showError(err, 'poll');
+      },
+      pollOk() {
+        const b = bannerEl();
+        if (!b.hidden && b.dataset.source === 'poll') hideBanner();
+      },
+    };
+    return ctx;
+  }
+
+  const ROUTES = [
+    { re: /^#\/dashboard$/, page: pageDashboard, title: 'Dashboard', nav: 'dashboard' },
+    { re: /^#\/sources$/, page: pageSources, title: 'Sources', nav: 'sources' },
+    { re: /^#\/sources\/new$/, page: pageSourceForm, title: 'Add source', nav: 'sources', role: 'admin' },
+    { re: /^#\/sources\/([^/]+)$/, page: pageSourceForm, title: 'Source', nav: 'sources' },
+    { re: /^#\/jobs$/, page: pageJobs, title: 'Jobs', nav: 'jobs' },
+    { re: /^#\/jobs\/new$/, page: pageJobForm, title: 'Add job', nav: 'jobs', role: 'admin' },
+    { re: /^#\/jobs\/([^/]+)$/, page: pageJobForm, title: 'Job', nav: 'jobs' },
+    { re: /^#\/points$/, page: pagePoints, title: 'Restore points', nav: 'points' },
+    { re: /^#\/tasks$/, page: pageTasks, title: 'Tasks', nav: 'tasks' },
+    { re: /^#\/tasks\/(\d+)$/, page: pageTask, title: 'Task', nav: 'tasks' },
+    { re: /^#\/tape$/, page: pageTape, title: 'Tape library', nav: 'tape' },
+    { re: /^#\/users$/, page: pageUsers, title: 'Users', nav: 'users', role: 'admin' },
+    { re: /^#\/tokens$/, page: pageTokens, title: 'API tokens', nav: 'tokens', role: 'admin' },
+    { re: /^#\/audit$/, page: pageAudit, title: 'Audit log', nav: 'audit' },
+    { re: /^#\/settings$/, page: pageSettings, title: 'Settings', nav: 'settings' },
+  ];
+
+  const NAV = [
+    { id: 'dashboard', label: 'Dashboard', hash: '#/dashboard' },
+    { id: 'tasks', label: 'Tasks', hash: '#/tasks' },
+    { id: 'points', label: 'Restore points', hash: '#/points' },
+    { group: 'Configuration' },
+    { id: 'sources', label: 'Sources', hash: '#/sources' },
+    { id: 'jobs', label: 'Jobs', hash: '#/jobs' },
+    { id: 'tape', label: 'Tape library', hash: '#/tape' },
+    { group: 'Administration' },
+    { id: 'users', label: 'Users', hash: '#/users', role: 'admin' },
+    { id: 'tokens', label: 'API tokens', hash: '#/tokens', role: 'admin' },
+    { id: 'audit', label: 'Audit log', hash: '#/audit' },
+    { id: 'settings', label: 'Settings', hash: '#/settings' },
+  ];
+
+  function route() {
+    clearTimers();
+    state.gen++;
+    const hash = location.hash || '';
+    if (state.setup && state.setup.needs_setup) {
+      if (hash !== '#/setup') return replaceHash('#/setup');
+      return renderStandalone(pageSetup);
+    }
+    if (!state.session) {
+      if (hash !== '#/login') {
+        if (hash && hash !== '#/setup' && hash !== '#/') state.afterLogin = hash;
+        return replaceHash('#/login');
+      }
+      return renderStandalone(pageLogin);
+    }
+    if (hash === '' || hash === '#/' || hash === '#/login' || hash === '#/setup') return replaceHash('#/dashboard');
+    for (const r of ROUTES) {
+      const m = hash.match(r.re);
+      if (!m) continue;
+      renderInShell(r, m.slice(1).map(decodeURIComponent));
+      return;
+    }
+    renderInShell({ title: 'Not found', nav: null, page: pageNotFound }, []);
+  }
+
+  function replaceHash(hash) {
+    // location.replace keeps the bad hash out of the history; hashchange calls route again.
+    location.replace(location.pathname + location.search + hash);
+  }
+
+  function consumeFlash() {
+    const f = state.flash;
+    state.flash = null;
+    if (f) showBanner(f.kind, f.text, 'flash');
+    else hideBanner();
+  }
+
+  function renderStandalone(page) {
+    state.shell = null;
+    const app = clear($('#app'));
+    app.className = 'standalone';
+    const content = h('main', { class: 'auth-main', id: 'content' });
+    append(app, [
+      h('div', { class: 'auth-wrap' },
+        h('div', { class: 'auth-brand' }, brandMark(), h('span', { class: 'brand-name' }, 'rackvault')),
+        bannerEl(),
+        content,
+        h('p', { class: 'auth-foot' }, versionText())),
+    ]);
+    consumeFlash();
+    page(makeCtx(content));
+  }
+
+  function versionText() {
+    const v = state.setup && state.setup.appliance && state.setup.appliance.version;
+    return v ? `rackvault ${v}` : 'rackvault';
+  }
+
+  function brandMark() {
+    return s('svg', { class: 'brand-mark', viewBox: '0 0 24 24', width: 24, height: 24, 'aria-hidden': 'true' },
+      s('rect', { x: 3, y: 3, width: 18, height: 5, rx: 1 }),
+      s('rect', { x: 3, y: 10, width: 18, height: 5, rx: 1 }),
+      s('rect', { x: 3, y: 17, width: 18, height: 4, rx: 1 }),
+      s('circle', { cx: 17.5, cy: 5.5, r: 1, class: 'led' }),
+      s('circle', { cx: 17.5, cy: 12.5, r: 1, class: 'led' }));
+  }
+
+  function buildShell() {
+    const app = clear($('#app'));
+    app.className = 'shell';
+    const nav = h('nav', { class: 'nav', 'aria-label': 'Main' });
+    for (const item of NAV) {
+      if (item.group) {
+        nav.appendChild(h('div', { class: 'nav-group' }, item.group));
+        continue;
+      }
+      if (item.role && !can(item.role)) continue;
+      nav.appendChild(h('a', { class: 'nav-link', href: item.hash, id: `nav-${item.id}`, 'data-nav': item.id }, item.label));
+    }
+    const title = h('h1', { id: 'page-title', class: 'page-title' });
+    const user = h('span', { id: 'current-user', class: 'user' },
+      h('span', { class: 'user-name' }, state.session.user),
+      h('span', { class: `role role-${state.session.role}`, id: 'current-role' }, ROLE_LABEL[state.session.role] || state.session.role));
+    const logout = h('button', { id: 'logout', class: 'btn btn-quiet', type: 'button', onclick: doLogout }, 'Sign out');
+    const content = h('main', { id: 'content', class: 'content' });
+    append(app, [
+      h('aside', { class: 'sidebar' },
+        h('a', { class: 'brand', href: '#/dashboard' }, brandMark(), h('span', { class: 'brand-name' }, 'rackvault')),
+        nav,
+        h('div', { class: 'sidebar-foot' }, versionText())),
+      h('div', { class: 'main' },
+        h('header', { class: 'topbar' }, title, h('div', { class: 'topbar-right' }, user, logout)),
+        bannerEl(),
+        content),
+    ]);
+    state.shell = { title, content, nav };
+  }
+
+  function renderInShell(r, params) {
+    if (!state.shell || !document.body.contains(state.shell.content)) buildShell();
+    const { title, content, nav } = state.shell;
+    title.textContent = r.title;
+    document.title = `${r.title} · rackvault`;
+    for (const a of nav.querySelectorAll('.nav-link')) a.classList.toggle('active', a.dataset.nav === r.nav);
+    clear(content);
+    consumeFlash();
+    const ctx = makeCtx(content);
+    ctx.setTitle = (t) => {
+      if (ctx.alive()) {
+        title.textContent = t;
+        document.title = `${t} · rackvault`;
+      }
+    };
+    if (r.role && !can(r.role)) {
+      content.appendChild(emptyState('Not allowed', `This page needs the ${ROLE_LABEL[r.role]} role; you are signed in as ${ROLE_LABEL[state.session.role] || state.session.role}.`));
+      return;
+    }
+    Promise.resolve(r.page(ctx, ...params)).catch((e) => {
+      if (ctx.alive()) showError(e);
+    });
+  }
+
+  async function doLogout() {
+    try {
+      await api('POST', '/logout', {}, { noRedirect: true });
+    } catch (e) {
+      /* the session may already be gone; sign out locally anyway */
+    }
+    state.session = null;
+    state.shell = null;
+    state.flash = { kind: 'success', text: 'Signed out.' };
+    go('#/login');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Shared building blocks
+
+  function emptyState(title, text, action) {
+    return h('div', { class: 'empty', test: 'empty' }, h('p', { class: 'empty-title' }, title), text ? h('p', { class: 'empty-text' }, text) : null, action || null);
+  }
+
+  function card(title, opts, ...kids) {
+    opts = opts || {};
+    return h('section', { class: `card ${opts.class || ''}`, id: opts.id, test: opts.test },
+      title || opts.actions ? h('header', { class: 'card-head' }, h('h2', null, title || ''), opts.actions ? h('div', { class: 'card-actions' }, opts.actions) : null) : null,
+      h('div', { class: 'card-body' }, kids));
+  }
+
+  function button(label, attrs, onclick) {
+    return h('button', Object.assign({ type: 'button', class: 'btn' }, attrs || {}, { onclick }), label);
+  }
+
+  function linkButton(label, hash, attrs) {
+    return h('a', Object.assign({ class: 'btn', href: hash }, attrs || {}), label);
+  }
+
+  // Run an async action from a button: disable it while running, show errors in the banner.
+  async function busy(btn, fn) {
+    if (btn) btn.disabled = true;
+    try {
+      return await fn();
+    } catch (e) {
+      showError(e);
+      return undefined;
+    } finally {
+      if (btn) btn.disabled = false;
+    }
+  }
+
+  function table(columns, rows, opts) {
+    opts = opts || {};
+    const thead = h('thead', null, h('tr', null, columns.map((c) => h('th', { class: c.num ? 'num' : c.class || null, scope: 'col' }, c.label))));
+    const tbody = h('tbody');
+    for (const row of rows) {
+      const tr = h('tr', opts.rowAttrs ? opts.rowAttrs(row) : null);
+      for (const c of columns) {
+        const v = c.cell(row);
+        tr.appendChild(h('td', { class: c.num ? 'num' : c.class || null, 'data-col': c.key || null }, v));
+      }
+      tbody.appendChild(tr);
+    }
+    return h('div', { class: 'table-wrap' }, h('table', { class: 'table', id: opts.id, test: opts.test }, thead, tbody));
+  }
+
+  function stateBadge(st, attrs) {
+    return h('span', Object.assign({ class: `badge state-${st}` }, attrs || {}), st);
+  }
+
+  function progressBar(percent, st, attrs) {
+    const p = Math.max(0, Math.min(100, Number(percent) || 0));
+    const fill = h('div', { class: 'progress-fill' });
+    fill.style.width = `${p}%`; // CSSOM, allowed by the CSP
+    return h('div', Object.assign({
+      class: `progress state-${st || 'running'}${p >= 55 ? ' over-half' : ''}`,
+      role: 'progressbar',
+      'aria-valuemin': 0,
+      'aria-valuemax': 100,
+      'aria-valuenow': p.toFixed(1),
+      'data-percent': p.toFixed(1),
+    }, attrs || {}), fill, h('span', { class: 'progress-label' }, fmtPercent(p)));
+  }
+
+  function field(label, input, help) {
+    return h('div', { class: 'field' }, h('label', { for: input.id }, label), input, help ? h('p', { class: 'help' }, help) : null);
+  }
+
+  function input(id, attrs) {
+    return h('input', Object.assign({ id, name: id, class: 'input' }, attrs || {}));
+  }
+
+  function select(id, options, value, attrs) {
+    const el = h('select', Object.assign({ id, name: id, class: 'input' }, attrs || {}));
+    for (const o of options) {
+      const opt = h('option', { value: o.value }, o.label);
+      if (String(o.value) === String(value)) opt.selected = true;
+      el.appendChild(opt);
+    }
+    return el;
+  }
+
+  function roleSelect(id, value) {
+    const el = select(id, ['auditor', 'operator', 'admin'].map((r) => ({ value: r, label: ROLE_LABEL[r] })), value || 'operator');
+    return el;
+  }
+
+  // The role field with a line saying what the chosen role may do.
+  function roleField(label, sel) {
+    const help = h('p', { class: 'help', id: `${sel.id}-help` }, ROLE_HELP[sel.value]);
+    sel.addEventListener('change', () => {
+      help.textContent = ROLE_HELP[sel.value];
+    });
+    return h('div', { class: 'field' }, h('label', { for: sel.id }, label), sel, help);
+  }
+
+  // A generic, readable rendering of JSON the UI has no specific view for (probe reports, task
+  // results): objects as key/value lists, arrays of objects as tables, sizes in bytes humanised.
+  function renderValue(v, key, depth) {
+    depth = depth || 0;
+    if (v == null) return h('span', { class: 'muted' }, '—');
+    if (typeof v === 'boolean') return v ? 'yes' : 'no';
+    if (typeof v === 'number') {
+      if (key && /(size|bytes)/i.test(key) && !/per|chunk_?size/i.test(key)) return h('span', { class: 'num', title: `${v} bytes` }, fmtBytes(v));
+      if (key && /_unix$/.test(key)) return fmtDate(v, true);
+      if (key && /(_s|seconds)$/.test(key)) return fmtDuration(v);
+      return String(Number.isInteger(v) ? v : v.toFixed(2));
+    }
+    if (typeof v === 'string') return v;
+    if (Array.isArray(v)) {
+      if (v.length === 0) return h('span', { class: 'muted' }, 'none');
+      if (v.every((x) => x && typeof x === 'object' && !Array.isArray(x)) && depth < 3) {
+        const keys = [];
+        for (const row of v) for (const k of Object.keys(row)) if (!keys.includes(k)) keys.push(k);
+        return table(keys.map((k) => ({
+          label: humanKey(k), key: k,
+          num: v.some((r) => typeof r[k] === 'number' && !/_unix$/.test(k)),
+          cell: (r) => renderValue(r[k], k, depth + 1),
+        })), v);
+      }
+      return v.map((x) => (typeof x === 'object' ? JSON.stringify(x) : String(x))).join(', ');
+    }
+    if (depth >= 3) return h('code', null, JSON.stringify(v));
+    const dl = h('dl', { class: 'kv' });
+    for (const [k, x] of Object.entries(v)) {
+      append(dl, [h('dt', null, humanKey(k)), h('dd', null, renderValue(x, k, depth + 1))]);
+    }
+    return dl;
+  }
+
+  function humanKey(k) {
+    const s = String(k).replace(/_unix$/, '').replace(/_/g, ' ');
+    return s.charAt(0).toUpperCase() + s.slice(1);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // First-run setup and sign-in
+
+  function fingerprintBlock(fp) {
+    return h('div', { class: 'fingerprint' },
+      h('div', { class: 'fingerprint-label' }, 'TLS certificate fingerprint (SHA-256)'),
+      h('code', { id: 'setup-fingerprint', test: 'fingerprint' }, fmtFingerprint(fp)),
+      h('p', { class: 'help' }, 'Compare it with the fingerprint your browser shows for this connection (and with the appliance console) before you enter a password.'));
+  }
+
+  function pageSetup(ctx) {
+    const fp = state.setup.appliance && state.setup.appliance.fingerprint_sha256;
+    const user = input('setup-user', { autocomplete: 'username', required: true, value: 'admin', maxlength: 64 });
+    const pw = input('setup-password', { type: 'password', autocomplete: 'new-password', required: true, minlength: 10 });
+    const pw2 = input('setup-confirm', { type: 'password', autocomplete: 'new-password', required: true, minlength: 10 });
+    const submit = h('button', { id: 'setup-submit', class: 'btn btn-primary btn-block', type: 'submit' }, 'Create administrator');
+    const form = h('form', { id: 'setup-form', class: 'auth-card', novalidate: true },
+      h('h1', null, 'Welcome to rackvault'),
+      h('p', { class: 'lead' }, 'This appliance has no users yet. Create the first administrator account; you can add more users afterwards.'),
+      fingerprintBlock(fp),
+      field('Administrator user name', user),
+      field('Password', pw, 'At least 10 characters.'),
+      field('Confirm password', pw2),
+      submit);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const name = user.value.trim();
+      if (!name) return showBanner('error', 'Enter a user name.');
+      if (pw.value.length < 10) return showBanner('error', 'The password must have at least 10 characters.');
+      if (pw.value !== pw2.value) return showBanner('error', 'The two passwords do not match.');
+      await busy(submit, async () => {
+        await api('POST', '/setup', { user: name, password: pw.value }, { noRedirect: true });
+        state.setup.needs_setup = false;
+        state.flash = { kind: 'success', text: `Administrator ${name} created. Sign in to continue.` };
+        state.loginUser = name;
+        go('#/login');
+      });
+    });
+    ctx.content.appendChild(form);
+    user.focus();
+  }
+
+  function pageLogin(ctx) {
+    const user = input('login-user', { autocomplete: 'username', required: true, value: state.loginUser || '' });
+    const pw = input('login-password', { type: 'password', autocomplete: 'current-password', required: true });
+    const submit = h('button', { id: 'login-submit', class: 'btn btn-primary btn-block', type: 'submit' }, 'Sign in');
+    const fp = state.setup && state.setup.appliance && state.setup.appliance.fingerprint_sha256;
+    const form = h('form', { id: 'login-form', class: 'auth-card', novalidate: true },
+      h('h1', null, 'Sign in'),
+      field('User name', user),
+      field('Password', pw),
+      submit,
+      fp ? h('details', { class: 'fp-details' }, h('summary', null, 'Certificate fingerprint'), h('code', { id: 'login-fingerprint' }, fmtFingerprint(fp))) : null);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!user.value.trim() || !pw.value) return showBanner('error', 'Enter your user name and password.');
+      await busy(submit, async () => {
+        const sess = await api('POST', '/login', { user: user.value.trim(), password: pw.value }, { noRedirect: true });
+        state.session = sess;
+        state.loginUser = null;
+        const next = state.afterLogin;
+        state.afterLogin = null;
+        go(next && next !== '#/login' ? next : '#/dashboard');
+      });
+    });
+    ctx.content.appendChild(form);
+    (user.value ? pw : user).focus();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Dashboard
+
+  async function pageDashboard(ctx) {
+    const root = h('div', { id: 'dashboard', class: 'dashboard' });
+    ctx.content.appendChild(root);
+    const load = async () => {
+      let d;
+      try {
+        d = await api('GET', '/dashboard');
+      } catch (e) {
+        ctx.pollError(e);
+        ctx.later(load, 5000);
+        return;
+      }
+      if (!ctx.alive()) return;
+      ctx.pollOk();
+      renderDashboard(root, d);
+      const active = (d.tasks || []).some((t) => ACTIVE_STATES.has(t.state));
+      ctx.later(load, active ? 1000 : 5000);
+    };
+    await load();
+  }
+
+  function renderDashboard(root, d) {
+    const usage = d.usage || {};
+    const tasks = d.tasks || [];
+    const running = tasks.filter((t) => ACTIVE_STATES.has(t.state));
+    const last = d.last_results || [];
+    const alerts = d.alerts || [];
+    clear(root);
+
+    const stats = h('div', { class: 'stats' },
+      stat('Stored on disk', fmtBytes(usage.bytes_stored), 'stat-stored', 'after compression and deduplication'),
+      stat('Protected data', fmtBytes(usage.bytes_logical), 'stat-logical', 'the restore points’ full size'),
+      stat('Space saving', usage.dedup_ratio ? `${Number(usage.dedup_ratio).toFixed(2)}×` : '—', 'stat-dedup', 'logical ÷ stored'),
+      stat('Restore points', usage.restore_points != null ? String(usage.restore_points) : '—', 'stat-points'));
+
+    let runningBody;
+    if (running.length) {
+      runningBody = h('div', { class: 'task-list' }, running.map(taskRow));
+    } else if (!usage.restore_points && !last.length) {
+      runningBody = emptyState('No backups yet — add a source',
+        'A source is a disk image, an NFS share or an iSCSI LUN. Add one, then back it up now or on a schedule with a job.',
+        can('admin') ? linkButton('Add a source', '#/sources/new', { class: 'btn btn-primary', id: 'dash-add-source' }) : linkButton('View sources', '#/sources'));
+    } else {
+      runningBody = h('p', { class: 'muted quiet-state' }, 'Nothing is running. ', h('a', { href: '#/jobs' }, 'Jobs'), ' start backups on their schedule; ', h('a', { href: '#/sources' }, 'sources'), ' can be backed up now.');
+    }
+
+    const lastBody = last.length
+      ? table([
+        { label: 'Task', cell: (t) => h('a', { href: `#/tasks/${t.id}` }, taskTitle(t)) },
+        { label: 'Result', cell: (t) => stateBadge(t.state) },
+        { label: 'Finished', cell: (t) => dateCell(t.finished_unix || t.created_unix) },
+        { label: 'Duration', num: true, cell: (t) => fmtDuration(taskDuration(t)) },
+        { label: 'Data', num: true, cell: (t) => fmtBytes(t.bytes_total || t.bytes_done) },
+      ], last, { id: 'last-results' })
+      : h('p', { class: 'muted quiet-state' }, 'No finished tasks yet.');
+
+    const alertBody = alerts.length
+      ? h('ul', { class: 'alerts', id: 'alerts' }, alerts.map((a) => h('li', { class: `alert alert-${a.level}` },
+        h('span', { class: `badge level-${a.level}` }, a.level), h('span', { class: 'alert-msg' }, a.message), dateCell(a.unix))))
+      : h('p', { class: 'muted quiet-state', id: 'alerts-empty' }, 'No alerts. Everything looks fine.');
+
+    append(root, [
+      stats,
+      h('div', { class: 'grid-2' },
+        card(`Running tasks${running.length ? ` (${running.length})` : ''}`, { id: 'dash-running', actions: linkButton('All tasks', '#/tasks', { class: 'btn btn-quiet' }) }, runningBody),
+        card('Alerts', { id: 'dash-alerts' }, alertBody)),
+      h('div', { class: 'grid-2 grid-wide-right' },
+        card('Store usage over time', { id: 'dash-usage' }, usageChart(usage.history || [])),
+        card('Last results', { id: 'dash-last' }, lastBody)),
+    ]);
+  }
+
+  function stat(label, value, id, help) {
+    return h('div', { class: 'stat', id }, h('div', { class: 'stat-label' }, label), h('div', { class: 'stat-value' }, value), help ? h('div', { class: 'stat-help' }, help) : null);
+  }
+
+  // A running task: title, state, progress, throughput and ETA.
+  function taskRow(t) {
+    return h('a', { class: 'task-row', href: `#/tasks/${t.id}`, 'data-task-id': t.id, test: 'task-row' },
+      h('div', { class: 'task-row-head' },
+        h('span', { class: 'task-row-title' }, taskTitle(t)),
+        stateBadge(t.state, { test: 'task-state' })),
+      progressBar(t.percent, t.state, { test: 'task-progress' }),
+      h('div', { class: 'task-row-meta' },
+        h('span', null, t.phase || ''),
+        h('span', { class: 'num' }, `${fmtBytes(t.bytes_done)} of ${fmtBytes(t.bytes_total)}`),
+        h('span', { class: 'num', test: 'task-throughput' }, fmtRate(t.throughput_bps)),
+        h('span', { class: 'num', test: 'task-eta' }, t.eta_s != null && t.state === 'running' ? `${fmtDuration(t.eta_s)} left` : '')));
+  }
+
+  // Stored vs logical bytes over time, as two lines on a small SVG chart.
+  function usageChart(history) {
+    const pts = history.filter((p) => p && p.unix != null).slice().sort((a, b) => a.unix - b.unix);
+    if (pts.length < 2) {
+      return h('p', { class: 'muted quiet-state', id: 'usage-chart-empty' }, pts.length ? 'The chart appears after the next backup.' : 'No usage history yet.');
+    }
+    const W = 440;
+    const H = 180;
+    const L = 60;
+    const R = 12;
+    const T = 12;
+    const B = 28;
+    const t0 = pts[0].unix;
+    const t1 = pts[pts.length - 1].unix;
+    const maxY = Math.max(1, ...pts.map((p) => Math.max(p.bytes_logical || 0, p.bytes_stored || 0)));
+    const nice = niceMax(maxY);
+    const x = (u) => L + ((u - t0) / Math.max(1, t1 - t0)) * (W - L - R);
+    const y = (v) => T + (1 - v / nice) * (H - T - B);
+    const line = (key) => pts.map((p, i) => `${i ? 'L' : 'M'}${x(p.unix).toFixed(1)},${y(p[key] || 0).toFixed(1)}`).join(' ');
+    const area = (key) => `${line(key)} L${x(t1).toFixed(1)},${y(0)} L${x(t0).toFixed(1)},${y(0)} Z`;
+    const svg = s('svg', { class: 'chart', id: 'usage-chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'Stored and logical bytes over time' });
+    for (let i = 0; i <= 4; i++) {
+      const v = (nice * i) / 4;
+      append(svg, [
+        s('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }),
+        s('text', { x: L - 6, y: y(v) + 4, class: 'axis', 'text-anchor': 'end' }, fmtBytes(v)),
+      ]);
+    }
+    append(svg, [
+      s('path', { d: area('bytes_logical'), class: 'area-logical' }),
+      s('path', { d: line('bytes_logical'), class: 'line-logical' }),
+      s('path', { d: area('bytes_stored'), class: 'area-stored' }),
+      s('path', { d: line('bytes_stored'), class: 'line-stored' }),
+      s('text', { x: L, y: H - 8, class: 'axis', 'text-anchor': 'start' }, fmtDate(t0)),
+      s('text', { x: W - R, y: H - 8, class: 'axis', 'text-anchor': 'end' }, fmtDate(t1)),
+    ]);
+    const lastP = pts[pts.length - 1];
+    return h('div', { class: 'chart-wrap' }, svg,
+      h('div', { class: 'legend' },
+        h('span', { class: 'legend-item' }, h('span', { class: 'swatch swatch-logical' }), `Protected data (${fmtBytes(lastP.bytes_logical)})`),
+        h('span', { class: 'legend-item' }, h('span', { class: 'swatch swatch-stored' }), `Stored (${fmtBytes(lastP.bytes_stored)})`)));
+  }
+
+  function niceMax(v) {
+    const exp = Math.pow(1024, Math.floor(Math.log(v) / Math.log(1024)));
+    const m = v / exp;
+    const steps = [1, 2, 4, 8, 10, 16, 20, 40, 50, 80, 100, 200, 400, 500, 800, 1000, 1024];
+    for (const st of steps) if (m <= st) return st * exp;
+    return v;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Tasks
+
+  async function pageTasks(ctx) {
+    const root = h('div', { id: 'tasks' });
+    ctx.content.appendChild(root);
+    const load = async () => {
+      let list;
+      try {
+        list = await api('GET', '/tasks');
+      } catch (e) {
+        ctx.pollError(e);
+        ctx.later(load, 5000);
+        return;
+      }
+      if (!ctx.alive()) return;
+      ctx.pollOk();
+      clear(root);
+      if (!list.length) {
+        root.appendChild(card(null, {}, emptyState('No tasks yet', 'Backups, restores and verifications appear here while they run and after they finish.', linkButton('Go to sources', '#/sources'))));
+      } else {
+        root.appendChild(card(null, {}, table([
+          { label: 'ID', num: true, cell: (t) => h('a', { href: `#/tasks/${t.id}` }, `#${t.id}`) },
+          { label: 'Task', cell: (t) => h('a', { href: `#/tasks/${t.id}` }, taskTitle(t)) },
+          { label: 'State', cell: (t) => stateBadge(t.state, { test: 'task-state' }) },
+          { label: 'Progress', class: 'col-progress', cell: (t) => progressBar(t.percent, t.state, { test: 'task-progress' }) },
+          { label: 'Throughput', num: true, cell: (t) => (ACTIVE_STATES.has(t.state) ? fmtRate(t.throughput_bps) : '') },
+          { label: 'Started', cell: (t) => dateCell(t.started_unix || t.created_unix) },
+          { label: 'Duration', num: true, cell: (t) => fmtDuration(taskDuration(t)) },
+          { label: 'User', cell: (t) => t.user || '' },
+        ], list, { id: 'tasks-table', rowAttrs: (t) => ({ 'data-task-id': t.id }) })));
+      }
+      ctx.later(load, list.some((t) => ACTIVE_STATES.has(t.state)) ? 1000 : 5000);
+    };
+    await load();
+  }
+
+  async function pageTask(ctx, id) {
+    const head = h('div', { id: 'task-summary' });
+    const logPre = h('pre', { id: 'task-log', class: 'log', test: 'task-log', tabindex: 0 });
+    const follow = h('input', { type: 'checkbox', id: 'log-follow', checked: true });
+    follow.checked = true;
+    logPre.addEventListener('scroll', () => {
+      const atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 24;
+      follow.checked = atEnd;
+    });
+    append(ctx.content, [
+      head,
+      card('Log', {
+        id: 'task-log-card',
+        actions: h('label', { class: 'check', for: 'log-follow' }, follow, ' Follow'),
+      }, logPre),
+    ]);
+    let next = 0;
+    let lines = 0;
+    let finished = false;
+    let drained = false;
+
+    const readLog = async () => {
+      // Read until the server has no more lines, so a finished task's log is complete.
+      for (let i = 0; i < 20; i++) {
+        const r = await api('GET', `/tasks/${encodeURIComponent(id)}/log?from=${next}`);
+        if (!ctx.alive()) return;
+        const got = (r && r.lines) || [];
+        if (got.length) {
+          const frag = document.createDocumentFragment();
+          for (const l of got) frag.appendChild(h('span', { class: `log-line ${logClass(l)}` }, l + '\n'));
+          logPre.appendChild(frag);
+          lines += got.length;
+          if (follow.checked) logPre.scrollTop = logPre.scrollHeight;
+        }
+        const prev = next;
+        next = r && r.next != null ? r.next : next + got.length;
+        if (!got.length || next === prev) break;
+      }
+      logPre.dataset.lines = String(lines);
+    };
+
+    const load = async () => {
+      let t;
+      try {
+        t = await api('GET', `/tasks/${encodeURIComponent(id)}`);
+        if (!ctx.alive()) return;
+        renderTaskSummary(ctx, head, t);
+        finished = !ACTIVE_STATES.has(t.state);
+        await readLog();
+        if (finished) drained = true;
+        ctx.pollOk();
+      } catch (e) {
+        if (e.status === 404) {
+          clear(head).appendChild(emptyState(`Task #${id} not found`, 'It may have been removed from the task history.', linkButton('All tasks', '#/tasks')));
+          return;
+        }
+        ctx.pollError(e);
+        ctx.later(load, 3000);
+        return;
+      }
+      if (!ctx.alive()) return;
+      if (!lines && drained) logPre.appendChild(h('span', { class: 'muted' }, 'This task wrote no log lines.'));
+      logPre.dataset.complete = drained ? 'true' : 'false';
+      if (!drained) ctx.later(load, 1000);
+    };
+    await load();
+  }
+
+  function logClass(line) {
+    if (/\b(error|failed|fatal)\b/i.test(line)) return 'log-error';
+    if (/\bwarn(ing)?\b/i.test(line)) return 'log-warn';
+    return '';
+  }
+
+  function renderTaskSummary(ctx, head, t) {
+    ctx.setTitle(`Task #${t.id}`);
+    clear(head);
+    const active = ACTIVE_STATES.has(t.state);
+    const actions = [];
+    if (active && can('operator')) {
+      actions.push(button('Cancel task', { id: 'task-cancel', class: 'btn btn-danger' }, async (ev) => {
+        if (!window.confirm(`Cancel ${taskTitle(t)}? Work done so far is kept only where it is complete and consistent.`)) return;
+        await busy(ev.currentTarget, async () => {
+          await api('POST', `/tasks/${t.id}/cancel`, {});
+          notice(`Cancellation of task #${t.id} requested.`);
+        });
+      }));
+    }
+    if (t.kind === 'backup' && t.state === 'succeeded') actions.push(linkButton('Restore points', '#/points', { id: 'task-points' }));
+    const facts = h('dl', { class: 'facts' },
+      fact('Kind', KIND_LABEL[t.kind] || t.kind),
+      fact('Subject', t.subject),
+      fact('Phase', t.phase || '—'),
+      fact('Progress', `${fmtBytes(t.bytes_done)} of ${fmtBytes(t.bytes_total)}`, 'task-bytes'),
+      fact('Throughput', active ? fmtRate(t.throughput_bps) : t.started_unix && t.finished_unix && t.bytes_done ? `${fmtRate(t.bytes_done / Math.max(1, t.finished_unix - t.started_unix))} average` : '—', 'task-throughput'),
+      fact('Time left', active && t.eta_s != null ? fmtDuration(t.eta_s) : '—', 'task-eta'),
+      fact('Created', fmtDate(t.created_unix, true)),
+      fact('Started', fmtDate(t.started_unix, true)),
+      fact('Finished', fmtDate(t.finished_unix, true)),
+      fact('Duration', fmtDuration(taskDuration(t))),
+      fact('Started by', t.user || '—'));
+    append(head, [
+      card(taskTitle(t), { id: 'task-card', actions: [stateBadge(t.state, { test: 'task-state', id: 'task-state' }), ...actions] },
+        progressBar(t.percent, t.state, { test: 'task-progress', id: 'task-progress' }),
+        t.error ? h('div', { class: 'task-error', id: 'task-error', role: 'alert' }, h('strong', null, 'Error: '), t.error) : null,
+        facts,
+        t.result != null ? h('details', { class: 'result', id: 'task-result', open: t.state === 'succeeded' }, h('summary', null, 'Result'), renderValue(t.result, 'result')) : null),
+    ]);
+  }
+
+  function fact(label, value, test) {
+    return [h('dt', null, label), h('dd', { test: test || null }, value == null ? '—' : value)];
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Sources
+
+  async function pageSources(ctx) {
+    const list = await api('GET', '/sources');
+    if (!ctx.alive()) return;
+    const result = h('div', { id: 'source-test-result' });
+    const actions = can('admin') ? linkButton('Add source', '#/sources/new', { class: 'btn btn-primary', id: 'source-add' }) : null;
+    if (!list.length) {
+      ctx.content.appendChild(card(null, {}, emptyState('No sources yet — add one',
+        'A source is what rackvault backs up: a disk image path, an NFS URL (nfs://server/export/disk.vmdk or a VM folder ending in /) or an iSCSI LUN (iscsi://host/iqn/lun).',
+        actions)));
+      return;
+    }
+    append(ctx.content, [
+      result,
+      card(`${list.length} source${list.length === 1 ? '' : 's'}`, { actions }, table([
+        { label: 'Name', cell: (x) => h('a', { href: `#/sources/${encodeURIComponent(x.id)}` }, x.name) },
+        { label: 'URL', cell: (x) => h('code', { class: 'url' }, x.url) },
+        { label: 'Host', cell: (x) => x.host || h('span', { class: 'muted' }, 'local') },
+        { label: 'CHAP', cell: (x) => (x.chap_user ? `${x.chap_user}${x.has_mutual_secret ? ' (mutual)' : ''}` : h('span', { class: 'muted' }, 'none')) },
+        { label: '', class: 'actions', cell: (x) => sourceActions(x, result) },
+      ], list, { id: 'sources-table', rowAttrs: (x) => ({ 'data-source-id': x.id, 'data-source-name': x.name }) })),
+    ]);
+  }
+
+  function sourceActions(x, resultBox) {
+    const out = [];
+    if (can('operator')) {
+      out.push(button('Test', { class: 'btn btn-small', test: 'source-test' }, (ev) => testSource(ev.currentTarget, x, resultBox)));
+      out.push(button('Back up now', { class: 'btn btn-small', test: 'source-backup' }, (ev) => busy(ev.currentTarget, async () => {
+        const t = await api('POST', '/backups', { source: x.id });
+        state.flash = { kind: 'success', text: `Backup of ${x.name} started.` };
+        go(`#/tasks/${t.id}`);
+      })));
+    }
+    if (can('admin')) {
+      out.push(linkButton('Edit', `#/sources/${encodeURIComponent(x.id)}`, { class: 'btn btn-small', test: 'source-edit' }));
+      out.push(button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'source-delete' }, (ev) => {
+        if (!window.confirm(`Delete the source ${x.name}? Its restore points are kept; jobs that use it must be changed first.`)) return;
+        busy(ev.currentTarget, async () => {
+          await api('DELETE', `/sources/${encodeURIComponent(x.id)}`);
+          state.flash = { kind: 'success', text: `Source ${x.name} deleted.` };
+          go('#/sources');
+        });
+      }));
+    }
+    return h('div', { class: 'row-actions' }, out);
+  }
+
+  async function testSource(btn, x, box) {
+    clear(box).appendChild(card(`Testing ${x.name}…`, { id: 'probe-card' }, h('p', { class: 'muted' }, 'Connecting to the source; this can take a few seconds.')));
+    const gen = state.gen;
+    const r = await busy(btn, () => api('POST', `/sources/${encodeURIComponent(x.id)}/test`, {}));
+    if (state.gen !== gen) return;
+    clear(box);
+    if (!r) return;
+    box.appendChild(card(`Connection test: ${x.name}`, {
+      id: 'probe-card',
+      class: r.ok ? 'probe-ok' : 'probe-failed',
+      actions: button('Close', { class: 'btn btn-quiet' }, () => clear(box)),
+    },
+    h('p', { class: `probe-status ${r.ok ? 'ok' : 'failed'}`, id: 'probe-status', test: 'probe-status' }, r.ok ? '✓ Connection OK' : `✗ Connection failed${r.error ? ': ' + r.error : ''}`),
+    r.report != null ? renderValue(r.report, 'report') : null));
+  }
+
+  async function pageSourceForm(ctx, id) {
+    const editing = id != null;
+    let src = {};
+    if (editing) {
+      const list = await api('GET', '/sources');
+      if (!ctx.alive()) return;
+      src = list.find((x) => String(x.id) === String(id));
+      if (!src) {
+        ctx.content.appendChild(emptyState('Source not found', `There is no source with id ${id}.`, linkButton('All sources', '#/sources')));
+        return;
+      }
+      ctx.setTitle(can('admin') ? `Edit source: ${src.name}` : `Source: ${src.name}`);
+    }
+    const ro = !can('admin');
+    const name = input('source-name', { value: src.name || '', required: true, maxlength: 128, disabled: ro, placeholder: 'web-01' });
+    const url = input('source-url', { value: src.url || '', required: true, disabled: ro, placeholder: '/var/lib/images/web-01.qcow2 or nfs://filer/vms/web-01/ or iscsi://san/iqn.2024-01.com.example:web/0', class: 'input mono' });
+    const chapUser = input('source-chap-user', { value: src.chap_user || '', disabled: ro, autocomplete: 'off' });
+    const chapSecret = input('source-chap-secret', { type: 'password', disabled: ro, autocomplete: 'new-password', placeholder: src.has_chap_secret ? 'stored — leave empty to keep' : '' });
+    const mutualUser = input('source-mutual-user', { value: src.mutual_user || '', disabled: ro, autocomplete: 'off' });
+    const mutualSecret = input('source-mutual-secret', { type: 'password', disabled: ro, autocomplete: 'new-password', placeholder: src.has_mutual_secret ? 'stored — leave empty to keep' : '' });
+    const result = h('div', { id: 'source-test-result' });
+    const save = h('button', { id: 'source-save', class: 'btn btn-primary', type: 'submit' }, editing ? 'Save changes' : 'Add source');
+    const testBtn = can('operator') ? button(editing ? 'Test connection' : 'Save and test connection', { id: 'source-test' }, null) : null;
+
+    const body = () => {
+      const b = { name: name.value.trim(), url: url.value.trim() };
+      if (chapUser.value.trim()) b.chap_user = chapUser.value.trim();
+      if (chapSecret.value) b.chap_secret = chapSecret.value;
+      if (mutualUser.value.trim()) b.mutual_user = mutualUser.value.trim();
+      if (mutualSecret.value) b.mutual_secret = mutualSecret.value;
+      return b;
+    };
+    const validate = () => {
+      if (!name.value.trim()) return 'Enter a name for the source.';
+      if (!url.value.trim()) return 'Enter the source URL or path.';
+      if (chapSecret.value && !chapUser.value.trim()) return 'A CHAP secret needs a CHAP user name.';
+      return null;
+    };
+    const saveNow = async () => {
+      const err = validate();
+      if (err) {
+        showBanner('error', err);
+        return null;
+      }
+      return editing ? api('PUT', `/sources/${encodeURIComponent(id)}`, body()) : api('POST', '/sources', body());
+    };
+
+    const form = h('form', { id: 'source-form', class: 'form', novalidate: true },
+      field('Name', name, 'Also the name of its restore points.'),
+      field('URL or path', url, 'A disk image or block device path, nfs://server/export/path (a VM folder ends with /), or iscsi://[user@]host[:port]/<target iqn>/<lun>.'),
+      h('fieldset', { class: 'fieldset' }, h('legend', null, 'iSCSI CHAP (optional)'),
+        h('div', { class: 'grid-2 tight' }, field('CHAP user', chapUser), field('CHAP secret', chapSecret, 'Stored sealed on the appliance; never shown again.'))),
+      h('details', { class: 'fieldset', open: !!(src.mutual_user || src.has_mutual_secret) }, h('summary', null, 'Mutual CHAP (optional)'),
+        h('div', { class: 'grid-2 tight' }, field('Target user', mutualUser), field('Target secret', mutualSecret))),
+      ro ? null : h('div', { class: 'form-actions' }, save, testBtn, linkButton('Cancel', '#/sources', { class: 'btn btn-quiet' })),
+      ro && testBtn ? h('div', { class: 'form-actions' }, testBtn) : null);
+
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      await busy(save, async () => {
+        const saved = await saveNow();
+        if (!saved) return;
+        state.flash = { kind: 'success', text: `Source ${saved.name} saved.` };
+        go('#/sources');
+      });
+    });
+    if (testBtn) {
+      testBtn.addEventListener('click', async () => {
+        if (editing && ro) return testSource(testBtn, src, result);
+        if (editing) {
+          const saved = await busy(testBtn, saveNow);
+          if (saved) testSource(testBtn, saved, result);
+          return;
+        }
+        const saved = await busy(testBtn, saveNow);
+        if (!saved) return;
+        state.testAfterLoad = saved.id;
+        state.flash = { kind: 'success', text: `Source ${saved.name} saved.` };
+        go(`#/sources/${encodeURIComponent(saved.id)}`);
+      });
+    }
+    append(ctx.content, [result, card(editing ? null : 'New source', {}, form)]);
+    if (editing && state.testAfterLoad === src.id && testBtn) {
+      state.testAfterLoad = null;
+      testSource(testBtn, src, result);
+    }
+    if (!ro) name.focus();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Jobs
+
+  async function pageJobs(ctx) {
+    const [jobs, sources] = await Promise.all([api('GET', '/jobs'), api('GET', '/sources')]);
+    if (!ctx.alive()) return;
+    const srcName = (sid) => {
+      const x = sources.find((s2) => String(s2.id) === String(sid));
+      return x ? x.name : `(missing source ${sid})`;
+    };
+    const add = can('admin') && sources.length ? linkButton('Add job', '#/jobs/new', { class: 'btn btn-primary', id: 'job-add' }) : null;
+    if (!jobs.length) {
+      ctx.content.appendChild(card(null, {}, sources.length
+        ? emptyState('No jobs yet', 'A job backs up a source on a schedule, e.g. every weekday at 22:00.', add)
+        : emptyState('No sources yet — add a source first', 'Jobs back up sources on a schedule.', can('admin') ? linkButton('Add a source', '#/sources/new', { class: 'btn btn-primary' }) : null)));
+      return;
+    }
+    ctx.content.appendChild(card(`${jobs.length} job${jobs.length === 1 ? '' : 's'}`, { actions: add }, table([
+      { label: 'Name', cell: (j) => h('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.name) },
+      { label: 'Source', cell: (j) => srcName(j.source) },
+      { label: 'Schedule', cell: (j) => h('code', null, j.schedule) },
+      { label: 'Status', cell: (j) => (j.enabled ? h('span', { class: 'badge state-enabled' }, 'enabled') : h('span', { class: 'badge state-disabled' }, 'paused')) },
+      { label: 'Next run', cell: (j) => (j.enabled && j.next_run_unix ? dateCell(j.next_run_unix) : '—') },
+      { label: 'Last task', cell: (j) => (j.last_task != null ? h('a', { href: `#/tasks/${j.last_task}` }, `#${j.last_task}`) : '—') },
+      { label: '', class: 'actions', cell: (j) => jobActions(j) },
+    ], jobs, { id: 'jobs-table', rowAttrs: (j) => ({ 'data-job-id': j.id }) })));
+  }
+
+  function jobActions(j) {
+    const out = [];
+    if (can('operator')) {
+      out.push(button('Run now', { class: 'btn btn-small', test: 'job-run' }, (ev) => busy(ev.currentTarget, async () => {
+        const t = await api('POST', `/jobs/${encodeURIComponent(j.id)}/run`, {});
+        state.flash = { kind: 'success', text: `Job ${j.name} started.` };
+        go(`#/tasks/${t.id}`);
+      })));
+    }
+    if (can('admin')) {
+      out.push(linkButton('Edit', `#/jobs/${encodeURIComponent(j.id)}`, { class: 'btn btn-small', test: 'job-edit' }));
+      out.push(button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'job-delete' }, (ev) => {
+        if (!window.confirm(`Delete the job ${j.name}? Its restore points are kept.`)) return;
+        busy(ev.currentTarget, async () => {
+          await api('DELETE', `/jobs/${encodeURIComponent(j.id)}`);
+          state.flash = { kind: 'success', text: `Job ${j.name} deleted.` };
+          go('#/jobs');
+        });
+      }));
+    }
+    return h('div', { class: 'row-actions' }, out);
+  }
+
+  async function pageJobForm(ctx, id) {
+    const editing = id != null;
+    const [jobs, sources] = await Promise.all([editing ? api('GET', '/jobs') : Promise.resolve([]), api('GET', '/sources')]);
+    if (!ctx.alive()) return;
+    let job = { enabled: true, schedule: 'mon..fri 22:00' };
+    if (editing) {
+      job = jobs.find((j) => String(j.id) === String(id));
+      if (!job) {
+        ctx.content.appendChild(emptyState('Job not found', `There is no job with id ${id}.`, linkButton('All jobs', '#/jobs')));
+        return;
+      }
+      ctx.setTitle(can('admin') ? `Edit job: ${job.name}` : `Job: ${job.name}`);
+    }
+    if (!sources.length) {
+      ctx.content.appendChild(emptyState('No sources yet — add a source first', 'A job backs up one source.', linkButton('Add a source', '#/sources/new', { class: 'btn btn-primary' })));
+      return;
+    }
+    const ro = !can('admin');
+    const name = input('job-name', { value: job.name || '', required: true, disabled: ro, placeholder: 'nightly web-01' });
+    const source = select('job-source', sources.map((x) => ({ value: x.id, label: `${x.name} — ${x.url}` })), job.source, { disabled: ro });
+    const schedule = input('job-schedule', { value: job.schedule || '', required: true, disabled: ro, class: 'input mono', placeholder: 'mon..fri 22:00' });
+    const windowH = input('job-window', { type: 'number', min: 1, max: 168, value: job.window_hours != null ? String(job.window_hours) : '', disabled: ro, placeholder: 'none' });
+    const retries = input('job-retries', { type: 'number', min: 0, max: 10, value: job.retries != null ? String(job.retries) : '', disabled: ro, placeholder: '0' });
+    const enabled = h('input', { type: 'checkbox', id: 'job-enabled', disabled: ro });
+    enabled.checked = !!job.enabled;
+    const save = h('button', { id: 'job-save', class: 'btn btn-primary', type: 'submit' }, editing ? 'Save changes' : 'Add job');
+    const form = h('form', { id: 'job-form', class: 'form', novalidate: true },
+      field('Name', name),
+      field('Source', source),
+      field('Schedule', schedule, h('span', null, 'A calendar event: ', h('code', null, 'mon..fri 22:00'), ', ', h('code', null, 'daily'), ', ', h('code', null, 'sat 03:30'), ', ', h('code', null, '*:0/15'), ' (every 15 minutes). Times are the appliance’s local time.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Window (hours)', windowH, 'A run that cannot start within this many hours of its time is skipped.'),
+        field('Retries', retries, 'How often a failed run is retried.')),
+      h('label', { class: 'check', for: 'job-enabled' }, enabled, ' Enabled (runs on its schedule)'),
+      ro ? null : h('div', { class: 'form-actions' }, save, linkButton('Cancel', '#/jobs', { class: 'btn btn-quiet' })));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!name.value.trim()) return showBanner('error', 'Enter a name for the job.');
+      if (!schedule.value.trim()) return showBanner('error', 'Enter a schedule, e.g. mon..fri 22:00.');
+      const b = { name: name.value.trim(), source: source.value, schedule: schedule.value.trim(), enabled: enabled.checked };
+      if (windowH.value !== '') b.window_hours = Number(windowH.value);
+      if (retries.value !== '') b.retries = Number(retries.value);
+      await busy(save, async () => {
+        const saved = editing ? await api('PUT', `/jobs/${encodeURIComponent(id)}`, b) : await api('POST', '/jobs', b);
+        state.flash = { kind: 'success', text: `Job ${saved.name} saved.${saved.next_run_unix ? ' Next run: ' + fmtDate(saved.next_run_unix) + '.' : ''}` };
+        go('#/jobs');
+      });
+    });
+    ctx.content.appendChild(card(editing ? null : 'New job', {}, form));
+    if (!ro) name.focus();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Restore points
+
+  async function pagePoints(ctx) {
+    const points = await api('GET', '/points');
+    if (!ctx.alive()) return;
+    if (!points.length) {
+      ctx.content.appendChild(card(null, {}, emptyState('No restore points yet',
+        'Each backup creates a restore point: a full image of every disk, stored by reference.',
+        linkButton('Back up a source', '#/sources', { class: 'btn btn-primary' }))));
+      return;
+    }
+    points.sort((a, b) => (b.created_unix || 0) - (a.created_unix || 0));
+    const formBox = h('div', { id: 'restore-box' });
+    const filter = input('points-filter', { type: 'search', placeholder: 'Filter by name', class: 'input input-inline' });
+    const listBox = h('div');
+    const render = () => {
+      const q = filter.value.trim().toLowerCase();
+      const shown = q ? points.filter((p) => p.name.toLowerCase().includes(q)) : points;
+      clear(listBox).appendChild(shown.length ? table([
+        { label: 'Name', cell: (p) => h('span', { class: 'strong' }, p.name) },
+        { label: 'ID', num: true, cell: (p) => String(p.id) },
+        { label: 'Created', cell: (p) => dateCell(p.created_unix) },
+        { label: 'Disks', cell: (p) => diskList(p) },
+        { label: 'Size', num: true, cell: (p) => fmtBytes((p.disks || []).reduce((a, d) => a + (d.size || 0), 0)) },
+        { label: 'New data', num: true, cell: (p) => (p.stats && p.stats.bytes_written != null ? fmtBytes(p.stats.bytes_written) : '—') },
+        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox) },
+      ], shown, { id: 'points-table', rowAttrs: (p) => ({ 'data-point': `${p.name}@${p.id}` }) }) : h('p', { class: 'muted quiet-state' }, 'No restore point matches the filter.'));
+    };
+    filter.addEventListener('input', render);
+    render();
+    append(ctx.content, [formBox, card(`${points.length} restore point${points.length === 1 ? '' : 's'}`, { actions: filter }, listBox)]);
+  }
+
+  function diskList(p) {
+    const disks = p.disks || [];
+    const files = p.files || [];
+    return h('div', { class: 'disks' },
+      disks.map((d) => h('div', { class: 'disk' }, h('code', null, d.label), ' ', h('span', { class: 'muted' }, `${d.format || ''} · ${fmtBytes(d.size)}`))),
+      files.length ? h('div', { class: 'muted small' }, `+ ${files.length} configuration file${files.length === 1 ? '' : 's'}`) : null);
+  }
+
+  function pointActions(p, formBox) {
+    if (!can('operator')) return '';
+    const spec = `${p.name}@${p.id}`;
+    return h('div', { class: 'row-actions' },
+      button('Restore…', { class: 'btn btn-small', test: 'point-restore' }, () => openRestoreForm(p, formBox)),
+      button('Verify', { class: 'btn btn-small', test: 'point-verify' }, (ev) => busy(ev.currentTarget, async () => {
+        const t = await api('POST', '/verifications', { point: spec });
+        state.flash = { kind: 'success', text: `Verification of ${spec} started.` };
+        go(`#/tasks/${t.id}`);
+      })));
+  }
+
+  function openRestoreForm(p, box) {
+    const spec = `${p.name}@${p.id}`;
+    const disks = p.disks || [];
+    const disk = select('restore-disk', [{ value: '', label: disks.length > 1 ? 'All disks and configuration files' : `All (${disks.length} disk)` }]
+      .concat(disks.map((d) => ({ value: d.label, label: `${d.label} — ${d.format}, ${fmtBytes(d.size)}` }))), '');
+    const target = input('restore-target', { value: `${p.name}-${p.id}`.replace(/[^A-Za-z0-9._-]/g, '_'), required: true, class: 'input mono', maxlength: 128 });
+    const submit = h('button', { id: 'restore-submit', class: 'btn btn-primary', type: 'submit' }, 'Start restore');
+    const form = h('form', { id: 'restore-form', class: 'form', novalidate: true },
+      h('p', null, 'Restore ', h('strong', null, spec), ` (created ${fmtDate(p.created_unix)}) to the appliance’s restore area.`),
+      h('div', { class: 'grid-2 tight' },
+        field('Disk', disk),
+        field('Target name', target, 'Written into <data>/restores/<target>/ on the appliance; an existing target is not overwritten.')),
+      h('div', { class: 'form-actions' }, submit, button('Cancel', { class: 'btn btn-quiet' }, () => clear(box))));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const name = target.value.trim();
+      if (!name) return showBanner('error', 'Enter a target name.');
+      if (/[/\\]|^\.\.?$/.test(name)) return showBanner('error', 'The target name must be a plain name, without / or \\.');
+      const b = { point: spec, target: name };
+      if (disk.value) b.disk = disk.value;
+      await busy(submit, async () => {
+        const t = await api('POST', '/restores', b);
+        state.flash = { kind: 'success', text: `Restore of ${spec} to ${name} started.` };
+        go(`#/tasks/${t.id}`);
+      });
+    });
+    clear(box).appendChild(card(`Restore ${spec}`, { id: 'restore-card' }, form));
+    box.scrollIntoView({ block: 'nearest' });
+    target.focus();
+    target.select();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Tape
+
+  async function pageTape(ctx) {
+    let inv;
+    try {
+      inv = await api('GET', '/tape/inventory');
+    } catch (e) {
+      if (e.status === 404) {
+        ctx.content.appendChild(card(null, {}, emptyState('No tape library configured', 'Connect a tape library (SAS/FC or iSCSI) and configure it on the appliance to destage restore points to tape.')));
+        return;
+      }
+      throw e;
+    }
+    if (!ctx.alive()) return;
+    const rows = inv.elements || [];
+    const count = (f) => rows.filter(f).length;
+    const slots = rows.filter((r) => /slot|storage/i.test(r.element));
+    const drives = rows.filter((r) => /drive|transfer/i.test(r.element));
+    append(ctx.content, [
+      h('div', { class: 'stats' },
+        stat('Library', inv.library || '—', 'tape-library'),
+        stat('Drives', `${count((r) => drives.includes(r) && r.full)} loaded / ${drives.length}`, 'tape-drives'),
+        stat('Slots', `${count((r) => slots.includes(r) && r.full)} full / ${slots.length}`, 'tape-slots'),
+        stat('Written', fmtBytes(rows.reduce((a, r) => a + (r.bytes_written || 0), 0)), 'tape-written')),
+      card('Inventory', {}, rows.length ? table([
+        { label: 'Element', cell: (r) => r.element },
+        { label: 'Address', num: true, cell: (r) => String(r.address) },
+        { label: 'Barcode', cell: (r) => (r.barcode ? h('code', null, r.barcode) : h('span', { class: 'muted' }, r.full ? 'no label' : 'empty')) },
+        { label: 'Pool', cell: (r) => r.pool || '' },
+        { label: 'Media set', cell: (r) => (r.media_set ? `${r.media_set}${r.set_seq != null ? ' #' + r.set_seq : ''}` : '') },
+        { label: 'Written', num: true, cell: (r) => (r.bytes_written ? fmtBytes(r.bytes_written) : '') },
+        { label: 'Status', cell: (r) => tapeStatus(r) },
+        { label: 'Drive serial', cell: (r) => r.drive_serial || '' },
+      ], rows, { id: 'tape-table' }) : emptyState('The library reports no elements', null)),
+    ]);
+  }
+
+  function tapeStatus(r) {
+    if (r.cleaning) return h('span', { class: 'badge state-queued' }, 'cleaning');
+    if (!r.full) return h('span', { class: 'muted' }, 'empty');
+    if (r.full_tape) return h('span', { class: 'badge state-interrupted' }, 'tape full');
+    if (r.medium_id) return h('span', { class: 'badge state-succeeded' }, 'labelled');
+    return h('span', { class: 'badge state-disabled' }, 'unlabelled');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Users, tokens, audit, settings
+
+  async function pageUsers(ctx) {
+    const users = await api('GET', '/users');
+    if (!ctx.alive()) return;
+    const name = input('user-name', { required: true, autocomplete: 'off', maxlength: 64 });
+    const pw = input('user-password', { type: 'password', required: true, autocomplete: 'new-password', minlength: 10 });
+    const pw2 = input('user-confirm', { type: 'password', required: true, autocomplete: 'new-password', minlength: 10 });
+    const role = roleSelect('user-role', 'operator');
+    const submit = h('button', { id: 'user-add', class: 'btn btn-primary', type: 'submit' }, 'Add user');
+    const form = h('form', { id: 'user-form', class: 'form', novalidate: true },
+      h('div', { class: 'grid-2 tight' }, field('User name', name), roleField('Role', role)),
+      h('div', { class: 'grid-2 tight' }, field('Password', pw, 'At least 10 characters.'), field('Confirm password', pw2)),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!name.value.trim()) return showBanner('error', 'Enter a user name.');
+      if (pw.value.length < 10) return showBanner('error', 'The password must have at least 10 characters.');
+      if (pw.value !== pw2.value) return showBanner('error', 'The two passwords do not match.');
+      await busy(submit, async () => {
+        await api('POST', '/users', { name: name.value.trim(), password: pw.value, role: role.value });
+        state.flash = { kind: 'success', text: `User ${name.value.trim()} added.` };
+        go('#/users');
+      });
+    });
+    append(ctx.content, [
+      card(`${users.length} user${users.length === 1 ? '' : 's'}`, {}, table([
+        { label: 'Name', cell: (u) => h('span', { class: 'strong' }, u.name, u.name === state.session.user ? h('span', { class: 'muted' }, ' (you)') : null) },
+        { label: 'Role', cell: (u) => h('span', { class: `role role-${u.role}` }, ROLE_LABEL[u.role] || u.role) },
+        { label: 'Created', cell: (u) => dateCell(u.created_unix) },
+        { label: '', class: 'actions', cell: (u) => (u.name === state.session.user ? '' : button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'user-delete' }, (ev) => {
+          if (!window.confirm(`Delete the user ${u.name}? Their sessions end at once.`)) return;
+          busy(ev.currentTarget, async () => {
+            await api('DELETE', `/users/${encodeURIComponent(u.name)}`);
+            state.flash = { kind: 'success', text: `User ${u.name} deleted.` };
+            go('#/users');
+          });
+        })) },
+      ], users, { id: 'users-table', rowAttrs: (u) => ({ 'data-user': u.name }) })),
+      card('Add a user', {}, form),
+    ]);
+  }
+
+  async function pageTokens(ctx) {
+    const tokens = await api('GET', '/tokens');
+    if (!ctx.alive()) return;
+    const secretBox = h('div', { id: 'token-secret-box' });
+    const name = input('token-name', { required: true, autocomplete: 'off', placeholder: 'monitoring', maxlength: 64 });
+    const role = roleSelect('token-role', 'auditor');
+    const submit = h('button', { id: 'token-create', class: 'btn btn-primary', type: 'submit' }, 'Create token');
+    const form = h('form', { id: 'token-form', class: 'form', novalidate: true },
+      h('div', { class: 'grid-2 tight' }, field('Name', name, 'What the token is for, e.g. the script or system that uses it.'), roleField('Role', role)),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!name.value.trim()) return showBanner('error', 'Enter a name for the token.');
+      await busy(submit, async () => {
+        const t = await api('POST', '/tokens', { name: name.value.trim(), role: role.value });
+        const code = h('code', { id: 'token-secret', class: 'secret' }, t.token);
+        const copy = button('Copy', { id: 'token-copy' }, async () => {
+          try {
+            await navigator.clipboard.writeText(t.token);
+            copy.textContent = 'Copied';
+          } catch (e) {
+            const r = document.createRange();
+            r.selectNodeContents(code);
+            const sel = window.getSelection();
+            sel.removeAllRanges();
+            sel.addRange(r);
+            copy.textContent = 'Selected — press Ctrl+C';
+          }
+        });
+        clear(secretBox).appendChild(card(`Token “${t.name}” created`, { class: 'secret-card' },
+          h('p', null, h('strong', null, 'Copy the secret now: it will not be shown again.'), ' Use it as ', h('code', null, 'Authorization: Bearer <token>'), '.'),
+          h('div', { class: 'secret-row' }, code, copy),
+          button('Done', { class: 'btn btn-quiet' }, () => go('#/tokens'))));
+        name.value = '';
+        refresh();
+      });
+    });
+    const listBox = h('div');
+    const refresh = async () => {
+      const list = await api('GET', '/tokens').catch((e) => {
+        showError(e);
+        return null;
+      });
+      if (list && ctx.alive()) renderList(list);
+    };
+    const renderList = (list) => {
+      clear(listBox).appendChild(list.length ? table([
+        { label: 'ID', cell: (t) => h('code', null, String(t.id)) },
+        { label: 'Name', cell: (t) => t.name },
+        { label: 'Role', cell: (t) => h('span', { class: `role role-${t.role}` }, ROLE_LABEL[t.role] || t.role) },
+        { label: 'Created', cell: (t) => dateCell(t.created_unix) },
+        { label: '', class: 'actions', cell: (t) => button('Revoke', { class: 'btn btn-small btn-danger-quiet', test: 'token-delete' }, (ev) => {
+          if (!window.confirm(`Revoke the token ${t.name}? Scripts using it stop working at once.`)) return;
+          busy(ev.currentTarget, async () => {
+            await api('DELETE', `/tokens/${encodeURIComponent(t.id)}`);
+            notice(`Token ${t.name} revoked.`);
+            refresh();
+          });
+        }) },
+      ], list, { id: 'tokens-table' }) : emptyState('No API tokens', 'Tokens let scripts and monitoring use the API without a password.'));
+    };
+    renderList(tokens);
+    append(ctx.content, [secretBox, card('Tokens', {}, listBox), card('Create a token', {}, form)]);
+  }
+
+  async function pageAudit(ctx) {
+    const entries = await api('GET', '/audit');
+    if (!ctx.alive()) return;
+    if (!entries.length) {
+      ctx.content.appendChild(card(null, {}, emptyState('The audit log is empty', 'Sign-ins and every change to the appliance are recorded here.')));
+      return;
+    }
+    const filter = input('audit-filter', { type: 'search', placeholder: 'Filter by user, action or detail', class: 'input input-inline' });
+    const box = h('div');
+    let limit = 200;
+    const render = () => {
+      const q = filter.value.trim().toLowerCase();
+      const match = q ? entries.filter((e) => `${e.user} ${e.action} ${e.detail}`.toLowerCase().includes(q)) : entries;
+      clear(box);
+      box.appendChild(table([
+        { label: 'Time', cell: (e) => dateCell(e.unix, true) },
+        { label: 'User', cell: (e) => e.user || '—' },
+        { label: 'Action', cell: (e) => h('code', null, e.action) },
+        { label: 'Detail', cell: (e) => (typeof e.detail === 'string' ? e.detail : JSON.stringify(e.detail)) },
+      ], match.slice(0, limit), { id: 'audit-table' }));
+      if (match.length > limit) {
+        box.appendChild(h('div', { class: 'more' }, button(`Show more (${match.length - limit} older)`, { id: 'audit-more' }, () => {
+          limit += 200;
+          render();
+        })));
+      }
+    };
+    filter.addEventListener('input', () => {
+      limit = 200;
+      render();
+    });
+    render();
+    ctx.content.appendChild(card(`${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}`, { actions: filter }, box));
+  }
+
+  async function pageSettings(ctx) {
+    const st = await api('GET', '/settings');
+    if (!ctx.alive()) return;
+    const fp = h('code', { id: 'settings-fingerprint', test: 'fingerprint' }, fmtFingerprint(st.tls_fingerprint_sha256));
+    const usage = st.store || {};
+    const parts = [
+      card('Appliance', {}, h('dl', { class: 'kv kv-wide' },
+        fact('Version', (state.setup && state.setup.appliance && state.setup.appliance.version) || '—'),
+        fact('Data directory', h('code', null, st.data_dir || '—')),
+        fact('TLS fingerprint (SHA-256)', fp),
+        fact('Stored', fmtBytes(usage.bytes_stored)),
+        fact('Protected data', fmtBytes(usage.bytes_logical)),
+        fact('Space saving', usage.dedup_ratio ? `${Number(usage.dedup_ratio).toFixed(2)}×` : '—'),
+        fact('Restore points', usage.restore_points != null ? String(usage.restore_points) : '—'))),
+    ];
+    if (can('admin')) {
+      const cert = h('textarea', { id: 'cert-pem', class: 'input mono', rows: 6, placeholder: '-----BEGIN CERTIFICATE-----', spellcheck: 'false' });
+      const key = h('textarea', { id: 'key-pem', class: 'input mono', rows: 6, placeholder: '-----BEGIN PRIVATE KEY-----', spellcheck: 'false' });
+      const certFile = h('input', { type: 'file', id: 'cert-file', accept: '.pem,.crt,.cer,text/plain' });
+      const keyFile = h('input', { type: 'file', id: 'key-file', accept: '.pem,.key,text/plain' });
+      const fill = (fileInput, area) => fileInput.addEventListener('change', () => {
+        const f = fileInput.files && fileInput.files[0];
+        if (!f) return;
+        if (f.size > 256 * 1024) return showBanner('error', `${f.name} is too large for a PEM file.`);
+        f.text().then((t) => {
+          area.value = t;
+        }, (e) => showError(e));
+      });
+      fill(certFile, cert);
+      fill(keyFile, key);
+      const submit = h('button', { id: 'cert-upload', class: 'btn btn-primary', type: 'submit' }, 'Install certificate');
+      const form = h('form', { id: 'cert-form', class: 'form', novalidate: true },
+        h('p', { class: 'help' }, 'Replace the self-signed certificate with one your browsers trust. The certificate chain and its private key, both PEM. The new certificate is used for new connections.'),
+        h('div', { class: 'grid-2 tight' },
+          h('div', { class: 'field' }, h('label', { for: 'cert-pem' }, 'Certificate chain (PEM)'), cert, certFile),
+          h('div', { class: 'field' }, h('label', { for: 'key-pem' }, 'Private key (PEM)'), key, keyFile)),
+        h('div', { class: 'form-actions' }, submit));
+      form.addEventListener('submit', async (ev) => {
+        ev.preventDefault();
+        if (!/-----BEGIN [A-Z ]*CERTIFICATE-----/.test(cert.value)) return showBanner('error', 'The certificate must be PEM text starting with -----BEGIN CERTIFICATE-----.');
+        if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key.value)) return showBanner('error', 'The key must be a PEM private key (-----BEGIN PRIVATE KEY-----).');
+        await busy(submit, async () => {
+          const r = await api('PUT', '/settings/certificate', { cert_pem: cert.value, key_pem: key.value });
+          fp.textContent = fmtFingerprint(r.tls_fingerprint_sha256);
+          key.value = '';
+          keyFile.value = '';
+          notice('Certificate installed. New connections use it; check the new fingerprint when your browser asks.');
+        });
+      });
+      parts.push(card('TLS certificate', { id: 'cert-card' }, form));
+    }
+    append(ctx.content, parts);
+  }
+
+  function pageNotFound(ctx) {
+    ctx.content.appendChild(emptyState('Page not found', `There is no page at ${location.hash}.`, linkButton('Dashboard', '#/dashboard')));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Start
+
+  async function boot() {
+    window.addEventListener('hashchange', route);
+    const app = $('#app');
+    try {
+      state.setup = await api('GET', '/setup', undefined, { noRedirect: true });
+      if (!state.setup.needs_setup) {
+        try {
+          state.session = await api('GET', '/session', undefined, { noRedirect: true });
+        } catch (e) {
+          if (e.status !== 401) throw e;
+        }
+      }
+    } catch (e) {
+      clear(app).className = 'standalone';
+      append(app, [h('div', { class: 'auth-wrap' },
+        h('div', { class: 'auth-brand' }, brandMark(), h('span', { class: 'brand-name' }, 'rackvault')),
+        h('div', { class: 'banner banner-error', role: 'alert', id: 'banner' }, h('span', { class: 'banner-text' }, e.message)),
+        h('div', { class: 'auth-card' }, h('p', null, 'The console could not load.'), button('Retry', { class: 'btn btn-primary', id: 'boot-retry' }, () => location.reload())))]);
+      return;
+    }
+    route();
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
+  else boot();
+})();
