@@ -231,3 +231,51 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
     assert_eq!(wait(&app, tasks[0].id).state, TaskState::Succeeded);
     assert!(matches!(app.delete_source(&admin(), &src.id), Err(ServiceError::Conflict(_))));
 }
+
+#[test]
+fn a_running_backup_can_be_cancelled_and_commits_nothing() {
+    let (d, app) = open();
+    let img = d.path().join("big.raw");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&img).unwrap();
+        let mut x = 1u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..192 {
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let input = SourceInput {
+        name: "big".into(),
+        url: img.display().to_string(),
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    let src = app.put_source(&admin(), None, input).unwrap();
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    for _ in 0..200 {
+        if app.task(&admin(), t.id).unwrap().state == TaskState::Running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = app.cancel_task(&admin(), t.id);
+    let fin = wait(&app, t.id);
+    if fin.state == TaskState::Cancelled {
+        assert!(fin.error.unwrap().contains("cancel"));
+        assert!(app.points(&admin()).unwrap().is_empty(), "a cancelled backup commits nothing");
+        let (lines, _) = app.task_log(&admin(), t.id, 0).unwrap();
+        assert!(lines.iter().any(|l| l.contains("cancel requested")), "{lines:?}");
+    } else {
+        // The machine was fast enough to finish first; then it must have succeeded.
+        assert_eq!(fin.state, TaskState::Succeeded);
+    }
+}
