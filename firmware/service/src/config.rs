@@ -55,13 +55,20 @@ fn default_retries() -> u32 {
 pub struct Settings {
     /// Tasks running at once against one source host.
     pub max_tasks_per_host: usize,
+    /// Tasks running at once against one datastore (NFS export, iSCSI target).
+    #[serde(default = "one")]
+    pub max_tasks_per_datastore: usize,
     /// Tasks running at once in all.
     pub max_tasks: usize,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { max_tasks_per_host: 1, max_tasks: 4 }
+        Settings { max_tasks_per_host: 2, max_tasks_per_datastore: 1, max_tasks: 4 }
     }
 }
 

@@ -357,7 +357,11 @@ impl Appliance {
             dev_defaults(data_dir, &mut config)?;
             config.save(&data_dir.join("config.json"))?;
         }
-        *lock(&tasks.limits) = (config.settings.max_tasks.max(1), config.settings.max_tasks_per_host.max(1));
+        *lock(&tasks.limits) = tasks::Limits {
+            total: config.settings.max_tasks.max(1),
+            per_host: config.settings.max_tasks_per_host.max(1),
+            per_datastore: config.settings.max_tasks_per_datastore.max(1),
+        };
         for d in ["restores", "tls"] {
             std::fs::create_dir_all(data_dir.join(d)).map_err(|e| ServiceError::io(data_dir.join(d), e))?;
         }
@@ -831,7 +835,7 @@ impl Appliance {
                 }
             }
         });
-        self.tasks.spawn("backup", &src.name, user, &source_host(&src.url), job)
+        self.tasks.spawn("backup", &src.name, user, (&source_host(&src.url), &source_datastore(&src.url)), job)
     }
 
     pub fn start_backup(&self, actor: &Principal, source_id: &str) -> Result<TaskInfo, ServiceError> {
@@ -890,7 +894,7 @@ impl Appliance {
             live.log(&format!("restore complete: {}", outputs.join(", ")));
             Ok(serde_json::json!({ "point": point.spec(), "outputs": outputs }))
         });
-        let t = self.tasks.spawn("restore", &spec, &actor.user, "local", job)?;
+        let t = self.tasks.spawn("restore", &spec, &actor.user, ("local", "restores"), job)?;
         self.audit(actor, "start restore", &format!("{spec} to {}", req.target));
         Ok(t)
     }
@@ -915,7 +919,7 @@ impl Appliance {
                 ))
             }
         });
-        let t = self.tasks.spawn("verify", &subject, &actor.user, "local", job)?;
+        let t = self.tasks.spawn("verify", &subject, &actor.user, ("local", "store"), job)?;
         self.audit(actor, "start verify", &subject);
         Ok(t)
     }
@@ -956,6 +960,74 @@ impl Appliance {
         let cat = engine::tape::TapeCatalog::open(&self.data_dir.join("store/tape-catalog"))?;
         let rows = engine::tape::inventory(&cat, &lib)?;
         Ok(serde_json::json!({ "library": lib.describe(), "elements": rows }))
+    }
+
+    fn tape_changer(&self) -> Result<String, ServiceError> {
+        lock(&self.config)
+            .tape_changer
+            .clone()
+            .ok_or_else(|| ServiceError::NotFound("no tape library configured".into()))
+    }
+
+    fn tape_catalog_dir(&self) -> PathBuf {
+        self.data_dir.join("store/tape-catalog")
+    }
+
+    /// Labels a cartridge for a pool (refused when it holds data unless `force`).
+    pub fn tape_label(
+        &self,
+        actor: &Principal,
+        barcode: &str,
+        pool: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Admin)?;
+        let changer = self.tape_changer()?;
+        let _one = lock(&self.tape_lock);
+        let mut lib = engine::tape::Library::open(&changer)?;
+        let cat = engine::tape::TapeCatalog::open(&self.tape_catalog_dir())?;
+        let r = engine::tape::label(&cat, &mut lib, barcode, pool, force)?;
+        self.audit(
+            actor,
+            "label cartridge",
+            &format!("{barcode} for pool {pool}{}", if force { " (forced)" } else { "" }),
+        );
+        Ok(serde_json::to_value(&r).unwrap_or_default())
+    }
+
+    /// Destages a restore point to a pool's media set, as a task.
+    pub fn start_destage(&self, actor: &Principal, point: &str, pool: &str) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        let changer = self.tape_changer()?;
+        let p = self.store.find(point)?;
+        let store = self.store.clone();
+        let catalog_dir = self.tape_catalog_dir();
+        let pool = pool.to_string();
+        let spec = p.spec();
+        let subject = format!("{spec} to pool {pool}");
+        let job: tasks::Job = Box::new(move |live: &Live| {
+            let cat = engine::tape::TapeCatalog::open(&catalog_dir).map_err(|e| e.to_string())?;
+            let mut lib = engine::tape::Library::open(&changer).map_err(|e| e.to_string())?;
+            live.log(&format!("library {}", lib.describe()));
+            let r =
+                engine::tape::destage(&store, &cat, &mut lib, &[p], &engine::tape::DestageOptions::new(&pool), live)
+                    .map_err(|e| e.to_string())?;
+            for l in &r.log {
+                live.log(l);
+            }
+            live.log(&format!(
+                "destage complete: {} bytes to {} at {:.0} MB/s; the drive waited {} time(s)",
+                r.bytes_to_tape,
+                r.tapes.join(", "),
+                r.mb_per_s,
+                r.drive_waits
+            ));
+            Ok(serde_json::to_value(&r).unwrap_or_default())
+        });
+        // One tape job at a time: they share the library's drives.
+        let t = self.tasks.spawn("destage", &subject, &actor.user, ("tape", "tape"), job)?;
+        self.audit(actor, "start destage", &subject);
+        Ok(t)
     }
 
     // ---- settings and metrics ---------------------------------------------------------------------
@@ -1106,6 +1178,24 @@ fn record_usage(store: &Store, env: &KvEnv, db: &KvDb) {
         if db.put(&mut wtxn, &s.unix.to_be_bytes(), &serde_json::to_vec(&s).expect("serialises")).is_ok() {
             let _ = wtxn.commit();
         }
+    }
+}
+
+/// The datastore of a source URL: host plus export (NFS) or target (iSCSI); a local path's
+/// directory.
+fn source_datastore(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme == "nfs" || scheme == "iscsi" => {
+            let rest = rest.split('?').next().unwrap_or(rest);
+            let mut parts = rest.splitn(3, '/');
+            let host = parts.next().unwrap_or("");
+            let first = parts.next().unwrap_or("");
+            format!("{scheme}://{}/{first}", source_host(&format!("{scheme}://{host}")))
+        }
+        _ => Path::new(url.strip_prefix("file://").unwrap_or(url))
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 

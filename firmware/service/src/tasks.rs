@@ -9,8 +9,9 @@
 //!   interrupted (crash, power loss, restart): it is marked `interrupted`. What it left
 //!   behind is cleaned by the store's own recovery (unsealed packs are removed at open) and
 //!   by restores writing to temporary names.
-//! - Concurrency: at most `max_tasks` run at once, and at most `max_tasks_per_host` against
-//!   one source host (so one hypervisor or NAS is not swamped); the rest wait, queued.
+//! - Concurrency: at most `max_tasks` run at once, at most `max_tasks_per_host` against one
+//!   source host and `max_tasks_per_datastore` against one datastore (an NFS export, an iSCSI
+//!   target), so one hypervisor or NAS is not swamped; the rest wait, queued.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -64,6 +65,9 @@ pub struct TaskInfo {
     /// Source host, for the per-host limit.
     #[serde(default)]
     pub host: String,
+    /// Source datastore (host and export or target), for the per-datastore limit.
+    #[serde(default)]
+    pub datastore: String,
 }
 
 /// The live side of a running task; the engine reports progress to it.
@@ -138,6 +142,15 @@ pub type Job = Box<dyn FnOnce(&Live) -> Result<serde_json::Value, String> + Send
 struct Slots {
     running: usize,
     per_host: HashMap<String, usize>,
+    per_datastore: HashMap<String, usize>,
+}
+
+/// Concurrency limits: in all, per source host, per datastore.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) total: usize,
+    pub(crate) per_host: usize,
+    pub(crate) per_datastore: usize,
 }
 
 #[derive(Debug)]
@@ -149,7 +162,7 @@ pub(crate) struct Tasks {
     slots: Mutex<Slots>,
     freed: Condvar,
     next_id: AtomicU64,
-    pub(crate) limits: Mutex<(usize, usize)>,
+    pub(crate) limits: Mutex<Limits>,
 }
 
 impl Tasks {
@@ -177,7 +190,7 @@ impl Tasks {
             slots: Mutex::default(),
             freed: Condvar::new(),
             next_id: AtomicU64::new(max_id + 1),
-            limits: Mutex::new((4, 1)),
+            limits: Mutex::new(Limits { total: 4, per_host: 2, per_datastore: 1 }),
         };
         let n = interrupted.len() as u64;
         for mut t in interrupted {
@@ -215,7 +228,7 @@ impl Tasks {
         kind: &str,
         subject: &str,
         user: &str,
-        host: &str,
+        (host, datastore): (&str, &str),
         job: Job,
     ) -> Result<TaskInfo, ServiceError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -237,6 +250,7 @@ impl Tasks {
             result: None,
             error: None,
             host: host.into(),
+            datastore: datastore.into(),
         };
         let log = File::create(self.log_path(id)).map_err(|e| ServiceError::io(self.log_path(id), e))?;
         let live = Arc::new(Live {
@@ -259,20 +273,25 @@ impl Tasks {
     }
 
     fn run(self: Arc<Self>, live: Arc<Live>, job: Job) {
-        let host = lock(&live.info).host.clone();
-        // Wait for a slot.
+        let (host, datastore) = {
+            let i = lock(&live.info);
+            (i.host.clone(), i.datastore.clone())
+        };
+        // Wait for a slot: within the total, the host's and the datastore's limits.
         {
             let mut slots = lock(&self.slots);
             loop {
-                let (max, per_host) = *lock(&self.limits);
+                let l = *lock(&self.limits);
                 let on_host = slots.per_host.get(&host).copied().unwrap_or(0);
-                if live.is_cancelled() || (slots.running < max && on_host < per_host) {
+                let on_ds = slots.per_datastore.get(&datastore).copied().unwrap_or(0);
+                if live.is_cancelled() || (slots.running < l.total && on_host < l.per_host && on_ds < l.per_datastore) {
                     break;
                 }
                 slots = self.freed.wait(slots).unwrap_or_else(|e| e.into_inner());
             }
             slots.running += 1;
             *slots.per_host.entry(host.clone()).or_default() += 1;
+            *slots.per_datastore.entry(datastore.clone()).or_default() += 1;
         }
         let started = {
             let mut i = lock(&live.info);
@@ -309,6 +328,9 @@ impl Tasks {
         let mut slots = lock(&self.slots);
         slots.running -= 1;
         if let Some(n) = slots.per_host.get_mut(&host) {
+            *n -= 1;
+        }
+        if let Some(n) = slots.per_datastore.get_mut(&datastore) {
             *n -= 1;
         }
         self.freed.notify_all();

@@ -279,3 +279,33 @@ fn a_running_backup_can_be_cancelled_and_commits_nothing() {
         assert_eq!(fin.state, TaskState::Succeeded);
     }
 }
+
+#[test]
+fn datastores_and_hosts_of_sources() {
+    assert_eq!(source_host("nfs://10.0.0.5:2049/vol/vm/a.vmdk"), "10.0.0.5");
+    assert_eq!(source_host("iscsi://u@[::1]:3260/iqn.x:y/1"), "::1");
+    assert_eq!(source_host("/var/lib/a.raw"), "local");
+    assert_eq!(source_datastore("nfs://10.0.0.5:2049/vol/vm/a.vmdk"), "nfs://10.0.0.5/vol");
+    assert_eq!(source_datastore("iscsi://u@h:3260/iqn.x:y/1?header_digest=crc32c"), "iscsi://h/iqn.x:y");
+    assert_eq!(source_datastore("/var/lib/a.raw"), "/var/lib");
+}
+
+#[test]
+fn dev_mode_tape_label_and_destage_task() {
+    let d = tempfile::tempdir().unwrap();
+    let app = Appliance::open(d.path(), ApplianceOptions { dev: true }).unwrap();
+    let src = app.sources(&admin()).unwrap().remove(0);
+    assert_eq!(src.name, "sample-vm");
+    let b = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
+    assert_eq!(b.state, TaskState::Succeeded, "{b:?}");
+    let inv = app.tape_inventory(&admin()).unwrap();
+    assert!(inv["elements"].as_array().unwrap().iter().any(|e| e["barcode"] == "RVT001L9"));
+    app.tape_label(&admin(), "RVT001L9", "main", false).unwrap();
+    let e = app.tape_label(&admin(), "RVT001L9", "main", false).unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+    let operator = Principal { user: "op".into(), role: Role::Operator };
+    assert!(matches!(app.tape_label(&operator, "RVT002L9", "main", false), Err(ServiceError::Forbidden(_))));
+    let t = wait(&app, app.start_destage(&operator, "sample-vm", "main").unwrap().id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(t.result.unwrap()["tapes"][0], "RVT001L9");
+}
