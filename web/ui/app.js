@@ -595,7 +595,7 @@
     if (v == null) return h('span', { class: 'muted' }, '—');
     if (typeof v === 'boolean') return v ? 'yes' : 'no';
     if (typeof v === 'number') {
-      if (key && /(size|bytes)/i.test(key) && !/per|chunk_?size/i.test(key)) return h('span', { class: 'num', title: `${v} bytes` }, fmtBytes(v));
+      if (key && /(size|bytes)/i.test(key) && !/(per|count)/i.test(key)) return h('span', { class: 'num', title: `${v} bytes` }, fmtBytes(v));
       if (key && /_unix$/.test(key)) return fmtDate(v, true);
       if (key && /(_s|seconds)$/.test(key)) return fmtDuration(v);
       return String(Number.isInteger(v) ? v : v.toFixed(2));
@@ -623,7 +623,7 @@
   }
 
   function humanKey(k) {
-    const s = String(k).replace(/_unix$/, '').replace(/_/g, ' ');
+    const s = String(k).replace(/_(unix|s)$/, '').replace(/_bps$/, ' rate').replace(/_/g, ' ');
     return s.charAt(0).toUpperCase() + s.slice(1);
   }
 
@@ -1356,14 +1356,14 @@
     const drives = rows.filter((r) => /drive|transfer/i.test(r.element));
     append(ctx.content, [
       h('div', { class: 'stats' },
-        stat('Library', inv.library || '—', 'tape-library'),
         stat('Drives', `${count((r) => drives.includes(r) && r.full)} loaded / ${drives.length}`, 'tape-drives'),
         stat('Slots', `${count((r) => slots.includes(r) && r.full)} full / ${slots.length}`, 'tape-slots'),
+        stat('Cartridges', String(count((r) => r.full && r.barcode && !r.cleaning)), 'tape-cartridges'),
         stat('Written', fmtBytes(rows.reduce((a, r) => a + (r.bytes_written || 0), 0)), 'tape-written')),
-      card('Inventory', {}, rows.length ? table([
+      card(`Inventory${inv.library ? ' — ' + inv.library : ''}`, { id: 'tape-inventory' }, rows.length ? table([
         { label: 'Element', cell: (r) => r.element },
         { label: 'Address', num: true, cell: (r) => String(r.address) },
-        { label: 'Barcode', cell: (r) => (r.barcode ? h('code', null, r.barcode) : h('span', { class: 'muted' }, r.full ? 'no label' : 'empty')) },
+        { label: 'Barcode', cell: (r) => (r.barcode ? h('code', null, r.barcode) : r.full ? h('span', { class: 'muted' }, 'no barcode') : '') },
         { label: 'Pool', cell: (r) => r.pool || '' },
         { label: 'Media set', cell: (r) => (r.media_set ? `${r.media_set}${r.set_seq != null ? ' #' + r.set_seq : ''}` : '') },
         { label: 'Written', num: true, cell: (r) => (r.bytes_written ? fmtBytes(r.bytes_written) : '') },

@@ -1,0 +1,684 @@
+//! Browser test of the web UI: the real `rackvault serve --dev` driven through Debian's
+//! headless Chromium by chromedriver's WebDriver HTTP API.
+//!
+//! The walk: first-run setup, sign in, add a source (the dev sample disk's path), test the
+//! connection, back it up and watch the progress bar reach 100% and the task succeed, restore
+//! the new restore point to a target, read the restore task's log to its completion line, then
+//! the remaining pages. A PNG screenshot of each page goes to
+//! `<target>/browser-screenshots/` (printed at the end); a failure saves `failure.png` there and
+//! prints the page's banner, the browser's console and the server's log.
+//!
+//! The WebDriver client is hand-written: HTTP/1.1 over `std::net::TcpStream` with serde_json.
+//! Needs `/usr/bin/chromedriver` and `/usr/bin/chromium` (Debian packages chromium-driver and
+//! chromium; `CHROMEDRIVER` and `CHROMIUM` override the paths). Without them the test is
+//! skipped, or fails when `RACKVAULT_REQUIRE_PEERS=1` (as `tests/run.sh` sets).
+//! Build the binary first: `cargo build -p rackvault` (the UI is embedded in it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{rackvault_bin, scratch, target_dir, which};
+use serde_json::{json, Value};
+
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+const ADMIN: &str = "admin";
+const PASSWORD: &str = "browser-test-passphrase";
+
+// ---------------------------------------------------------------------------------------------
+// Processes we start: killed by PID when dropped (also when the test panics).
+
+struct Proc {
+    child: Child,
+    what: &'static str,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Panics with `log` if the process has exited.
+    fn check_alive(&mut self, log: &Path) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early ({status}); its output:\n{}", self.what, tail(log, 60));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SIGTERM first so the server and chromedriver shut down cleanly, SIGKILL if they linger.
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).stdin(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(what: &'static str, mut cmd: Command, log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("create log file");
+    let err = out.try_clone().expect("dup log file");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
+    Proc { child, what }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
+}
+
+fn wait_for_port(port: u16, proc_: &mut Proc, log: &Path, timeout: Duration) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        proc_.check_alive(log);
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on port {port} within {timeout:?}; its output:\n{}",
+            proc_.what,
+            tail(log, 60)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client for the WebDriver JSON API (loopback, plain HTTP).
+
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
+    );
+    if body.is_some() {
+        req.push_str(&format!(
+            "Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
+            payload.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(&payload);
+    s.write_all(req.as_bytes()).map_err(|e| format!("send {method} {path}: {e}"))?;
+
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let (head_end, status, length, chunked) = loop {
+        let n = s.read(&mut buf).map_err(|e| format!("read reply to {method} {path}: {e}"))?;
+        if n == 0 {
+            return Err(format!("connection closed before the reply headers of {method} {path}"));
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..i]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("bad status line in reply to {method} {path}: {head}"))?;
+            let mut length = None;
+            let mut chunked = false;
+            for l in lines {
+                let (k, v) = l.split_once(':').unwrap_or((l, ""));
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    length = v.parse::<usize>().ok();
+                } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+                    chunked = true;
+                }
+            }
+            break (i + 4, status, length, chunked);
+        }
+    };
+    let mut body_bytes = raw.split_off(head_end);
+    loop {
+        if let Some(len) = length {
+            if body_bytes.len() >= len {
+                body_bytes.truncate(len);
+                break;
+            }
+        }
+        if chunked && body_bytes.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+        let n = s.read(&mut buf).map_err(|e| format!("read reply body of {method} {path}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        body_bytes.extend_from_slice(&buf[..n]);
+    }
+    if chunked {
+        body_bytes = dechunk(&body_bytes);
+    }
+    let v = if body_bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body_bytes).map_err(|e| {
+            format!("reply to {method} {path} is not JSON ({e}): {}", String::from_utf8_lossy(&body_bytes))
+        })?
+    };
+    Ok((status, v))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = i + 2;
+        let end = (start + size).min(b.len());
+        out.extend_from_slice(&b[start..end]);
+        b = &b[(end + 2).min(b.len())..];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebDriver
+
+struct Browser {
+    port: u16,
+    session: String,
+    shots: PathBuf,
+    taken: Vec<PathBuf>,
+}
+
+impl Browser {
+    fn start(driver_port: u16, chromium: &Path, profile: &Path, shots: PathBuf) -> Browser {
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "acceptInsecureCerts": true,
+                    "goog:loggingPrefs": { "browser": "ALL" },
+                    "goog:chromeOptions": {
+                        "binary": chromium.to_string_lossy(),
+                        "args": [
+                            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                            format!("--user-data-dir={}", profile.display()),
+                            "--window-size=1280,900", "--ignore-certificate-errors",
+                        ]
+                    }
+                }
+            }
+        });
+        let (status, v) =
+            http(driver_port, "POST", "/session", Some(&caps)).unwrap_or_else(|e| panic!("new WebDriver session: {e}"));
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromedriver refused a session (HTTP {status}): {v}"))
+            .to_string();
+        Browser { port: driver_port, session, shots, taken: Vec::new() }
+    }
+
+    /// One WebDriver command: its `value`, or the WebDriver error as text.
+    fn try_cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let full = format!("/session/{}{path}", self.session);
+        let body = body.or_else(|| (method == "POST").then(|| json!({})));
+        let (status, v) = http(self.port, method, &full, body.as_ref())?;
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!(
+                "{method} {path}: HTTP {status}: {} {}",
+                v["value"]["error"].as_str().unwrap_or(""),
+                v["value"]["message"].as_str().unwrap_or(&v.to_string()).lines().next().unwrap_or("")
+            ))
+        }
+    }
+
+    #[track_caller]
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_cmd(method, path, body).unwrap_or_else(|e| panic!("WebDriver: {e}"))
+    }
+
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn js(&self, script: &str, args: Value) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({ "script": script, "args": args })))
+    }
+
+    fn try_find(&self, css: &str) -> Option<String> {
+        let v = self.try_cmd("POST", "/element", Some(json!({ "using": "css selector", "value": css }))).ok()?;
+        v[ELEMENT_KEY].as_str().map(str::to_string)
+    }
+
+    #[track_caller]
+    fn find(&self, css: &str) -> String {
+        self.wait(&format!("element {css}"), Duration::from_secs(15), || self.try_find(css))
+    }
+
+    /// Polls `f` until it gives `Some`, failing after `timeout` with what was awaited.
+    #[track_caller]
+    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what} (page {})", self.location());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Clicks the element; retries while it is stale or covered (the page re-renders while
+    /// polling).
+    #[track_caller]
+    fn click(&self, css: &str) {
+        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(el) = self.try_find(css) {
+                match self.try_cmd("POST", &format!("/element/{el}/click"), None) {
+                    Ok(_) => return,
+                    Err(e) => last = e,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("cannot click {css}: {last}");
+    }
+
+    #[track_caller]
+    fn fill(&self, css: &str, text: &str) {
+        let el = self.find(css);
+        self.cmd("POST", &format!("/element/{el}/clear"), None);
+        self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text })));
+    }
+
+    /// The text of the first element matching `css`, `None` if there is none.
+    fn text(&self, css: &str) -> Option<String> {
+        self.js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", json!([css]))
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn attr(&self, css: &str, name: &str) -> Option<String> {
+        self.js(
+            "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+            json!([css, name]),
+        )
+        .as_str()
+        .map(str::to_string)
+    }
+
+    fn location(&self) -> String {
+        self.try_cmd("GET", "/url", None).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    }
+
+    fn hash(&self) -> String {
+        self.js("return location.hash;", json!([])).as_str().unwrap_or("").to_string()
+    }
+
+    /// The visible error banner's text, if any.
+    fn banner(&self) -> Option<String> {
+        self.js(
+            "const b = document.getElementById('banner'); return b && !b.hidden ? (b.className + ': ' + b.textContent) : null;",
+            json!([]),
+        )
+        .as_str()
+        .map(str::to_string)
+    }
+
+    fn screenshot(&mut self, name: &str) {
+        let b64 = self.cmd("GET", "/screenshot", None);
+        let png = base64_decode(b64.as_str().expect("screenshot is a base64 string"));
+        assert!(png.starts_with(b"\x89PNG"), "screenshot {name} is not a PNG");
+        let path = self.shots.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        self.taken.push(path);
+    }
+
+    fn console(&self) -> Vec<Value> {
+        self.try_cmd("POST", "/se/log", Some(json!({ "type": "browser" })))
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends the session, which makes chromedriver quit this Chromium.
+        let _ = http(self.port, "DELETE", &format!("/session/{}", self.session), None);
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// On a panic: a screenshot of the page and what the page, the browser and the server said.
+struct FailureReport<'a> {
+    browser: &'a std::cell::RefCell<Browser>,
+    server_log: PathBuf,
+}
+
+impl Drop for FailureReport<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(b) = self.browser.try_borrow() else { return };
+        eprintln!("--- browser test failed on {}", b.location());
+        if let Some(text) = b.banner() {
+            eprintln!("--- banner: {text}");
+        }
+        if let Ok(png) = b.try_cmd("GET", "/screenshot", None) {
+            let path = b.shots.join("failure.png");
+            if std::fs::write(&path, base64_decode(png.as_str().unwrap_or(""))).is_ok() {
+                eprintln!("--- screenshot: {}", path.display());
+            }
+        }
+        for l in b.console() {
+            eprintln!("--- console: {} {}", l["level"].as_str().unwrap_or(""), l["message"].as_str().unwrap_or(""));
+        }
+        eprintln!("--- server log (tail):\n{}", tail(&self.server_log, 40));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+
+/// chromedriver and chromium, or `None` (skip) when they are missing and peers are optional.
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let find = |var: &str, names: &[&str]| -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os(var) {
+            return Some(PathBuf::from(p)).filter(|p| p.is_file());
+        }
+        names.iter().find_map(|n| {
+            let p = Path::new("/usr/bin").join(n);
+            if p.is_file() {
+                Some(p)
+            } else {
+                which(n)
+            }
+        })
+    };
+    let driver = find("CHROMEDRIVER", &["chromedriver"]);
+    let chromium = find("CHROMIUM", &["chromium", "chromium-browser"]);
+    match (driver, chromium) {
+        (Some(d), Some(c)) => Some((d, c)),
+        _ if std::env::var("RACKVAULT_REQUIRE_PEERS").as_deref() == Ok("1") => panic!(
+            "chromedriver or chromium is missing but RACKVAULT_REQUIRE_PEERS=1; install the Debian packages chromium and chromium-driver"
+        ),
+        _ => {
+            eprintln!("skipped: chromedriver or chromium is missing (apt-get install chromium chromium-driver)");
+            None
+        }
+    }
+}
+
+/// Waits until the task page shows a finished state; panics unless it is `succeeded`. Returns
+/// the task id and the progress values seen while waiting.
+#[track_caller]
+fn wait_task_succeeded(b: &Browser, what: &str, timeout: Duration) -> (u64, Vec<f64>) {
+    let id = b.wait(&format!("{what}: the task page"), Duration::from_secs(15), || {
+        b.hash().strip_prefix("#/tasks/").and_then(|s| s.parse::<u64>().ok())
+    });
+    b.find("[data-test=task-progress]");
+    let mut seen = Vec::new();
+    let state = b.wait(&format!("{what}: task #{id} to finish"), timeout, || {
+        if let Some(p) = b.attr("#task-progress", "aria-valuenow").and_then(|p| p.parse::<f64>().ok()) {
+            if seen.last() != Some(&p) {
+                seen.push(p);
+            }
+        }
+        let st = b.text("#task-state")?;
+        (!matches!(st.as_str(), "queued" | "running")).then_some(st)
+    });
+    if state != "succeeded" {
+        panic!(
+            "{what}: task #{id} ended {state}: {}",
+            b.text("#task-error").unwrap_or_else(|| b.text("#task-log").unwrap_or_default())
+        );
+    }
+    (id, seen)
+}
+
+#[test]
+fn web_ui_walkthrough() {
+    let Some((chromedriver, chromium)) = browser_tools() else { return };
+    let bin = rackvault_bin();
+    let dir = scratch("browser");
+    let data = dir.path().join("data");
+    let shots = target_dir().join("browser-screenshots");
+    std::fs::create_dir_all(&shots).expect("create the screenshot directory");
+
+    // The appliance.
+    let port = free_port();
+    let server_log = dir.path().join("server.log");
+    let mut cmd = Command::new(&bin);
+    cmd.args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(&data);
+    let mut server = spawn("rackvault serve", cmd, &server_log);
+    wait_for_port(port, &mut server, &server_log, Duration::from_secs(60));
+
+    // chromedriver.
+    let driver_port = free_port();
+    let driver_log = dir.path().join("chromedriver.log");
+    let mut cmd = Command::new(&chromedriver);
+    cmd.arg(format!("--port={driver_port}"));
+    let mut driver = spawn("chromedriver", cmd, &driver_log);
+    wait_for_port(driver_port, &mut driver, &driver_log, Duration::from_secs(30));
+    let profile = dir.path().join("chromium-profile");
+    std::fs::create_dir_all(&profile).expect("create the browser profile directory");
+
+    let browser = std::cell::RefCell::new(Browser::start(driver_port, &chromium, &profile, shots.clone()));
+    let _report = FailureReport { browser: &browser, server_log: server_log.clone() };
+    let base = format!("https://127.0.0.1:{port}/");
+    let started = Instant::now();
+
+    // First-run setup: the certificate fingerprint is shown; mismatched passwords are refused
+    // with a readable banner.
+    {
+        let mut b = browser.borrow_mut();
+        b.goto(&base);
+        b.find("#setup-user");
+        let fp = b.text("#setup-fingerprint").unwrap_or_default();
+        assert_eq!(fp.matches(':').count(), 31, "setup page shows the SHA-256 fingerprint as 32 hex pairs, got {fp:?}");
+        b.screenshot("01-setup");
+        b.fill("#setup-user", ADMIN);
+        b.fill("#setup-password", PASSWORD);
+        b.fill("#setup-confirm", "something-else-entirely");
+        b.click("#setup-submit");
+        let banner = b.wait("the mismatch banner", Duration::from_secs(5), || b.banner());
+        assert!(banner.contains("do not match"), "banner: {banner}");
+        b.fill("#setup-confirm", PASSWORD);
+        b.click("#setup-submit");
+
+        // Sign in: a wrong password shows the API's error, the right one the dashboard.
+        b.find("#login-user");
+        b.screenshot("02-login");
+        b.fill("#login-user", ADMIN);
+        b.fill("#login-password", "not-the-password");
+        b.click("#login-submit");
+        let banner = b.wait("the sign-in error banner", Duration::from_secs(10), || {
+            b.banner().filter(|t| t.contains("banner-error"))
+        });
+        assert!(banner.len() > "banner banner-error: ".len() + 3, "the sign-in error is readable: {banner}");
+        b.fill("#login-password", PASSWORD);
+        b.click("#login-submit");
+        b.find("#dashboard .stats");
+        let who = b.text("#current-user").unwrap_or_default();
+        assert!(who.contains(ADMIN) && who.contains("Administrator"), "header shows the user and role: {who}");
+        std::thread::sleep(Duration::from_millis(300));
+        b.screenshot("03-dashboard");
+
+        // Sources: the dev sample disk is configured; add a second source on the same disk.
+        b.goto(&format!("{base}#/sources"));
+        b.find("#sources-table");
+        let sample_url = b.text("#sources-table tbody tr code.url").unwrap_or_default();
+        assert!(!sample_url.is_empty(), "dev mode configures a sample source");
+        b.screenshot("04-sources");
+        b.click("#source-add");
+        b.fill("#source-name", "browser-vm");
+        b.fill("#source-url", &sample_url);
+        b.screenshot("05-source-form");
+        b.click("#source-save");
+        b.find("#sources-table tr[data-source-name=browser-vm]");
+        b.click("#sources-table tr[data-source-name=browser-vm] [data-test=source-test]");
+        let probe = b.wait("the connection test result", Duration::from_secs(60), || b.text("#probe-status"));
+        assert!(probe.contains("Connection OK"), "connection test of {sample_url}: {probe}");
+        b.screenshot("06-source-test");
+
+        // Back it up; the progress bar reaches 100% and the task succeeds.
+        b.click("#sources-table tr[data-source-name=browser-vm] [data-test=source-backup]");
+        b.find("#task-progress");
+        b.screenshot("07-backup-running");
+        let (backup_id, seen) = wait_task_succeeded(&b, "backup", Duration::from_secs(300));
+        let pct = b.attr("#task-progress", "aria-valuenow").unwrap_or_default();
+        assert_eq!(pct, "100.0", "the backup's progress bar ends at 100% (seen {seen:?})");
+        assert!(b.text("#task-progress").unwrap_or_default().contains("100%"), "the bar's label says 100%");
+        b.screenshot("08-backup-done");
+        eprintln!("backup task #{backup_id}: progress seen {seen:?}");
+
+        // The dashboard now shows the backup among the last results and a non-empty store.
+        b.goto(&format!("{base}#/dashboard"));
+        b.find("#last-results");
+        let last = b.text("#last-results").unwrap_or_default();
+        assert!(last.contains("browser-vm"), "last results list the backup: {last}");
+        std::thread::sleep(Duration::from_millis(300));
+        b.screenshot("09-dashboard-after-backup");
+
+        // Restore points: the new point, restored to a target.
+        b.goto(&format!("{base}#/points"));
+        b.find("#points-table");
+        let row = "#points-table tr[data-point^='browser-vm@']";
+        b.find(row);
+        let point = b.attr(row, "data-point").unwrap_or_default();
+        b.screenshot("10-restore-points");
+        b.click(&format!("{row} [data-test=point-restore]"));
+        b.fill("#restore-target", "browser-restore");
+        b.screenshot("11-restore-form");
+        b.click("#restore-submit");
+        let (restore_id, _) = wait_task_succeeded(&b, "restore", Duration::from_secs(300));
+        assert_ne!(restore_id, backup_id);
+        let subject = b.text("#task-card .card-head h2").unwrap_or_default();
+        assert!(subject.contains(&point), "the restore task names {point}: {subject}");
+
+        // The task log, read to its end, has the completion line.
+        b.wait("the complete task log", Duration::from_secs(30), || {
+            (b.attr("#task-log", "data-complete").as_deref() == Some("true")).then_some(())
+        });
+        let log = b.text("#task-log").unwrap_or_default();
+        assert!(
+            log.lines().any(|l| l.trim_end().ends_with("] succeeded")),
+            "the restore task's log ends with a completion line:\n{log}"
+        );
+        b.screenshot("12-restore-task-log");
+        let restored = data.join("restores").join("browser-restore");
+        let files: Vec<_> = std::fs::read_dir(&restored)
+            .unwrap_or_else(|e| panic!("restore target {}: {e}", restored.display()))
+            .flatten()
+            .filter(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
+            .collect();
+        assert!(!files.is_empty(), "the restore wrote a disk into {}", restored.display());
+
+        // The other pages render without errors.
+        b.goto(&format!("{base}#/tasks"));
+        b.find(&format!("#tasks-table tr[data-task-id='{restore_id}']"));
+        b.screenshot("13-tasks");
+        b.goto(&format!("{base}#/jobs"));
+        b.find("#content .card");
+        b.screenshot("14-jobs");
+        b.goto(&format!("{base}#/tape"));
+        b.find("#tape-table, #content [data-test=empty]");
+        b.screenshot("15-tape");
+        b.goto(&format!("{base}#/users"));
+        b.find("#users-table tr[data-user=admin]");
+        b.screenshot("16-users");
+        b.goto(&format!("{base}#/tokens"));
+        b.fill("#token-name", "browser-test");
+        b.click("#token-create");
+        let secret = b.wait("the new token's secret", Duration::from_secs(10), || b.text("#token-secret"));
+        assert!(secret.len() >= 16, "a token secret is shown once: {secret:?}");
+        b.screenshot("17-tokens");
+        b.goto(&format!("{base}#/audit"));
+        b.find("#audit-table");
+        b.screenshot("18-audit");
+        b.goto(&format!("{base}#/settings"));
+        let fp2 = b.wait("the settings fingerprint", Duration::from_secs(10), || b.text("#settings-fingerprint"));
+        assert_eq!(fp2, fp, "settings show the certificate fingerprint the setup page showed");
+        b.screenshot("19-settings");
+        assert!(b.banner().is_none_or(|t| !t.contains("banner-error")), "no error banner at the end: {:?}", b.banner());
+
+        // The page broke no CSP rule and threw no script error.
+        let bad: Vec<String> = b
+            .console()
+            .iter()
+            .filter_map(|l| l["message"].as_str().map(str::to_string))
+            .filter(|m| m.contains("Content Security Policy") || m.contains("Uncaught") || m.contains("Refused to"))
+            .collect();
+        assert!(bad.is_empty(), "browser console errors:\n{}", bad.join("\n"));
+
+        // Sign out.
+        b.click("#logout");
+        b.find("#login-user");
+    }
+
+    let b = browser.borrow();
+    println!(
+        "browser test passed in {:.1} s; {} screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        b.taken.len(),
+        shots.display()
+    );
+    eprintln!("screenshots: {}", shots.display());
+    drop(b);
+    drop(_report);
+    drop(browser);
+    drop(driver);
+    drop(server);
+}
