@@ -36,6 +36,22 @@ struct Current {
     past_early_warning: bool,
 }
 
+impl Current {
+    /// Writes one block, counting it for the job, the archive part and the cartridge, and
+    /// noting early warning.
+    fn write_block(&mut self, block: &[u8], stats: &mut WriterStats, entry_bytes: &mut u64) -> Result<(), TapeError> {
+        let t = std::time::Instant::now();
+        let ew = self.tape.drive.write_block(block)?;
+        stats.write_time += t.elapsed();
+        stats.bytes += block.len() as u64;
+        stats.blocks += 1;
+        *entry_bytes += block.len() as u64;
+        self.medium.bytes_written += block.len() as u64;
+        self.past_early_warning |= ew;
+        Ok(())
+    }
+}
+
 /// An archive being written.
 pub struct OpenArchive {
     packer: BlockPacker,
@@ -307,17 +323,8 @@ impl<'a> SetWriter<'a> {
             cur.chunks.push((header.digest, ChunkOnTape { seq: cur.seq, file: a.entry.file, block: start }));
         }
         let stats = &mut self.stats;
-        let mut emit = |block: &[u8]| -> Result<(), TapeError> {
-            let t = std::time::Instant::now();
-            let ew = cur.tape.drive.write_block(block)?;
-            stats.write_time += t.elapsed();
-            stats.bytes += block.len() as u64;
-            stats.blocks += 1;
-            a.entry.bytes += block.len() as u64;
-            cur.medium.bytes_written += block.len() as u64;
-            cur.past_early_warning |= ew;
-            Ok(())
-        };
+        let entry_bytes = &mut a.entry.bytes;
+        let mut emit = |block: &[u8]| cur.write_block(block, stats, entry_bytes);
         a.packer.push_record(header, payload, &mut emit)?;
         if cur.past_early_warning {
             self.continue_on_next_tape(a)?;
@@ -354,15 +361,8 @@ impl<'a> SetWriter<'a> {
     fn flush_part(&mut self, a: &mut OpenArchive, last: bool) -> Result<(), TapeError> {
         let cur = self.current.as_mut().expect("loaded");
         let stats = &mut self.stats;
-        let mut emit = |block: &[u8]| -> Result<(), TapeError> {
-            let ew = cur.tape.drive.write_block(block)?;
-            stats.bytes += block.len() as u64;
-            stats.blocks += 1;
-            a.entry.bytes += block.len() as u64;
-            cur.medium.bytes_written += block.len() as u64;
-            cur.past_early_warning |= ew;
-            Ok(())
-        };
+        let entry_bytes = &mut a.entry.bytes;
+        let mut emit = |block: &[u8]| cur.write_block(block, stats, entry_bytes);
         a.packer.flush(last, &mut emit)?;
         cur.past_early_warning |= cur.tape.drive.write_filemarks(1)?;
         cur.medium.next_file += 1;
