@@ -5,6 +5,7 @@
 
 mod demo;
 mod progress;
+mod serve_cmd;
 mod tape_cmd;
 
 use std::io::IsTerminal;
@@ -122,6 +123,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the appliance daemon: HTTPS REST API and web UI, scheduler and task engine.
+    Serve(serve_cmd::ServeArgs),
     /// The tape tier: inventory, label, destage, restore from tape, catalog, verify, pools.
     Tape(tape_cmd::TapeArgs),
     /// Make a sample VM disk, back it up twice with a change between, verify, restore.
@@ -465,6 +468,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Tape(args) => return tape_cmd::run(args, interactive),
+        Command::Serve(args) => return serve_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
     }
     Ok(ExitCode::SUCCESS)

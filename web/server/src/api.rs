@@ -1,0 +1,385 @@
+//! The route table of `web/API.md` and its handlers. A handler runs on the blocking pool with
+//! a [`Ctx`] the pipeline (`http.rs`) has already authenticated, CSRF-checked and role-checked,
+//! and calls the service, which checks the role again.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use service::{Appliance, JobInput, Principal, RestoreRequest, Role, ServiceError, Session, SourceInput};
+
+use crate::http::{ApiError, Reply};
+use crate::server::Shared;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Anyone, signed in or not.
+    Public,
+    /// Any signed-in user or token.
+    Any,
+    /// At least this role.
+    Role(Role),
+}
+
+/// Whether a route reads a JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body {
+    None,
+    Json,
+}
+
+type Handler = fn(&Ctx) -> Result<Reply, ApiError>;
+
+/// One route: method, path pattern (`{name}` matches one segment), access, body, handler.
+pub(crate) struct Route {
+    pub(crate) method: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) access: Access,
+    pub(crate) body: Body,
+    pub(crate) handler: Handler,
+}
+
+use Access::{Any, Public};
+use Body::{Json, None as NoBody};
+const ADMIN: Access = Access::Role(Role::Admin);
+const OPERATOR: Access = Access::Role(Role::Operator);
+const AUDITOR: Access = Access::Role(Role::Auditor);
+
+macro_rules! route {
+    ($m:literal, $p:literal, $a:expr, $b:expr, $h:expr) => {
+        Route { method: $m, path: $p, access: $a, body: $b, handler: $h }
+    };
+}
+
+/// Every route of the API; `web/API.md` and `web/openapi.json` list the same set (a test
+/// checks it).
+pub(crate) static ROUTES: &[Route] = &[
+    route!("GET", "/api/v1/setup", Public, NoBody, get_setup),
+    route!("POST", "/api/v1/setup", Public, Json, post_setup),
+    route!("POST", "/api/v1/login", Public, Json, login),
+    route!("POST", "/api/v1/logout", Any, NoBody, logout),
+    route!("GET", "/api/v1/session", Any, NoBody, session),
+    route!("GET", "/api/v1/dashboard", AUDITOR, NoBody, |c| c.ok(c.app.dashboard(c.actor()?))),
+    route!("GET", "/api/v1/sources", AUDITOR, NoBody, |c| c.ok(c.app.sources(c.actor()?))),
+    route!("POST", "/api/v1/sources", ADMIN, Json, |c| c.ok(c.app.put_source(c.actor()?, None, c.json::<SourceInput>()?))),
+    route!("PUT", "/api/v1/sources/{id}", ADMIN, Json, |c| c.ok(c.app.put_source(c.actor()?, Some(c.param(0)), c.json::<SourceInput>()?))),
+    route!("DELETE", "/api/v1/sources/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_source(c.actor()?, c.param(0)))),
+    route!("POST", "/api/v1/sources/{id}/test", OPERATOR, NoBody, test_source),
+    route!("GET", "/api/v1/jobs", AUDITOR, NoBody, |c| c.ok(c.app.jobs(c.actor()?))),
+    route!("POST", "/api/v1/jobs", ADMIN, Json, |c| c.ok(c.app.put_job(c.actor()?, None, c.json::<JobInput>()?))),
+    route!("PUT", "/api/v1/jobs/{id}", ADMIN, Json, |c| c.ok(c.app.put_job(c.actor()?, Some(c.param(0)), c.json::<JobInput>()?))),
+    route!("DELETE", "/api/v1/jobs/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_job(c.actor()?, c.param(0)))),
+    route!("POST", "/api/v1/jobs/{id}/run", OPERATOR, NoBody, |c| c.ok(c.app.run_job(c.actor()?, c.param(0)))),
+    route!("GET", "/api/v1/points", AUDITOR, NoBody, |c| c.ok(c.app.points(c.actor()?))),
+    route!("POST", "/api/v1/backups", OPERATOR, Json, backup),
+    route!("POST", "/api/v1/restores", OPERATOR, Json, |c| c.ok(c.app.start_restore(c.actor()?, c.json::<RestoreRequest>()?))),
+    route!("POST", "/api/v1/verifications", OPERATOR, Json, verify),
+    route!("GET", "/api/v1/tasks", AUDITOR, NoBody, |c| c.ok(c.app.tasks(c.actor()?))),
+    route!("GET", "/api/v1/tasks/{id}", AUDITOR, NoBody, |c| c.ok(c.app.task(c.actor()?, c.task_id()?))),
+    route!("GET", "/api/v1/tasks/{id}/log", AUDITOR, NoBody, task_log),
+    route!("POST", "/api/v1/tasks/{id}/cancel", OPERATOR, NoBody, |c| c.ok(c.app.cancel_task(c.actor()?, c.task_id()?))),
+    route!("GET", "/api/v1/tape/inventory", AUDITOR, NoBody, |c| c.ok(c.app.tape_inventory(c.actor()?))),
+    route!("GET", "/api/v1/users", ADMIN, NoBody, |c| c.ok(c.app.users(c.actor()?))),
+    route!("POST", "/api/v1/users", ADMIN, Json, add_user),
+    route!("DELETE", "/api/v1/users/{name}", ADMIN, NoBody, |c| c.empty(c.app.delete_user(c.actor()?, c.param(0)))),
+    route!("GET", "/api/v1/tokens", ADMIN, NoBody, |c| c.ok(c.app.api_tokens(c.actor()?))),
+    route!("POST", "/api/v1/tokens", ADMIN, Json, create_token),
+    route!("DELETE", "/api/v1/tokens/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_api_token(c.actor()?, c.param(0)))),
+    route!("GET", "/api/v1/audit", AUDITOR, NoBody, audit),
+    route!("GET", "/api/v1/settings", AUDITOR, NoBody, settings),
+    route!("PUT", "/api/v1/settings/certificate", ADMIN, Json, put_certificate),
+    route!("GET", "/metrics", Public, NoBody, |c| Ok(Reply::text("text/plain; version=0.0.4; charset=utf-8", c.app.metrics()))),
+];
+
+/// The (method, path pattern) of every API route, in table order.
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES.iter().map(|r| (r.method, r.path))
+}
+
+/// Matches `path` against `pattern`; returns the `{param}` values in order.
+pub(crate) fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
+    let mut pat = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (pat.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(p), Some(g)) if p.starts_with('{') && p.ends_with('}') => {
+                if g.is_empty() {
+                    return None;
+                }
+                params.push(percent_decode(g)?);
+            }
+            (Some(p), Some(g)) if p == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` for bad escapes or non-UTF-8 results.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What a handler gets.
+pub(crate) struct Ctx {
+    pub(crate) app: Arc<Appliance>,
+    pub(crate) web: Arc<Shared>,
+    pub(crate) principal: Option<Principal>,
+    /// The cookie session, when the request came with one.
+    pub(crate) session: Option<Session>,
+    pub(crate) params: Vec<String>,
+    pub(crate) query: String,
+    pub(crate) body: hyper::body::Bytes,
+    /// The client's address, for login throttling and the audit log.
+    pub(crate) client: String,
+}
+
+impl Ctx {
+    fn actor(&self) -> Result<&Principal, ApiError> {
+        self.principal.as_ref().ok_or_else(ApiError::unauthenticated)
+    }
+
+    fn param(&self, i: usize) -> &str {
+        self.params.get(i).map(String::as_str).unwrap_or("")
+    }
+
+    fn task_id(&self) -> Result<u64, ApiError> {
+        self.param(0)
+            .parse()
+            .map_err(|_| ApiError::not_found(format!("no task {:?}: task ids are numbers", self.param(0))))
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.query(name) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::invalid(format!("query parameter {name}={v:?}: expected a non-negative integer"))),
+        }
+    }
+
+    /// The body parsed as `T` (its nesting depth was checked before).
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::invalid("the request needs a JSON body".to_string()));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+    }
+
+    fn ok<T: serde::Serialize>(&self, r: Result<T, ServiceError>) -> Result<Reply, ApiError> {
+        Reply::json(hyper::StatusCode::OK, &r?)
+    }
+
+    fn empty(&self, r: Result<(), ServiceError>) -> Result<Reply, ApiError> {
+        r?;
+        Ok(Reply::no_content())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+fn get_setup(c: &Ctx) -> Result<Reply, ApiError> {
+    Reply::json(
+        hyper::StatusCode::OK,
+        &json!({
+            "needs_setup": c.app.needs_setup(),
+            "appliance": { "version": c.web.cfg.version, "fingerprint_sha256": c.web.fingerprint() },
+        }),
+    )
+}
+
+fn post_setup(c: &Ctx) -> Result<Reply, ApiError> {
+    let cred: Credentials = c.json()?;
+    c.app.setup(&cred.user, &cred.password)?;
+    Ok(Reply::no_content())
+}
+
+/// The cookie that carries a session.
+pub(crate) const SESSION_COOKIE: &str = "rv_session";
+
+fn session_json(s: &Session) -> Value {
+    json!({ "user": s.principal.user, "role": s.principal.role, "csrf": s.csrf, "expires_unix": s.expires_unix })
+}
+
+fn login(c: &Ctx) -> Result<Reply, ApiError> {
+    let cred: Credentials = c.json()?;
+    let s = c.app.login(&cred.user, &cred.password, &c.client)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let max_age = s.expires_unix.saturating_sub(now).max(1);
+    let mut reply = Reply::json(hyper::StatusCode::OK, &session_json(&s))?;
+    reply.headers.push((
+        hyper::header::SET_COOKIE,
+        format!("{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict", s.token),
+    ));
+    Ok(reply)
+}
+
+fn logout(c: &Ctx) -> Result<Reply, ApiError> {
+    if let Some(s) = &c.session {
+        c.app.logout(&s.token);
+    }
+    let mut reply = Reply::no_content();
+    reply.headers.push((
+        hyper::header::SET_COOKIE,
+        format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
+    ));
+    Ok(reply)
+}
+
+fn session(c: &Ctx) -> Result<Reply, ApiError> {
+    match &c.session {
+        Some(s) => Reply::json(hyper::StatusCode::OK, &session_json(s)),
+        // A bearer token: there is no session and no CSRF token to hand out.
+        None => {
+            let p = c.actor()?;
+            Reply::json(hyper::StatusCode::OK, &json!({ "user": p.user, "role": p.role, "csrf": null, "expires_unix": null }))
+        }
+    }
+}
+
+fn test_source(c: &Ctx) -> Result<Reply, ApiError> {
+    let v = match c.app.test_source(c.actor()?, c.param(0)) {
+        Ok(report) => json!({ "ok": true, "report": report }),
+        // A source that does not exist is the caller's mistake; a probe that fails is the
+        // answer to "test connection".
+        Err(e) if matches!(e.kind(), service::ServiceErrorKind::NotFound | service::ServiceErrorKind::Forbidden) => {
+            return Err(e.into())
+        }
+        Err(e) => json!({ "ok": false, "report": null, "error": e.to_string() }),
+    };
+    Reply::json(hyper::StatusCode::OK, &v)
+}
+
+fn backup(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct B {
+        source: String,
+    }
+    let b: B = c.json()?;
+    c.ok(c.app.start_backup(c.actor()?, &b.source))
+}
+
+fn verify(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct V {
+        #[serde(default)]
+        point: Option<String>,
+    }
+    let v: V = if c.body.is_empty() { V::default() } else { c.json()? };
+    c.ok(c.app.start_verify(c.actor()?, v.point))
+}
+
+fn task_log(c: &Ctx) -> Result<Reply, ApiError> {
+    let from = c.query_u64("from")?.unwrap_or(0);
+    let (lines, next) = c.app.task_log(c.actor()?, c.task_id()?, from)?;
+    Reply::json(hyper::StatusCode::OK, &json!({ "lines": lines, "next": next }))
+}
+
+fn add_user(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct U {
+        name: String,
+        password: String,
+        role: Role,
+    }
+    let u: U = c.json()?;
+    c.ok(c.app.add_user(c.actor()?, &u.name, &u.password, u.role))
+}
+
+fn create_token(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct T {
+        name: String,
+        role: Role,
+    }
+    let t: T = c.json()?;
+    let (info, secret) = c.app.create_api_token(c.actor()?, &t.name, t.role)?;
+    Reply::json(
+        hyper::StatusCode::OK,
+        &json!({ "id": info.id, "name": info.name, "role": info.role, "created_unix": info.created_unix, "token": secret }),
+    )
+}
+
+fn audit(c: &Ctx) -> Result<Reply, ApiError> {
+    let limit = c.query_u64("limit")?.unwrap_or(200).clamp(1, 10_000);
+    c.ok(c.app.audit_log(c.actor()?, usize::try_from(limit).unwrap_or(10_000)))
+}
+
+fn settings(c: &Ctx) -> Result<Reply, ApiError> {
+    let mut v = c.app.settings(c.actor()?)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("tls_fingerprint_sha256".into(), Value::String(c.web.fingerprint()));
+    }
+    Reply::json(hyper::StatusCode::OK, &v)
+}
+
+fn put_certificate(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CertUpload {
+        cert_pem: String,
+        key_pem: String,
+    }
+    let actor = c.actor()?;
+    let up: CertUpload = c.json()?;
+    // Check before storing: a pair the server cannot use must never replace a working one.
+    let id = crate::tls::parse_identity(up.cert_pem.as_bytes(), up.key_pem.as_bytes()).map_err(ApiError::invalid)?;
+    let config = crate::tls::build_server_config(&id).map_err(ApiError::invalid)?;
+    let fingerprint = crate::tls::fingerprint_sha256(&id.certs[0]);
+    c.app.set_certificate(actor, &up.cert_pem, &up.key_pem)?;
+    c.web.install(config, fingerprint.clone());
+    Reply::json(hyper::StatusCode::OK, &json!({ "tls_fingerprint_sha256": fingerprint }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_segments() {
+        assert_eq!(match_path("/api/v1/tasks/{id}/log", "/api/v1/tasks/7/log"), Some(vec!["7".to_string()]));
+        assert_eq!(match_path("/api/v1/tasks/{id}", "/api/v1/tasks/7/log"), None);
+        assert_eq!(match_path("/api/v1/tasks/{id}", "/api/v1/tasks/"), None);
+        assert_eq!(match_path("/api/v1/users/{name}", "/api/v1/users/a%40b"), Some(vec!["a@b".to_string()]));
+        assert_eq!(match_path("/api/v1/users/{name}", "/api/v1/users/%zz"), None);
+        assert_eq!(match_path("/api/v1/tasks", "/api/v1/tasks"), Some(vec![]));
+    }
+
+    #[test]
+    fn routes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(seen.insert((r.method, r.path)), "duplicate route {} {}", r.method, r.path);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! TLS: the appliance certificate (self-signed on first start, replaced by an upload) and the
+//! rustls server configuration built from it (TLS 1.3 and 1.2, ring provider, HTTP/1.1 ALPN).
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::WebError;
+
+/// Where the certificate chain and its private key live (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, SEC1 or PKCS#1), mode 0600.
+    pub key: PathBuf,
+}
+
+/// A parsed certificate chain and key, ready for rustls.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub(crate) certs: Vec<CertificateDer<'static>>,
+    pub(crate) key: PrivateKeyDer<'static>,
+}
+
+fn cert_err(path: &Path, reason: impl Into<String>) -> WebError {
+    WebError::Certificate { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Parses a PEM certificate chain and a PEM private key; the messages say what is wrong with
+/// which input, for the upload form as well as for files.
+pub(crate) fn parse_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<Identity, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("the certificate PEM holds no CERTIFICATE block".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("the private key is not a PEM PRIVATE KEY (PKCS#8, EC or RSA): {e}"))?;
+    let identity = Identity { certs, key };
+    // Let rustls check that the key is usable and matches the leaf certificate.
+    build_server_config(&identity)?;
+    Ok(identity)
+}
+
+/// Builds the rustls server configuration: TLS 1.3 and 1.2, ring, no client certificates.
+pub(crate) fn build_server_config(id: &Identity) -> Result<rustls::ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| format!("the private key does not fit the certificate or is unsupported: {e}"))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// SHA-256 over the leaf certificate's DER, as upper-case hex pairs joined by ':' (the form
+/// browsers show in their certificate viewers).
+pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// Loads the certificate and key from `paths`.
+pub(crate) fn load(paths: &CertPaths) -> Result<Identity, WebError> {
+    let cert = std::fs::read(&paths.cert).map_err(|e| cert_err(&paths.cert, format!("cannot read: {e}")))?;
+    let key = std::fs::read(&paths.key).map_err(|e| cert_err(&paths.key, format!("cannot read: {e}")))?;
+    parse_identity(&cert, &key).map_err(|reason| {
+        cert_err(&paths.cert, format!("{reason}; replace the files or remove both to get a new self-signed pair"))
+    })
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name != "localhost"
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    valid.then_some(name)
+}
+
+/// Generates a self-signed ECDSA P-256 certificate for localhost, 127.0.0.1, ::1 and the host
+/// name; returns (certificate PEM, key PEM).
+pub(crate) fn generate_self_signed() -> Result<(String, String), String> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "localhost");
+    dn.push(DnType::OrganizationName, "rackvault appliance (self-signed)");
+    params.distinguished_name = dn;
+    let mut sans = vec![
+        SanType::DnsName("localhost".try_into().map_err(|e| format!("SAN: {e}"))?),
+        SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+    ];
+    if let Some(host) = host_name() {
+        if let Ok(name) = host.as_str().try_into() {
+            sans.push(SanType::DnsName(name));
+        }
+    }
+    params.subject_alt_names = sans;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("key generation: {e}"))?;
+    let cert = params.self_signed(&key).map_err(|e| format!("certificate generation: {e}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Makes sure a certificate and key exist at `paths`: when neither exists, generates a
+/// self-signed pair (key mode 0600, folder 0700). Returns the SHA-256 fingerprint of the
+/// certificate in use, so the caller can print it for the operator to compare in a browser.
+pub fn ensure_certificate(paths: &CertPaths) -> Result<String, WebError> {
+    let cert_exists = paths.cert.exists();
+    let key_exists = paths.key.exists();
+    if cert_exists != key_exists {
+        let (have, missing) = if cert_exists { (&paths.cert, &paths.key) } else { (&paths.key, &paths.cert) };
+        return Err(cert_err(
+            missing,
+            format!("missing while {} exists; restore it, or remove both files to get a new self-signed pair", have.display()),
+        ));
+    }
+    if !cert_exists {
+        for dir in [paths.cert.parent(), paths.key.parent()].into_iter().flatten() {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| cert_err(dir, format!("cannot create the folder: {e}")))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| cert_err(dir, format!("cannot restrict the folder: {e}")))?;
+            }
+        }
+        let (cert_pem, key_pem) = generate_self_signed().map_err(|e| cert_err(&paths.cert, e))?;
+        write_file(&paths.key, key_pem.as_bytes(), 0o600).map_err(|e| cert_err(&paths.key, format!("cannot write: {e}")))?;
+        write_file(&paths.cert, cert_pem.as_bytes(), 0o644).map_err(|e| cert_err(&paths.cert, format!("cannot write: {e}")))?;
+    }
+    let id = load(paths)?;
+    Ok(fingerprint_sha256(&id.certs[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_loads_and_keeps_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths { cert: dir.path().join("tls/cert.pem"), key: dir.path().join("tls/key.pem") };
+        let fp = ensure_certificate(&paths).unwrap();
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        let mode = std::fs::metadata(&paths.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(ensure_certificate(&paths).unwrap(), fp, "an existing pair is kept");
+        std::fs::remove_file(&paths.key).unwrap();
+        let err = ensure_certificate(&paths).unwrap_err().to_string();
+        assert!(err.contains("key.pem"), "{err}");
+    }
+
+    #[test]
+    fn rejects_mismatched_key() {
+        let (cert, _) = generate_self_signed().unwrap();
+        let (_, other_key) = generate_self_signed().unwrap();
+        let err = parse_identity(cert.as_bytes(), other_key.as_bytes()).unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+        assert!(parse_identity(b"junk", b"junk").is_err());
+    }
+}

@@ -1,0 +1,413 @@
+//! The HTTPS API end to end: a real server on 127.0.0.1:0 with a temp-dir appliance, spoken
+//! to over TLS by a minimal client that trusts the appliance's own certificate.
+
+mod common;
+
+use common::{plain, Browser, TestServer, ADMIN, PASSWORD};
+use serde_json::json;
+
+#[tokio::test]
+async fn setup_login_session_logout() {
+    let s = TestServer::start().await;
+    let r = s.req("GET", "/api/v1/setup", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["needs_setup"], true);
+    assert_eq!(v["appliance"]["fingerprint_sha256"], s.fingerprint.as_str());
+    let fp_file = webserver::ensure_certificate(&webserver::CertPaths {
+        cert: s.dir.path().join("tls/cert.pem"),
+        key: s.dir.path().join("tls/key.pem"),
+    })
+    .unwrap();
+    assert_eq!(fp_file, s.fingerprint);
+    // Security headers on every answer.
+    assert_eq!(r.header("content-security-policy").map(|c| c.starts_with("default-src 'self'; frame-ancestors 'none'")), Some(true));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert!(r.header("strict-transport-security").unwrap().contains("max-age="));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+
+    // A short password is refused with the service's message.
+    let short = json!({"user": ADMIN, "password": "short"}).to_string();
+    let r = s.req("POST", "/api/v1/setup", &[("Content-Type", "application/json")], short.as_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "invalid");
+
+    let admin = s.admin().await;
+    let r = s.req("GET", "/api/v1/setup", &[], b"").await;
+    assert_eq!(r.json()["needs_setup"], false);
+    // Setup only once.
+    let again = json!({"user": "mallory", "password": "0123456789ab"}).to_string();
+    let r = s.req("POST", "/api/v1/setup", &[("Content-Type", "application/json")], again.as_bytes()).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // Cookie attributes.
+    let r = s.login(ADMIN, PASSWORD).await;
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(cookie.starts_with("rv_session="), "{cookie}");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.split("; ").any(|a| a == attr), "{attr} missing in {cookie}");
+    }
+    let v = r.json();
+    assert_eq!(v["user"], ADMIN);
+    assert_eq!(v["role"], "admin");
+    assert!(v["csrf"].as_str().unwrap().len() >= 16);
+    assert!(v["expires_unix"].as_u64().is_some());
+
+    let r = s.get("/api/v1/session", &admin).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["csrf"], admin.csrf.as_str());
+
+    let r = s.send("POST", "/api/v1/logout", &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = s.get("/api/v1/session", &admin).await;
+    assert_eq!(r.status, 401);
+
+    // Wrong password.
+    let r = s.login(ADMIN, "not the password").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["code"], "unauthenticated");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unauthenticated_and_roles() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    for path in ["/api/v1/tasks", "/api/v1/dashboard", "/api/v1/points", "/api/v1/session"] {
+        let r = s.req("GET", path, &[], b"").await;
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.json()["code"], "unauthenticated");
+    }
+    let r = s.req("GET", "/api/v1/tasks", &[("Cookie", "rv_session=forged")], b"").await;
+    assert_eq!(r.status, 401);
+
+    let auditor = s.user(&admin, "ann", "auditor").await;
+    let r = s.get("/api/v1/tasks", &auditor).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.send("POST", "/api/v1/backups", &auditor, &json!({"source": "x"})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["code"], "forbidden");
+    let r = s.get("/api/v1/users", &auditor).await;
+    assert_eq!(r.status, 403);
+
+    let operator = s.user(&admin, "otto", "operator").await;
+    let r = s.send("POST", "/api/v1/sources", &operator, &json!({"name": "a", "url": "/nope"})).await;
+    assert_eq!(r.status, 403);
+    let r = s.send("POST", "/api/v1/backups", &operator, &json!({"source": "nosuch"})).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // Users listed, deleted.
+    let r = s.get("/api/v1/users", &admin).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 3);
+    let r = s.send("DELETE", "/api/v1/users/ann", &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    // The audit log saw it.
+    let r = s.get("/api/v1/audit?limit=5", &admin).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("delete user"), "{}", r.text());
+    let r = s.get("/api/v1/audit?limit=x", &admin).await;
+    assert_eq!(r.status, 400);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn csrf_and_cross_site() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let body = json!({"name": "vm1", "url": "/srv/vm1.raw"}).to_string();
+    let ct = ("Content-Type", "application/json");
+    let cookie = ("Cookie", admin.cookie.as_str());
+    let r = s.req("POST", "/api/v1/sources", &[cookie, ct], body.as_bytes()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("X-CSRF-Token"));
+    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, ("X-CSRF-Token", "wrong")], body.as_bytes()).await;
+    assert_eq!(r.status, 403);
+    let csrf = ("X-CSRF-Token", admin.csrf.as_str());
+    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Origin", "https://evil.example")], body.as_bytes()).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("cross-origin"));
+    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Referer", "https://evil.example/x")], body.as_bytes()).await;
+    assert_eq!(r.status, 403);
+    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Sec-Fetch-Site", "cross-site")], body.as_bytes()).await;
+    assert_eq!(r.status, 403);
+    let r = s.req("GET", "/api/v1/sources", &[cookie, ("Sec-Fetch-Site", "cross-site")], b"").await;
+    assert_eq!(r.status, 403);
+    // Login from another site is refused too (login CSRF).
+    let cred = json!({"user": ADMIN, "password": PASSWORD}).to_string();
+    let r = s.req("POST", "/api/v1/login", &[ct, ("Origin", "https://evil.example")], cred.as_bytes()).await;
+    assert_eq!(r.status, 403);
+    // Nothing was created.
+    let r = s.get("/api/v1/sources", &admin).await;
+    assert_eq!(r.json(), json!([]));
+    // The right token and our own origin pass.
+    let origin = format!("https://{}", s.host());
+    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Origin", &origin)], body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let src = r.json();
+    assert_eq!(src["name"], "vm1");
+    assert_eq!(src["host"], "local");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bearer_tokens() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let r = s.send("POST", "/api/v1/tokens", &admin, &json!({"name": "ci", "role": "operator"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    let secret = t["token"].as_str().unwrap().to_string();
+    let id = t["id"].as_str().unwrap().to_string();
+    let r = s.get("/api/v1/tokens", &admin).await;
+    assert!(!r.text().contains(&secret), "the secret is shown once only");
+    let bearer = format!("Bearer {secret}");
+    let auth = ("Authorization", bearer.as_str());
+    // No CSRF token needed; the role applies.
+    let r = s.req("POST", "/api/v1/backups", &[auth, ("Content-Type", "application/json")], br#"{"source":"nosuch"}"#).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = s.req("GET", "/api/v1/tasks", &[auth], b"").await;
+    assert_eq!(r.status, 200);
+    let r = s.req("GET", "/api/v1/users", &[auth], b"").await;
+    assert_eq!(r.status, 403);
+    let r = s.req("GET", "/api/v1/session", &[auth], b"").await;
+    assert_eq!(r.json()["role"], "operator");
+    let r = s.req("GET", "/api/v1/tasks", &[("Authorization", "Bearer rvt_wrong")], b"").await;
+    assert_eq!(r.status, 401);
+    let r = s.req("GET", "/api/v1/tasks", &[("Authorization", "Basic YTpi")], b"").await;
+    assert_eq!(r.status, 401);
+    let r = s.send("DELETE", &format!("/api/v1/tokens/{id}"), &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 204);
+    let r = s.req("GET", "/api/v1/tasks", &[auth], b"").await;
+    assert_eq!(r.status, 401, "a deleted token stops working");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_bodies() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let origin = format!("https://{}", s.host());
+    let h = [
+        ("Cookie", admin.cookie.as_str()),
+        ("X-CSRF-Token", admin.csrf.as_str()),
+        ("Origin", origin.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    // Declared too large.
+    let big = vec![b' '; (1 << 20) + 1];
+    let r = s.req("POST", "/api/v1/sources", &h, &big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["code"], "too_large");
+    // Streamed too large (chunked, no Content-Length).
+    let mut chunked = Vec::new();
+    for _ in 0..20 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 << 10).as_bytes());
+        chunked.extend(std::iter::repeat_n(b' ', 64 << 10));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let mut hc = h.to_vec();
+    hc.push(("Transfer-Encoding", "chunked"));
+    let r = s.req("POST", "/api/v1/sources", &hc, &chunked).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Deep nesting, checked before parsing.
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let r = s.req("POST", "/api/v1/sources", &h, deep.as_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("deeper than 32"), "{}", r.text());
+    let ok_depth = format!("{{\"name\":\"a\",\"url\":\"/x\",\"chap_user\":{}1{}}}", "[".repeat(31), "]".repeat(31));
+    let r = s.req("POST", "/api/v1/sources", &h, ok_depth.as_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("malformed JSON"), "{}", r.text());
+    // Malformed.
+    let r = s.req("POST", "/api/v1/sources", &h, b"{\"name\": ").await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().starts_with("malformed JSON body"), "{}", r.text());
+    let r = s.req("POST", "/api/v1/sources", &h, br#"{"name":"a","url":"/x","evil":1}"#).await;
+    assert_eq!(r.status, 400, "unknown fields are refused: {}", r.text());
+    // Not JSON.
+    let mut ht = h.to_vec();
+    ht[3] = ("Content-Type", "text/plain");
+    let r = s.req("POST", "/api/v1/sources", &ht, br#"{"name":"a","url":"/x"}"#).await;
+    assert_eq!(r.status, 415);
+    // Empty body where one is needed.
+    let r = s.req("POST", "/api/v1/backups", &h, b"").await;
+    assert_eq!(r.status, 400);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn login_lockout_gives_429() {
+    let s = TestServer::start().await;
+    let _admin = s.admin().await;
+    let mut last = None;
+    for _ in 0..8 {
+        let r = s.login(ADMIN, "wrong password!").await;
+        if r.status == 429 {
+            last = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let r = last.expect("locked out after repeated failures");
+    assert_eq!(r.json()["code"], "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    // Even the right password is refused while locked.
+    assert_eq!(s.login(ADMIN, PASSWORD).await.status, 429);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn redirect_listener_and_tls_versions() {
+    let s = TestServer::start().await;
+    let r = plain(s.http, b"GET /jobs?x=1 HTTP/1.1\r\nHost: box.example:8080\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some(format!("https://box.example:{}/jobs?x=1", s.https.port()).as_str()));
+    let r = plain(s.http, b"GET / HTTP/1.1\r\nHost: a\r\nb\r\n\r\n").await;
+    assert_eq!(r.status, 400);
+
+    for (v, want) in [
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+    ] {
+        let cfg = s.client_config(&[v]);
+        let raw = format!("GET /api/v1/setup HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", s.host());
+        let r = s.raw(cfg, raw.as_bytes()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.tls_version, Some(want));
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ui_metrics_and_unknown_routes() {
+    let s = TestServer::start().await;
+    let r = s.req("GET", "/", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert!(r.text().contains("<html"));
+    let index = r.body;
+    let r = s.req("GET", "/jobs/42", &[], b"").await;
+    assert_eq!(r.body, index, "UI routes get index.html");
+    let r = s.req("GET", "/app.js", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    let r = s.req("GET", "/style.css", &[], b"").await;
+    assert_eq!(r.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(s.req("GET", "/nope.js", &[], b"").await.status, 404);
+    assert_eq!(s.req("POST", "/", &[], b"").await.status, 405);
+    assert!(webserver::embedded_files().any(|f| f == "/index.html"));
+
+    let r = s.req("GET", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(r.text().contains("rackvault_tasks_running"), "{}", r.text());
+
+    let r = s.req("GET", "/api/v1/nothing", &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "not_found");
+    let r = s.req("PATCH", "/api/v1/tasks", &[], b"").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn certificate_upload_applies_to_new_connections() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    // A key that does not fit is refused and changes nothing.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let r = s
+        .send("PUT", "/api/v1/settings/certificate", &admin, &json!({"cert_pem": cert_pem, "key_pem": other.serialize_pem()}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = s.send("PUT", "/api/v1/settings/certificate", &admin, &json!({"cert_pem": cert_pem, "key_pem": key_pem})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fp = r.json()["tls_fingerprint_sha256"].as_str().unwrap().to_string();
+    assert_ne!(fp, s.fingerprint);
+    assert_eq!(fp, webserver::fingerprint_sha256(cert.der()));
+    // cert.pem in the data dir is now the new one, and new connections present it.
+    assert_eq!(s.cert_pem(), cert_pem.as_bytes());
+    let r = s.get("/api/v1/settings", &admin).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["tls_fingerprint_sha256"], fp.as_str());
+    assert!(r.json()["data_dir"].is_string());
+    s.stop().await.unwrap();
+}
+
+async fn wait_task(s: &TestServer, b: &Browser, id: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let r = s.get(&format!("/api/v1/tasks/{id}"), b).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = r.json();
+        let state = t["state"].as_str().unwrap().to_string();
+        if !matches!(state.as_str(), "queued" | "running") {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "task {id} still {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn backup_restore_verify_through_the_api() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let image = s.dir.path().join("vm1.raw");
+    let mut data = vec![0u8; 8 << 20];
+    for (i, b) in data.iter_mut().enumerate().take(3 << 20) {
+        *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
+    }
+    std::fs::write(&image, &data).unwrap();
+    let r = s.send("POST", "/api/v1/sources", &admin, &json!({"name": "vm1", "url": image.display().to_string()})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let src = r.json()["id"].as_str().unwrap().to_string();
+    let r = s.send("POST", &format!("/api/v1/sources/{src}/test"), &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ok"], true, "{}", r.text());
+
+    let r = s.send("POST", "/api/v1/backups", &admin, &json!({"source": src})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let task = r.json();
+    assert_eq!(task["kind"], "backup");
+    let t = wait_task(&s, &admin, task["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let r = s.get(&format!("/api/v1/tasks/{}/log?from=0", t["id"]), &admin).await;
+    let log = r.json();
+    assert!(log["lines"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("backup complete")), "{log}");
+    assert!(log["next"].as_u64().unwrap() > 0);
+    let r = s.get("/api/v1/tasks", &admin).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+
+    let r = s.get("/api/v1/points", &admin).await;
+    let points = r.json();
+    assert_eq!(points.as_array().unwrap().len(), 1, "{points}");
+    let spec = format!("{}@{}", points[0]["name"].as_str().unwrap(), points[0]["id"].as_u64().unwrap());
+
+    let r = s.send("POST", "/api/v1/restores", &admin, &json!({"point": spec, "target": "back"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = wait_task(&s, &admin, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let restored: Vec<_> = std::fs::read_dir(s.dir.path().join("restores/back")).unwrap().flatten().collect();
+    assert_eq!(restored.len(), 1);
+    assert_eq!(std::fs::read(restored[0].path()).unwrap(), data);
+
+    let r = s.send("POST", "/api/v1/verifications", &admin, &json!({"point": spec})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = wait_task(&s, &admin, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+
+    let r = s.get("/api/v1/dashboard", &admin).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["usage"]["bytes_stored"].as_u64().unwrap() > 0);
+    s.stop().await.unwrap();
+}
