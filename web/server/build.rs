@@ -46,7 +46,8 @@ fn main() {
     let mut code = String::from("/// Embedded UI files: (URL path, content type, bytes).\npub(crate) static UI_FILES: &[(&str, &str, &[u8])] = &[\n");
     for (url, path) in &files {
         let abs = path.canonicalize().expect("UI file path");
-        let _ = writeln!(code, "    ({url:?}, {:?}, include_bytes!({:?})),", content_type(url), abs.display().to_string());
+        let _ =
+            writeln!(code, "    ({url:?}, {:?}, include_bytes!({:?})),", content_type(url), abs.display().to_string());
     }
     code.push_str("];\n");
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("ui_files.rs");

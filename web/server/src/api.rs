@@ -63,23 +63,37 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/session", Any, NoBody, session),
     route!("GET", "/api/v1/dashboard", AUDITOR, NoBody, |c| c.ok(c.app.dashboard(c.actor()?))),
     route!("GET", "/api/v1/sources", AUDITOR, NoBody, |c| c.ok(c.app.sources(c.actor()?))),
-    route!("POST", "/api/v1/sources", ADMIN, Json, |c| c.ok(c.app.put_source(c.actor()?, None, c.json::<SourceInput>()?))),
-    route!("PUT", "/api/v1/sources/{id}", ADMIN, Json, |c| c.ok(c.app.put_source(c.actor()?, Some(c.param(0)), c.json::<SourceInput>()?))),
+    route!("POST", "/api/v1/sources", ADMIN, Json, |c| c.ok(c.app.put_source(
+        c.actor()?,
+        None,
+        c.json::<SourceInput>()?
+    ))),
+    route!("PUT", "/api/v1/sources/{id}", ADMIN, Json, |c| c.ok(c.app.put_source(
+        c.actor()?,
+        Some(c.param(0)),
+        c.json::<SourceInput>()?
+    ))),
     route!("DELETE", "/api/v1/sources/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_source(c.actor()?, c.param(0)))),
     route!("POST", "/api/v1/sources/{id}/test", OPERATOR, NoBody, test_source),
     route!("GET", "/api/v1/jobs", AUDITOR, NoBody, |c| c.ok(c.app.jobs(c.actor()?))),
     route!("POST", "/api/v1/jobs", ADMIN, Json, |c| c.ok(c.app.put_job(c.actor()?, None, c.json::<JobInput>()?))),
-    route!("PUT", "/api/v1/jobs/{id}", ADMIN, Json, |c| c.ok(c.app.put_job(c.actor()?, Some(c.param(0)), c.json::<JobInput>()?))),
+    route!("PUT", "/api/v1/jobs/{id}", ADMIN, Json, |c| c.ok(c.app.put_job(
+        c.actor()?,
+        Some(c.param(0)),
+        c.json::<JobInput>()?
+    ))),
     route!("DELETE", "/api/v1/jobs/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_job(c.actor()?, c.param(0)))),
     route!("POST", "/api/v1/jobs/{id}/run", OPERATOR, NoBody, |c| c.ok(c.app.run_job(c.actor()?, c.param(0)))),
     route!("GET", "/api/v1/points", AUDITOR, NoBody, |c| c.ok(c.app.points(c.actor()?))),
     route!("POST", "/api/v1/backups", OPERATOR, Json, backup),
-    route!("POST", "/api/v1/restores", OPERATOR, Json, |c| c.ok(c.app.start_restore(c.actor()?, c.json::<RestoreRequest>()?))),
+    route!("POST", "/api/v1/restores", OPERATOR, Json, |c| c
+        .ok(c.app.start_restore(c.actor()?, c.json::<RestoreRequest>()?))),
     route!("POST", "/api/v1/verifications", OPERATOR, Json, verify),
     route!("GET", "/api/v1/tasks", AUDITOR, NoBody, |c| c.ok(c.app.tasks(c.actor()?))),
     route!("GET", "/api/v1/tasks/{id}", AUDITOR, NoBody, |c| c.ok(c.app.task(c.actor()?, c.task_id()?))),
     route!("GET", "/api/v1/tasks/{id}/log", AUDITOR, NoBody, task_log),
-    route!("POST", "/api/v1/tasks/{id}/cancel", OPERATOR, NoBody, |c| c.ok(c.app.cancel_task(c.actor()?, c.task_id()?))),
+    route!("POST", "/api/v1/tasks/{id}/cancel", OPERATOR, NoBody, |c| c
+        .ok(c.app.cancel_task(c.actor()?, c.task_id()?))),
     route!("GET", "/api/v1/tape/inventory", AUDITOR, NoBody, |c| c.ok(c.app.tape_inventory(c.actor()?))),
     route!("GET", "/api/v1/users", ADMIN, NoBody, |c| c.ok(c.app.users(c.actor()?))),
     route!("POST", "/api/v1/users", ADMIN, Json, add_user),
@@ -90,7 +104,10 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/audit", AUDITOR, NoBody, audit),
     route!("GET", "/api/v1/settings", AUDITOR, NoBody, settings),
     route!("PUT", "/api/v1/settings/certificate", ADMIN, Json, put_certificate),
-    route!("GET", "/metrics", Public, NoBody, |c| Ok(Reply::text("text/plain; version=0.0.4; charset=utf-8", c.app.metrics()))),
+    route!("GET", "/metrics", Public, NoBody, |c| Ok(Reply::text(
+        "text/plain; version=0.0.4; charset=utf-8",
+        c.app.metrics()
+    ))),
 ];
 
 /// The (method, path pattern) of every API route, in table order.
@@ -172,10 +189,9 @@ impl Ctx {
     fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.query(name) {
             None | Some("") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::invalid(format!("query parameter {name}={v:?}: expected a non-negative integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::invalid(format!("query parameter {name}={v:?}: expected a non-negative integer"))
+            }),
         }
     }
 
@@ -258,7 +274,10 @@ fn session(c: &Ctx) -> Result<Reply, ApiError> {
         // A bearer token: there is no session and no CSRF token to hand out.
         None => {
             let p = c.actor()?;
-            Reply::json(hyper::StatusCode::OK, &json!({ "user": p.user, "role": p.role, "csrf": null, "expires_unix": null }))
+            Reply::json(
+                hyper::StatusCode::OK,
+                &json!({ "user": p.user, "role": p.role, "csrf": null, "expires_unix": null }),
+            )
         }
     }
 }

@@ -35,7 +35,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
     pub(crate) fn unauthenticated() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in first (or send an API token as Authorization: Bearer)")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "sign in first (or send an API token as Authorization: Bearer)",
+        )
     }
     pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -47,7 +51,11 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     fn too_large(max: usize) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the request body is larger than {max} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {max} bytes"),
+        )
     }
 }
 
@@ -97,7 +105,11 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &'static str) {
 
 /// The headers every response carries.
 fn security_headers(h: &mut HeaderMap) {
-    set(h, header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    );
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "no-referrer");
     set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
@@ -157,7 +169,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: So
 
 fn ui_request(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", Bytes::from_static(b"method not allowed\n"));
+        let mut resp = respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"method not allowed\n"),
+        );
         set(resp.headers_mut(), header::ALLOW, "GET, HEAD");
         return resp;
     }
@@ -239,13 +255,19 @@ async fn authenticate(shared: &Arc<Shared>, h: &HeaderMap) -> Result<(Option<Pri
         let app = shared.app.clone();
         return match blocking(move || app.authenticate_token(&token)).await? {
             Some(p) => Ok((Some(p), None)),
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the API token is not valid (revoked or mistyped)")),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the API token is not valid (revoked or mistyped)",
+            )),
         };
     }
     if let Some(token) = cookie(h, SESSION_COOKIE) {
         return match shared.app.session(token) {
             Some(s) => Ok((Some(s.principal.clone()), Some(s))),
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the session has ended; sign in again")),
+            None => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the session has ended; sign in again"))
+            }
         };
     }
     Err(ApiError::unauthenticated())
@@ -293,7 +315,9 @@ async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(max)),
         Ok(Err(e)) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
-        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid", "the request body took too long to arrive")),
+        Err(_) => {
+            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid", "the request body took too long to arrive"))
+        }
     }
 }
 
@@ -317,7 +341,11 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
         }
         return Err(ApiError {
             allow: Some(allowed.join(", ")),
-            ..ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid", format!("{} is not allowed on {path}", parts.method))
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid",
+                format!("{} is not allowed on {path}", parts.method),
+            )
         });
     };
     let h = &parts.headers;

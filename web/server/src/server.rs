@@ -83,11 +83,15 @@ impl Server {
         let fingerprint = {
             let p = paths.clone();
             tokio::task::spawn_blocking(move || tls::ensure_certificate(&p)).await.unwrap_or_else(|e| {
-                Err(WebError::Certificate { path: paths.cert.clone(), reason: format!("certificate set-up failed: {e}") })
+                Err(WebError::Certificate {
+                    path: paths.cert.clone(),
+                    reason: format!("certificate set-up failed: {e}"),
+                })
             })?
         };
         let id = tls::load(&paths)?;
-        let config = tls::build_server_config(&id).map_err(|reason| WebError::Certificate { path: paths.cert.clone(), reason })?;
+        let config = tls::build_server_config(&id)
+            .map_err(|reason| WebError::Certificate { path: paths.cert.clone(), reason })?;
         let https = bind(cfg.https).await?;
         let http = match cfg.http_redirect {
             Some(addr) => Some(bind(addr).await?),
@@ -193,7 +197,12 @@ fn http1() -> hyper::server::conn::http1::Builder {
     b
 }
 
-async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
     let _ = stream.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls_config());
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

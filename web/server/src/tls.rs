@@ -83,9 +83,9 @@ fn host_name() -> Option<String> {
     let valid = !name.is_empty()
         && name.len() <= 253
         && name != "localhost"
-        && name.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     valid.then_some(name)
 }
 
@@ -136,7 +136,10 @@ pub fn ensure_certificate(paths: &CertPaths) -> Result<String, WebError> {
         let (have, missing) = if cert_exists { (&paths.cert, &paths.key) } else { (&paths.key, &paths.cert) };
         return Err(cert_err(
             missing,
-            format!("missing while {} exists; restore it, or remove both files to get a new self-signed pair", have.display()),
+            format!(
+                "missing while {} exists; restore it, or remove both files to get a new self-signed pair",
+                have.display()
+            ),
         ));
     }
     if !cert_exists {
@@ -148,8 +151,10 @@ pub fn ensure_certificate(paths: &CertPaths) -> Result<String, WebError> {
             }
         }
         let (cert_pem, key_pem) = generate_self_signed().map_err(|e| cert_err(&paths.cert, e))?;
-        write_file(&paths.key, key_pem.as_bytes(), 0o600).map_err(|e| cert_err(&paths.key, format!("cannot write: {e}")))?;
-        write_file(&paths.cert, cert_pem.as_bytes(), 0o644).map_err(|e| cert_err(&paths.cert, format!("cannot write: {e}")))?;
+        write_file(&paths.key, key_pem.as_bytes(), 0o600)
+            .map_err(|e| cert_err(&paths.key, format!("cannot write: {e}")))?;
+        write_file(&paths.cert, cert_pem.as_bytes(), 0o644)
+            .map_err(|e| cert_err(&paths.cert, format!("cannot write: {e}")))?;
     }
     let id = load(paths)?;
     Ok(fingerprint_sha256(&id.certs[0]))

@@ -21,7 +21,10 @@ async fn setup_login_session_logout() {
     .unwrap();
     assert_eq!(fp_file, s.fingerprint);
     // Security headers on every answer.
-    assert_eq!(r.header("content-security-policy").map(|c| c.starts_with("default-src 'self'; frame-ancestors 'none'")), Some(true));
+    assert_eq!(
+        r.header("content-security-policy").map(|c| c.starts_with("default-src 'self'; frame-ancestors 'none'")),
+        Some(true)
+    );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
     assert!(r.header("strict-transport-security").unwrap().contains("max-age="));
@@ -125,12 +128,17 @@ async fn csrf_and_cross_site() {
     let r = s.req("POST", "/api/v1/sources", &[cookie, ct, ("X-CSRF-Token", "wrong")], body.as_bytes()).await;
     assert_eq!(r.status, 403);
     let csrf = ("X-CSRF-Token", admin.csrf.as_str());
-    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Origin", "https://evil.example")], body.as_bytes()).await;
+    let r = s
+        .req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Origin", "https://evil.example")], body.as_bytes())
+        .await;
     assert_eq!(r.status, 403);
     assert!(r.text().contains("cross-origin"));
-    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Referer", "https://evil.example/x")], body.as_bytes()).await;
+    let r = s
+        .req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Referer", "https://evil.example/x")], body.as_bytes())
+        .await;
     assert_eq!(r.status, 403);
-    let r = s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Sec-Fetch-Site", "cross-site")], body.as_bytes()).await;
+    let r =
+        s.req("POST", "/api/v1/sources", &[cookie, ct, csrf, ("Sec-Fetch-Site", "cross-site")], body.as_bytes()).await;
     assert_eq!(r.status, 403);
     let r = s.req("GET", "/api/v1/sources", &[cookie, ("Sec-Fetch-Site", "cross-site")], b"").await;
     assert_eq!(r.status, 403);
@@ -165,7 +173,9 @@ async fn bearer_tokens() {
     let bearer = format!("Bearer {secret}");
     let auth = ("Authorization", bearer.as_str());
     // No CSRF token needed; the role applies.
-    let r = s.req("POST", "/api/v1/backups", &[auth, ("Content-Type", "application/json")], br#"{"source":"nosuch"}"#).await;
+    let r = s
+        .req("POST", "/api/v1/backups", &[auth, ("Content-Type", "application/json")], br#"{"source":"nosuch"}"#)
+        .await;
     assert_eq!(r.status, 404, "{}", r.text());
     let r = s.req("GET", "/api/v1/tasks", &[auth], b"").await;
     assert_eq!(r.status, 200);
@@ -326,10 +336,16 @@ async fn certificate_upload_applies_to_new_connections() {
     // A key that does not fit is refused and changes nothing.
     let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let r = s
-        .send("PUT", "/api/v1/settings/certificate", &admin, &json!({"cert_pem": cert_pem, "key_pem": other.serialize_pem()}))
+        .send(
+            "PUT",
+            "/api/v1/settings/certificate",
+            &admin,
+            &json!({"cert_pem": cert_pem, "key_pem": other.serialize_pem()}),
+        )
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = s.send("PUT", "/api/v1/settings/certificate", &admin, &json!({"cert_pem": cert_pem, "key_pem": key_pem})).await;
+    let r =
+        s.send("PUT", "/api/v1/settings/certificate", &admin, &json!({"cert_pem": cert_pem, "key_pem": key_pem})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let fp = r.json()["tls_fingerprint_sha256"].as_str().unwrap().to_string();
     assert_ne!(fp, s.fingerprint);
@@ -368,7 +384,8 @@ async fn backup_restore_verify_through_the_api() {
         *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
     }
     std::fs::write(&image, &data).unwrap();
-    let r = s.send("POST", "/api/v1/sources", &admin, &json!({"name": "vm1", "url": image.display().to_string()})).await;
+    let r =
+        s.send("POST", "/api/v1/sources", &admin, &json!({"name": "vm1", "url": image.display().to_string()})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let src = r.json()["id"].as_str().unwrap().to_string();
     let r = s.send("POST", &format!("/api/v1/sources/{src}/test"), &admin, &serde_json::Value::Null).await;

@@ -41,7 +41,8 @@ impl Resp {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -100,7 +101,9 @@ impl TestServer {
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding"))
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding"))
             && (!body.is_empty() || method != "GET")
         {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -183,14 +186,22 @@ impl TestServer {
     /// Creates a user with `role` and signs in as them.
     pub async fn user(&self, admin: &Browser, name: &str, role: &str) -> Browser {
         let r = self
-            .send("POST", "/api/v1/users", admin, &serde_json::json!({ "name": name, "password": PASSWORD, "role": role }))
+            .send(
+                "POST",
+                "/api/v1/users",
+                admin,
+                &serde_json::json!({ "name": name, "password": PASSWORD, "role": role }),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         self.login_ok(name, PASSWORD).await
     }
 }
 
-pub fn client_config(cert_pem: &[u8], versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(
+    cert_pem: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(cert_pem) {
         roots.add(c.unwrap()).unwrap();
@@ -206,14 +217,15 @@ pub fn client_config(cert_pem: &[u8], versions: &[&'static rustls::SupportedProt
 }
 
 pub fn parse_response(raw: &[u8]) -> Resp {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
     let head = std::str::from_utf8(&raw[..end]).unwrap();
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[end + 4..].to_vec();
     if let Some(len) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
         body.truncate(len.1.parse().unwrap());
