@@ -21,7 +21,7 @@
     auditor: 'read-only: dashboards, tasks, logs and the audit log',
   };
   const ACTIVE_STATES = new Set(['queued', 'running']);
-  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape' };
+  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge' };
 
   const state = {
     setup: null, // GET /setup
@@ -1253,7 +1253,7 @@
   // Restore points
 
   async function pagePoints(ctx) {
-    const points = await api('GET', '/points');
+    const [points, tape] = await Promise.all([api('GET', '/points'), tapeConfigured()]);
     if (!ctx.alive()) return;
     if (!points.length) {
       ctx.content.appendChild(card(null, {}, emptyState('No restore points yet',
@@ -1275,7 +1275,7 @@
         { label: 'Disks', cell: (p) => diskList(p) },
         { label: 'Size', num: true, cell: (p) => fmtBytes((p.disks || []).reduce((a, d) => a + (d.size || 0), 0)) },
         { label: 'New data', num: true, cell: (p) => (p.stats && p.stats.bytes_written != null ? fmtBytes(p.stats.bytes_written) : '—') },
-        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox) },
+        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox, tape ? points : null) },
       ], shown, { id: 'points-table', rowAttrs: (p) => ({ 'data-point': `${p.name}@${p.id}` }) }) : h('p', { class: 'muted quiet-state' }, 'No restore point matches the filter.'));
     };
     filter.addEventListener('input', render);
@@ -1291,11 +1291,17 @@
       files.length ? h('div', { class: 'muted small' }, `+ ${files.length} configuration file${files.length === 1 ? '' : 's'}`) : null);
   }
 
-  function pointActions(p, formBox) {
+  // `tapePoints`: every point, when a tape library is configured (for the destage form).
+  function pointActions(p, formBox, tapePoints) {
     if (!can('operator')) return '';
     const spec = `${p.name}@${p.id}`;
     return h('div', { class: 'row-actions' },
       button('Restore…', { class: 'btn btn-small', test: 'point-restore' }, () => openRestoreForm(p, formBox)),
+      tapePoints ? button('To tape…', { class: 'btn btn-small', test: 'point-destage' }, (ev) => busy(ev.currentTarget, async () => {
+        const pools = await api('GET', '/tape/pools');
+        clear(formBox).appendChild(card(`Destage ${spec} to tape`, { id: 'tape-destage-card' }, destageForm(tapePoints, pools.map((x) => x.name), spec)));
+        formBox.scrollIntoView({ block: 'nearest' });
+      })) : null,
       button('Verify', { class: 'btn btn-small', test: 'point-verify' }, (ev) => busy(ev.currentTarget, async () => {
         const t = await api('POST', '/verifications', { point: spec });
         state.flash = { kind: 'success', text: `Verification of ${spec} started.` };
@@ -1338,6 +1344,12 @@
   // -------------------------------------------------------------------------------------------
   // Tape
 
+  // Whether a tape library is configured (cheap: no library I/O).
+  async function tapeConfigured() {
+    const st = await api('GET', '/settings');
+    return !!(st && st.tape_changer);
+  }
+
   async function pageTape(ctx) {
     let inv;
     try {
@@ -1347,30 +1359,201 @@
         ctx.content.appendChild(card(null, {}, emptyState('No tape library configured', 'Connect a tape library (SAS/FC or iSCSI) and configure it on the appliance to destage restore points to tape.')));
         return;
       }
+      if (e.status === 409) {
+        // A tape task holds the library; show that instead of a stale inventory.
+        ctx.content.appendChild(card(null, {}, emptyState('The library is busy', e.message, linkButton('Show tasks', '#/tasks', { class: 'btn' }))));
+        ctx.later(() => route(), 3000);
+        return;
+      }
       throw e;
     }
+    const [pools, copies, points] = await Promise.all([api('GET', '/tape/pools'), api('GET', '/tape/copies'), api('GET', '/points')]);
     if (!ctx.alive()) return;
     const rows = inv.elements || [];
     const count = (f) => rows.filter(f).length;
-    const slots = rows.filter((r) => /slot|storage/i.test(r.element));
-    const drives = rows.filter((r) => /drive|transfer/i.test(r.element));
+    const slots = rows.filter((r) => r.element === 'slot');
+    const drives = rows.filter((r) => r.element === 'drive');
+    const formBox = h('div', { id: 'tape-form-box' });
+    const open = (title, id, form) => {
+      clear(formBox).appendChild(card(title, { id }, form));
+      formBox.scrollIntoView({ block: 'nearest' });
+    };
+    const poolNames = pools.map((p) => p.name);
+    const tapeActions = (r) => {
+      const out = [];
+      if (r.element === 'drive' && r.full && can('operator')) {
+        out.push(button('Unload', { class: 'btn btn-small', test: 'tape-unload' }, (ev) => busy(ev.currentTarget, async () => {
+          const u = await api('POST', '/tape/unload', { drive: r.drive_index });
+          state.flash = { kind: 'success', text: `Cartridge ${u.barcode || ''} unloaded from drive ${u.drive}.` };
+          go('#/tape');
+        })));
+      }
+      if (r.element !== 'drive' && r.full && r.barcode && !r.cleaning && can('operator')) {
+        out.push(button('Load', { class: 'btn btn-small', test: 'tape-load' }, (ev) => busy(ev.currentTarget, async () => {
+          const l = await api('POST', '/tape/load', { barcode: r.barcode });
+          state.flash = { kind: 'success', text: `Cartridge ${l.barcode} loaded into drive ${l.drive}${l.drive_serial ? ' (' + l.drive_serial + ')' : ''}.` };
+          go('#/tape');
+        })));
+      }
+      if (r.full && r.barcode && !r.cleaning && can('admin')) {
+        out.push(button(r.medium_id ? 'Relabel…' : 'Label…', { class: 'btn btn-small', test: 'tape-label' }, () => open(`Label cartridge ${r.barcode}`, 'tape-label-card', labelForm(r, poolNames))));
+      }
+      if (r.full && r.barcode && r.medium_id && can('operator')) {
+        out.push(button('Verify', { class: 'btn btn-small', test: 'tape-verify' }, (ev) => busy(ev.currentTarget, async () => {
+          const t = await api('POST', '/tape/verifications', { barcode: r.barcode });
+          state.flash = { kind: 'success', text: `Verification of cartridge ${r.barcode} started.` };
+          go(`#/tasks/${t.id}`);
+        })));
+      }
+      return h('div', { class: 'row-actions' }, out);
+    };
+    const destageBtn = can('operator') && points.length
+      ? button('Destage to tape…', { class: 'btn btn-primary', id: 'tape-destage-open' }, () => open('Destage a restore point to tape', 'tape-destage-card', destageForm(points, poolNames, null)))
+      : null;
     append(ctx.content, [
       h('div', { class: 'stats' },
         stat('Drives', `${count((r) => drives.includes(r) && r.full)} loaded / ${drives.length}`, 'tape-drives'),
         stat('Slots', `${count((r) => slots.includes(r) && r.full)} full / ${slots.length}`, 'tape-slots'),
-        stat('Cartridges', String(count((r) => r.full && r.barcode && !r.cleaning)), 'tape-cartridges'),
+        stat('Cartridges', String(count((r) => r.full && r.barcode && !r.cleaning)), 'tape-cartridges', `${count((r) => !!r.medium_id)} labelled`),
         stat('Written', fmtBytes(rows.reduce((a, r) => a + (r.bytes_written || 0), 0)), 'tape-written')),
-      card(`Inventory${inv.library ? ' — ' + inv.library : ''}`, { id: 'tape-inventory' }, rows.length ? table([
-        { label: 'Element', cell: (r) => r.element },
+      formBox,
+      card(`Inventory${inv.library ? ' — ' + inv.library : ''}`, { id: 'tape-inventory', actions: destageBtn }, rows.length ? table([
+        { label: 'Element', cell: (r) => (r.element === 'drive' ? `drive ${r.drive_index != null ? r.drive_index : ''}` : r.element) },
         { label: 'Address', num: true, cell: (r) => String(r.address) },
         { label: 'Barcode', cell: (r) => (r.barcode ? h('code', null, r.barcode) : r.full ? h('span', { class: 'muted' }, 'no barcode') : '') },
         { label: 'Pool', cell: (r) => r.pool || '' },
-        { label: 'Media set', cell: (r) => (r.media_set ? `${r.media_set}${r.set_seq != null ? ' #' + r.set_seq : ''}` : '') },
+        { label: 'Media set', cell: (r) => (r.media_set ? h('code', { title: r.media_set }, `${r.media_set.slice(0, 8)}${r.set_seq != null ? ' #' + r.set_seq : ''}`) : '') },
         { label: 'Written', num: true, cell: (r) => (r.bytes_written ? fmtBytes(r.bytes_written) : '') },
         { label: 'Status', cell: (r) => tapeStatus(r) },
         { label: 'Drive serial', cell: (r) => r.drive_serial || '' },
-      ], rows, { id: 'tape-table' }) : emptyState('The library reports no elements', null)),
+        { label: '', class: 'actions', cell: tapeActions },
+      ], rows, { id: 'tape-table', rowAttrs: (r) => ({ 'data-element': r.element, 'data-barcode': r.barcode || '', 'data-address': r.address }) }) : emptyState('The library reports no elements', null)),
+      poolsCard(pools, open),
+      copiesCard(copies, open),
     ]);
+  }
+
+  function labelForm(r, poolNames) {
+    const names = poolNames.length ? poolNames : ['default'];
+    const pool = input('label-pool', { value: r.pool || names[0], required: true, class: 'input mono', list: 'label-pool-names', maxlength: 100 });
+    const list = h('datalist', { id: 'label-pool-names' }, names.map((n) => h('option', { value: n })));
+    const force = h('input', { type: 'checkbox', id: 'label-force' });
+    const submit = h('button', { id: 'label-submit', class: 'btn btn-primary', type: 'submit' }, 'Write label');
+    const form = h('form', { id: 'label-form', class: 'form', novalidate: true },
+      h('p', null, 'Writes a rackvault label at the start of ', h('code', null, r.barcode), ' and assigns it to a pool. A cartridge that holds data is refused unless you force it.'),
+      field('Pool', pool, 'An existing pool, or a new name (it gets the default policy: continue, 30 days retention).'), list,
+      h('label', { class: 'check', for: 'label-force' }, force, ' Overwrite a cartridge that holds data (its content is lost)'),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!pool.value.trim()) return showBanner('error', 'Enter a pool name.');
+      if (force.checked && !window.confirm(`Overwrite cartridge ${r.barcode}? Everything on it is lost.`)) return;
+      await busy(submit, async () => {
+        const l = await api('POST', '/tape/label', { barcode: r.barcode, pool: pool.value.trim(), force: force.checked });
+        state.flash = { kind: 'success', text: `Cartridge ${l.barcode} labelled for pool ${l.pool}.` };
+        go('#/tape');
+      });
+    });
+    return form;
+  }
+
+  function destageForm(points, poolNames, preselect) {
+    const sorted = points.slice().sort((a, b) => (b.created_unix || 0) - (a.created_unix || 0));
+    const point = select('destage-point', sorted.map((p) => ({ value: `${p.name}@${p.id}`, label: `${p.name}@${p.id} — ${fmtDate(p.created_unix)}` })), preselect || '');
+    const names = poolNames.length ? poolNames : ['default'];
+    const pool = select('destage-pool', names.map((n) => ({ value: n, label: n })), names[0]);
+    const submit = h('button', { id: 'destage-submit', class: 'btn btn-primary', type: 'submit' }, 'Start destage');
+    const form = h('form', { id: 'destage-form', class: 'form', novalidate: true },
+      h('p', null, 'Copies the restore point to the pool’s current media set; chunks already on that set are not written again.'),
+      h('div', { class: 'grid-2 tight' }, field('Restore point', point), field('Pool', pool, 'The pool needs labelled cartridges.')),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      await busy(submit, async () => {
+        const t = await api('POST', '/tape/destages', { point: point.value, pool: pool.value });
+        state.flash = { kind: 'success', text: `Destage of ${point.value} to pool ${pool.value} started.` };
+        go(`#/tasks/${t.id}`);
+      });
+    });
+    return form;
+  }
+
+  const ALLOCATION_LABEL = { continue: 'Continue the current set', 'per-job': 'New set per job', daily: 'New set each day', weekly: 'New set each week' };
+
+  function poolsCard(pools, open) {
+    const add = can('admin') ? button('Add pool', { class: 'btn', id: 'pool-add' }, () => open('New pool', 'pool-card', poolForm(null))) : null;
+    return card('Pools', { id: 'tape-pools', actions: add }, pools.length ? table([
+      { label: 'Name', cell: (p) => h('span', { class: 'strong' }, p.name) },
+      { label: 'Media sets', cell: (p) => ALLOCATION_LABEL[p.allocation] || p.allocation },
+      { label: 'Retention', num: true, cell: (p) => `${p.retention_days} d` },
+      { label: 'Tapes per restore', num: true, cell: (p) => (p.max_restore_tapes != null ? `≤ ${p.max_restore_tapes}` : 'unbounded') },
+      { label: '', class: 'actions', cell: (p) => (can('admin') ? button('Edit', { class: 'btn btn-small', test: 'pool-edit' }, () => open(`Pool ${p.name}`, 'pool-card', poolForm(p))) : '') },
+    ], pools, { id: 'pools-table', rowAttrs: (p) => ({ 'data-pool': p.name }) })
+      : emptyState('No pools yet', 'A pool groups cartridges with one policy: how media sets are started, how long they are kept, and how many tapes a restore may need. Labelling a cartridge for a new pool name creates it.', add));
+  }
+
+  function poolForm(p) {
+    const name = input('pool-name', { value: p ? p.name : '', required: true, class: 'input mono', disabled: !!p, maxlength: 100, placeholder: 'offsite-weekly' });
+    const alloc = select('pool-allocation', Object.entries(ALLOCATION_LABEL).map(([value, label]) => ({ value, label })), p ? p.allocation : 'continue');
+    const retention = input('pool-retention', { type: 'number', min: 0, value: String(p ? p.retention_days : 30) });
+    const bound = input('pool-max-tapes', { type: 'number', min: 1, value: p && p.max_restore_tapes != null ? String(p.max_restore_tapes) : '', placeholder: 'unbounded' });
+    const submit = h('button', { id: 'pool-save', class: 'btn btn-primary', type: 'submit' }, p ? 'Save pool' : 'Add pool');
+    const form = h('form', { id: 'pool-form', class: 'form', novalidate: true },
+      h('div', { class: 'grid-2 tight' }, field('Name', name), field('Media sets', alloc)),
+      h('div', { class: 'grid-2 tight' },
+        field('Retention (days)', retention, 'A set may be overwritten this many days after it was last written.'),
+        field('Tapes per restore', bound, 'Rewrite a restore point whole when restoring it would need more cartridges than this. Empty: no bound.')),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const n = name.value.trim();
+      if (!n) return showBanner('error', 'Enter a pool name.');
+      const b = { allocation: alloc.value, retention_days: Number(retention.value || 0) };
+      if (bound.value !== '') b.max_restore_tapes = Number(bound.value);
+      await busy(submit, async () => {
+        await api('PUT', `/tape/pools/${encodeURIComponent(n)}`, b);
+        state.flash = { kind: 'success', text: `Pool ${n} saved.` };
+        go('#/tape');
+      });
+    });
+    return form;
+  }
+
+  function copiesCard(copies, open) {
+    return card('Restore points on tape', { id: 'tape-copies' }, copies.length ? table([
+      { label: 'Restore point', cell: (c) => h('span', { class: 'strong' }, `${c.point.name}@${c.point.id}`) },
+      { label: 'Written', cell: (c) => dateCell(c.written_unix) },
+      { label: 'Starts on', cell: (c) => h('code', null, `${c.barcode} file ${c.file}`) },
+      { label: 'Media set', cell: (c) => h('code', { title: c.set_id }, c.set_id.slice(0, 8)) },
+      { label: 'Size', num: true, cell: (c) => fmtBytes((c.point.disks || []).reduce((a, d) => a + (d.size || 0), 0)) },
+      { label: '', class: 'actions', cell: (c) => (can('operator') ? button('Restore from tape…', { class: 'btn btn-small', test: 'tape-restore' }, () => open(`Restore ${c.point.name}@${c.point.id} from tape`, 'tape-restore-card', tapeRestoreForm(c))) : '') },
+    ], copies, { id: 'copies-table', rowAttrs: (c) => ({ 'data-point': `${c.point.name}@${c.point.id}` }) })
+      : emptyState('Nothing on tape yet', 'Destage a restore point to copy it to tape; it can then be restored from tape even after it has left the disk tier.'));
+  }
+
+  function tapeRestoreForm(c) {
+    const spec = `${c.point.name}@${c.point.id}`;
+    const disks = c.point.disks || [];
+    const disk = select('tape-restore-disk', [{ value: '', label: 'All disks and configuration files' }].concat(disks.map((d) => ({ value: d.label, label: `${d.label} — ${fmtBytes(d.size)}` }))), '');
+    const target = input('tape-restore-target', { value: `${c.point.name}-${c.point.id}-tape`.replace(/[^A-Za-z0-9._-]/g, '_'), required: true, class: 'input mono', maxlength: 100 });
+    const submit = h('button', { id: 'tape-restore-submit', class: 'btn btn-primary', type: 'submit' }, 'Start restore from tape');
+    const form = h('form', { id: 'tape-restore-form', class: 'form', novalidate: true },
+      h('p', null, 'Reads ', h('strong', null, spec), ' from its media set (starting on ', h('code', null, c.barcode), ') into the appliance’s restore area. Every chunk is checked against its digest.'),
+      h('div', { class: 'grid-2 tight' }, field('Disk', disk), field('Target name', target, 'Written into <data>/restores/<target>/.')),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const name = target.value.trim();
+      if (!name) return showBanner('error', 'Enter a target name.');
+      const b = { point: spec, target: name };
+      if (disk.value) b.disk = disk.value;
+      await busy(submit, async () => {
+        const t = await api('POST', '/tape/restores', b);
+        state.flash = { kind: 'success', text: `Restore of ${spec} from tape started.` };
+        go(`#/tasks/${t.id}`);
+      });
+    });
+    return form;
   }
 
   function tapeStatus(r) {

@@ -139,6 +139,14 @@ impl ServiceError {
             ServiceError::Store(store::StoreError::NoSuchPoint(_)) => ServiceErrorKind::NotFound,
             ServiceError::Store(e) if e.kind() == store::ErrorKind::Usage => ServiceErrorKind::Invalid,
             ServiceError::Engine(engine::EngineError::Invalid(_)) => ServiceErrorKind::Invalid,
+            ServiceError::Tape(t) => match t {
+                engine::tape::TapeError::Invalid(_) => ServiceErrorKind::Invalid,
+                engine::tape::TapeError::NotInLibrary { .. } => ServiceErrorKind::NotFound,
+                engine::tape::TapeError::HoldsData { .. } | engine::tape::TapeError::NoMedia { .. } => {
+                    ServiceErrorKind::Conflict
+                }
+                _ => ServiceErrorKind::Internal,
+            },
             _ => ServiceErrorKind::Internal,
         }
     }
@@ -251,6 +259,44 @@ pub struct RestoreRequest {
     pub target: String,
 }
 
+/// A tape pool's policy as the API receives it (the name is in the path).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolInput {
+    pub allocation: engine::tape::Allocation,
+    pub retention_days: u64,
+    #[serde(default)]
+    pub max_restore_tapes: Option<u32>,
+}
+
+/// Removes what interrupted restores left (`restores/.<target>.partial/`).
+fn remove_partial_restores(root: &Path) -> Result<(), ServiceError> {
+    let entries = std::fs::read_dir(root).map_err(|e| ServiceError::io(root, e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".partial") {
+            let path = e.path();
+            let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            gone.map_err(|err| ServiceError::io(&path, err))?;
+        }
+    }
+    Ok(())
+}
+
+/// A failed restore's partial output is worthless (a damaged-tape restore moves what it
+/// could read elsewhere first): remove it so the target name can be used again.
+fn discard_on_error(partial: &Path, r: Result<serde_json::Value, String>) -> Result<serde_json::Value, String> {
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(partial);
+    }
+    r
+}
+
+/// A restore's output file name for a disk label (`scsi0:0` -> `scsi0-0`).
+fn file_name_for(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect()
+}
+
 /// Store usage, now and over time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Usage {
@@ -300,8 +346,10 @@ pub struct Appliance {
     next_runs: Mutex<HashMap<String, u64>>,
     last_tasks: Mutex<HashMap<String, u64>>,
     interrupted_at_open: u64,
-    /// Serialises tape jobs: one library, one job at a time.
-    tape_lock: Mutex<()>,
+    /// Serialises use of the tape library: a tape task holds it for its whole run; a quick
+    /// action (load, unload, label, inventory) holds it for its request and is refused with
+    /// `Conflict` while a task has it, rather than waiting minutes behind a destage.
+    tape_lock: Arc<Mutex<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -356,6 +404,11 @@ impl Appliance {
         if opts.dev {
             dev_defaults(data_dir, &mut config)?;
             config.save(&data_dir.join("config.json"))?;
+            // A pool to label the emulated cartridges for, so destage works from the first click.
+            let cat = engine::tape::TapeCatalog::open(&store_dir.join("tape-catalog"))?;
+            if cat.pools()?.is_empty() {
+                cat.set_pool(&engine::tape::PoolPolicy::default_for("default"))?;
+            }
         }
         *lock(&tasks.limits) = tasks::Limits {
             total: config.settings.max_tasks.max(1),
@@ -365,6 +418,8 @@ impl Appliance {
         for d in ["restores", "tls"] {
             std::fs::create_dir_all(data_dir.join(d)).map_err(|e| ServiceError::io(data_dir.join(d), e))?;
         }
+        // Nothing runs yet: any partial restore output is an interrupted restore's.
+        remove_partial_restores(&data_dir.join("restores"))?;
         Ok(Arc::new(Appliance {
             data_dir: data_dir.to_path_buf(),
             auth: Auth::open(users, tokens, audit),
@@ -376,7 +431,7 @@ impl Appliance {
             next_runs: Mutex::default(),
             last_tasks: Mutex::default(),
             interrupted_at_open: interrupted,
-            tape_lock: Mutex::new(()),
+            tape_lock: Arc::new(Mutex::new(())),
             env,
         }))
     }
@@ -845,9 +900,29 @@ impl Appliance {
         Ok(t)
     }
 
+    /// The final and the in-progress directory of a restore to `target`. A restore writes
+    /// into `restores/.<target>.partial/` and renames it when complete, so a finished name
+    /// never holds half a restore; leftovers of interrupted restores are removed at open.
+    fn restore_dirs(&self, target: &str) -> Result<(PathBuf, PathBuf), ServiceError> {
+        plain_name(target, "restore target")?;
+        let root = self.data_dir.join("restores");
+        let dir = root.join(target);
+        let partial = root.join(format!(".{target}.partial"));
+        if dir.exists() {
+            return Err(ServiceError::Conflict(format!("restore target {target} exists; pick another name")));
+        }
+        if partial.exists() {
+            return Err(ServiceError::Conflict(format!(
+                "a restore to {target} is running or kept its incomplete output in {}; pick another name",
+                partial.display()
+            )));
+        }
+        Ok((dir, partial))
+    }
+
     pub fn start_restore(&self, actor: &Principal, req: RestoreRequest) -> Result<TaskInfo, ServiceError> {
         actor.require(Role::Operator)?;
-        plain_name(&req.target, "restore target")?;
+        let (dir, partial) = self.restore_dirs(&req.target)?;
         let point = self.store.find(&req.point)?;
         let disks: Vec<usize> = match &req.disk {
             Some(d) => vec![point
@@ -857,42 +932,40 @@ impl Appliance {
                 .ok_or_else(|| ServiceError::Invalid(format!("restore point {} has no disk {d}", point.spec())))?],
             None => (0..point.disks.len()).collect(),
         };
-        let dir = self.data_dir.join("restores").join(&req.target);
-        if dir.exists() {
-            return Err(ServiceError::Conflict(format!("restore target {} exists; pick another name", req.target)));
-        }
         let store = self.store.clone();
         let spec = point.spec();
         let job: tasks::Job = Box::new(move |live: &Live| {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut outputs = Vec::new();
-            for i in disks {
-                let label = &point.disks[i].label;
-                let file: String = label
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
-                    .collect();
-                let to = dir.join(format!("{file}.raw"));
-                live.log(&format!("restoring disk {label} to {}", to.display()));
-                let opts = engine::RestoreOptions {
-                    to: to.clone(),
-                    format: engine::RestoreFormat::Raw,
-                    verify: false,
-                    force: false,
-                    disk: i,
-                    threads: 0,
-                };
-                let r = engine::restore(&store, &point, &opts, live).map_err(|e| e.to_string())?;
-                live.log(&format!("disk {label}: {} bytes written", r.bytes_written));
-                outputs.push(to.display().to_string());
-            }
-            for f in &point.files {
-                let content = store.read_point_file(f).map_err(|e| e.to_string())?;
-                std::fs::write(dir.join(&f.name), content).map_err(|e| e.to_string())?;
-                outputs.push(dir.join(&f.name).display().to_string());
-            }
-            live.log(&format!("restore complete: {}", outputs.join(", ")));
-            Ok(serde_json::json!({ "point": point.spec(), "outputs": outputs }))
+            let run = || -> Result<serde_json::Value, String> {
+                std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+                let mut names = Vec::new();
+                for i in disks {
+                    let label = &point.disks[i].label;
+                    let name = format!("{}.raw", file_name_for(label));
+                    let to = partial.join(&name);
+                    live.log(&format!("restoring disk {label} to {}", dir.join(&name).display()));
+                    let opts = engine::RestoreOptions {
+                        to: to.clone(),
+                        format: engine::RestoreFormat::Raw,
+                        verify: false,
+                        force: false,
+                        disk: i,
+                        threads: 0,
+                    };
+                    let r = engine::restore(&store, &point, &opts, live).map_err(|e| e.to_string())?;
+                    live.log(&format!("disk {label}: {} bytes written", r.bytes_written));
+                    names.push(name);
+                }
+                for f in &point.files {
+                    let content = store.read_point_file(f).map_err(|e| e.to_string())?;
+                    std::fs::write(partial.join(&f.name), content).map_err(|e| e.to_string())?;
+                    names.push(f.name.clone());
+                }
+                std::fs::rename(&partial, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let outputs: Vec<String> = names.iter().map(|n| dir.join(n).display().to_string()).collect();
+                live.log(&format!("restore complete: {}", outputs.join(", ")));
+                Ok(serde_json::json!({ "point": point.spec(), "outputs": outputs }))
+            };
+            discard_on_error(&partial, run())
         });
         let t = self.tasks.spawn("restore", &spec, &actor.user, ("local", "restores"), job)?;
         self.audit(actor, "start restore", &format!("{spec} to {}", req.target));
@@ -948,29 +1021,90 @@ impl Appliance {
 
     // ---- tape ------------------------------------------------------------------------------------
 
+    /// Holds the library for one quick action; `Conflict` while a tape task runs.
+    fn tape_quick(&self) -> Result<std::sync::MutexGuard<'_, ()>, ServiceError> {
+        match self.tape_lock.try_lock() {
+            Ok(g) => Ok(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(ServiceError::Conflict(
+                "the tape library is busy with a tape task (destage, restore or verify); try again when it ends".into(),
+            )),
+        }
+    }
+
     /// The tape library's inventory; `NotFound` when no library is configured.
     pub fn tape_inventory(&self, actor: &Principal) -> Result<serde_json::Value, ServiceError> {
         actor.require(Role::Auditor)?;
-        let changer = lock(&self.config)
-            .tape_changer
-            .clone()
-            .ok_or_else(|| ServiceError::NotFound("no tape library configured".into()))?;
-        let _one = lock(&self.tape_lock);
+        let changer = self.tape_changer()?;
+        let _one = self.tape_quick()?;
         let lib = engine::tape::Library::open(&changer)?;
-        let cat = engine::tape::TapeCatalog::open(&self.data_dir.join("store/tape-catalog"))?;
-        let rows = engine::tape::inventory(&cat, &lib)?;
+        let cat = self.tape_catalog()?;
+        let serials = lib.drive_serials();
+        // Drive rows carry the index that `tape_unload` takes.
+        let rows: Vec<serde_json::Value> = engine::tape::inventory(&cat, &lib)?
+            .into_iter()
+            .map(|r| {
+                let index = serials.iter().position(|(a, _)| r.element == "drive" && *a == r.address);
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                v["drive_index"] = serde_json::json!(index);
+                v
+            })
+            .collect();
         Ok(serde_json::json!({ "library": lib.describe(), "elements": rows }))
     }
 
     fn tape_changer(&self) -> Result<String, ServiceError> {
-        lock(&self.config)
-            .tape_changer
-            .clone()
-            .ok_or_else(|| ServiceError::NotFound("no tape library configured".into()))
+        lock(&self.config).tape_changer.clone().ok_or_else(|| {
+            ServiceError::NotFound("no tape library is configured; set tape_changer in the settings".into())
+        })
     }
 
     fn tape_catalog_dir(&self) -> PathBuf {
         self.data_dir.join("store/tape-catalog")
+    }
+
+    fn tape_catalog(&self) -> Result<engine::tape::TapeCatalog, ServiceError> {
+        Ok(engine::tape::TapeCatalog::open(&self.tape_catalog_dir())?)
+    }
+
+    /// Moves cartridge `barcode` into a drive (a free one, else the first after unloading
+    /// it) and waits until the drive is ready.
+    pub fn tape_load(&self, actor: &Principal, barcode: &str) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Operator)?;
+        let changer = self.tape_changer()?;
+        let _one = self.tape_quick()?;
+        let mut lib = engine::tape::Library::open(&changer)?;
+        let tape = lib.load(barcode)?;
+        let serial = lib.drive_serials().get(tape.drive_index).map(|(_, s)| s.clone());
+        let v = serde_json::json!({
+            "barcode": tape.barcode,
+            "drive": tape.drive_index,
+            "drive_serial": serial,
+            "state": format!("{:?}", tape.state).to_lowercase(),
+        });
+        drop(tape);
+        self.audit(actor, "load cartridge", &format!("{barcode} into drive {}", v["drive"]));
+        Ok(v)
+    }
+
+    /// Moves the cartridge in drive `drive` (an index into the library's drives) back to its
+    /// home slot. An empty drive is not an error: there is nothing to do.
+    pub fn tape_unload(&self, actor: &Principal, drive: usize) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Operator)?;
+        let changer = self.tape_changer()?;
+        let _one = self.tape_quick()?;
+        let mut lib = engine::tape::Library::open(&changer)?;
+        let drives = lib.drive_serials();
+        let Some((element, _)) = drives.get(drive).cloned() else {
+            return Err(ServiceError::NotFound(format!(
+                "drive {drive} does not exist: the library has {} drive(s), numbered from 0",
+                drives.len()
+            )));
+        };
+        let barcode = lib.inventory()?.element(element).filter(|e| e.full).and_then(|e| e.barcode.clone());
+        lib.unload(drive)?;
+        self.audit(actor, "unload drive", &format!("drive {drive} ({})", barcode.as_deref().unwrap_or("empty")));
+        Ok(serde_json::json!({ "drive": drive, "barcode": barcode }))
     }
 
     /// Labels a cartridge for a pool (refused when it holds data unless `force`).
@@ -982,10 +1116,11 @@ impl Appliance {
         force: bool,
     ) -> Result<serde_json::Value, ServiceError> {
         actor.require(Role::Admin)?;
+        plain_name(pool, "pool")?;
         let changer = self.tape_changer()?;
-        let _one = lock(&self.tape_lock);
+        let _one = self.tape_quick()?;
         let mut lib = engine::tape::Library::open(&changer)?;
-        let cat = engine::tape::TapeCatalog::open(&self.tape_catalog_dir())?;
+        let cat = self.tape_catalog()?;
         let r = engine::tape::label(&cat, &mut lib, barcode, pool, force)?;
         self.audit(
             actor,
@@ -995,23 +1130,99 @@ impl Appliance {
         Ok(serde_json::to_value(&r).unwrap_or_default())
     }
 
-    /// Destages a restore point to a pool's media set, as a task.
-    pub fn start_destage(&self, actor: &Principal, point: &str, pool: &str) -> Result<TaskInfo, ServiceError> {
-        actor.require(Role::Operator)?;
+    /// The pools: the configured ones, plus the default policy of any pool a cartridge was
+    /// labelled for.
+    pub fn tape_pools(&self, actor: &Principal) -> Result<Vec<engine::tape::PoolPolicy>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let cat = self.tape_catalog()?;
+        let mut pools = cat.pools()?;
+        for m in cat.media()? {
+            if !pools.iter().any(|p| p.name == m.pool) {
+                pools.push(cat.pool(&m.pool)?);
+            }
+        }
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    /// Creates or changes a pool's policy.
+    pub fn put_tape_pool(
+        &self,
+        actor: &Principal,
+        name: &str,
+        input: PoolInput,
+    ) -> Result<engine::tape::PoolPolicy, ServiceError> {
+        actor.require(Role::Admin)?;
+        plain_name(name, "pool")?;
+        if input.max_restore_tapes == Some(0) {
+            return Err(ServiceError::Invalid("max_restore_tapes must be at least 1 (or null for no bound)".into()));
+        }
+        let policy = engine::tape::PoolPolicy {
+            name: name.into(),
+            allocation: input.allocation,
+            retention_days: input.retention_days,
+            max_restore_tapes: input.max_restore_tapes,
+        };
+        self.tape_catalog()?.set_pool(&policy)?;
+        self.audit(
+            actor,
+            "set pool",
+            &format!(
+                "{name}: {}, retention {} days, restore bound {}",
+                serde_json::to_value(policy.allocation)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                policy.retention_days,
+                policy.max_restore_tapes.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
+            ),
+        );
+        Ok(policy)
+    }
+
+    /// Every restore point copy the tape catalog knows, newest first.
+    pub fn tape_copies(&self, actor: &Principal) -> Result<Vec<engine::tape::PointCopy>, ServiceError> {
+        actor.require(Role::Auditor)?;
+        let mut v = self.tape_catalog()?.all_points()?;
+        v.sort_by_key(|c| std::cmp::Reverse(c.written_unix));
+        Ok(v)
+    }
+
+    /// Runs `work` as a tape task holding the library for its whole run.
+    fn spawn_tape_task(
+        &self,
+        kind: &str,
+        subject: &str,
+        actor: &Principal,
+        work: impl FnOnce(&Live, &engine::tape::TapeCatalog, &mut engine::tape::Library) -> Result<serde_json::Value, String>
+            + Send
+            + 'static,
+    ) -> Result<TaskInfo, ServiceError> {
         let changer = self.tape_changer()?;
-        let p = self.store.find(point)?;
-        let store = self.store.clone();
         let catalog_dir = self.tape_catalog_dir();
-        let pool = pool.to_string();
-        let spec = p.spec();
-        let subject = format!("{spec} to pool {pool}");
+        let tape_lock = self.tape_lock.clone();
         let job: tasks::Job = Box::new(move |live: &Live| {
+            let _library = lock(&tape_lock);
             let cat = engine::tape::TapeCatalog::open(&catalog_dir).map_err(|e| e.to_string())?;
             let mut lib = engine::tape::Library::open(&changer).map_err(|e| e.to_string())?;
             live.log(&format!("library {}", lib.describe()));
-            let r =
-                engine::tape::destage(&store, &cat, &mut lib, &[p], &engine::tape::DestageOptions::new(&pool), live)
-                    .map_err(|e| e.to_string())?;
+            work(live, &cat, &mut lib)
+        });
+        // The "tape" datastore key queues tape tasks one behind another.
+        self.tasks.spawn(kind, subject, &actor.user, ("tape", "tape"), job)
+    }
+
+    /// Destages a restore point to a pool's media set, as a task.
+    pub fn start_destage(&self, actor: &Principal, point: &str, pool: &str) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        plain_name(pool, "pool")?;
+        let p = self.store.find(point)?;
+        let store = self.store.clone();
+        let pool = pool.to_string();
+        let subject = format!("{} to pool {pool}", p.spec());
+        let t = self.spawn_tape_task("destage", &subject, actor, move |live, cat, lib| {
+            let r = engine::tape::destage(&store, cat, lib, &[p], &engine::tape::DestageOptions::new(&pool), live)
+                .map_err(|e| e.to_string())?;
             for l in &r.log {
                 live.log(l);
             }
@@ -1023,10 +1234,104 @@ impl Appliance {
                 r.drive_waits
             ));
             Ok(serde_json::to_value(&r).unwrap_or_default())
-        });
-        // One tape job at a time: they share the library's drives.
-        let t = self.tasks.spawn("destage", &subject, &actor.user, ("tape", "tape"), job)?;
+        })?;
         self.audit(actor, "start destage", &subject);
+        Ok(t)
+    }
+
+    /// Restores a restore point straight from tape into `<data>/restores/<target>/`, as a
+    /// task. The point need not be in the store any more; the tape catalog must know it.
+    pub fn start_tape_restore(&self, actor: &Principal, req: RestoreRequest) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        let (dir, partial) = self.restore_dirs(&req.target)?;
+        let copies = self.tape_catalog()?.all_points()?;
+        let known = match req.point.split_once('@') {
+            Some(_) => copies.iter().any(|c| c.point.spec() == req.point),
+            None => copies.iter().any(|c| c.point.name == req.point),
+        };
+        if !known {
+            return Err(ServiceError::NotFound(format!(
+                "no copy of restore point {} is on tape according to the catalog; destage it first, or rebuild \
+                 the catalog from the cartridges (`rackvault tape catalog --rebuild`)",
+                req.point
+            )));
+        }
+        let spec = req.point.clone();
+        let disk = req.disk.clone();
+        let target_name = req.target.clone();
+        let subject = format!("{spec} from tape to {}", req.target);
+        let t = self.spawn_tape_task("tape-restore", &subject, actor, move |live, cat, lib| {
+            let mut run = || -> Result<serde_json::Value, String> {
+                std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+                let target = match &disk {
+                    Some(d) => engine::tape::TapeRestoreTarget::Disk {
+                        disk: d.clone(),
+                        path: partial.join(format!("{}.raw", file_name_for(d))),
+                    },
+                    None => engine::tape::TapeRestoreTarget::Directory(partial.clone()),
+                };
+                let r = engine::tape::restore_from_tape(cat, lib, &spec, target, live).map_err(|e| e.to_string())?;
+                for p in &r.problems {
+                    live.log(&format!("problem: {p}"));
+                }
+                if !r.damaged.is_empty() {
+                    // What could be read is worth keeping, under a name that says it is incomplete.
+                    let kept = dir.with_file_name(format!("{}.incomplete", file_name_for(&target_name)));
+                    for d in &r.damaged {
+                        live.log(&format!("unreadable: {d:?}"));
+                    }
+                    std::fs::rename(&partial, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
+                    return Err(format!(
+                        "{} range(s) could not be read from tape; the incomplete restore is kept in {} (see the log \
+                     for the ranges)",
+                        r.damaged.len(),
+                        kept.display()
+                    ));
+                }
+                std::fs::rename(&partial, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                live.log(&format!(
+                    "restore from tape complete: {} bytes from {} into {}",
+                    r.bytes_restored,
+                    r.tapes.join(", "),
+                    dir.display()
+                ));
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                v["directory"] = serde_json::Value::String(dir.display().to_string());
+                Ok(v)
+            };
+            discard_on_error(&partial, run())
+        })?;
+        self.audit(actor, "start restore from tape", &subject);
+        Ok(t)
+    }
+
+    /// Reads a whole cartridge back and checks every block and record, as a task.
+    pub fn start_tape_verify(&self, actor: &Principal, barcode: &str) -> Result<TaskInfo, ServiceError> {
+        actor.require(Role::Operator)?;
+        if barcode.is_empty() || barcode.len() > 32 || !barcode.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ServiceError::Invalid(format!("barcode {barcode:?}: expected up to 32 printable characters")));
+        }
+        let barcode = barcode.to_string();
+        let subject = format!("cartridge {barcode}");
+        let t = self.spawn_tape_task("tape-verify", &subject, actor, move |live, _cat, lib| {
+            let r = engine::tape::verify_tape(lib, &barcode, live).map_err(|e| e.to_string())?;
+            for p in &r.problems {
+                live.log(&format!("problem: {p}"));
+            }
+            if !r.problems.is_empty() {
+                return Err(format!(
+                    "cartridge {barcode}: {} problem(s) found (see the log); restores that need the damaged \
+                     ranges will report them",
+                    r.problems.len()
+                ));
+            }
+            live.log(&format!(
+                "verify of {barcode} complete: {} tape file(s), {} record(s), {} bytes, all intact",
+                r.files, r.records, r.bytes
+            ));
+            Ok(serde_json::to_value(&r).unwrap_or_default())
+        })?;
+        self.audit(actor, "start tape verify", &subject);
         Ok(t)
     }
 

@@ -308,4 +308,113 @@ fn dev_mode_tape_label_and_destage_task() {
     let t = wait(&app, app.start_destage(&operator, "sample-vm", "main").unwrap().id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
     assert_eq!(t.result.unwrap()["tapes"][0], "RVT001L9");
+
+    // Pools: dev mode's default, the one labelling created, and a changed policy.
+    let names: Vec<String> = app.tape_pools(&admin()).unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["default", "main"]);
+    let bad = PoolInput { allocation: engine::tape::Allocation::Weekly, retention_days: 7, max_restore_tapes: Some(0) };
+    assert!(matches!(app.put_tape_pool(&admin(), "main", bad), Err(ServiceError::Invalid(_))));
+    let weekly =
+        PoolInput { allocation: engine::tape::Allocation::Weekly, retention_days: 7, max_restore_tapes: Some(2) };
+    assert!(matches!(app.put_tape_pool(&operator, "main", weekly.clone()), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(app.put_tape_pool(&admin(), "../x", weekly.clone()), Err(ServiceError::Invalid(_))));
+    app.put_tape_pool(&admin(), "main", weekly).unwrap();
+    let main = app.tape_pools(&admin()).unwrap().into_iter().find(|p| p.name == "main").unwrap();
+    assert_eq!(
+        (main.allocation, main.retention_days, main.max_restore_tapes),
+        (engine::tape::Allocation::Weekly, 7, Some(2))
+    );
+
+    // The copy on tape is listed.
+    let copies = app.tape_copies(&admin()).unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!((copies[0].point.name.as_str(), copies[0].barcode.as_str()), ("sample-vm", "RVT001L9"));
+
+    // Load and unload by hand; drive rows carry the index unload takes.
+    let l = app.tape_load(&operator, "RVT002L9").unwrap();
+    let drive = l["drive"].as_u64().unwrap() as usize;
+    let inv = app.tape_inventory(&admin()).unwrap();
+    let row = inv["elements"].as_array().unwrap().iter().find(|e| e["barcode"] == "RVT002L9").unwrap().clone();
+    assert_eq!((row["element"].as_str(), row["drive_index"].as_u64()), (Some("drive"), Some(drive as u64)));
+    assert!(matches!(app.tape_load(&operator, "NOPE01L9"), Err(e) if e.kind() == ServiceErrorKind::NotFound));
+    let u = app.tape_unload(&operator, drive).unwrap();
+    assert_eq!(u["barcode"], "RVT002L9");
+    assert_eq!(app.tape_unload(&operator, drive).unwrap()["barcode"], serde_json::Value::Null);
+    assert!(matches!(app.tape_unload(&operator, 99), Err(ServiceError::NotFound(_))));
+    let auditor = Principal { user: "eve".into(), role: Role::Auditor };
+    assert!(matches!(app.tape_load(&auditor, "RVT002L9"), Err(ServiceError::Forbidden(_))));
+
+    // While a tape task holds the library, quick actions are refused, not queued for minutes.
+    {
+        let _held = app.tape_lock.lock().unwrap();
+        assert!(matches!(app.tape_load(&operator, "RVT002L9"), Err(ServiceError::Conflict(_))));
+        assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::Conflict(_))));
+    }
+
+    // Restore straight from tape, byte for byte, then verify the cartridge.
+    let req = |target: &str| RestoreRequest { point: "sample-vm".into(), disk: None, target: target.into() };
+    let t = wait(&app, app.start_tape_restore(&operator, req("from-tape")).unwrap().id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let restored = std::fs::read_dir(d.path().join("restores/from-tape")).unwrap().count();
+    assert!(restored >= 1);
+    let raw = std::fs::read_dir(d.path().join("restores/from-tape"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "raw"))
+        .unwrap();
+    assert!(
+        std::fs::read(&raw).unwrap() == std::fs::read(d.path().join("samples/sample-vm.raw")).unwrap(),
+        "{} differs from the sample disk",
+        raw.display()
+    );
+    assert!(matches!(app.start_tape_restore(&operator, req("from-tape")), Err(ServiceError::Conflict(_))));
+    let unknown = RestoreRequest { point: "nothing-like-this".into(), disk: None, target: "x".into() };
+    assert!(matches!(app.start_tape_restore(&operator, unknown), Err(ServiceError::NotFound(_))));
+    let v = wait(&app, app.start_tape_verify(&operator, "RVT001L9").unwrap().id);
+    assert_eq!(v.state, TaskState::Succeeded, "{v:?}");
+    assert!(v.result.unwrap()["records"].as_u64().unwrap() > 0);
+    let log = app.task_log(&admin(), v.id, 0).unwrap().0.join("\n");
+    assert!(log.contains("all intact"), "{log}");
+}
+
+#[test]
+fn restores_write_to_a_partial_name_and_leftovers_go_at_open() {
+    let (d, app) = open();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let input = SourceInput {
+        name: "vm".into(),
+        url: img.display().to_string(),
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+    };
+    let src = app.put_source(&admin(), None, input).unwrap();
+    assert_eq!(wait(&app, app.start_backup(&admin(), &src.id).unwrap().id).state, TaskState::Succeeded);
+    // A restore in progress (or interrupted) blocks its target name.
+    let partial = d.path().join("restores/.busy.partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("vm.raw"), b"half").unwrap();
+    let req = |t: &str| RestoreRequest { point: "vm".into(), disk: None, target: t.into() };
+    assert!(matches!(app.start_restore(&admin(), req("busy")), Err(ServiceError::Conflict(_))));
+    let t = wait(&app, app.start_restore(&admin(), req("done")).unwrap().id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let raws = |dir: &str| -> usize {
+        std::fs::read_dir(d.path().join(dir))
+            .map(|r| r.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "raw")).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(raws("restores/done"), 1);
+    assert!(!d.path().join("restores/.done.partial").exists());
+    // Leftovers of any kind are removed when the appliance opens.
+    std::fs::write(d.path().join("restores/.blocked.partial"), b"a file, not a directory").unwrap();
+    drop(app);
+    // Reopening removes the leftovers of restores that were running.
+    let app = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+    assert!(!partial.exists());
+    assert!(!d.path().join("restores/.blocked.partial").exists());
+    assert_eq!(raws("restores/done"), 1);
+    let t = wait(&app, app.start_restore(&admin(), req("busy")).unwrap().id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
 }

@@ -95,6 +95,20 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("POST", "/api/v1/tasks/{id}/cancel", OPERATOR, NoBody, |c| c
         .ok(c.app.cancel_task(c.actor()?, c.task_id()?))),
     route!("GET", "/api/v1/tape/inventory", AUDITOR, NoBody, |c| c.ok(c.app.tape_inventory(c.actor()?))),
+    route!("POST", "/api/v1/tape/load", OPERATOR, Json, tape_load),
+    route!("POST", "/api/v1/tape/unload", OPERATOR, Json, tape_unload),
+    route!("POST", "/api/v1/tape/label", ADMIN, Json, tape_label),
+    route!("GET", "/api/v1/tape/pools", AUDITOR, NoBody, |c| c.ok(c.app.tape_pools(c.actor()?))),
+    route!("PUT", "/api/v1/tape/pools/{name}", ADMIN, Json, |c| c.ok(c.app.put_tape_pool(
+        c.actor()?,
+        c.param(0),
+        c.json::<service::PoolInput>()?
+    ))),
+    route!("GET", "/api/v1/tape/copies", AUDITOR, NoBody, |c| c.ok(c.app.tape_copies(c.actor()?))),
+    route!("POST", "/api/v1/tape/destages", OPERATOR, Json, tape_destage),
+    route!("POST", "/api/v1/tape/restores", OPERATOR, Json, |c| c
+        .ok(c.app.start_tape_restore(c.actor()?, c.json::<RestoreRequest>()?))),
+    route!("POST", "/api/v1/tape/verifications", OPERATOR, Json, tape_verify),
     route!("GET", "/api/v1/users", ADMIN, NoBody, |c| c.ok(c.app.users(c.actor()?))),
     route!("POST", "/api/v1/users", ADMIN, Json, add_user),
     route!("DELETE", "/api/v1/users/{name}", ADMIN, NoBody, |c| c.empty(c.app.delete_user(c.actor()?, c.param(0)))),
@@ -110,9 +124,34 @@ pub(crate) static ROUTES: &[Route] = &[
     ))),
 ];
 
-/// The (method, path pattern) of every API route, in table order.
-pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
-    ROUTES.iter().map(|r| (r.method, r.path))
+/// What the OpenAPI document must say of one route: a test compares `web/openapi.json`
+/// with this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: &'static str,
+    /// Path pattern; `{name}` matches one segment.
+    pub path: &'static str,
+    /// `public`, `any` (any signed-in user or token), or the least role: `auditor`,
+    /// `operator`, `admin`.
+    pub access: &'static str,
+    /// Whether the route reads a JSON body.
+    pub json_body: bool,
+}
+
+/// Every API route, in table order.
+pub fn routes() -> impl Iterator<Item = RouteInfo> {
+    ROUTES.iter().map(|r| RouteInfo {
+        method: r.method,
+        path: r.path,
+        access: match r.access {
+            Access::Public => "public",
+            Access::Any => "any",
+            Access::Role(Role::Auditor) => "auditor",
+            Access::Role(Role::Operator) => "operator",
+            Access::Role(Role::Admin) => "admin",
+        },
+        json_body: r.body == Body::Json,
+    })
 }
 
 /// Matches `path` against `pattern`; returns the `{param}` values in order.
@@ -320,6 +359,60 @@ fn task_log(c: &Ctx) -> Result<Reply, ApiError> {
     let from = c.query_u64("from")?.unwrap_or(0);
     let (lines, next) = c.app.task_log(c.actor()?, c.task_id()?, from)?;
     Reply::json(hyper::StatusCode::OK, &json!({ "lines": lines, "next": next }))
+}
+
+fn tape_load(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct L {
+        barcode: String,
+    }
+    let l: L = c.json()?;
+    c.ok(c.app.tape_load(c.actor()?, &l.barcode))
+}
+
+fn tape_unload(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct U {
+        drive: usize,
+    }
+    let u: U = c.json()?;
+    c.ok(c.app.tape_unload(c.actor()?, u.drive))
+}
+
+fn tape_label(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct L {
+        barcode: String,
+        pool: String,
+        #[serde(default)]
+        force: bool,
+    }
+    let l: L = c.json()?;
+    c.ok(c.app.tape_label(c.actor()?, &l.barcode, &l.pool, l.force))
+}
+
+fn tape_destage(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct D {
+        point: String,
+        pool: String,
+    }
+    let d: D = c.json()?;
+    c.ok(c.app.start_destage(c.actor()?, &d.point, &d.pool))
+}
+
+fn tape_verify(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct V {
+        barcode: String,
+    }
+    let v: V = c.json()?;
+    c.ok(c.app.start_tape_verify(c.actor()?, &v.barcode))
 }
 
 fn add_user(c: &Ctx) -> Result<Reply, ApiError> {

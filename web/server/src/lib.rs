@@ -33,7 +33,7 @@ mod server;
 mod tls;
 mod ui;
 
-pub use api::routes;
+pub use api::{routes, RouteInfo};
 pub use server::Server;
 pub use tls::{ensure_certificate, fingerprint_sha256, CertPaths};
 pub use ui::embedded_files;

@@ -52,7 +52,7 @@ pub enum TapeError {
     Library { library: String, detail: String },
     #[error("cartridge {barcode} is not in library {library}; insert it through the mail slot or check the barcode")]
     NotInLibrary { barcode: String, library: String },
-    #[error("cartridge {barcode} holds data ({detail}); labelling would destroy it. Use --force to label it anyway")]
+    #[error("cartridge {barcode} holds data ({detail}); labelling would destroy it. Label it with force (`--force`, or \"force\": true in the API) to overwrite it anyway")]
     HoldsData { barcode: String, detail: String },
     #[error("cartridge {barcode}: {detail}")]
     Medium { barcode: String, detail: String },
