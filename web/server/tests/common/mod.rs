@@ -58,8 +58,17 @@ pub struct Browser {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(service::ApplianceOptions::default()).await
+    }
+
+    /// An appliance in dev mode: the sample source and the emulated tape library.
+    pub async fn start_dev() -> TestServer {
+        TestServer::start_with(service::ApplianceOptions { dev: true }).await
+    }
+
+    pub async fn start_with(opts: service::ApplianceOptions) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let app = service::Appliance::open(dir.path(), service::ApplianceOptions::default()).unwrap();
+        let app = service::Appliance::open(dir.path(), opts).unwrap();
         let cfg = webserver::ServerConfig {
             https: "127.0.0.1:0".parse().unwrap(),
             http_redirect: Some("127.0.0.1:0".parse().unwrap()),
