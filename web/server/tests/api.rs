@@ -428,3 +428,82 @@ async fn backup_restore_verify_through_the_api() {
     assert!(r.json()["usage"]["bytes_stored"].as_u64().unwrap() > 0);
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn tape_library_through_the_api() {
+    let s = TestServer::start_dev().await;
+    let admin = s.admin().await;
+    let operator = s.user(&admin, "op", "operator").await;
+    let auditor = s.user(&admin, "aud", "auditor").await;
+
+    let r = s.get("/api/v1/tape/inventory", &auditor).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let inv = r.json();
+    let drives: Vec<_> = inv["elements"].as_array().unwrap().iter().filter(|e| e["element"] == "drive").collect();
+    assert!(!drives.is_empty(), "{inv}");
+    assert!(drives.iter().all(|d| d["drive_index"].is_u64()), "{inv}");
+    let r = s.get("/api/v1/tape/pools", &auditor).await;
+    assert_eq!(r.json()[0]["name"], "default", "{}", r.text());
+
+    // Roles: labelling and pools are the admin's; load/unload the operator's; auditors read.
+    let label = json!({"barcode": "RVT001L9", "pool": "default"});
+    assert_eq!(s.send("POST", "/api/v1/tape/label", &operator, &label).await.status, 403);
+    assert_eq!(s.send("POST", "/api/v1/tape/load", &auditor, &json!({"barcode": "RVT001L9"})).await.status, 403);
+    let pool = json!({"allocation": "per-job", "retention_days": 14, "max_restore_tapes": null});
+    assert_eq!(s.send("PUT", "/api/v1/tape/pools/weekly", &operator, &pool).await.status, 403);
+    let r = s.send("PUT", "/api/v1/tape/pools/weekly", &admin, &pool).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["allocation"], "per-job");
+    let r = s.send("PUT", "/api/v1/tape/pools/weekly", &admin, &json!({"allocation": "hourly", "retention_days": 1})).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let r = s.send("POST", "/api/v1/tape/label", &admin, &label).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["pool"], "default");
+    let r = s.send("POST", "/api/v1/tape/label", &admin, &label).await;
+    assert_eq!(r.status, 409, "relabelling a cartridge with data needs force: {}", r.text());
+    let r = s.send("POST", "/api/v1/tape/label", &admin, &json!({"barcode": "NOPE01L9", "pool": "default"})).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("not in library"), "{}", r.text());
+
+    let r = s.send("POST", "/api/v1/tape/load", &operator, &json!({"barcode": "RVT003L9"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let drive = r.json()["drive"].as_u64().unwrap();
+    let r = s.send("POST", "/api/v1/tape/unload", &operator, &json!({"drive": drive})).await;
+    assert_eq!((r.status, r.json()["barcode"].as_str()), (200, Some("RVT003L9")), "{}", r.text());
+
+    // Back up the sample, destage it, restore it from tape, verify the cartridge.
+    let src = s.get("/api/v1/sources", &admin).await.json()[0]["id"].as_str().unwrap().to_string();
+    let r = s.send("POST", "/api/v1/backups", &operator, &json!({"source": src})).await;
+    assert_eq!(wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await["state"], "succeeded");
+    let r = s.send("POST", "/api/v1/tape/destages", &operator, &json!({"point": "sample-vm", "pool": "default"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let copies = s.get("/api/v1/tape/copies", &auditor).await.json();
+    assert_eq!(copies[0]["point"]["name"], "sample-vm", "{copies}");
+    assert_eq!(copies[0]["barcode"], "RVT001L9", "{copies}");
+
+    let r = s.send("POST", "/api/v1/tape/restores", &operator, &json!({"point": "sample-vm", "target": "tape1"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["kind"], "tape-restore");
+    let sample = std::fs::read(s.dir.path().join("samples/sample-vm.raw")).unwrap();
+    let restored = std::fs::read_dir(s.dir.path().join("restores/tape1"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "raw"))
+        .unwrap();
+    assert!(std::fs::read(restored.path()).unwrap() == sample, "the disk restored from tape differs");
+
+    let r = s.send("POST", "/api/v1/tape/verifications", &operator, &json!({"barcode": "RVT001L9"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+
+    // The drive gauge in /metrics.
+    let m = s.req("GET", "/metrics", &[], b"").await.text();
+    assert!(m.contains("rackvault_tape_drive_loaded{drive="), "{m}");
+    s.stop().await.unwrap();
+}
