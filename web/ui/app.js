@@ -1011,6 +1011,7 @@
         { label: 'Name', cell: (x) => h('a', { href: `#/sources/${encodeURIComponent(x.id)}` }, x.name) },
         { label: 'URL', cell: (x) => h('code', { class: 'url' }, x.url) },
         { label: 'Host', cell: (x) => x.host || h('span', { class: 'muted' }, 'local') },
+        { label: 'Read limit', num: true, cell: (x) => (x.max_read_mbps != null ? `${x.max_read_mbps} MB/s` : h('span', { class: 'muted' }, 'none')) },
         { label: 'CHAP', cell: (x) => (x.chap_user ? `${x.chap_user}${x.has_mutual_secret ? ' (mutual)' : ''}` : h('span', { class: 'muted' }, 'none')) },
         { label: '', class: 'actions', cell: (x) => sourceActions(x, result) },
       ], list, { id: 'sources-table', rowAttrs: (x) => ({ 'data-source-id': x.id, 'data-source-name': x.name }) })),
@@ -1077,6 +1078,7 @@
     const chapSecret = input('source-chap-secret', { type: 'password', disabled: ro, autocomplete: 'new-password', placeholder: src.has_chap_secret ? 'stored — leave empty to keep' : '' });
     const mutualUser = input('source-mutual-user', { value: src.mutual_user || '', disabled: ro, autocomplete: 'off' });
     const mutualSecret = input('source-mutual-secret', { type: 'password', disabled: ro, autocomplete: 'new-password', placeholder: src.has_mutual_secret ? 'stored — leave empty to keep' : '' });
+    const limit = input('source-read-limit', { type: 'number', min: 1, max: 100000, value: src.max_read_mbps != null ? String(src.max_read_mbps) : '', disabled: ro, placeholder: 'unlimited', class: 'input input-narrow' });
     const result = h('div', { id: 'source-test-result' });
     const save = h('button', { id: 'source-save', class: 'btn btn-primary', type: 'submit' }, editing ? 'Save changes' : 'Add source');
     const testBtn = can('operator') ? button(editing ? 'Test connection' : 'Save and test connection', { id: 'source-test' }, null) : null;
@@ -1087,12 +1089,14 @@
       if (chapSecret.value) b.chap_secret = chapSecret.value;
       if (mutualUser.value.trim()) b.mutual_user = mutualUser.value.trim();
       if (mutualSecret.value) b.mutual_secret = mutualSecret.value;
+      if (limit.value !== '') b.max_read_mbps = Number(limit.value);
       return b;
     };
     const validate = () => {
       if (!name.value.trim()) return 'Enter a name for the source.';
       if (!url.value.trim()) return 'Enter the source URL or path.';
       if (chapSecret.value && !chapUser.value.trim()) return 'A CHAP secret needs a CHAP user name.';
+      if (limit.value !== '' && !(Number(limit.value) >= 1)) return 'The read limit is in MB/s and at least 1; leave it empty for no limit.';
       return null;
     };
     const saveNow = async () => {
@@ -1107,6 +1111,7 @@
     const form = h('form', { id: 'source-form', class: 'form', novalidate: true },
       field('Name', name, 'Also the name of its restore points.'),
       field('URL or path', url, 'A disk image or block device path, nfs://server/export/path (a VM folder ends with /), or iscsi://[user@]host[:port]/<target iqn>/<lun>.'),
+      field('Read limit (MB/s)', limit, 'Caps how fast backups read this source, so production VMs on the same datastore keep their I/O. Empty: no limit.'),
       h('fieldset', { class: 'fieldset' }, h('legend', null, 'iSCSI CHAP (optional)'),
         h('div', { class: 'grid-2 tight' }, field('CHAP user', chapUser), field('CHAP secret', chapSecret, 'Stored sealed on the appliance; never shown again.'))),
       h('details', { class: 'fieldset', open: !!(src.mutual_user || src.has_mutual_secret) }, h('summary', null, 'Mutual CHAP (optional)'),

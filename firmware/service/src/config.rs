@@ -28,6 +28,9 @@ pub struct SourceConfig {
     pub mutual_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual_secret: Option<String>,
+    /// Read bandwidth limit in MB/s (10^6 bytes), so a backup does not swamp the datastore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_read_mbps: Option<u32>,
 }
 
 /// A job: a source on a schedule.
@@ -228,6 +231,7 @@ mod tests {
             chap_secret: None,
             mutual_user: None,
             mutual_secret: None,
+            max_read_mbps: None,
         });
         c.save(&p).unwrap();
         assert_eq!(ConfigFile::load(&p).unwrap(), c);

@@ -201,7 +201,10 @@ pub struct SourceInfo {
     pub host: String,
     pub chap_user: Option<String>,
     pub has_chap_secret: bool,
+    pub mutual_user: Option<String>,
     pub has_mutual_secret: bool,
+    /// Read bandwidth limit in MB/s; `None`: unlimited.
+    pub max_read_mbps: Option<u32>,
 }
 
 /// A source as the API receives it.
@@ -218,6 +221,9 @@ pub struct SourceInput {
     pub mutual_user: Option<String>,
     #[serde(default)]
     pub mutual_secret: Option<String>,
+    /// Read bandwidth limit in MB/s; absent or null: unlimited.
+    #[serde(default)]
+    pub max_read_mbps: Option<u32>,
 }
 
 /// A job as the API receives it.
@@ -566,7 +572,9 @@ impl Appliance {
             host: source_host(&s.url),
             chap_user: s.chap_user.clone(),
             has_chap_secret: s.chap_secret.is_some(),
+            mutual_user: s.mutual_user.clone(),
             has_mutual_secret: s.mutual_secret.is_some(),
+            max_read_mbps: s.max_read_mbps,
         }
     }
 
@@ -586,6 +594,11 @@ impl Appliance {
         plain_name(&input.name, "source name")?;
         if input.url.trim().is_empty() {
             return Err(ServiceError::Invalid("give the source's URL or path".into()));
+        }
+        if input.max_read_mbps == Some(0) {
+            return Err(ServiceError::Invalid(
+                "the read limit must be at least 1 MB/s (leave it empty for no limit)".into(),
+            ));
         }
         if input.url.contains("%") && input.url.contains('@') && input.url.starts_with("iscsi://") {
             return Err(ServiceError::Invalid(
@@ -613,6 +626,7 @@ impl Appliance {
             chap_secret: seal(input.chap_secret, old.as_ref().and_then(|o| o.chap_secret.clone())),
             mutual_user: input.mutual_user.filter(|s| !s.is_empty()),
             mutual_secret: seal(input.mutual_secret, old.as_ref().and_then(|o| o.mutual_secret.clone())),
+            max_read_mbps: input.max_read_mbps,
         };
         let mut next = c.clone();
         match existing {
@@ -843,14 +857,27 @@ impl Appliance {
         let store = self.store.clone();
         let name = src.name.clone();
         let url = src.url.clone();
+        // One limiter for the whole source: all its disks share the limit.
+        let limiter = src.max_read_mbps.map(|mbps| blocksource::RateLimiter::new(u64::from(mbps) * 1_000_000));
         let (env, usage_db) = (self.env.clone(), self.usage_db);
         let job: tasks::Job = Box::new(move |live: &Live| {
             let mut attempt = 0;
             loop {
                 let r = (|| -> Result<serde_json::Value, String> {
                     live.log(&format!("opening {url}"));
-                    let opened = engine::open_source_all(&url, &secrets).map_err(|e| e.to_string())?;
+                    let mut opened = engine::open_source_all(&url, &secrets).map_err(|e| e.to_string())?;
                     live.log(&format!("opened {}: {} disk(s)", opened.describe, opened.disks.len()));
+                    if let Some(l) = &limiter {
+                        live.log(&format!("reads limited to {} MB/s", l.bytes_per_s() / 1_000_000));
+                        opened.disks = std::mem::take(&mut opened.disks)
+                            .into_iter()
+                            .map(|(label, d)| {
+                                let d: Box<dyn blocksource::BlockSource> =
+                                    Box::new(blocksource::RateLimited::new(d, l.clone()));
+                                (label, d)
+                            })
+                            .collect();
+                    }
                     let disks: Vec<engine::DiskToBackup<'_>> = opened
                         .disks
                         .iter()
@@ -1521,6 +1548,7 @@ fn dev_defaults(data_dir: &Path, config: &mut ConfigFile) -> Result<(), ServiceE
             chap_secret: None,
             mutual_user: None,
             mutual_secret: None,
+            max_read_mbps: None,
         });
     }
     if config.tape_changer.is_none() {

@@ -62,6 +62,7 @@ fn roles_are_enforced_by_the_service() {
         chap_secret: None,
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     assert!(matches!(app.put_source(&operator, None, input), Err(ServiceError::Forbidden(_))));
     assert!(app.tasks(&auditor).is_ok());
@@ -83,6 +84,7 @@ fn secrets_are_sealed_in_the_config_file_and_never_shown() {
         chap_secret: Some("supersecret-chap".into()),
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     let s = app.put_source(&admin(), None, input).unwrap();
     assert!(s.has_chap_secret);
@@ -99,6 +101,7 @@ fn secrets_are_sealed_in_the_config_file_and_never_shown() {
         chap_secret: None,
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     assert!(app.put_source(&admin(), Some(&s.id), edit).unwrap().has_chap_secret);
 }
@@ -115,6 +118,7 @@ fn backup_restore_verify_tasks_with_progress_logs_and_cancel() {
         chap_secret: None,
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     let src = app.put_source(&admin(), None, input).unwrap();
     let t = app.start_backup(&admin(), &src.id).unwrap();
@@ -167,6 +171,7 @@ fn interrupted_tasks_are_marked_after_a_restart() {
             chap_secret: None,
             mutual_user: None,
             mutual_secret: None,
+            max_read_mbps: None,
         };
         let src = app.put_source(&admin(), None, input).unwrap();
         let t = app.start_backup(&admin(), &src.id).unwrap();
@@ -202,6 +207,7 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         chap_secret: None,
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     let src = app.put_source(&admin(), None, input).unwrap();
     let bad = JobInput {
@@ -258,6 +264,7 @@ fn a_running_backup_can_be_cancelled_and_commits_nothing() {
         chap_secret: None,
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     let src = app.put_source(&admin(), None, input).unwrap();
     let t = app.start_backup(&admin(), &src.id).unwrap();
@@ -389,6 +396,7 @@ fn restores_write_to_a_partial_name_and_leftovers_go_at_open() {
         chap_secret: None,
         mutual_user: None,
         mutual_secret: None,
+        max_read_mbps: None,
     };
     let src = app.put_source(&admin(), None, input).unwrap();
     assert_eq!(wait(&app, app.start_backup(&admin(), &src.id).unwrap().id).state, TaskState::Succeeded);
@@ -417,4 +425,35 @@ fn restores_write_to_a_partial_name_and_leftovers_go_at_open() {
     assert_eq!(raws("restores/done"), 1);
     let t = wait(&app, app.start_restore(&admin(), req("busy")).unwrap().id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+}
+
+#[test]
+fn a_source_read_limit_paces_its_backup() {
+    let (d, app) = open();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 8 << 20).unwrap();
+    let input = |limit: Option<u32>| SourceInput {
+        name: "vm".into(),
+        url: img.display().to_string(),
+        chap_user: Some("u".into()),
+        chap_secret: None,
+        mutual_user: Some("target-user".into()),
+        mutual_secret: None,
+        max_read_mbps: limit,
+    };
+    assert!(matches!(app.put_source(&admin(), None, input(Some(0))), Err(ServiceError::Invalid(_))));
+    let src = app.put_source(&admin(), None, input(Some(4))).unwrap();
+    // What the API shows is what an edit form needs to send back unchanged.
+    assert_eq!((src.max_read_mbps, src.mutual_user.as_deref()), (Some(4), Some("target-user")));
+    let started = std::time::Instant::now();
+    let t = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    // 8 MiB at 4 MB/s, less the pacer's 250 ms burst.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "8 MiB at 4 MB/s took only {took:?}");
+    let log = app.task_log(&admin(), t.id, 0).unwrap().0.join("\n");
+    assert!(log.contains("reads limited to 4 MB/s"), "{log}");
+    // Lifting the limit.
+    let src = app.put_source(&admin(), Some(&src.id), input(None)).unwrap();
+    assert_eq!(src.max_read_mbps, None);
 }

@@ -22,9 +22,11 @@
 
 pub mod file;
 pub mod mem;
+pub mod rate;
 pub mod related;
 pub mod table_cache;
 
+pub use rate::{RateLimited, RateLimiter};
 pub use related::{resolve_backing_path, BackingOpener, LocalBackingOpener};
 pub use table_cache::{TableCache, TableKey};
 

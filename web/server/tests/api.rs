@@ -454,7 +454,8 @@ async fn tape_library_through_the_api() {
     let r = s.send("PUT", "/api/v1/tape/pools/weekly", &admin, &pool).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["allocation"], "per-job");
-    let r = s.send("PUT", "/api/v1/tape/pools/weekly", &admin, &json!({"allocation": "hourly", "retention_days": 1})).await;
+    let r =
+        s.send("PUT", "/api/v1/tape/pools/weekly", &admin, &json!({"allocation": "hourly", "retention_days": 1})).await;
     assert_eq!(r.status, 400, "{}", r.text());
 
     let r = s.send("POST", "/api/v1/tape/label", &admin, &label).await;
