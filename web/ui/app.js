@@ -981,7 +981,7 @@
     append(head, [
       card(taskTitle(t), { id: 'task-card', actions: [stateBadge(t.state, { test: 'task-state', id: 'task-state' }), ...actions] },
         progressBar(t.percent, t.state, { test: 'task-progress', id: 'task-progress' }),
-        t.error ? h('div', { class: 'task-error', id: 'task-error', role: 'alert' }, h('strong', null, 'Error: '), t.error) : null,
+        t.error ? h('div', { class: `task-error${t.state === 'cancelled' ? ' task-cancelled' : ''}`, id: 'task-error', role: 'alert' }, h('strong', null, t.state === 'cancelled' ? 'Cancelled: ' : 'Error: '), t.error.replace(/^cancelled: /, '')) : null,
         facts,
         t.result != null ? h('details', { class: 'result', id: 'task-result', open: t.state === 'succeeded' }, h('summary', null, 'Result'), renderValue(t.result, 'result')) : null),
     ]);

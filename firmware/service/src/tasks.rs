@@ -317,7 +317,13 @@ impl Tasks {
             }
             Err(e) => {
                 fin.state = if live.is_cancelled() { TaskState::Cancelled } else { TaskState::Failed };
-                live.log(&format!("{}: {e}", if fin.state == TaskState::Cancelled { "cancelled" } else { "failed" }));
+                let word = if fin.state == TaskState::Cancelled { "cancelled" } else { "failed" };
+                // Engine errors may already say "cancelled: ..."; do not say it twice.
+                if e.starts_with(word) {
+                    live.log(&e);
+                } else {
+                    live.log(&format!("{word}: {e}"));
+                }
                 fin.error = Some(e);
             }
         }

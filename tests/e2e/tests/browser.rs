@@ -1,10 +1,12 @@
 //! Browser test of the web UI: the real `rackvault serve --dev` driven through Debian's
 //! headless Chromium by chromedriver's WebDriver HTTP API.
 //!
-//! The walk: first-run setup, sign in, add a source (the dev sample disk's path), test the
-//! connection, back it up and watch the progress bar reach 100% and the task succeed, restore
-//! the new restore point to a target, read the restore task's log to its completion line, then
-//! the remaining pages. A PNG screenshot of each page goes to
+//! The walk: first-run setup, sign in, add a source (the dev sample disk's path, with a read
+//! limit so the backup takes a few seconds), test the connection, back it up and watch the
+//! progress bar move and reach 100%, restore the new restore point to a target and read the
+//! restore task's log to its completion line, verify the point, cancel a running backup, add a
+//! job and run it, then tape: label, load and unload, add a pool, destage the point and restore
+//! it from tape byte for byte; then the remaining pages. A PNG screenshot of each page goes to
 //! `<target>/browser-screenshots/` (printed at the end); a failure saves `failure.png` there and
 //! prints the page's banner, the browser's console and the server's log.
 //!
@@ -319,6 +321,25 @@ impl Browser {
         self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text })));
     }
 
+    /// Chooses `value` in the `<select>` matching `css`, as a user would (fires `change`).
+    #[track_caller]
+    fn choose(&self, css: &str, value: &str) {
+        self.find(css);
+        let ok = self.js(
+            "const e = document.querySelector(arguments[0]); \
+             if (![...e.options].some((o) => o.value === arguments[1])) return false; \
+             e.value = arguments[1]; e.dispatchEvent(new Event('change', { bubbles: true })); return true;",
+            json!([css, value]),
+        );
+        assert_eq!(ok, json!(true), "{css} has no option {value:?}");
+    }
+
+    /// Answers the page's next `window.confirm` dialogs with OK (WebDriver's alert handling
+    /// races with the page's own polling; replacing the function is deterministic).
+    fn accept_confirms(&self) {
+        self.js("window.confirm = () => true; return true;", json!([]));
+    }
+
     /// The text of the first element matching `css`, `None` if there is none.
     fn text(&self, css: &str) -> Option<String> {
         self.js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", json!([css]))
@@ -565,6 +586,9 @@ fn web_ui_walkthrough() {
         b.click("#source-add");
         b.fill("#source-name", "browser-vm");
         b.fill("#source-url", &sample_url);
+        // A read limit makes the 256 MiB sample take a few seconds, so the progress bar is
+        // seen moving, not only at 0% and 100%.
+        b.fill("#source-read-limit", "64");
         b.screenshot("05-source-form");
         b.click("#source-save");
         b.find("#sources-table tr[data-source-name=browser-vm]");
@@ -580,6 +604,14 @@ fn web_ui_walkthrough() {
         let (backup_id, seen) = wait_task_succeeded(&b, "backup", Duration::from_secs(300));
         let pct = b.attr("#task-progress", "aria-valuenow").unwrap_or_default();
         assert_eq!(pct, "100.0", "the backup's progress bar ends at 100% (seen {seen:?})");
+        assert!(
+            seen.iter().any(|p| *p > 0.0 && *p < 100.0),
+            "the progress bar showed the backup under way, not only its start and end: {seen:?}"
+        );
+        let log = b.wait("the backup log", Duration::from_secs(30), || {
+            b.text("#task-log").filter(|l| l.contains("backup complete"))
+        });
+        assert!(log.contains("reads limited to 64 MB/s"), "the source's read limit applied:\n{log}");
         assert!(b.text("#task-progress").unwrap_or_default().contains("100%"), "the bar's label says 100%");
         b.screenshot("08-backup-done");
         eprintln!("backup task #{backup_id}: progress seen {seen:?}");
@@ -626,32 +658,133 @@ fn web_ui_walkthrough() {
             .collect();
         assert!(!files.is_empty(), "the restore wrote a disk into {}", restored.display());
 
+        // Verify the restore point.
+        b.goto(&format!("{base}#/points"));
+        b.click(&format!("{row} [data-test=point-verify]"));
+        wait_task_succeeded(&b, "verify", Duration::from_secs(120));
+
+        // Cancel a running backup: a tight read limit keeps it running long enough; it ends
+        // cancelled and adds no restore point.
+        b.goto(&format!("{base}#/points"));
+        b.find("#points-table");
+        let points_before = b.js("return document.querySelectorAll('#points-table tbody tr').length;", json!([]));
+        b.goto(&format!("{base}#/sources"));
+        b.find("#sources-table tr[data-source-name=sample-vm]");
+        let sample_id = b.attr("#sources-table tr[data-source-name=sample-vm]", "data-source-id");
+        b.click("#sources-table tr[data-source-name=browser-vm] a");
+        b.fill("#source-read-limit", "4");
+        b.click("#source-save");
+        b.find("#sources-table tr[data-source-name=browser-vm]");
+        let limit = b.text("#sources-table tr[data-source-name=browser-vm]").unwrap_or_default();
+        assert!(limit.contains("4 MB/s") && !limit.contains("64 MB/s"), "the edited read limit is listed: {limit}");
+        b.click("#sources-table tr[data-source-name=browser-vm] [data-test=source-backup]");
+        b.wait("the slow backup to run", Duration::from_secs(30), || {
+            (b.text("#task-state").as_deref() == Some("running")).then_some(())
+        });
+        b.accept_confirms();
+        b.click("#task-cancel");
+        let state = b.wait("the cancelled state", Duration::from_secs(60), || {
+            b.text("#task-state").filter(|s| !matches!(s.as_str(), "queued" | "running"))
+        });
+        assert_eq!(state, "cancelled", "{}", b.text("#task-error").unwrap_or_default());
+        b.screenshot("13-backup-cancelled");
+        b.goto(&format!("{base}#/points"));
+        b.find("#points-table");
+        let points_after = b.js("return document.querySelectorAll('#points-table tbody tr').length;", json!([]));
+        assert_eq!(points_after, points_before, "a cancelled backup commits no restore point");
+
+        // Jobs: add one on a schedule and run it now.
+        b.goto(&format!("{base}#/jobs"));
+        b.click("#job-add");
+        b.fill("#job-name", "browser-nightly");
+        b.choose("#job-source", sample_id.as_deref().expect("the sample source has an id"));
+        b.fill("#job-schedule", "mon..fri 22:00");
+        b.fill("#job-retries", "1");
+        b.screenshot("14-job-form");
+        b.click("#job-save");
+        b.find("#jobs-table tr[data-job-id]");
+        let jobs = b.text("#jobs-table").unwrap_or_default();
+        assert!(jobs.contains("browser-nightly") && jobs.contains("mon..fri 22:00"), "the job is listed: {jobs}");
+        b.screenshot("15-jobs");
+        b.click("#jobs-table tr[data-job-id] [data-test=job-run]");
+        wait_task_succeeded(&b, "job run", Duration::from_secs(300));
+
+        // Tape: label a cartridge, load and unload another, add a pool, destage the restore
+        // point, and restore it straight from tape.
+        b.goto(&format!("{base}#/tape"));
+        b.find("#tape-table");
+        b.screenshot("16-tape");
+        let label_row = "#tape-table tr[data-barcode=RVT001L9]";
+        b.click(&format!("{label_row} [data-test=tape-label]"));
+        b.fill("#label-pool", "default");
+        b.screenshot("17-tape-label");
+        b.click("#label-submit");
+        b.wait("the labelled cartridge", Duration::from_secs(60), || {
+            b.text(label_row).filter(|t| t.contains("labelled") && t.contains("default"))
+        });
+        b.click("#tape-table tr[data-barcode=RVT002L9] [data-test=tape-load]");
+        let drive_row = "#tape-table tr[data-element=drive][data-barcode=RVT002L9]";
+        b.find(drive_row);
+        b.screenshot("18-tape-loaded");
+        b.click(&format!("{drive_row} [data-test=tape-unload]"));
+        b.find("#tape-table tr[data-element=slot][data-barcode=RVT002L9]");
+        b.click("#pool-add");
+        b.fill("#pool-name", "weekly-offsite");
+        b.choose("#pool-allocation", "weekly");
+        b.fill("#pool-retention", "90");
+        b.fill("#pool-max-tapes", "2");
+        b.screenshot("19-tape-pool");
+        b.click("#pool-save");
+        let pool = b.wait("the new pool", Duration::from_secs(30), || b.text("#pools-table tr[data-pool=weekly-offsite]"));
+        assert!(pool.contains("90 d") && pool.contains("≤ 2"), "the pool's policy is listed: {pool}");
+
+        b.goto(&format!("{base}#/points"));
+        b.click(&format!("{row} [data-test=point-destage]"));
+        b.choose("#destage-point", &point);
+        b.choose("#destage-pool", "default");
+        b.screenshot("20-destage-form");
+        b.click("#destage-submit");
+        wait_task_succeeded(&b, "destage", Duration::from_secs(300));
+        b.goto(&format!("{base}#/tape"));
+        let copy_row = format!("#copies-table tr[data-point='{point}']");
+        b.find(&copy_row);
+        b.screenshot("21-tape-copies");
+        b.click(&format!("{copy_row} [data-test=tape-restore]"));
+        b.fill("#tape-restore-target", "browser-from-tape");
+        b.click("#tape-restore-submit");
+        wait_task_succeeded(&b, "restore from tape", Duration::from_secs(300));
+        b.screenshot("22-tape-restore-done");
+        let from_tape = data.join("restores").join("browser-from-tape");
+        let raw = std::fs::read_dir(&from_tape)
+            .unwrap_or_else(|e| panic!("tape restore target {}: {e}", from_tape.display()))
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "raw"))
+            .expect("the tape restore wrote a disk");
+        assert!(
+            std::fs::read(raw.path()).unwrap() == std::fs::read(&sample_url).unwrap(),
+            "the disk restored from tape equals the sample disk"
+        );
+
         // The other pages render without errors.
         b.goto(&format!("{base}#/tasks"));
         b.find(&format!("#tasks-table tr[data-task-id='{restore_id}']"));
-        b.screenshot("13-tasks");
-        b.goto(&format!("{base}#/jobs"));
-        b.find("#content .card");
-        b.screenshot("14-jobs");
-        b.goto(&format!("{base}#/tape"));
-        b.find("#tape-table, #content [data-test=empty]");
-        b.screenshot("15-tape");
+        b.screenshot("23-tasks");
         b.goto(&format!("{base}#/users"));
         b.find("#users-table tr[data-user=admin]");
-        b.screenshot("16-users");
+        b.screenshot("24-users");
         b.goto(&format!("{base}#/tokens"));
         b.fill("#token-name", "browser-test");
         b.click("#token-create");
         let secret = b.wait("the new token's secret", Duration::from_secs(10), || b.text("#token-secret"));
         assert!(secret.len() >= 16, "a token secret is shown once: {secret:?}");
-        b.screenshot("17-tokens");
+        b.screenshot("25-tokens");
         b.goto(&format!("{base}#/audit"));
         b.find("#audit-table");
-        b.screenshot("18-audit");
+        b.screenshot("26-audit");
         b.goto(&format!("{base}#/settings"));
         let fp2 = b.wait("the settings fingerprint", Duration::from_secs(10), || b.text("#settings-fingerprint"));
         assert_eq!(fp2, fp, "settings show the certificate fingerprint the setup page showed");
-        b.screenshot("19-settings");
+        b.screenshot("27-settings");
         assert!(b.banner().is_none_or(|t| !t.contains("banner-error")), "no error banner at the end: {:?}", b.banner());
 
         // The page broke no CSP rule and threw no script error.
