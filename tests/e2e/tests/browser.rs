@@ -735,7 +735,8 @@ fn web_ui_walkthrough() {
         b.fill("#pool-max-tapes", "2");
         b.screenshot("19-tape-pool");
         b.click("#pool-save");
-        let pool = b.wait("the new pool", Duration::from_secs(30), || b.text("#pools-table tr[data-pool=weekly-offsite]"));
+        let pool =
+            b.wait("the new pool", Duration::from_secs(30), || b.text("#pools-table tr[data-pool=weekly-offsite]"));
         assert!(pool.contains("90 d") && pool.contains("≤ 2"), "the pool's policy is listed: {pool}");
 
         b.goto(&format!("{base}#/points"));

@@ -16,6 +16,8 @@ mod cli;
 mod concurrency;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/daemon.rs"]
+mod daemon;
 #[path = "e2e/ingest.rs"]
 mod ingest;
 #[path = "e2e/qcow2_sources.rs"]
