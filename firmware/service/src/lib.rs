@@ -356,6 +356,8 @@ pub struct Appliance {
     /// action (load, unload, label, inventory) holds it for its request and is refused with
     /// `Conflict` while a task has it, rather than waiting minutes behind a destage.
     tape_lock: Arc<Mutex<()>>,
+    /// The tape catalog, shared by requests and tape tasks.
+    tape_catalog: Arc<engine::tape::TapeCatalog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -407,13 +409,14 @@ impl Appliance {
         let store_dir = data_dir.join("store");
         let store = Arc::new(Store::open(&store_dir, &StoreOptions { create: true, ..Default::default() })?);
         let (tasks, interrupted) = Tasks::open(env.clone(), tasks_db, data_dir.join("tasks"))?;
+        // Opened once: LMDB refuses a second open of the same environment in one process.
+        let tape_catalog = Arc::new(engine::tape::TapeCatalog::open(&store_dir.join("tape-catalog"))?);
         if opts.dev {
             dev_defaults(data_dir, &mut config)?;
             config.save(&data_dir.join("config.json"))?;
             // A pool to label the emulated cartridges for, so destage works from the first click.
-            let cat = engine::tape::TapeCatalog::open(&store_dir.join("tape-catalog"))?;
-            if cat.pools()?.is_empty() {
-                cat.set_pool(&engine::tape::PoolPolicy::default_for("default"))?;
+            if tape_catalog.pools()?.is_empty() {
+                tape_catalog.set_pool(&engine::tape::PoolPolicy::default_for("default"))?;
             }
         }
         *lock(&tasks.limits) = tasks::Limits {
@@ -438,6 +441,7 @@ impl Appliance {
             last_tasks: Mutex::default(),
             interrupted_at_open: interrupted,
             tape_lock: Arc::new(Mutex::new(())),
+            tape_catalog,
             env,
         }))
     }
@@ -1086,12 +1090,8 @@ impl Appliance {
         })
     }
 
-    fn tape_catalog_dir(&self) -> PathBuf {
-        self.data_dir.join("store/tape-catalog")
-    }
-
-    fn tape_catalog(&self) -> Result<engine::tape::TapeCatalog, ServiceError> {
-        Ok(engine::tape::TapeCatalog::open(&self.tape_catalog_dir())?)
+    fn tape_catalog(&self) -> Result<&engine::tape::TapeCatalog, ServiceError> {
+        Ok(&self.tape_catalog)
     }
 
     /// Moves cartridge `barcode` into a drive (a free one, else the first after unloading
@@ -1226,14 +1226,14 @@ impl Appliance {
             + 'static,
     ) -> Result<TaskInfo, ServiceError> {
         let changer = self.tape_changer()?;
-        let catalog_dir = self.tape_catalog_dir();
+        let catalog = self.tape_catalog.clone();
         let tape_lock = self.tape_lock.clone();
         let job: tasks::Job = Box::new(move |live: &Live| {
             let _library = lock(&tape_lock);
-            let cat = engine::tape::TapeCatalog::open(&catalog_dir).map_err(|e| e.to_string())?;
+            let cat = &*catalog;
             let mut lib = engine::tape::Library::open(&changer).map_err(|e| e.to_string())?;
             live.log(&format!("library {}", lib.describe()));
-            work(live, &cat, &mut lib)
+            work(live, cat, &mut lib)
         });
         // The "tape" datastore key queues tape tasks one behind another.
         self.tasks.spawn(kind, subject, &actor.user, ("tape", "tape"), job)

@@ -332,6 +332,19 @@ fn dev_mode_tape_label_and_destage_task() {
         (engine::tape::Allocation::Weekly, 7, Some(2))
     );
 
+    // The UI asks for pools, copies and the inventory at once: concurrent readers share the
+    // one open catalog (a second open of the LMDB environment in one process is refused).
+    std::thread::scope(|sc| {
+        for _ in 0..4 {
+            sc.spawn(|| {
+                for _ in 0..5 {
+                    app.tape_pools(&admin()).unwrap();
+                    app.tape_copies(&admin()).unwrap();
+                }
+            });
+        }
+    });
+
     // The copy on tape is listed.
     let copies = app.tape_copies(&admin()).unwrap();
     assert_eq!(copies.len(), 1);

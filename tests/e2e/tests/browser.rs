@@ -482,6 +482,42 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1 made with the `openssl` command: (certificate PEM,
+/// key PEM, SHA-256 fingerprint as the UI shows it). `None` (the step is skipped, loudly)
+/// without `openssl`, unless `RACKVAULT_REQUIRE_PEERS=1`.
+fn make_certificate(dir: &Path) -> Option<(String, String, String)> {
+    let Some(openssl) = which("openssl") else {
+        assert!(
+            std::env::var("RACKVAULT_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "openssl is missing but RACKVAULT_REQUIRE_PEERS=1; install the Debian package openssl"
+        );
+        eprintln!("skipped the certificate upload: no openssl command");
+        return None;
+    };
+    let (cert, key) = (dir.join("upload-cert.pem"), dir.join("upload-key.pem"));
+    let made = Command::new(&openssl)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=rackvault browser test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl req");
+    assert!(made.success(), "openssl req failed");
+    let out = Command::new(&openssl)
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("run openssl x509");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fp = text.trim().rsplit('=').next().unwrap_or_default().to_ascii_uppercase();
+    assert_eq!(fp.len(), 95, "openssl printed a SHA-256 fingerprint: {text}");
+    Some((std::fs::read_to_string(&cert).unwrap(), std::fs::read_to_string(&key).unwrap(), fp))
+}
+
 /// Waits until the task page shows a finished state; panics unless it is `succeeded`. Returns
 /// the task id and the progress values seen while waiting.
 #[track_caller]
@@ -786,6 +822,64 @@ fn web_ui_walkthrough() {
         let fp2 = b.wait("the settings fingerprint", Duration::from_secs(10), || b.text("#settings-fingerprint"));
         assert_eq!(fp2, fp, "settings show the certificate fingerprint the setup page showed");
         b.screenshot("27-settings");
+
+        // Install an operator-supplied certificate: the settings page shows its fingerprint,
+        // the daemon stores it, and the UI keeps working on new connections.
+        if let Some((cert_pem, key_pem, want_fp)) = make_certificate(dir.path()) {
+            b.fill("#cert-pem", &cert_pem);
+            b.fill("#key-pem", &key_pem);
+            b.click("#cert-upload");
+            let shown = b.wait("the new fingerprint", Duration::from_secs(15), || {
+                b.text("#settings-fingerprint").filter(|t| *t != fp)
+            });
+            assert_eq!(shown, want_fp, "settings show the uploaded certificate's SHA-256 fingerprint");
+            b.screenshot("28-certificate-installed");
+            let stored = std::fs::read_to_string(data.join("tls/cert.pem")).unwrap_or_default();
+            assert_eq!(stored.trim(), cert_pem.trim(), "the daemon stored the uploaded certificate");
+            b.goto(&format!("{base}#/settings"));
+            let again = b.wait("the settings page over a new connection", Duration::from_secs(15), || {
+                b.text("#settings-fingerprint")
+            });
+            assert_eq!(again, want_fp, "new connections get the uploaded certificate");
+        }
+
+        // Roles: an auditor sees everything and can change nothing; the API refuses too.
+        b.goto(&format!("{base}#/users"));
+        b.fill("#user-name", "viewer");
+        b.fill("#user-password", "viewer-passphrase-1");
+        b.fill("#user-confirm", "viewer-passphrase-1");
+        b.choose("#user-role", "auditor");
+        b.click("#user-add");
+        b.find("#users-table tr[data-user=viewer]");
+        b.click("#logout");
+        b.fill("#login-user", "viewer");
+        b.fill("#login-password", "viewer-passphrase-1");
+        b.click("#login-submit");
+        b.find("#dashboard .stats");
+        let who = b.text("#current-user").unwrap_or_default();
+        assert!(who.contains("viewer") && who.contains("Auditor"), "header shows the auditor: {who}");
+        b.goto(&format!("{base}#/points"));
+        b.find("#points-table");
+        b.screenshot("29-auditor-points");
+        for (page, table, forbidden) in [
+            ("points", "#points-table", "[data-test=point-restore], [data-test=point-destage]"),
+            ("sources", "#sources-table", "#source-add, [data-test=source-backup], [data-test=source-delete]"),
+            ("tape", "#tape-table", "[data-test=tape-load], [data-test=tape-label], #pool-add"),
+            ("jobs", "#jobs-table", "#job-add, [data-test=job-run]"),
+        ] {
+            b.goto(&format!("{base}#/{page}"));
+            b.find(table);
+            assert!(b.try_find(forbidden).is_none(), "the auditor is offered {forbidden} on #/{page}");
+        }
+        let status = b.js(
+            "const s = new XMLHttpRequest(); s.open('GET', '/api/v1/session', false); s.send(); \
+             const csrf = JSON.parse(s.responseText).csrf; \
+             const x = new XMLHttpRequest(); x.open('POST', '/api/v1/backups', false); \
+             x.setRequestHeader('Content-Type', 'application/json'); x.setRequestHeader('X-CSRF-Token', csrf); \
+             x.send(JSON.stringify({ source: arguments[0] })); return x.status;",
+            json!([sample_id.as_deref().unwrap_or("x")]),
+        );
+        assert_eq!(status, json!(403), "the API refuses an auditor's backup");
         assert!(b.banner().is_none_or(|t| !t.contains("banner-error")), "no error banner at the end: {:?}", b.banner());
 
         // The page broke no CSP rule and threw no script error.
