@@ -12,6 +12,20 @@ fn open() -> (tempfile::TempDir, Arc<Appliance>) {
     (dir, app)
 }
 
+/// Adds a source without secrets or limits.
+fn local_source(app: &Appliance, name: &str, url: String) -> SourceInfo {
+    let input = SourceInput {
+        name: name.into(),
+        url,
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+        max_read_mbps: None,
+    };
+    app.put_source(&admin(), None, input).unwrap()
+}
+
 fn wait(app: &Appliance, id: u64) -> TaskInfo {
     for _ in 0..600 {
         let t = app.task(&admin(), id).unwrap();
@@ -111,16 +125,7 @@ fn backup_restore_verify_tasks_with_progress_logs_and_cancel() {
     let (d, app) = open();
     let img = d.path().join("vm.raw");
     write_sample_disk(&img, 32 << 20).unwrap();
-    let input = SourceInput {
-        name: "vm".into(),
-        url: img.display().to_string(),
-        chap_user: None,
-        chap_secret: None,
-        mutual_user: None,
-        mutual_secret: None,
-        max_read_mbps: None,
-    };
-    let src = app.put_source(&admin(), None, input).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
     let t = app.start_backup(&admin(), &src.id).unwrap();
     let t = wait(&app, t.id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
@@ -164,16 +169,7 @@ fn interrupted_tasks_are_marked_after_a_restart() {
         // A task that never finishes: the source is a FIFO nobody writes.
         let fifo = d.path().join("fifo");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-        let input = SourceInput {
-            name: "hang".into(),
-            url: fifo.display().to_string(),
-            chap_user: None,
-            chap_secret: None,
-            mutual_user: None,
-            mutual_secret: None,
-            max_read_mbps: None,
-        };
-        let src = app.put_source(&admin(), None, input).unwrap();
+        let src = local_source(&app, "hang", fifo.display().to_string());
         let t = app.start_backup(&admin(), &src.id).unwrap();
         for _ in 0..100 {
             if app.task(&admin(), t.id).unwrap().state == TaskState::Running {
@@ -200,16 +196,7 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
     let (d, app) = open();
     let img = d.path().join("vm.raw");
     write_sample_disk(&img, 4 << 20).unwrap();
-    let input = SourceInput {
-        name: "vm".into(),
-        url: img.display().to_string(),
-        chap_user: None,
-        chap_secret: None,
-        mutual_user: None,
-        mutual_secret: None,
-        max_read_mbps: None,
-    };
-    let src = app.put_source(&admin(), None, input).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
     let bad = JobInput {
         name: "nightly".into(),
         source: src.id.clone(),
@@ -257,16 +244,7 @@ fn a_running_backup_can_be_cancelled_and_commits_nothing() {
             f.write_all(&buf).unwrap();
         }
     }
-    let input = SourceInput {
-        name: "big".into(),
-        url: img.display().to_string(),
-        chap_user: None,
-        chap_secret: None,
-        mutual_user: None,
-        mutual_secret: None,
-        max_read_mbps: None,
-    };
-    let src = app.put_source(&admin(), None, input).unwrap();
+    let src = local_source(&app, "big", img.display().to_string());
     let t = app.start_backup(&admin(), &src.id).unwrap();
     for _ in 0..200 {
         if app.task(&admin(), t.id).unwrap().state == TaskState::Running {
@@ -402,16 +380,7 @@ fn restores_write_to_a_partial_name_and_leftovers_go_at_open() {
     let (d, app) = open();
     let img = d.path().join("vm.raw");
     write_sample_disk(&img, 4 << 20).unwrap();
-    let input = SourceInput {
-        name: "vm".into(),
-        url: img.display().to_string(),
-        chap_user: None,
-        chap_secret: None,
-        mutual_user: None,
-        mutual_secret: None,
-        max_read_mbps: None,
-    };
-    let src = app.put_source(&admin(), None, input).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
     assert_eq!(wait(&app, app.start_backup(&admin(), &src.id).unwrap().id).state, TaskState::Succeeded);
     // A restore in progress (or interrupted) blocks its target name.
     let partial = d.path().join("restores/.busy.partial");
