@@ -1172,6 +1172,7 @@
       { label: 'Name', cell: (j) => h('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.name) },
       { label: 'Source', cell: (j) => srcName(j.source) },
       { label: 'Schedule', cell: (j) => h('code', null, j.schedule) },
+      { label: 'To tape', cell: (j) => (j.destage_pool ? `pool ${j.destage_pool}` : h('span', { class: 'muted' }, 'no')) },
       { label: 'Status', cell: (j) => (j.enabled ? h('span', { class: 'badge state-enabled' }, 'enabled') : h('span', { class: 'badge state-disabled' }, 'paused')) },
       { label: 'Next run', cell: (j) => (j.enabled && j.next_run_unix ? dateCell(j.next_run_unix) : '—') },
       { label: 'Last task', cell: (j) => (j.last_task != null ? h('a', { href: `#/tasks/${j.last_task}` }, `#${j.last_task}`) : '—') },
@@ -1204,7 +1205,8 @@
 
   async function pageJobForm(ctx, id) {
     const editing = id != null;
-    const [jobs, sources] = await Promise.all([editing ? api('GET', '/jobs') : Promise.resolve([]), api('GET', '/sources')]);
+    const [jobs, sources, tape] = await Promise.all([editing ? api('GET', '/jobs') : Promise.resolve([]), api('GET', '/sources'), tapeConfigured()]);
+    const pools = tape ? (await api('GET', '/tape/pools')).map((p) => p.name) : [];
     if (!ctx.alive()) return;
     let job = { enabled: true, schedule: 'mon..fri 22:00' };
     if (editing) {
@@ -1225,6 +1227,7 @@
     const schedule = input('job-schedule', { value: job.schedule || '', required: true, disabled: ro, class: 'input mono', placeholder: 'mon..fri 22:00' });
     const windowH = input('job-window', { type: 'number', min: 1, max: 168, value: job.window_hours != null ? String(job.window_hours) : '', disabled: ro, placeholder: 'none' });
     const retries = input('job-retries', { type: 'number', min: 0, max: 10, value: job.retries != null ? String(job.retries) : '', disabled: ro, placeholder: '0' });
+    const destage = tape ? select('job-destage-pool', [{ value: '', label: 'No — keep on disk only' }].concat(pools.map((n) => ({ value: n, label: `Yes, to pool ${n}` }))), job.destage_pool || '', { disabled: ro }) : null;
     const enabled = h('input', { type: 'checkbox', id: 'job-enabled', disabled: ro });
     enabled.checked = !!job.enabled;
     const save = h('button', { id: 'job-save', class: 'btn btn-primary', type: 'submit' }, editing ? 'Save changes' : 'Add job');
@@ -1235,6 +1238,7 @@
       h('div', { class: 'grid-2 tight' },
         field('Window (hours)', windowH, 'A run that cannot start within this many hours of its time is skipped.'),
         field('Retries', retries, 'How often a failed run is retried.')),
+      destage ? field('Then copy to tape', destage, 'After each successful backup, destage the new restore point to this pool’s media set (disk to disk to tape).') : null,
       h('label', { class: 'check', for: 'job-enabled' }, enabled, ' Enabled (runs on its schedule)'),
       ro ? null : h('div', { class: 'form-actions' }, save, linkButton('Cancel', '#/jobs', { class: 'btn btn-quiet' })));
     form.addEventListener('submit', async (ev) => {
@@ -1244,6 +1248,7 @@
       const b = { name: name.value.trim(), source: source.value, schedule: schedule.value.trim(), enabled: enabled.checked };
       if (windowH.value !== '') b.window_hours = Number(windowH.value);
       if (retries.value !== '') b.retries = Number(retries.value);
+      if (destage && destage.value) b.destage_pool = destage.value;
       await busy(save, async () => {
         const saved = editing ? await api('PUT', `/jobs/${encodeURIComponent(id)}`, b) : await api('POST', '/jobs', b);
         state.flash = { kind: 'success', text: `Job ${saved.name} saved.${saved.next_run_unix ? ' Next run: ' + fmtDate(saved.next_run_unix) + '.' : ''}` };

@@ -47,6 +47,9 @@ pub struct JobConfig {
     pub enabled: bool,
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// After a successful backup, destage the new restore point to this tape pool (D2D2T).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destage_pool: Option<String>,
 }
 
 fn default_retries() -> u32 {

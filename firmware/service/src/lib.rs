@@ -239,6 +239,9 @@ pub struct JobInput {
     pub enabled: bool,
     #[serde(default)]
     pub retries: Option<u32>,
+    /// After a successful backup, destage the new restore point to this tape pool.
+    #[serde(default)]
+    pub destage_pool: Option<String>,
 }
 
 fn yes() -> bool {
@@ -358,6 +361,8 @@ pub struct Appliance {
     tape_lock: Arc<Mutex<()>>,
     /// The tape catalog, shared by requests and tape tasks.
     tape_catalog: Arc<engine::tape::TapeCatalog>,
+    /// The appliance itself, for tasks that start follow-up tasks (a job's destage).
+    me: std::sync::Weak<Appliance>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -429,7 +434,8 @@ impl Appliance {
         }
         // Nothing runs yet: any partial restore output is an interrupted restore's.
         remove_partial_restores(&data_dir.join("restores"))?;
-        Ok(Arc::new(Appliance {
+        Ok(Arc::new_cyclic(|me| Appliance {
+            me: me.clone(),
             data_dir: data_dir.to_path_buf(),
             auth: Auth::open(users, tokens, audit),
             tasks: Arc::new(tasks),
@@ -725,6 +731,11 @@ impl Appliance {
         plain_name(&input.name, "job name")?;
         CalendarEvent::parse(&input.schedule).map_err(ServiceError::Invalid)?;
         let src = self.source(&input.source)?;
+        let destage_pool = input.destage_pool.filter(|p| !p.is_empty());
+        if let Some(pool) = &destage_pool {
+            plain_name(pool, "pool")?;
+            self.tape_changer()?;
+        }
         let mut c = lock(&self.config);
         let existing = match id {
             Some(id) => Some(
@@ -740,6 +751,7 @@ impl Appliance {
             window_hours: input.window_hours,
             enabled: input.enabled,
             retries: input.retries.unwrap_or(2).min(10),
+            destage_pool,
         };
         let mut next = c.clone();
         match existing {
@@ -753,7 +765,12 @@ impl Appliance {
         self.audit(
             actor,
             if existing.is_some() { "edit job" } else { "add job" },
-            &format!("{} {}", job.name, job.schedule),
+            &format!(
+                "{} {}{}",
+                job.name,
+                job.schedule,
+                job.destage_pool.as_ref().map(|p| format!(", then destage to pool {p}")).unwrap_or_default()
+            ),
         );
         let next_run_unix = CalendarEvent::parse(&job.schedule).ok().and_then(|e| e.next_after(now_unix()));
         Ok(JobInfo { job, next_run_unix, last_task: None })
@@ -784,7 +801,7 @@ impl Appliance {
             .find(|j| j.id == id)
             .cloned()
             .ok_or_else(|| ServiceError::NotFound(format!("no job {id}")))?;
-        let t = self.backup_task(&actor.user, &job.source, job.retries)?;
+        let t = self.backup_task(&actor.user, &job.source, job.retries, job.destage_pool.clone())?;
         lock(&self.last_tasks).insert(job.id.clone(), t.id);
         self.audit(actor, "run job", &job.name);
         Ok(t)
@@ -855,7 +872,17 @@ impl Appliance {
 
     // ---- tasks ---------------------------------------------------------------------------------
 
-    fn backup_task(&self, user: &str, source_id: &str, retries: u32) -> Result<TaskInfo, ServiceError> {
+    /// A backup task; with `then_destage`, a successful backup queues a destage task of the
+    /// new restore point to that pool (a failure to queue it is logged, the backup stands).
+    fn backup_task(
+        &self,
+        user: &str,
+        source_id: &str,
+        retries: u32,
+        then_destage: Option<String>,
+    ) -> Result<TaskInfo, ServiceError> {
+        let me = self.me.clone();
+        let task_user = user.to_string();
         let src = self.source(source_id)?;
         let secrets = self.secrets(&src)?;
         let store = self.store.clone();
@@ -902,8 +929,20 @@ impl Appliance {
                     Ok(serde_json::to_value(&report).unwrap_or_default())
                 })();
                 match r {
-                    Ok(v) => {
+                    Ok(mut v) => {
                         record_usage(&store, &env, &usage_db);
+                        if let (Some(pool), Some(app)) = (&then_destage, me.upgrade()) {
+                            let point = format!("{}@{}", v["name"].as_str().unwrap_or(""), v["id"]);
+                            match app.destage_task(&task_user, &point, pool) {
+                                Ok(t) => {
+                                    live.log(&format!("destage of {point} to pool {pool} queued as task {}", t.id));
+                                    v["destage_task"] = serde_json::json!(t.id);
+                                }
+                                Err(e) => {
+                                    live.log(&format!("warning: could not queue the destage to pool {pool}: {e}"))
+                                }
+                            }
+                        }
                         return Ok(v);
                     }
                     Err(e) if attempt < retries && !live.is_cancelled() => {
@@ -926,7 +965,7 @@ impl Appliance {
 
     pub fn start_backup(&self, actor: &Principal, source_id: &str) -> Result<TaskInfo, ServiceError> {
         actor.require(Role::Operator)?;
-        let t = self.backup_task(&actor.user, source_id, 0)?;
+        let t = self.backup_task(&actor.user, source_id, 0, None)?;
         self.audit(actor, "start backup", source_id);
         Ok(t)
     }
@@ -1220,7 +1259,7 @@ impl Appliance {
         &self,
         kind: &str,
         subject: &str,
-        actor: &Principal,
+        user: &str,
         work: impl FnOnce(&Live, &engine::tape::TapeCatalog, &mut engine::tape::Library) -> Result<serde_json::Value, String>
             + Send
             + 'static,
@@ -1236,18 +1275,24 @@ impl Appliance {
             work(live, cat, &mut lib)
         });
         // The "tape" datastore key queues tape tasks one behind another.
-        self.tasks.spawn(kind, subject, &actor.user, ("tape", "tape"), job)
+        self.tasks.spawn(kind, subject, user, ("tape", "tape"), job)
     }
 
     /// Destages a restore point to a pool's media set, as a task.
     pub fn start_destage(&self, actor: &Principal, point: &str, pool: &str) -> Result<TaskInfo, ServiceError> {
         actor.require(Role::Operator)?;
+        let t = self.destage_task(&actor.user, point, pool)?;
+        self.audit(actor, "start destage", &t.subject);
+        Ok(t)
+    }
+
+    fn destage_task(&self, user: &str, point: &str, pool: &str) -> Result<TaskInfo, ServiceError> {
         plain_name(pool, "pool")?;
         let p = self.store.find(point)?;
         let store = self.store.clone();
         let pool = pool.to_string();
         let subject = format!("{} to pool {pool}", p.spec());
-        let t = self.spawn_tape_task("destage", &subject, actor, move |live, cat, lib| {
+        self.spawn_tape_task("destage", &subject, user, move |live, cat, lib| {
             let r = engine::tape::destage(&store, cat, lib, &[p], &engine::tape::DestageOptions::new(&pool), live)
                 .map_err(|e| e.to_string())?;
             for l in &r.log {
@@ -1261,9 +1306,7 @@ impl Appliance {
                 r.drive_waits
             ));
             Ok(serde_json::to_value(&r).unwrap_or_default())
-        })?;
-        self.audit(actor, "start destage", &subject);
-        Ok(t)
+        })
     }
 
     /// Restores a restore point straight from tape into `<data>/restores/<target>/`, as a
@@ -1287,7 +1330,7 @@ impl Appliance {
         let disk = req.disk.clone();
         let target_name = req.target.clone();
         let subject = format!("{spec} from tape to {}", req.target);
-        let t = self.spawn_tape_task("tape-restore", &subject, actor, move |live, cat, lib| {
+        let t = self.spawn_tape_task("tape-restore", &subject, &actor.user, move |live, cat, lib| {
             let mut run = || -> Result<serde_json::Value, String> {
                 std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
                 let target = match &disk {
@@ -1340,7 +1383,7 @@ impl Appliance {
         }
         let barcode = barcode.to_string();
         let subject = format!("cartridge {barcode}");
-        let t = self.spawn_tape_task("tape-verify", &subject, actor, move |live, _cat, lib| {
+        let t = self.spawn_tape_task("tape-verify", &subject, &actor.user, move |live, _cat, lib| {
             let r = engine::tape::verify_tape(lib, &barcode, live).map_err(|e| e.to_string())?;
             for p in &r.problems {
                 live.log(&format!("problem: {p}"));
@@ -1486,7 +1529,7 @@ impl Appliance {
                 self.audit(&system, "skip job", &format!("{}: missed its window", j.name));
                 continue;
             }
-            match self.backup_task("scheduler", &j.source, j.retries) {
+            match self.backup_task("scheduler", &j.source, j.retries, j.destage_pool.clone()) {
                 Ok(t) => {
                     lock(&self.last_tasks).insert(j.id.clone(), t.id);
                 }

@@ -204,6 +204,7 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         window_hours: None,
         enabled: true,
         retries: None,
+        destage_pool: None,
     };
     assert!(app.put_job(&admin(), None, bad).unwrap_err().to_string().contains("example"));
     let job = JobInput {
@@ -213,8 +214,12 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         window_hours: Some(1),
         enabled: true,
         retries: Some(0),
+        destage_pool: None,
     };
-    let j = app.put_job(&admin(), None, job).unwrap();
+    let j = app.put_job(&admin(), None, job.clone()).unwrap();
+    // A job can only chain a destage when a tape library is configured.
+    let to_tape = JobInput { destage_pool: Some("default".into()), ..job };
+    assert!(matches!(app.put_job(&admin(), None, to_tape), Err(ServiceError::NotFound(_))));
     let next = j.next_run_unix.unwrap();
     app.tick(next - 60); // plans the run
     assert!(app.tasks(&admin()).unwrap().is_empty());
@@ -326,6 +331,7 @@ fn dev_mode_tape_label_and_destage_task() {
     // The copy on tape is listed.
     let copies = app.tape_copies(&admin()).unwrap();
     assert_eq!(copies.len(), 1);
+    assert!(copies[0].point.name == "sample-vm");
     assert_eq!((copies[0].point.name.as_str(), copies[0].barcode.as_str()), ("sample-vm", "RVT001L9"));
 
     // Load and unload by hand; drive rows carry the index unload takes.
@@ -348,6 +354,26 @@ fn dev_mode_tape_label_and_destage_task() {
         assert!(matches!(app.tape_load(&operator, "RVT002L9"), Err(ServiceError::Conflict(_))));
         assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::Conflict(_))));
     }
+
+    // A job that destages after its backup (disk to disk to tape, unattended).
+    let job = JobInput {
+        name: "nightly-d2d2t".into(),
+        source: src.id.clone(),
+        schedule: "daily".into(),
+        window_hours: None,
+        enabled: true,
+        retries: Some(0),
+        destage_pool: Some("main".into()),
+    };
+    let j = app.put_job(&admin(), None, job).unwrap();
+    assert_eq!(j.job.destage_pool.as_deref(), Some("main"));
+    let b = wait(&app, app.run_job(&operator, &j.job.id).unwrap().id);
+    assert_eq!(b.state, TaskState::Succeeded, "{b:?}");
+    let chained = b.result.as_ref().unwrap()["destage_task"].as_u64().expect("the backup queued a destage");
+    let t = wait(&app, chained);
+    assert_eq!((t.kind.as_str(), t.state), ("destage", TaskState::Succeeded), "{t:?}");
+    assert_eq!(t.user, "op");
+    assert_eq!(app.tape_copies(&admin()).unwrap().len(), 2, "both restore points are on tape");
 
     // Restore straight from tape, byte for byte, then verify the cartridge.
     let req = |target: &str| RestoreRequest { point: "sample-vm".into(), disk: None, target: target.into() };

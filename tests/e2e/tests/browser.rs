@@ -729,31 +729,15 @@ fn web_ui_walkthrough() {
         let points_after = b.js("return document.querySelectorAll('#points-table tbody tr').length;", json!([]));
         assert_eq!(points_after, points_before, "a cancelled backup commits no restore point");
 
-        // Jobs: add one on a schedule and run it now.
-        b.goto(&format!("{base}#/jobs"));
-        b.click("#job-add");
-        b.fill("#job-name", "browser-nightly");
-        b.choose("#job-source", sample_id.as_deref().expect("the sample source has an id"));
-        b.fill("#job-schedule", "mon..fri 22:00");
-        b.fill("#job-retries", "1");
-        b.screenshot("14-job-form");
-        b.click("#job-save");
-        b.find("#jobs-table tr[data-job-id]");
-        let jobs = b.text("#jobs-table").unwrap_or_default();
-        assert!(jobs.contains("browser-nightly") && jobs.contains("mon..fri 22:00"), "the job is listed: {jobs}");
-        b.screenshot("15-jobs");
-        b.click("#jobs-table tr[data-job-id] [data-test=job-run]");
-        wait_task_succeeded(&b, "job run", Duration::from_secs(300));
-
         // Tape: label a cartridge, load and unload another, add a pool, destage the restore
         // point, and restore it straight from tape.
         b.goto(&format!("{base}#/tape"));
         b.find("#tape-table");
-        b.screenshot("16-tape");
+        b.screenshot("14-tape");
         let label_row = "#tape-table tr[data-barcode=RVT001L9]";
         b.click(&format!("{label_row} [data-test=tape-label]"));
         b.fill("#label-pool", "default");
-        b.screenshot("17-tape-label");
+        b.screenshot("15-tape-label");
         b.click("#label-submit");
         b.wait("the labelled cartridge", Duration::from_secs(60), || {
             b.text(label_row).filter(|t| t.contains("labelled") && t.contains("default"))
@@ -761,7 +745,7 @@ fn web_ui_walkthrough() {
         b.click("#tape-table tr[data-barcode=RVT002L9] [data-test=tape-load]");
         let drive_row = "#tape-table tr[data-element=drive][data-barcode=RVT002L9]";
         b.find(drive_row);
-        b.screenshot("18-tape-loaded");
+        b.screenshot("16-tape-loaded");
         b.click(&format!("{drive_row} [data-test=tape-unload]"));
         b.find("#tape-table tr[data-element=slot][data-barcode=RVT002L9]");
         b.click("#pool-add");
@@ -769,7 +753,7 @@ fn web_ui_walkthrough() {
         b.choose("#pool-allocation", "weekly");
         b.fill("#pool-retention", "90");
         b.fill("#pool-max-tapes", "2");
-        b.screenshot("19-tape-pool");
+        b.screenshot("17-tape-pool");
         b.click("#pool-save");
         let pool =
             b.wait("the new pool", Duration::from_secs(30), || b.text("#pools-table tr[data-pool=weekly-offsite]"));
@@ -779,18 +763,18 @@ fn web_ui_walkthrough() {
         b.click(&format!("{row} [data-test=point-destage]"));
         b.choose("#destage-point", &point);
         b.choose("#destage-pool", "default");
-        b.screenshot("20-destage-form");
+        b.screenshot("18-destage-form");
         b.click("#destage-submit");
         wait_task_succeeded(&b, "destage", Duration::from_secs(300));
         b.goto(&format!("{base}#/tape"));
         let copy_row = format!("#copies-table tr[data-point='{point}']");
         b.find(&copy_row);
-        b.screenshot("21-tape-copies");
+        b.screenshot("19-tape-copies");
         b.click(&format!("{copy_row} [data-test=tape-restore]"));
         b.fill("#tape-restore-target", "browser-from-tape");
         b.click("#tape-restore-submit");
         wait_task_succeeded(&b, "restore from tape", Duration::from_secs(300));
-        b.screenshot("22-tape-restore-done");
+        b.screenshot("20-tape-restore-done");
         let from_tape = data.join("restores").join("browser-from-tape");
         let raw = std::fs::read_dir(&from_tape)
             .unwrap_or_else(|e| panic!("tape restore target {}: {e}", from_tape.display()))
@@ -801,6 +785,40 @@ fn web_ui_walkthrough() {
             std::fs::read(raw.path()).unwrap() == std::fs::read(&sample_url).unwrap(),
             "the disk restored from tape equals the sample disk"
         );
+
+        // Jobs: add one on a schedule that copies each backup to tape, and run it now: the
+        // backup succeeds and queues the destage, which succeeds too.
+        b.goto(&format!("{base}#/jobs"));
+        b.click("#job-add");
+        b.fill("#job-name", "browser-nightly");
+        b.choose("#job-source", sample_id.as_deref().expect("the sample source has an id"));
+        b.fill("#job-schedule", "mon..fri 22:00");
+        b.fill("#job-retries", "1");
+        b.choose("#job-destage-pool", "default");
+        b.screenshot("21-job-form");
+        b.click("#job-save");
+        b.find("#jobs-table tr[data-job-id]");
+        let jobs = b.text("#jobs-table").unwrap_or_default();
+        assert!(
+            jobs.contains("browser-nightly") && jobs.contains("mon..fri 22:00") && jobs.contains("pool default"),
+            "the job is listed: {jobs}"
+        );
+        b.screenshot("22-jobs");
+        b.click("#jobs-table tr[data-job-id] [data-test=job-run]");
+        wait_task_succeeded(&b, "job run", Duration::from_secs(300));
+        let log = b.wait("the job's complete log", Duration::from_secs(30), || {
+            b.text("#task-log").filter(|l| l.contains("queued as task"))
+        });
+        let chained: u64 = log
+            .split("queued as task ")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the job's log names the destage task:\n{log}"));
+        b.goto(&format!("{base}#/tasks/{chained}"));
+        wait_task_succeeded(&b, "the job's destage", Duration::from_secs(300));
+        b.goto(&format!("{base}#/tape"));
+        b.find("#copies-table tr[data-point^='sample-vm@']");
 
         // The other pages render without errors.
         b.goto(&format!("{base}#/tasks"));
