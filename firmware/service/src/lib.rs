@@ -1111,7 +1111,7 @@ impl Appliance {
         let cat = self.tape_catalog()?;
         let serials = lib.drive_serials();
         // Drive rows carry the index that `tape_unload` takes.
-        let rows: Vec<serde_json::Value> = engine::tape::inventory(&cat, &lib)?
+        let rows: Vec<serde_json::Value> = engine::tape::inventory(cat, &lib)?
             .into_iter()
             .map(|r| {
                 let index = serials.iter().position(|(a, _)| r.element == "drive" && *a == r.address);
@@ -1187,7 +1187,7 @@ impl Appliance {
         let _one = self.tape_quick()?;
         let mut lib = engine::tape::Library::open(&changer)?;
         let cat = self.tape_catalog()?;
-        let r = engine::tape::label(&cat, &mut lib, barcode, pool, force)?;
+        let r = engine::tape::label(cat, &mut lib, barcode, pool, force)?;
         self.audit(
             actor,
             "label cartridge",
