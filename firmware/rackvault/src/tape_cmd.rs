@@ -36,7 +36,7 @@ enum TapeCmd {
     /// The library's slots, drives and mail slots, with each cartridge's label, pool and media set.
     Inventory,
     /// Write a label on cartridges so that a pool can use them. Refuses cartridges that
-    /// hold data unless --force; never overwrites a WORM cartridge that holds data.
+    /// hold data unless --force; never writes WORM or write-protected cartridges.
     Label {
         /// Barcodes to label.
         #[arg(required_unless_present = "all_unlabelled")]

@@ -56,6 +56,14 @@ impl Role {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+
     /// Whether this role may do what `needed` may do.
     pub fn allows(self, needed: Role) -> bool {
         self.rank() >= needed.rank()
@@ -83,7 +91,12 @@ impl Principal {
         if self.role.allows(role) {
             Ok(())
         } else {
-            Err(ServiceError::Forbidden(format!("{} has the {:?} role; this needs {:?}", self.user, self.role, role)))
+            Err(ServiceError::Forbidden(format!(
+                "{} has the {} role; this needs {}",
+                self.user,
+                self.role.as_str(),
+                role.as_str()
+            )))
         }
     }
 }
@@ -142,9 +155,9 @@ impl ServiceError {
             ServiceError::Tape(t) => match t {
                 engine::tape::TapeError::Invalid(_) => ServiceErrorKind::Invalid,
                 engine::tape::TapeError::NotInLibrary { .. } => ServiceErrorKind::NotFound,
-                engine::tape::TapeError::HoldsData { .. } | engine::tape::TapeError::NoMedia { .. } => {
-                    ServiceErrorKind::Conflict
-                }
+                engine::tape::TapeError::HoldsData { .. }
+                | engine::tape::TapeError::NoMedia { .. }
+                | engine::tape::TapeError::Refused { .. } => ServiceErrorKind::Conflict,
                 _ => ServiceErrorKind::Internal,
             },
             _ => ServiceErrorKind::Internal,
@@ -1146,7 +1159,13 @@ impl Appliance {
             "barcode": tape.barcode,
             "drive": tape.drive_index,
             "drive_serial": serial,
-            "state": format!("{:?}", tape.state).to_lowercase(),
+            "state": match tape.state {
+                engine::tape::MediaState::NoMedium => "no-medium",
+                engine::tape::MediaState::BecomingReady => "becoming-ready",
+                engine::tape::MediaState::Ready => "ready",
+                engine::tape::MediaState::WriteProtected => "write-protected",
+                engine::tape::MediaState::Worm => "worm",
+            },
         });
         drop(tape);
         self.audit(actor, "load cartridge", &format!("{barcode} into drive {}", v["drive"]));

@@ -438,7 +438,14 @@ fn create_token(c: &Ctx) -> Result<Reply, ApiError> {
     let (info, secret) = c.app.create_api_token(c.actor()?, &t.name, t.role)?;
     Reply::json(
         hyper::StatusCode::OK,
-        &json!({ "id": info.id, "name": info.name, "role": info.role, "created_unix": info.created_unix, "token": secret }),
+        &json!({
+            "id": info.id,
+            "name": info.name,
+            "role": info.role,
+            "user": info.user,
+            "created_unix": info.created_unix,
+            "token": secret
+        }),
     )
 }
 

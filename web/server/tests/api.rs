@@ -402,6 +402,7 @@ async fn backup_restore_verify_through_the_api() {
     let log = r.json();
     assert!(log["lines"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("backup complete")), "{log}");
     assert!(log["next"].as_u64().unwrap() > 0);
+    assert_eq!(s.get("/api/v1/tasks/99999/log", &admin).await.status, 404, "an unknown task has no log");
     let r = s.get("/api/v1/tasks", &admin).await;
     assert_eq!(r.json().as_array().unwrap().len(), 1);
 

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use catalog::{Allocation, MediumLocation, MediumRecord, PointCopy, PoolPolicy, SetRecord, TapeCatalog};
 pub use destage::{destage, DestageOptions, DestageReport};
+pub use drive::MediaState;
 pub use library::{Library, LoadedTape};
 pub use read::{
     rebuild_catalog, restore_from_tape, verify_tape, DamagedExtent, RebuildReport, TapeRestoreReport,
@@ -56,6 +57,10 @@ pub enum TapeError {
     HoldsData { barcode: String, detail: String },
     #[error("cartridge {barcode}: {detail}")]
     Medium { barcode: String, detail: String },
+    /// The cartridge cannot be used for what was asked (cleaning, write-protected, WORM):
+    /// the request is wrong, not the medium.
+    #[error("cartridge {barcode} {reason}")]
+    Refused { barcode: String, reason: String },
     #[error("pool {pool}: no cartridge can be written ({detail})")]
     NoMedia { pool: String, detail: String },
     #[error("{0}")]
@@ -112,8 +117,8 @@ pub struct LabelReport {
 }
 
 /// Writes a label on cartridge `barcode` for `pool`. A cartridge that holds data (ours or
-/// not) is refused unless `force`; a WORM cartridge that holds data is always refused, and
-/// cleaning cartridges cannot be labelled.
+/// not) is refused unless `force`; WORM, write-protected and cleaning cartridges are always
+/// refused ([`TapeError::Refused`]).
 pub fn label(
     cat: &TapeCatalog,
     lib: &mut Library,
@@ -122,9 +127,9 @@ pub fn label(
     force: bool,
 ) -> Result<LabelReport, TapeError> {
     if changer::is_cleaning_barcode(barcode) {
-        return Err(TapeError::Medium {
+        return Err(TapeError::Refused {
             barcode: barcode.into(),
-            detail: "is a cleaning cartridge (CLN barcode) and cannot hold data".into(),
+            reason: "is a cleaning cartridge (CLN barcode) and cannot hold data".into(),
         });
     }
     store::validate_name(pool)
@@ -145,18 +150,18 @@ fn label_loaded(
     force: bool,
 ) -> Result<LabelReport, TapeError> {
     if tape.state == drive::MediaState::WriteProtected {
-        return Err(TapeError::Medium {
+        return Err(TapeError::Refused {
             barcode: barcode.into(),
-            detail: "is write-protected; slide its write-protect tab to label it".into(),
+            reason: "is write-protected; slide its write-protect tab to label it".into(),
         });
     }
     let worm = tape.drive.is_worm();
     if worm {
         // Appending to WORM media needs end-of-data positioning this firmware does not do
         // yet; refusing keeps the promise that WORM data is never touched.
-        return Err(TapeError::Medium {
+        return Err(TapeError::Refused {
             barcode: barcode.into(),
-            detail: "is a WORM (write-once) cartridge; this firmware never writes WORM media: use a rewritable \
+            reason: "is a WORM (write-once) cartridge; this firmware never writes WORM media: use a rewritable \
                      cartridge for this pool"
                 .into(),
         });
