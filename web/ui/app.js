@@ -1366,7 +1366,9 @@
       inv = await api('GET', '/tape/inventory');
     } catch (e) {
       if (e.status === 404) {
-        ctx.content.appendChild(card(null, {}, emptyState('No tape library configured', 'Connect a tape library (SAS/FC or iSCSI) and configure it on the appliance to destage restore points to tape.')));
+        ctx.content.appendChild(card(null, {}, emptyState('No tape library configured',
+          'Connect a tape library (SAS/FC or iSCSI) and enter its changer’s address in the settings to destage restore points to tape.',
+          can('admin') ? linkButton('Open settings', '#/settings', { class: 'btn btn-primary' }) : null)));
         return;
       }
       if (e.status === 409) {
@@ -1733,6 +1735,13 @@
         fact('Space saving', usage.dedup_ratio ? `${Number(usage.dedup_ratio).toFixed(2)}×` : '—'),
         fact('Restore points', usage.restore_points != null ? String(usage.restore_points) : '—'))),
     ];
+    if (can('admin')) parts.push(settingsCard(st));
+    else {
+      const lim = st.settings || {};
+      parts.push(card('Tasks and tape library', { id: 'limits-card' }, h('dl', { class: 'kv kv-wide' },
+        fact('Tasks at once', `${lim.max_tasks} in all, ${lim.max_tasks_per_host} per host, ${lim.max_tasks_per_datastore} per datastore`),
+        fact('Tape library', st.tape_changer ? h('code', null, st.tape_changer) : 'none'))));
+    }
     if (can('admin')) {
       const cert = h('textarea', { id: 'cert-pem', class: 'input mono', rows: 6, placeholder: '-----BEGIN CERTIFICATE-----', spellcheck: 'false' });
       const key = h('textarea', { id: 'key-pem', class: 'input mono', rows: 6, placeholder: '-----BEGIN PRIVATE KEY-----', spellcheck: 'false' });
@@ -1770,6 +1779,41 @@
       parts.push(card('TLS certificate', { id: 'cert-card' }, form));
     }
     append(ctx.content, parts);
+  }
+
+  // Task limits and the tape library (admin).
+  function settingsCard(st) {
+    const lim = st.settings || {};
+    const num = (id, v) => input(id, { type: 'number', min: 1, max: 64, value: String(v != null ? v : 1), class: 'input input-narrow' });
+    const total = num('settings-max-tasks', lim.max_tasks);
+    const perHost = num('settings-max-per-host', lim.max_tasks_per_host);
+    const perStore = num('settings-max-per-datastore', lim.max_tasks_per_datastore);
+    const changer = input('settings-tape-changer', { value: st.tape_changer || '', class: 'input mono', placeholder: 'iscsi://vtl.example:3260/iqn.2024-01.com.example:tape/3 or /dev/sg4 — empty: no tape library' });
+    const submit = h('button', { id: 'settings-save', class: 'btn btn-primary', type: 'submit' }, 'Save settings');
+    const form = h('form', { id: 'settings-form', class: 'form', novalidate: true },
+      h('div', { class: 'grid-3 tight' },
+        field('Tasks at once', total, 'In all.'),
+        field('Per source host', perHost, 'So one hypervisor or NAS is not swamped.'),
+        field('Per datastore', perStore, 'Per NFS export or iSCSI target.')),
+      field('Tape library', changer, 'The changer’s address. The appliance opens it and reads its inventory before saving, so a wrong address is refused.'),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const b = {
+        max_tasks: Number(total.value),
+        max_tasks_per_host: Number(perHost.value),
+        max_tasks_per_datastore: Number(perStore.value),
+        tape_changer: changer.value.trim() || null,
+      };
+      for (const [k, v] of Object.entries(b)) {
+        if (k.startsWith('max_') && !(Number.isInteger(v) && v >= 1 && v <= 64)) return showBanner('error', 'Task limits are whole numbers from 1 to 64.');
+      }
+      await busy(submit, async () => {
+        await api('PUT', '/settings', b);
+        notice('Settings saved.');
+      });
+    });
+    return card('Tasks and tape library', { id: 'limits-card' }, form);
   }
 
   function pageNotFound(ctx) {

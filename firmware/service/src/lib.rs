@@ -281,6 +281,19 @@ pub struct RestoreRequest {
     pub target: String,
 }
 
+/// The editable settings as the API receives them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsInput {
+    pub max_tasks: usize,
+    pub max_tasks_per_host: usize,
+    pub max_tasks_per_datastore: usize,
+    /// `iscsi://host[:port]/<iqn>/<changer lun>`, `/dev/sgN` or `emulated:<dir>`; null or
+    /// absent: no tape library.
+    #[serde(default)]
+    pub tape_changer: Option<String>,
+}
+
 /// A tape pool's policy as the API receives it (the name is in the path).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1435,6 +1448,67 @@ impl Appliance {
             "tape_changer": c.tape_changer,
             "store": self.usage(actor)?,
         }))
+    }
+
+    /// Changes the concurrency limits and the tape library. A new library address is opened
+    /// (inventory read) before it is saved, so a typo is refused instead of breaking the next
+    /// destage; `tape_changer: null` removes the library.
+    pub fn put_settings(&self, actor: &Principal, input: SettingsInput) -> Result<serde_json::Value, ServiceError> {
+        actor.require(Role::Admin)?;
+        for (name, v) in [
+            ("max_tasks", input.max_tasks),
+            ("max_tasks_per_host", input.max_tasks_per_host),
+            ("max_tasks_per_datastore", input.max_tasks_per_datastore),
+        ] {
+            if !(1..=64).contains(&v) {
+                return Err(ServiceError::Invalid(format!("{name} must be between 1 and 64, not {v}")));
+            }
+        }
+        let changer = input.tape_changer.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+        let old_changer = lock(&self.config).tape_changer.clone();
+        if let Some(spec) = changer.as_ref().filter(|c| Some(*c) != old_changer.as_ref()) {
+            if spec.starts_with("iscsi://") && spec.split('/').nth(2).is_some_and(|auth| auth.contains('@')) {
+                return Err(ServiceError::Invalid(
+                    "the tape library address must not carry credentials: it is shown and logged".into(),
+                ));
+            }
+            let _one = self.tape_quick()?;
+            let lib = engine::tape::Library::open(spec).map_err(|e| {
+                ServiceError::Invalid(format!("cannot open the tape library {spec}: {e}; check the address"))
+            })?;
+            lib.inventory()
+                .map_err(|e| ServiceError::Invalid(format!("tape library {spec} did not answer an inventory: {e}")))?;
+        }
+        let limits = Settings {
+            max_tasks: input.max_tasks,
+            max_tasks_per_host: input.max_tasks_per_host,
+            max_tasks_per_datastore: input.max_tasks_per_datastore,
+        };
+        {
+            let mut c = lock(&self.config);
+            let mut next = c.clone();
+            next.settings = limits.clone();
+            next.tape_changer = changer.clone();
+            self.save_config(&next)?;
+            *c = next;
+        }
+        *lock(&self.tasks.limits) = tasks::Limits {
+            total: limits.max_tasks,
+            per_host: limits.max_tasks_per_host,
+            per_datastore: limits.max_tasks_per_datastore,
+        };
+        self.audit(
+            actor,
+            "change settings",
+            &format!(
+                "tasks {} in all, {} per host, {} per datastore; tape library {}",
+                limits.max_tasks,
+                limits.max_tasks_per_host,
+                limits.max_tasks_per_datastore,
+                changer.as_deref().unwrap_or("none")
+            ),
+        );
+        self.settings(actor)
     }
 
     /// Replaces the HTTPS certificate and key (PEM); the web layer reloads them.

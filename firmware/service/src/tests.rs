@@ -465,3 +465,36 @@ fn a_source_read_limit_paces_its_backup() {
     let src = app.put_source(&admin(), Some(&src.id), input(None)).unwrap();
     assert_eq!(src.max_read_mbps, None);
 }
+
+#[test]
+fn settings_change_limits_and_the_tape_library() {
+    let (d, app) = open();
+    let operator = Principal { user: "op".into(), role: Role::Operator };
+    let input = |changer: Option<String>, n: usize| SettingsInput {
+        max_tasks: n,
+        max_tasks_per_host: 1,
+        max_tasks_per_datastore: 1,
+        tape_changer: changer,
+    };
+    assert!(matches!(app.put_settings(&operator, input(None, 2)), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(app.put_settings(&admin(), input(None, 0)), Err(ServiceError::Invalid(_))));
+    // An address that does not answer is refused and nothing changes.
+    let dead = "iscsi://127.0.0.1:9/iqn.2024-01.test:none/0".to_string();
+    let e = app.put_settings(&admin(), input(Some(dead), 2)).unwrap_err();
+    assert!(e.to_string().contains("cannot open the tape library"), "{e}");
+    let secret = "iscsi://u%25s@127.0.0.1:3260/iqn.x/0".to_string();
+    assert!(matches!(app.put_settings(&admin(), input(Some(secret), 2)), Err(ServiceError::Invalid(_))));
+    assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::NotFound(_))));
+    // A working library is kept, the limits apply at once, and the file says so.
+    let lib = format!("emulated:{}", d.path().join("lib").display());
+    let v = app.put_settings(&admin(), input(Some(lib.clone()), 3)).unwrap();
+    assert_eq!((v["tape_changer"].as_str(), v["settings"]["max_tasks"].as_u64()), (Some(lib.as_str()), Some(3)));
+    assert_eq!(lock(&app.tasks.limits).total, 3);
+    assert!(app.tape_inventory(&admin()).unwrap()["elements"].as_array().is_some_and(|e| !e.is_empty()));
+    let file = ConfigFile::load(&d.path().join("config.json")).unwrap();
+    assert_eq!((file.tape_changer.as_deref(), file.settings.max_tasks), (Some(lib.as_str()), 3));
+    assert!(app.audit_log(&admin(), 10).unwrap().iter().any(|e| e.action == "change settings"));
+    // Null removes the library.
+    app.put_settings(&admin(), input(None, 3)).unwrap();
+    assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::NotFound(_))));
+}

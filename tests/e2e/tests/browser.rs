@@ -321,6 +321,13 @@ impl Browser {
         self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text })));
     }
 
+    /// The current value of the form field matching `css` (the property, not the attribute).
+    fn value(&self, css: &str) -> Option<String> {
+        self.js("const e = document.querySelector(arguments[0]); return e ? e.value : null;", json!([css]))
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// Chooses `value` in the `<select>` matching `css`, as a user would (fires `change`).
     #[track_caller]
     fn choose(&self, css: &str, value: &str) {
@@ -840,6 +847,25 @@ fn web_ui_walkthrough() {
         let fp2 = b.wait("the settings fingerprint", Duration::from_secs(10), || b.text("#settings-fingerprint"));
         assert_eq!(fp2, fp, "settings show the certificate fingerprint the setup page showed");
         b.screenshot("27-settings");
+
+        // Settings: task limits are saved; a tape library address that does not answer is
+        // refused with the reason, and the working one stays.
+        let changer = b.value("#settings-tape-changer").unwrap_or_default();
+        assert!(changer.starts_with("emulated:"), "dev mode's library is configured: {changer:?}");
+        b.fill("#settings-max-tasks", "3");
+        b.click("#settings-save");
+        b.wait("the saved notice", Duration::from_secs(15), || b.banner().filter(|t| t.contains("Settings saved")));
+        b.fill("#settings-tape-changer", "iscsi://127.0.0.1:9/iqn.2024-01.test:none/0");
+        b.click("#settings-save");
+        let refused =
+            b.wait("the refusal", Duration::from_secs(30), || b.banner().filter(|t| t.contains("banner-error")));
+        assert!(refused.contains("cannot open the tape library"), "the refusal says why: {refused}");
+        b.goto(&format!("{base}#/dashboard"));
+        b.find("#dashboard .stats");
+        b.goto(&format!("{base}#/settings"));
+        b.find("#settings-form");
+        assert_eq!(b.value("#settings-max-tasks").as_deref(), Some("3"));
+        assert_eq!(b.value("#settings-tape-changer").unwrap_or_default(), changer, "the library is unchanged");
 
         // Install an operator-supplied certificate: the settings page shows its fingerprint,
         // the daemon stores it, and the UI keeps working on new connections.

@@ -117,6 +117,7 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("DELETE", "/api/v1/tokens/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_api_token(c.actor()?, c.param(0)))),
     route!("GET", "/api/v1/audit", AUDITOR, NoBody, audit),
     route!("GET", "/api/v1/settings", AUDITOR, NoBody, settings),
+    route!("PUT", "/api/v1/settings", ADMIN, Json, put_settings),
     route!("PUT", "/api/v1/settings/certificate", ADMIN, Json, put_certificate),
     route!("GET", "/metrics", Public, NoBody, |c| Ok(Reply::text(
         "text/plain; version=0.0.4; charset=utf-8",
@@ -456,6 +457,14 @@ fn audit(c: &Ctx) -> Result<Reply, ApiError> {
 
 fn settings(c: &Ctx) -> Result<Reply, ApiError> {
     let mut v = c.app.settings(c.actor()?)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("tls_fingerprint_sha256".into(), Value::String(c.web.fingerprint()));
+    }
+    Reply::json(hyper::StatusCode::OK, &v)
+}
+
+fn put_settings(c: &Ctx) -> Result<Reply, ApiError> {
+    let mut v = c.app.put_settings(c.actor()?, c.json::<service::SettingsInput>()?)?;
     if let Value::Object(m) = &mut v {
         m.insert("tls_fingerprint_sha256".into(), Value::String(c.web.fingerprint()));
     }

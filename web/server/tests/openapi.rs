@@ -451,6 +451,15 @@ async fn live_answers_match_the_documented_schemas() {
     let r = s.send("POST", "/api/v1/tape/label", &admin, &json!({"barcode": "RVT001L9", "pool": "default"})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     check(&doc, "POST", "/api/v1/tape/label", &r, &mut fail);
+    // The settings, saved with the dev library's own address (opened and checked again).
+    let current = s.get("/api/v1/settings", &admin).await.json();
+    let settings = json!({
+        "max_tasks": 3, "max_tasks_per_host": 2, "max_tasks_per_datastore": 1,
+        "tape_changer": current["tape_changer"],
+    });
+    let r = s.send("PUT", "/api/v1/settings", &admin, &settings).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "PUT", "/api/v1/settings", &r, &mut fail);
     let pool = json!({"allocation": "weekly", "retention_days": 35, "max_restore_tapes": 2});
     let r = s.send("PUT", "/api/v1/tape/pools/offsite", &admin, &pool).await;
     assert_eq!(r.status, 200, "{}", r.text());
