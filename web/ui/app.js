@@ -330,6 +330,7 @@
     { re: /^#\/jobs\/new$/, page: pageJobForm, title: 'Add job', nav: 'jobs', role: 'admin' },
     { re: /^#\/jobs\/([^/]+)$/, page: pageJobForm, title: 'Job', nav: 'jobs' },
     { re: /^#\/points$/, page: pagePoints, title: 'Restore points', nav: 'points' },
+    { re: /^#\/points\/([^/]+)$/, page: pagePoint, title: 'Restore point', nav: 'points' },
     { re: /^#\/tasks$/, page: pageTasks, title: 'Tasks', nav: 'tasks' },
     { re: /^#\/tasks\/(\d+)$/, page: pageTask, title: 'Task', nav: 'tasks' },
     { re: /^#\/tape$/, page: pageTape, title: 'Tape library', nav: 'tape' },
@@ -1279,7 +1280,7 @@
       const q = filter.value.trim().toLowerCase();
       const shown = q ? points.filter((p) => p.name.toLowerCase().includes(q)) : points;
       clear(listBox).appendChild(shown.length ? table([
-        { label: 'Name', cell: (p) => h('span', { class: 'strong' }, p.name) },
+        { label: 'Name', cell: (p) => h('a', { class: 'strong', href: `#/points/${encodeURIComponent(`${p.name}@${p.id}`)}`, test: 'point-link' }, p.name) },
         { label: 'ID', num: true, cell: (p) => String(p.id) },
         { label: 'Created', cell: (p) => dateCell(p.created_unix) },
         { label: 'Disks', cell: (p) => diskList(p) },
@@ -1291,6 +1292,51 @@
     filter.addEventListener('input', render);
     render();
     append(ctx.content, [formBox, card(`${points.length} restore point${points.length === 1 ? '' : 's'}`, { actions: filter }, listBox)]);
+  }
+
+  // One restore point: its disks, configuration files, backup figures and copies on tape.
+  async function pagePoint(ctx, spec) {
+    const [points, tape] = await Promise.all([api('GET', '/points'), tapeConfigured()]);
+    const copies = tape ? (await api('GET', '/tape/copies')).filter((c) => `${c.point.name}@${c.point.id}` === spec) : [];
+    if (!ctx.alive()) return;
+    const p = points.find((x) => `${x.name}@${x.id}` === spec);
+    if (!p && !copies.length) {
+      ctx.content.appendChild(emptyState('Restore point not found', `There is no restore point ${spec} on disk or on tape.`, linkButton('All restore points', '#/points')));
+      return;
+    }
+    const point = p || copies[0].point;
+    ctx.setTitle(`Restore point ${spec}`);
+    const st = point.stats || {};
+    const formBox = h('div', { id: 'restore-box' });
+    const size = (point.disks || []).reduce((a, d) => a + (d.size || 0), 0);
+    const actions = p ? pointActions(p, formBox, tape ? points : null) : null;
+    append(ctx.content, [
+      formBox,
+      card(spec, { id: 'point-card', actions }, h('dl', { class: 'kv kv-wide' },
+        fact('Created', dateCell(point.created_unix, true)),
+        fact('Where', p ? (copies.length ? 'on disk and on tape' : 'on disk') : 'on tape only (it left the disk tier)', 'point-where'),
+        fact('Size', fmtBytes(size)),
+        fact('Read at backup', fmtBytes(st.bytes_read)),
+        fact('New data stored', fmtBytes(st.bytes_written)),
+        fact('Chunks', st.chunks_total != null ? `${st.chunks_total} (${st.chunks_new || 0} new, ${st.chunks_zero || 0} all-zero)` : '—'),
+        fact('Backup took', st.duration_s != null ? fmtDuration(st.duration_s) : '—'))),
+      card('Disks', { id: 'point-disks' }, table([
+        { label: 'Disk', cell: (d) => h('code', null, d.label) },
+        { label: 'Format', cell: (d) => d.format },
+        { label: 'Size', num: true, cell: (d) => fmtBytes(d.size) },
+        { label: 'Chunk size', num: true, cell: (d) => fmtBytes(d.chunk_size) },
+        { label: 'Read from', cell: (d) => h('code', { class: 'url' }, d.source) },
+      ], point.disks || [], { id: 'point-disks-table' })),
+      (point.files || []).length ? card('Configuration files', { id: 'point-files' }, table([
+        { label: 'File', cell: (f) => h('code', null, f.name) },
+        { label: 'Size', num: true, cell: (f) => fmtBytes(f.size) },
+      ], point.files)) : null,
+      tape ? card('Copies on tape', { id: 'point-copies' }, copies.length ? table([
+        { label: 'Written', cell: (c) => dateCell(c.written_unix) },
+        { label: 'Starts on', cell: (c) => h('code', null, `${c.barcode} file ${c.file}`) },
+        { label: 'Media set', cell: (c) => h('code', { title: c.set_id }, c.set_id.slice(0, 8)) },
+      ], copies, { id: 'point-copies-table' }) : emptyState('Not on tape yet', can('operator') && p ? 'Use “To tape…” above to destage it.' : null)) : null,
+    ]);
   }
 
   function diskList(p) {

@@ -5,8 +5,9 @@
 //! limit so the backup takes a few seconds), test the connection, back it up and watch the
 //! progress bar move and reach 100%, restore the new restore point to a target and read the
 //! restore task's log to its completion line, verify the point, cancel a running backup, add a
-//! job and run it, then tape: label, load and unload, add a pool, destage the point and restore
-//! it from tape byte for byte; then the remaining pages. A PNG screenshot of each page goes to
+//! job that destages and run it, then tape: label, load and unload, add a pool, destage the
+//! point, see it on the point's own page and restore it from tape byte for byte; settings,
+//! certificate upload, and what an auditor is (not) offered; then the remaining pages. A PNG screenshot of each page goes to
 //! `<target>/browser-screenshots/` (printed at the end); a failure saves `failure.png` there and
 //! prints the page's banner, the browser's console and the server's log.
 //!
@@ -773,15 +774,23 @@ fn web_ui_walkthrough() {
         b.screenshot("18-destage-form");
         b.click("#destage-submit");
         wait_task_succeeded(&b, "destage", Duration::from_secs(300));
+        // The point's own page: its disks, figures and now a copy on tape.
+        b.goto(&format!("{base}#/points"));
+        b.click(&format!("{row} [data-test=point-link]"));
+        b.find("#point-disks-table");
+        b.find("#point-copies-table");
+        let where_ = b.text("#point-card [data-test=point-where]").unwrap_or_default();
+        assert_eq!(where_, "on disk and on tape", "the point page says where the point is");
+        b.screenshot("19-point-detail");
         b.goto(&format!("{base}#/tape"));
         let copy_row = format!("#copies-table tr[data-point='{point}']");
         b.find(&copy_row);
-        b.screenshot("19-tape-copies");
+        b.screenshot("20-tape-copies");
         b.click(&format!("{copy_row} [data-test=tape-restore]"));
         b.fill("#tape-restore-target", "browser-from-tape");
         b.click("#tape-restore-submit");
         wait_task_succeeded(&b, "restore from tape", Duration::from_secs(300));
-        b.screenshot("20-tape-restore-done");
+        b.screenshot("21-tape-restore-done");
         let from_tape = data.join("restores").join("browser-from-tape");
         let raw = std::fs::read_dir(&from_tape)
             .unwrap_or_else(|e| panic!("tape restore target {}: {e}", from_tape.display()))
@@ -802,7 +811,7 @@ fn web_ui_walkthrough() {
         b.fill("#job-schedule", "mon..fri 22:00");
         b.fill("#job-retries", "1");
         b.choose("#job-destage-pool", "default");
-        b.screenshot("21-job-form");
+        b.screenshot("22-job-form");
         b.click("#job-save");
         b.find("#jobs-table tr[data-job-id]");
         let jobs = b.text("#jobs-table").unwrap_or_default();
@@ -810,7 +819,7 @@ fn web_ui_walkthrough() {
             jobs.contains("browser-nightly") && jobs.contains("mon..fri 22:00") && jobs.contains("pool default"),
             "the job is listed: {jobs}"
         );
-        b.screenshot("22-jobs");
+        b.screenshot("23-jobs");
         b.click("#jobs-table tr[data-job-id] [data-test=job-run]");
         wait_task_succeeded(&b, "job run", Duration::from_secs(300));
         let log = b.wait("the job's complete log", Duration::from_secs(30), || {
@@ -830,23 +839,23 @@ fn web_ui_walkthrough() {
         // The other pages render without errors.
         b.goto(&format!("{base}#/tasks"));
         b.find(&format!("#tasks-table tr[data-task-id='{restore_id}']"));
-        b.screenshot("23-tasks");
+        b.screenshot("24-tasks");
         b.goto(&format!("{base}#/users"));
         b.find("#users-table tr[data-user=admin]");
-        b.screenshot("24-users");
+        b.screenshot("25-users");
         b.goto(&format!("{base}#/tokens"));
         b.fill("#token-name", "browser-test");
         b.click("#token-create");
         let secret = b.wait("the new token's secret", Duration::from_secs(10), || b.text("#token-secret"));
         assert!(secret.len() >= 16, "a token secret is shown once: {secret:?}");
-        b.screenshot("25-tokens");
+        b.screenshot("26-tokens");
         b.goto(&format!("{base}#/audit"));
         b.find("#audit-table");
-        b.screenshot("26-audit");
+        b.screenshot("27-audit");
         b.goto(&format!("{base}#/settings"));
         let fp2 = b.wait("the settings fingerprint", Duration::from_secs(10), || b.text("#settings-fingerprint"));
         assert_eq!(fp2, fp, "settings show the certificate fingerprint the setup page showed");
-        b.screenshot("27-settings");
+        b.screenshot("28-settings");
 
         // Settings: task limits are saved; a tape library address that does not answer is
         // refused with the reason, and the working one stays.
@@ -877,7 +886,7 @@ fn web_ui_walkthrough() {
                 b.text("#settings-fingerprint").filter(|t| *t != fp)
             });
             assert_eq!(shown, want_fp, "settings show the uploaded certificate's SHA-256 fingerprint");
-            b.screenshot("28-certificate-installed");
+            b.screenshot("29-certificate-installed");
             let stored = std::fs::read_to_string(data.join("tls/cert.pem")).unwrap_or_default();
             assert_eq!(stored.trim(), cert_pem.trim(), "the daemon stored the uploaded certificate");
             b.goto(&format!("{base}#/settings"));
@@ -904,7 +913,7 @@ fn web_ui_walkthrough() {
         assert!(who.contains("viewer") && who.contains("Auditor"), "header shows the auditor: {who}");
         b.goto(&format!("{base}#/points"));
         b.find("#points-table");
-        b.screenshot("29-auditor-points");
+        b.screenshot("30-auditor-points");
         for (page, table, forbidden) in [
             ("points", "#points-table", "[data-test=point-restore], [data-test=point-destage]"),
             ("sources", "#sources-table", "#source-add, [data-test=source-backup], [data-test=source-delete]"),
