@@ -41,7 +41,7 @@ use store::{
 };
 
 pub use progress::{NoProgress, Progress};
-pub use restore::{restore, RestoreFormat, RestoreOptions, RestoreReport};
+pub use restore::{disk_file_name, restore, RestoreFormat, RestoreOptions, RestoreReport};
 pub use source::{
     detect_format, open_image, open_source, open_source_all, probe, IscsiSpec, NfsSpec, OpenedSource, ProbeDisk,
     ProbeReport, ProbeTarget, Secret, SourceSecrets, SourceSpec,

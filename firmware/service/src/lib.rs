@@ -327,11 +327,6 @@ fn discard_on_error(partial: &Path, r: Result<serde_json::Value, String>) -> Res
     r
 }
 
-/// A restore's output file name for a disk label (`scsi0:0` -> `scsi0-0`).
-fn file_name_for(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect()
-}
-
 /// Store usage, now and over time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Usage {
@@ -920,7 +915,7 @@ impl Appliance {
         let job: tasks::Job = Box::new(move |live: &Live| {
             let mut attempt = 0;
             loop {
-                let r = (|| -> Result<serde_json::Value, String> {
+                let r = (|| -> Result<engine::BackupReport, String> {
                     live.log(&format!("opening {url}"));
                     let mut opened = engine::open_source_all(&url, &secrets).map_err(|e| e.to_string())?;
                     live.log(&format!("opened {}: {} disk(s)", opened.describe, opened.disks.len()));
@@ -952,13 +947,14 @@ impl Appliance {
                         report.chunks_new,
                         report.chunks_total
                     ));
-                    Ok(serde_json::to_value(&report).unwrap_or_default())
+                    Ok(report)
                 })();
                 match r {
-                    Ok(mut v) => {
+                    Ok(report) => {
                         record_usage(&store, &env, &usage_db);
+                        let mut v = serde_json::to_value(&report).unwrap_or_default();
                         if let (Some(pool), Some(app)) = (&then_destage, me.upgrade()) {
-                            let point = format!("{}@{}", v["name"].as_str().unwrap_or(""), v["id"]);
+                            let point = format!("{}@{}", report.name, report.id);
                             match app.destage_task(&task_user, &point, pool) {
                                 Ok(t) => {
                                     live.log(&format!("destage of {point} to pool {pool} queued as task {}", t.id));
@@ -1036,7 +1032,7 @@ impl Appliance {
                 let mut names = Vec::new();
                 for i in disks {
                     let label = &point.disks[i].label;
-                    let name = format!("{}.raw", file_name_for(label));
+                    let name = format!("{}.raw", engine::disk_file_name(label));
                     let to = partial.join(&name);
                     live.log(&format!("restoring disk {label} to {}", dir.join(&name).display()));
                     let opts = engine::RestoreOptions {
@@ -1134,7 +1130,7 @@ impl Appliance {
         let changer = self.tape_changer()?;
         let _one = self.tape_quick()?;
         let lib = engine::tape::Library::open(&changer)?;
-        let cat = self.tape_catalog()?;
+        let cat = &*self.tape_catalog;
         let serials = lib.drive_serials();
         // Drive rows carry the index that `tape_unload` takes.
         let rows: Vec<serde_json::Value> = engine::tape::inventory(cat, &lib)?
@@ -1153,10 +1149,6 @@ impl Appliance {
         lock(&self.config).tape_changer.clone().ok_or_else(|| {
             ServiceError::NotFound("no tape library is configured; set tape_changer in the settings".into())
         })
-    }
-
-    fn tape_catalog(&self) -> Result<&engine::tape::TapeCatalog, ServiceError> {
-        Ok(&self.tape_catalog)
     }
 
     /// Moves cartridge `barcode` into a drive (a free one, else the first after unloading
@@ -1218,7 +1210,7 @@ impl Appliance {
         let changer = self.tape_changer()?;
         let _one = self.tape_quick()?;
         let mut lib = engine::tape::Library::open(&changer)?;
-        let cat = self.tape_catalog()?;
+        let cat = &*self.tape_catalog;
         let r = engine::tape::label(cat, &mut lib, barcode, pool, force)?;
         self.audit(
             actor,
@@ -1232,7 +1224,7 @@ impl Appliance {
     /// labelled for.
     pub fn tape_pools(&self, actor: &Principal) -> Result<Vec<engine::tape::PoolPolicy>, ServiceError> {
         actor.require(Role::Auditor)?;
-        let cat = self.tape_catalog()?;
+        let cat = &*self.tape_catalog;
         let mut pools = cat.pools()?;
         for m in cat.media()? {
             if !pools.iter().any(|p| p.name == m.pool) {
@@ -1261,7 +1253,7 @@ impl Appliance {
             retention_days: input.retention_days,
             max_restore_tapes: input.max_restore_tapes,
         };
-        self.tape_catalog()?.set_pool(&policy)?;
+        self.tape_catalog.set_pool(&policy)?;
         self.audit(
             actor,
             "set pool",
@@ -1281,7 +1273,7 @@ impl Appliance {
     /// Every restore point copy the tape catalog knows, newest first.
     pub fn tape_copies(&self, actor: &Principal) -> Result<Vec<engine::tape::PointCopy>, ServiceError> {
         actor.require(Role::Auditor)?;
-        let mut v = self.tape_catalog()?.all_points()?;
+        let mut v = self.tape_catalog.all_points()?;
         v.sort_by_key(|c| std::cmp::Reverse(c.written_unix));
         Ok(v)
     }
@@ -1346,18 +1338,11 @@ impl Appliance {
     pub fn start_tape_restore(&self, actor: &Principal, req: RestoreRequest) -> Result<TaskInfo, ServiceError> {
         actor.require(Role::Operator)?;
         let (dir, partial) = self.restore_dirs(&req.target)?;
-        let copies = self.tape_catalog()?.all_points()?;
-        let known = match req.point.split_once('@') {
-            Some(_) => copies.iter().any(|c| c.point.spec() == req.point),
-            None => copies.iter().any(|c| c.point.name == req.point),
-        };
-        if !known {
-            return Err(ServiceError::NotFound(format!(
-                "no copy of restore point {} is on tape according to the catalog; destage it first, or rebuild \
-                 the catalog from the cartridges (`rackvault tape catalog --rebuild`)",
-                req.point
-            )));
-        }
+        // The catalog's answer decides what the task will restore; refuse now what it cannot.
+        engine::tape::find_copy(&self.tape_catalog, &req.point).map_err(|e| match e {
+            engine::tape::TapeError::Catalog(m) => ServiceError::NotFound(m),
+            other => other.into(),
+        })?;
         let spec = req.point.clone();
         let disk = req.disk.clone();
         let target_name = req.target.clone();
@@ -1368,7 +1353,7 @@ impl Appliance {
                 let target = match &disk {
                     Some(d) => engine::tape::TapeRestoreTarget::Disk {
                         disk: d.clone(),
-                        path: partial.join(format!("{}.raw", file_name_for(d))),
+                        path: partial.join(format!("{}.raw", engine::disk_file_name(d))),
                     },
                     None => engine::tape::TapeRestoreTarget::Directory(partial.clone()),
                 };
@@ -1378,7 +1363,7 @@ impl Appliance {
                 }
                 if !r.damaged.is_empty() {
                     // What could be read is worth keeping, under a name that says it is incomplete.
-                    let kept = dir.with_file_name(format!("{}.incomplete", file_name_for(&target_name)));
+                    let kept = dir.with_file_name(format!("{}.incomplete", engine::disk_file_name(&target_name)));
                     for d in &r.damaged {
                         live.log(&format!("unreadable: {d:?}"));
                     }

@@ -27,7 +27,7 @@ pub use destage::{destage, DestageOptions, DestageReport};
 pub use drive::MediaState;
 pub use library::{Library, LoadedTape};
 pub use read::{
-    rebuild_catalog, restore_from_tape, verify_tape, DamagedExtent, RebuildReport, TapeRestoreReport,
+    find_copy, rebuild_catalog, restore_from_tape, verify_tape, DamagedExtent, RebuildReport, TapeRestoreReport,
     TapeRestoreTarget, VerifyTapeReport,
 };
 

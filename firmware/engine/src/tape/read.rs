@@ -173,7 +173,7 @@ pub struct TapeRestoreReport {
 }
 
 /// Finds the copy to restore for `spec` ("name@id", or "name" for the newest).
-fn find_copy(cat: &TapeCatalog, spec: &str) -> Result<PointCopy, TapeError> {
+pub fn find_copy(cat: &TapeCatalog, spec: &str) -> Result<PointCopy, TapeError> {
     let copies: Vec<PointCopy> = match spec.split_once('@') {
         Some(_) => cat.point_copies(spec)?,
         None => {
@@ -188,10 +188,6 @@ fn find_copy(cat: &TapeCatalog, spec: &str) -> Result<PointCopy, TapeError> {
              `rackvault tape catalog`, or rebuild the catalog from the cartridges with `rackvault tape catalog --rebuild`"
         ))
     })
-}
-
-fn sanitize(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect()
 }
 
 enum Sink<'a> {
@@ -342,7 +338,7 @@ pub fn restore_from_tape(
             std::fs::create_dir_all(dir).map_err(|e| TapeError::Io { path: dir.display().to_string(), source: e })?;
             let mut disks = Vec::new();
             for d in &manifest.disks {
-                let path = dir.join(format!("{}.raw", sanitize(&d.label)));
+                let path = dir.join(format!("{}.raw", crate::disk_file_name(&d.label)));
                 disks.push(Some(open_output(&path, d.size)?));
                 report.outputs.push(path.display().to_string());
             }
