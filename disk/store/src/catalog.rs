@@ -6,7 +6,11 @@
 //! | `chunks` | digest (32 bytes) | [`ChunkLoc`]: pack u64, offset u64, stored_len u32, raw_len u32, kind u8, codec u8 |
 //! | `packs`  | pack number (u64 big-endian, so keys sort) | [`PackInfo`] as JSON |
 //! | `points` | name, 0x00, id (u64 big-endian) | [`RestorePoint`](crate::RestorePoint) as JSON |
-//! | `meta`   | utf-8 name | `format` (u32), `next_pack` (u64), `next_point` (u64) |
+//! | `meta`   | utf-8 name | `format` (u32), `next_pack` (u64), `next_point` (u64), `gc_generation` (u64), `clock` ([`ClockRecord`](crate::clock::ClockRecord) JSON) |
+//! | `condemned` | digest | [`ChunkLoc`] then the GC generation that condemned it (u64): chunks no restore point referenced at that GC, invisible to lookups, kept on disk until no backup that could have deduplicated against them is running (see `gc`) |
+//! | `tombstones` | as `points` | [`Tombstone`](crate::Tombstone) as JSON: a deleted restore point, never to be recovered from its manifest |
+//! | `pins` | as `points` | unix time it was pinned: a protected point, never pruned or deleted |
+//! | `gc_deleting` | pack number (u64 big-endian) | empty: a pack the GC has dropped from the index and is deleting; an open or the next GC finishes the deletion instead of adopting it |
 //!
 //! LMDB gives one writer at a time across processes (its own lock file) and snapshot readers;
 //! every commit is durable (`fsync`) before it returns.
@@ -81,6 +85,10 @@ pub struct Catalog {
     pub packs: Db,
     pub points: Db,
     pub meta: Db,
+    pub condemned: Db,
+    pub tombstones: Db,
+    pub pins: Db,
+    pub gc_deleting: Db,
 }
 
 /// Virtual size of the LMDB map; the file grows only as data is written.
@@ -90,23 +98,42 @@ impl Catalog {
     pub fn open(dir: &Path) -> Result<Catalog> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(MAP_SIZE).max_dbs(8).max_readers(512);
+        opts.map_size(MAP_SIZE).max_dbs(16).max_readers(512);
         // SAFETY: heed requires that the environment is not opened twice in one process and
         // that the files are not modified by anything but LMDB. A `Store` owns its catalog and
         // the store directory documents that nothing else writes `index/`.
         let env = unsafe { opts.open(dir) }.map_err(|e| StoreError::index(dir, e))?;
         let wtxn = env.write_txn().map_err(|e| StoreError::index(dir, e))?;
-        let (chunks, packs, points, meta) = env
+        let dbs = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {
-                let chunks: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("chunks"))?;
-                let packs: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("packs"))?;
-                let points: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("points"))?;
-                let meta: Database<Bytes, Bytes> = dbo.create_database(wtxn, Some("meta"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((chunks, packs, points, meta)))
+                let mut create = |name| dbo.create_database::<Bytes, Bytes>(wtxn, Some(name));
+                let dbs = [
+                    create("chunks")?,
+                    create("packs")?,
+                    create("points")?,
+                    create("meta")?,
+                    create("condemned")?,
+                    create("tombstones")?,
+                    create("pins")?,
+                    create("gc_deleting")?,
+                ];
+                Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             })
             .map_err(|e| StoreError::index(dir, e))?
             .unwrap_commit();
-        Ok(Catalog { env, path: dir.to_path_buf(), chunks, packs, points, meta })
+        let [chunks, packs, points, meta, condemned, tombstones, pins, gc_deleting] = dbs;
+        Ok(Catalog {
+            env,
+            path: dir.to_path_buf(),
+            chunks,
+            packs,
+            points,
+            meta,
+            condemned,
+            tombstones,
+            pins,
+            gc_deleting,
+        })
     }
 
     pub fn err(&self, e: heed::Error) -> StoreError {
@@ -128,6 +155,18 @@ impl Catalog {
                 path: self.path.clone(),
                 offset: 0,
                 detail: format!("index entry for chunk {digest} is malformed; run `rackvault reindex`"),
+            }),
+        }
+    }
+
+    /// Where a condemned chunk is, and the GC generation that condemned it.
+    pub fn condemned_chunk(&self, txn: &RoTxn<'_>, digest: &Digest) -> Result<Option<(ChunkLoc, u64)>> {
+        match self.condemned.get(txn, &digest.0).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => decode_condemned(v).map(Some).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                offset: 0,
+                detail: format!("condemned entry for chunk {digest} is malformed; run `rackvault reindex`"),
             }),
         }
     }
@@ -163,4 +202,21 @@ pub fn point_key(name: &str, id: u64) -> Vec<u8> {
 
 pub fn pack_key(number: u64) -> [u8; 8] {
     number.to_be_bytes()
+}
+
+/// Value of a `condemned` entry: the location, then the generation.
+pub fn encode_condemned(loc: &ChunkLoc, generation: u64) -> [u8; ChunkLoc::ENCODED_LEN + 8] {
+    let mut v = [0u8; ChunkLoc::ENCODED_LEN + 8];
+    v[..ChunkLoc::ENCODED_LEN].copy_from_slice(&loc.encode());
+    v[ChunkLoc::ENCODED_LEN..].copy_from_slice(&generation.to_le_bytes());
+    v
+}
+
+pub fn decode_condemned(v: &[u8]) -> Option<(ChunkLoc, u64)> {
+    if v.len() != ChunkLoc::ENCODED_LEN + 8 {
+        return None;
+    }
+    let loc = ChunkLoc::decode(&v[..ChunkLoc::ENCODED_LEN])?;
+    let generation = u64::from_le_bytes(v[ChunkLoc::ENCODED_LEN..].try_into().ok()?);
+    Some((loc, generation))
 }

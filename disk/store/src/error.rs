@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Damaged,
     /// The request is wrong (no such restore point, bad argument).
     Usage,
+    /// Stopped on request.
+    Cancelled,
     /// Anything else.
     Other,
 }
@@ -54,6 +56,25 @@ pub enum StoreError {
 
     #[error("invalid argument: {0}")]
     Invalid(String),
+
+    #[error("restore point {point} is immutable until {until_unix} (unix time, by the store's trusted clock): its job's immutability window forbids deleting or pruning it before then, for every user including admins; wait until the window ends")]
+    Immutable { point: String, until_unix: u64 },
+
+    #[error("restore point {point} is protected (pinned); unpin it first if it really should go")]
+    Pinned { point: String },
+
+    #[error("the store is busy: {0}")]
+    Busy(String),
+
+    #[error("cancelled: stopped at a consistent point; run it again to continue")]
+    Cancelled,
+
+    #[error("garbage collection stopped before deleting anything: restore point {point} cannot be walked ({source}); run `rackvault verify`, then `rackvault repair` or delete that point, and run the GC again")]
+    GcBlocked {
+        point: String,
+        #[source]
+        source: Box<StoreError>,
+    },
 }
 
 impl StoreError {
@@ -61,7 +82,14 @@ impl StoreError {
         match self {
             StoreError::DiskFull { .. } => ErrorKind::Resource,
             StoreError::MissingChunk { .. } | StoreError::Corrupt { .. } => ErrorKind::Damaged,
-            StoreError::NoSuchPoint(_) | StoreError::Invalid(_) | StoreError::NotAStore { .. } => ErrorKind::Usage,
+            StoreError::NoSuchPoint(_)
+            | StoreError::Invalid(_)
+            | StoreError::NotAStore { .. }
+            | StoreError::Immutable { .. }
+            | StoreError::Pinned { .. } => ErrorKind::Usage,
+            StoreError::Busy(_) => ErrorKind::Resource,
+            StoreError::Cancelled => ErrorKind::Cancelled,
+            StoreError::GcBlocked { .. } => ErrorKind::Damaged,
             StoreError::Io { source, .. } if is_enospc(source) => ErrorKind::Resource,
             _ => ErrorKind::Other,
         }

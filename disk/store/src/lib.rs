@@ -3,8 +3,10 @@
 //!
 //! ## Layout of a store directory
 //! ```text
-//! rackvault-store.json   marker: {"format": 1, "store_id": hex, "created_unix": n}
-//! writers.lock           flock: shared by every backup session, exclusive for cleanup/reindex
+//! rackvault-store.json   marker: {"format": 2, "store_id": hex, "created_unix": n}
+//! writers.lock           flock: shared by every backup session and a running GC, exclusive for cleanup/reindex
+//! gc.lock                flock: exclusive while a GC, reindex or repair runs (one at a time)
+//! sessions/*.lock        one per running backup session, flocked by it, holding the GC generation it started in
 //! index/                 LMDB environment (see `catalog` for its databases)
 //! packs/<016x>.pack      sealed packs, immutable (see `pack` for the format)
 //! tmp/<016x>.pack        packs being written; never referenced by the index
@@ -33,42 +35,67 @@
 //! index does not name: the next open deletes `tmp/*` (never sealed) and adopts sealed
 //! `packs/*` the index lacks (indexes their records), so no sealed data is ever deleted. Packs indexed in step 4 of an interrupted backup stay: their chunks are valid and
 //! make the retried backup cheaper. A crash between steps 5 and 6 leaves a manifest in a sealed
-//! pack but no catalog entry; `reindex` may bring such a point back, which is safe because all
-//! it references is durable. (Reclaiming unreferenced chunks is the job of a future
-//! garbage collector, which must hold `writers.lock` exclusively.)
+//! pack but no catalog entry. The open adopts such packs' chunks but never brings their restore
+//! points back (a backup that failed must commit nothing, or a retry would make a duplicate);
+//! only when the whole index was lost does the open, like `reindex`, rebuild the catalog from
+//! the manifests in packs. Unreferenced chunks left by failed backups are reclaimed by the
+//! garbage collector (see `gc`).
+//!
+//! ## Deleting a restore point
+//! 1. Refused while the point is pinned, or inside its immutability window as judged by the
+//!    store's trusted clock (`clock`): this is enforced here, below every API.
+//! 2. A [`Tombstone`] record per point is appended to a new pack, sealed and indexed as in
+//!    steps 1-4 above, so the deletion is durable in the packs themselves.
+//! 3. One LMDB transaction removes the points from `points` (and `pins`) and adds them to
+//!    `tombstones`. `reindex` and the recovery at open never recover a tombstoned point.
+//!
+//! Deleting frees nothing by itself; the next GC does.
+//!
+//! ## Format versions
+//! Format 2 adds tombstone records (kind 4) and the GC databases. A format-1 store is upgraded
+//! in place at its first writable open (nothing is rewritten: format 1 is a subset); a
+//! rackvault that only knows format 1 then refuses it, rather than misread a tombstone.
 //!
 //! ## Locking
 //! | what | lock | why |
 //! |---|---|---|
 //! | a backup session | `writers.lock` shared, for its lifetime | cleanup must not delete its `tmp/` pack |
-//! | cleanup at open, `reindex` | `writers.lock` exclusive, non-blocking for cleanup | they delete or rewrite what writers use |
+//! | cleanup at open, `reindex`, `repair` | `writers.lock` exclusive, non-blocking for cleanup | they delete or rewrite what writers use |
+//! | a GC | `gc.lock` exclusive (non-blocking: a second GC is refused), `writers.lock` shared | one collector at a time; cleanup at open must not delete its repack pack in `tmp/` |
+//! | `reindex`, `repair` | `gc.lock` exclusive too | they rewrite the index the GC reads |
+//! | a backup session's registration | its own `sessions/*.lock`, exclusive | the GC learns which sessions run, and since which GC generation (see `gc`) |
 //! | LMDB write transactions | LMDB's own writer lock, across processes | one writer at a time |
-//! | pack file handle cache | `RwLock` in [`Store`] | readers share open handles |
+//! | pack file handle cache | `Mutex` in [`Store`], bounded LRU | readers share open handles; at most [`PACK_FILES_OPEN`] stay open |
 //!
 //! Two backups into one store at once each write their own packs; if both store the same new
 //! chunk, both copies are durable and the index keeps the first (step 4), so no chunk is lost.
 
 pub mod catalog;
+pub mod clock;
+mod delete;
 mod digest;
 pub mod error;
+mod gc;
 pub mod kv;
 pub mod pack;
 pub mod tree;
 mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use heed::PutFlags;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{ChunkLoc, PackInfo};
+pub use clock::ClockReading;
 pub use digest::{is_all_zero, Digest};
 pub use error::{ErrorKind, Result, StoreError};
+pub use gc::{GcOptions, GcProgress, GcReport, DEFAULT_REPACK_THRESHOLD};
 pub use pack::{ChunkEncoder, Codec, EncodedChunk, RecordKind};
 pub use tree::{TreeBuilder, TreeWalker};
 pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyReport};
@@ -77,13 +104,15 @@ use catalog::{pack_key, point_key, Catalog};
 use pack::PackWriter;
 
 /// The on-disk format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MARKER: &str = "rackvault-store.json";
 /// Default size at which a pack is sealed and a new one started.
 pub const DEFAULT_PACK_TARGET: u64 = 256 << 20;
 /// Chunk sizes a disk index may use.
 pub const MIN_CHUNK_SIZE: u32 = 4 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 8 << 20;
+/// Pack files a store keeps open for reading at most (least recently used are closed).
+pub const PACK_FILES_OPEN: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
@@ -100,8 +129,11 @@ pub struct CleanupReport {
     /// Sealed packs the index did not know (crash between steps 3 and 4, or a lost index),
     /// now indexed.
     pub orphan_packs_adopted: u64,
-    /// Restore points brought back from manifests in adopted packs.
+    /// Restore points brought back from manifests in adopted packs (only when the whole index
+    /// was lost; see the crate docs).
     pub restore_points_recovered: u64,
+    /// Packs whose deletion a GC had committed but not finished, now deleted.
+    pub gc_deletions_finished: u64,
     pub bytes_freed: u64,
     /// False when another process held the store, so cleanup was left for later.
     pub ran: bool,
@@ -162,11 +194,31 @@ pub struct RestorePoint {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PointFile>,
     pub stats: PointStats,
+    /// Until when (unix seconds, by the store's trusted clock) no one may delete or prune it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable_until_unix: Option<u64>,
+}
+
+/// A deleted restore point (format 2): kept in `tombstones` and as a record in a pack, so the
+/// point is never recovered from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub v: u32,
+    pub name: String,
+    pub id: u64,
+    pub deleted_unix: u64,
+    /// Why: "deleted by alice", "pruned by job nightly: not among the last 7 ...".
+    pub reason: String,
 }
 
 impl RestorePoint {
     pub fn spec(&self) -> String {
         format!("{}@{}", self.name, self.id)
+    }
+
+    /// The digest of its catalog record, which is also its manifest record's digest.
+    pub fn manifest_digest(&self) -> Digest {
+        Digest::of(&serde_json::to_vec(self).expect("restore point serialises"))
     }
 }
 
@@ -199,7 +251,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -223,6 +275,61 @@ pub struct StoreOptions {
     pub pack_target: u64,
 }
 
+/// Test-only fault injection: named points in the write path that fail with an I/O error when
+/// listed in the `RACKVAULT_FAILPOINTS` environment variable (comma-separated) or set with
+/// [`Store::set_failpoints`]. Names: `seal.fsync_dir`, `commit.points`.
+#[derive(Debug, Default)]
+struct Failpoints(RwLock<HashSet<String>>);
+
+impl Failpoints {
+    fn from_env() -> Failpoints {
+        let names = std::env::var("RACKVAULT_FAILPOINTS").unwrap_or_default();
+        Failpoints(RwLock::new(names.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect()))
+    }
+
+    fn check(&self, name: &str, path: &Path) -> Result<()> {
+        if self.0.read().map(|set| set.contains(name)).unwrap_or(false) {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!("injected failure at failpoint {name}")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A bounded LRU of open pack files.
+#[derive(Debug, Default)]
+struct PackFiles {
+    open: HashMap<u64, (Arc<File>, u64)>,
+    tick: u64,
+}
+
+impl PackFiles {
+    fn get(&mut self, number: u64) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.open.get_mut(&number).map(|(f, used)| {
+            *used = tick;
+            f.clone()
+        })
+    }
+
+    fn insert(&mut self, number: u64, file: Arc<File>) {
+        if self.open.len() >= PACK_FILES_OPEN && !self.open.contains_key(&number) {
+            if let Some(oldest) = self.open.iter().min_by_key(|(_, (_, used))| *used).map(|(n, _)| *n) {
+                self.open.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        self.open.insert(number, (file, self.tick));
+    }
+
+    fn forget(&mut self, number: u64) {
+        self.open.remove(&number);
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET }
@@ -236,8 +343,9 @@ pub struct Store {
     catalog: Catalog,
     store_id: [u8; 16],
     pack_target: u64,
-    pack_files: RwLock<HashMap<u64, Arc<File>>>,
+    pack_files: Mutex<PackFiles>,
     cleanup: CleanupReport,
+    failpoints: Failpoints,
 }
 
 impl Store {
@@ -270,6 +378,7 @@ impl Store {
             *b = marker.store_id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
         }
         let catalog = Catalog::open(&root.join("index"))?;
+        let index_lost;
         {
             let mut wtxn = catalog.write()?;
             let found = catalog
@@ -286,8 +395,14 @@ impl Store {
                         supported: FORMAT_VERSION,
                     })
                 }
-                Some(_) => wtxn.abort(),
-                None => {
+                Some(f) if f == FORMAT_VERSION => {
+                    index_lost = false;
+                    wtxn.abort()
+                }
+                found => {
+                    // A new index (new store, or a lost `index/`), or a format-1 store to
+                    // upgrade: record the format in the index, then in the marker.
+                    index_lost = found.is_none();
                     catalog
                         .meta
                         .put(&mut wtxn, b"format", &FORMAT_VERSION.to_le_bytes())
@@ -295,16 +410,20 @@ impl Store {
                     wtxn.commit().map_err(|e| catalog.err(e))?;
                 }
             }
+            if marker.format < FORMAT_VERSION {
+                Self::write_marker(root, &Marker { format: FORMAT_VERSION, ..marker })?;
+            }
         }
         let mut store = Store {
             root: root.to_path_buf(),
             catalog,
             store_id,
             pack_target: opts.pack_target.max(1 << 20),
-            pack_files: RwLock::new(HashMap::new()),
+            pack_files: Mutex::new(PackFiles::default()),
             cleanup: CleanupReport::default(),
+            failpoints: Failpoints::from_env(),
         };
-        store.cleanup = store.cleanup_leftovers()?;
+        store.cleanup = store.cleanup_leftovers(index_lost)?;
         Ok(store)
     }
 
@@ -340,9 +459,14 @@ impl Store {
             store_id: id.iter().map(|b| format!("{b:02x}")).collect(),
             created_unix: now_unix(),
         };
+        Self::write_marker(root, &marker)
+    }
+
+    /// Replace the marker atomically (temp file, fsync, rename, fsync of the directory).
+    fn write_marker(root: &Path, marker: &Marker) -> Result<()> {
         let tmp = root.join(format!(".rackvault-store.json.tmp.{}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-        f.write_all(serde_json::to_string_pretty(&marker).expect("marker serialises").as_bytes())
+        f.write_all(serde_json::to_string_pretty(marker).expect("marker serialises").as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| StoreError::io(&tmp, e))?;
         std::fs::rename(&tmp, root.join(MARKER)).map_err(|e| StoreError::io(root, e))?;
@@ -383,6 +507,14 @@ impl Store {
         &self.cleanup
     }
 
+    /// Fail the named write steps with an injected I/O error (tests of the durability order).
+    #[doc(hidden)]
+    pub fn set_failpoints(&self, names: &[&str]) {
+        if let Ok(mut set) = self.failpoints.0.write() {
+            *set = names.iter().map(|n| n.to_string()).collect();
+        }
+    }
+
     /// The I/O path pack writes take.
     pub fn io_backend(&self) -> uringio::Backend {
         uringio::backend()
@@ -402,12 +534,14 @@ impl Store {
     }
 
     /// Remove unsealed and unindexed packs, if no backup is running.
-    fn cleanup_leftovers(&self) -> Result<CleanupReport> {
+    fn cleanup_leftovers(&self, index_lost: bool) -> Result<CleanupReport> {
         let lock = self.writers_lock()?;
         if lock.try_lock().is_err() {
             return Ok(CleanupReport { ran: false, ..Default::default() });
         }
         let mut report = CleanupReport { ran: true, ..Default::default() };
+        // Packs a GC dropped from the index but had not yet deleted: finish the deletion.
+        report.gc_deletions_finished = self.finish_gc_deletions()?;
         let tmp = self.root.join("tmp");
         for entry in std::fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {
             let entry = entry.map_err(|e| StoreError::io(&tmp, e))?;
@@ -436,7 +570,7 @@ impl Store {
         drop(rtxn);
         if !unknown.is_empty() {
             unknown.sort();
-            let adopted = self.index_packs(&unknown, false)?;
+            let adopted = self.index_packs(&unknown, false, index_lost)?;
             report.orphan_packs_adopted = adopted.packs;
             report.restore_points_recovered = adopted.restore_points_recovered;
         }
@@ -456,8 +590,8 @@ impl Store {
     }
 
     fn pack_file(&self, number: u64) -> Result<Arc<File>> {
-        if let Some(f) = self.pack_files.read().expect("pack cache lock").get(&number) {
-            return Ok(f.clone());
+        if let Some(f) = self.pack_files.lock().expect("pack cache lock").get(number) {
+            return Ok(f);
         }
         let path = self.pack_path(number);
         let f = Arc::new(File::open(&path).map_err(|e| {
@@ -467,8 +601,30 @@ impl Store {
                 StoreError::io(&path, e)
             }
         })?);
-        self.pack_files.write().expect("pack cache lock").insert(number, f.clone());
+        self.pack_files.lock().expect("pack cache lock").insert(number, f.clone());
         Ok(f)
+    }
+
+    /// Locate `digest` and open its pack. A GC may repack the chunk between the lookup and the
+    /// open (the old pack is then gone); the chunk is then looked up again, once.
+    fn locate_open(&self, digest: &Digest) -> Result<(ChunkLoc, Arc<File>)> {
+        let loc = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
+        match self.pack_file(loc.pack) {
+            Ok(file) => Ok((loc, file)),
+            Err(e @ StoreError::Corrupt { .. }) => {
+                let again = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
+                if again.pack == loc.pack {
+                    return Err(e);
+                }
+                Ok((again, self.pack_file(again.pack)?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Close a cached pack handle (the pack was rewritten or deleted).
+    pub(crate) fn forget_pack_file(&self, number: u64) {
+        self.pack_files.lock().expect("pack cache lock").forget(number);
     }
 
     /// Read chunk `digest` into `out`, checking its checksum and re-hashing its content.
@@ -487,8 +643,7 @@ impl Store {
         out: &mut Vec<u8>,
         check: pack::ReadCheck,
     ) -> Result<ChunkLoc> {
-        let loc = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
-        let file = self.pack_file(loc.pack)?;
+        let (loc, file) = self.locate_open(digest)?;
         let header =
             pack::read_record(&file, &self.pack_path(loc.pack), loc.offset, loc.stored_len, scratch, out, check)?;
         if header.digest != *digest {
@@ -504,8 +659,7 @@ impl Store {
     /// Chunk `digest` as stored (still compressed), with its record checksum checked: what
     /// the tape tier copies, so that destaging never recompresses.
     pub fn read_encoded(&self, digest: &Digest, scratch: &mut Vec<u8>) -> Result<EncodedChunk> {
-        let loc = self.locate(digest)?.ok_or(StoreError::MissingChunk { digest: *digest })?;
-        let file = self.pack_file(loc.pack)?;
+        let (loc, file) = self.locate_open(digest)?;
         let path = self.pack_path(loc.pack);
         let header = pack::read_record_stored(&file, &path, loc.offset, loc.stored_len, scratch)?;
         if header.digest != *digest {
@@ -545,13 +699,16 @@ impl Store {
     pub fn begin_backup(&self) -> Result<BackupSession<'_>> {
         let lock = self.writers_lock()?;
         lock.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        let registration = gc::Registration::register(self)?;
         Ok(BackupSession {
             store: self,
             _lock: lock,
+            registration,
             pack: None,
             pending: HashMap::new(),
             files: Vec::new(),
             stats: SessionStats::default(),
+            immutable_for_s: None,
         })
     }
 
@@ -661,15 +818,24 @@ pub struct SessionStats {
 pub struct BackupSession<'s> {
     store: &'s Store,
     _lock: File,
+    /// Tells a concurrent GC that this session runs, and since which GC generation.
+    registration: gc::Registration,
     pack: Option<PackWriter>,
     /// Chunks in the unsealed pack, not yet in the index.
     pending: HashMap<Digest, ChunkLoc>,
     /// Files added with [`BackupSession::add_file`], published by `commit`.
     files: Vec<PointFile>,
     stats: SessionStats,
+    /// The immutability window of the point `commit` makes.
+    immutable_for_s: Option<u64>,
 }
 
 impl<'s> BackupSession<'s> {
+    /// Make the committed point immutable for `seconds` after its creation.
+    pub fn set_immutable_for(&mut self, seconds: Option<u64>) {
+        self.immutable_for_s = seconds.filter(|s| *s > 0);
+    }
+
     pub fn stats(&self) -> &SessionStats {
         &self.stats
     }
@@ -710,7 +876,7 @@ impl<'s> BackupSession<'s> {
         match chunk.kind {
             RecordKind::Data => self.stats.chunks_new += 1,
             RecordKind::Tree => self.stats.tree_nodes_new += 1,
-            RecordKind::Manifest => {}
+            RecordKind::Manifest | RecordKind::Tombstone => {}
         }
         self.stats.bytes_written += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
         if pack.len() >= self.store.pack_target {
@@ -720,12 +886,13 @@ impl<'s> BackupSession<'s> {
     }
 
     /// Steps 2-4 of the durability order for the current pack.
-    fn seal(&mut self) -> Result<()> {
+    pub(crate) fn seal(&mut self) -> Result<()> {
         let Some(pack) = self.pack.take() else { return Ok(()) };
         let number = pack.number;
         let (tmp_path, len, records) = pack.seal()?;
         let final_path = self.store.pack_path(number);
         std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        self.store.failpoints.check("seal.fsync_dir", &final_path)?;
         fsync_dir(&self.store.root.join("packs"))?;
         let catalog = &self.store.catalog;
         let mut wtxn = catalog.write()?;
@@ -788,40 +955,68 @@ impl<'s> BackupSession<'s> {
             id
         };
         let files = std::mem::take(&mut self.files);
-        let point = RestorePoint { name: name.to_string(), id, created_unix: now_unix(), disks, files, stats };
+        let created_unix = now_unix();
+        let immutable_until_unix = self.immutable_for_s.map(|s| created_unix.saturating_add(s));
+        let point =
+            RestorePoint { name: name.to_string(), id, created_unix, disks, files, stats, immutable_until_unix };
         // The manifest goes into the last pack, after every chunk it references, so a catalog
         // rebuilt from packs only finds manifests whose data is durable.
-        let manifest = serde_json::to_vec(&point).expect("restore point serialises");
+        let manifest_bytes = serde_json::to_vec(&point).expect("restore point serialises");
         let record = EncodedChunk {
-            digest: Digest::of(&manifest),
+            digest: Digest::of(&manifest_bytes),
             kind: RecordKind::Manifest,
             codec: pack::Codec::Raw,
-            raw_len: manifest.len() as u32,
-            payload: manifest,
+            raw_len: manifest_bytes.len() as u32,
+            payload: manifest_bytes.clone(),
         };
         self.insert(&record)?;
         self.seal()?;
-        // Every referenced root must be indexed now; a bug here would publish a broken point.
-        {
-            let rtxn = catalog.read()?;
+        // A GC that ran since this session started may have condemned chunks the session
+        // deduplicated against; bring them back in the transaction that publishes the point
+        // (see `gc`, "Backups alongside a GC").
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let generation = self.store.gc_generation()?;
+            let rescue = if generation != self.registration.start_generation() {
+                self.store.condemned_references(&point)?
+            } else {
+                Vec::new()
+            };
+            let mut wtxn = catalog.write()?;
+            if catalog.meta_u64(&wtxn, "gc_generation")?.unwrap_or(0) != generation {
+                // Another GC condemned more meanwhile: look again.
+                wtxn.abort();
+                if attempts < 8 {
+                    continue;
+                }
+                return Err(StoreError::Invalid(
+                    "the garbage collector kept condemning chunks while this backup committed; run the backup again"
+                        .into(),
+                ));
+            }
+            for (digest, loc) in &rescue {
+                if catalog.chunks.get(&wtxn, &digest.0).map_err(|e| catalog.err(e))?.is_none() {
+                    catalog.chunks.put(&mut wtxn, &digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
+                }
+                catalog.condemned.delete(&mut wtxn, &digest.0).map_err(|e| catalog.err(e))?;
+            }
+            // Every referenced root must be indexed now; a bug here would publish a broken point.
             for d in &point.disks {
-                if d.height > 0 && catalog.chunk(&rtxn, &d.root)?.is_none() {
+                if d.height > 0 && catalog.chunk(&wtxn, &d.root)?.is_none() {
                     return Err(StoreError::MissingChunk { digest: d.root });
                 }
             }
             for f in &point.files {
-                if catalog.chunk(&rtxn, &f.digest)?.is_none() {
+                if catalog.chunk(&wtxn, &f.digest)?.is_none() {
                     return Err(StoreError::MissingChunk { digest: f.digest });
                 }
             }
+            self.store.failpoints.check("commit.points", &catalog.path)?;
+            catalog.points.put(&mut wtxn, &point_key(name, id), &manifest_bytes).map_err(|e| catalog.err(e))?;
+            wtxn.commit().map_err(|e| catalog.err(e))?;
+            return Ok(point);
         }
-        let mut wtxn = catalog.write()?;
-        catalog
-            .points
-            .put(&mut wtxn, &point_key(name, id), &serde_json::to_vec(&point).expect("restore point serialises"))
-            .map_err(|e| catalog.err(e))?;
-        wtxn.commit().map_err(|e| catalog.err(e))?;
-        Ok(point)
     }
 }
 

@@ -13,7 +13,8 @@
 //!  60  crc32c       u32  of bytes 0..60
 //! records, back to back from byte 64:
 //!   0  magic        b"RVc1"
-//!   4  kind         u8   (1 = data chunk, 2 = index-tree node, 3 = restore-point manifest)
+//!   4  kind         u8   (1 = data chunk, 2 = index-tree node, 3 = restore-point manifest,
+//!                         4 = tombstone of a deleted restore point; format 2)
 //!   5  codec        u8   (0 = stored raw, 1 = zstd frame)
 //!   6  reserved     u16  = 0
 //!   8  raw_len      u32  (uncompressed length)
@@ -64,6 +65,9 @@ pub enum RecordKind {
     /// A restore point's manifest (JSON), written last, so the catalog can be rebuilt from
     /// packs alone.
     Manifest = 3,
+    /// A deleted restore point's tombstone (JSON [`Tombstone`](crate::Tombstone)), so that
+    /// rebuilding the catalog from packs never brings the point back. Format 2.
+    Tombstone = 4,
 }
 
 impl RecordKind {
@@ -72,6 +76,7 @@ impl RecordKind {
             1 => Some(RecordKind::Data),
             2 => Some(RecordKind::Tree),
             3 => Some(RecordKind::Manifest),
+            4 => Some(RecordKind::Tombstone),
             _ => None,
         }
     }

@@ -367,6 +367,8 @@ impl Store {
     pub fn reindex(&self) -> Result<ReindexReport> {
         let lock = self.writers_lock()?;
         lock.lock().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        let _gc = self.gc_lock(true)?;
+        self.finish_gc_deletions()?;
         let dir = self.root.join("packs");
         let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&dir)
             .map_err(|e| StoreError::io(&dir, e))?
@@ -377,24 +379,36 @@ impl Store {
             })
             .collect();
         files.sort();
-        let report = self.index_packs(&files, true)?;
-        self.pack_files.write().expect("pack cache lock").clear();
+        let report = self.index_packs(&files, true, true)?;
+        for (number, _) in &files {
+            self.forget_pack_file(*number);
+        }
         Ok(report)
     }
 
     /// Add the records of the given packs to the index in one transaction (after clearing the
-    /// index if `clear`), and catalog entries for their manifests. The caller holds
-    /// `writers.lock` exclusively.
-    pub(crate) fn index_packs(&self, files: &[(u64, std::path::PathBuf)], clear: bool) -> Result<ReindexReport> {
+    /// index if `clear`), record the tombstones they hold, and, with `recover_points`, catalog
+    /// entries for their manifests unless tombstoned. The caller holds `writers.lock`
+    /// exclusively.
+    pub(crate) fn index_packs(
+        &self,
+        files: &[(u64, std::path::PathBuf)],
+        clear: bool,
+        recover_points: bool,
+    ) -> Result<ReindexReport> {
         let catalog = &self.catalog;
         let mut wtxn = catalog.write()?;
         if clear {
             catalog.chunks.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
             catalog.packs.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
+            // Everything a GC had condemned is re-derived: unreferenced chunks are condemned
+            // again by the next GC.
+            catalog.condemned.clear(&mut wtxn).map_err(|e| catalog.err(e))?;
         }
         let mut report = ReindexReport::default();
         let mut max_pack = 0;
         let mut manifests: Vec<ChunkLoc> = Vec::new();
+        let mut tombstones: Vec<ChunkLoc> = Vec::new();
         for (number, path) in files {
             let (number, path) = (*number, path.as_path());
             let (header_number, records, stop) = match pack::scan_pack(path, false) {
@@ -438,8 +452,10 @@ impl Store {
                     Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
                     Err(e) => return Err(catalog.err(e)),
                 }
-                if r.header.kind == RecordKind::Manifest {
-                    manifests.push(loc);
+                match r.header.kind {
+                    RecordKind::Manifest => manifests.push(loc),
+                    RecordKind::Tombstone => tombstones.push(loc),
+                    RecordKind::Data | RecordKind::Tree => {}
                 }
                 intact += 1;
                 end = r.offset + pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64;
@@ -455,9 +471,39 @@ impl Store {
             report.packs += 1;
             max_pack = max_pack.max(number);
         }
-        // Bring back restore points whose catalog entry is missing (a lost or deleted index).
-        let mut max_point = catalog.meta_u64(&wtxn, "next_point")?.unwrap_or(0);
         let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        let mut max_point = catalog.meta_u64(&wtxn, "next_point")?.unwrap_or(0);
+        // Deleted points stay deleted: record every tombstone the packs hold.
+        for loc in tombstones {
+            let path = self.pack_path(loc.pack);
+            let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+            let read = pack::read_record(
+                &file,
+                &path,
+                loc.offset,
+                loc.stored_len,
+                &mut scratch,
+                &mut out,
+                pack::ReadCheck::Digest,
+            );
+            let Some(t) = read.ok().and_then(|_| serde_json::from_slice::<crate::Tombstone>(&out).ok()) else {
+                report.damaged_records.push(format!(
+                    "{}: tombstone at byte offset {} unreadable",
+                    path.display(),
+                    loc.offset
+                ));
+                continue;
+            };
+            let key = point_key(&t.name, t.id);
+            max_point = max_point.max(t.id);
+            if catalog.pins.get(&wtxn, &key).map_err(|e| catalog.err(e))?.is_some() {
+                // Pinned after the deletion was written but before it took effect: the pin wins.
+                continue;
+            }
+            catalog.tombstones.put(&mut wtxn, &key, &out).map_err(|e| catalog.err(e))?;
+            catalog.points.delete(&mut wtxn, &key).map_err(|e| catalog.err(e))?;
+        }
+        // Bring back restore points whose catalog entry is missing (a lost or deleted index).
         for loc in manifests {
             let path = self.pack_path(loc.pack);
             let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
@@ -488,11 +534,14 @@ impl Store {
                 continue;
             };
             let key = point_key(&point.name, point.id);
+            max_point = max_point.max(point.id);
+            if !recover_points || catalog.tombstones.get(&wtxn, &key).map_err(|e| catalog.err(e))?.is_some() {
+                continue;
+            }
             if catalog.points.get(&wtxn, &key).map_err(|e| catalog.err(e))?.is_none() {
                 catalog.points.put(&mut wtxn, &key, &out).map_err(|e| catalog.err(e))?;
                 report.restore_points_recovered += 1;
             }
-            max_point = max_point.max(point.id);
         }
         catalog.meta.put(&mut wtxn, b"next_point", &max_point.to_le_bytes()).map_err(|e| catalog.err(e))?;
         // Never hand out a pack number that exists on disk.

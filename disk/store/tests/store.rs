@@ -248,13 +248,26 @@ fn newer_format_is_refused_without_touching_the_store() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), 1 << 20));
     let marker = dir.path().join("rackvault-store.json");
-    let text = std::fs::read_to_string(&marker).unwrap().replace("\"format\": 1", "\"format\": 7");
+    let text = std::fs::read_to_string(&marker).unwrap().replace("\"format\": 2", "\"format\": 7");
     std::fs::write(&marker, text).unwrap();
     let index_before = std::fs::read(dir.path().join("index/data.mdb")).unwrap();
     let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
     assert!(matches!(err, StoreError::NewerFormat { found: 7, .. }), "{err}");
     assert!(err.to_string().contains("upgrade rackvault"), "{err}");
     assert_eq!(std::fs::read(dir.path().join("index/data.mdb")).unwrap(), index_before);
+}
+
+#[test]
+fn a_format_1_store_is_upgraded_in_place_at_its_first_writable_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk: Vec<u64> = (1..40).collect();
+    backup(&open(dir.path(), 1 << 20), "vm", &disk);
+    let marker = dir.path().join("rackvault-store.json");
+    let text = std::fs::read_to_string(&marker).unwrap().replace("\"format\": 2", "\"format\": 1");
+    std::fs::write(&marker, text).unwrap();
+    let store = open(dir.path(), 1 << 20);
+    assert!(std::fs::read_to_string(&marker).unwrap().contains("\"format\": 2"));
+    assert_restores(&store, &store.find("vm").unwrap(), &disk);
 }
 
 #[test]

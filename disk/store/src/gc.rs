@@ -1,0 +1,806 @@
+//! Garbage collection: mark, condemn, sweep; safe alongside running backups and `kill -9`.
+//!
+//! ## What is garbage
+//! A chunk (data, tree node, manifest) that no restore point in the catalog references:
+//! chunks of deleted or pruned points, and chunks that failed backups sealed but never
+//! committed. Tombstones are always live (see the crate docs, "Deleting a restore point").
+//!
+//! ## The passes
+//! 1. **Mark** (one LMDB read snapshot S). Walk the index tree of every point in S into a live
+//!    set: tree nodes, manifests and tombstones go into an exact hash set, leaf chunks into a
+//!    Bloom filter sized from the index (10 bits per chunk, 7 probes: about 1% false
+//!    positives, 12 MiB at 10 M chunks). A subtree whose node is already marked is skipped,
+//!    so an unchanged region shared by a hundred points is walked once: the cost scales with
+//!    live *metadata*, not with chunks × points. A false positive only keeps a dead chunk for
+//!    one more GC; the exact set for nodes is what makes skipping subtrees safe. Files' atime
+//!    is never touched.
+//! 2. **Condemn** (one LMDB write transaction). Mark the points committed since S too, then
+//!    move every index entry that is unmarked *and* lies in a pack that already existed in S
+//!    from `chunks` to `condemned`, tagged with this run's generation G; set
+//!    `meta.gc_generation = G`. From this commit on, no lookup finds a condemned chunk, so new
+//!    backups store their own copy. Chunks sealed after S are young and left for the next GC.
+//! 3. **Sweep.** A condemned chunk may still be referenced by a backup that deduplicated
+//!    against it before step 2 and has not committed yet. Such a chunk is *held*: it stays on
+//!    disk until no such backup runs (below). Per pack, the bytes still needed are the index
+//!    entries in it plus held condemned entries. A pack that needs nothing is deleted; a pack
+//!    whose dead share exceeds the repack threshold is rewritten: its needed records are
+//!    copied (as stored, never recompressed) into a new pack, which is sealed like a backup's
+//!    (tmp/, fsync, rename into packs/, fsync packs/); then one transaction repoints their
+//!    entries, drops the old pack from `packs` and records it in `gc_deleting`; then the old
+//!    file is unlinked. Finally condemned entries that are no longer held are dropped.
+//!
+//! ## Backups alongside a GC (the protocol)
+//! - A backup session registers at start: it creates `sessions/<unique>.lock`, holds an
+//!   exclusive flock on it for its whole life, and writes into it the GC generation it read
+//!   (`start generation`). A file whose flock can be taken belongs to a dead process and is
+//!   removed by the GC.
+//! - A chunk condemned in generation C may be deleted from disk only when every registered
+//!   session has a start generation ≥ C: such a session read the generation after the condemn
+//!   transaction committed, so every lookup it made already missed the chunk.
+//! - At commit, a session whose start generation differs from the current one walks its new
+//!   point and moves every condemned chunk it references back into `chunks`, in the same write
+//!   transaction that publishes the point (retrying if yet another condemn committed
+//!   meanwhile). Held chunks are still on disk, so the rescue is always possible.
+//! So a chunk that a running backup deduplicates against is never swept, and a committed
+//! point never references a condemned chunk.
+//!
+//! ## Crash safety
+//! `kill -9` at any moment leaves a consistent store: before the condemn commit nothing has
+//! changed; condemned chunks are only invisible, still on disk; a repack pack not yet in the
+//! index is adopted at the next open (its records duplicate indexed ones, so it is dead and
+//! the next GC deletes it); a pack recorded in `gc_deleting` is deleted by the next open or
+//! GC instead of being adopted. No live chunk is deleted before the transaction that stops
+//! pointing at it. The next GC simply starts over (mark is read-only).
+//!
+//! ## Readers
+//! A restore that looked a chunk up just before a repack may find its old pack gone when it
+//! opens it; `Store::locate_open` then looks the chunk up again.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use heed::RoTxn;
+use serde::Serialize;
+
+use crate::catalog::{decode_condemned, encode_condemned, pack_key, ChunkLoc, PackInfo};
+use crate::error::{Result, StoreError};
+use crate::pack::{self, EncodedChunk, PackWriter, RecordHeader, RecordKind};
+use crate::{fsync_dir, now_unix, tree, Digest, RestorePoint, Store};
+
+/// Default dead share above which a pack that still holds live data is rewritten.
+pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.3;
+
+/// Index entries handled per batch in the condemn and cleanup passes.
+const BATCH: usize = 32_768;
+
+/// Tunables of one GC run.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Rewrite a pack when more than this share of its bytes is dead (0.0-1.0).
+    pub repack_threshold: f64,
+    /// Mark and count only; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions { repack_threshold: DEFAULT_REPACK_THRESHOLD, dry_run: false }
+    }
+}
+
+/// Where a GC is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GcProgress {
+    pub phase: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What a GC run did (or, with `dry_run`, would condemn).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GcReport {
+    pub generation: u64,
+    pub dry_run: bool,
+    pub points_marked: u64,
+    pub tree_nodes_marked: u64,
+    /// Index entries left live after the condemn pass.
+    pub chunks_live: u64,
+    /// Index entries condemned by this run.
+    pub chunks_condemned: u64,
+    pub bytes_condemned: u64,
+    /// Condemned chunks kept on disk because a backup that may reference them still runs;
+    /// the next GC frees them.
+    pub chunks_held: u64,
+    /// Backup sessions running during the sweep.
+    pub sessions_running: u64,
+    /// Condemned entries dropped for good.
+    pub chunks_freed: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    /// Packs left alone because a record that had to be copied is damaged (run `repair`).
+    pub packs_skipped_damaged: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub bytes_freed: u64,
+    /// Memory of the mark set (Bloom filter and exact node set), bytes.
+    pub mark_set_bytes: u64,
+    pub duration_s: f64,
+    /// False when cancelled during the sweep: what was done is consistent, the rest is left
+    /// for the next run.
+    pub complete: bool,
+}
+
+/// A Bloom filter over digests (which are uniform already, so the probes are derived from
+/// their bytes by double hashing).
+struct Bloom {
+    bits: Vec<u64>,
+    m: u64,
+}
+
+const BLOOM_PROBES: u64 = 7;
+const BLOOM_BITS_PER_ENTRY: u64 = 10;
+
+impl Bloom {
+    fn new(entries: u64) -> Bloom {
+        let m = (entries.max(1024) * BLOOM_BITS_PER_ENTRY).next_multiple_of(64);
+        Bloom { bits: vec![0; (m / 64) as usize], m }
+    }
+
+    fn probes(d: &Digest) -> impl Iterator<Item = u64> {
+        let h1 = u64::from_le_bytes(d.0[0..8].try_into().expect("8 bytes"));
+        let h2 = u64::from_le_bytes(d.0[8..16].try_into().expect("8 bytes")) | 1;
+        (0..BLOOM_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)))
+    }
+
+    fn insert(&mut self, d: &Digest) {
+        for h in Self::probes(d) {
+            let bit = h % self.m;
+            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+
+    fn contains(&self, d: &Digest) -> bool {
+        Self::probes(d).all(|h| {
+            let bit = h % self.m;
+            self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bits.len() as u64 * 8
+    }
+}
+
+/// The mark set: exact for tree nodes, manifests and tombstones, a Bloom filter for leaves.
+struct LiveSet {
+    exact: HashSet<Digest>,
+    leaves: Bloom,
+}
+
+impl LiveSet {
+    fn contains(&self, d: &Digest) -> bool {
+        self.exact.contains(d) || self.leaves.contains(d)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.leaves.bytes() + self.exact.capacity() as u64 * 40
+    }
+}
+
+/// A backup session's registration (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Registration {
+    path: PathBuf,
+    _file: File,
+    start_generation: u64,
+}
+
+impl Registration {
+    pub(crate) fn register(store: &Store) -> Result<Registration> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = store.root.join("sessions");
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let unique = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        // Locked before it gets the name a GC looks at, so a GC never mistakes it for stale.
+        let tmp = dir.join(format!(".{unique}.new"));
+        let mut file =
+            File::options().create_new(true).read(true).write(true).open(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        file.lock().map_err(|e| StoreError::io(&tmp, e))?;
+        let start_generation = store.gc_generation()?;
+        file.write_all(start_generation.to_string().as_bytes()).map_err(|e| StoreError::io(&tmp, e))?;
+        let path = dir.join(format!("{unique}.lock"));
+        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        Ok(Registration { path, _file: file, start_generation })
+    }
+
+    pub(crate) fn start_generation(&self) -> u64 {
+        self.start_generation
+    }
+
+    /// Start generations of the sessions running now; removes the files of dead ones.
+    fn running(store: &Store) -> Result<Vec<u64>> {
+        let dir = store.root.join("sessions");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+            let path = entry.path();
+            let Ok(mut f) = File::options().read(true).write(true).open(&path) else { continue };
+            if f.try_lock().is_ok() {
+                // Its session died without removing it (kill -9), or is just ending.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if path.extension().is_some_and(|e| e == "new") {
+                continue; // registering: it reads the generation after our condemn, or before
+            }
+            let mut text = String::new();
+            let generation = f.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u64>().ok());
+            // Unreadable: assume the oldest generation, which holds everything.
+            out.push(generation.unwrap_or(0));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One record copied by a repack.
+struct Moved {
+    digest: Digest,
+    old: ChunkLoc,
+    new: ChunkLoc,
+}
+
+/// A repack output pack and what went into it.
+struct RepackOut {
+    writer: PackWriter,
+    moved: Vec<Moved>,
+    sources: Vec<(u64, u64)>,
+}
+
+impl Store {
+    /// The current GC generation (0 before the first GC).
+    pub(crate) fn gc_generation(&self) -> Result<u64> {
+        let rtxn = self.catalog.read()?;
+        Ok(self.catalog.meta_u64(&rtxn, "gc_generation")?.unwrap_or(0))
+    }
+
+    /// Take `gc.lock` exclusively, waiting when `wait`, else refusing if it is held.
+    pub(crate) fn gc_lock(&self, wait: bool) -> Result<File> {
+        let p = self.root.join("gc.lock");
+        let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| StoreError::io(&p, e))?;
+        if wait {
+            f.lock().map_err(|e| StoreError::io(&p, e))?;
+        } else if f.try_lock().is_err() {
+            return Err(StoreError::Busy(
+                "a garbage collection, reindex or repair is already running on this store; wait for it to finish"
+                    .into(),
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Delete the packs a GC dropped from the index but had not deleted yet.
+    pub(crate) fn finish_gc_deletions(&self) -> Result<u64> {
+        let numbers: Vec<u64> = {
+            let rtxn = self.catalog.read()?;
+            let mut v = Vec::new();
+            for item in self.catalog.gc_deleting.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
+                let (k, _) = item.map_err(|e| self.catalog.err(e))?;
+                if let Ok(b) = <[u8; 8]>::try_from(k) {
+                    v.push(u64::from_be_bytes(b));
+                }
+            }
+            v
+        };
+        if numbers.is_empty() {
+            return Ok(0);
+        }
+        self.unlink_packs(&numbers)?;
+        Ok(numbers.len() as u64)
+    }
+
+    /// Unlink packs already dropped from `packs` and listed in `gc_deleting`, then clear them
+    /// from `gc_deleting`.
+    fn unlink_packs(&self, numbers: &[u64]) -> Result<()> {
+        for &n in numbers {
+            self.forget_pack_file(n);
+            let path = self.pack_path(n);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&path, e)),
+            }
+        }
+        fsync_dir(&self.root.join("packs"))?;
+        let mut wtxn = self.catalog.write()?;
+        for &n in numbers {
+            self.catalog.gc_deleting.delete(&mut wtxn, &pack_key(n)).map_err(|e| self.catalog.err(e))?;
+        }
+        wtxn.commit().map_err(|e| self.catalog.err(e))
+    }
+
+    /// Read the record at `loc` (which must hold `digest`) into `out`.
+    fn read_at(&self, loc: &ChunkLoc, digest: &Digest, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<()> {
+        let file = self.pack_file(loc.pack)?;
+        let path = self.pack_path(loc.pack);
+        let header =
+            pack::read_record(&file, &path, loc.offset, loc.stored_len, scratch, out, pack::ReadCheck::Checksum)?;
+        if header.digest != *digest {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: loc.offset,
+                detail: format!("index says chunk {digest} is here, the record holds {}", header.digest),
+            });
+        }
+        Ok(())
+    }
+
+    /// Mark everything `point` references (see the module docs, "Mark").
+    fn mark_point(&self, txn: &RoTxn<'_>, point: &RestorePoint, live: &mut LiveSet) -> Result<()> {
+        live.exact.insert(point.manifest_digest());
+        for f in &point.files {
+            live.leaves.insert(&f.digest);
+        }
+        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        for disk in &point.disks {
+            if disk.height == 0 {
+                continue;
+            }
+            let mut stack: Vec<(Digest, u8)> = vec![(disk.root, disk.height - 1)];
+            while let Some((node, level)) = stack.pop() {
+                if !live.exact.insert(node) {
+                    continue; // this subtree is marked already
+                }
+                let blocked = |e: StoreError| StoreError::GcBlocked { point: point.spec(), source: Box::new(e) };
+                let loc = self
+                    .catalog
+                    .chunk(txn, &node)?
+                    .ok_or(StoreError::MissingChunk { digest: node })
+                    .map_err(blocked)?;
+                self.read_at(&loc, &node, &mut scratch, &mut raw).map_err(blocked)?;
+                let entries = tree::decode_node(&raw, level, &node).map_err(blocked)?;
+                if level == 0 {
+                    for d in entries.iter().filter(|d| !d.is_zero()) {
+                        live.leaves.insert(d);
+                    }
+                } else {
+                    stack.extend(entries.into_iter().map(|d| (d, level - 1)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunks that `point` references and a GC has condemned (to be rescued at commit).
+    pub(crate) fn condemned_references(&self, point: &RestorePoint) -> Result<Vec<(Digest, ChunkLoc)>> {
+        let rtxn = self.catalog.read()?;
+        let mut rescue = Vec::new();
+        let mut seen = HashSet::new();
+        let mut check = |d: &Digest, rescue: &mut Vec<(Digest, ChunkLoc)>| -> Result<Option<ChunkLoc>> {
+            if let Some(loc) = self.catalog.chunk(&rtxn, d)? {
+                return Ok(Some(loc));
+            }
+            match self.catalog.condemned_chunk(&rtxn, d)? {
+                Some((loc, _)) => {
+                    if seen.insert(*d) {
+                        rescue.push((*d, loc));
+                    }
+                    Ok(Some(loc))
+                }
+                None => Ok(None),
+            }
+        };
+        for f in &point.files {
+            check(&f.digest, &mut rescue)?;
+        }
+        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+        for disk in &point.disks {
+            if disk.height == 0 {
+                continue;
+            }
+            let mut stack: Vec<(Digest, u8)> = vec![(disk.root, disk.height - 1)];
+            while let Some((node, level)) = stack.pop() {
+                let loc = check(&node, &mut rescue)?.ok_or(StoreError::MissingChunk { digest: node })?;
+                self.read_at(&loc, &node, &mut scratch, &mut raw)?;
+                let entries = tree::decode_node(&raw, level, &node)?;
+                if level == 0 {
+                    for d in entries.iter().filter(|d| !d.is_zero()) {
+                        check(d, &mut rescue)?;
+                    }
+                } else {
+                    stack.extend(entries.into_iter().map(|d| (d, level - 1)));
+                }
+            }
+        }
+        Ok(rescue)
+    }
+
+    /// Collect garbage (see the module docs). `progress` is called as work advances;
+    /// `cancelled` is polled between points and between packs.
+    pub fn gc(
+        &self,
+        opts: &GcOptions,
+        progress: &dyn Fn(GcProgress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GcReport> {
+        let started = Instant::now();
+        let _gc = self.gc_lock(false)?;
+        // Shared, like a backup: cleanup at open must not delete our repack pack in tmp/.
+        let writers = self.writers_lock()?;
+        writers.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        if !opts.dry_run {
+            self.finish_gc_deletions()?;
+        }
+        let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
+
+        // 1. Mark, in snapshot S.
+        let rtxn = self.catalog.read()?;
+        let entries = self.catalog.chunks.len(&rtxn).map_err(|e| self.catalog.err(e))?;
+        let mut live = LiveSet { exact: HashSet::new(), leaves: Bloom::new(entries) };
+        let mut s_packs: HashSet<u64> = HashSet::new();
+        for item in self.catalog.packs.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
+            let (k, v) = item.map_err(|e| self.catalog.err(e))?;
+            if let Ok(b) = <[u8; 8]>::try_from(k) {
+                s_packs.insert(u64::from_be_bytes(b));
+            }
+            if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
+                report.bytes_before += info.len;
+            }
+        }
+        for item in self.catalog.tombstones.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
+            let (_, v) = item.map_err(|e| self.catalog.err(e))?;
+            live.exact.insert(Digest::of(v));
+        }
+        let points = self.list_in(&rtxn)?;
+        let s_points: HashSet<(String, u64)> = points.iter().map(|p| (p.name.clone(), p.id)).collect();
+        let total = points.len() as u64;
+        for (i, point) in points.iter().enumerate() {
+            if cancelled() {
+                return Err(StoreError::Cancelled);
+            }
+            self.mark_point(&rtxn, point, &mut live)?;
+            progress(GcProgress { phase: "mark", done: i as u64 + 1, total });
+        }
+        drop(rtxn);
+
+        // 2. Condemn, in one write transaction.
+        progress(GcProgress { phase: "condemn", done: 0, total: entries });
+        let catalog = &self.catalog;
+        let mut wtxn = catalog.write()?;
+        let generation = catalog.meta_u64(&wtxn, "gc_generation")?.unwrap_or(0) + 1;
+        report.generation = generation;
+        for point in self.list_in(&wtxn)? {
+            if !s_points.contains(&(point.name.clone(), point.id)) {
+                self.mark_point(&wtxn, &point, &mut live)?;
+            }
+            report.points_marked += 1;
+        }
+        report.tree_nodes_marked = live.exact.len() as u64;
+        report.mark_set_bytes = live.bytes();
+        let mut last: Option<[u8; 32]> = None;
+        loop {
+            let mut batch: Vec<([u8; 32], ChunkLoc)> = Vec::new();
+            let mut visited = 0usize;
+            {
+                let lower = last.as_ref().map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..]));
+                let range = (lower, Bound::Unbounded);
+                for item in catalog.chunks.range(&wtxn, &range).map_err(|e| catalog.err(e))? {
+                    let (k, v) = item.map_err(|e| catalog.err(e))?;
+                    let Ok(key) = <[u8; 32]>::try_from(k) else { continue };
+                    last = Some(key);
+                    visited += 1;
+                    let Some(loc) = ChunkLoc::decode(v) else { continue };
+                    let digest = Digest(key);
+                    if s_packs.contains(&loc.pack) && loc.kind != RecordKind::Tombstone && !live.contains(&digest) {
+                        batch.push((key, loc));
+                    } else {
+                        report.chunks_live += 1;
+                    }
+                    if visited >= BATCH {
+                        break;
+                    }
+                }
+            }
+            for (key, loc) in &batch {
+                catalog.chunks.delete(&mut wtxn, &key[..]).map_err(|e| catalog.err(e))?;
+                catalog
+                    .condemned
+                    .put(&mut wtxn, &key[..], &encode_condemned(loc, generation))
+                    .map_err(|e| catalog.err(e))?;
+                report.chunks_condemned += 1;
+                report.bytes_condemned += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+            }
+            if visited < BATCH {
+                break;
+            }
+        }
+        drop(live);
+        if opts.dry_run {
+            wtxn.abort();
+            report.bytes_after = report.bytes_before;
+            report.duration_s = started.elapsed().as_secs_f64();
+            report.complete = true;
+            return Ok(report);
+        }
+        catalog.meta.put(&mut wtxn, b"gc_generation", &generation.to_le_bytes()).map_err(|e| catalog.err(e))?;
+        wtxn.commit().map_err(|e| catalog.err(e))?;
+
+        // 3. Sweep.
+        let running = Registration::running(self)?;
+        report.sessions_running = running.len() as u64;
+        let oldest_session = running.iter().copied().min().unwrap_or(u64::MAX);
+        let freeable = |condemned_in: u64| condemned_in <= oldest_session;
+        let (needed, packs) = {
+            let rtxn = catalog.read()?;
+            let mut needed: HashMap<u64, u64> = HashMap::new();
+            for item in catalog.chunks.iter(&rtxn).map_err(|e| catalog.err(e))? {
+                let (_, v) = item.map_err(|e| catalog.err(e))?;
+                if let Some(loc) = ChunkLoc::decode(v) {
+                    *needed.entry(loc.pack).or_default() += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+                }
+            }
+            for item in catalog.condemned.iter(&rtxn).map_err(|e| catalog.err(e))? {
+                let (_, v) = item.map_err(|e| catalog.err(e))?;
+                if let Some((loc, c)) = decode_condemned(v) {
+                    if !freeable(c) {
+                        report.chunks_held += 1;
+                        *needed.entry(loc.pack).or_default() += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+                    }
+                }
+            }
+            let mut packs: Vec<PackInfo> = Vec::new();
+            for item in catalog.packs.iter(&rtxn).map_err(|e| catalog.err(e))? {
+                let (_, v) = item.map_err(|e| catalog.err(e))?;
+                if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
+                    packs.push(info);
+                }
+            }
+            (needed, packs)
+        };
+        let mut dead_packs = Vec::new();
+        let mut repack = Vec::new();
+        for info in &packs {
+            let need = needed.get(&info.number).copied().unwrap_or(0);
+            let body = info.len.saturating_sub(pack::PACK_HEADER_LEN).max(1);
+            if need == 0 {
+                dead_packs.push(info.number);
+            } else if 1.0 - (need as f64 / body as f64) > opts.repack_threshold {
+                repack.push(info.number);
+            }
+        }
+        let sweep_total = (dead_packs.len() + repack.len()) as u64;
+        let mut swept = 0u64;
+        report.complete = true;
+        // Wholly dead packs: out of the index (and into gc_deleting) in one transaction, then
+        // unlinked.
+        if !dead_packs.is_empty() {
+            let mut freed = 0;
+            let mut wtxn = catalog.write()?;
+            for &n in &dead_packs {
+                catalog.packs.delete(&mut wtxn, &pack_key(n)).map_err(|e| catalog.err(e))?;
+                catalog.gc_deleting.put(&mut wtxn, &pack_key(n), &[]).map_err(|e| catalog.err(e))?;
+                freed += std::fs::metadata(self.pack_path(n)).map(|m| m.len()).unwrap_or(0);
+            }
+            wtxn.commit().map_err(|e| catalog.err(e))?;
+            self.unlink_packs(&dead_packs)?;
+            report.packs_deleted = dead_packs.len() as u64;
+            report.bytes_freed += freed;
+            swept += dead_packs.len() as u64;
+            progress(GcProgress { phase: "sweep", done: swept, total: sweep_total });
+        }
+        // Partly dead packs: rewritten into new packs of about the target size.
+        let mut out: Option<RepackOut> = None;
+        for &n in &repack {
+            if cancelled() {
+                report.complete = false;
+                break;
+            }
+            match self.repack_into(n, &freeable, &mut out)? {
+                true => report.packs_repacked += 1,
+                false => report.packs_skipped_damaged += 1,
+            }
+            if out.as_ref().is_some_and(|o| o.writer.len() >= self.pack_target) {
+                if let Some(o) = out.take() {
+                    report.bytes_freed += self.finish_repack(o)?;
+                }
+            }
+            swept += 1;
+            progress(GcProgress { phase: "sweep", done: swept, total: sweep_total });
+        }
+        if let Some(o) = out.take() {
+            report.bytes_freed += self.finish_repack(o)?;
+        }
+        // Condemned entries no running backup can need: dropped for good.
+        report.chunks_freed = self.drop_freeable_condemned(&freeable)?;
+        let rtxn = catalog.read()?;
+        for item in catalog.packs.iter(&rtxn).map_err(|e| catalog.err(e))? {
+            let (_, v) = item.map_err(|e| catalog.err(e))?;
+            if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
+                report.bytes_after += info.len;
+            }
+        }
+        report.duration_s = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Copy the records of pack `n` that are still needed into the repack output. Returns
+    /// false (and copies nothing) when a needed record is damaged.
+    fn repack_into(&self, n: u64, freeable: &dyn Fn(u64) -> bool, out: &mut Option<RepackOut>) -> Result<bool> {
+        let path = self.pack_path(n);
+        let mut file =
+            std::io::BufReader::with_capacity(4 << 20, File::open(&path).map_err(|e| StoreError::io(&path, e))?);
+        let len = file.get_ref().metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        file.seek(SeekFrom::Start(pack::PACK_HEADER_LEN)).map_err(|e| StoreError::io(&path, e))?;
+        let rtxn = self.catalog.read()?;
+        let mut wanted: Vec<(EncodedChunk, ChunkLoc)> = Vec::new();
+        let mut offset = pack::PACK_HEADER_LEN;
+        let mut h = [0u8; pack::RECORD_HEADER_LEN];
+        let mut payload = Vec::new();
+        while offset + pack::RECORD_HEADER_LEN as u64 <= len {
+            file.read_exact(&mut h).map_err(|e| StoreError::io(&path, e))?;
+            let header = match RecordHeader::decode(&h) {
+                Ok(Some(header)) => header,
+                // Padding, or a damaged header: what follows cannot be walked; the records
+                // still needed there are found missing below.
+                Ok(None) | Err(_) => break,
+            };
+            payload.resize(header.stored_len as usize, 0);
+            if file.read_exact(&mut payload).is_err() {
+                break;
+            }
+            let here = ChunkLoc {
+                pack: n,
+                offset,
+                stored_len: header.stored_len,
+                raw_len: header.raw_len,
+                kind: header.kind,
+                codec: header.codec,
+            };
+            offset += pack::RECORD_HEADER_LEN as u64 + header.stored_len as u64;
+            let indexed = self.catalog.chunk(&rtxn, &header.digest)?.is_some_and(|l| l == here);
+            let held = !indexed
+                && self.catalog.condemned_chunk(&rtxn, &header.digest)?.is_some_and(|(l, c)| l == here && !freeable(c));
+            if !(indexed || held) {
+                continue;
+            }
+            if RecordHeader::compute_crc(&h, &payload) != header.crc {
+                return Ok(false);
+            }
+            let chunk = EncodedChunk {
+                digest: header.digest,
+                kind: header.kind,
+                codec: header.codec,
+                raw_len: header.raw_len,
+                payload: std::mem::take(&mut payload),
+            };
+            wanted.push((chunk, here));
+        }
+        drop(rtxn);
+        if out.is_none() {
+            let mut wtxn = self.catalog.write()?;
+            let number = self.catalog.next_counter(&mut wtxn, "next_pack")?;
+            wtxn.commit().map_err(|e| self.catalog.err(e))?;
+            let writer = PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix())?;
+            *out = Some(RepackOut { writer, moved: Vec::new(), sources: Vec::new() });
+        }
+        let Some(o) = out.as_mut() else { return Ok(false) };
+        for (chunk, old) in wanted {
+            let at = o.writer.append(&chunk)?;
+            let new = ChunkLoc { pack: o.writer.number, offset: at.offset, ..old };
+            o.moved.push(Moved { digest: chunk.digest, old, new });
+        }
+        o.sources.push((n, len));
+        Ok(true)
+    }
+
+    /// Seal a repack output, repoint what moved, drop its source packs. Returns bytes freed.
+    fn finish_repack(&self, o: RepackOut) -> Result<u64> {
+        let number = o.writer.number;
+        let (tmp_path, len, records) = o.writer.seal()?;
+        let final_path = self.pack_path(number);
+        std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        fsync_dir(&self.root.join("packs"))?;
+        let catalog = &self.catalog;
+        let mut wtxn = catalog.write()?;
+        for m in &o.moved {
+            if catalog.chunk(&wtxn, &m.digest)? == Some(m.old) {
+                catalog.chunks.put(&mut wtxn, &m.digest.0, &m.new.encode()).map_err(|e| catalog.err(e))?;
+            } else if let Some((loc, c)) = catalog.condemned_chunk(&wtxn, &m.digest)? {
+                if loc == m.old {
+                    catalog
+                        .condemned
+                        .put(&mut wtxn, &m.digest.0, &encode_condemned(&m.new, c))
+                        .map_err(|e| catalog.err(e))?;
+                }
+            }
+        }
+        let info = PackInfo { number, len, records, sealed_unix: now_unix() };
+        catalog
+            .packs
+            .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&info).expect("pack info serialises"))
+            .map_err(|e| catalog.err(e))?;
+        for (n, _) in &o.sources {
+            catalog.packs.delete(&mut wtxn, &pack_key(*n)).map_err(|e| catalog.err(e))?;
+            catalog.gc_deleting.put(&mut wtxn, &pack_key(*n), &[]).map_err(|e| catalog.err(e))?;
+        }
+        wtxn.commit().map_err(|e| catalog.err(e))?;
+        let sources: Vec<u64> = o.sources.iter().map(|(n, _)| *n).collect();
+        self.unlink_packs(&sources)?;
+        let old: u64 = o.sources.iter().map(|(_, l)| *l).sum();
+        let new = std::fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
+        Ok(old.saturating_sub(new))
+    }
+
+    /// Drop condemned entries that no running backup can need, in batches.
+    fn drop_freeable_condemned(&self, freeable: &dyn Fn(u64) -> bool) -> Result<u64> {
+        let catalog = &self.catalog;
+        let mut dropped = 0;
+        let mut last: Option<[u8; 32]> = None;
+        loop {
+            let mut wtxn = catalog.write()?;
+            let mut batch = Vec::new();
+            let mut visited = 0usize;
+            {
+                let lower = last.as_ref().map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..]));
+                for item in catalog.condemned.range(&wtxn, &(lower, Bound::Unbounded)).map_err(|e| catalog.err(e))? {
+                    let (k, v) = item.map_err(|e| catalog.err(e))?;
+                    let Ok(key) = <[u8; 32]>::try_from(k) else { continue };
+                    last = Some(key);
+                    visited += 1;
+                    if decode_condemned(v).is_none_or(|(_, c)| freeable(c)) {
+                        batch.push(key);
+                    }
+                    if visited >= BATCH {
+                        break;
+                    }
+                }
+            }
+            for key in &batch {
+                catalog.condemned.delete(&mut wtxn, &key[..]).map_err(|e| catalog.err(e))?;
+            }
+            dropped += batch.len() as u64;
+            wtxn.commit().map_err(|e| catalog.err(e))?;
+            if visited < BATCH {
+                return Ok(dropped);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bloom_filter_has_no_false_negatives_and_few_false_positives() {
+        let mut b = Bloom::new(100_000);
+        for i in 0..100_000u64 {
+            b.insert(&Digest::of(&i.to_le_bytes()));
+        }
+        for i in 0..100_000u64 {
+            assert!(b.contains(&Digest::of(&i.to_le_bytes())));
+        }
+        let fp = (100_000..200_000u64).filter(|i| b.contains(&Digest::of(&i.to_le_bytes()))).count();
+        assert!(fp < 2_000, "{fp} false positives in 100000");
+    }
+}
