@@ -53,6 +53,7 @@ mod digest;
 pub mod error;
 pub mod kv;
 pub mod pack;
+pub mod retention;
 pub mod tree;
 mod verify;
 
