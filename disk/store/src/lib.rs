@@ -78,6 +78,7 @@ pub mod error;
 mod gc;
 pub mod kv;
 pub mod pack;
+pub mod retention;
 pub mod tree;
 mod verify;
 
