@@ -11,14 +11,25 @@
 //! | `tombstones` | as `points` | [`Tombstone`](crate::Tombstone) as JSON: a deleted restore point, never to be recovered from its manifest |
 //! | `pins` | as `points` | unix time it was pinned: a protected point, never pruned or deleted |
 //! | `gc_deleting` | pack number (u64 big-endian) | empty: a pack the GC has dropped from the index and is deleting; an open or the next GC finishes the deletion instead of adopting it |
+//! | `damaged` | digest (32 bytes) | [`DamageNote`]: unix time u64, then a utf-8 reason |
+//!
+//! A digest in `damaged` is one whose stored copy verify found damaged or missing: backups do
+//! not deduplicate against it (so they store a new copy), and sealing a pack with a new copy
+//! repoints its `chunks` entry and removes it from `damaged`. Stores written before `damaged`
+//! existed get it at their next read-write open; a read-only open treats it as empty.
+//!
+//! A `points` value is byte-identical to the restore point's manifest record, so
+//! `blake3(value)` is the digest of an indexed `Manifest` chunk (or of one in `damaged`): that
+//! is the record's checksum.
 //!
 //! LMDB gives one writer at a time across processes (its own lock file) and snapshot readers;
-//! every commit is durable (`fsync`) before it returns.
+//! every commit is durable (`fsync`) before it returns. A read-only catalog (see
+//! [`Catalog::open`]) has no writer and refuses write transactions.
 
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -77,6 +88,37 @@ pub struct PackInfo {
     pub sealed_unix: u64,
 }
 
+/// Why a digest is in `damaged`, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageNote {
+    pub since_unix: u64,
+    pub reason: String,
+}
+
+impl DamageNote {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.since_unix.to_le_bytes().to_vec();
+        v.extend_from_slice(self.reason.as_bytes());
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> DamageNote {
+        let since_unix = v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let reason = String::from_utf8_lossy(v.get(8..).unwrap_or_default()).into_owned();
+        DamageNote { since_unix, reason }
+    }
+}
+
+/// How to open the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// Read-only; LMDB's lock file is still used, so a writer in another process is seen.
+    ReadOnly,
+    /// Read-only on a read-only filesystem: no lock file (no writer can exist).
+    ReadOnlyNoLock,
+}
+
 #[derive(Debug)]
 pub struct Catalog {
     pub env: Env<WithoutTls>,
@@ -89,20 +131,73 @@ pub struct Catalog {
     pub tombstones: Db,
     pub pins: Db,
     pub gc_deleting: Db,
+    /// `None` only in a read-only catalog of a store written before `damaged` existed.
+    pub damaged: Option<Db>,
+    pub read_only: bool,
 }
 
 /// Virtual size of the LMDB map; the file grows only as data is written.
 const MAP_SIZE: usize = 1 << 40;
 
 impl Catalog {
-    pub fn open(dir: &Path) -> Result<Catalog> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    pub fn open(dir: &Path, access: Access) -> Result<Catalog> {
+        if access == Access::ReadWrite {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        }
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         opts.map_size(MAP_SIZE).max_dbs(16).max_readers(512);
+        let flags = match access {
+            Access::ReadWrite => EnvFlags::empty(),
+            Access::ReadOnly => EnvFlags::READ_ONLY,
+            Access::ReadOnlyNoLock => EnvFlags::READ_ONLY | EnvFlags::NO_LOCK,
+        };
+        // SAFETY: NO_LOCK is only used on a read-only filesystem, where no process can write
+        // the environment, so there is no concurrent access to manage; READ_ONLY is safe.
+        unsafe { opts.flags(flags) };
         // SAFETY: heed requires that the environment is not opened twice in one process and
         // that the files are not modified by anything but LMDB. A `Store` owns its catalog and
         // the store directory documents that nothing else writes `index/`.
         let env = unsafe { opts.open(dir) }.map_err(|e| StoreError::index(dir, e))?;
+        if access != Access::ReadWrite {
+            let rtxn = env.read_txn().map_err(|e| StoreError::index(dir, e))?;
+            let dbs = env
+                .open_databases_and_commit(rtxn, |dbo, rtxn| -> heed::Result<_> {
+                    let open = |name| dbo.open_database::<Bytes, Bytes>(rtxn, Some(name));
+                    Ok(CommitOrAbort::<_, ()>::Commit((
+                        [open("chunks")?, open("packs")?, open("points")?, open("meta")?],
+                        open("damaged")?,
+                        [open("condemned")?, open("tombstones")?, open("pins")?, open("gc_deleting")?],
+                    )))
+                })
+                .map_err(|e| StoreError::index(dir, e))?
+                .unwrap_commit();
+            let (
+                [Some(chunks), Some(packs), Some(points), Some(meta)],
+                damaged,
+                [Some(condemned), Some(tombstones), Some(pins), Some(gc_deleting)],
+            ) = dbs
+            else {
+                return Err(StoreError::Corrupt {
+                    path: dir.to_path_buf(),
+                    offset: 0,
+                    detail: "the index lacks one of its databases and cannot be completed read-only; open the store read-write once (or run `rackvault reindex`)".into(),
+                });
+            };
+            return Ok(Catalog {
+                env,
+                path: dir.to_path_buf(),
+                chunks,
+                packs,
+                points,
+                meta,
+                condemned,
+                tombstones,
+                pins,
+                gc_deleting,
+                damaged,
+                read_only: true,
+            });
+        }
         let wtxn = env.write_txn().map_err(|e| StoreError::index(dir, e))?;
         let dbs = env
             .create_databases_and_commit(wtxn, |dbo, wtxn| -> heed::Result<_> {
@@ -112,6 +207,7 @@ impl Catalog {
                     create("packs")?,
                     create("points")?,
                     create("meta")?,
+                    create("damaged")?,
                     create("condemned")?,
                     create("tombstones")?,
                     create("pins")?,
@@ -121,7 +217,7 @@ impl Catalog {
             })
             .map_err(|e| StoreError::index(dir, e))?
             .unwrap_commit();
-        let [chunks, packs, points, meta, condemned, tombstones, pins, gc_deleting] = dbs;
+        let [chunks, packs, points, meta, damaged, condemned, tombstones, pins, gc_deleting] = dbs;
         Ok(Catalog {
             env,
             path: dir.to_path_buf(),
@@ -133,7 +229,34 @@ impl Catalog {
             tombstones,
             pins,
             gc_deleting,
+            damaged: Some(damaged),
+            read_only: false,
         })
+    }
+
+    /// Whether `digest` is recorded as damaged.
+    pub fn is_damaged(&self, txn: &RoTxn<'_>, digest: &Digest) -> Result<bool> {
+        match &self.damaged {
+            None => Ok(false),
+            Some(db) => Ok(db.get(txn, &digest.0).map_err(|e| self.err(e))?.is_some()),
+        }
+    }
+
+    /// Record `digest` as damaged (keeping the first note's time).
+    pub fn mark_damaged(&self, txn: &mut RwTxn<'_>, digest: &Digest, reason: &str) -> Result<()> {
+        let Some(db) = &self.damaged else { return Ok(()) };
+        if db.get(txn, &digest.0).map_err(|e| self.err(e))?.is_some() {
+            return Ok(());
+        }
+        let note = DamageNote { since_unix: crate::now_unix(), reason: reason.to_string() };
+        db.put(txn, &digest.0, &note.encode()).map_err(|e| self.err(e))
+    }
+
+    /// Forget that `digest` was damaged (a good copy is indexed now).
+    pub fn clear_damaged(&self, txn: &mut RwTxn<'_>, digest: &Digest) -> Result<()> {
+        let Some(db) = &self.damaged else { return Ok(()) };
+        db.delete(txn, &digest.0).map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     pub fn err(&self, e: heed::Error) -> StoreError {
@@ -144,7 +267,11 @@ impl Catalog {
         self.env.read_txn().map_err(|e| self.err(e))
     }
 
+    /// A write transaction; refused on a read-only catalog (the caller names why).
     pub fn write(&self) -> Result<RwTxn<'_>> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly { path: self.path.clone(), why: "the index was opened read-only".into() });
+        }
         self.env.write_txn().map_err(|e| self.err(e))
     }
 

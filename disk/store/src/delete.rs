@@ -10,7 +10,7 @@ use crate::catalog::point_key;
 use crate::clock::{self, ClockReading, ClockRecord};
 use crate::error::{Result, StoreError};
 use crate::pack::{Codec, EncodedChunk, RecordKind};
-use crate::{now_unix, Digest, RestorePoint, Store, Tombstone};
+use crate::{now_unix, split_point_key, Digest, RestorePoint, Store, Tombstone};
 
 impl Store {
     /// Read the trusted clock (see `clock`), persisting the new reading.
@@ -52,7 +52,7 @@ impl Store {
             for (name, id) in points {
                 let key = point_key(name, *id);
                 let point = match self.catalog.points.get(txn, &key).map_err(|e| self.catalog.err(e))? {
-                    Some(v) => self.decode_point(v)?,
+                    Some(v) => self.decode_point(txn, &key, v)?,
                     None => return Err(StoreError::NoSuchPoint(format!("{name}@{id}"))),
                 };
                 let pinned = self.catalog.pins.get(txn, &key).map_err(|e| self.catalog.err(e))?.is_some();
@@ -119,9 +119,7 @@ impl Store {
         let mut out = HashSet::new();
         for item in self.catalog.pins.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
             let (k, _) = item.map_err(|e| self.catalog.err(e))?;
-            if let Some(key) = split_point_key(k) {
-                out.insert(key);
-            }
+            out.insert(split_point_key(k));
         }
         Ok(out)
     }
@@ -139,15 +137,4 @@ impl Store {
         out.sort_by_key(|t| (t.deleted_unix, t.id));
         Ok(out)
     }
-}
-
-/// (name, id) from a `points`-style key.
-fn split_point_key(k: &[u8]) -> Option<(String, u64)> {
-    let sep = k.len().checked_sub(9)?;
-    if k[sep] != 0 {
-        return None;
-    }
-    let name = std::str::from_utf8(&k[..sep]).ok()?.to_string();
-    let id = u64::from_be_bytes(k[sep + 1..].try_into().ok()?);
-    Some((name, id))
 }

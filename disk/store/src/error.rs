@@ -51,6 +51,12 @@ pub enum StoreError {
     #[error("{path}: damaged chunk record at byte offset {offset}: {detail}; run `rackvault verify` to see which restore points are affected")]
     Corrupt { path: PathBuf, offset: u64, detail: String },
 
+    #[error("restore point record {point} is damaged: {detail}; `rackvault repair` restores it from its manifest in the packs (or delete the point)")]
+    DamagedPoint { point: String, detail: String },
+
+    #[error("{path}: the store is open read-only ({why}); open it read-write on a writable filesystem to back up, repair or reindex")]
+    ReadOnly { path: PathBuf, why: String },
+
     #[error("no restore point {0}; `rackvault list` shows what the store holds")]
     NoSuchPoint(String),
 
@@ -81,10 +87,13 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::DiskFull { .. } => ErrorKind::Resource,
-            StoreError::MissingChunk { .. } | StoreError::Corrupt { .. } => ErrorKind::Damaged,
+            StoreError::MissingChunk { .. } | StoreError::Corrupt { .. } | StoreError::DamagedPoint { .. } => {
+                ErrorKind::Damaged
+            }
             StoreError::NoSuchPoint(_)
             | StoreError::Invalid(_)
             | StoreError::NotAStore { .. }
+            | StoreError::ReadOnly { .. }
             | StoreError::Immutable { .. }
             | StoreError::Pinned { .. } => ErrorKind::Usage,
             StoreError::Busy(_) => ErrorKind::Resource,

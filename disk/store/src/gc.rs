@@ -284,19 +284,25 @@ impl Store {
         Ok(self.catalog.meta_u64(&rtxn, "gc_generation")?.unwrap_or(0))
     }
 
-    /// Take `gc.lock` exclusively, waiting when `wait`, else refusing if it is held.
-    pub(crate) fn gc_lock(&self, wait: bool) -> Result<File> {
+    /// Take `gc.lock` exclusively, waiting when `wait`, else refusing if it is held. A
+    /// read-only store cannot create the file; when it is missing no GC can run there.
+    pub(crate) fn gc_lock(&self, wait: bool) -> Result<Option<File>> {
         let p = self.root.join("gc.lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| StoreError::io(&p, e))?;
+        let writable = self.read_only().is_none();
+        let f = match File::options().create(writable).truncate(false).read(true).write(writable).open(&p) {
+            Ok(f) => f,
+            Err(e) if !writable && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&p, e)),
+        };
         if wait {
             f.lock().map_err(|e| StoreError::io(&p, e))?;
         } else if f.try_lock().is_err() {
             return Err(StoreError::Busy(
-                "a garbage collection, reindex or repair is already running on this store; wait for it to finish"
+                "a garbage collection, verify, reindex or repair is already running on this store; wait for it to finish"
                     .into(),
             ));
         }
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// Delete the packs a GC dropped from the index but had not deleted yet.
@@ -392,18 +398,18 @@ impl Store {
     }
 
     /// Chunks that `point` references and a GC has condemned (to be rescued at commit).
-    pub(crate) fn condemned_references(&self, point: &RestorePoint) -> Result<Vec<(Digest, ChunkLoc)>> {
+    pub(crate) fn condemned_references(&self, point: &RestorePoint) -> Result<Vec<Digest>> {
         let rtxn = self.catalog.read()?;
         let mut rescue = Vec::new();
         let mut seen = HashSet::new();
-        let mut check = |d: &Digest, rescue: &mut Vec<(Digest, ChunkLoc)>| -> Result<Option<ChunkLoc>> {
+        let mut check = |d: &Digest, rescue: &mut Vec<Digest>| -> Result<Option<ChunkLoc>> {
             if let Some(loc) = self.catalog.chunk(&rtxn, d)? {
                 return Ok(Some(loc));
             }
             match self.catalog.condemned_chunk(&rtxn, d)? {
                 Some((loc, _)) => {
                     if seen.insert(*d) {
-                        rescue.push((*d, loc));
+                        rescue.push(*d);
                     }
                     Ok(Some(loc))
                 }
@@ -444,6 +450,7 @@ impl Store {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<GcReport> {
         let started = Instant::now();
+        self.check_writable()?;
         let _gc = self.gc_lock(false)?;
         // Shared, like a backup: cleanup at open must not delete our repack pack in tmp/.
         let writers = self.writers_lock()?;
@@ -471,7 +478,17 @@ impl Store {
             let (_, v) = item.map_err(|e| self.catalog.err(e))?;
             live.exact.insert(Digest::of(v));
         }
-        let points = self.list_in(&rtxn)?;
+        let (points, unreadable) = self.list_in(&rtxn)?;
+        if let Some(bad) = unreadable.first() {
+            // Its tree cannot be marked, so its chunks would look dead.
+            return Err(StoreError::GcBlocked {
+                point: format!("{}@{}", bad.name, bad.id),
+                source: Box::new(StoreError::DamagedPoint {
+                    point: format!("{}@{}", bad.name, bad.id),
+                    detail: bad.reason.clone(),
+                }),
+            });
+        }
         let s_points: HashSet<(String, u64)> = points.iter().map(|p| (p.name.clone(), p.id)).collect();
         let total = points.len() as u64;
         for (i, point) in points.iter().enumerate() {
@@ -489,7 +506,17 @@ impl Store {
         let mut wtxn = catalog.write()?;
         let generation = catalog.meta_u64(&wtxn, "gc_generation")?.unwrap_or(0) + 1;
         report.generation = generation;
-        for point in self.list_in(&wtxn)? {
+        let (points_now, unreadable_now) = self.list_in(&wtxn)?;
+        if let Some(bad) = unreadable_now.first() {
+            let point = format!("{}@{}", bad.name, bad.id);
+            let detail = bad.reason.clone();
+            wtxn.abort();
+            return Err(StoreError::GcBlocked {
+                point: point.clone(),
+                source: Box::new(StoreError::DamagedPoint { point, detail }),
+            });
+        }
+        for point in points_now {
             if !s_points.contains(&(point.name.clone(), point.id)) {
                 self.mark_point(&wtxn, &point, &mut live)?;
             }

@@ -4,7 +4,7 @@
 //! ## Layout of a store directory
 //! ```text
 //! rackvault-store.json   marker: {"format": 2, "store_id": hex, "created_unix": n}
-//! writers.lock           flock: shared by every backup session and a running GC, exclusive for cleanup/reindex
+//! writers.lock           flock: shared by every backup session and a running GC, exclusive for cleanup/reindex/repair
 //! gc.lock                flock: exclusive while a GC, reindex or repair runs (one at a time)
 //! sessions/*.lock        one per running backup session, flocked by it, holding the GC generation it started in
 //! index/                 LMDB environment (see `catalog` for its databases)
@@ -25,7 +25,9 @@
 //!    file is `fsync`ed.
 //! 3. The pack is renamed to `packs/N.pack` and `packs/` is `fsync`ed, so the name is durable.
 //! 4. One LMDB transaction inserts the pack's chunks into `chunks` (an existing entry is kept:
-//!    the first durable copy wins) and the pack into `packs`; the commit `fsync`s.
+//!    the first durable copy wins, unless verify recorded that chunk in `damaged`: then the
+//!    new copy replaces it and the digest leaves `damaged`) and the pack into `packs`; the
+//!    commit `fsync`s.
 //! 5. Steps 1-4 repeat for the index-tree nodes, which are chunks too, and finally for the
 //!    restore point's manifest record (its JSON), so packs alone describe every restore point.
 //! 6. One LMDB transaction inserts the restore point into `points`. Only now is it visible.
@@ -56,6 +58,21 @@
 //! in place at its first writable open (nothing is rewritten: format 1 is a subset); a
 //! rackvault that only knows format 1 then refuses it, rather than misread a tombstone.
 //!
+//! ## Damage
+//! Verify records every damaged or missing chunk in `damaged`; [`Store::contains`] (backup
+//! dedup) treats those as absent, so the next backup of the same data stores them again and
+//! step 4 heals every restore point that references them. [`Store::repair`] rewrites damaged
+//! packs keeping their intact records (same durability order, see `repair`). A restore
+//! point's catalog record is byte-identical to its manifest record, which makes `blake3` of
+//! the record its checksum: [`Store::find`] refuses a record that fails it, [`Store::list`]
+//! leaves it out and [`Store::list_checked`] names it.
+//!
+//! ## Read-only stores
+//! A store opened with [`StoreOptions::read_only`], or on a read-only filesystem, writes
+//! nothing: no cleanup at open, no format stamp, no `damaged` notes, no lock files on a
+//! read-only filesystem. Listing, verifying and restoring work; writers fail with
+//! [`StoreError::ReadOnly`].
+//!
 //! ## Locking
 //! | what | lock | why |
 //! |---|---|---|
@@ -78,6 +95,7 @@ pub mod error;
 mod gc;
 pub mod kv;
 pub mod pack;
+mod repair;
 pub mod retention;
 pub mod tree;
 mod verify;
@@ -98,10 +116,11 @@ pub use digest::{is_all_zero, Digest};
 pub use error::{ErrorKind, Result, StoreError};
 pub use gc::{GcOptions, GcProgress, GcReport, DEFAULT_REPACK_THRESHOLD};
 pub use pack::{ChunkEncoder, Codec, EncodedChunk, RecordKind};
+pub use repair::{DroppedRecord, IncompletePoint, RepairReport, RewrittenPack};
 pub use tree::{TreeBuilder, TreeWalker};
 pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyReport};
 
-use catalog::{pack_key, point_key, Catalog};
+use catalog::{pack_key, point_key, Access, Catalog};
 use pack::PackWriter;
 
 /// The on-disk format this build writes and the newest it reads.
@@ -252,6 +271,16 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// The name and id a `points` key holds (see [`catalog::point_key`]).
+pub(crate) fn split_point_key(k: &[u8]) -> (String, u64) {
+    match k.len().checked_sub(9) {
+        Some(n) if k[n] == 0 => {
+            (String::from_utf8_lossy(&k[..n]).into_owned(), u64::from_be_bytes(k[n + 1..].try_into().expect("8 bytes")))
+        }
+        _ => (String::from_utf8_lossy(k).into_owned(), 0),
+    }
+}
+
 pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -274,6 +303,9 @@ pub struct StoreOptions {
     pub create: bool,
     /// Seal packs at about this size.
     pub pack_target: u64,
+    /// Open without writing anything: no cleanup, no format stamp, no backups. Also chosen
+    /// automatically when the store's filesystem is mounted read-only.
+    pub read_only: bool,
 }
 
 /// Test-only fault injection: named points in the write path that fail with an I/O error when
@@ -333,8 +365,28 @@ impl PackFiles {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET }
+        StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET, read_only: false }
     }
+}
+
+/// A restore-point catalog record that cannot be used: unparsable, or failing its checksum
+/// (see [`catalog`]). Its key still names the point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnreadablePoint {
+    pub name: String,
+    pub id: u64,
+    pub reason: String,
+}
+
+impl UnreadablePoint {
+    pub fn spec(&self) -> String {
+        format!("{}@{}", self.name, self.id)
+    }
+}
+
+/// Whether the filesystem holding `path` is mounted read-only.
+fn on_read_only_fs(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path).is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
 
 /// An open store. `Sync`: readers and one or more backup sessions may use it from many threads.
@@ -347,15 +399,31 @@ pub struct Store {
     pack_files: Mutex<PackFiles>,
     cleanup: CleanupReport,
     failpoints: Failpoints,
+    /// Why the store is open read-only, if it is.
+    read_only: Option<String>,
 }
 
 impl Store {
     /// Open (or with `opts.create`, create) the store at `root`, then clean up what
     /// interrupted backups left behind if no other process is using the store.
+    ///
+    /// With `opts.read_only`, or when the filesystem is mounted read-only (or refuses writes
+    /// with `EROFS`), the store is opened read-only: LMDB without write transactions (and
+    /// without its lock file on a read-only filesystem, where no writer can exist), no
+    /// cleanup. It can be listed, verified and restored from; writers fail with
+    /// [`StoreError::ReadOnly`].
     pub fn open(root: &Path, opts: &StoreOptions) -> Result<Store> {
         let marker_path = root.join(MARKER);
+        let fs_read_only = on_read_only_fs(root);
+        let mut read_only = if fs_read_only {
+            Some(format!("the filesystem holding {} is mounted read-only", root.display()))
+        } else if opts.read_only {
+            Some("read-only was asked for".to_string())
+        } else {
+            None
+        };
         if !marker_path.exists() {
-            if !opts.create {
+            if !opts.create || read_only.is_some() {
                 return Err(StoreError::NotAStore { path: root.to_path_buf(), marker: MARKER });
             }
             Self::init(root)?;
@@ -378,9 +446,37 @@ impl Store {
         for (i, b) in store_id.iter_mut().enumerate() {
             *b = marker.store_id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
         }
-        let catalog = Catalog::open(&root.join("index"))?;
-        let index_lost;
-        {
+        let mut index_lost = false;
+        let index = root.join("index");
+        let access = match &read_only {
+            None => Access::ReadWrite,
+            Some(_) if fs_read_only => Access::ReadOnlyNoLock,
+            Some(_) => Access::ReadOnly,
+        };
+        let catalog = match Catalog::open(&index, access) {
+            Err(StoreError::Index { source: heed::Error::Io(e), .. }) if e.raw_os_error() == Some(libc::EROFS) => {
+                read_only = Some(format!("the filesystem holding {} refuses writes (EROFS)", root.display()));
+                Catalog::open(&index, Access::ReadOnlyNoLock)?
+            }
+            Err(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::EROFS) => {
+                read_only = Some(format!("the filesystem holding {} refuses writes (EROFS)", root.display()));
+                Catalog::open(&index, Access::ReadOnlyNoLock)?
+            }
+            r => r?,
+        };
+        if read_only.is_some() {
+            let rtxn = catalog.read()?;
+            if let Some(f) = catalog.meta.get(&rtxn, b"format").map_err(|e| catalog.err(e))? {
+                let f = f.try_into().map(u32::from_le_bytes).unwrap_or(0);
+                if f > FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat {
+                        path: root.to_path_buf(),
+                        found: f,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+        } else {
             let mut wtxn = catalog.write()?;
             let found = catalog
                 .meta
@@ -423,8 +519,11 @@ impl Store {
             pack_files: Mutex::new(PackFiles::default()),
             cleanup: CleanupReport::default(),
             failpoints: Failpoints::from_env(),
+            read_only,
         };
-        store.cleanup = store.cleanup_leftovers(index_lost)?;
+        if store.read_only.is_none() {
+            store.cleanup = store.cleanup_leftovers(index_lost)?;
+        }
         Ok(store)
     }
 
@@ -516,6 +615,19 @@ impl Store {
         }
     }
 
+    /// Why the store is open read-only, or `None` when it is writable.
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// Refuse a write to a read-only store, saying why it is read-only.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(why) => Err(StoreError::ReadOnly { path: self.root.clone(), why: why.clone() }),
+        }
+    }
+
     /// The I/O path pack writes take.
     pub fn io_backend(&self) -> uringio::Backend {
         uringio::backend()
@@ -578,10 +690,12 @@ impl Store {
         Ok(report)
     }
 
-    /// Whether the index holds `digest`.
+    /// Whether the index holds a usable copy of `digest`: indexed and not recorded as
+    /// damaged (so a backup stores a new copy of a chunk verify found damaged or missing).
     pub fn contains(&self, digest: &Digest) -> Result<bool> {
         let rtxn = self.catalog.read()?;
-        Ok(self.catalog.chunks.get(&rtxn, &digest.0).map_err(|e| self.catalog.err(e))?.is_some())
+        Ok(self.catalog.chunks.get(&rtxn, &digest.0).map_err(|e| self.catalog.err(e))?.is_some()
+            && !self.catalog.is_damaged(&rtxn, digest)?)
     }
 
     /// Where `digest` is stored.
@@ -698,6 +812,7 @@ impl Store {
 
     /// Start a backup session.
     pub fn begin_backup(&self) -> Result<BackupSession<'_>> {
+        self.check_writable()?;
         let lock = self.writers_lock()?;
         lock.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
         let registration = gc::Registration::register(self)?;
@@ -713,28 +828,55 @@ impl Store {
         })
     }
 
-    /// All restore points, ordered by name then id.
+    /// All readable restore points, ordered by name then id. Records that cannot be read
+    /// are left out; [`list_checked`](Store::list_checked) names them.
     pub fn list(&self) -> Result<Vec<RestorePoint>> {
+        Ok(self.list_checked()?.0)
+    }
+
+    /// All restore points, and the catalog records that cannot be read or fail their checksum.
+    pub fn list_checked(&self) -> Result<(Vec<RestorePoint>, Vec<UnreadablePoint>)> {
         let rtxn = self.catalog.read()?;
         self.list_in(&rtxn)
     }
 
-    /// All restore points as of the snapshot `rtxn`.
-    pub(crate) fn list_in(&self, rtxn: &heed::RoTxn<'_>) -> Result<Vec<RestorePoint>> {
-        let mut out = Vec::new();
+    /// All restore points as of the snapshot `rtxn`, and the unreadable records.
+    pub(crate) fn list_in(&self, rtxn: &heed::RoTxn<'_>) -> Result<(Vec<RestorePoint>, Vec<UnreadablePoint>)> {
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
         for item in self.catalog.points.iter(rtxn).map_err(|e| self.catalog.err(e))? {
-            let (_, v) = item.map_err(|e| self.catalog.err(e))?;
-            out.push(self.decode_point(v)?);
+            let (k, v) = item.map_err(|e| self.catalog.err(e))?;
+            match self.decode_point(rtxn, k, v) {
+                Ok(p) => out.push(p),
+                Err(StoreError::DamagedPoint { detail, .. }) => {
+                    let (name, id) = split_point_key(k);
+                    bad.push(UnreadablePoint { name, id, reason: detail });
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 
-    fn decode_point(&self, v: &[u8]) -> Result<RestorePoint> {
-        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-            path: self.catalog.path.clone(),
-            offset: 0,
-            detail: format!("unreadable restore point record: {e}"),
-        })
+    /// Decode the catalog record `v` stored under key `k`, checking it: its blake3 must be the
+    /// digest of an indexed manifest record (which holds the same bytes), or of one recorded
+    /// as damaged, and it must name the point its key names.
+    pub(crate) fn decode_point(&self, rtxn: &heed::RoTxn<'_>, k: &[u8], v: &[u8]) -> Result<RestorePoint> {
+        let (name, id) = split_point_key(k);
+        let damaged = |detail: String| StoreError::DamagedPoint { point: format!("{name}@{id}"), detail };
+        let digest = Digest::of(v);
+        let authentic = match self.catalog.chunk(rtxn, &digest)? {
+            Some(loc) => loc.kind == RecordKind::Manifest,
+            None => self.catalog.is_damaged(rtxn, &digest)?,
+        };
+        if !authentic {
+            return Err(damaged("its checksum does not match any manifest in the store".into()));
+        }
+        let point: RestorePoint =
+            serde_json::from_slice(v).map_err(|e| damaged(format!("unreadable restore point record: {e}")))?;
+        if point.name != name || point.id != id {
+            return Err(damaged(format!("the record describes {}", point.spec())));
+        }
+        Ok(point)
     }
 
     /// Find `NAME` (its newest restore point) or `NAME@ID`.
@@ -751,19 +893,23 @@ impl Store {
         validate_name(name)?;
         let rtxn = self.catalog.read()?;
         let found = match id {
-            Some(id) => self.catalog.points.get(&rtxn, &point_key(name, id)).map_err(|e| self.catalog.err(e))?,
+            Some(id) => {
+                let key = point_key(name, id);
+                self.catalog.points.get(&rtxn, &key).map_err(|e| self.catalog.err(e))?.map(|v| (key, v))
+            }
             None => {
                 let mut prefix = name.as_bytes().to_vec();
                 prefix.push(0);
                 let mut last = None;
                 for item in self.catalog.points.prefix_iter(&rtxn, &prefix).map_err(|e| self.catalog.err(e))? {
-                    last = Some(item.map_err(|e| self.catalog.err(e))?.1);
+                    let (k, v) = item.map_err(|e| self.catalog.err(e))?;
+                    last = Some((k.to_vec(), v));
                 }
                 last
             }
         };
         match found {
-            Some(v) => self.decode_point(v),
+            Some((k, v)) => self.decode_point(&rtxn, &k, v),
             None => Err(StoreError::NoSuchPoint(spec.to_string())),
         }
     }
@@ -898,6 +1044,13 @@ impl<'s> BackupSession<'s> {
         let catalog = &self.store.catalog;
         let mut wtxn = catalog.write()?;
         for (digest, loc) in self.pending.drain() {
+            // A new copy of a chunk recorded as damaged replaces the damaged one, which heals
+            // every restore point referencing it; otherwise the first durable copy wins.
+            if catalog.is_damaged(&wtxn, &digest)? {
+                catalog.chunks.put(&mut wtxn, &digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
+                catalog.clear_damaged(&mut wtxn, &digest)?;
+                continue;
+            }
             match catalog.chunks.put_with_flags(&mut wtxn, PutFlags::NO_OVERWRITE, &digest.0, &loc.encode()) {
                 Ok(()) | Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
                 Err(e) => return Err(catalog.err(e)),
@@ -996,11 +1149,14 @@ impl<'s> BackupSession<'s> {
                         .into(),
                 ));
             }
-            for (digest, loc) in &rescue {
-                if catalog.chunks.get(&wtxn, &digest.0).map_err(|e| catalog.err(e))?.is_none() {
-                    catalog.chunks.put(&mut wtxn, &digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
+            for digest in &rescue {
+                // Where it is *now*: a GC may have moved it into a new pack since the walk.
+                if let Some((loc, _)) = catalog.condemned_chunk(&wtxn, digest)? {
+                    if catalog.chunks.get(&wtxn, &digest.0).map_err(|e| catalog.err(e))?.is_none() {
+                        catalog.chunks.put(&mut wtxn, &digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
+                    }
+                    catalog.condemned.delete(&mut wtxn, &digest.0).map_err(|e| catalog.err(e))?;
                 }
-                catalog.condemned.delete(&mut wtxn, &digest.0).map_err(|e| catalog.err(e))?;
             }
             // Every referenced root must be indexed now; a bug here would publish a broken point.
             for d in &point.disks {

@@ -27,8 +27,10 @@
 //! ```
 //! A reader can walk a pack from byte 64, record by record, and rebuild the chunk index from
 //! it alone: every record carries its digest, both lengths and a checksum. A record whose
-//! magic is zero marks the padding at the end; a record that fails its checksum ends the
-//! usable part of a pack (it can only be the torn tail of a pack that was never sealed).
+//! magic is zero marks the padding at the end (fewer than 4096 zero bytes before the end of
+//! the file). Damage does not end a walk: [`scan_pack`] reads past a damaged pack header
+//! (records are self-checking) and, after a damaged record, resynchronises on the next offset
+//! holding a record magic whose checksum matches, reporting the stretch it skipped.
 //!
 //! ## Writing
 //! [`PackWriter`] appends records into a 4 KiB-aligned buffer and hands whole buffers to a
@@ -496,59 +498,235 @@ pub fn read_record_stored(
 pub struct ScannedRecord {
     pub header: RecordHeader,
     pub offset: u64,
-    /// Whether the payload passed its checksum and digest.
+    /// Whether the payload passed its checksum (and, when content is checked, its digest).
     pub intact: bool,
 }
 
-/// Walk every record of a pack in order. Reads sequentially in large blocks. `check_content`
-/// also decompresses each payload and checks its digest (verify); without it only checksums
-/// are checked (index rebuild). Stops at padding or at an unreadable header; returns the
-/// records and, if the walk stopped early, why.
-pub fn scan_pack(path: &Path, check_content: bool) -> Result<(u64, Vec<ScannedRecord>, Option<String>)> {
-    use std::io::Read;
+/// A stretch of a pack [`scan_pack`] could not read as records: a damaged header, a record
+/// cut short, garbage. Records that lay in it are lost (or at least unlocatable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRange {
+    pub offset: u64,
+    pub len: u64,
+    pub reason: String,
+}
+
+/// What [`scan_pack`] found in one pack file.
+#[derive(Debug, Clone, Default)]
+pub struct PackScan {
+    /// The pack number in the header; `None` when the header is damaged.
+    pub number: Option<u64>,
+    /// Why the 64-byte pack header is unusable, if it is.
+    pub header_error: Option<String>,
+    /// Every record found, in order, intact or not.
+    pub records: Vec<ScannedRecord>,
+    /// Stretches that are not records, in order (a damaged or truncated tail is the last).
+    pub skipped: Vec<SkippedRange>,
+    /// End of the last record found (`PACK_HEADER_LEN` when there is none).
+    pub end: u64,
+    /// Length of the file.
+    pub len: u64,
+}
+
+impl PackScan {
+    /// Whether `offset` lies in a skipped stretch.
+    pub fn in_skipped(&self, offset: u64) -> Option<&SkippedRange> {
+        self.skipped.iter().find(|r| offset >= r.offset && offset < r.offset + r.len)
+    }
+
+    /// Whether the pack needs no repair: header, every record and the tail are sound.
+    pub fn is_clean(&self) -> bool {
+        self.header_error.is_none() && self.skipped.is_empty() && self.records.iter().all(|r| r.intact)
+    }
+}
+
+/// A window over a pack file read in large blocks, so that a sequential walk costs few reads
+/// and a search for the next record can look back and forth.
+struct Window<'f> {
+    file: &'f File,
+    len: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Window<'_> {
+    const BLOCK: usize = 4 << 20;
+
+    /// Bytes `[offset, offset + n)`; `None` past the end of the file.
+    fn get(&mut self, offset: u64, n: usize) -> std::io::Result<Option<&[u8]>> {
+        if offset + n as u64 > self.len {
+            return Ok(None);
+        }
+        if offset < self.start || offset + n as u64 > self.start + self.buf.len() as u64 {
+            let want = (n.max(Self::BLOCK) as u64).min(self.len - offset) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, offset)?;
+            self.start = offset;
+        }
+        let s = (offset - self.start) as usize;
+        Ok(Some(&self.buf[s..s + n]))
+    }
+
+    /// The header of a record at `offset` whose magic decodes and whose checksum over header
+    /// and payload matches: proof that a record starts there.
+    fn valid_record_at(&mut self, offset: u64) -> std::io::Result<Option<RecordHeader>> {
+        let header = match self.get(offset, RECORD_HEADER_LEN)? {
+            Some(h) => match RecordHeader::decode(h) {
+                Ok(Some(h)) => h,
+                _ => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        match self.get(offset, RECORD_HEADER_LEN + header.stored_len as usize)? {
+            Some(b) if RecordHeader::compute_crc(b, &b[RECORD_HEADER_LEN..]) == header.crc => Ok(Some(header)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether everything from `offset` to the end is the zero padding of a sealed pack.
+    fn padding_at(&mut self, offset: u64) -> std::io::Result<bool> {
+        let rest = self.len.saturating_sub(offset);
+        if rest >= 4096 {
+            return Ok(false);
+        }
+        Ok(self.get(offset, rest as usize)?.is_some_and(|b| b.iter().all(|&x| x == 0)))
+    }
+
+    /// The first offset at or after `from` where a checksummed record starts.
+    fn next_record(&mut self, from: u64) -> std::io::Result<Option<u64>> {
+        let mut p = from;
+        while p + RECORD_HEADER_LEN as u64 <= self.len {
+            let n = (Self::BLOCK as u64).min(self.len - p) as usize;
+            let candidates: Vec<u64> = match self.get(p, n)? {
+                Some(b) => b
+                    .windows(RECORD_MAGIC.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == RECORD_MAGIC)
+                    .map(|(i, _)| p + i as u64)
+                    .collect(),
+                None => break,
+            };
+            for c in candidates {
+                if self.valid_record_at(c)?.is_some() {
+                    return Ok(Some(c));
+                }
+            }
+            // Overlap by the magic's length less one, so a magic across blocks is seen.
+            p += (n - (RECORD_MAGIC.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Walk every record of a pack in order. `check_content` also decompresses each payload and
+/// checks its digest (verify); without it only checksums are checked (index rebuild).
+///
+/// Damage does not end the walk. A damaged pack header is reported and the records are read
+/// anyway (each is self-checking). After a header that does not decode, a record cut short,
+/// or a record whose checksum fails and after which no record follows where its length says,
+/// the scanner searches forward for the next offset where a record header decodes *and* its
+/// checksum over header and payload matches, and continues there; the stretch in between is
+/// reported in [`PackScan::skipped`]. A record whose checksum fails but which is followed by a
+/// valid record (or the end) is listed with `intact: false`: its length, and so probably its
+/// digest, are right. Errors only if the file cannot be opened.
+pub fn scan_pack(path: &Path, check_content: bool) -> Result<PackScan> {
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
     let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
-    let mut reader = std::io::BufReader::with_capacity(4 << 20, &file);
-    let mut head = [0u8; PACK_HEADER_LEN as usize];
-    reader.read_exact(&mut head).map_err(|_| StoreError::Corrupt {
-        path: path.into(),
-        offset: 0,
-        detail: "shorter than a pack header".into(),
-    })?;
-    let (_, number, _) =
-        decode_pack_header(&head).map_err(|detail| StoreError::Corrupt { path: path.into(), offset: 0, detail })?;
-    let mut offset = PACK_HEADER_LEN;
-    let mut records = Vec::new();
-    let mut payload = Vec::new();
-    let mut out = Vec::new();
-    let mut stop = None;
-    while offset + RECORD_HEADER_LEN as u64 <= len {
-        let mut h = [0u8; RECORD_HEADER_LEN];
-        if let Err(e) = reader.read_exact(&mut h) {
-            stop = Some(format!("read error at {offset}: {e}"));
-            break;
-        }
-        let header = match RecordHeader::decode(&h) {
-            Ok(Some(h)) => h,
-            Ok(None) => break,
-            Err(e) => {
-                stop = Some(format!("unreadable record header at byte offset {offset}: {e}"));
-                break;
-            }
-        };
-        payload.resize(header.stored_len as usize, 0);
-        if let Err(e) = reader.read_exact(&mut payload) {
-            stop = Some(format!("record at byte offset {offset} is cut short: {e}"));
-            break;
-        }
-        let mut intact = RecordHeader::compute_crc(&h, &payload) == header.crc;
-        if intact && check_content {
-            intact = decode_payload(header.codec, &payload, header.raw_len, &header.digest, &mut out).is_ok();
-        }
-        records.push(ScannedRecord { header, offset, intact });
-        offset += RECORD_HEADER_LEN as u64 + header.stored_len as u64;
+    let mut w = Window { file: &file, len, start: 0, buf: Vec::new() };
+    let mut scan = PackScan { end: PACK_HEADER_LEN, len, ..Default::default() };
+    match w.get(0, PACK_HEADER_LEN as usize) {
+        Ok(Some(head)) => match decode_pack_header(head) {
+            Ok((_, number, _)) => scan.number = Some(number),
+            Err(e) => scan.header_error = Some(e),
+        },
+        Ok(None) => scan.header_error = Some("file shorter than a pack header".into()),
+        Err(e) => scan.header_error = Some(format!("read error: {e}")),
     }
-    Ok((number, records, stop))
+    let mut out = Vec::new();
+    let mut pos = PACK_HEADER_LEN;
+    let result: std::io::Result<()> = (|| {
+        while pos < len {
+            let head: Option<[u8; RECORD_HEADER_LEN]> =
+                w.get(pos, RECORD_HEADER_LEN)?.map(|b| b.try_into().expect("64 bytes"));
+            let header = match head {
+                None if w.padding_at(pos)? => break,
+                None => Err("a fragment shorter than a record header (the pack is truncated)".to_string()),
+                Some(h) => match RecordHeader::decode(&h) {
+                    Ok(Some(h)) => Ok(h),
+                    Ok(None) if w.padding_at(pos)? => break,
+                    Ok(None) => Err("zeros where a record header should be".to_string()),
+                    Err(e) => Err(format!("unreadable record header ({e})")),
+                },
+            };
+            let why = match header {
+                Err(why) => why,
+                Ok(header) => {
+                    let total = RECORD_HEADER_LEN + header.stored_len as usize;
+                    let next = pos + total as u64;
+                    let crc_ok = match w.get(pos, total)? {
+                        Some(b) => {
+                            let ok = RecordHeader::compute_crc(b, &b[RECORD_HEADER_LEN..]) == header.crc;
+                            if ok && check_content {
+                                let payload = &b[RECORD_HEADER_LEN..];
+                                Some(
+                                    decode_payload(header.codec, payload, header.raw_len, &header.digest, &mut out)
+                                        .is_ok(),
+                                )
+                            } else {
+                                Some(ok)
+                            }
+                        }
+                        None => None,
+                    };
+                    match crc_ok {
+                        Some(true) => {
+                            scan.records.push(ScannedRecord { header, offset: pos, intact: true });
+                            pos = next;
+                            scan.end = pos;
+                            continue;
+                        }
+                        // A damaged payload: trust the length only if the next record (or
+                        // the end of the pack) is where it says.
+                        Some(false) if next == len || w.padding_at(next)? || w.valid_record_at(next)?.is_some() => {
+                            scan.records.push(ScannedRecord { header, offset: pos, intact: false });
+                            pos = next;
+                            scan.end = pos;
+                            continue;
+                        }
+                        Some(false) => "record fails its checksum and no record follows where its length says".into(),
+                        None => format!("record of {total} bytes is cut short (the pack is truncated)"),
+                    }
+                }
+            };
+            match w.next_record(pos + 1)? {
+                Some(n) => {
+                    scan.skipped.push(SkippedRange {
+                        offset: pos,
+                        len: n - pos,
+                        reason: format!("{why}; the scan resumed at the next intact record at byte offset {n}"),
+                    });
+                    pos = n;
+                }
+                None => {
+                    scan.skipped.push(SkippedRange {
+                        offset: pos,
+                        len: len - pos,
+                        reason: format!("{why}; no intact record follows"),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        scan.skipped.push(SkippedRange {
+            offset: pos,
+            len: len.saturating_sub(pos),
+            reason: format!("read error: {e}"),
+        });
+    }
+    Ok(scan)
 }
 
 #[cfg(test)]

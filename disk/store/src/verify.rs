@@ -1,16 +1,34 @@
 //! Verification and index rebuild.
 //!
+//! Invariant: a restore point verifies clean only if every chunk it references (data, tree
+//! nodes, captured files) is reachable through an index entry that leads to an intact record,
+//! and its catalog record passes its checksum (`blake3` of the record is an indexed manifest;
+//! see [`catalog`](crate::catalog)). Anything else is reported as damage to the restore points
+//! it touches, by byte range, or, for a catalog record, by its key `name@id`.
+//!
 //! Two ways to verify, both reporting damage as restore points and byte ranges:
 //! - [`Store::verify_points`] re-reads every chunk the given restore points reference and
 //!   checks its checksum and digest (parallel over chunks).
-//! - [`Store::verify_store`] scans every pack once, sequentially, checking every record, and
-//!   then walks every restore point's index tree against the index and the set of damaged
-//!   chunks. Each chunk is read once however many restore points share it.
+//! - [`Store::verify_store`] scans every pack once, sequentially, checking every record
+//!   ([`pack::scan_pack`] reads past a damaged pack header and resynchronises after damaged
+//!   records, so every intact record is seen and every lost stretch is named). Then it checks
+//!   every index entry against the scan and the record header at its location (a `pread` of
+//!   64 bytes: magic, digest, length and kind must match), which catches damage to the index
+//!   itself and entries into lost stretches. Finally it walks every restore point's index
+//!   tree against the entries found damaged. Each chunk is read once however many restore
+//!   points share it. Unreadable catalog records are damaged points, the others are checked.
+//!
+//! Both record every damaged or missing chunk digest in the `damaged` database, so the next
+//! backup stores a new copy, which replaces the damaged one for every restore point
+//! (`verify_store` also forgets digests whose entry checks out again). A read-only store is
+//! verified without recording anything.
 //!
 //! [`Store::reindex`] rebuilds the `chunks` and `packs` databases from the packs alone, and
-//! restores catalog entries from the manifest records in the packs.
+//! restores catalog entries from the manifest records in the packs. It salvages every intact
+//! record of a pack, also behind a damaged pack header or a damaged record.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -71,6 +89,62 @@ pub struct ReindexReport {
     pub damaged_records: Vec<String>,
 }
 
+/// What a scan of one pack found, kept for checking index entries (not the records).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PackSummary {
+    pub missing: bool,
+    pub header_error: Option<String>,
+    pub skipped: Vec<pack::SkippedRange>,
+    /// Offsets of records that fail their checksum or digest.
+    pub bad: HashSet<u64>,
+    /// End of the last record found.
+    pub end: u64,
+    /// The length the pack table records.
+    pub info_len: u64,
+}
+
+impl PackSummary {
+    /// Whether the pack has damage that [`Store::repair`] rewrites away.
+    pub fn needs_repair(&self) -> bool {
+        self.missing
+            || self.header_error.is_some()
+            || !self.skipped.is_empty()
+            || !self.bad.is_empty()
+            || self.end < self.info_len
+    }
+}
+
+/// What a scan of every pack found.
+#[derive(Debug, Default)]
+pub(crate) struct StoreScan {
+    pub packs: HashMap<u64, PackSummary>,
+    pub damaged_records: Vec<String>,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+}
+
+/// Why an index entry leads to no intact record.
+#[derive(Debug, Clone)]
+pub(crate) enum EntryFault {
+    /// The record it names is damaged or gone (damage of the pack).
+    Lost(String),
+    /// The entry itself is wrong: the pack holds something else there (damage of the index).
+    Wrong(String),
+}
+
+/// What [`Store::check_index`] found.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCheck {
+    /// Digests whose entry leads to no intact record, with the reason.
+    pub damaged: HashMap<Digest, String>,
+    /// Those of them whose entry itself is wrong.
+    pub wrong: HashSet<Digest>,
+    /// Report lines for the wrong entries.
+    pub lines: Vec<String>,
+    /// Digests recorded in `damaged` whose entry checks out now.
+    pub sound: Vec<Digest>,
+}
+
 /// Collects damaged chunk indices of one disk and merges them into byte ranges.
 struct DamageCollector<'a> {
     disk: &'a DiskIndex,
@@ -122,7 +196,10 @@ impl Store {
                         report.chunks_checked += 1;
                         report.bytes_checked += content.len() as u64;
                     }
-                    Err(e) => ranges.push(file_damage(file, e.to_string())),
+                    Err(e) => {
+                        self.note_damage(&[(file.digest, e.to_string())], &[])?;
+                        ranges.push(file_damage(file, e.to_string()));
+                    }
                 }
             }
             report.restore_points_checked += 1;
@@ -140,7 +217,7 @@ impl Store {
         progress: &(dyn Fn(u64) + Sync),
         report: &mut VerifyReport,
     ) -> Result<Vec<DamagedRange>> {
-        let damaged: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+        let damaged: Mutex<Vec<(u64, Digest, String)>> = Mutex::new(Vec::new());
         let checked = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(1024);
@@ -159,7 +236,7 @@ impl Store {
                                 bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
                                 progress(out.len() as u64);
                             }
-                            Err(e) => damaged.lock().expect("damage list").push((index, e.to_string())),
+                            Err(e) => damaged.lock().expect("damage list").push((index, digest, e.to_string())),
                         }
                     }
                 });
@@ -191,11 +268,14 @@ impl Store {
         report.chunks_checked += checked.into_inner();
         report.bytes_checked += bytes.into_inner();
         let mut list = damaged.into_inner().expect("damage list");
-        list.sort();
+        list.sort_by_key(|(index, _, _)| *index);
         let mut collector = DamageCollector::new(disk);
-        for (index, reason) in list {
-            collector.add(index, 1, reason);
+        let mut noted = Vec::new();
+        for (index, digest, reason) in list {
+            collector.add(index, 1, reason.clone());
+            noted.push((digest, reason));
         }
+        self.note_damage(&noted, &[])?;
         if let Some((index, reason)) = walk_failure {
             let rest = disk.chunks.saturating_sub(index).max(1);
             collector.add(index, rest, reason);
@@ -203,7 +283,7 @@ impl Store {
         Ok(collector.ranges)
     }
 
-    fn pack_numbers(&self) -> Result<Vec<(u64, PackInfo)>> {
+    pub(crate) fn pack_numbers(&self) -> Result<Vec<(u64, PackInfo)>> {
         let rtxn = self.catalog.read()?;
         let mut out = Vec::new();
         for item in self.catalog.packs.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
@@ -219,12 +299,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Check every record of every pack, then every restore point against what was found.
-    pub fn verify_store(&self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+    /// Scan every pack of the pack table (in parallel over packs), checking every record.
+    pub(crate) fn scan_store(&self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<StoreScan> {
         let packs = self.pack_numbers()?;
-        let bad: Mutex<HashSet<Digest>> = Mutex::new(HashSet::new());
-        // Packs that could not be scanned at all (missing, or a damaged header).
-        let unreadable: Mutex<HashSet<u64>> = Mutex::new(HashSet::new());
+        let summaries: Mutex<HashMap<u64, PackSummary>> = Mutex::new(HashMap::new());
         let damaged_records: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let checked = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -236,19 +314,30 @@ impl Store {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some((number, info)) = packs.get(i) else { break };
                     let path = self.pack_path(*number);
-                    match pack::scan_pack(&path, true) {
-                        Ok((_, records, stop)) => {
-                            let mut end = pack::PACK_HEADER_LEN;
-                            for r in &records {
-                                end = r.offset + (pack::RECORD_HEADER_LEN as u64) + r.header.stored_len as u64;
+                    let mut lines = Vec::new();
+                    let summary = match pack::scan_pack(&path, true) {
+                        Ok(scan) => {
+                            let mut summary = PackSummary {
+                                header_error: scan.header_error.clone(),
+                                end: scan.end,
+                                info_len: info.len,
+                                ..Default::default()
+                            };
+                            if let Some(e) = &scan.header_error {
+                                lines.push(format!(
+                                    "{}: the 64-byte pack header is damaged ({e}); its records were checked anyway",
+                                    path.display()
+                                ));
+                            }
+                            for r in &scan.records {
                                 if r.intact {
                                     checked.fetch_add(1, Ordering::Relaxed);
                                     bytes.fetch_add(r.header.raw_len as u64, Ordering::Relaxed);
                                     // The total is the packs' size, so progress counts stored bytes.
                                     progress(pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64);
                                 } else {
-                                    bad.lock().expect("bad set").insert(r.header.digest);
-                                    damaged_records.lock().expect("list").push(format!(
+                                    summary.bad.insert(r.offset);
+                                    lines.push(format!(
                                         "{}: record at byte offset {} (chunk {}) fails its checksum or digest",
                                         path.display(),
                                         r.offset,
@@ -256,57 +345,240 @@ impl Store {
                                     ));
                                 }
                             }
-                            if let Some(why) = stop {
-                                damaged_records.lock().expect("list").push(format!("{}: {why}", path.display()));
-                            } else if end < info.len {
-                                damaged_records.lock().expect("list").push(format!(
-                                    "{}: pack ends at byte {end}, the index says {}",
+                            for r in &scan.skipped {
+                                lines.push(format!(
+                                    "{}: bytes {}..{} are not readable as records: {}",
                                     path.display(),
+                                    r.offset,
+                                    r.offset + r.len,
+                                    r.reason
+                                ));
+                            }
+                            let tail_skipped = scan.skipped.last().is_some_and(|r| r.offset + r.len >= scan.len);
+                            if scan.end < info.len && !tail_skipped {
+                                lines.push(format!(
+                                    "{}: pack ends at byte {}, the index says {}",
+                                    path.display(),
+                                    scan.end,
                                     info.len
                                 ));
                             }
-                        }
-                        Err(StoreError::Corrupt { path, offset, detail }) => {
-                            unreadable.lock().expect("unreadable set").insert(*number);
-                            damaged_records
-                                .lock()
-                                .expect("list")
-                                .push(format!("{}: at {offset}: {detail}", path.display()));
+                            summary.skipped = scan.skipped;
+                            summary
                         }
                         Err(StoreError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
-                            unreadable.lock().expect("unreadable set").insert(*number);
-                            damaged_records
-                                .lock()
-                                .expect("list")
-                                .push(format!("{}: pack file is missing", path.display()));
+                            lines.push(format!("{}: pack file is missing", path.display()));
+                            PackSummary { missing: true, info_len: info.len, ..Default::default() }
                         }
                         Err(e) => {
                             first_error.lock().expect("error slot").get_or_insert(e);
                             break;
                         }
-                    }
+                    };
+                    damaged_records.lock().expect("list").extend(lines);
+                    summaries.lock().expect("summaries").insert(*number, summary);
                 });
             }
         });
         if let Some(e) = first_error.into_inner().expect("error slot") {
             return Err(e);
         }
-        let bad = bad.into_inner().expect("bad set");
-        let mut report = VerifyReport {
-            packs_scanned: packs.len() as u64,
+        let mut damaged_records = damaged_records.into_inner().expect("list");
+        damaged_records.sort();
+        Ok(StoreScan {
+            packs: summaries.into_inner().expect("summaries"),
+            damaged_records,
             chunks_checked: checked.into_inner(),
             bytes_checked: bytes.into_inner(),
-            damaged_records: damaged_records.into_inner().expect("list"),
+        })
+    }
+
+    /// Check every index entry against what the scan found and against the record header at
+    /// its location (one `pread` each, on `threads` workers). Returns the digests whose entry
+    /// leads to no intact record, with the reason, and lines for entries that are wrong while
+    /// their pack is fine there (those are damage of the index itself).
+    pub(crate) fn check_index(&self, rtxn: &heed::RoTxn<'_>, scan: &StoreScan, threads: usize) -> Result<IndexCheck> {
+        let damaged: Mutex<HashMap<Digest, String>> = Mutex::new(HashMap::new());
+        let wrong: Mutex<HashSet<Digest>> = Mutex::new(HashSet::new());
+        let lines: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let sound: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
+        let noted = self.damaged_set(rtxn)?;
+        let mut result = Ok(());
+        std::thread::scope(|s| {
+            let (tx, rx) = crossbeam_channel::bounded::<Vec<(Digest, Option<ChunkLoc>)>>(16);
+            for _ in 0..threads.max(1) {
+                let rx = rx.clone();
+                let (damaged, wrong, lines, sound, noted) = (&damaged, &wrong, &lines, &sound, &noted);
+                s.spawn(move || {
+                    for batch in rx {
+                        for (digest, loc) in batch {
+                            let verdict = match loc {
+                                None => Err(EntryFault::Wrong(
+                                    "its index entry is malformed; `rackvault reindex` rebuilds it from the packs"
+                                        .into(),
+                                )),
+                                Some(loc) => self.check_entry(&digest, &loc, scan),
+                            };
+                            match verdict {
+                                Ok(()) => {
+                                    if noted.contains(&digest) {
+                                        sound.lock().expect("sound list").push(digest);
+                                    }
+                                }
+                                Err(EntryFault::Wrong(reason)) => {
+                                    lines
+                                        .lock()
+                                        .expect("lines")
+                                        .push(format!("index entry of chunk {digest}: {reason}"));
+                                    wrong.lock().expect("wrong set").insert(digest);
+                                    damaged.lock().expect("damage map").insert(digest, reason);
+                                }
+                                Err(EntryFault::Lost(reason)) => {
+                                    damaged.lock().expect("damage map").insert(digest, reason);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            drop(rx);
+            result = (|| {
+                let mut batch = Vec::with_capacity(1024);
+                for item in self.catalog.chunks.iter(rtxn).map_err(|e| self.catalog.err(e))? {
+                    let (k, v) = item.map_err(|e| self.catalog.err(e))?;
+                    let Ok(key) = <[u8; 32]>::try_from(k) else { continue };
+                    batch.push((Digest(key), ChunkLoc::decode(v)));
+                    if batch.len() == 1024 && tx.send(std::mem::take(&mut batch)).is_err() {
+                        break;
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                Ok(())
+            })();
+            drop(tx);
+        });
+        result?;
+        let mut lines = lines.into_inner().expect("lines");
+        lines.sort();
+        Ok(IndexCheck {
+            damaged: damaged.into_inner().expect("damage map"),
+            wrong: wrong.into_inner().expect("wrong set"),
+            lines,
+            sound: sound.into_inner().expect("sound list"),
+        })
+    }
+
+    /// Whether the index entry `digest -> loc` leads to an intact record, as far as the scan
+    /// and the record header at `loc` tell.
+    pub(crate) fn check_entry(&self, digest: &Digest, loc: &ChunkLoc, scan: &StoreScan) -> Result<(), EntryFault> {
+        use EntryFault::Lost;
+        let path = self.pack_path(loc.pack);
+        let shown = path.display();
+        let record_end = loc.offset + pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+        if let Some(summary) = scan.packs.get(&loc.pack) {
+            if summary.missing {
+                return Err(Lost(format!("its pack {shown} is missing")));
+            }
+            if let Some(r) = summary.skipped.iter().find(|r| loc.offset >= r.offset && loc.offset < r.offset + r.len) {
+                return Err(Lost(format!("its record at byte offset {} of {shown} is lost: {}", loc.offset, r.reason)));
+            }
+            if summary.bad.contains(&loc.offset) {
+                return Err(Lost(format!("its record at byte offset {} of {shown} is damaged", loc.offset)));
+            }
+            if record_end > summary.end {
+                return Err(Lost(format!(
+                    "its record at byte offset {} lies beyond the last record of {shown} (byte {}): the pack lost its tail",
+                    loc.offset, summary.end
+                )));
+            }
+        }
+        let mut h = [0u8; pack::RECORD_HEADER_LEN];
+        let read = self.pack_file(loc.pack).map_err(|e| Lost(e.to_string()))?.read_exact_at(&mut h, loc.offset);
+        let header = match read {
+            Ok(()) => pack::RecordHeader::decode(&h),
+            Err(e) => Err(e.to_string()),
+        };
+        let wrong = match header {
+            Ok(Some(h)) if h.digest == *digest && h.stored_len == loc.stored_len && h.kind == loc.kind => return Ok(()),
+            Ok(Some(h)) if h.digest != *digest => format!("the record there holds chunk {}", h.digest),
+            Ok(Some(h)) => format!(
+                "the record there is {} bytes of kind {:?}, the entry says {} bytes of kind {:?}",
+                h.stored_len, h.kind, loc.stored_len, loc.kind
+            ),
+            Ok(None) => "there is padding there".into(),
+            Err(e) => format!("no record header there ({e})"),
+        };
+        Err(EntryFault::Wrong(format!(
+            "the index entry is wrong: it points at byte offset {} of {shown}, but {wrong}; `rackvault reindex` (or `rackvault repair`) rebuilds it from the packs",
+            loc.offset
+        )))
+    }
+
+    /// Every digest recorded in `damaged`.
+    pub(crate) fn damaged_set(&self, rtxn: &heed::RoTxn<'_>) -> Result<HashSet<Digest>> {
+        let mut out = HashSet::new();
+        if let Some(db) = &self.catalog.damaged {
+            for item in db.iter(rtxn).map_err(|e| self.catalog.err(e))? {
+                let (k, _) = item.map_err(|e| self.catalog.err(e))?;
+                if let Ok(key) = <[u8; 32]>::try_from(k) {
+                    out.insert(Digest(key));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record `damaged` digests in the `damaged` database and forget `sound` ones, unless the
+    /// store is read-only (then verify only reports).
+    pub(crate) fn note_damage(&self, damaged: &[(Digest, String)], sound: &[Digest]) -> Result<()> {
+        if self.read_only.is_some() || (damaged.is_empty() && sound.is_empty()) {
+            return Ok(());
+        }
+        let mut wtxn = self.catalog.write()?;
+        for d in sound {
+            self.catalog.clear_damaged(&mut wtxn, d)?;
+        }
+        for (d, reason) in damaged {
+            self.catalog.mark_damaged(&mut wtxn, d, reason)?;
+        }
+        wtxn.commit().map_err(|e| self.catalog.err(e))
+    }
+
+    /// Check every record of every pack, every index entry, every catalog record, then every
+    /// restore point against what was found. Damaged and missing chunks are recorded in
+    /// `damaged` (see [`catalog`](crate::catalog)), so the next backup stores them again.
+    /// Holds `gc.lock` (waiting for a running GC), so no pack is rewritten under the scan.
+    pub fn verify_store(&self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+        let _gc = self.gc_lock(true)?;
+        let scan = self.scan_store(threads, progress)?;
+        // One snapshot for the index check and the points, so a point committed meanwhile by
+        // a concurrent backup is not judged against an older index.
+        let rtxn = self.catalog.read()?;
+        let IndexCheck { damaged, lines: index_lines, sound, .. } = self.check_index(&rtxn, &scan, threads)?;
+        let mut report = VerifyReport {
+            packs_scanned: scan.packs.len() as u64,
+            chunks_checked: scan.chunks_checked,
+            bytes_checked: scan.bytes_checked,
+            damaged_records: scan.damaged_records.clone(),
             ..Default::default()
         };
-        report.damaged_records.sort();
-        // Walk every restore point: each referenced chunk must be indexed, in a pack that
-        // scanned clean, and not among the damaged records.
-        let rtxn = self.catalog.read()?;
-        let unreadable = unreadable.into_inner().expect("unreadable set");
-        // Points from the same snapshot as the lookups, so a point committed meanwhile by a
-        // concurrent backup is not judged against an older index.
-        for point in self.list_in(&rtxn)? {
+        report.damaged_records.extend(index_lines);
+        let mut missing: Vec<(Digest, String)> = Vec::new();
+        let mut judge = |d: &Digest| -> Result<Option<String>> {
+            if let Some(reason) = damaged.get(d) {
+                return Ok(Some(format!("chunk {d}: {reason}")));
+            }
+            if self.catalog.chunk(&rtxn, d)?.is_none() {
+                let reason = format!("chunk {d} is missing from the index");
+                missing.push((*d, reason.clone()));
+                return Ok(Some(reason));
+            }
+            Ok(None)
+        };
+        let (points, unreadable) = self.list_in(&rtxn)?;
+        for point in points {
             let mut ranges = Vec::new();
             for disk in &point.disks {
                 let mut collector = DamageCollector::new(disk);
@@ -316,15 +588,7 @@ impl Store {
                     match walker.next_entry() {
                         Ok(Some(d)) => {
                             if !d.is_zero() {
-                                let reason = match self.catalog.chunk(&rtxn, &d)? {
-                                    None => Some(format!("chunk {d} is missing from the index")),
-                                    Some(loc) if unreadable.contains(&loc.pack) => {
-                                        Some(format!("chunk {d}: its pack is missing or unreadable"))
-                                    }
-                                    Some(_) if bad.contains(&d) => Some(format!("chunk {d} is damaged")),
-                                    Some(_) => None,
-                                };
-                                if let Some(r) = reason {
+                                if let Some(r) = judge(&d)? {
                                     collector.add(index, 1, r);
                                 }
                             }
@@ -344,13 +608,7 @@ impl Store {
                 ranges.extend(collector.ranges);
             }
             for file in &point.files {
-                let reason = match self.catalog.chunk(&rtxn, &file.digest)? {
-                    None => Some(format!("file content {} is missing from the index", file.digest)),
-                    Some(loc) if unreadable.contains(&loc.pack) => Some("its pack is missing or unreadable".into()),
-                    Some(_) if bad.contains(&file.digest) => Some("its record is damaged".into()),
-                    Some(_) => None,
-                };
-                if let Some(r) = reason {
+                if let Some(r) = judge(&file.digest)? {
                     ranges.push(file_damage(file, r));
                 }
             }
@@ -359,12 +617,30 @@ impl Store {
                 report.damaged_points.push(PointDamage { point: point.spec(), ranges });
             }
         }
+        for bad in unreadable {
+            report.restore_points_checked += 1;
+            report.damaged_points.push(PointDamage {
+                point: bad.spec(),
+                ranges: vec![DamagedRange {
+                    disk: "catalog record".into(),
+                    offset: 0,
+                    len: 0,
+                    reason: format!("{}; `rackvault repair` restores it from its manifest in the packs", bad.reason),
+                }],
+            });
+        }
+        report.damaged_points.sort_by(|a, b| a.point.cmp(&b.point));
+        drop(rtxn);
+        let mut noted: Vec<(Digest, String)> = damaged.into_iter().collect();
+        noted.extend(missing);
+        self.note_damage(&noted, &sound)?;
         Ok(report)
     }
 
     /// Rebuild the chunk index and pack table by scanning every pack in `packs/`. Waits for
     /// running backups to finish (exclusive `writers.lock`).
     pub fn reindex(&self) -> Result<ReindexReport> {
+        self.check_writable()?;
         let lock = self.writers_lock()?;
         lock.lock().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
         let _gc = self.gc_lock(true)?;
@@ -411,21 +687,30 @@ impl Store {
         let mut tombstones: Vec<ChunkLoc> = Vec::new();
         for (number, path) in files {
             let (number, path) = (*number, path.as_path());
-            let (header_number, records, stop) = match pack::scan_pack(path, false) {
-                Ok(r) => r,
-                Err(StoreError::Corrupt { detail, .. }) => {
-                    report.damaged_records.push(format!("{}: {detail}; skipped", path.display()));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if header_number != number {
+            let scan = pack::scan_pack(path, false)?;
+            if let Some(header_number) = scan.number.filter(|n| *n != number) {
                 report.damaged_records.push(format!("{}: header says pack {header_number}; skipped", path.display()));
                 continue;
             }
+            if let Some(e) = &scan.header_error {
+                // The records are self-checking: salvage them rather than lose the pack.
+                report.damaged_records.push(format!(
+                    "{}: the pack header is damaged ({e}); its records were salvaged by scanning",
+                    path.display()
+                ));
+            }
+            for r in &scan.skipped {
+                report.damaged_records.push(format!(
+                    "{}: bytes {}..{} are not readable as records: {}",
+                    path.display(),
+                    r.offset,
+                    r.offset + r.len,
+                    r.reason
+                ));
+            }
             let mut end = pack::PACK_HEADER_LEN;
             let mut intact = 0u32;
-            for r in &records {
+            for r in &scan.records {
                 if !r.intact {
                     report.damaged_records.push(format!(
                         "{}: record at byte offset {} is damaged",
@@ -442,15 +727,24 @@ impl Store {
                     kind: r.header.kind,
                     codec: r.header.codec,
                 };
-                match catalog.chunks.put_with_flags(
-                    &mut wtxn,
-                    PutFlags::NO_OVERWRITE,
-                    &r.header.digest.0,
-                    &loc.encode(),
-                ) {
-                    Ok(()) => report.chunks += 1,
-                    Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
-                    Err(e) => return Err(catalog.err(e)),
+                // An intact copy of a chunk recorded as damaged replaces the damaged one.
+                if catalog.is_damaged(&wtxn, &r.header.digest)? {
+                    if catalog.chunks.get(&wtxn, &r.header.digest.0).map_err(|e| catalog.err(e))?.is_none() {
+                        report.chunks += 1;
+                    }
+                    catalog.chunks.put(&mut wtxn, &r.header.digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
+                    catalog.clear_damaged(&mut wtxn, &r.header.digest)?;
+                } else {
+                    match catalog.chunks.put_with_flags(
+                        &mut wtxn,
+                        PutFlags::NO_OVERWRITE,
+                        &r.header.digest.0,
+                        &loc.encode(),
+                    ) {
+                        Ok(()) => report.chunks += 1,
+                        Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
+                        Err(e) => return Err(catalog.err(e)),
+                    }
                 }
                 match r.header.kind {
                     RecordKind::Manifest => manifests.push(loc),
@@ -459,9 +753,6 @@ impl Store {
                 }
                 intact += 1;
                 end = r.offset + pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64;
-            }
-            if let Some(why) = stop {
-                report.damaged_records.push(format!("{}: {why}", path.display()));
             }
             let info = PackInfo { number, len: end, records: intact, sealed_unix: now_unix() };
             catalog

@@ -40,7 +40,7 @@ fn chunk_content(id: u64) -> Vec<u8> {
 }
 
 fn open(dir: &Path) -> Store {
-    Store::open(dir, &StoreOptions { create: true, pack_target: 1 << 20 }).expect("open store")
+    Store::open(dir, &StoreOptions { create: true, pack_target: 1 << 20, ..Default::default() }).expect("open store")
 }
 
 /// Back up a disk given as chunk ids (0 = zero chunk), as the engine does.
@@ -301,6 +301,12 @@ fn a_backup_whose_last_step_fails_commits_nothing() {
 
 #[test]
 fn gc_alongside_concurrent_backups_and_deletes_loses_nothing() {
+    for round in 0..3 {
+        gc_alongside_concurrent_backups_round(round);
+    }
+}
+
+fn gc_alongside_concurrent_backups_round(round: u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -309,7 +315,7 @@ fn gc_alongside_concurrent_backups_and_deletes_loses_nothing() {
             let store = &store;
             let stop = &stop;
             s.spawn(move || {
-                let mut rng = Rng(t + 100);
+                let mut rng = Rng(t + 100 + 7 * round);
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let seed = rng.next() % 1_000_000;

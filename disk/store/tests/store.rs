@@ -45,7 +45,7 @@ fn chunk_content(id: u64) -> Vec<u8> {
 }
 
 fn open(dir: &Path, pack_target: u64) -> Store {
-    Store::open(dir, &StoreOptions { create: true, pack_target }).expect("open store")
+    Store::open(dir, &StoreOptions { create: true, pack_target, ..Default::default() }).expect("open store")
 }
 
 /// Back up a "disk" given as a list of chunk ids (0 = zero chunk) through the store API, the

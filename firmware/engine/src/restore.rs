@@ -3,6 +3,12 @@
 //! A new file is written under a temporary name next to the target (`.NAME.rackvault-partial`)
 //! and renamed into place only after it is complete and `fsync`ed, so an interrupted restore
 //! never leaves a plausible but incomplete image under the requested name.
+//!
+//! The restore holds an exclusive `flock` on its partial file for as long as it writes it, so
+//! a partial file whose lock can be taken belongs to a restore that died (killed, crashed,
+//! power cut). A restore into a directory first removes such stale `.*.rackvault-partial`
+//! files there and reports the bytes freed; files still locked by a running restore are left
+//! alone, and a second restore to the same target is refused while the first runs.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -58,6 +64,9 @@ pub struct RestoreReport {
     pub chunks_zero: u64,
     pub duration_s: f64,
     pub verified: bool,
+    /// Partial files of dead restores removed from the target's directory, and their size.
+    pub stale_partials_removed: u64,
+    pub stale_partial_bytes_freed: u64,
 }
 
 /// Where restored chunks go.
@@ -208,6 +217,8 @@ pub fn restore(
         chunks_zero: zero_chunks,
         duration_s: started.elapsed().as_secs_f64(),
         verified,
+        stale_partials_removed: target.stale.files,
+        stale_partial_bytes_freed: target.stale.bytes,
     })
 }
 
@@ -368,6 +379,96 @@ struct Target {
     write_path: PathBuf,
     file: File,
     is_block_device: bool,
+    /// Stale partial files removed before this restore started.
+    stale: StaleCleanup,
+}
+
+/// What [`remove_stale_partials`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StaleCleanup {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+const PARTIAL_SUFFIX: &str = ".rackvault-partial";
+
+/// Remove the `.*.rackvault-partial` files in `dir` whose exclusive lock can be taken: their
+/// restore died. Files locked by a running restore are kept. Best effort: a file that cannot
+/// be opened or removed is left for the next restore.
+pub(crate) fn remove_stale_partials(dir: &Path) -> StaleCleanup {
+    let mut done = StaleCleanup::default();
+    let Ok(entries) = std::fs::read_dir(dir) else { return done };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with('.') || !name.ends_with(PARTIAL_SUFFIX) || name.len() <= 1 + PARTIAL_SUFFIX.len() {
+            continue;
+        }
+        let path = entry.path();
+        // Never follow a symlink or touch anything but a regular file.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() => {}
+            _ => continue,
+        }
+        let Ok(file) = File::open(&path) else { continue };
+        if file.try_lock().is_err() {
+            continue; // a running restore holds it
+        }
+        // The name must still be this file: a new restore may have replaced it meanwhile.
+        let same = match (file.metadata(), std::fs::symlink_metadata(&path)) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.dev() == b.dev() && a.ino() == b.ino()
+            }
+            _ => false,
+        };
+        if !same {
+            continue;
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if std::fs::remove_file(&path).is_ok() {
+            done.files += 1;
+            done.bytes += size;
+        }
+    }
+    done
+}
+
+/// Open (creating) the partial file `path` and take its exclusive lock, retrying briefly if a
+/// cleaner holds it; truncate it only once it is ours. Refuses if a running restore holds it.
+fn open_partial(path: &Path) -> Result<File, String> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..50 {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+        }
+        // A cleaner may have removed the name between our open and our lock: start over.
+        let same = match (file.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same {
+            continue;
+        }
+        file.set_len(0).map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
+        return Ok(file);
+    }
+    Err(format!(
+        "another restore is writing {} (it holds its lock); wait for it to finish, or restore to another path",
+        path.display()
+    ))
 }
 
 impl Target {
@@ -383,7 +484,13 @@ impl Target {
                     ));
                 }
                 let file = File::options().write(true).read(true).open(path).map_err(|e| err(e.to_string()))?;
-                return Ok(Target { path: path.into(), write_path: path.into(), file, is_block_device: true });
+                return Ok(Target {
+                    path: path.into(),
+                    write_path: path.into(),
+                    file,
+                    is_block_device: true,
+                    stale: StaleCleanup::default(),
+                });
             }
             Ok(m) if m.is_dir() => return Err(err("is a directory; give the path of the image file to create".into())),
             Ok(_) if !force => {
@@ -395,15 +502,10 @@ impl Target {
         }
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = path.file_name().ok_or_else(|| err("has no file name".into()))?;
-        let write_path = parent.join(format!(".{}.rackvault-partial", name.to_string_lossy()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&write_path)
-            .map_err(|e| err(format!("cannot create {}: {e}", write_path.display())))?;
-        Ok(Target { path: path.into(), write_path, file, is_block_device: false })
+        let write_path = parent.join(format!(".{}{PARTIAL_SUFFIX}", name.to_string_lossy()));
+        let stale = remove_stale_partials(parent);
+        let file = open_partial(&write_path).map_err(err)?;
+        Ok(Target { path: path.into(), write_path, file, is_block_device: false, stale })
     }
 
     fn err(&self, e: std::io::Error) -> EngineError {
@@ -431,6 +533,52 @@ impl Drop for Target {
         if self.write_path != self.path && self.write_path.exists() {
             let _ = std::fs::remove_file(&self.write_path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_partial_files_of_dead_restores_are_removed_and_locked_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".dead.img.rackvault-partial");
+        let live = dir.path().join(".live.img.rackvault-partial");
+        let other = dir.path().join("keep.img");
+        std::fs::write(&dead, vec![7u8; 10_000]).unwrap();
+        std::fs::write(&live, vec![7u8; 5_000]).unwrap();
+        std::fs::write(&other, b"not a partial file").unwrap();
+        // A running restore: its lock is held (flock locks conflict between open files).
+        let holder = open_partial(&live).unwrap();
+        std::fs::write(&live, vec![1u8; 5_000]).unwrap();
+
+        let done = remove_stale_partials(dir.path());
+        assert_eq!(done, StaleCleanup { files: 1, bytes: 10_000 });
+        assert!(!dead.exists(), "the dead restore's partial file stays");
+        assert!(live.exists(), "a running restore's partial file was removed");
+        assert!(other.exists());
+
+        // A second restore to the same target is refused while the first holds the lock.
+        let err = open_partial(&live).unwrap_err();
+        assert!(err.contains("another restore"), "{err}");
+        drop(holder);
+        // Once that restore is gone, its file is stale too.
+        assert_eq!(remove_stale_partials(dir.path()), StaleCleanup { files: 1, bytes: 5_000 });
+    }
+
+    #[test]
+    fn a_restore_removes_stale_partials_beside_its_target_and_reports_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".old.img.rackvault-partial");
+        std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+        let target = Target::prepare(&dir.path().join("new.img"), RestoreFormat::Raw, false).unwrap();
+        assert_eq!(target.stale, StaleCleanup { files: 1, bytes: 4096 });
+        assert!(!stale.exists());
+        // The new restore's own partial file is locked while it writes.
+        assert!(File::open(&target.write_path).unwrap().try_lock().is_err());
+        drop(target);
+        assert!(!dir.path().join(".new.img.rackvault-partial").exists());
     }
 }
 

@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opened = engine::open_source_all(&source, &credentials.load()?)?;
             let store = match pack_target {
                 Some(t) => {
-                    let o = StoreOptions { create: true, pack_target: t as u64 };
+                    let o = StoreOptions { create: true, pack_target: t as u64, ..Default::default() };
                     Store::open(&store, &o)?
                 }
                 None => open_store(&store, true)?,

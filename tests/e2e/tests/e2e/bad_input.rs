@@ -330,7 +330,8 @@ fn read_error_mid_backup() {
     let bad_at = 16 * MIB + 5000;
     File::options().write(true).open(&img).unwrap().write_all_at(&random_bytes(162, MIB as usize), 16 * MIB).unwrap();
     let store_dir = d.join("store");
-    let store = Store::open(&store_dir, &StoreOptions { create: true, pack_target: 1 << 20 }).expect("create store");
+    let store = Store::open(&store_dir, &StoreOptions { create: true, pack_target: 1 << 20, ..Default::default() })
+        .expect("create store");
     let opts = BackupOptions { threads: 2, ..BackupOptions::new("vm") };
 
     let first = engine::backup(&store, &FileSource::open(&img).unwrap(), &opts, &NoProgress).expect("first backup");
