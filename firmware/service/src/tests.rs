@@ -622,3 +622,33 @@ fn notification_settings_are_admin_only_and_never_show_secrets() {
     assert!(!out[0].ok);
     assert!(out[0].error.as_deref().unwrap().contains("cannot connect"), "{:?}", out[0]);
 }
+
+#[test]
+fn a_verify_that_finds_damage_sends_verify_damage_not_job_failed() {
+    let (d, app) = open();
+    let (port, rx) = webhook_receiver("200 OK");
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    assert_eq!(wait(&app, t.id).state, TaskState::Succeeded);
+    // Damage the middle of every pack.
+    for e in std::fs::read_dir(d.path().join("store/packs")).unwrap().flatten() {
+        let mut b = std::fs::read(e.path()).unwrap();
+        let mid = b.len() / 2;
+        for x in &mut b[mid..mid + 64] {
+            *x ^= 0xff;
+        }
+        std::fs::write(e.path(), b).unwrap();
+    }
+    app.put_notification_settings(&admin(), webhook_settings(port)).unwrap();
+    let t = app.start_verify(&admin(), None).unwrap();
+    assert_eq!(wait(&app, t.id).state, TaskState::Failed);
+    let v = rx.recv_timeout(Duration::from_secs(10)).expect("a webhook for the damage");
+    assert_eq!(v["event"], "verify_damage", "{v}");
+    assert_eq!(v["details"]["task_id"], t.id);
+    let damaged = v["details"]["damaged_points"].as_array().unwrap().len() as u64
+        + v["details"]["damaged_records"].as_u64().unwrap();
+    assert!(damaged > 0, "{v}");
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "no JobFailed besides the damage report");
+}
