@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
-for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2 chromium chromium-driver openssl; do
+for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2 chromium chromium-driver openssl python3-aiosmtpd; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -1823,8 +1823,104 @@
         });
       });
       parts.push(card('TLS certificate', { id: 'cert-card' }, form));
+      parts.push(await notificationsCard());
     }
     append(ctx.content, parts);
+  }
+
+  // Webhook and e-mail notifications (admin): save, then "Send test".
+  async function notificationsCard() {
+    const n = await api('GET', '/settings/notifications');
+    const w = n.webhook || {};
+    const m = n.smtp || {};
+    const check = (id, on, text) => {
+      const c = h('input', { type: 'checkbox', id });
+      c.checked = !!on;
+      return [c, h('label', { class: 'check', for: id }, c, ` ${text}`)];
+    };
+    const hookUrl = input('notify-webhook-url', { value: w.url || '', class: 'input mono', placeholder: 'https://hooks.example.com/rackvault — empty: no webhook' });
+    const hookSecret = input('notify-webhook-secret', { type: 'password', autocomplete: 'new-password', placeholder: w.has_secret ? 'stored — leave empty to keep, enter "-" to remove' : 'optional: signs each body (HMAC-SHA256)' });
+    const hookCa = h('textarea', { id: 'notify-webhook-ca', class: 'input mono', rows: 3, placeholder: 'optional: an internal CA certificate (PEM)', spellcheck: 'false' });
+    hookCa.value = w.ca_pem || '';
+    const host = input('notify-smtp-host', { value: m.host || '', class: 'input mono', placeholder: 'mail.example.com — empty: no e-mail' });
+    const port = input('notify-smtp-port', { type: 'number', min: 1, max: 65535, value: m.port ? String(m.port) : '', class: 'input input-narrow', placeholder: 'default' });
+    const tls = select('notify-smtp-tls', [
+      { value: 'starttls', label: 'STARTTLS (587), required' },
+      { value: 'implicit', label: 'TLS (465)' },
+      { value: 'none', label: 'None: trusted relay, no sign-in' },
+    ], m.tls || 'starttls');
+    const user = input('notify-smtp-user', { value: m.user || '', autocomplete: 'off', placeholder: 'optional' });
+    const password = input('notify-smtp-password', { type: 'password', autocomplete: 'new-password', placeholder: m.has_password ? 'stored — leave empty to keep' : '' });
+    const from = input('notify-smtp-from', { value: m.from || '', placeholder: 'rackvault@example.com' });
+    const to = input('notify-smtp-to', { value: (m.to || []).join(', '), placeholder: 'ops@example.com, oncall@example.com' });
+    const smtpCa = h('textarea', { id: 'notify-smtp-ca', class: 'input mono', rows: 3, placeholder: 'optional: an internal CA certificate (PEM)', spellcheck: 'false' });
+    smtpCa.value = m.ca_pem || '';
+    const [failed, failedLabel] = check('notify-job-failed', n.job_failed, 'A task fails or is interrupted');
+    const [damage, damageLabel] = check('notify-verify-damage', n.verify_damage, 'Verify finds damage');
+    const [capacity, capacityLabel] = check('notify-capacity', n.capacity, 'Store capacity crosses a watermark');
+    const results = h('div', { id: 'notify-results', class: 'help' });
+    const submit = h('button', { id: 'notify-save', class: 'btn btn-primary', type: 'submit' }, 'Save notifications');
+    const test = h('button', { id: 'notify-test', class: 'btn', type: 'button' }, 'Send test');
+    const form = h('form', { id: 'notify-form', class: 'form', novalidate: true },
+      h('p', { class: 'help' }, 'Tell someone when something needs attention. Save, then send a test. Every delivery, sent or failed, is written to the audit log.'),
+      h('div', { class: 'grid-2 tight' },
+        field('Webhook URL', hookUrl, 'Receives a JSON POST per event; any 2xx answer is success.'),
+        field('Webhook secret', hookSecret, 'Sent as X-Rackvault-Signature: sha256=<HMAC of the body>. Never shown again.')),
+      field('Webhook CA certificate', hookCa, null),
+      h('div', { class: 'grid-3 tight' },
+        field('SMTP server', host, null),
+        field('Port', port, 'Empty: 587, 465 or 25 by TLS mode.'),
+        field('TLS', tls, 'Credentials never travel without TLS.')),
+      h('div', { class: 'grid-2 tight' },
+        field('User', user, 'Empty: no sign-in.'),
+        field('Password', password, 'Never shown again.')),
+      h('div', { class: 'grid-2 tight' },
+        field('From', from, null),
+        field('To', to, 'Comma-separated, up to 20.')),
+      field('SMTP CA certificate', smtpCa, null),
+      h('div', { class: 'field' }, h('label', null, 'Send when'), failedLabel, damageLabel, capacityLabel),
+      h('div', { class: 'form-actions' }, submit, test),
+      results);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const b = { job_failed: failed.checked, verify_damage: damage.checked, capacity: capacity.checked, webhook: null, smtp: null };
+      if (hookUrl.value.trim()) {
+        b.webhook = { url: hookUrl.value.trim(), ca_pem: hookCa.value.trim() || null };
+        if (hookSecret.value === '-') b.webhook.secret = '';
+        else if (hookSecret.value) b.webhook.secret = hookSecret.value;
+      }
+      if (host.value.trim()) {
+        const rcpts = to.value.split(',').map((s) => s.trim()).filter(Boolean);
+        if (!from.value.trim() || !rcpts.length) return showBanner('error', 'E-mail needs a From address and at least one To address.');
+        b.smtp = {
+          host: host.value.trim(),
+          port: port.value ? Number(port.value) : null,
+          tls: tls.value,
+          user: user.value.trim() || null,
+          from: from.value.trim(),
+          to: rcpts,
+          ca_pem: smtpCa.value.trim() || null,
+        };
+        if (password.value) b.smtp.password = password.value;
+      }
+      await busy(submit, async () => {
+        const r = await api('PUT', '/settings/notifications', b);
+        hookSecret.value = '';
+        password.value = '';
+        hookSecret.placeholder = r.webhook && r.webhook.has_secret ? 'stored — leave empty to keep, enter "-" to remove' : 'optional: signs each body (HMAC-SHA256)';
+        password.placeholder = r.smtp && r.smtp.has_password ? 'stored — leave empty to keep' : '';
+        notice('Notifications saved.');
+      });
+    });
+    test.addEventListener('click', () => busy(test, async () => {
+      clear(results);
+      const out = await api('POST', '/notifications/test');
+      for (const o of out) {
+        results.appendChild(h('p', { class: o.ok ? 'probe-status ok' : 'probe-status failed', test: `notify-result-${o.channel}` },
+          `${o.channel === 'email' ? 'E-mail' : 'Webhook'} to ${o.target}: ${o.ok ? 'sent' : `failed — ${o.error}`}`));
+      }
+    }));
+    return card('Notifications', { id: 'notify-card' }, form);
   }
 
   // Task limits and the tape library (admin).

@@ -90,6 +90,9 @@ pub struct ConfigFile {
     pub tape_changer: Option<String>,
     #[serde(default)]
     pub settings: Settings,
+    /// Webhook and e-mail notifications (secrets sealed).
+    #[serde(default, skip_serializing_if = "crate::notify::NotificationConfig::is_unset")]
+    pub notifications: crate::notify::NotificationConfig,
 }
 
 impl ConfigFile {

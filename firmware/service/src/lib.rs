@@ -17,6 +17,7 @@
 
 mod auth;
 mod config;
+pub mod notify;
 pub mod schedule;
 mod tasks;
 
@@ -31,6 +32,7 @@ use store::{RestorePoint, Store, StoreOptions};
 
 pub use auth::{AuditEntry, Session, TokenInfo, UserInfo, MIN_PASSWORD};
 pub use config::{ConfigFile, JobConfig, Settings, SourceConfig};
+pub use notify::{ChannelOutcome, Event, NotificationsInfo, NotificationsInput};
 pub use schedule::CalendarEvent;
 pub use tasks::{Live, TaskInfo, TaskState};
 
@@ -384,6 +386,8 @@ pub struct Appliance {
     tape_catalog: Arc<engine::tape::TapeCatalog>,
     /// The appliance itself, for tasks that start follow-up tasks (a job's destage).
     me: std::sync::Weak<Appliance>,
+    /// Webhook and e-mail notifications (`notify.rs`).
+    notifier: notify::Notifier,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -466,11 +470,44 @@ impl Appliance {
             store,
             next_runs: Mutex::default(),
             last_tasks: Mutex::default(),
-            interrupted_at_open: interrupted,
+            interrupted_at_open: interrupted.len() as u64,
             tape_lock: Arc::new(Mutex::new(())),
             tape_catalog,
             env,
-        }))
+            notifier: notify_new(me.clone()),
+        })
+        .with_notifications(&interrupted))
+    }
+
+    /// Starts notifications: the configured channels, the task hook, and a notice for each
+    /// task found interrupted at open.
+    fn with_notifications(self: Arc<Self>, interrupted: &[TaskInfo]) -> Arc<Self> {
+        let c = lock(&self.config).notifications.clone();
+        self.notifier.configure(notify::resolve(&c, &self.sealer), c.events);
+        let me = self.me.clone();
+        let _ = self.tasks.on_end.set(tasks::EndHook(Box::new(move |t: &TaskInfo| {
+            if let Some(app) = me.upgrade() {
+                app.task_ended(t);
+            }
+        })));
+        for t in interrupted {
+            self.task_ended(t);
+        }
+        self
+    }
+
+    /// A task ended: the notifier decides whether it is worth a message.
+    fn task_ended(&self, t: &TaskInfo) {
+        // One lock at a time: `jobs()` takes the config before `last_tasks`.
+        let job_id = lock(&self.last_tasks).iter().find(|(_, task)| **task == t.id).map(|(j, _)| j.clone());
+        let job = job_id.and_then(|id| lock(&self.config).jobs.iter().find(|j| j.id == id).map(|j| j.name.clone()));
+        self.notifier.task_ended(t, job);
+    }
+
+    /// Queues a notification to every configured channel and returns at once (capacity
+    /// watermarks and other events; failed tasks and verify damage are sent already).
+    pub fn notify(&self, event: Event) {
+        self.notifier.notify(event);
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -1071,8 +1108,18 @@ impl Appliance {
         }
         let store = self.store.clone();
         let subject = point.clone().unwrap_or_else(|| "the whole store".into());
+        let me = self.me.clone();
         let job: tasks::Job = Box::new(move |live: &Live| {
             let r = engine::verify(&store, point.as_deref(), 0, live).map_err(|e| e.to_string())?;
+            if !r.is_clean() {
+                if let Some(app) = me.upgrade() {
+                    app.notify(Event::VerifyDamage {
+                        task_id: live.id(),
+                        damaged_points: r.damaged_points.iter().map(|p| p.point.clone()).collect(),
+                        damaged_records: r.damaged_records.len() as u64,
+                    });
+                }
+            }
             if r.is_clean() {
                 live.log(&format!("verify complete: {} chunks intact", r.chunks_checked));
                 Ok(serde_json::to_value(&r).unwrap_or_default())
@@ -1435,6 +1482,56 @@ impl Appliance {
         }))
     }
 
+    /// The notification settings (never a secret).
+    pub fn notification_settings(&self, actor: &Principal) -> Result<NotificationsInfo, ServiceError> {
+        actor.require(Role::Admin)?;
+        Ok(notify::info(&lock(&self.config).notifications))
+    }
+
+    /// Replaces the notification settings; a secret left out keeps the stored one.
+    pub fn put_notification_settings(
+        &self,
+        actor: &Principal,
+        input: NotificationsInput,
+    ) -> Result<NotificationsInfo, ServiceError> {
+        actor.require(Role::Admin)?;
+        let mut c = lock(&self.config);
+        let n = notify::apply_input(&c.notifications, input, &self.sealer)?;
+        let mut next = c.clone();
+        next.notifications = n.clone();
+        self.save_config(&next)?;
+        *c = next;
+        drop(c);
+        self.notifier.configure(notify::resolve(&n, &self.sealer), n.events);
+        let info = notify::info(&n);
+        self.audit(
+            actor,
+            "change notifications",
+            &format!(
+                "webhook {}; e-mail {}",
+                info.webhook.as_ref().and_then(|w| notify::origin(&w.url)).unwrap_or_else(|| "none".into()),
+                info.smtp
+                    .as_ref()
+                    .map(|s| format!("via {}:{} to {}", s.host, s.port, s.to.join(", ")))
+                    .unwrap_or_else(|| "none".into()),
+            ),
+        );
+        Ok(info)
+    }
+
+    /// Sends a test notification to each channel now and says how each went.
+    pub fn test_notifications(&self, actor: &Principal) -> Result<Vec<ChannelOutcome>, ServiceError> {
+        actor.require(Role::Admin)?;
+        let c = lock(&self.config).notifications.clone();
+        if c.webhook.is_none() && c.smtp.is_none() {
+            return Err(ServiceError::Invalid(
+                "no notification channel is configured; save a webhook or an SMTP server first".into(),
+            ));
+        }
+        self.audit(actor, "test notifications", "sent a test to every channel");
+        Ok(self.notifier.test_now())
+    }
+
     /// Changes the concurrency limits and the tape library. A new library address is opened
     /// (inventory read) before it is saved, so a typo is refused instead of breaking the next
     /// destage; `tape_changer: null` removes the library.
@@ -1615,6 +1712,18 @@ impl Appliance {
             }
         }
     }
+}
+
+/// The notifier of the appliance `me`: it writes to the audit log as user `notifier`.
+fn notify_new(me: std::sync::Weak<Appliance>) -> notify::Notifier {
+    notify::Notifier::new(
+        notify::host_name(),
+        Box::new(move |action: &str, detail: &str| {
+            if let Some(app) = me.upgrade() {
+                app.auth.audit(&app.env, notify::AUDIT_USER, action, detail);
+            }
+        }),
+    )
 }
 
 fn usage_now(store: &Store) -> Result<(u64, u64, u64), ServiceError> {

@@ -95,6 +95,11 @@ impl Live {
         }
     }
 
+    /// The task's id.
+    pub fn id(&self) -> u64 {
+        lock(&self.info).id
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
@@ -153,6 +158,15 @@ pub(crate) struct Limits {
     pub(crate) per_datastore: usize,
 }
 
+/// Called with a task's final record when it ends (the notifier's hook); must not block.
+pub(crate) struct EndHook(pub(crate) Box<dyn Fn(&TaskInfo) + Send + Sync>);
+
+impl std::fmt::Debug for EndHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndHook(..)")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Tasks {
     env: Arc<KvEnv>,
@@ -163,11 +177,12 @@ pub(crate) struct Tasks {
     freed: Condvar,
     next_id: AtomicU64,
     pub(crate) limits: Mutex<Limits>,
+    pub(crate) on_end: std::sync::OnceLock<EndHook>,
 }
 
 impl Tasks {
-    /// Opens the task table; returns it and how many interrupted tasks were found.
-    pub(crate) fn open(env: Arc<KvEnv>, db: KvDb, dir: PathBuf) -> Result<(Tasks, u64), ServiceError> {
+    /// Opens the task table; returns it and the tasks found interrupted (now marked so).
+    pub(crate) fn open(env: Arc<KvEnv>, db: KvDb, dir: PathBuf) -> Result<(Tasks, Vec<TaskInfo>), ServiceError> {
         std::fs::create_dir_all(&dir).map_err(|e| ServiceError::io(&dir, e))?;
         let mut interrupted = Vec::new();
         let mut max_id = 0;
@@ -191,9 +206,9 @@ impl Tasks {
             freed: Condvar::new(),
             next_id: AtomicU64::new(max_id + 1),
             limits: Mutex::new(Limits { total: 4, per_host: 2, per_datastore: 1 }),
+            on_end: std::sync::OnceLock::new(),
         };
-        let n = interrupted.len() as u64;
-        for mut t in interrupted {
+        for t in &mut interrupted {
             t.state = TaskState::Interrupted;
             t.finished_unix = Some(now_unix());
             t.error = Some(
@@ -201,12 +216,12 @@ impl Tasks {
                  the unfinished data when it opened). Run it again"
                     .into(),
             );
-            tasks.put(&t)?;
+            tasks.put(t)?;
             if let Ok(mut f) = OpenOptions::new().append(true).open(tasks.log_path(t.id)) {
                 let _ = writeln!(f, "interrupted: the appliance stopped while this task ran");
             }
         }
-        Ok((tasks, n))
+        Ok((tasks, interrupted))
     }
 
     fn log_path(&self, id: u64) -> PathBuf {
@@ -331,6 +346,9 @@ impl Tasks {
         *lock(&live.info) = fin.clone();
         let _ = self.put(&fin);
         lock(&self.live).remove(&fin.id);
+        if let Some(hook) = self.on_end.get() {
+            (hook.0)(&fin);
+        }
         let mut slots = lock(&self.slots);
         slots.running -= 1;
         if let Some(n) = slots.per_host.get_mut(&host) {

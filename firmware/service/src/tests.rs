@@ -498,3 +498,157 @@ fn settings_change_limits_and_the_tape_library() {
     app.put_settings(&admin(), input(None, 3)).unwrap();
     assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::NotFound(_))));
 }
+
+// ---- notifications ----------------------------------------------------------------------------
+
+/// A webhook receiver on 127.0.0.1 answering `status` to every request; hands each body to
+/// the test.
+fn webhook_receiver(status: &'static str) -> (u16, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(20) {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (end, len) = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                        .unwrap();
+                    break (i + 4, len);
+                }
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            while buf.len() < end + len {
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+            if tx.send(serde_json::from_slice(&buf[end..end + len]).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+fn webhook_settings(port: u16) -> NotificationsInput {
+    serde_json::from_value(serde_json::json!({
+        "webhook": { "url": format!("http://127.0.0.1:{port}/hook"), "secret": "s3cret" },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_failed_backup_task_sends_one_webhook() {
+    let (d, app) = open();
+    let (port, rx) = webhook_receiver("200 OK");
+    app.put_notification_settings(&admin(), webhook_settings(port)).unwrap();
+    let src = local_source(&app, "gone", d.path().join("no-such-disk.raw").display().to_string());
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    assert_eq!(wait(&app, t.id).state, TaskState::Failed);
+    let v = rx.recv_timeout(Duration::from_secs(10)).expect("a webhook for the failed task");
+    assert_eq!(v["event"], "job_failed");
+    assert_eq!(v["details"]["task_id"], t.id);
+    assert_eq!(v["details"]["source"], "gone");
+    assert_eq!(v["details"]["task_kind"], "backup");
+    assert_eq!(v["details"]["job"], serde_json::Value::Null);
+    assert!(v["details"]["message"].as_str().unwrap().contains("no-such-disk.raw"), "{v}");
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "exactly one delivery");
+    // A cancelled task sends nothing.
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    let _ = app.cancel_task(&admin(), t.id);
+    wait(&app, t.id);
+    if app.task(&admin(), t.id).unwrap().state == TaskState::Cancelled {
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "no webhook for a cancelled task");
+    }
+}
+
+#[test]
+fn a_webhook_answering_500_leaves_an_audit_entry_saying_so() {
+    let (_d, app) = open();
+    app.notifier.set_options(notify::Options {
+        retry_delays: vec![Duration::from_millis(20)],
+        attempt_timeout: Duration::from_secs(5),
+        queue_capacity: 8,
+    });
+    let (port, rx) = webhook_receiver("500 Internal Server Error");
+    app.put_notification_settings(&admin(), webhook_settings(port)).unwrap();
+    app.notify(Event::CapacityWatermark { used_pct: 91, high_pct: 90, crossed: notify::Crossing::Above });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut found = None;
+    for _ in 0..200 {
+        let log = app.audit_log(&admin(), 50).unwrap();
+        found = log.into_iter().find(|e| e.action == "notification failed");
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = found.expect("an audit entry for the failed notification");
+    assert_eq!(e.user, "notifier");
+    assert!(e.detail.contains(&format!("notification to webhook http://127.0.0.1:{port} failed")), "{}", e.detail);
+    assert!(e.detail.contains("HTTP 500"), "{}", e.detail);
+}
+
+#[test]
+fn notification_settings_are_admin_only_and_never_show_secrets() {
+    let (d, app) = open();
+    let op = Principal { user: "op".into(), role: Role::Operator };
+    assert!(matches!(app.notification_settings(&op), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(app.test_notifications(&op), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(app.test_notifications(&admin()), Err(ServiceError::Invalid(_))));
+    let info = app.put_notification_settings(&admin(), webhook_settings(1)).unwrap();
+    assert!(info.webhook.as_ref().unwrap().has_secret);
+    let shown = serde_json::to_string(&app.notification_settings(&admin()).unwrap()).unwrap();
+    assert!(!shown.contains("s3cret") && !shown.contains("sealed"), "{shown}");
+    let file = std::fs::read_to_string(d.path().join("config.json")).unwrap();
+    assert!(!file.contains("s3cret") && file.contains("sealed:v1:"), "{file}");
+    // Reopened: the sealed secret still signs (the channel is not broken).
+    drop(app);
+    let app = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+    let out = app.test_notifications(&admin()).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].ok);
+    assert!(out[0].error.as_deref().unwrap().contains("cannot connect"), "{:?}", out[0]);
+}
+
+#[test]
+fn a_verify_that_finds_damage_sends_verify_damage_not_job_failed() {
+    let (d, app) = open();
+    let (port, rx) = webhook_receiver("200 OK");
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    assert_eq!(wait(&app, t.id).state, TaskState::Succeeded);
+    // Damage the middle of every pack.
+    for e in std::fs::read_dir(d.path().join("store/packs")).unwrap().flatten() {
+        let mut b = std::fs::read(e.path()).unwrap();
+        let mid = b.len() / 2;
+        for x in &mut b[mid..mid + 64] {
+            *x ^= 0xff;
+        }
+        std::fs::write(e.path(), b).unwrap();
+    }
+    app.put_notification_settings(&admin(), webhook_settings(port)).unwrap();
+    let t = app.start_verify(&admin(), None).unwrap();
+    assert_eq!(wait(&app, t.id).state, TaskState::Failed);
+    let v = rx.recv_timeout(Duration::from_secs(10)).expect("a webhook for the damage");
+    assert_eq!(v["event"], "verify_damage", "{v}");
+    assert_eq!(v["details"]["task_id"], t.id);
+    let damaged = v["details"]["damaged_points"].as_array().unwrap().len() as u64
+        + v["details"]["damaged_records"].as_u64().unwrap();
+    assert!(damaged > 0, "{v}");
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "no JobFailed besides the damage report");
+}

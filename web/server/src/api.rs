@@ -119,6 +119,10 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/settings", AUDITOR, NoBody, settings),
     route!("PUT", "/api/v1/settings", ADMIN, Json, put_settings),
     route!("PUT", "/api/v1/settings/certificate", ADMIN, Json, put_certificate),
+    route!("GET", "/api/v1/settings/notifications", ADMIN, NoBody, |c| c.ok(c.app.notification_settings(c.actor()?))),
+    route!("PUT", "/api/v1/settings/notifications", ADMIN, Json, |c| c
+        .ok(c.app.put_notification_settings(c.actor()?, c.json::<service::NotificationsInput>()?))),
+    route!("POST", "/api/v1/notifications/test", ADMIN, NoBody, |c| c.ok(c.app.test_notifications(c.actor()?))),
     route!("GET", "/metrics", Public, NoBody, |c| Ok(Reply::text(
         "text/plain; version=0.0.4; charset=utf-8",
         c.app.metrics()

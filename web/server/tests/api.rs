@@ -509,3 +509,64 @@ async fn tape_library_through_the_api() {
     assert!(m.contains("rackvault_tape_drive_loaded{drive="), "{m}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn notifications_through_the_api() {
+    use std::io::{Read, Write};
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let op = s.user(&admin, "olga", "operator").await;
+    for (m, p) in [
+        ("GET", "/api/v1/settings/notifications"),
+        ("PUT", "/api/v1/settings/notifications"),
+        ("POST", "/api/v1/notifications/test"),
+    ] {
+        let r = s.send(m, p, &op, &json!({})).await;
+        assert_eq!(r.status, 403, "{m} {p}: {}", r.text());
+    }
+    // Nothing configured: the test says so.
+    let r = s.send("POST", "/api/v1/notifications/test", &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Credentials without TLS are refused.
+    let plain = json!({"smtp": {"host": "mail.example.test", "tls": "none", "user": "u", "password": "p",
+                                "from": "rv@example.test", "to": ["ops@example.test"]}});
+    let r = s.send("PUT", "/api/v1/settings/notifications", &admin, &plain).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("without TLS"), "{}", r.text());
+
+    // A receiver on loopback answers one request.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&buf).contains("\"version\"") || !buf.ends_with(b"}") {
+            let n = c.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        c.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        String::from_utf8(buf).unwrap()
+    });
+    let hook = json!({"webhook": {"url": format!("http://127.0.0.1:{port}/rv"), "secret": "s3cret"}});
+    let r = s.send("PUT", "/api/v1/settings/notifications", &admin, &hook).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.get("/api/v1/settings/notifications", &admin).await;
+    assert_eq!(r.json()["webhook"]["has_secret"], true);
+    assert!(!r.text().contains("s3cret"), "{}", r.text());
+    let r = s.send("POST", "/api/v1/notifications/test", &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!([{"channel": "webhook", "target": format!("http://127.0.0.1:{port}"), "ok": true,
+                                 "error": null, "error_kind": null}])
+    );
+    let request = got.join().unwrap();
+    assert!(request.starts_with("POST /rv HTTP/1.1\r\n"), "{request}");
+    assert!(request.contains("X-Rackvault-Event: test\r\n") && request.contains("X-Rackvault-Signature: sha256="));
+    let r = s.get("/api/v1/audit", &admin).await;
+    assert!(r.text().contains("notification sent"), "{}", r.text());
+    s.stop().await.unwrap();
+}

@@ -460,6 +460,22 @@ async fn live_answers_match_the_documented_schemas() {
     let r = s.send("PUT", "/api/v1/settings", &admin, &settings).await;
     assert_eq!(r.status, 200, "{}", r.text());
     check(&doc, "PUT", "/api/v1/settings", &r, &mut fail);
+    // Notifications: a webhook to a closed port and a mail server; the test answers per channel.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let notifications = json!({
+        "webhook": {"url": format!("http://127.0.0.1:{closed}/hook"), "secret": "s3cret"},
+        "smtp": {"host": "127.0.0.1", "port": closed, "tls": "starttls", "user": "alerts", "password": "pw",
+                 "from": "rv@example.test", "to": ["ops@example.test"]},
+        "capacity": false,
+    });
+    let r = s.send("PUT", "/api/v1/settings/notifications", &admin, &notifications).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "PUT", "/api/v1/settings/notifications", &r, &mut fail);
+    assert!(!r.text().contains("s3cret"), "{}", r.text());
+    let r = s.send("POST", "/api/v1/notifications/test", &admin, &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "POST", "/api/v1/notifications/test", &r, &mut fail);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2), "{}", r.text());
     let pool = json!({"allocation": "weekly", "retention_days": 35, "max_restore_tapes": 2});
     let r = s.send("PUT", "/api/v1/tape/pools/offsite", &admin, &pool).await;
     assert_eq!(r.status, 200, "{}", r.text());
