@@ -914,6 +914,19 @@ impl Store {
         }
     }
 
+    /// The size and fill of the filesystem holding the store (statvfs).
+    pub fn capacity(&self) -> Result<Capacity> {
+        let s = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| StoreError::io(&self.root, std::io::Error::from_raw_os_error(e as i32)))?;
+        let frag = s.fragment_size().max(1);
+        let total = s.blocks() * frag;
+        Ok(Capacity {
+            total_bytes: total,
+            used_bytes: total.saturating_sub(s.blocks_free() * frag),
+            free_bytes: s.blocks_available() * frag,
+        })
+    }
+
     /// Size of the store on disk and what it holds.
     pub fn usage(&self) -> Result<StoreUsage> {
         let rtxn = self.catalog.read()?;
@@ -930,6 +943,25 @@ impl Store {
         let index_bytes = std::fs::metadata(self.catalog.path.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
         let points = self.catalog.points.len(&rtxn).map_err(|e| self.catalog.err(e))?;
         Ok(StoreUsage { chunks, packs, pack_bytes, index_bytes, restore_points: points })
+    }
+}
+
+/// How full the filesystem holding the store is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    pub total_bytes: u64,
+    /// Used as `df` counts it (not available to anyone).
+    pub used_bytes: u64,
+    /// Available to us.
+    pub free_bytes: u64,
+}
+
+impl Capacity {
+    pub fn used_pct(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        self.used_bytes as f64 * 100.0 / self.total_bytes as f64
     }
 }
 

@@ -82,7 +82,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use jiff::civil::Date;
-use jiff::tz::TimeZone;
+pub use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 

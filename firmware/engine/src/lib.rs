@@ -24,6 +24,7 @@
 //! chunks become holes in a new raw file and are written as zeros on a block device.
 
 mod progress;
+pub mod prune;
 mod restore;
 mod source;
 pub mod tape;
@@ -80,6 +81,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Label of the disk inside the restore point.
     pub disk_label: String,
+    /// Make the restore point immutable (undeletable, by anyone) for this long after it is
+    /// created; the store enforces it.
+    pub immutable_for_s: Option<u64>,
 }
 
 impl BackupOptions {
@@ -90,6 +94,7 @@ impl BackupOptions {
             zstd_level: Some(DEFAULT_ZSTD_LEVEL),
             threads: 0,
             disk_label: "disk0".into(),
+            immutable_for_s: None,
         }
     }
 }
@@ -199,6 +204,7 @@ pub fn backup_disks(
     let total: u64 = disks.iter().map(|d| d.source.size()).sum();
     progress.start("backup", total);
     let mut session = store.begin_backup()?;
+    session.set_immutable_for(opts.immutable_for_s);
     for (name, content) in files {
         session.add_file(name, content)?;
     }

@@ -536,6 +536,13 @@ impl Drop for Target {
     }
 }
 
+/// The file name stem a restore of a whole restore point gives disk `label`, so that a disk
+/// restored from disk and one restored from tape land under the same name
+/// (`scsi0:0` -> `scsi0-0`).
+pub fn disk_file_name(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,11 +587,4 @@ mod tests {
         drop(target);
         assert!(!dir.path().join(".new.img.rackvault-partial").exists());
     }
-}
-
-/// The file name stem a restore of a whole restore point gives disk `label`, so that a disk
-/// restored from disk and one restored from tape land under the same name
-/// (`scsi0:0` -> `scsi0-0`).
-pub fn disk_file_name(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect()
 }

@@ -74,13 +74,7 @@ impl Fixture {
 
 fn backup(store: &Store, name: &str, image: &[u8]) {
     let src = MemSource::new(name, image.to_vec());
-    let opts = BackupOptions {
-        name: name.into(),
-        chunk_size: CHUNK,
-        zstd_level: Some(1),
-        threads: 2,
-        disk_label: "disk0".into(),
-    };
+    let opts = BackupOptions { chunk_size: CHUNK, zstd_level: Some(1), threads: 2, ..BackupOptions::new(name) };
     engine::backup(store, &src, &opts, &NoProgress).unwrap();
 }
 

@@ -6,6 +6,7 @@
 mod demo;
 mod progress;
 mod serve_cmd;
+mod store_cmd;
 mod tape_cmd;
 
 use std::io::IsTerminal;
@@ -55,6 +56,10 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Make the restore point immutable for this long (e.g. 30d): no one can delete or
+        /// prune it before then.
+        #[arg(long, value_parser = store_cmd::parse_duration)]
+        immutable_for: Option<u64>,
         /// Seal packs at this size (tests use small packs to exercise pack rotation).
         #[arg(long, value_parser = parse_size, hide = true)]
         pack_target: Option<u32>,
@@ -123,6 +128,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply a retention policy to one name's restore points (--dry-run lists what would go
+    /// and why). Pinned and immutable points are kept.
+    Prune(store_cmd::PruneArgs),
+    /// Delete restore points (NAME@ID), unless pinned or inside their immutability window.
+    Delete(store_cmd::DeleteArgs),
+    /// Protect a restore point (NAME@ID) from prune and delete.
+    Pin(store_cmd::PinArgs),
+    /// Remove a restore point's protection.
+    Unpin(store_cmd::PinArgs),
+    /// Free the space of chunks no restore point references (safe while backups run).
+    Gc(store_cmd::GcArgs),
+    /// After verify found damage: rewrite damaged packs, drop what is lost, restore damaged
+    /// catalog records from their manifests; exit 3 while restore points are incomplete.
+    Repair(store_cmd::RepairArgs),
     /// Run the appliance daemon: HTTPS REST API and web UI, scheduler and task engine.
     Serve(serve_cmd::ServeArgs),
     /// The tape tier: inventory, label, destage, restore from tape, catalog, verify, pools.
@@ -262,6 +281,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             zstd_level,
             no_compress,
             threads,
+            immutable_for,
             pack_target,
             json,
         } => {
@@ -277,7 +297,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => open_store(&store, true)?,
             };
             let zstd_level = (!no_compress).then_some(zstd_level);
-            let opts = BackupOptions { chunk_size, zstd_level, threads, ..BackupOptions::new(&name) };
+            let opts = BackupOptions {
+                chunk_size,
+                zstd_level,
+                threads,
+                immutable_for_s: immutable_for,
+                ..BackupOptions::new(&name)
+            };
             let bar = Bar::new(interactive && !json);
             let disks: Vec<engine::DiskToBackup<'_>> = opened
                 .disks
@@ -467,6 +493,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Prune(args) => return store_cmd::prune(args),
+        Command::Delete(args) => return store_cmd::delete(args),
+        Command::Pin(args) => return store_cmd::pin(args, true),
+        Command::Unpin(args) => return store_cmd::pin(args, false),
+        Command::Gc(args) => return store_cmd::gc(args, interactive),
+        Command::Repair(args) => return store_cmd::repair(args),
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
@@ -550,7 +582,7 @@ fn restore_all(
     Ok(out)
 }
 
-fn format_time(unix: u64) -> String {
+pub fn format_time(unix: u64) -> String {
     // Civil date from days since the epoch (proleptic Gregorian), to avoid a time crate.
     let days = (unix / 86_400) as i64;
     let secs = unix % 86_400;

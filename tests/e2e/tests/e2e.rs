@@ -20,6 +20,8 @@ mod crash;
 mod daemon;
 #[path = "e2e/ingest.rs"]
 mod ingest;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
 #[path = "e2e/qcow2_sources.rs"]
 mod qcow2_sources;
 #[path = "e2e/roundtrip.rs"]
