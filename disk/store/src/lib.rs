@@ -919,12 +919,10 @@ impl Store {
         let s = nix::sys::statvfs::statvfs(&self.root)
             .map_err(|e| StoreError::io(&self.root, std::io::Error::from_raw_os_error(e as i32)))?;
         let frag = s.fragment_size().max(1);
-        let total = s.blocks() * frag;
-        Ok(Capacity {
-            total_bytes: total,
-            used_bytes: total.saturating_sub(s.blocks_free() * frag),
-            free_bytes: s.blocks_available() * frag,
-        })
+        // As `df` counts: blocks reserved for root are neither used nor available to us.
+        let used = s.blocks().saturating_sub(s.blocks_free()) * frag;
+        let free = s.blocks_available() * frag;
+        Ok(Capacity { total_bytes: used + free, used_bytes: used, free_bytes: free })
     }
 
     /// Size of the store on disk and what it holds.
@@ -949,8 +947,8 @@ impl Store {
 /// How full the filesystem holding the store is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Capacity {
+    /// Used plus available: what the store could ever fill (`df`'s size less root's reserve).
     pub total_bytes: u64,
-    /// Used as `df` counts it (not available to anyone).
     pub used_bytes: u64,
     /// Available to us.
     pub free_bytes: u64,

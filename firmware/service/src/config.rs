@@ -50,6 +50,13 @@ pub struct JobConfig {
     /// After a successful backup, destage the new restore point to this tape pool (D2D2T).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destage_pool: Option<String>,
+    /// Which restore points of the job's source to keep; absent: all of them. Applied after
+    /// every successful backup and by the nightly maintenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<store::retention::RetentionPolicy>,
+    /// Each new restore point is immutable (no one may delete or prune it) for this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable_days: Option<u32>,
 }
 
 fn default_retries() -> u32 {
@@ -66,15 +73,48 @@ pub struct Settings {
     pub max_tasks_per_datastore: usize,
     /// Tasks running at once in all.
     pub max_tasks: usize,
+    /// IANA time zone for retention's days, weeks, months and years; absent: the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Above this share of the staging tier's filesystem (percent), the appliance prunes what
+    /// retention allows and deletes what is safely on tape, down to the low watermark.
+    #[serde(default = "default_high")]
+    pub capacity_high_pct: u8,
+    #[serde(default = "default_low")]
+    pub capacity_low_pct: u8,
+    /// When the maintenance (prune every job, free space, garbage collection) runs: a
+    /// calendar event (UTC), e.g. `03:00` or `sun 04:30`.
+    #[serde(default = "default_maintenance")]
+    pub maintenance_schedule: String,
 }
 
 fn one() -> usize {
     1
 }
 
+fn default_high() -> u8 {
+    90
+}
+
+fn default_low() -> u8 {
+    80
+}
+
+fn default_maintenance() -> String {
+    "03:00".into()
+}
+
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { max_tasks_per_host: 2, max_tasks_per_datastore: 1, max_tasks: 4 }
+        Settings {
+            max_tasks_per_host: 2,
+            max_tasks_per_datastore: 1,
+            max_tasks: 4,
+            time_zone: None,
+            capacity_high_pct: default_high(),
+            capacity_low_pct: default_low(),
+            maintenance_schedule: default_maintenance(),
+        }
     }
 }
 

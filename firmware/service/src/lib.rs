@@ -17,6 +17,7 @@
 
 mod auth;
 mod config;
+mod lifecycle;
 pub mod notify;
 pub mod schedule;
 mod tasks;
@@ -28,10 +29,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use store::kv::{KvDb, KvEnv};
-use store::{RestorePoint, Store, StoreOptions};
+use store::{Store, StoreOptions};
 
 pub use auth::{AuditEntry, Session, TokenInfo, UserInfo, MIN_PASSWORD};
 pub use config::{ConfigFile, JobConfig, Settings, SourceConfig};
+pub use lifecycle::{CapacityInfo, GcRequest, PinRequest, PointInfo, PruneRequest};
 pub use notify::{ChannelOutcome, Event, NotificationsInfo, NotificationsInput};
 pub use schedule::CalendarEvent;
 pub use tasks::{Live, TaskInfo, TaskState};
@@ -257,6 +259,12 @@ pub struct JobInput {
     /// After a successful backup, destage the new restore point to this tape pool.
     #[serde(default)]
     pub destage_pool: Option<String>,
+    /// Which restore points to keep; absent or null: all.
+    #[serde(default)]
+    pub retention: Option<store::retention::RetentionPolicy>,
+    /// New restore points are immutable for this many days; absent, null or 0: not immutable.
+    #[serde(default)]
+    pub immutable_days: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -294,6 +302,17 @@ pub struct SettingsInput {
     /// absent: no tape library.
     #[serde(default)]
     pub tape_changer: Option<String>,
+    /// IANA time zone for retention; absent: unchanged; "" or null with `reset`: the system's.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Capacity watermarks in percent; absent: unchanged.
+    #[serde(default)]
+    pub capacity_high_pct: Option<u8>,
+    #[serde(default)]
+    pub capacity_low_pct: Option<u8>,
+    /// Calendar event of the nightly maintenance; absent: unchanged.
+    #[serde(default)]
+    pub maintenance_schedule: Option<String>,
 }
 
 /// A tape pool's policy as the API receives it (the name is in the path).
@@ -359,6 +378,8 @@ pub struct Alert {
 pub struct Dashboard {
     pub tasks: Vec<TaskInfo>,
     pub usage: Usage,
+    /// The staging tier's filesystem; absent when it cannot be read.
+    pub capacity: Option<CapacityInfo>,
     pub last_results: Vec<TaskInfo>,
     pub alerts: Vec<Alert>,
 }
@@ -378,6 +399,8 @@ pub struct Appliance {
     next_runs: Mutex<HashMap<String, u64>>,
     last_tasks: Mutex<HashMap<String, u64>>,
     interrupted_at_open: u64,
+    /// The store's upkeep: watermark state, clock and maintenance timing (see `lifecycle`).
+    upkeep: Mutex<lifecycle::Upkeep>,
     /// Serialises use of the tape library: a tape task holds it for its whole run; a quick
     /// action (load, unload, label, inventory) holds it for its request and is refused with
     /// `Conflict` while a task has it, rather than waiting minutes behind a destage.
@@ -471,6 +494,7 @@ impl Appliance {
             next_runs: Mutex::default(),
             last_tasks: Mutex::default(),
             interrupted_at_open: interrupted.len() as u64,
+            upkeep: Mutex::new(lifecycle::Upkeep::default()),
             tape_lock: Arc::new(Mutex::new(())),
             tape_catalog,
             env,
@@ -794,6 +818,14 @@ impl Appliance {
             plain_name(pool, "pool")?;
             self.tape_changer()?;
         }
+        let retention = input.retention.filter(|r| !r.is_keep_all());
+        if let Some(r) = &retention {
+            r.validate()?;
+        }
+        let immutable_days = input.immutable_days.filter(|d| *d > 0);
+        if immutable_days.is_some_and(|d| d > 3650) {
+            return Err(ServiceError::Invalid("immutable_days: at most 3650 (ten years)".into()));
+        }
         let mut c = lock(&self.config);
         let existing = match id {
             Some(id) => Some(
@@ -810,6 +842,8 @@ impl Appliance {
             enabled: input.enabled,
             retries: input.retries.unwrap_or(2).min(10),
             destage_pool,
+            retention,
+            immutable_days,
         };
         let mut next = c.clone();
         match existing {
@@ -859,20 +893,13 @@ impl Appliance {
             .find(|j| j.id == id)
             .cloned()
             .ok_or_else(|| ServiceError::NotFound(format!("no job {id}")))?;
-        let t = self.backup_task(&actor.user, &job.source, job.retries, job.destage_pool.clone())?;
+        let t = self.backup_task(&actor.user, &job.source, Some(&job))?;
         lock(&self.last_tasks).insert(job.id.clone(), t.id);
         self.audit(actor, "run job", &job.name);
         Ok(t)
     }
 
     // ---- restore points and usage -----------------------------------------------------------
-
-    pub fn points(&self, actor: &Principal) -> Result<Vec<RestorePoint>, ServiceError> {
-        actor.require(Role::Auditor)?;
-        let mut v = self.store.list()?;
-        v.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(b.id.cmp(&a.id)));
-        Ok(v)
-    }
 
     fn usage_now(&self) -> Result<(u64, u64, u64), ServiceError> {
         usage_now(&self.store)
@@ -925,20 +952,33 @@ impl Appliance {
                 unix: now,
             });
         }
-        Ok(Dashboard { tasks: running, usage: self.usage(actor)?, last_results: finished, alerts })
+        let usage = self.usage(actor)?;
+        let capacity = self.capacity_of(&usage).ok();
+        if let Some(c) = capacity.as_ref().filter(|c| c.above_high) {
+            alerts.push(Alert {
+                level: "warning".into(),
+                message: format!(
+                    "The staging tier is {:.0}% full (high watermark {}%): the maintenance frees what retention and tape copies allow",
+                    c.used_pct, c.high_pct
+                ),
+                unix: now,
+            });
+        }
+        Ok(Dashboard { tasks: running, usage, capacity, last_results: finished, alerts })
     }
 
     // ---- tasks ---------------------------------------------------------------------------------
 
-    /// A backup task; with `then_destage`, a successful backup queues a destage task of the
-    /// new restore point to that pool (a failure to queue it is logged, the backup stands).
-    fn backup_task(
-        &self,
-        user: &str,
-        source_id: &str,
-        retries: u32,
-        then_destage: Option<String>,
-    ) -> Result<TaskInfo, ServiceError> {
+    /// A backup task, of a job (its retries, immutability, retention and destage) or manual.
+    /// A job that destages queues a destage task of the new restore point to its pool (a
+    /// failure to queue it is logged, the backup stands); a job with retention prunes after
+    /// a successful backup. A staging tier above its high watermark that nothing can relieve
+    /// refuses the backup before it reads anything.
+    fn backup_task(&self, user: &str, source_id: &str, job: Option<&JobConfig>) -> Result<TaskInfo, ServiceError> {
+        let retries = job.map_or(0, |j| j.retries);
+        let then_destage = job.and_then(|j| j.destage_pool.clone());
+        let immutable_for_s = job.and_then(|j| j.immutable_days).map(|d| u64::from(d) * 86_400);
+        let job = job.cloned();
         let me = self.me.clone();
         let task_user = user.to_string();
         let src = self.source(source_id)?;
@@ -949,7 +989,10 @@ impl Appliance {
         // One limiter for the whole source: all its disks share the limit.
         let limiter = src.max_read_mbps.map(|mbps| blocksource::RateLimiter::new(u64::from(mbps) * 1_000_000));
         let (env, usage_db) = (self.env.clone(), self.usage_db);
-        let job: tasks::Job = Box::new(move |live: &Live| {
+        let work: tasks::Job = Box::new(move |live: &Live| {
+            if let Some(app) = me.upgrade() {
+                app.capacity_gate(live)?;
+            }
             let mut attempt = 0;
             loop {
                 let r = (|| -> Result<engine::BackupReport, String> {
@@ -972,7 +1015,7 @@ impl Appliance {
                         .iter()
                         .map(|(label, d)| engine::DiskToBackup { label, source: d.as_ref() })
                         .collect();
-                    let opts = engine::BackupOptions::new(&name);
+                    let opts = engine::BackupOptions { immutable_for_s, ..engine::BackupOptions::new(&name) };
                     let report =
                         engine::backup_disks(&store, &disks, &opened.files, &opts, live).map_err(|e| e.to_string())?;
                     live.log(&format!(
@@ -988,6 +1031,9 @@ impl Appliance {
                 })();
                 match r {
                     Ok(report) => {
+                        if let (Some(job), Some(app)) = (&job, me.upgrade()) {
+                            app.prune_after_backup(job, live);
+                        }
                         record_usage(&store, &env, &usage_db);
                         let mut v = serde_json::to_value(&report).unwrap_or_default();
                         if let (Some(pool), Some(app)) = (&then_destage, me.upgrade()) {
@@ -1019,12 +1065,12 @@ impl Appliance {
                 }
             }
         });
-        self.tasks.spawn("backup", &src.name, user, (&source_host(&src.url), &source_datastore(&src.url)), job)
+        self.tasks.spawn("backup", &src.name, user, (&source_host(&src.url), &source_datastore(&src.url)), work)
     }
 
     pub fn start_backup(&self, actor: &Principal, source_id: &str) -> Result<TaskInfo, ServiceError> {
         actor.require(Role::Operator)?;
-        let t = self.backup_task(&actor.user, source_id, 0, None)?;
+        let t = self.backup_task(&actor.user, source_id, None)?;
         self.audit(actor, "start backup", source_id);
         Ok(t)
     }
@@ -1561,11 +1607,36 @@ impl Appliance {
             lib.inventory()
                 .map_err(|e| ServiceError::Invalid(format!("tape library {spec} did not answer an inventory: {e}")))?;
         }
+        let current = lock(&self.config).settings.clone();
         let limits = Settings {
             max_tasks: input.max_tasks,
             max_tasks_per_host: input.max_tasks_per_host,
             max_tasks_per_datastore: input.max_tasks_per_datastore,
+            time_zone: match input.time_zone.as_deref().map(str::trim) {
+                None => current.time_zone,
+                Some("") => None,
+                Some(tz) => {
+                    store::retention::time_zone(tz)?;
+                    Some(tz.to_string())
+                }
+            },
+            capacity_high_pct: input.capacity_high_pct.unwrap_or(current.capacity_high_pct),
+            capacity_low_pct: input.capacity_low_pct.unwrap_or(current.capacity_low_pct),
+            maintenance_schedule: match input.maintenance_schedule {
+                None => current.maintenance_schedule,
+                Some(ev) => {
+                    CalendarEvent::parse(ev.trim())
+                        .map_err(|e| ServiceError::Invalid(format!("maintenance_schedule: {e}")))?;
+                    ev.trim().to_string()
+                }
+            },
         };
+        if !(1..=99).contains(&limits.capacity_high_pct) || limits.capacity_low_pct >= limits.capacity_high_pct {
+            return Err(ServiceError::Invalid(format!(
+                "capacity watermarks: the high one must be 1-99% and the low one below it (got high {}%, low {}%)",
+                limits.capacity_high_pct, limits.capacity_low_pct
+            )));
+        }
         {
             let mut c = lock(&self.config);
             let mut next = c.clone();
@@ -1650,6 +1721,7 @@ impl Appliance {
                 if stored > 0 { logical as f64 / stored as f64 } else { 0.0 }
             ));
         }
+        self.capacity_metrics(&mut out);
         let changer = lock(&self.config).tape_changer.clone();
         if let Some(changer) = changer {
             if let Ok(_one) = self.tape_lock.try_lock() {
@@ -1684,8 +1756,9 @@ impl Appliance {
         });
     }
 
-    /// Starts due jobs as of `now`.
+    /// Starts due jobs as of `now`, and the store's upkeep (see `lifecycle`).
     pub fn tick(&self, now: u64) {
+        self.lifecycle_tick(now);
         let jobs = lock(&self.config).jobs.clone();
         for j in jobs.iter().filter(|j| j.enabled) {
             let Ok(ev) = CalendarEvent::parse(&j.schedule) else { continue };
@@ -1704,7 +1777,7 @@ impl Appliance {
                 self.audit(&system, "skip job", &format!("{}: missed its window", j.name));
                 continue;
             }
-            match self.backup_task("scheduler", &j.source, j.retries, j.destage_pool.clone()) {
+            match self.backup_task("scheduler", &j.source, Some(j)) {
                 Ok(t) => {
                     lock(&self.last_tasks).insert(j.id.clone(), t.id);
                 }

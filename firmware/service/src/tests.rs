@@ -137,7 +137,7 @@ fn backup_restore_verify_tasks_with_progress_logs_and_cancel() {
     let points = app.points(&admin()).unwrap();
     assert_eq!(points.len(), 1);
     let r = app
-        .start_restore(&admin(), RestoreRequest { point: points[0].spec(), disk: None, target: "r1".into() })
+        .start_restore(&admin(), RestoreRequest { point: points[0].point.spec(), disk: None, target: "r1".into() })
         .unwrap();
     assert_eq!(wait(&app, r.id).state, TaskState::Succeeded);
     let restored = std::fs::read(d.path().join("restores/r1/disk0.raw")).unwrap();
@@ -152,11 +152,14 @@ fn backup_restore_verify_tasks_with_progress_logs_and_cancel() {
     // Cancel: a finished task cannot be cancelled; a restore target cannot be reused.
     assert!(matches!(app.cancel_task(&admin(), t.id), Err(ServiceError::Conflict(_))));
     assert!(matches!(
-        app.start_restore(&admin(), RestoreRequest { point: points[0].spec(), disk: None, target: "r1".into() }),
+        app.start_restore(&admin(), RestoreRequest { point: points[0].point.spec(), disk: None, target: "r1".into() }),
         Err(ServiceError::Conflict(_))
     ));
     assert!(matches!(
-        app.start_restore(&admin(), RestoreRequest { point: points[0].spec(), disk: None, target: "../x".into() }),
+        app.start_restore(
+            &admin(),
+            RestoreRequest { point: points[0].point.spec(), disk: None, target: "../x".into() }
+        ),
         Err(ServiceError::Invalid(_))
     ));
 }
@@ -205,6 +208,8 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         enabled: true,
         retries: None,
         destage_pool: None,
+        retention: None,
+        immutable_days: None,
     };
     assert!(app.put_job(&admin(), None, bad).unwrap_err().to_string().contains("example"));
     let job = JobInput {
@@ -215,6 +220,8 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         enabled: true,
         retries: Some(0),
         destage_pool: None,
+        retention: None,
+        immutable_days: None,
     };
     let j = app.put_job(&admin(), None, job.clone()).unwrap();
     // A job can only chain a destage when a tape library is configured.
@@ -364,6 +371,8 @@ fn dev_mode_tape_label_and_destage_task() {
         enabled: true,
         retries: Some(0),
         destage_pool: Some("main".into()),
+        retention: None,
+        immutable_days: None,
     };
     let j = app.put_job(&admin(), None, job).unwrap();
     assert_eq!(j.job.destage_pool.as_deref(), Some("main"));
@@ -475,6 +484,10 @@ fn settings_change_limits_and_the_tape_library() {
         max_tasks_per_host: 1,
         max_tasks_per_datastore: 1,
         tape_changer: changer,
+        time_zone: None,
+        capacity_high_pct: None,
+        capacity_low_pct: None,
+        maintenance_schedule: None,
     };
     assert!(matches!(app.put_settings(&operator, input(None, 2)), Err(ServiceError::Forbidden(_))));
     assert!(matches!(app.put_settings(&admin(), input(None, 0)), Err(ServiceError::Invalid(_))));
@@ -651,4 +664,226 @@ fn a_verify_that_finds_damage_sends_verify_damage_not_job_failed() {
         + v["details"]["damaged_records"].as_u64().unwrap();
     assert!(damaged > 0, "{v}");
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "no JobFailed besides the damage report");
+}
+
+// ---- the store's life over months ----------------------------------------------------------------
+
+/// A job on a small sample disk, with `retention` and `immutable_days`.
+fn lifecycle_job(
+    app: &Appliance,
+    d: &Path,
+    retention: Option<store::retention::RetentionPolicy>,
+    immutable_days: Option<u32>,
+) -> JobInfo {
+    let img = d.join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let src = local_source(app, "vm", img.display().to_string());
+    let job = JobInput {
+        name: "nightly".into(),
+        source: src.id,
+        schedule: "22:00".into(),
+        window_hours: None,
+        enabled: true,
+        retries: Some(0),
+        destage_pool: None,
+        retention,
+        immutable_days,
+    };
+    app.put_job(&admin(), None, job).unwrap()
+}
+
+fn run_job_to_end(app: &Appliance, job: &JobInfo) -> TaskInfo {
+    let t = app.run_job(&admin(), &job.job.id).unwrap();
+    let t = wait(app, t.id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    t
+}
+
+#[test]
+fn a_job_with_retention_prunes_after_each_backup_and_gc_frees_the_space() {
+    let (d, app) = open();
+    let keep2 = store::retention::RetentionPolicy { keep_last: Some(2), ..Default::default() };
+    let job = lifecycle_job(&app, d.path(), Some(keep2), None);
+    for i in 0..4u8 {
+        // a different disk each time, so every point has data of its own
+        let img = d.path().join("vm.raw");
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes[..1 << 20].fill(i + 1);
+        std::fs::write(&img, bytes).unwrap();
+        let t = run_job_to_end(&app, &job);
+        if i >= 2 {
+            let log = app.task_log(&admin(), t.id, 0).unwrap().0.join("\n");
+            assert!(log.contains("retention: 2 kept, 1 pruned"), "{log}");
+        }
+    }
+    let points = app.points(&admin()).unwrap();
+    assert_eq!(points.len(), 2, "{points:?}");
+    // A dry run is open to auditors and changes nothing; the real prune needs an admin.
+    let auditor = Principal { user: "eve".into(), role: Role::Auditor };
+    let dry = app.prune_job(&auditor, PruneRequest { job: job.job.id.clone(), dry_run: true }).unwrap();
+    assert_eq!((dry.kept, dry.pruned), (2, 0));
+    assert!(matches!(
+        app.prune_job(&auditor, PruneRequest { job: job.job.id.clone(), dry_run: false }),
+        Err(ServiceError::Forbidden(_))
+    ));
+    let before = app.usage(&admin()).unwrap().bytes_stored;
+    let gc = wait(&app, app.start_gc(&admin(), GcRequest::default()).unwrap().id);
+    assert_eq!(gc.state, TaskState::Succeeded, "{gc:?}");
+    let after = app.usage(&admin()).unwrap().bytes_stored;
+    assert!(after < before, "gc freed nothing: {before} -> {after}");
+    let dash = app.dashboard(&admin()).unwrap();
+    let cap = dash.capacity.expect("capacity on the dashboard");
+    assert!(cap.total_bytes > 0 && cap.used_pct > 0.0 && cap.high_pct == 90, "{cap:?}");
+    assert!(app.metrics().contains("rackvault_capacity_free_bytes"));
+}
+
+#[test]
+fn immutable_points_are_refused_to_every_delete_and_prune_even_for_admins() {
+    let (d, app) = open();
+    let keep1 = store::retention::RetentionPolicy { keep_last: Some(1), ..Default::default() };
+    let job = lifecycle_job(&app, d.path(), Some(keep1), Some(7));
+    run_job_to_end(&app, &job);
+    let t = run_job_to_end(&app, &job);
+    let log = app.task_log(&admin(), t.id, 0).unwrap().0.join("\n");
+    assert!(log.contains("1 kept as immutable"), "{log}");
+    let points = app.points(&admin()).unwrap();
+    assert_eq!(points.len(), 2);
+    assert!(points.iter().all(|p| p.immutable), "{points:?}");
+    let spec = points[1].point.spec();
+    match app.delete_point(&admin(), &spec) {
+        Err(ServiceError::Conflict(m)) => assert!(m.contains("immutable until"), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let r = app.prune_job(&admin(), PruneRequest { job: job.job.id.clone(), dry_run: false }).unwrap();
+    assert_eq!((r.pruned, r.kept_immutable), (0, 1));
+    assert_eq!(app.points(&admin()).unwrap().len(), 2);
+    // Shortening the job's window does not shorten the window of points already made.
+    let edit = JobInput {
+        name: "nightly".into(),
+        source: job.job.source.clone(),
+        schedule: "22:00".into(),
+        window_hours: None,
+        enabled: true,
+        retries: Some(0),
+        destage_pool: None,
+        retention: None,
+        immutable_days: None,
+    };
+    app.put_job(&admin(), Some(&job.job.id), edit).unwrap();
+    assert!(matches!(app.delete_point(&admin(), &spec), Err(ServiceError::Conflict(_))));
+}
+
+#[test]
+fn pinned_points_are_kept_and_unpinned_ones_can_be_deleted() {
+    let (d, app) = open();
+    let job = lifecycle_job(&app, d.path(), None, None);
+    run_job_to_end(&app, &job);
+    let spec = app.points(&admin()).unwrap()[0].point.spec();
+    app.pin_point(&admin(), &spec, PinRequest { pinned: true }).unwrap();
+    assert!(app.points(&admin()).unwrap()[0].pinned);
+    assert!(matches!(app.delete_point(&admin(), &spec), Err(ServiceError::Conflict(_))));
+    let operator = Principal { user: "op".into(), role: Role::Operator };
+    assert!(matches!(app.delete_point(&operator, &spec), Err(ServiceError::Forbidden(_))));
+    app.pin_point(&admin(), &spec, PinRequest { pinned: false }).unwrap();
+    app.delete_point(&admin(), &spec).unwrap();
+    assert!(app.points(&admin()).unwrap().is_empty());
+    assert!(app.audit_log(&admin(), 20).unwrap().iter().any(|e| e.action == "delete restore point"));
+}
+
+#[test]
+fn a_backup_above_the_high_watermark_that_nothing_can_relieve_is_refused_before_it_reads() {
+    let (d, app) = open();
+    let job = lifecycle_job(&app, d.path(), None, None);
+    let s = |high: u8, low: u8| SettingsInput {
+        max_tasks: 4,
+        max_tasks_per_host: 2,
+        max_tasks_per_datastore: 1,
+        tape_changer: None,
+        time_zone: Some("Europe/Berlin".into()),
+        capacity_high_pct: Some(high),
+        capacity_low_pct: Some(low),
+        maintenance_schedule: Some("sun 04:30".into()),
+    };
+    assert!(matches!(app.put_settings(&admin(), s(50, 60)), Err(ServiceError::Invalid(_))));
+    let bad_tz = SettingsInput { time_zone: Some("Mars/Olympus".into()), ..s(90, 80) };
+    assert!(app.put_settings(&admin(), bad_tz).unwrap_err().to_string().contains("time zone"));
+    // Any filesystem in use is above 1%.
+    app.put_settings(&admin(), s(1, 0)).unwrap();
+    let t = app.run_job(&admin(), &job.job.id).unwrap();
+    let t = wait(&app, t.id);
+    assert_eq!(t.state, TaskState::Failed);
+    let err = t.error.unwrap_or_default();
+    assert!(err.contains("refused before it started") && err.contains("nothing more can be freed"), "{err}");
+    assert!(app.points(&admin()).unwrap().is_empty());
+    let log = app.task_log(&admin(), t.id, 0).unwrap().0.join("\n");
+    assert!(!log.contains("opening"), "the source was not even opened: {log}");
+    // The tick notices the watermark and records it once.
+    app.tick(now_unix());
+    app.tick(now_unix());
+    let crossings = app.audit_log(&admin(), 50).unwrap().into_iter().filter(|e| e.action == "capacity").count();
+    assert_eq!(crossings, 1);
+    assert!(app.dashboard(&admin()).unwrap().alerts.iter().any(|a| a.message.contains("high watermark")));
+    app.put_settings(&admin(), s(99, 98)).unwrap();
+    run_job_to_end(&app, &job);
+}
+
+#[test]
+fn points_pruned_from_disk_after_their_tape_copy_show_as_on_tape_only() {
+    let (d, app) = open();
+    let lib = format!("emulated:{}", d.path().join("lib").display());
+    let settings = SettingsInput {
+        max_tasks: 4,
+        max_tasks_per_host: 2,
+        max_tasks_per_datastore: 1,
+        tape_changer: Some(lib),
+        time_zone: None,
+        capacity_high_pct: None,
+        capacity_low_pct: None,
+        maintenance_schedule: None,
+    };
+    app.put_settings(&admin(), settings).unwrap();
+    let inv = app.tape_inventory(&admin()).unwrap();
+    let barcodes: Vec<String> = inv["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["barcode"].as_str().map(str::to_string))
+        .filter(|b| !b.starts_with("CLN"))
+        .collect();
+    app.tape_label(&admin(), &barcodes[0], "default", false).unwrap();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
+    let keep1 = store::retention::RetentionPolicy { keep_last: Some(1), ..Default::default() };
+    let job = app
+        .put_job(
+            &admin(),
+            None,
+            JobInput {
+                name: "d2d2t".into(),
+                source: src.id,
+                schedule: "22:00".into(),
+                window_hours: None,
+                enabled: true,
+                retries: Some(0),
+                destage_pool: Some("default".into()),
+                retention: Some(keep1),
+                immutable_days: None,
+            },
+        )
+        .unwrap();
+    let first = run_job_to_end(&app, &job);
+    let destage = first.result.as_ref().and_then(|r| r["destage_task"].as_u64()).expect("a destage was queued");
+    assert_eq!(wait(&app, destage).state, TaskState::Succeeded);
+    // A second backup: the first point has its tape copy, so retention removes it from disk.
+    let second = run_job_to_end(&app, &job);
+    let log = app.task_log(&admin(), second.id, 0).unwrap().0.join("\n");
+    assert!(log.contains("1 pruned"), "{log}");
+    let points = app.points(&admin()).unwrap();
+    let tape_only: Vec<&PointInfo> = points.iter().filter(|p| p.tape_only).collect();
+    assert_eq!(tape_only.len(), 1, "{points:?}");
+    assert!(tape_only[0].on_tape);
+    // The newest point is kept on disk, awaiting its own tape copy.
+    let dry = app.prune_job(&admin(), PruneRequest { job: job.job.id.clone(), dry_run: true }).unwrap();
+    assert_eq!(dry.items.len(), 1);
 }

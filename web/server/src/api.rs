@@ -85,6 +85,16 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("DELETE", "/api/v1/jobs/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_job(c.actor()?, c.param(0)))),
     route!("POST", "/api/v1/jobs/{id}/run", OPERATOR, NoBody, |c| c.ok(c.app.run_job(c.actor()?, c.param(0)))),
     route!("GET", "/api/v1/points", AUDITOR, NoBody, |c| c.ok(c.app.points(c.actor()?))),
+    route!("DELETE", "/api/v1/points/{spec}", ADMIN, NoBody, |c| c.empty(c.app.delete_point(c.actor()?, c.param(0)))),
+    route!("PUT", "/api/v1/points/{spec}/pin", ADMIN, Json, |c| c.empty(c.app.pin_point(
+        c.actor()?,
+        c.param(0),
+        c.json::<service::PinRequest>()?
+    ))),
+    route!("POST", "/api/v1/prune", AUDITOR, Json, |c| c
+        .ok(c.app.prune_job(c.actor()?, c.json::<service::PruneRequest>()?))),
+    route!("POST", "/api/v1/gc", OPERATOR, Json, gc),
+    route!("GET", "/api/v1/capacity", AUDITOR, NoBody, |c| c.ok(c.app.capacity(c.actor()?))),
     route!("POST", "/api/v1/backups", OPERATOR, Json, backup),
     route!("POST", "/api/v1/restores", OPERATOR, Json, |c| c
         .ok(c.app.start_restore(c.actor()?, c.json::<RestoreRequest>()?))),
@@ -358,6 +368,11 @@ fn verify(c: &Ctx) -> Result<Reply, ApiError> {
     }
     let v: V = if c.body.is_empty() { V::default() } else { c.json()? };
     c.ok(c.app.start_verify(c.actor()?, v.point))
+}
+
+fn gc(c: &Ctx) -> Result<Reply, ApiError> {
+    let req: service::GcRequest = if c.body.is_empty() { service::GcRequest::default() } else { c.json()? };
+    c.ok(c.app.start_gc(c.actor()?, req))
 }
 
 fn task_log(c: &Ctx) -> Result<Reply, ApiError> {
