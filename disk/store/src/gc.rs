@@ -14,11 +14,13 @@
 //!    live *metadata*, not with chunks × points. A false positive only keeps a dead chunk for
 //!    one more GC; the exact set for nodes is what makes skipping subtrees safe. Files' atime
 //!    is never touched.
-//! 2. **Condemn** (one LMDB write transaction). Mark the points committed since S too, then
-//!    move every index entry that is unmarked *and* lies in a pack that already existed in S
-//!    from `chunks` to `condemned`, tagged with this run's generation G; set
-//!    `meta.gc_generation = G`. From this commit on, no lookup finds a condemned chunk, so new
-//!    backups store their own copy. Chunks sealed after S are young and left for the next GC.
+//! 2. **Condemn** (LMDB write transactions of at most 32 Ki index entries each, so memory
+//!    stays bounded). Each transaction first marks the points committed since the last one,
+//!    then moves every index entry of its batch that is unmarked *and* lies in a pack that
+//!    already existed in S from `chunks` to `condemned`, tagged with a new generation G, and
+//!    sets `meta.gc_generation = G` (every batch takes the next generation). From its commit
+//!    on, no lookup finds those chunks, so new backups store their own copy. Chunks sealed
+//!    after S are young and left for the next GC.
 //! 3. **Sweep.** A condemned chunk may still be referenced by a backup that deduplicated
 //!    against it before step 2 and has not committed yet. Such a chunk is *held*: it stays on
 //!    disk until no such backup runs (below). Per pack, the bytes still needed are the index
@@ -27,7 +29,9 @@
 //!    copied (as stored, never recompressed) into a new pack, which is sealed like a backup's
 //!    (tmp/, fsync, rename into packs/, fsync packs/); then one transaction repoints their
 //!    entries, drops the old pack from `packs` and records it in `gc_deleting`; then the old
-//!    file is unlinked. Finally condemned entries that are no longer held are dropped.
+//!    file is unlinked. Small packs (a backup's last pack, a deletion's tombstones) are merged
+//!    the same way once there are eight of them. Finally condemned entries that are no longer
+//!    held are dropped.
 //!
 //! ## Backups alongside a GC (the protocol)
 //! - A backup session registers at start: it creates `sessions/<unique>.lock`, holds an
@@ -36,9 +40,13 @@
 //!   removed by the GC.
 //! - A chunk condemned in generation C may be deleted from disk only when every registered
 //!   session has a start generation ≥ C: such a session read the generation after the condemn
-//!   transaction committed, so every lookup it made already missed the chunk.
+//!   transaction committed, so every lookup it made already missed the chunk. This is why
+//!   every condemn batch takes a generation of its own: a session that started between two
+//!   batches must hold, and rescue, what the later batch condemns.
 //! - At commit, a session whose start generation differs from the current one walks its new
-//!   point and moves every condemned chunk it references back into `chunks`, in the same write
+//!   point (its manifest, files, tree nodes and leaves; the session's own records may have been
+//!   sealed before the GC's snapshot and so look unreferenced) and moves every condemned chunk
+//!   it references back into `chunks`, in the same write
 //!   transaction that publishes the point (retrying if yet another condemn committed
 //!   meanwhile). Held chunks are still on disk, so the rescue is always possible.
 //!
@@ -77,6 +85,9 @@ pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.3;
 
 /// Index entries handled per batch in the condemn and cleanup passes.
 const BATCH: usize = 32_768;
+
+/// Packs smaller than an eighth of the target are merged once there are this many.
+const SMALL_PACKS_TO_MERGE: usize = 8;
 
 /// Tunables of one GC run.
 #[derive(Debug, Clone)]
@@ -331,12 +342,7 @@ impl Store {
     fn unlink_packs(&self, numbers: &[u64]) -> Result<()> {
         for &n in numbers {
             self.forget_pack_file(n);
-            let path = self.pack_path(n);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(&path, e)),
-            }
+            self.remove_pack_file(&self.pack_path(n))?;
         }
         fsync_dir(&self.root.join("packs"))?;
         let mut wtxn = self.catalog.write()?;
@@ -417,6 +423,9 @@ impl Store {
                 None => Ok(None),
             }
         };
+        // Its own manifest too: sealed before the GC's snapshot, it looked unreferenced until
+        // the point is published.
+        check(&point.manifest_digest(), &mut rescue)?;
         for f in &point.files {
             check(&f.digest, &mut rescue)?;
         }
@@ -501,32 +510,33 @@ impl Store {
         }
         drop(rtxn);
 
-        // 2. Condemn, in one write transaction.
+        // 2. Condemn, in write transactions of at most BATCH index entries each, so the
+        // dirty pages of one transaction stay bounded. Each batch first marks the points
+        // committed since the last one, and takes a generation of its own.
         progress(GcProgress { phase: "condemn", done: 0, total: entries });
         let catalog = &self.catalog;
-        let mut wtxn = catalog.write()?;
-        let generation = catalog.meta_u64(&wtxn, "gc_generation")?.unwrap_or(0) + 1;
-        report.generation = generation;
-        let (points_now, unreadable_now) = self.list_in(&wtxn)?;
-        if let Some(bad) = unreadable_now.first() {
-            let point = format!("{}@{}", bad.name, bad.id);
-            let detail = bad.reason.clone();
-            wtxn.abort();
-            return Err(StoreError::GcBlocked {
-                point: point.clone(),
-                source: Box::new(StoreError::DamagedPoint { point, detail }),
-            });
-        }
-        for point in points_now {
-            if !s_points.contains(&(point.name.clone(), point.id)) {
-                self.mark_point(&wtxn, &point, &mut live)?;
-            }
-            report.points_marked += 1;
-        }
-        report.tree_nodes_marked = live.exact.len() as u64;
-        report.mark_set_bytes = live.bytes();
+        let mut marked: HashSet<(String, u64)> = s_points;
         let mut last: Option<[u8; 32]> = None;
+        let mut visited_total = 0u64;
         loop {
+            let mut wtxn = catalog.write()?;
+            let (points_now, unreadable_now) = self.list_in(&wtxn)?;
+            if let Some(bad) = unreadable_now.first() {
+                let point = format!("{}@{}", bad.name, bad.id);
+                let detail = bad.reason.clone();
+                wtxn.abort();
+                return Err(StoreError::GcBlocked {
+                    point: point.clone(),
+                    source: Box::new(StoreError::DamagedPoint { point, detail }),
+                });
+            }
+            report.points_marked = points_now.len() as u64;
+            for point in points_now {
+                if marked.insert((point.name.clone(), point.id)) {
+                    self.mark_point(&wtxn, &point, &mut live)?;
+                }
+            }
+            let generation = catalog.meta_u64(&wtxn, "gc_generation")?.unwrap_or(0) + 1;
             let mut batch: Vec<([u8; 32], ChunkLoc)> = Vec::new();
             let mut visited = 0usize;
             {
@@ -549,29 +559,38 @@ impl Store {
                     }
                 }
             }
-            for (key, loc) in &batch {
-                catalog.chunks.delete(&mut wtxn, &key[..]).map_err(|e| catalog.err(e))?;
-                catalog
-                    .condemned
-                    .put(&mut wtxn, &key[..], &encode_condemned(loc, generation))
-                    .map_err(|e| catalog.err(e))?;
-                report.chunks_condemned += 1;
-                report.bytes_condemned += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+            report.chunks_condemned += batch.len() as u64;
+            report.bytes_condemned +=
+                batch.iter().map(|(_, loc)| pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64).sum::<u64>();
+            if opts.dry_run {
+                wtxn.abort();
+            } else {
+                for (key, loc) in &batch {
+                    catalog.chunks.delete(&mut wtxn, &key[..]).map_err(|e| catalog.err(e))?;
+                    catalog
+                        .condemned
+                        .put(&mut wtxn, &key[..], &encode_condemned(loc, generation))
+                        .map_err(|e| catalog.err(e))?;
+                }
+                catalog.meta.put(&mut wtxn, b"gc_generation", &generation.to_le_bytes()).map_err(|e| catalog.err(e))?;
+                wtxn.commit().map_err(|e| catalog.err(e))?;
+                report.generation = generation;
             }
+            visited_total += visited as u64;
+            progress(GcProgress { phase: "condemn", done: visited_total.min(entries), total: entries });
             if visited < BATCH {
                 break;
             }
         }
+        report.tree_nodes_marked = live.exact.len() as u64;
+        report.mark_set_bytes = live.bytes();
         drop(live);
         if opts.dry_run {
-            wtxn.abort();
             report.bytes_after = report.bytes_before;
             report.duration_s = started.elapsed().as_secs_f64();
             report.complete = true;
             return Ok(report);
         }
-        catalog.meta.put(&mut wtxn, b"gc_generation", &generation.to_le_bytes()).map_err(|e| catalog.err(e))?;
-        wtxn.commit().map_err(|e| catalog.err(e))?;
 
         // 3. Sweep.
         let running = Registration::running(self)?;
@@ -615,6 +634,16 @@ impl Store {
             } else if 1.0 - (need as f64 / body as f64) > opts.repack_threshold {
                 repack.push(info.number);
             }
+        }
+        // Small packs (tombstones, the tail of each backup) are merged once there are a few,
+        // so the number of files does not grow with backups × days.
+        let small: Vec<u64> = packs
+            .iter()
+            .filter(|i| i.len < self.pack_target / 8 && !dead_packs.contains(&i.number) && !repack.contains(&i.number))
+            .map(|i| i.number)
+            .collect();
+        if small.len() >= SMALL_PACKS_TO_MERGE {
+            repack.extend(small);
         }
         let sweep_total = (dead_packs.len() + repack.len()) as u64;
         let mut swept = 0u64;
@@ -748,6 +777,7 @@ impl Store {
         let final_path = self.pack_path(number);
         std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
         fsync_dir(&self.root.join("packs"))?;
+        self.protect_pack(&final_path);
         let catalog = &self.catalog;
         let mut wtxn = catalog.write()?;
         for m in &o.moved {

@@ -306,6 +306,21 @@ pub struct StoreOptions {
     /// Open without writing anything: no cleanup, no format stamp, no backups. Also chosen
     /// automatically when the store's filesystem is mounted read-only.
     pub read_only: bool,
+    /// Give every sealed pack the immutable attribute (`chattr +i`), so that not even root
+    /// can change or delete it by hand; the GC clears it before it deletes a pack. Where the
+    /// filesystem or the process's capabilities do not allow it, [`Store::pack_protection`]
+    /// says why and the store carries on.
+    pub immutable_packs: bool,
+}
+
+/// How sealed packs are protected on disk (see [`StoreOptions::immutable_packs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PackProtection {
+    pub requested: bool,
+    /// Why the immutable attribute could not be set, when it could not.
+    pub unavailable: Option<String>,
+    /// Packs given the attribute since the store was opened.
+    pub packs_protected: u64,
 }
 
 /// Test-only fault injection: named points in the write path that fail with an I/O error when
@@ -365,7 +380,7 @@ impl PackFiles {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET, read_only: false }
+        StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET, read_only: false, immutable_packs: false }
     }
 }
 
@@ -399,6 +414,7 @@ pub struct Store {
     pack_files: Mutex<PackFiles>,
     cleanup: CleanupReport,
     failpoints: Failpoints,
+    protection: Mutex<PackProtection>,
     /// Why the store is open read-only, if it is.
     read_only: Option<String>,
 }
@@ -519,6 +535,7 @@ impl Store {
             pack_files: Mutex::new(PackFiles::default()),
             cleanup: CleanupReport::default(),
             failpoints: Failpoints::from_env(),
+            protection: Mutex::new(PackProtection { requested: opts.immutable_packs, ..Default::default() }),
             read_only,
         };
         if store.read_only.is_none() {
@@ -734,6 +751,70 @@ impl Store {
                 Ok((again, self.pack_file(again.pack)?))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Turn the immutable attribute of newly sealed packs on or off (see
+    /// [`StoreOptions::immutable_packs`]); packs sealed before keep theirs.
+    pub fn set_immutable_packs(&self, on: bool) {
+        if let Ok(mut p) = self.protection.lock() {
+            p.requested = on;
+        }
+    }
+
+    /// How sealed packs are protected on disk.
+    pub fn pack_protection(&self) -> PackProtection {
+        self.protection.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Give a sealed pack the immutable attribute, if asked to; a failure is recorded in
+    /// [`Store::pack_protection`], not returned: the pack is durable either way.
+    pub(crate) fn protect_pack(&self, path: &Path) {
+        let Ok(mut p) = self.protection.lock() else { return };
+        if !p.requested || p.unavailable.is_some() {
+            return;
+        }
+        let r = File::open(path).and_then(|f| uringio::set_immutable(&f, true));
+        match r {
+            Ok(()) => p.packs_protected += 1,
+            Err(e) => {
+                p.unavailable = Some(match e.raw_os_error() {
+                    Some(libc::EPERM) => {
+                        "the appliance lacks the CAP_LINUX_IMMUTABLE capability (run the service with it)".into()
+                    }
+                    Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) => {
+                        "the filesystem holding the store has no immutable attribute (use ext4 or XFS)".into()
+                    }
+                    _ => format!("setting the immutable attribute failed: {e}"),
+                })
+            }
+        }
+    }
+
+    /// Delete a pack file, clearing its immutable attribute first. A missing file is fine.
+    pub(crate) fn remove_pack_file(&self, path: &Path) -> Result<()> {
+        match File::open(path) {
+            Ok(f) => match uringio::set_immutable(&f, false) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP)) => {}
+                Err(e) if uringio::is_immutable(&f).unwrap_or(true) => {
+                    return Err(StoreError::Io {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::new(
+                            e.kind(),
+                            format!("cannot clear the pack's immutable attribute to delete it ({e}); run the service with CAP_LINUX_IMMUTABLE"),
+                        ),
+                    })
+                }
+                Err(_) => {}
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(path, e)),
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(path, e)),
         }
     }
 
@@ -1071,6 +1152,7 @@ impl<'s> BackupSession<'s> {
         std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
         self.store.failpoints.check("seal.fsync_dir", &final_path)?;
         fsync_dir(&self.store.root.join("packs"))?;
+        self.store.protect_pack(&final_path);
         let catalog = &self.store.catalog;
         let mut wtxn = catalog.write()?;
         for (digest, loc) in self.pending.drain() {

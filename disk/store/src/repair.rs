@@ -213,6 +213,7 @@ impl Store {
         let final_path = self.pack_path(number);
         std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
         fsync_dir(&self.root.join("packs"))?;
+        self.protect_pack(&final_path);
         Ok(PackInfo { number, len, records, sealed_unix: now_unix() })
     }
 
@@ -306,11 +307,8 @@ impl Store {
         // Only now, with the survivors durable and indexed, may the old pack go.
         self.forget_pack_file(number);
         drop(file);
-        match std::fs::remove_file(&path) {
-            Ok(()) => fsync_dir(&self.root.join("packs"))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(&path, e)),
-        }
+        self.remove_pack_file(&path)?;
+        fsync_dir(&self.root.join("packs"))?;
         report.records_dropped.extend(dropped.iter().map(|(digest, loc, reason)| DroppedRecord {
             digest: digest.to_hex(),
             pack: loc.pack,

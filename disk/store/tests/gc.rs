@@ -416,3 +416,41 @@ fn gc_killed_at_random_moments_loses_no_live_chunk() {
     let live_chunks: u64 = store.usage().unwrap().chunks;
     assert!(live_chunks < 2_000, "garbage is collected: {live_chunks} chunks indexed");
 }
+
+/// Clears `chattr +i` below a directory before it is removed (packs of a store opened with
+/// `immutable_packs` cannot be deleted otherwise).
+struct ClearImmutable<'a>(&'a Path);
+
+impl Drop for ClearImmutable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-R").arg("-i").arg(self.0).status();
+    }
+}
+
+#[test]
+fn sealed_packs_get_the_immutable_attribute_and_gc_clears_it_to_delete_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let _clear = ClearImmutable(dir.path());
+    let opts = StoreOptions { create: true, pack_target: 1 << 20, immutable_packs: true, ..Default::default() };
+    let store = Store::open(dir.path(), &opts).unwrap();
+    let disk: Vec<u64> = (1..100).collect();
+    let p = backup(&store, "vm", &disk);
+    let protection = store.pack_protection();
+    assert!(protection.requested);
+    let pack = std::fs::read_dir(dir.path().join("packs")).unwrap().next().unwrap().unwrap().path();
+    match &protection.unavailable {
+        None => {
+            assert!(protection.packs_protected >= 1, "{protection:?}");
+            let f = std::fs::File::open(&pack).unwrap();
+            assert!(uringio::is_immutable(&f).unwrap(), "the pack should carry +i");
+            let err = std::fs::remove_file(&pack).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "not even root deletes it by hand");
+        }
+        // Without the capability or on a filesystem without inode flags, the store says why.
+        Some(why) => assert!(why.contains("CAP_LINUX_IMMUTABLE") || why.contains("filesystem"), "{why}"),
+    }
+    store.delete_points(&[("vm".into(), p.id)], "test").unwrap();
+    let r = gc(&store, 0.0);
+    assert!(r.packs_deleted >= 1, "{r:?}");
+    assert!(!pack.exists(), "gc cleared the attribute and deleted the pack");
+}

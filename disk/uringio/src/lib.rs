@@ -482,6 +482,41 @@ pub fn start_writeback(file: &File) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
+/// The inode flag that makes a file immutable (`chattr +i`): no write, rename, link or
+/// unlink, even by root, until it is cleared (which needs `CAP_LINUX_IMMUTABLE`).
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+
+/// Set or clear `file`'s immutable attribute (`FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS`). Fails
+/// with `EPERM` without `CAP_LINUX_IMMUTABLE`, and `ENOTTY`/`EOPNOTSUPP` on filesystems
+/// without inode flags (tmpfs, many FUSE filesystems).
+pub fn set_immutable(file: &File, on: bool) -> io::Result<()> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int (the kernel's size for these flags despite the
+    // ioctl number's `long`) into `flags`, which lives across the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags as *mut libc::c_int) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
+    if want == flags {
+        return Ok(());
+    }
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `want`, which lives across the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &want as *const libc::c_int) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `file` has the immutable attribute.
+pub fn is_immutable(file: &File) -> io::Result<bool> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: as in `set_immutable`: one int written into `flags`.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags as *mut libc::c_int) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & FS_IMMUTABLE_FL != 0)
+}
+
 /// A heap buffer aligned to [`DIRECT_ALIGN`], zero-initialised, of a fixed capacity.
 pub struct AlignedBuf {
     ptr: *mut u8,
