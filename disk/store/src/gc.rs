@@ -41,6 +41,7 @@
 //!   point and moves every condemned chunk it references back into `chunks`, in the same write
 //!   transaction that publishes the point (retrying if yet another condemn committed
 //!   meanwhile). Held chunks are still on disk, so the rescue is always possible.
+//!
 //! So a chunk that a running backup deduplicates against is never swept, and a committed
 //! point never references a condemned chunk.
 //!
