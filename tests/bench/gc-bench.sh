@@ -20,7 +20,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CHUNKS=${CHUNKS:-1000000}
-WORK=${WORK:-/tmp/rackvault-bench/gc}
+WORK=${WORK:-$(mktemp -d -t rackvault-gc-bench.XXXXXX)}
 
 if [[ ! -x /usr/bin/time ]]; then
 	apt=(apt-get -q -y -o DPkg::Lock::Timeout=600)

@@ -460,7 +460,10 @@ impl Appliance {
         let sealer = Sealer::open(&data_dir.join("appliance.key"))?;
         let mut config = ConfigFile::load(&data_dir.join("config.json"))?;
         let store_dir = data_dir.join("store");
-        let store = Arc::new(Store::open(&store_dir, &StoreOptions { create: true, ..Default::default() })?);
+        // Sealed packs get the immutable attribute while any job makes immutable points.
+        let immutable_packs = config.jobs.iter().any(|j| j.immutable_days.is_some());
+        let store =
+            Arc::new(Store::open(&store_dir, &StoreOptions { create: true, immutable_packs, ..Default::default() })?);
         let (tasks, interrupted) = Tasks::open(env.clone(), tasks_db, data_dir.join("tasks"))?;
         // Opened once: LMDB refuses a second open of the same environment in one process.
         let tape_catalog = Arc::new(engine::tape::TapeCatalog::open(&store_dir.join("tape-catalog"))?);
@@ -851,6 +854,7 @@ impl Appliance {
             None => next.jobs.push(job.clone()),
         }
         self.save_config(&next)?;
+        self.store.set_immutable_packs(next.jobs.iter().any(|j| j.immutable_days.is_some()));
         *c = next;
         drop(c);
         lock(&self.next_runs).remove(&job.id);
@@ -945,6 +949,16 @@ impl Appliance {
                 unix: t.finished_unix.unwrap_or(now),
             })
             .collect();
+        let protection = self.store.pack_protection();
+        if let (true, Some(why)) = (protection.requested, &protection.unavailable) {
+            alerts.push(Alert {
+                level: "warning".into(),
+                message: format!(
+                    "Sealed packs cannot be given the immutable attribute: {why}. Immutability windows are still enforced by the store, but someone with root on the appliance could delete pack files by hand"
+                ),
+                unix: now,
+            });
+        }
         if lock(&self.config).sources.is_empty() {
             alerts.push(Alert {
                 level: "warning".into(),

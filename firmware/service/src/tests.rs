@@ -737,9 +737,20 @@ fn a_job_with_retention_prunes_after_each_backup_and_gc_frees_the_space() {
     assert!(app.metrics().contains("rackvault_capacity_free_bytes"));
 }
 
+/// Clears `chattr +i` below a directory before it is removed: an appliance with immutable
+/// jobs gives its sealed packs the attribute.
+struct ClearImmutable<'a>(&'a Path);
+
+impl Drop for ClearImmutable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-R").arg("-i").arg(self.0).status();
+    }
+}
+
 #[test]
 fn immutable_points_are_refused_to_every_delete_and_prune_even_for_admins() {
     let (d, app) = open();
+    let _clear = ClearImmutable(d.path());
     let keep1 = store::retention::RetentionPolicy { keep_last: Some(1), ..Default::default() };
     let job = lifecycle_job(&app, d.path(), Some(keep1), Some(7));
     run_job_to_end(&app, &job);
@@ -757,6 +768,15 @@ fn immutable_points_are_refused_to_every_delete_and_prune_even_for_admins() {
     let r = app.prune_job(&admin(), PruneRequest { job: job.job.id.clone(), dry_run: false }).unwrap();
     assert_eq!((r.pruned, r.kept_immutable), (0, 1));
     assert_eq!(app.points(&admin()).unwrap().len(), 2);
+    // On disk the packs are protected too, or the dashboard says why they cannot be.
+    let protection = app.store.pack_protection();
+    match &protection.unavailable {
+        None => assert!(protection.packs_protected >= 1, "{protection:?}"),
+        Some(why) => {
+            let alerts = app.dashboard(&admin()).unwrap().alerts;
+            assert!(alerts.iter().any(|a| a.message.contains(why.as_str())), "{alerts:?}");
+        }
+    }
     // Shortening the job's window does not shorten the window of points already made.
     let edit = JobInput {
         name: "nightly".into(),
