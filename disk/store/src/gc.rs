@@ -672,11 +672,14 @@ impl Store {
                 report.complete = false;
                 break;
             }
-            match self.repack_into(n, &freeable, &mut out)? {
+            let need = needed.get(&n).copied().unwrap_or(0);
+            match self.repack_into(n, need, &freeable, &mut out)? {
                 true => report.packs_repacked += 1,
                 false => report.packs_skipped_damaged += 1,
             }
-            if out.as_ref().is_some_and(|o| o.writer.len() >= self.pack_target) {
+            // Sealed at the target size, or sooner when many entries moved, so that one
+            // transaction's dirty pages stay bounded.
+            if out.as_ref().is_some_and(|o| o.writer.len() >= self.pack_target || o.moved.len() >= BATCH) {
                 if let Some(o) = out.take() {
                     report.bytes_freed += self.finish_repack(o)?;
                 }
@@ -702,14 +705,32 @@ impl Store {
 
     /// Copy the records of pack `n` that are still needed into the repack output. Returns
     /// false (and copies nothing) when a needed record is damaged.
-    fn repack_into(&self, n: u64, freeable: &dyn Fn(u64) -> bool, out: &mut Option<RepackOut>) -> Result<bool> {
+    fn repack_into(
+        &self,
+        n: u64,
+        needed: u64,
+        freeable: &dyn Fn(u64) -> bool,
+        out: &mut Option<RepackOut>,
+    ) -> Result<bool> {
         let path = self.pack_path(n);
         let mut file =
             std::io::BufReader::with_capacity(4 << 20, File::open(&path).map_err(|e| StoreError::io(&path, e))?);
         let len = file.get_ref().metadata().map_err(|e| StoreError::io(&path, e))?.len();
         file.seek(SeekFrom::Start(pack::PACK_HEADER_LEN)).map_err(|e| StoreError::io(&path, e))?;
+        if out.is_none() {
+            let mut wtxn = self.catalog.write()?;
+            let number = self.catalog.next_counter(&mut wtxn, "next_pack")?;
+            wtxn.commit().map_err(|e| self.catalog.err(e))?;
+            let writer = PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix())?;
+            *out = Some(RepackOut { writer, moved: Vec::new(), sources: Vec::new() });
+        }
+        let Some(o) = out.as_mut() else { return Ok(false) };
+        // Records are copied as they are read (memory: one record). If the pack turns out
+        // damaged, what was copied of it stays unreferenced in the output: garbage for the
+        // next GC, while this pack is left for `repair`.
         let rtxn = self.catalog.read()?;
-        let mut wanted: Vec<(EncodedChunk, ChunkLoc)> = Vec::new();
+        let mut mine: Vec<Moved> = Vec::new();
+        let mut found = 0u64;
         let mut offset = pack::PACK_HEADER_LEN;
         let mut h = [0u8; pack::RECORD_HEADER_LEN];
         let mut payload = Vec::new();
@@ -717,13 +738,12 @@ impl Store {
             file.read_exact(&mut h).map_err(|e| StoreError::io(&path, e))?;
             let header = match RecordHeader::decode(&h) {
                 Ok(Some(header)) => header,
-                // Padding, or a damaged header: what follows cannot be walked; the records
-                // still needed there are found missing below.
-                Ok(None) | Err(_) => break,
+                Ok(None) => break, // padding: the end
+                Err(_) => return Ok(false),
             };
             payload.resize(header.stored_len as usize, 0);
             if file.read_exact(&mut payload).is_err() {
-                break;
+                return Ok(false);
             }
             let here = ChunkLoc {
                 pack: n,
@@ -750,22 +770,20 @@ impl Store {
                 raw_len: header.raw_len,
                 payload: std::mem::take(&mut payload),
             };
-            wanted.push((chunk, here));
-        }
-        drop(rtxn);
-        if out.is_none() {
-            let mut wtxn = self.catalog.write()?;
-            let number = self.catalog.next_counter(&mut wtxn, "next_pack")?;
-            wtxn.commit().map_err(|e| self.catalog.err(e))?;
-            let writer = PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix())?;
-            *out = Some(RepackOut { writer, moved: Vec::new(), sources: Vec::new() });
-        }
-        let Some(o) = out.as_mut() else { return Ok(false) };
-        for (chunk, old) in wanted {
             let at = o.writer.append(&chunk)?;
-            let new = ChunkLoc { pack: o.writer.number, offset: at.offset, ..old };
-            o.moved.push(Moved { digest: chunk.digest, old, new });
+            mine.push(Moved {
+                digest: chunk.digest,
+                old: here,
+                new: ChunkLoc { pack: o.writer.number, offset: at.offset, ..here },
+            });
+            found += pack::RECORD_HEADER_LEN as u64 + u64::from(header.stored_len);
+            payload = chunk.payload;
         }
+        if found != needed {
+            // Some entry points where the walk did not find its record: leave it to repair.
+            return Ok(false);
+        }
+        o.moved.extend(mine);
         o.sources.push((n, len));
         Ok(true)
     }
