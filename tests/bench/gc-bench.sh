@@ -33,6 +33,7 @@ EX=$ROOT/target/release/examples/gc_bench
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
+trap 'rm -rf "$WORK"' EXIT
 echo "gc-bench: building a store of $CHUNKS chunks in $WORK/base" >&2
 "$EX" build "$WORK/base" "$CHUNKS" >"$WORK/build.json"
 

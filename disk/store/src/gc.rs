@@ -86,6 +86,10 @@ pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.3;
 /// Index entries handled per batch in the condemn and cleanup passes.
 const BATCH: usize = 32_768;
 
+/// Entries a repack repoints in one transaction at most (with real chunk sizes the pack
+/// target is reached long before).
+const REPACK_BATCH: usize = BATCH;
+
 /// Packs smaller than an eighth of the target are merged once there are this many.
 const SMALL_PACKS_TO_MERGE: usize = 8;
 
@@ -679,7 +683,7 @@ impl Store {
             }
             // Sealed at the target size, or sooner when many entries moved, so that one
             // transaction's dirty pages stay bounded.
-            if out.as_ref().is_some_and(|o| o.writer.len() >= self.pack_target || o.moved.len() >= BATCH) {
+            if out.as_ref().is_some_and(|o| o.writer.len() >= self.pack_target || o.moved.len() >= REPACK_BATCH) {
                 if let Some(o) = out.take() {
                     report.bytes_freed += self.finish_repack(o)?;
                 }
