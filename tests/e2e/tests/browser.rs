@@ -6,8 +6,12 @@
 //! progress bar move and reach 100%, restore the new restore point to a target and read the
 //! restore task's log to its completion line, verify the point, cancel a running backup, add a
 //! job that destages and run it, then tape: label, load and unload, add a pool, destage the
-//! point, see it on the point's own page and restore it from tape byte for byte; settings,
-//! certificate upload, and what an auditor is (not) offered; then the remaining pages. A PNG screenshot of each page goes to
+//! point, see it on the point's own page and restore it from tape byte for byte, delete it from
+//! disk and see it offered for restore from tape only; settings, certificate upload, and what an
+//! auditor is (not) offered; then the remaining pages. A second test walks the store's life at
+//! 1400 px (retention and prune preview, pin, delete refused, garbage collection, the capacity
+//! card) and checks that no table scrolls sideways. The tests run one at a time, each on its own
+//! appliance (`Ui`). A PNG screenshot of each page goes to
 //! `<target>/browser-screenshots/` (printed at the end); a failure saves `failure.png` there and
 //! prints the page's banner, the browser's console and the server's log.
 //!
