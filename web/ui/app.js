@@ -2,8 +2,9 @@
 //
 // Served by the appliance itself under a strict CSP (default-src 'self'): no inline scripts,
 // no inline style attributes, no external assets. Everything is built with DOM calls (never
-// innerHTML with data), styles come from classes in style.css; only progress bar widths are
-// set through the CSSOM, which CSP allows.
+// innerHTML with data), styles come from classes in style.css; only the widths and positions
+// of bars (task progress, the capacity bar and its watermark marks) are set through the
+// CSSOM, which CSP allows.
 //
 // Routing is on the location hash (#/dashboard, #/tasks/12, ...). Each page render gets a
 // context whose timers are cleared when the route changes, so polling stops with its page.
@@ -21,7 +22,7 @@
     auditor: 'read-only: dashboards, tasks, logs and the audit log',
   };
   const ACTIVE_STATES = new Set(['queued', 'running']);
-  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge' };
+  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge', gc: 'Garbage collection', maintenance: 'Maintenance' };
 
   const state = {
     setup: null, // GET /setup
@@ -162,6 +163,24 @@
     if (!t.started_unix) return null;
     const end = t.finished_unix || Date.now() / 1000;
     return end - t.started_unix;
+  }
+
+  // Garbage collection and maintenance count items (points, chunks, packs), not bytes.
+  const COUNTED_KINDS = new Set(['gc', 'maintenance']);
+
+  function taskAmount(t) {
+    if (COUNTED_KINDS.has(t.kind)) return `${Number(t.bytes_done || 0).toLocaleString('en-US')} of ${Number(t.bytes_total || 0).toLocaleString('en-US')} items`;
+    return `${fmtBytes(t.bytes_done)} of ${fmtBytes(t.bytes_total)}`;
+  }
+
+  function taskRate(t, rate) {
+    return COUNTED_KINDS.has(t.kind) ? '—' : fmtRate(rate);
+  }
+
+  // The store's messages give times as unix seconds ("immutable until 1767225600 (unix
+  // time"): add the date, in the browser's time zone.
+  function withDates(text) {
+    return String(text).replace(/until (\d{9,11}) \(unix time/g, (m, n) => `until ${fmtDate(Number(n))} (${n} unix time`);
   }
 
   function taskTitle(t) {
@@ -752,7 +771,7 @@
         { label: 'Result', cell: (t) => stateBadge(t.state) },
         { label: 'Finished', cell: (t) => dateCell(t.finished_unix || t.created_unix) },
         { label: 'Duration', num: true, cell: (t) => fmtDuration(taskDuration(t)) },
-        { label: 'Data', num: true, cell: (t) => fmtBytes(t.bytes_total || t.bytes_done) },
+        { label: 'Data', num: true, cell: (t) => (COUNTED_KINDS.has(t.kind) ? '—' : fmtBytes(t.bytes_total || t.bytes_done)) },
       ], last, { id: 'last-results' })
       : h('p', { class: 'muted quiet-state' }, 'No finished tasks yet.');
 
@@ -766,10 +785,60 @@
       h('div', { class: 'grid-2' },
         card(`Running tasks${running.length ? ` (${running.length})` : ''}`, { id: 'dash-running', actions: linkButton('All tasks', '#/tasks', { class: 'btn btn-quiet' }) }, runningBody),
         card('Alerts', { id: 'dash-alerts' }, alertBody)),
-      h('div', { class: 'grid-2 grid-wide-right' },
-        card('Store usage over time', { id: 'dash-usage' }, usageChart(usage.history || [])),
-        card('Last results', { id: 'dash-last' }, lastBody)),
+      h('div', { class: 'grid-2' },
+        capacityCard(d.capacity),
+        card('Store usage over time', { id: 'dash-usage' }, usageChart(usage.history || []))),
+      card('Last results', { id: 'dash-last' }, lastBody),
     ]);
+  }
+
+  // The staging tier's filesystem: used of total on a bar with the low and high watermarks,
+  // free space, deduplication and the forecast.
+  function capacityCard(c) {
+    if (!c) {
+      return card('Capacity', { id: 'dash-capacity' }, h('p', { class: 'muted quiet-state' }, 'The staging tier’s filesystem cannot be read right now.'));
+    }
+    const used = Math.max(0, Math.min(100, Number(c.used_pct) || 0));
+    const fill = h('div', { class: 'cap-fill' });
+    fill.style.width = `${used}%`; // CSSOM, allowed by the CSP
+    const mark = (pct, cls, label) => {
+      const m = h('div', { class: `cap-mark ${cls}`, title: label });
+      m.style.left = `${Math.max(0, Math.min(100, pct))}%`;
+      return m;
+    };
+    const level = c.above_high ? 'cap-high' : used >= c.low_pct ? 'cap-mid' : 'cap-ok';
+    const bar = h('div', {
+      class: `cap-bar ${level}`, id: 'cap-bar', test: 'cap-bar', role: 'meter',
+      'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': used.toFixed(1),
+      'aria-label': `Staging tier ${fmtPercent(used)} full; low watermark ${c.low_pct}%, high watermark ${c.high_pct}%`,
+    }, fill, mark(c.low_pct, 'cap-mark-low', `Low watermark ${c.low_pct}%`), mark(c.high_pct, 'cap-mark-high', `High watermark ${c.high_pct}%`));
+    const legend = h('div', { class: 'legend cap-legend', id: 'cap-legend' },
+      h('span', { class: 'legend-item' }, h('span', { class: `swatch cap-swatch-used ${level}` }), `used ${fmtPercent(used)}`),
+      h('span', { class: 'legend-item' }, h('span', { class: 'swatch cap-swatch-low' }), `low watermark ${c.low_pct}%`),
+      h('span', { class: 'legend-item' }, h('span', { class: 'swatch cap-swatch-high' }), `high watermark ${c.high_pct}%`));
+    return card('Capacity', { id: 'dash-capacity', class: c.above_high ? 'card-alert' : '' },
+      h('div', { class: 'cap-head' },
+        h('span', { class: 'cap-used', id: 'cap-used' }, `${fmtBytes(c.used_bytes)} of ${fmtBytes(c.total_bytes)} used`),
+        h('span', { class: `cap-pct ${level}` }, fmtPercent(used))),
+      bar,
+      legend,
+      c.above_high
+        ? h('p', { class: 'cap-warning', id: 'cap-warning', role: 'alert' }, `Above the high watermark (${c.high_pct}%): the maintenance prunes what retention allows and removes from disk what is safely on tape, down to ${c.low_pct}%. A backup that nothing can make room for is refused.`)
+        : null,
+      h('dl', { class: 'kv cap-facts' },
+        fact('Free', fmtBytes(c.free_bytes), 'cap-free'),
+        fact('Store', `${fmtBytes(c.bytes_stored)}${c.dedup_ratio ? ` · ${Number(c.dedup_ratio).toFixed(2)}× space saving` : ''}`, 'cap-store'),
+        fact('Forecast', capacityForecast(c), 'cap-forecast')),
+      c.above_high ? null : h('p', { class: 'help cap-help' }, `Above ${c.high_pct}% the appliance prunes what retention allows and removes from disk what is safely on tape, down to ${c.low_pct}%; the nightly maintenance collects the garbage.`));
+  }
+
+  function capacityForecast(c) {
+    const g = c.growth_bytes_per_day;
+    if (g == null) return h('span', { class: 'muted' }, 'no forecast yet (it needs an hour of usage history)');
+    if (g <= 0 || c.days_until_full == null) return `not growing (${fmtBytes(Math.round(g))}/day)`;
+    const d = c.days_until_full;
+    const when = d < 1 ? 'less than a day until full' : d > 3650 ? 'more than ten years until full' : `about ${Math.round(d)} day${Math.round(d) === 1 ? '' : 's'} until full`;
+    return `${when} (growing ${fmtBytes(Math.round(g))}/day)`;
   }
 
   function stat(label, value, id, help) {
@@ -785,8 +854,8 @@
       progressBar(t.percent, t.state, { test: 'task-progress' }),
       h('div', { class: 'task-row-meta' },
         h('span', null, t.phase || ''),
-        h('span', { class: 'num' }, `${fmtBytes(t.bytes_done)} of ${fmtBytes(t.bytes_total)}`),
-        h('span', { class: 'num', test: 'task-throughput' }, fmtRate(t.throughput_bps)),
+        h('span', { class: 'num' }, taskAmount(t)),
+        h('span', { class: 'num', test: 'task-throughput' }, taskRate(t, t.throughput_bps)),
         h('span', { class: 'num', test: 'task-eta' }, t.eta_s != null && t.state === 'running' ? `${fmtDuration(t.eta_s)} left` : '')));
   }
 
@@ -867,7 +936,7 @@
           { label: 'Task', cell: (t) => h('a', { href: `#/tasks/${t.id}` }, taskTitle(t)) },
           { label: 'State', cell: (t) => stateBadge(t.state, { test: 'task-state' }) },
           { label: 'Progress', class: 'col-progress', cell: (t) => progressBar(t.percent, t.state, { test: 'task-progress' }) },
-          { label: 'Throughput', num: true, cell: (t) => (ACTIVE_STATES.has(t.state) ? fmtRate(t.throughput_bps) : '') },
+          { label: 'Throughput', num: true, cell: (t) => (ACTIVE_STATES.has(t.state) ? taskRate(t, t.throughput_bps) : '') },
           { label: 'Started', cell: (t) => dateCell(t.started_unix || t.created_unix) },
           { label: 'Duration', num: true, cell: (t) => fmtDuration(taskDuration(t)) },
           { label: 'User', cell: (t) => t.user || '' },
@@ -971,8 +1040,8 @@
       fact('Kind', KIND_LABEL[t.kind] || t.kind),
       fact('Subject', t.subject),
       fact('Phase', t.phase || '—'),
-      fact('Progress', `${fmtBytes(t.bytes_done)} of ${fmtBytes(t.bytes_total)}`, 'task-bytes'),
-      fact('Throughput', active ? fmtRate(t.throughput_bps) : t.started_unix && t.finished_unix && t.bytes_done ? `${fmtRate(t.bytes_done / Math.max(1, t.finished_unix - t.started_unix))} average` : '—', 'task-throughput'),
+      fact('Progress', taskAmount(t), 'task-bytes'),
+      fact('Throughput', COUNTED_KINDS.has(t.kind) ? '—' : active ? fmtRate(t.throughput_bps) : t.started_unix && t.finished_unix && t.bytes_done ? `${fmtRate(t.bytes_done / Math.max(1, t.finished_unix - t.started_unix))} average` : '—', 'task-throughput'),
       fact('Time left', active && t.eta_s != null ? fmtDuration(t.eta_s) : '—', 'task-eta'),
       fact('Created', fmtDate(t.created_unix, true)),
       fact('Started', fmtDate(t.started_unix, true)),
@@ -984,8 +1053,43 @@
         progressBar(t.percent, t.state, { test: 'task-progress', id: 'task-progress' }),
         t.error ? h('div', { class: `task-error${t.state === 'cancelled' ? ' task-cancelled' : ''}`, id: 'task-error', role: 'alert' }, h('strong', null, t.state === 'cancelled' ? 'Cancelled: ' : 'Error: '), t.error.replace(/^cancelled: /, '')) : null,
         facts,
-        t.result != null ? h('details', { class: 'result', id: 'task-result', open: t.state === 'succeeded' }, h('summary', null, 'Result'), renderValue(t.result, 'result')) : null),
+        t.result != null ? h('details', { class: 'result', id: 'task-result', open: t.state === 'succeeded' }, h('summary', null, 'Result'),
+          t.kind === 'gc' || t.kind === 'maintenance' ? upkeepResult(t.result) : renderValue(t.result, 'result')) : null),
     ]);
+  }
+
+  // The result of a garbage collection or maintenance task, from the fields it is known to
+  // have (store::GcReport, the maintenance's `pruned` and `relief`).
+  function upkeepResult(r) {
+    const out = [];
+    const gc = r.gc;
+    const count = (n) => (n == null ? '—' : Number(n).toLocaleString('en-US'));
+    if (r.pruned != null || r.relief) {
+      const rel = r.relief || {};
+      const pct = (v) => (v == null ? '—' : fmtPercent(v));
+      out.push(h('dl', { class: 'kv kv-wide', id: 'maintenance-result' },
+        fact('Restore points pruned', count(r.pruned), 'result-pruned'),
+        fact('Staging tier full', `${pct(rel.used_pct_before)} before, ${pct(rel.used_pct_after)} after`, 'result-capacity'),
+        fact('Removed from disk (complete on tape)', rel.deleted_on_tape && rel.deleted_on_tape.length ? rel.deleted_on_tape.join(', ') : 'none', 'result-deleted-on-tape'),
+        rel.stuck ? fact('Could not free more', h('span', { class: 'warn-text' }, rel.stuck), 'result-stuck') : null));
+    }
+    if (gc) {
+      const dry = !!gc.dry_run;
+      out.push(h('h3', { class: 'result-head' }, dry ? 'Garbage collection (dry run: nothing was deleted)' : 'Garbage collection'));
+      out.push(h('dl', { class: 'kv kv-wide', id: 'gc-result' },
+        dry
+          ? fact('Could be freed', `${fmtBytes(gc.bytes_condemned)} in ${count(gc.chunks_condemned)} unreferenced chunk${gc.chunks_condemned === 1 ? '' : 's'}`, 'result-bytes-freed')
+          : fact('Space freed', fmtBytes(gc.bytes_freed), 'result-bytes-freed'),
+        dry ? null : fact('Store size', `${fmtBytes(gc.bytes_before)} before, ${fmtBytes(gc.bytes_after)} after`, 'result-store-size'),
+        dry ? null : fact('Unreferenced chunks', `${count(gc.chunks_condemned)} condemned (${fmtBytes(gc.bytes_condemned)}), ${count(gc.chunks_freed)} freed`),
+        gc.chunks_held ? fact('Held for running backups', `${count(gc.chunks_held)} chunk${gc.chunks_held === 1 ? '' : 's'} (the next collection frees them)`) : null,
+        dry ? null : fact('Packs', `${count(gc.packs_deleted)} deleted, ${count(gc.packs_repacked)} rewritten`, 'result-packs'),
+        gc.packs_skipped_damaged ? fact('Packs skipped', h('span', { class: 'warn-text' }, `${count(gc.packs_skipped_damaged)} damaged pack${gc.packs_skipped_damaged === 1 ? '' : 's'} left alone: run a repair`)) : null,
+        fact('Still referenced', `${count(gc.chunks_live)} chunks of ${count(gc.points_marked)} restore point${gc.points_marked === 1 ? '' : 's'}`),
+        fact('Took', `${fmtDuration(gc.duration_s)} (mark set ${fmtBytes(gc.mark_set_bytes)})`),
+        gc.complete === false ? fact('Complete', h('span', { class: 'warn-text' }, 'no: cancelled during the sweep; what was done is consistent and the next collection continues')) : null));
+    }
+    return out.length ? h('div', { class: 'upkeep-result' }, out) : h('p', { class: 'muted' }, 'No report.');
   }
 
   function fact(label, value, test) {
@@ -1169,20 +1273,84 @@
         : emptyState('No sources yet — add a source first', 'Jobs back up sources on a schedule.', can('admin') ? linkButton('Add a source', '#/sources/new', { class: 'btn btn-primary' }) : null)));
       return;
     }
-    ctx.content.appendChild(card(`${jobs.length} job${jobs.length === 1 ? '' : 's'}`, { actions: add }, table([
+    const pruneBox = h('div', { id: 'prune-box' });
+    append(ctx.content, [pruneBox, card(`${jobs.length} job${jobs.length === 1 ? '' : 's'}`, { actions: add }, table([
       { label: 'Name', cell: (j) => h('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.name) },
       { label: 'Source', cell: (j) => srcName(j.source) },
       { label: 'Schedule', cell: (j) => h('code', null, j.schedule) },
       { label: 'To tape', cell: (j) => (j.destage_pool ? `pool ${j.destage_pool}` : h('span', { class: 'muted' }, 'no')) },
+      { label: 'Keeps', key: 'retention', class: 'col-keeps', cell: (j) => retentionCell(j) },
       { label: 'Status', cell: (j) => (j.enabled ? h('span', { class: 'badge state-enabled' }, 'enabled') : h('span', { class: 'badge state-disabled' }, 'paused')) },
       { label: 'Next run', cell: (j) => (j.enabled && j.next_run_unix ? dateCell(j.next_run_unix) : '—') },
       { label: 'Last task', cell: (j) => (j.last_task != null ? h('a', { href: `#/tasks/${j.last_task}` }, `#${j.last_task}`) : '—') },
-      { label: '', class: 'actions', cell: (j) => jobActions(j) },
-    ], jobs, { id: 'jobs-table', rowAttrs: (j) => ({ 'data-job-id': j.id }) })));
+      { label: '', class: 'actions', cell: (j) => jobActions(j, pruneBox, srcName(j.source)) },
+    ], jobs, { id: 'jobs-table', rowAttrs: (j) => ({ 'data-job-id': j.id, 'data-job-name': j.name }) }))]);
   }
 
-  function jobActions(j) {
+  // "7 last, 14 daily, 8 weekly, 12 monthly, 2 yearly, 30 days", or "keep all".
+  function retentionSummary(r) {
+    if (!r) return null;
+    const parts = [];
+    for (const [k, word] of [['keep_last', 'last'], ['keep_daily', 'daily'], ['keep_weekly', 'weekly'], ['keep_monthly', 'monthly'], ['keep_yearly', 'yearly']]) {
+      if (r[k]) parts.push(`${r[k]} ${word}`);
+    }
+    if (r.keep_within_s) parts.push(`all of the last ${fmtDays(r.keep_within_s / 86400)}`);
+    return parts.length ? parts.join(', ') : null;
+  }
+
+  function fmtDays(d) {
+    const v = Math.round(d * 100) / 100;
+    return `${v} day${v === 1 ? '' : 's'}`;
+  }
+
+  function retentionCell(j) {
+    const summary = retentionSummary(j.retention);
+    return h('div', { class: 'retention', test: 'job-retention' },
+      summary ? h('span', null, summary) : h('span', { class: 'muted' }, 'keep all'),
+      j.immutable_days ? h('div', { class: 'small', test: 'job-immutable' }, h('span', { class: 'badge flag flag-immutable' }, `immutable ${fmtDays(j.immutable_days)}`)) : null);
+  }
+
+  // The prune preview (a dry run, for everyone) and, for admins, "Prune now".
+  async function showPrune(btn, j, source, box, dryRun) {
+    const report = await busy(btn, () => api('POST', '/prune', { job: j.id, dry_run: dryRun }));
+    if (!report) return;
+    if (!dryRun) notice(`Job ${j.name}: ${report.pruned} restore point${report.pruned === 1 ? '' : 's'} pruned. A garbage collection frees their space.`);
+    const again = dryRun && can('admin') && report.pruned > 0
+      ? button('Prune now', { class: 'btn btn-danger', id: 'prune-now' }, (ev) => {
+        if (!window.confirm(`Prune ${report.pruned} restore point${report.pruned === 1 ? '' : 's'} of ${source} now, as job ${j.name}’s retention says? They are deleted from disk; this cannot be undone.`)) return;
+        showPrune(ev.currentTarget, j, source, box, false);
+      })
+      : null;
+    const counts = [
+      `${report.kept} kept`,
+      `${report.pruned} ${dryRun ? 'to prune' : 'pruned'}`,
+      report.kept_immutable ? `${report.kept_immutable} kept as immutable` : null,
+      report.kept_awaiting_tape ? `${report.kept_awaiting_tape} kept until on tape` : null,
+    ].filter(Boolean).join(' · ');
+    clear(box).appendChild(card(`${dryRun ? 'Prune preview' : 'Pruned'}: job ${j.name} (${report.name})`, {
+      id: 'prune-card',
+      actions: [again, button('Close', { class: 'btn btn-quiet', id: 'prune-close' }, () => clear(box))],
+    },
+    h('p', { class: 'prune-summary', id: 'prune-summary' }, counts,
+      h('span', { class: 'muted' }, ` — by the store’s clock at ${fmtDate(report.trusted_unix, true)}.${dryRun ? ' Nothing has been deleted.' : ''}`)),
+    report.items.length ? table([
+      { label: 'Restore point', cell: (i) => h('a', { href: `#/points/${encodeURIComponent(i.point)}` }, i.point) },
+      { label: 'Created', cell: (i) => dateCell(i.created_unix) },
+      { label: 'Action', cell: (i) => h('span', { class: `badge flag action-${i.action}`, test: 'prune-action' }, PRUNE_ACTION[i.action] || i.action) },
+      { label: 'Why', class: 'col-wrap', cell: (i) => withDates(i.why) },
+      { label: 'On tape', cell: (i) => (i.on_tape ? 'yes' : h('span', { class: 'muted' }, 'no')) },
+    ], report.items, { id: 'prune-table', rowAttrs: (i) => ({ 'data-point': i.point, 'data-action': i.action }) })
+      : emptyState('No restore points', `There are no restore points of ${report.name} yet.`)));
+    box.scrollIntoView({ block: 'nearest' });
+  }
+
+  const PRUNE_ACTION = { keep: 'keep', prune: 'prune', 'keep-immutable': 'keep: immutable', 'keep-awaiting-tape': 'keep: awaiting tape' };
+
+  function jobActions(j, pruneBox, source) {
     const out = [];
+    if (j.retention) {
+      out.push(button('Prune preview', { class: 'btn btn-small', test: 'job-prune-preview' }, (ev) => showPrune(ev.currentTarget, j, source, pruneBox, true)));
+    }
     if (can('operator')) {
       out.push(button('Run now', { class: 'btn btn-small', test: 'job-run' }, (ev) => busy(ev.currentTarget, async () => {
         const t = await api('POST', `/jobs/${encodeURIComponent(j.id)}/run`, {});
@@ -1201,7 +1369,7 @@
         });
       }));
     }
-    return h('div', { class: 'row-actions' }, out);
+    return h('div', { class: out.length > 2 ? 'row-actions row-actions-wrap row-actions-2' : 'row-actions' }, out);
   }
 
   async function pageJobForm(ctx, id) {
@@ -1231,6 +1399,15 @@
     const destage = tape ? select('job-destage-pool', [{ value: '', label: 'No — keep on disk only' }].concat(pools.map((n) => ({ value: n, label: `Yes, to pool ${n}` }))), job.destage_pool || '', { disabled: ro }) : null;
     const enabled = h('input', { type: 'checkbox', id: 'job-enabled', disabled: ro });
     enabled.checked = !!job.enabled;
+    const r = job.retention || {};
+    const keep = (id, v, placeholder) => input(id, { type: 'number', min: 1, step: 1, value: v != null ? String(v) : '', disabled: ro, placeholder: placeholder || '—', class: 'input' });
+    const keepLast = keep('job-keep-last', r.keep_last);
+    const keepDaily = keep('job-keep-daily', r.keep_daily);
+    const keepWeekly = keep('job-keep-weekly', r.keep_weekly);
+    const keepMonthly = keep('job-keep-monthly', r.keep_monthly);
+    const keepYearly = keep('job-keep-yearly', r.keep_yearly);
+    const keepWithin = input('job-keep-within', { type: 'number', min: 0, step: 'any', value: r.keep_within_s ? String(Math.round((r.keep_within_s / 86400) * 100) / 100) : '', disabled: ro, placeholder: '—' });
+    const immutable = input('job-immutable-days', { type: 'number', min: 0, max: 3650, step: 1, value: job.immutable_days ? String(job.immutable_days) : '', disabled: ro, placeholder: 'not immutable', class: 'input input-narrow' });
     const save = h('button', { id: 'job-save', class: 'btn btn-primary', type: 'submit' }, editing ? 'Save changes' : 'Add job');
     const form = h('form', { id: 'job-form', class: 'form', novalidate: true },
       field('Name', name),
@@ -1240,6 +1417,17 @@
         field('Window (hours)', windowH, 'A run that cannot start within this many hours of its time is skipped.'),
         field('Retries', retries, 'How often a failed run is retried.')),
       destage ? field('Then copy to tape', destage, 'After each successful backup, destage the new restore point to this pool’s media set (disk to disk to tape).') : null,
+      h('fieldset', { class: 'fieldset', id: 'job-retention' }, h('legend', null, 'Retention'),
+        h('p', { class: 'help retention-hint', id: 'job-retention-hint' }, 'Which restore points of this source to keep; applied after each successful backup and by the nightly maintenance. Empty fields are unset, and with no rule set the job keeps every restore point. A point is kept when any rule keeps it; pinned and immutable points are never pruned, and when the job copies to tape a point leaves the disk only once its tape copy is complete.'),
+        h('div', { class: 'grid-6 tight' },
+          field('Keep last', keepLast),
+          field('Daily', keepDaily),
+          field('Weekly', keepWeekly),
+          field('Monthly', keepMonthly),
+          field('Yearly', keepYearly),
+          field('Within (days)', keepWithin)),
+        h('p', { class: 'help' }, 'Last: the newest N points. Daily, weekly, monthly, yearly: the newest point of each of the last N days, weeks, months or years that have points (in the appliance’s time zone, see Settings). Within: every point of the last N days.')),
+      field('Immutable for (days)', immutable, 'Each new restore point of this job cannot be deleted or pruned by anyone, administrators included, for this many days. Empty or 0: not immutable.'),
       h('label', { class: 'check', for: 'job-enabled' }, enabled, ' Enabled (runs on its schedule)'),
       ro ? null : h('div', { class: 'form-actions' }, save, linkButton('Cancel', '#/jobs', { class: 'btn btn-quiet' })));
     form.addEventListener('submit', async (ev) => {
@@ -1250,6 +1438,26 @@
       if (windowH.value !== '') b.window_hours = Number(windowH.value);
       if (retries.value !== '') b.retries = Number(retries.value);
       if (destage && destage.value) b.destage_pool = destage.value;
+      const policy = {};
+      for (const [k, el, label] of [['keep_last', keepLast, 'Keep last'], ['keep_daily', keepDaily, 'Daily'], ['keep_weekly', keepWeekly, 'Weekly'], ['keep_monthly', keepMonthly, 'Monthly'], ['keep_yearly', keepYearly, 'Yearly']]) {
+        if (el.value === '') continue;
+        const n = Number(el.value);
+        if (!(Number.isInteger(n) && n >= 1)) return showBanner('error', `Retention “${label}” is a whole number of at least 1; leave it empty to unset it.`);
+        policy[k] = n;
+      }
+      if (keepWithin.value !== '') {
+        const d = Number(keepWithin.value);
+        if (!(d > 0)) return showBanner('error', 'Retention “Within (days)” is a number of days above 0; leave it empty to unset it.');
+        policy.keep_within_s = Math.round(d * 86400);
+      }
+      b.retention = Object.keys(policy).length ? policy : null;
+      if (immutable.value !== '') {
+        const d = Number(immutable.value);
+        if (!(Number.isInteger(d) && d >= 0 && d <= 3650)) return showBanner('error', 'Immutable for (days) is a whole number from 0 to 3650.');
+        b.immutable_days = d || null;
+      } else {
+        b.immutable_days = null;
+      }
       await busy(save, async () => {
         const saved = editing ? await api('PUT', `/jobs/${encodeURIComponent(id)}`, b) : await api('POST', '/jobs', b);
         state.flash = { kind: 'success', text: `Job ${saved.name} saved.${saved.next_run_unix ? ' Next run: ' + fmtDate(saved.next_run_unix) + '.' : ''}` };
@@ -1273,6 +1481,7 @@
       return;
     }
     points.sort((a, b) => (b.created_unix || 0) - (a.created_unix || 0));
+    const onDisk = points.filter((p) => !p.tape_only);
     const formBox = h('div', { id: 'restore-box' });
     const filter = input('points-filter', { type: 'search', placeholder: 'Filter by name', class: 'input input-inline' });
     const listBox = h('div');
@@ -1284,10 +1493,11 @@
         { label: 'ID', num: true, cell: (p) => String(p.id) },
         { label: 'Created', cell: (p) => dateCell(p.created_unix) },
         { label: 'Disks', cell: (p) => diskList(p) },
+        { label: 'State', key: 'state', cell: (p) => pointFlags(p) },
         { label: 'Size', num: true, cell: (p) => fmtBytes((p.disks || []).reduce((a, d) => a + (d.size || 0), 0)) },
         { label: 'New data', num: true, cell: (p) => (p.stats && p.stats.bytes_written != null ? fmtBytes(p.stats.bytes_written) : '—') },
-        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox, tape ? points : null) },
-      ], shown, { id: 'points-table', rowAttrs: (p) => ({ 'data-point': `${p.name}@${p.id}` }) }) : h('p', { class: 'muted quiet-state' }, 'No restore point matches the filter.'));
+        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox, tape ? onDisk : null) },
+      ], shown, { id: 'points-table', rowAttrs: (p) => ({ 'data-point': `${p.name}@${p.id}`, 'data-tape-only': p.tape_only ? 'true' : null }) }) : h('p', { class: 'muted quiet-state' }, 'No restore point matches the filter.'));
     };
     filter.addEventListener('input', render);
     render();
@@ -1299,7 +1509,8 @@
     const [points, tape] = await Promise.all([api('GET', '/points'), tapeConfigured()]);
     const copies = tape ? (await api('GET', '/tape/copies')).filter((c) => `${c.point.name}@${c.point.id}` === spec) : [];
     if (!ctx.alive()) return;
-    const p = points.find((x) => `${x.name}@${x.id}` === spec);
+    const listed = points.find((x) => `${x.name}@${x.id}` === spec);
+    const p = listed && !listed.tape_only ? listed : null;
     if (!p && !copies.length) {
       ctx.content.appendChild(emptyState('Restore point not found', `There is no restore point ${spec} on disk or on tape.`, linkButton('All restore points', '#/points')));
       return;
@@ -1309,12 +1520,13 @@
     const st = point.stats || {};
     const formBox = h('div', { id: 'restore-box' });
     const size = (point.disks || []).reduce((a, d) => a + (d.size || 0), 0);
-    const actions = p ? pointActions(p, formBox, tape ? points : null) : null;
+    const actions = listed ? pointActions(listed, formBox, tape ? points.filter((x) => !x.tape_only) : null) : null;
     append(ctx.content, [
       formBox,
       card(spec, { id: 'point-card', actions }, h('dl', { class: 'kv kv-wide' },
         fact('Created', dateCell(point.created_unix, true)),
         fact('Where', p ? (copies.length ? 'on disk and on tape' : 'on disk') : 'on tape only (it left the disk tier)', 'point-where'),
+        listed ? fact('State', pointFlags(listed, true), 'point-state') : null,
         fact('Size', fmtBytes(size)),
         fact('Read at backup', fmtBytes(st.bytes_read)),
         fact('New data stored', fmtBytes(st.bytes_written)),
@@ -1347,11 +1559,44 @@
       files.length ? h('div', { class: 'muted small' }, `+ ${files.length} configuration file${files.length === 1 ? '' : 's'}`) : null);
   }
 
-  // `tapePoints`: every point, when a tape library is configured (for the destage form).
+  // Badges: pinned, immutable (until when), on tape, on tape only. `long`: say "not protected"
+  // when there is nothing to show.
+  function pointFlags(p, long) {
+    const out = [];
+    if (p.tape_only) out.push(h('span', { class: 'badge flag flag-tape-only', test: 'flag-tape-only', title: 'No longer on disk: restore it from tape' }, 'on tape only'));
+    else if (p.on_tape) out.push(h('span', { class: 'badge flag flag-tape', test: 'flag-on-tape', title: 'A complete copy exists on tape' }, 'on tape'));
+    if (p.pinned) out.push(h('span', { class: 'badge flag flag-pinned', test: 'flag-pinned', title: 'Protected from prune and delete until unpinned' }, 'pinned'));
+    if (p.immutable) {
+      const until = p.immutable_until_unix;
+      out.push(h('span', { class: 'badge flag flag-immutable', test: 'flag-immutable', title: until ? `Nobody can delete or prune it before ${new Date(until * 1000).toString()}` : null },
+        until ? `immutable until ${fmtDate(until).slice(0, 10)}` : 'immutable'));
+    }
+    if (!out.length) return long ? h('span', { class: 'muted' }, 'on disk; not pinned or immutable') : '';
+    return h('div', { class: 'flags' }, out);
+  }
+
+  // `tapePoints`: the points on disk, when a tape library is configured (for the destage form).
   function pointActions(p, formBox, tapePoints) {
     if (!can('operator')) return '';
     const spec = `${p.name}@${p.id}`;
-    return h('div', { class: 'row-actions' },
+    if (p.tape_only) {
+      return h('div', { class: 'row-actions' },
+        button('Restore from tape…', { class: 'btn btn-small', test: 'point-tape-restore' }, (ev) => busy(ev.currentTarget, async () => {
+          const copy = (await api('GET', '/tape/copies')).find((c) => `${c.point.name}@${c.point.id}` === spec);
+          if (!copy) throw new Error(`The tape catalog has no copy of ${spec} any more.`);
+          clear(formBox).appendChild(card(`Restore ${spec} from tape`, { id: 'tape-restore-card' }, tapeRestoreForm(copy)));
+          formBox.scrollIntoView({ block: 'nearest' });
+        })));
+    }
+    const admin = can('admin') ? [
+      button(p.pinned ? 'Unpin' : 'Pin', { class: 'btn btn-small', test: p.pinned ? 'point-unpin' : 'point-pin', title: p.pinned ? 'Let retention and delete apply again' : 'Protect it from retention, capacity relief and delete' }, (ev) => busy(ev.currentTarget, async () => {
+        await api('PUT', `/points/${encodeURIComponent(spec)}/pin`, { pinned: !p.pinned });
+        state.flash = { kind: 'success', text: `${spec} ${p.pinned ? 'unpinned' : 'pinned'}.` };
+        go(location.hash);
+      })),
+      button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'point-delete' }, (ev) => deletePoint(ev.currentTarget, p)),
+    ] : [];
+    return h('div', { class: `row-actions${admin.length ? ' row-actions-wrap' : ''}` },
       button('Restore…', { class: 'btn btn-small', test: 'point-restore' }, () => openRestoreForm(p, formBox)),
       tapePoints ? button('To tape…', { class: 'btn btn-small', test: 'point-destage' }, (ev) => busy(ev.currentTarget, async () => {
         const pools = await api('GET', '/tape/pools');
@@ -1362,7 +1607,27 @@
         const t = await api('POST', '/verifications', { point: spec });
         state.flash = { kind: 'success', text: `Verification of ${spec} started.` };
         go(`#/tasks/${t.id}`);
-      })));
+      })),
+      admin);
+  }
+
+  // Delete one point (admin), after a confirmation naming it. The store refuses pinned and
+  // immutable points (409): say so plainly.
+  async function deletePoint(btn, p) {
+    const spec = `${p.name}@${p.id}`;
+    const extra = p.pinned ? ' It is pinned, so the appliance will refuse until it is unpinned.' : p.immutable ? ' It is immutable, so the appliance will refuse.' : '';
+    if (!window.confirm(`Delete the restore point ${spec} (created ${fmtDate(p.created_unix)}) from disk? ${p.on_tape ? 'Its copy on tape stays.' : 'It is not on tape: this cannot be undone.'}${extra}`)) return;
+    btn.disabled = true;
+    try {
+      await api('DELETE', `/points/${encodeURIComponent(spec)}`);
+      state.flash = { kind: 'success', text: `Restore point ${spec} deleted. The next garbage collection frees its space.` };
+      go('#/points');
+    } catch (e) {
+      if (e.status === 409) showBanner('error', `${spec} was not deleted: ${withDates(e.message)}`, 'delete-refused');
+      else showError(e);
+    } finally {
+      btn.disabled = false;
+    }
   }
 
   function openRestoreForm(p, box) {
@@ -1425,7 +1690,8 @@
       }
       throw e;
     }
-    const [pools, copies, points] = await Promise.all([api('GET', '/tape/pools'), api('GET', '/tape/copies'), api('GET', '/points')]);
+    const [pools, copies, allPoints] = await Promise.all([api('GET', '/tape/pools'), api('GET', '/tape/copies'), api('GET', '/points')]);
+    const points = allPoints.filter((p) => !p.tape_only);
     if (!ctx.alive()) return;
     const rows = inv.elements || [];
     const count = (f) => rows.filter(f).length;
@@ -1784,10 +2050,14 @@
     if (can('admin')) parts.push(settingsCard(st));
     else {
       const lim = st.settings || {};
-      parts.push(card('Tasks and tape library', { id: 'limits-card' }, h('dl', { class: 'kv kv-wide' },
+      parts.push(card('Tasks, tape library and store upkeep', { id: 'limits-card' }, h('dl', { class: 'kv kv-wide' },
         fact('Tasks at once', `${lim.max_tasks} in all, ${lim.max_tasks_per_host} per host, ${lim.max_tasks_per_datastore} per datastore`),
-        fact('Tape library', st.tape_changer ? h('code', null, st.tape_changer) : 'none'))));
+        fact('Tape library', st.tape_changer ? h('code', null, st.tape_changer) : 'none'),
+        fact('Time zone (retention)', lim.time_zone || 'the system’s', 'settings-time-zone-ro'),
+        fact('Capacity watermarks', `high ${lim.capacity_high_pct}%, low ${lim.capacity_low_pct}%`),
+        fact('Maintenance', h('span', null, h('code', null, lim.maintenance_schedule || '—'), ' UTC')))));
     }
+    if (can('operator')) parts.push(gcCard(st.settings || {}));
     if (can('admin')) {
       const cert = h('textarea', { id: 'cert-pem', class: 'input mono', rows: 6, placeholder: '-----BEGIN CERTIFICATE-----', spellcheck: 'false' });
       const key = h('textarea', { id: 'key-pem', class: 'input mono', rows: 6, placeholder: '-----BEGIN PRIVATE KEY-----', spellcheck: 'false' });
@@ -1931,6 +2201,11 @@
     const perHost = num('settings-max-per-host', lim.max_tasks_per_host);
     const perStore = num('settings-max-per-datastore', lim.max_tasks_per_datastore);
     const changer = input('settings-tape-changer', { value: st.tape_changer || '', class: 'input mono', placeholder: 'iscsi://vtl.example:3260/iqn.2024-01.com.example:tape/3 or /dev/sg4 — empty: no tape library' });
+    const tz = input('settings-time-zone', { value: lim.time_zone || '', class: 'input mono', placeholder: 'the system’s — e.g. Europe/Berlin', autocomplete: 'off' });
+    const pct = (id, v, min) => input(id, { type: 'number', min, max: 99, step: 1, value: v != null ? String(v) : '', class: 'input input-narrow' });
+    const high = pct('settings-capacity-high', lim.capacity_high_pct, 1);
+    const low = pct('settings-capacity-low', lim.capacity_low_pct, 0);
+    const maint = input('settings-maintenance', { value: lim.maintenance_schedule || '', class: 'input mono', placeholder: '03:00' });
     const submit = h('button', { id: 'settings-save', class: 'btn btn-primary', type: 'submit' }, 'Save settings');
     const form = h('form', { id: 'settings-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-3 tight' },
@@ -1938,6 +2213,13 @@
         field('Per source host', perHost, 'So one hypervisor or NAS is not swamped.'),
         field('Per datastore', perStore, 'Per NFS export or iSCSI target.')),
       field('Tape library', changer, 'The changer’s address. The appliance opens it and reads its inventory before saving, so a wrong address is refused.'),
+      h('fieldset', { class: 'fieldset', id: 'settings-upkeep' }, h('legend', null, 'Store upkeep'),
+        h('div', { class: 'grid-2 tight' },
+          field('Time zone', tz, 'IANA name. Retention counts days, weeks, months and years in it. Empty: the system’s.'),
+          field('Maintenance schedule (UTC)', maint, h('span', null, 'When the nightly maintenance prunes every job, frees space and collects garbage: a calendar event such as ', h('code', null, '03:00'), ' or ', h('code', null, 'sun 04:30'), '.'))),
+        h('div', { class: 'grid-2 tight' },
+          field('High watermark (%)', high, 'Above it the appliance prunes what retention allows and removes from disk what is safely on tape; a backup it cannot make room for is refused.'),
+          field('Low watermark (%)', low, 'Freeing space stops below it. Must be below the high watermark.'))),
       h('div', { class: 'form-actions' }, submit));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
@@ -1946,16 +2228,40 @@
         max_tasks_per_host: Number(perHost.value),
         max_tasks_per_datastore: Number(perStore.value),
         tape_changer: changer.value.trim() || null,
+        time_zone: tz.value.trim(),
+        capacity_high_pct: Number(high.value),
+        capacity_low_pct: Number(low.value),
+        maintenance_schedule: maint.value.trim(),
       };
       for (const [k, v] of Object.entries(b)) {
         if (k.startsWith('max_') && !(Number.isInteger(v) && v >= 1 && v <= 64)) return showBanner('error', 'Task limits are whole numbers from 1 to 64.');
       }
+      if (!(Number.isInteger(b.capacity_high_pct) && b.capacity_high_pct >= 1 && b.capacity_high_pct <= 99) || !(Number.isInteger(b.capacity_low_pct) && b.capacity_low_pct >= 0 && b.capacity_low_pct < b.capacity_high_pct)) {
+        return showBanner('error', 'The watermarks are whole percentages: the high one from 1 to 99, the low one from 0 to below the high one.');
+      }
+      if (!b.maintenance_schedule) return showBanner('error', 'Enter when the maintenance runs, e.g. 03:00.');
       await busy(submit, async () => {
-        await api('PUT', '/settings', b);
+        const saved = await api('PUT', '/settings', b);
+        const when = $('#gc-maintenance-time');
+        if (when && saved && saved.settings) when.textContent = saved.settings.maintenance_schedule;
         notice('Settings saved.');
       });
     });
-    return card('Tasks and tape library', { id: 'limits-card' }, form);
+    return card('Tasks, tape library and store upkeep', { id: 'limits-card' }, form);
+  }
+
+  // "Run garbage collection now" (operator and up): starts the task and links to it.
+  function gcCard(lim) {
+    const out = h('div', { id: 'gc-started', class: 'gc-started' });
+    const run = button('Run garbage collection now', { class: 'btn', id: 'gc-run' }, (ev) => busy(ev.currentTarget, async () => {
+      const t = await api('POST', '/gc', {});
+      clear(out).appendChild(h('p', { class: 'probe-status ok' }, 'Garbage collection started: ',
+        h('a', { href: `#/tasks/${t.id}`, id: 'gc-task-link' }, `task #${t.id}`), '.'));
+    }));
+    return card('Garbage collection', { id: 'gc-card', actions: run },
+      h('p', { class: 'help' }, 'Pruned and deleted restore points leave chunks nothing references; a garbage collection deletes them and returns their space to the filesystem. It runs every night in the maintenance (',
+        h('code', { id: 'gc-maintenance-time' }, lim.maintenance_schedule || '03:00'), ' UTC); run it now after deleting restore points to free their space at once. Backups keep running meanwhile.'),
+      out);
   }
 
   function pageNotFound(ctx) {

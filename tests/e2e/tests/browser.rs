@@ -6,8 +6,12 @@
 //! progress bar move and reach 100%, restore the new restore point to a target and read the
 //! restore task's log to its completion line, verify the point, cancel a running backup, add a
 //! job that destages and run it, then tape: label, load and unload, add a pool, destage the
-//! point, see it on the point's own page and restore it from tape byte for byte; settings,
-//! certificate upload, and what an auditor is (not) offered; then the remaining pages. A PNG screenshot of each page goes to
+//! point, see it on the point's own page and restore it from tape byte for byte, delete it from
+//! disk and see it offered for restore from tape only; settings, certificate upload, and what an
+//! auditor is (not) offered; then the remaining pages. A second test walks the store's life at
+//! 1400 px (retention and prune preview, pin, delete refused, garbage collection, the capacity
+//! card) and checks that no table scrolls sideways. The tests run one at a time, each on its own
+//! appliance (`Ui`). A PNG screenshot of each page goes to
 //! `<target>/browser-screenshots/` (printed at the end); a failure saves `failure.png` there and
 //! prints the page's banner, the browser's console and the server's log.
 //!
@@ -215,7 +219,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn start(driver_port: u16, chromium: &Path, profile: &Path, shots: PathBuf) -> Browser {
+    fn start(driver_port: u16, chromium: &Path, profile: &Path, shots: PathBuf, width: u32) -> Browser {
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -228,7 +232,7 @@ impl Browser {
                             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
                             format!("--user-data-dir={}", profile.display()),
-                            "--window-size=1280,900", "--ignore-certificate-errors",
+                            format!("--window-size={width},900"), "--ignore-certificate-errors",
                         ]
                     }
                 }
@@ -397,6 +401,39 @@ impl Browser {
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()
     }
+
+    /// Fails when the page broke a CSP rule or threw a script error (since the last call:
+    /// reading the log empties it).
+    #[track_caller]
+    fn assert_clean_console(&self) {
+        let bad: Vec<String> = self
+            .console()
+            .iter()
+            .filter_map(|l| l["message"].as_str().map(str::to_string))
+            .filter(|m| m.contains("Content Security Policy") || m.contains("Uncaught") || m.contains("Refused to"))
+            .collect();
+        assert!(bad.is_empty(), "browser console errors:\n{}", bad.join("\n"));
+    }
+
+    /// Fails when the page or one of its tables scrolls sideways at the window's width.
+    #[track_caller]
+    fn assert_no_sideways_scroll(&self, what: &str) {
+        let wide = self.js(
+            "const out = []; const d = document.documentElement; \
+             if (d.scrollWidth > d.clientWidth + 1) out.push(`the page (${d.scrollWidth} > ${d.clientWidth} px)`); \
+             for (const w of document.querySelectorAll('.table-wrap')) { \
+               if (w.scrollWidth > w.clientWidth + 1) { const t = w.querySelector('table'); \
+                 out.push(`table ${t && t.id ? '#' + t.id : '(no id)'} (${w.scrollWidth} > ${w.clientWidth} px)`); } } \
+             return out;",
+            json!([]),
+        );
+        assert_eq!(
+            wide,
+            json!([]),
+            "{what} scrolls sideways at {} px",
+            self.js("return window.innerWidth;", json!([]))
+        );
+    }
 }
 
 impl Drop for Browser {
@@ -490,6 +527,95 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// Browser tests run one at a time: each drives a server and a Chromium on the same machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What a browser test runs on: `rackvault serve --dev` on a fresh data directory,
+/// chromedriver, and a browser session `width` pixels wide. Dropped in field order: the
+/// session ends before chromedriver and the server stop.
+struct Ui {
+    browser: std::cell::RefCell<Browser>,
+    _driver: Proc,
+    _server: Proc,
+    /// `https://127.0.0.1:<port>/`
+    base: String,
+    data: PathBuf,
+    server_log: PathBuf,
+    shots: PathBuf,
+    dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Ui {
+    /// `None` (skip) without chromedriver and chromium, unless peers are required.
+    fn start(tag: &str, width: u32) -> Option<Ui> {
+        let (chromedriver, chromium) = browser_tools()?;
+        let one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bin = rackvault_bin();
+        let dir = scratch(tag);
+        let data = dir.path().join("data");
+        let shots = target_dir().join("browser-screenshots");
+        std::fs::create_dir_all(&shots).expect("create the screenshot directory");
+
+        // The appliance.
+        let port = free_port();
+        let server_log = dir.path().join("server.log");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(&data);
+        let mut server = spawn("rackvault serve", cmd, &server_log);
+        wait_for_port(port, &mut server, &server_log, Duration::from_secs(60));
+
+        // chromedriver.
+        let driver_port = free_port();
+        let driver_log = dir.path().join("chromedriver.log");
+        let mut cmd = Command::new(&chromedriver);
+        cmd.arg(format!("--port={driver_port}"));
+        let mut driver = spawn("chromedriver", cmd, &driver_log);
+        wait_for_port(driver_port, &mut driver, &driver_log, Duration::from_secs(30));
+        let profile = dir.path().join("chromium-profile");
+        std::fs::create_dir_all(&profile).expect("create the browser profile directory");
+
+        let browser = std::cell::RefCell::new(Browser::start(driver_port, &chromium, &profile, shots.clone(), width));
+        Some(Ui {
+            browser,
+            _driver: driver,
+            _server: server,
+            base: format!("https://127.0.0.1:{port}/"),
+            data,
+            server_log,
+            shots,
+            dir,
+            _one_at_a_time: one_at_a_time,
+        })
+    }
+
+    /// Prints where the screenshots are.
+    fn done(&self, started: Instant) {
+        let b = self.browser.borrow();
+        println!(
+            "browser test passed in {:.1} s; {} screenshots in {}",
+            started.elapsed().as_secs_f64(),
+            b.taken.len(),
+            self.shots.display()
+        );
+        eprintln!("screenshots: {}", self.shots.display());
+    }
+}
+
+/// First-run setup of the administrator and sign-in, without detours.
+fn set_up_and_sign_in(b: &Browser, base: &str) {
+    b.goto(base);
+    b.fill("#setup-user", ADMIN);
+    b.fill("#setup-password", PASSWORD);
+    b.fill("#setup-confirm", PASSWORD);
+    b.click("#setup-submit");
+    b.find("#login-user");
+    b.fill("#login-user", ADMIN);
+    b.fill("#login-password", PASSWORD);
+    b.click("#login-submit");
+    b.find("#dashboard .stats");
+}
+
 /// A self-signed certificate for 127.0.0.1 made with the `openssl` command: (certificate PEM,
 /// key PEM, SHA-256 fingerprint as the UI shows it). `None` (the step is skipped, loudly)
 /// without `openssl`, unless `RACKVAULT_REQUIRE_PEERS=1`.
@@ -555,41 +681,16 @@ fn wait_task_succeeded(b: &Browser, what: &str, timeout: Duration) -> (u64, Vec<
 
 #[test]
 fn web_ui_walkthrough() {
-    let Some((chromedriver, chromium)) = browser_tools() else { return };
-    let bin = rackvault_bin();
-    let dir = scratch("browser");
-    let data = dir.path().join("data");
-    let shots = target_dir().join("browser-screenshots");
-    std::fs::create_dir_all(&shots).expect("create the screenshot directory");
-
-    // The appliance.
-    let port = free_port();
-    let server_log = dir.path().join("server.log");
-    let mut cmd = Command::new(&bin);
-    cmd.args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(&data);
-    let mut server = spawn("rackvault serve", cmd, &server_log);
-    wait_for_port(port, &mut server, &server_log, Duration::from_secs(60));
-
-    // chromedriver.
-    let driver_port = free_port();
-    let driver_log = dir.path().join("chromedriver.log");
-    let mut cmd = Command::new(&chromedriver);
-    cmd.arg(format!("--port={driver_port}"));
-    let mut driver = spawn("chromedriver", cmd, &driver_log);
-    wait_for_port(driver_port, &mut driver, &driver_log, Duration::from_secs(30));
-    let profile = dir.path().join("chromium-profile");
-    std::fs::create_dir_all(&profile).expect("create the browser profile directory");
-
-    let browser = std::cell::RefCell::new(Browser::start(driver_port, &chromium, &profile, shots.clone()));
-    let _report = FailureReport { browser: &browser, server_log: server_log.clone() };
-    let base = format!("https://127.0.0.1:{port}/");
+    let Some(ui) = Ui::start("browser", 1280) else { return };
+    let (browser, base, data, dir) = (&ui.browser, &ui.base, &ui.data, &ui.dir);
+    let _report = FailureReport { browser, server_log: ui.server_log.clone() };
     let started = Instant::now();
 
     // First-run setup: the certificate fingerprint is shown; mismatched passwords are refused
     // with a readable banner.
     {
         let mut b = browser.borrow_mut();
-        b.goto(&base);
+        b.goto(base);
         b.find("#setup-user");
         let fp = b.text("#setup-fingerprint").unwrap_or_default();
         assert_eq!(fp.matches(':').count(), 31, "setup page shows the SHA-256 fingerprint as 32 hex pairs, got {fp:?}");
@@ -802,6 +903,21 @@ fn web_ui_walkthrough() {
             "the disk restored from tape equals the sample disk"
         );
 
+        // Deleted from disk, the point stays listed as on tape only, and offers the restore
+        // from tape instead of the disk restore.
+        b.goto(&format!("{base}#/points"));
+        b.find(&format!("{row} [data-test=flag-on-tape]"));
+        b.accept_confirms();
+        b.click(&format!("{row} [data-test=point-delete]"));
+        b.wait("the deleted notice", Duration::from_secs(15), || b.banner().filter(|t| t.contains("deleted")));
+        let tape_only = format!("{row}[data-tape-only=true]");
+        b.find(&format!("{tape_only} [data-test=flag-tape-only]"));
+        assert!(b.try_find(&format!("{tape_only} [data-test=point-restore]")).is_none(), "no disk restore for {point}");
+        b.click(&format!("{tape_only} [data-test=point-tape-restore]"));
+        b.find("#tape-restore-form");
+        b.screenshot("21b-tape-only-point");
+        b.assert_no_sideways_scroll("the restore points page");
+
         // Jobs: add one on a schedule that copies each backup to tape, and run it now: the
         // backup succeeds and queues the destage, which succeeds too.
         b.goto(&format!("{base}#/jobs"));
@@ -820,6 +936,7 @@ fn web_ui_walkthrough() {
             "the job is listed: {jobs}"
         );
         b.screenshot("23-jobs");
+        b.assert_no_sideways_scroll("the jobs page");
         b.click("#jobs-table tr[data-job-id] [data-test=job-run]");
         wait_task_succeeded(&b, "job run", Duration::from_secs(300));
         let log = b.wait("the job's complete log", Duration::from_secs(30), || {
@@ -915,7 +1032,12 @@ fn web_ui_walkthrough() {
         b.find("#points-table");
         b.screenshot("30-auditor-points");
         for (page, table, forbidden) in [
-            ("points", "#points-table", "[data-test=point-restore], [data-test=point-destage]"),
+            (
+                "points",
+                "#points-table",
+                "[data-test=point-restore], [data-test=point-destage], [data-test=point-tape-restore], \
+                 [data-test=point-pin], [data-test=point-delete]",
+            ),
             ("sources", "#sources-table", "#source-add, [data-test=source-backup], [data-test=source-delete]"),
             ("tape", "#tape-table", "[data-test=tape-load], [data-test=tape-label], #pool-add"),
             ("jobs", "#jobs-table", "#job-add, [data-test=job-run]"),
@@ -936,30 +1058,159 @@ fn web_ui_walkthrough() {
         assert!(b.banner().is_none_or(|t| !t.contains("banner-error")), "no error banner at the end: {:?}", b.banner());
 
         // The page broke no CSP rule and threw no script error.
-        let bad: Vec<String> = b
-            .console()
-            .iter()
-            .filter_map(|l| l["message"].as_str().map(str::to_string))
-            .filter(|m| m.contains("Content Security Policy") || m.contains("Uncaught") || m.contains("Refused to"))
-            .collect();
-        assert!(bad.is_empty(), "browser console errors:\n{}", bad.join("\n"));
+        b.assert_clean_console();
 
         // Sign out.
         b.click("#logout");
         b.find("#login-user");
     }
 
-    let b = browser.borrow();
-    println!(
-        "browser test passed in {:.1} s; {} screenshots in {}",
-        started.elapsed().as_secs_f64(),
-        b.taken.len(),
-        shots.display()
-    );
-    eprintln!("screenshots: {}", shots.display());
-    drop(b);
-    drop(_report);
-    drop(browser);
-    drop(driver);
-    drop(server);
+    ui.done(started);
+}
+
+/// The store's life in the browser, 1400 px wide: a job that keeps the last point, run twice,
+/// leaves one point and previews its prune; a pinned and then an immutable point cannot be
+/// deleted and the page says why; settings take the watermarks and the maintenance time, and
+/// start a garbage collection whose task shows what it freed; the dashboard shows the capacity
+/// with those watermarks. No table added for this scrolls sideways.
+#[test]
+fn retention_pins_gc_and_capacity_in_the_browser() {
+    let Some(ui) = Ui::start("browser-lifecycle", 1400) else { return };
+    let (browser, base) = (&ui.browser, &ui.base);
+    let _report = FailureReport { browser, server_log: ui.server_log.clone() };
+    let started = Instant::now();
+    {
+        let mut b = browser.borrow_mut();
+        set_up_and_sign_in(&b, base);
+
+        // A job on the dev sample that keeps the last restore point only.
+        b.goto(&format!("{base}#/jobs"));
+        b.click("#job-add");
+        b.fill("#job-name", "keep-one");
+        b.fill("#job-schedule", "mon..fri 22:00");
+        let hint = b.text("#job-retention-hint").unwrap_or_default();
+        assert!(hint.contains("keeps every restore point"), "the form says what an empty policy means: {hint}");
+        b.fill("#job-keep-last", "1");
+        b.screenshot("lifecycle-01-job-retention-form");
+        b.click("#job-save");
+        let job_row = "#jobs-table tr[data-job-name=keep-one]";
+        let keeps = b.wait("the job's retention summary", Duration::from_secs(15), || {
+            b.text(&format!("{job_row} [data-test=job-retention]"))
+        });
+        assert_eq!(keeps, "1 last", "the jobs table summarises the retention");
+
+        // Run it twice: the second backup's retention prunes the first point.
+        for run in 1..=2 {
+            b.goto(&format!("{base}#/jobs"));
+            b.click(&format!("{job_row} [data-test=job-run]"));
+            wait_task_succeeded(&b, &format!("run {run} of keep-one"), Duration::from_secs(300));
+        }
+        let log = b.wait("the retention line", Duration::from_secs(30), || {
+            b.text("#task-log").filter(|l| l.contains("retention:"))
+        });
+        assert!(log.contains("retention: 1 kept, 1 pruned"), "the second run pruned the first point:\n{log}");
+        b.goto(&format!("{base}#/points"));
+        b.find("#points-table");
+        let rows = b.js("return document.querySelectorAll('#points-table tbody tr').length;", json!([]));
+        assert_eq!(rows, json!(1), "keep last 1 leaves one restore point");
+        let point_row = "#points-table tr[data-point^='sample-vm@']";
+        let point = b.attr(point_row, "data-point").unwrap_or_default();
+
+        // The prune preview: the one point, kept, and why; nothing to prune now.
+        b.goto(&format!("{base}#/jobs"));
+        b.click(&format!("{job_row} [data-test=job-prune-preview]"));
+        b.find("#prune-table");
+        let item = b.text(&format!("#prune-table tr[data-point='{point}']")).unwrap_or_default();
+        assert!(item.contains("keep"), "the preview keeps {point}: {item}");
+        let summary = b.text("#prune-summary").unwrap_or_default();
+        assert!(summary.contains("1 kept") && summary.contains("0 to prune"), "preview summary: {summary}");
+        assert!(b.try_find("#prune-now").is_none(), "nothing to prune, so no Prune now");
+        b.screenshot("lifecycle-02-prune-preview");
+        b.assert_no_sideways_scroll("the jobs page with the prune preview");
+
+        // Pinned, the point cannot be deleted; the refusal says why. Then unpin it.
+        b.goto(&format!("{base}#/points"));
+        b.click(&format!("{point_row} [data-test=point-pin]"));
+        b.find(&format!("{point_row} [data-test=flag-pinned]"));
+        b.accept_confirms();
+        b.click(&format!("{point_row} [data-test=point-delete]"));
+        let refused =
+            b.wait("the refusal", Duration::from_secs(15), || b.banner().filter(|t| t.contains("banner-error")));
+        assert!(refused.contains("was not deleted") && refused.contains("pinned"), "the refusal says why: {refused}");
+        b.screenshot("lifecycle-03-delete-refused-pinned");
+        b.assert_no_sideways_scroll("the restore points page");
+        b.click(&format!("{point_row} [data-test=point-unpin]"));
+        b.wait("the unpinned point", Duration::from_secs(15), || {
+            b.try_find(&format!("{point_row} [data-test=point-pin]"))
+        });
+
+        // Immutable for 7 days: the next run's point shows until when, and delete is refused.
+        b.goto(&format!("{base}#/jobs"));
+        b.click(&format!("{job_row} [data-test=job-edit]"));
+        b.fill("#job-immutable-days", "7");
+        b.click("#job-save");
+        let immutable = b.wait("the job's immutability", Duration::from_secs(15), || {
+            b.text(&format!("{job_row} [data-test=job-immutable]"))
+        });
+        assert_eq!(immutable, "immutable 7 days");
+        b.screenshot("lifecycle-04-jobs");
+        b.assert_no_sideways_scroll("the jobs page");
+        b.click(&format!("{job_row} [data-test=job-run]"));
+        wait_task_succeeded(&b, "run 3 of keep-one", Duration::from_secs(300));
+        b.goto(&format!("{base}#/points"));
+        let flag = b.wait("the immutable flag", Duration::from_secs(15), || {
+            b.text(&format!("{point_row} [data-test=flag-immutable]"))
+        });
+        assert!(flag.starts_with("immutable until 20"), "the flag says until when: {flag}");
+        b.accept_confirms();
+        b.click(&format!("{point_row} [data-test=point-delete]"));
+        let refused =
+            b.wait("the refusal", Duration::from_secs(15), || b.banner().filter(|t| t.contains("banner-error")));
+        assert!(refused.contains("immutable until 20"), "the refusal says why and until when: {refused}");
+        b.screenshot("lifecycle-05-delete-refused-immutable");
+        b.assert_no_sideways_scroll("the restore points page with an immutable point");
+
+        // Settings: the store upkeep fields, saved; then a garbage collection, followed to its task.
+        b.goto(&format!("{base}#/settings"));
+        b.find("#settings-upkeep");
+        assert_eq!(b.value("#settings-capacity-high").as_deref(), Some("90"));
+        assert_eq!(b.value("#settings-maintenance").as_deref(), Some("03:00"));
+        b.fill("#settings-time-zone", "UTC");
+        b.fill("#settings-capacity-high", "95");
+        b.fill("#settings-capacity-low", "85");
+        b.fill("#settings-maintenance", "04:15");
+        b.click("#settings-save");
+        b.wait("the saved notice", Duration::from_secs(15), || b.banner().filter(|t| t.contains("Settings saved")));
+        b.screenshot("lifecycle-06-settings");
+        b.click("#gc-run");
+        b.click("#gc-task-link");
+        wait_task_succeeded(&b, "garbage collection", Duration::from_secs(120));
+        let freed =
+            b.wait("the GC report", Duration::from_secs(15), || b.text("#gc-result [data-test=result-bytes-freed]"));
+        assert!(freed.ends_with(" B") || freed.ends_with("iB"), "bytes freed are shown with a unit: {freed:?}");
+        assert!(b.text("#task-card .card-head h2").unwrap_or_default().starts_with("Garbage collection"));
+        b.screenshot("lifecycle-07-gc-task");
+
+        // The dashboard's capacity card, with the new watermarks.
+        b.goto(&format!("{base}#/dashboard"));
+        b.find("#dash-capacity #cap-bar");
+        let used = b.text("#cap-used").unwrap_or_default();
+        assert!(used.contains(" of ") && used.ends_with("used"), "used of total: {used}");
+        let legend = b.text("#cap-legend").unwrap_or_default();
+        assert!(
+            legend.contains("high watermark 95%") && legend.contains("low watermark 85%"),
+            "the watermarks: {legend}"
+        );
+        let forecast = b.text("#dash-capacity [data-test=cap-forecast]").unwrap_or_default();
+        assert!(
+            forecast.contains("forecast") || forecast.contains("until full") || forecast.contains("not growing"),
+            "{forecast}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        b.screenshot("lifecycle-08-dashboard-capacity");
+        b.assert_no_sideways_scroll("the dashboard");
+        assert!(b.banner().is_none_or(|t| !t.contains("banner-error")), "no error banner at the end: {:?}", b.banner());
+        b.assert_clean_console();
+    }
+    ui.done(started);
 }

@@ -570,3 +570,119 @@ async fn notifications_through_the_api() {
     assert!(r.text().contains("notification sent"), "{}", r.text());
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn retention_pin_delete_and_gc_follow_the_roles_and_the_stores_refusals() {
+    let s = TestServer::start_dev().await;
+    let admin = s.admin().await;
+    let operator = s.user(&admin, "op", "operator").await;
+    let auditor = s.user(&admin, "aud", "auditor").await;
+    let src = s.get("/api/v1/sources", &admin).await.json()[0]["id"].as_str().unwrap().to_string();
+
+    // A job that keeps one point, each immutable for a day.
+    let job = json!({"name": "keep-one", "source": src, "schedule": "daily", "enabled": false,
+                     "retention": {"keep_last": 1}, "immutable_days": 1});
+    let r = s.send("POST", "/api/v1/jobs", &admin, &job).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((r.json()["retention"]["keep_last"].as_u64(), r.json()["immutable_days"].as_u64()), (Some(1), Some(1)));
+    let job_id = r.json()["id"].as_str().unwrap().to_string();
+    // A rule of 0 is refused rather than read as "keep none".
+    let zero =
+        json!({"name": "zero", "source": src, "schedule": "daily", "retention": {"keep_last": 0, "keep_daily": 3}});
+    assert_eq!(s.send("POST", "/api/v1/jobs", &admin, &zero).await.status, 400);
+
+    // Two manual backups (no immutability), then the job's run prunes them: one point left.
+    for _ in 0..2 {
+        let r = s.send("POST", "/api/v1/backups", &operator, &json!({"source": src})).await;
+        assert_eq!(wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await["state"], "succeeded");
+    }
+    // The auditor may preview the prune, not do it.
+    let r = s.send("POST", "/api/v1/prune", &auditor, &json!({"job": job_id, "dry_run": true})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let preview = r.json();
+    assert_eq!(
+        (preview["dry_run"].as_bool(), preview["kept"].as_u64(), preview["pruned"].as_u64()),
+        (Some(true), Some(1), Some(1)),
+        "{preview}"
+    );
+    assert_eq!(preview["items"][1]["action"], "prune", "{preview}");
+    assert!(!preview["items"][1]["why"].as_str().unwrap().is_empty(), "{preview}");
+    assert_eq!(
+        s.get("/api/v1/points", &auditor).await.json().as_array().unwrap().len(),
+        2,
+        "a dry run deletes nothing"
+    );
+    let r = s.send("POST", "/api/v1/prune", &auditor, &json!({"job": job_id, "dry_run": false})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = s.send("POST", "/api/v1/prune", &operator, &json!({"job": job_id})).await;
+    assert_eq!(r.status, 403, "a real prune is the admin's: {}", r.text());
+    let r = s.send("POST", "/api/v1/prune", &admin, &json!({"job": "nosuch", "dry_run": true})).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let r = s.send("POST", &format!("/api/v1/jobs/{job_id}/run"), &operator, &serde_json::Value::Null).await;
+    let t = wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let points = s.get("/api/v1/points", &auditor).await.json();
+    assert_eq!(points.as_array().unwrap().len(), 1, "keep_last 1 after the job's backup: {points}");
+    let p = &points[0];
+    assert_eq!(
+        (p["immutable"].as_bool(), p["pinned"].as_bool(), p["tape_only"].as_bool()),
+        (Some(true), Some(false), Some(false)),
+        "{p}"
+    );
+    assert!(p["immutable_until_unix"].as_u64().is_some(), "{p}");
+    let immutable = format!("sample-vm@{}", p["id"]);
+
+    // Delete: not the auditor's or operator's; refused by the store for an immutable point,
+    // even for the admin, with its reason.
+    for who in [&auditor, &operator] {
+        let r = s.send("DELETE", &format!("/api/v1/points/{immutable}"), who, &serde_json::Value::Null).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let r = s.send("DELETE", &format!("/api/v1/points/{immutable}"), &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "conflict");
+    assert!(r.json()["error"].as_str().unwrap().contains("immutable until"), "{}", r.text());
+    let r = s.send("DELETE", "/api/v1/points/sample-vm", &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 400, "a spec without an id: {}", r.text());
+
+    // Pin: the admin's (204); a pinned point cannot be deleted until unpinned.
+    let r = s.send("POST", "/api/v1/backups", &operator, &json!({"source": src})).await;
+    let t = wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await;
+    let plain = format!("sample-vm@{}", t["result"]["id"]);
+    let pin = format!("/api/v1/points/{}/pin", plain.replace('@', "%40"));
+    assert_eq!(s.send("PUT", &pin, &auditor, &json!({"pinned": true})).await.status, 403);
+    assert_eq!(s.send("PUT", &pin, &operator, &json!({"pinned": true})).await.status, 403);
+    let r = s.send("PUT", &pin, &admin, &json!({"pinned": true})).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(r.body.is_empty());
+    let points = s.get("/api/v1/points", &auditor).await.json();
+    assert!(points.as_array().unwrap().iter().any(|p| p["id"] == t["result"]["id"] && p["pinned"] == true), "{points}");
+    let r = s.send("DELETE", &format!("/api/v1/points/{plain}"), &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("pinned"), "{}", r.text());
+    assert_eq!(s.send("PUT", &pin, &admin, &json!({"pinned": false})).await.status, 204);
+    let r = s.send("DELETE", &format!("/api/v1/points/{plain}"), &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(s.send("PUT", "/api/v1/points/sample-vm@999/pin", &admin, &json!({"pinned": true})).await.status, 404);
+
+    // GC: the operator starts it (the auditor may not); it runs as a task with a report.
+    assert_eq!(s.send("POST", "/api/v1/gc", &auditor, &serde_json::Value::Null).await.status, 403);
+    let r = s.send("POST", "/api/v1/gc", &operator, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["kind"], "gc");
+    let t = wait_task(&s, &operator, r.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert!(t["result"]["gc"]["bytes_freed"].is_u64() && t["result"]["gc"]["dry_run"] == false, "{t}");
+    let r = s.send("POST", "/api/v1/gc", &operator, &json!({"dry_run": true, "extra": 1})).await;
+    assert_eq!(r.status, 400, "unknown fields are refused: {}", r.text());
+
+    // Capacity: the auditor reads it; the dashboard carries it too.
+    let r = s.get("/api/v1/capacity", &auditor).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert!(c["total_bytes"].as_u64().unwrap() > 0 && c["used_pct"].as_f64().is_some(), "{c}");
+    assert_eq!((c["high_pct"].as_u64(), c["low_pct"].as_u64()), (Some(90), Some(80)), "{c}");
+    assert_eq!(s.get("/api/v1/dashboard", &auditor).await.json()["capacity"]["high_pct"], 90);
+    s.stop().await.unwrap();
+}

@@ -10,7 +10,8 @@
 //!   does (no sign-in for public routes, the CSRF header with the cookie on POST/PUT/DELETE).
 //! - `live_answers_match_the_documented_schemas`: a real server in dev mode (so the emulated
 //!   tape library answers the tape routes) with some data in it; every GET route without path
-//!   parameters, and the answers of the requests that create the data, are validated against
+//!   parameters, and the answers of the requests that create the data and exercise the store's
+//!   life (retention, prune preview, pin, delete refused and done, GC tasks), are validated against
 //!   the documented schemas by a small validator. The validator is stricter than JSON Schema
 //!   on purpose: a field the server sends that an object schema with `properties` does not
 //!   declare is an error, so a new field cannot go undocumented.
@@ -456,6 +457,7 @@ async fn live_answers_match_the_documented_schemas() {
     let settings = json!({
         "max_tasks": 3, "max_tasks_per_host": 2, "max_tasks_per_datastore": 1,
         "tape_changer": current["tape_changer"],
+        "time_zone": "UTC", "capacity_high_pct": 97, "capacity_low_pct": 90, "maintenance_schedule": "04:30",
     });
     let r = s.send("PUT", "/api/v1/settings", &admin, &settings).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -527,6 +529,72 @@ async fn live_answers_match_the_documented_schemas() {
     let r = s.send("POST", &format!("/api/v1/tasks/{destage}/cancel"), &admin, &Value::Null).await;
     assert_eq!(r.status, 409, "{}", r.text());
     check(&doc, "POST", "/api/v1/tasks/{id}/cancel", &r, &mut fail);
+
+    // The store's life: a job with retention and immutability, a prune preview, delete refused
+    // for an immutable point and done for a plain one, pin and unpin, and GC tasks.
+    let kept = json!({"name": "kept", "source": src, "schedule": "daily", "enabled": false,
+                      "retention": {"keep_last": 1, "keep_daily": 7, "keep_within_s": null}, "immutable_days": 1});
+    let r = s.send("POST", "/api/v1/jobs", &admin, &kept).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "POST", "/api/v1/jobs", &r, &mut fail);
+    assert_eq!(r.json()["retention"], json!({"keep_last": 1, "keep_daily": 7}), "{}", r.text());
+    let kept_id = r.json()["id"].as_str().unwrap().to_string();
+    let misspelt = json!({"name": "typo", "source": src, "schedule": "daily", "retention": {"keep_lats": 1}});
+    let r = s.send("POST", "/api/v1/jobs", &admin, &misspelt).await;
+    assert_eq!(r.status, 400, "an unknown retention rule is refused: {}", r.text());
+    check(&doc, "POST", "/api/v1/jobs", &r, &mut fail);
+    let r = s.send("POST", "/api/v1/prune", &admin, &json!({"job": kept_id, "dry_run": true})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "POST", "/api/v1/prune", &r, &mut fail);
+    assert!(r.json()["items"].as_array().is_some_and(|i| !i.is_empty()), "{}", r.text());
+    // Running the job makes an immutable point and prunes the older one (on tape: tape only now).
+    let r = s.send("POST", &format!("/api/v1/jobs/{kept_id}/run"), &admin, &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = wait_task(&s, &doc, &admin, r.json()["id"].as_u64().unwrap(), &mut fail).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let points = s.get("/api/v1/points", &admin).await.json();
+    let on_disk: Vec<&Value> = points.as_array().unwrap().iter().filter(|p| p["tape_only"] == false).collect();
+    assert_eq!(on_disk.len(), 1, "keep_last 1 leaves one point on disk: {points}");
+    assert_eq!(on_disk[0]["immutable"], true, "{points}");
+    assert!(
+        points.as_array().unwrap().iter().any(|p| p["tape_only"] == true),
+        "the pruned point is on tape only: {points}"
+    );
+    let immutable = format!("sample-vm@{}", on_disk[0]["id"]);
+    let r = s.send("DELETE", &format!("/api/v1/points/{immutable}"), &admin, &Value::Null).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    check(&doc, "DELETE", "/api/v1/points/{spec}", &r, &mut fail);
+    // A manual backup has no immutability: pinned it is refused, unpinned it goes.
+    let r = s.send("POST", "/api/v1/backups", &admin, &json!({"source": src})).await;
+    let t = wait_task(&s, &doc, &admin, r.json()["id"].as_u64().unwrap(), &mut fail).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let plain = format!("{}@{}", t["result"]["name"].as_str().unwrap(), t["result"]["id"]);
+    let r = s.send("PUT", &format!("/api/v1/points/{plain}/pin"), &admin, &json!({"pinned": true})).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    check(&doc, "PUT", "/api/v1/points/{spec}/pin", &r, &mut fail);
+    let r = s.get("/api/v1/points", &admin).await;
+    check(&doc, "GET", "/api/v1/points", &r, &mut fail);
+    let r = s.send("DELETE", &format!("/api/v1/points/{plain}"), &admin, &Value::Null).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = s.send("PUT", &format!("/api/v1/points/{plain}/pin"), &admin, &json!({"pinned": false})).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = s.send("DELETE", &format!("/api/v1/points/{plain}"), &admin, &Value::Null).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    check(&doc, "DELETE", "/api/v1/points/{spec}", &r, &mut fail);
+    let r = s.send("DELETE", &format!("/api/v1/points/{plain}"), &admin, &Value::Null).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    check(&doc, "DELETE", "/api/v1/points/{spec}", &r, &mut fail);
+    // Garbage collection: with no body, and as a dry run.
+    let r = s.send("POST", "/api/v1/gc", &admin, &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "POST", "/api/v1/gc", &r, &mut fail);
+    let t = wait_task(&s, &doc, &admin, r.json()["id"].as_u64().unwrap(), &mut fail).await;
+    assert_eq!((t["state"].as_str(), t["kind"].as_str()), (Some("succeeded"), Some("gc")), "{t}");
+    assert_eq!(t["result"]["gc"]["complete"], true, "{t}");
+    let r = s.send("POST", "/api/v1/gc", &admin, &json!({"dry_run": true})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&doc, "POST", "/api/v1/gc", &r, &mut fail);
+    wait_task(&s, &doc, &admin, r.json()["id"].as_u64().unwrap(), &mut fail).await;
 
     // Every GET route without path parameters, as the admin (public ones anonymously).
     let mut seen = 0;
