@@ -546,6 +546,14 @@ struct Ui {
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
+impl Drop for Ui {
+    /// A job with immutability makes the appliance give its sealed packs the immutable
+    /// attribute; clear it so that the scratch directory can be removed.
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-R").arg("-f").arg("-i").arg(self.dir.path()).status();
+    }
+}
+
 impl Ui {
     /// `None` (skip) without chromedriver and chromium, unless peers are required.
     fn start(tag: &str, width: u32) -> Option<Ui> {

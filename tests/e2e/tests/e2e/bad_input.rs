@@ -181,7 +181,7 @@ fn store_of_a_newer_format_is_refused_untouched() {
     let marker = f.store.join("rackvault-store.json");
     let original = std::fs::read(&marker).unwrap();
     let mut v: Value = serde_json::from_slice(&original).expect("marker is JSON");
-    assert_eq!(v["format"], 1, "marker: {v}");
+    assert_eq!(v["format"], 2, "marker: {v}");
     v["format"] = 99.into();
     std::fs::write(&marker, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     let img = f.path().join("good.raw");
