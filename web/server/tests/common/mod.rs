@@ -25,6 +25,14 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<Result<(), webserver::WebError>>>,
 }
 
+impl Drop for TestServer {
+    /// A job with immutability gives sealed packs the immutable attribute; clear it so that
+    /// the temporary directory can be removed.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-R").arg("-f").arg("-i").arg(self.dir.path()).status();
+    }
+}
+
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
