@@ -12,7 +12,8 @@
 //!    only".
 //! 4. Everything else is [`PruneAction::Prune`]: deleted (with a tombstone) unless `dry_run`.
 //!
-//! Time is the store's trusted clock (`Store::observe_clock`), never the wall clock alone.
+//! Time is the store's trusted clock (`Store::observe_clock`): immutability by the trusted time
+//! alone, retention by the later of trusted and wall time while the two agree.
 //! Pruning frees no space by itself; the next GC does.
 
 use serde::Serialize;
@@ -89,7 +90,15 @@ pub fn prune(
         .iter()
         .map(|p| Candidate { id: p.id, created_unix: p.created_unix, pinned: pins.contains(&(p.name.clone(), p.id)) })
         .collect();
-    let decisions = retention::plan(req.policy, &candidates, now.trusted_unix as i64, req.tz);
+    // The trusted clock counts whole seconds of boot time and may trail the wall clock by
+    // one; when the two agree (no suspicious jump), plan by the later, so the backup just
+    // made is not taken for one from the future. Immutability is still judged by the
+    // trusted time alone (`check_deletable`).
+    let plan_now = match now.suspicious_jump_s {
+        None => now.trusted_unix.max(now.wall_unix),
+        Some(_) => now.trusted_unix,
+    };
+    let decisions = retention::plan(req.policy, &candidates, plan_now as i64, req.tz);
     let mut report = PruneReport {
         name: req.name.to_string(),
         dry_run: req.dry_run,
