@@ -104,6 +104,20 @@ impl StoreError {
         }
     }
 
+    /// Whether this is a fault of the appliance itself (out of file descriptors or memory,
+    /// no permission, the index database failing) rather than damage to stored data. Verify
+    /// stops with such an error instead of reporting the data as damaged.
+    pub fn is_local_fault(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) | Some(libc::EACCES) | Some(libc::EPERM)
+            ),
+            StoreError::Index { .. } | StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Wrap an I/O error on `path`, turning ENOSPC/EDQUOT into [`StoreError::DiskFull`].
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> StoreError {
         let path = path.into();

@@ -131,8 +131,18 @@ pub const DEFAULT_PACK_TARGET: u64 = 256 << 20;
 /// Chunk sizes a disk index may use.
 pub const MIN_CHUNK_SIZE: u32 = 4 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 8 << 20;
-/// Pack files a store keeps open for reading at most (least recently used are closed).
+/// Pack files a store keeps open for reading at most (least recently used are closed); fewer
+/// under a low open-files limit: a quarter of it, so sockets, LMDB and restores' targets keep
+/// room.
 pub const PACK_FILES_OPEN: usize = 64;
+
+/// [`PACK_FILES_OPEN`], or a quarter of the soft `RLIMIT_NOFILE` when that is lower.
+fn pack_files_cap() -> usize {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => PACK_FILES_OPEN.min((soft / 4) as usize).max(2),
+        Err(_) => PACK_FILES_OPEN,
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
@@ -351,6 +361,7 @@ impl Failpoints {
 struct PackFiles {
     open: HashMap<u64, (Arc<File>, u64)>,
     tick: u64,
+    cap: usize,
 }
 
 impl PackFiles {
@@ -364,7 +375,7 @@ impl PackFiles {
     }
 
     fn insert(&mut self, number: u64, file: Arc<File>) {
-        if self.open.len() >= PACK_FILES_OPEN && !self.open.contains_key(&number) {
+        if self.open.len() >= self.cap.max(1) && !self.open.contains_key(&number) {
             if let Some(oldest) = self.open.iter().min_by_key(|(_, (_, used))| *used).map(|(n, _)| *n) {
                 self.open.remove(&oldest);
             }
@@ -532,7 +543,7 @@ impl Store {
             catalog,
             store_id,
             pack_target: opts.pack_target.max(1 << 20),
-            pack_files: Mutex::new(PackFiles::default()),
+            pack_files: Mutex::new(PackFiles { cap: pack_files_cap(), ..Default::default() }),
             cleanup: CleanupReport::default(),
             failpoints: Failpoints::from_env(),
             protection: Mutex::new(PackProtection { requested: opts.immutable_packs, ..Default::default() }),

@@ -124,12 +124,14 @@ pub(crate) struct StoreScan {
 }
 
 /// Why an index entry leads to no intact record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum EntryFault {
     /// The record it names is damaged or gone (damage of the pack).
     Lost(String),
     /// The entry itself is wrong: the pack holds something else there (damage of the index).
     Wrong(String),
+    /// A fault of the appliance itself (EMFILE...): stops the verify.
+    Local(StoreError),
 }
 
 /// What [`Store::check_index`] found.
@@ -196,6 +198,7 @@ impl Store {
                         report.chunks_checked += 1;
                         report.bytes_checked += content.len() as u64;
                     }
+                    Err(e) if e.is_local_fault() => return Err(e),
                     Err(e) => {
                         self.note_damage(&[(file.digest, e.to_string())], &[])?;
                         ranges.push(file_damage(file, e.to_string()));
@@ -222,10 +225,12 @@ impl Store {
         let bytes = AtomicU64::new(0);
         let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(1024);
         let mut walk_failure: Option<(u64, String)> = None;
+        // A fault of our own (EMFILE, ENOMEM...) stops the verify: it says nothing of the data.
+        let local_fault: Mutex<Option<StoreError>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..threads.max(1) {
                 let rx = rx.clone();
-                let damaged = &damaged;
+                let (damaged, local_fault) = (&damaged, &local_fault);
                 let (checked, bytes) = (&checked, &bytes);
                 s.spawn(move || {
                     let (mut scratch, mut out) = (Vec::new(), Vec::new());
@@ -235,6 +240,10 @@ impl Store {
                                 checked.fetch_add(1, Ordering::Relaxed);
                                 bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
                                 progress(out.len() as u64);
+                            }
+                            Err(e) if e.is_local_fault() => {
+                                local_fault.lock().expect("fault slot").get_or_insert(e);
+                                return;
                             }
                             Err(e) => damaged.lock().expect("damage list").push((index, digest, e.to_string())),
                         }
@@ -253,6 +262,10 @@ impl Store {
                         index += 1;
                     }
                     Ok(None) => break,
+                    Err(e) if e.is_local_fault() => {
+                        local_fault.lock().expect("fault slot").get_or_insert(e);
+                        break;
+                    }
                     Err(e) => {
                         walk_failure = Some((index, format!("index tree unreadable: {e}")));
                         break;
@@ -265,6 +278,9 @@ impl Store {
             }
             drop(tx);
         });
+        if let Some(e) = local_fault.into_inner().expect("fault slot") {
+            return Err(e);
+        }
         report.chunks_checked += checked.into_inner();
         report.bytes_checked += bytes.into_inner();
         let mut list = damaged.into_inner().expect("damage list");
@@ -403,12 +419,14 @@ impl Store {
         let lines: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let sound: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
         let noted = self.damaged_set(rtxn)?;
+        let local_fault: Mutex<Option<StoreError>> = Mutex::new(None);
         let mut result = Ok(());
         std::thread::scope(|s| {
             let (tx, rx) = crossbeam_channel::bounded::<Vec<(Digest, Option<ChunkLoc>)>>(16);
             for _ in 0..threads.max(1) {
                 let rx = rx.clone();
                 let (damaged, wrong, lines, sound, noted) = (&damaged, &wrong, &lines, &sound, &noted);
+                let local_fault = &local_fault;
                 s.spawn(move || {
                     for batch in rx {
                         for (digest, loc) in batch {
@@ -436,6 +454,10 @@ impl Store {
                                 Err(EntryFault::Lost(reason)) => {
                                     damaged.lock().expect("damage map").insert(digest, reason);
                                 }
+                                Err(EntryFault::Local(e)) => {
+                                    local_fault.lock().expect("fault slot").get_or_insert(e);
+                                    return;
+                                }
                             }
                         }
                     }
@@ -460,6 +482,9 @@ impl Store {
             drop(tx);
         });
         result?;
+        if let Some(e) = local_fault.into_inner().expect("fault slot") {
+            return Err(e);
+        }
         let mut lines = lines.into_inner().expect("lines");
         lines.sort();
         Ok(IndexCheck {
@@ -495,7 +520,14 @@ impl Store {
             }
         }
         let mut h = [0u8; pack::RECORD_HEADER_LEN];
-        let read = self.pack_file(loc.pack).map_err(|e| Lost(e.to_string()))?.read_exact_at(&mut h, loc.offset);
+        let file = self.pack_file(loc.pack).map_err(|e| {
+            if e.is_local_fault() {
+                EntryFault::Local(e)
+            } else {
+                Lost(e.to_string())
+            }
+        })?;
+        let read = file.read_exact_at(&mut h, loc.offset);
         let header = match read {
             Ok(()) => pack::RecordHeader::decode(&h),
             Err(e) => Err(e.to_string()),
@@ -595,6 +627,7 @@ impl Store {
                             index += 1;
                         }
                         Ok(None) => break,
+                        Err(e) if e.is_local_fault() => return Err(e),
                         Err(e) => {
                             collector.add(
                                 index,

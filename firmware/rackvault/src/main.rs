@@ -614,7 +614,20 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Raise the soft open-files limit to the hard one: a restore or verify may touch many pack
+/// files, and the daemon serves connections while tasks run. Nothing is said on failure: the
+/// store then keeps fewer pack files open.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    raise_open_files_limit();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
