@@ -2055,7 +2055,8 @@
         fact('Tape library', st.tape_changer ? h('code', null, st.tape_changer) : 'none'),
         fact('Time zone (retention)', lim.time_zone || 'the system’s', 'settings-time-zone-ro'),
         fact('Capacity watermarks', `high ${lim.capacity_high_pct}%, low ${lim.capacity_low_pct}%`),
-        fact('Maintenance', h('span', null, h('code', null, lim.maintenance_schedule || '—'), ' UTC')))));
+        fact('Maintenance', h('span', null, h('code', null, lim.maintenance_schedule || '—'), ' UTC')),
+        fact('Scheduled verify', lim.verify_schedule ? h('span', null, h('code', null, lim.verify_schedule), ` UTC, each pack every ${lim.verify_skip_days} days`) : 'only on request'))));
     }
     if (can('operator')) parts.push(gcCard(st.settings || {}));
     if (can('admin')) {
@@ -2206,6 +2207,8 @@
     const high = pct('settings-capacity-high', lim.capacity_high_pct, 1);
     const low = pct('settings-capacity-low', lim.capacity_low_pct, 0);
     const maint = input('settings-maintenance', { value: lim.maintenance_schedule || '', class: 'input mono', placeholder: '03:00' });
+    const verifyWhen = input('settings-verify-schedule', { value: lim.verify_schedule || '', class: 'input mono', placeholder: 'empty: only on request — e.g. 02:00' });
+    const verifySkip = input('settings-verify-skip-days', { type: 'number', min: 0, max: 3650, step: 1, value: lim.verify_skip_days != null ? String(lim.verify_skip_days) : '30', class: 'input input-narrow' });
     const submit = h('button', { id: 'settings-save', class: 'btn btn-primary', type: 'submit' }, 'Save settings');
     const form = h('form', { id: 'settings-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-3 tight' },
@@ -2217,6 +2220,9 @@
         h('div', { class: 'grid-2 tight' },
           field('Time zone', tz, 'IANA name. Retention counts days, weeks, months and years in it. Empty: the system’s.'),
           field('Maintenance schedule (UTC)', maint, h('span', null, 'When the nightly maintenance prunes every job, frees space and collects garbage: a calendar event such as ', h('code', null, '03:00'), ' or ', h('code', null, 'sun 04:30'), '.'))),
+        h('div', { class: 'grid-2 tight' },
+          field('Verify schedule (UTC)', verifyWhen, 'When the store is verified, incrementally: packs checked recently are left out. Empty: only when you start a verify.'),
+          field('Re-check each pack every (days)', verifySkip, 'A scheduled verify re-reads a pack this long after it last checked it clean.')),
         h('div', { class: 'grid-2 tight' },
           field('High watermark (%)', high, 'Above it the appliance prunes what retention allows and removes from disk what is safely on tape; a backup it cannot make room for is refused.'),
           field('Low watermark (%)', low, 'Freeing space stops below it. Must be below the high watermark.'))),
@@ -2232,10 +2238,13 @@
         capacity_high_pct: Number(high.value),
         capacity_low_pct: Number(low.value),
         maintenance_schedule: maint.value.trim(),
+        verify_schedule: verifyWhen.value.trim(),
+        verify_skip_days: Number(verifySkip.value || '30'),
       };
       for (const [k, v] of Object.entries(b)) {
         if (k.startsWith('max_') && !(Number.isInteger(v) && v >= 1 && v <= 64)) return showBanner('error', 'Task limits are whole numbers from 1 to 64.');
       }
+      if (!(Number.isInteger(b.verify_skip_days) && b.verify_skip_days >= 0)) return showBanner('error', 'Re-check days is a whole number of days.');
       if (!(Number.isInteger(b.capacity_high_pct) && b.capacity_high_pct >= 1 && b.capacity_high_pct <= 99) || !(Number.isInteger(b.capacity_low_pct) && b.capacity_low_pct >= 0 && b.capacity_low_pct < b.capacity_high_pct)) {
         return showBanner('error', 'The watermarks are whole percentages: the high one from 1 to 99, the low one from 0 to below the high one.');
       }

@@ -12,6 +12,7 @@
 //! | `pins` | as `points` | unix time it was pinned: a protected point, never pruned or deleted |
 //! | `gc_deleting` | pack number (u64 big-endian) | empty: a pack the GC has dropped from the index and is deleting; an open or the next GC finishes the deletion instead of adopting it |
 //! | `damaged` | digest (32 bytes) | [`DamageNote`]: unix time u64, then a utf-8 reason |
+//! | `verified` | pack number (u64 big-endian) | unix time (u64) of the pack's last clean scan, for incremental verify |
 //!
 //! A digest in `damaged` is one whose stored copy verify found damaged or missing: backups do
 //! not deduplicate against it (so they store a new copy), and sealing a pack with a new copy
@@ -133,6 +134,8 @@ pub struct Catalog {
     pub gc_deleting: Db,
     /// `None` only in a read-only catalog of a store written before `damaged` existed.
     pub damaged: Option<Db>,
+    /// `None` only in a read-only catalog of a store written before `verified` existed.
+    pub verified: Option<Db>,
     pub read_only: bool,
 }
 
@@ -165,7 +168,7 @@ impl Catalog {
                     let open = |name| dbo.open_database::<Bytes, Bytes>(rtxn, Some(name));
                     Ok(CommitOrAbort::<_, ()>::Commit((
                         [open("chunks")?, open("packs")?, open("points")?, open("meta")?],
-                        open("damaged")?,
+                        [open("damaged")?, open("verified")?],
                         [open("condemned")?, open("tombstones")?, open("pins")?, open("gc_deleting")?],
                     )))
                 })
@@ -173,7 +176,7 @@ impl Catalog {
                 .unwrap_commit();
             let (
                 [Some(chunks), Some(packs), Some(points), Some(meta)],
-                damaged,
+                [damaged, verified],
                 [Some(condemned), Some(tombstones), Some(pins), Some(gc_deleting)],
             ) = dbs
             else {
@@ -195,6 +198,7 @@ impl Catalog {
                 pins,
                 gc_deleting,
                 damaged,
+                verified,
                 read_only: true,
             });
         }
@@ -208,6 +212,7 @@ impl Catalog {
                     create("points")?,
                     create("meta")?,
                     create("damaged")?,
+                    create("verified")?,
                     create("condemned")?,
                     create("tombstones")?,
                     create("pins")?,
@@ -217,7 +222,7 @@ impl Catalog {
             })
             .map_err(|e| StoreError::index(dir, e))?
             .unwrap_commit();
-        let [chunks, packs, points, meta, damaged, condemned, tombstones, pins, gc_deleting] = dbs;
+        let [chunks, packs, points, meta, damaged, verified, condemned, tombstones, pins, gc_deleting] = dbs;
         Ok(Catalog {
             env,
             path: dir.to_path_buf(),
@@ -230,6 +235,7 @@ impl Catalog {
             pins,
             gc_deleting,
             damaged: Some(damaged),
+            verified: Some(verified),
             read_only: false,
         })
     }

@@ -118,7 +118,7 @@ pub use gc::{GcOptions, GcProgress, GcReport, DEFAULT_REPACK_THRESHOLD};
 pub use pack::{ChunkEncoder, Codec, EncodedChunk, RecordKind};
 pub use repair::{DroppedRecord, IncompletePoint, RepairReport, RewrittenPack};
 pub use tree::{TreeBuilder, TreeWalker};
-pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyReport};
+pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyOptions, VerifyReport};
 
 use catalog::{pack_key, point_key, Access, Catalog};
 use pack::PackWriter;

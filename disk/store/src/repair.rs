@@ -100,7 +100,7 @@ impl Store {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
         let mut report = RepairReport::default();
 
-        let scan = self.scan_store(threads, &|_| {})?;
+        let scan = self.scan_store(threads, &|_| {}, None)?;
         let IndexCheck { mut damaged, wrong, .. } = {
             let rtxn = self.catalog.read()?;
             self.check_index(&rtxn, &scan, threads)?

@@ -367,3 +367,72 @@ fn a_store_on_a_read_only_filesystem_opens_read_only_by_itself() {
     let err = store.begin_backup().unwrap_err().to_string();
     assert!(err.contains("mounted read-only"), "{err}");
 }
+
+// ---- incremental verify -------------------------------------------------------------------------
+
+fn open_small_packs(dir: &Path) -> Store {
+    Store::open(dir, &StoreOptions { create: true, pack_target: 1 << 20, ..Default::default() }).unwrap()
+}
+
+fn incremental(window_s: Option<u64>, max_packs: Option<u64>) -> store::VerifyOptions {
+    store::VerifyOptions { skip_verified_within_s: window_s, max_packs }
+}
+
+#[test]
+fn an_incremental_verify_resumes_where_the_last_stopped_and_skips_what_it_verified_recently() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_small_packs(dir.path());
+    // Odd ids are incompressible: 400 of them fill about seven 1 MiB packs.
+    let disk: Vec<u64> = (0..400).map(|i| 2 * i + 1).collect();
+    backup(&store, "vm", &disk);
+    let packs = store.usage().unwrap().packs;
+    assert!(packs >= 6, "{packs} packs");
+    let day = Some(86_400);
+    let mut scanned = 0;
+    let mut runs = 0;
+    loop {
+        let r = store.verify_store_with(&incremental(day, Some(2)), 2, &|_| {}).unwrap();
+        assert!(r.is_clean(), "{r:?}");
+        assert_eq!(r.restore_points_checked, 1, "every point is walked on every run");
+        assert_eq!(r.packs_scanned + r.packs_skipped_recent + r.packs_left_for_later, packs);
+        scanned += r.packs_scanned;
+        runs += 1;
+        if r.packs_left_for_later == 0 {
+            break;
+        }
+        assert_eq!(r.packs_scanned, 2);
+    }
+    assert_eq!(scanned, packs, "each pack scanned once over {runs} runs");
+    let r = store.verify_store_with(&incremental(day, None), 2, &|_| {}).unwrap();
+    assert_eq!((r.packs_scanned, r.packs_skipped_recent), (0, packs), "{r:?}");
+    // A window of zero seconds scans everything again.
+    let r = store.verify_store_with(&incremental(Some(0), None), 2, &|_| {}).unwrap();
+    assert_eq!(r.packs_scanned, packs);
+}
+
+#[test]
+fn damage_in_a_pack_verified_recently_waits_for_its_next_scan_but_a_full_verify_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk: Vec<u64> = (0..300).map(|i| 2 * i + 1).collect();
+    let loc = {
+        let store = open_small_packs(dir.path());
+        backup(&store, "vm", &disk);
+        let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}).unwrap();
+        assert!(r.is_clean());
+        loc_of(&store, disk[10])
+    };
+    // A bit flips in a data record after its pack was scanned clean.
+    let path = pack_path(dir.path(), &loc);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(loc.offset + 64 + 100) as usize] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let store = open_small_packs(dir.path());
+    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}).unwrap();
+    assert!(r.is_clean(), "the pack was verified within the window, so it is trusted: {r:?}");
+    let full = store.verify_store(2, &|_| {}).unwrap();
+    assert!(!full.is_clean(), "a full verify scans it");
+    // And from now on every verify reports it, incremental ones included: the pack is no
+    // longer recorded as verified, and the damaged chunk is noted.
+    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}).unwrap();
+    assert!(!r.is_clean() && r.damaged_points.iter().any(|p| p.point.starts_with("vm@")), "{r:?}");
+}

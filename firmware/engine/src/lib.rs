@@ -484,6 +484,23 @@ impl Worker<'_> {
     }
 }
 
+/// Verify the whole store incrementally: only packs not scanned clean within
+/// `opts.skip_verified_within_s`, at most `opts.max_packs` of them (see
+/// `Store::verify_store_with`).
+pub fn verify_incremental(
+    store: &Store,
+    opts: &store::VerifyOptions,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<store::VerifyReport, EngineError> {
+    let threads = default_threads(threads);
+    let advance = |n: u64| progress.advance(n);
+    progress.start("verify", store.usage()?.pack_bytes);
+    let report = store.verify_store_with(opts, threads, &advance)?;
+    progress.finish();
+    Ok(report)
+}
+
 /// Verify `spec` (`NAME` or `NAME@ID`), or the whole store when `None`.
 pub fn verify(
     store: &Store,

@@ -116,6 +116,13 @@ enum Command {
         store: PathBuf,
         /// NAME or NAME@ID; all of the store when omitted.
         point: Option<String>,
+        /// Whole store only: leave out packs scanned clean within this many days (an
+        /// incremental verify; the index and every restore point are still checked).
+        #[arg(long, conflicts_with = "point")]
+        skip_verified_within: Option<u64>,
+        /// Whole store only: scan at most this many packs; the next run continues.
+        #[arg(long, conflicts_with = "point")]
+        max_packs: Option<u64>,
         #[arg(long, default_value_t = 0)]
         threads: usize,
         #[arg(long)]
@@ -443,10 +450,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Verify { store, point, threads, json } => {
+        Command::Verify { store, point, skip_verified_within, max_packs, threads, json } => {
             let store = open_store(&store, false)?;
             let bar = Bar::new(interactive && !json);
-            let report = engine::verify(&store, point.as_deref(), threads, &bar)?;
+            let report = if skip_verified_within.is_some() || max_packs.is_some() {
+                let opts = store::VerifyOptions {
+                    skip_verified_within_s: skip_verified_within.map(|d| d * 86_400),
+                    max_packs,
+                };
+                engine::verify_incremental(&store, &opts, threads, &bar)?
+            } else {
+                engine::verify(&store, point.as_deref(), threads, &bar)?
+            };
             if json {
                 print_json(&report)?;
             } else {
@@ -456,6 +471,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.chunks_checked,
                     human_bytes(report.bytes_checked)
                 );
+                if report.packs_skipped_recent + report.packs_left_for_later > 0 {
+                    println!(
+                        "incremental: {} pack(s) scanned, {} verified recently and skipped, {} left for the next run",
+                        report.packs_scanned, report.packs_skipped_recent, report.packs_left_for_later
+                    );
+                }
                 for r in &report.damaged_records {
                     println!("DAMAGED RECORD {r}");
                 }

@@ -86,6 +86,17 @@ pub struct Settings {
     /// calendar event (UTC), e.g. `03:00` or `sun 04:30`.
     #[serde(default = "default_maintenance")]
     pub maintenance_schedule: String,
+    /// When the store is verified (UTC calendar event); absent: only on request. A scheduled
+    /// verify is incremental: it leaves out packs scanned clean in the last
+    /// `verify_skip_days` days, so each pack is re-read about that often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_schedule: Option<String>,
+    #[serde(default = "default_verify_skip_days")]
+    pub verify_skip_days: u32,
+}
+
+fn default_verify_skip_days() -> u32 {
+    30
 }
 
 fn one() -> usize {
@@ -114,6 +125,8 @@ impl Default for Settings {
             capacity_high_pct: default_high(),
             capacity_low_pct: default_low(),
             maintenance_schedule: default_maintenance(),
+            verify_schedule: None,
+            verify_skip_days: default_verify_skip_days(),
         }
     }
 }

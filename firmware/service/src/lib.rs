@@ -313,6 +313,13 @@ pub struct SettingsInput {
     /// Calendar event of the nightly maintenance; absent: unchanged.
     #[serde(default)]
     pub maintenance_schedule: Option<String>,
+    /// Calendar event of the scheduled (incremental) verify; absent: unchanged; "": none.
+    #[serde(default)]
+    pub verify_schedule: Option<String>,
+    /// A scheduled verify leaves out packs scanned clean within this many days; absent:
+    /// unchanged.
+    #[serde(default)]
+    pub verify_skip_days: Option<u32>,
 }
 
 /// A tape pool's policy as the API receives it (the name is in the path).
@@ -1163,14 +1170,35 @@ impl Appliance {
 
     pub fn start_verify(&self, actor: &Principal, point: Option<String>) -> Result<TaskInfo, ServiceError> {
         actor.require(Role::Operator)?;
+        let t = self.verify_task(&actor.user, point.clone(), None)?;
+        self.audit(actor, "start verify", point.as_deref().unwrap_or("the whole store"));
+        Ok(t)
+    }
+
+    /// A verify task: of one point, of the whole store, or with `incremental`, of the packs
+    /// not scanned clean recently.
+    pub(crate) fn verify_task(
+        &self,
+        user: &str,
+        point: Option<String>,
+        incremental: Option<store::VerifyOptions>,
+    ) -> Result<TaskInfo, ServiceError> {
         if let Some(p) = &point {
             self.store.find(p)?;
         }
         let store = self.store.clone();
-        let subject = point.clone().unwrap_or_else(|| "the whole store".into());
+        let subject = match (&point, &incremental) {
+            (Some(p), _) => p.clone(),
+            (None, Some(_)) => "the whole store (incremental)".into(),
+            (None, None) => "the whole store".into(),
+        };
         let me = self.me.clone();
         let job: tasks::Job = Box::new(move |live: &Live| {
-            let r = engine::verify(&store, point.as_deref(), 0, live).map_err(|e| e.to_string())?;
+            let r = match &incremental {
+                Some(opts) => engine::verify_incremental(&store, opts, 0, live),
+                None => engine::verify(&store, point.as_deref(), 0, live),
+            }
+            .map_err(|e| e.to_string())?;
             if !r.is_clean() {
                 if let Some(app) = me.upgrade() {
                     app.notify(Event::VerifyDamage {
@@ -1191,9 +1219,7 @@ impl Appliance {
                 ))
             }
         });
-        let t = self.tasks.spawn("verify", &subject, &actor.user, ("local", "store"), job)?;
-        self.audit(actor, "start verify", &subject);
-        Ok(t)
+        self.tasks.spawn("verify", &subject, user, ("local", "store"), job)
     }
 
     pub fn tasks(&self, actor: &Principal) -> Result<Vec<TaskInfo>, ServiceError> {
@@ -1644,6 +1670,15 @@ impl Appliance {
                     ev.trim().to_string()
                 }
             },
+            verify_schedule: match input.verify_schedule.as_deref().map(str::trim) {
+                None => current.verify_schedule,
+                Some("") => None,
+                Some(ev) => {
+                    CalendarEvent::parse(ev).map_err(|e| ServiceError::Invalid(format!("verify_schedule: {e}")))?;
+                    Some(ev.to_string())
+                }
+            },
+            verify_skip_days: input.verify_skip_days.unwrap_or(current.verify_skip_days).min(3650),
         };
         if !(1..=99).contains(&limits.capacity_high_pct) || limits.capacity_low_pct >= limits.capacity_high_pct {
             return Err(ServiceError::Invalid(format!(

@@ -93,6 +93,7 @@ pub(crate) struct Upkeep {
     last_clock_unix: u64,
     next_maintenance: Option<u64>,
     maintenance_task: Option<u64>,
+    next_verify: Option<(String, u64)>,
 }
 
 /// Least-squares growth of `bytes_stored` over the samples of the last 30 days, in bytes per
@@ -306,7 +307,21 @@ impl Appliance {
                 engine::Progress::advance(live, 1);
             };
             let opts = store::GcOptions { dry_run, ..Default::default() };
-            let report = app.store.gc(&opts, &progress, &|| live.is_cancelled()).map_err(|e| e.to_string())?;
+            // A verify, repair or another GC holds the store's GC lock: wait for it.
+            let report = loop {
+                match app.store.gc(&opts, &progress, &|| live.is_cancelled()) {
+                    Err(StoreError::Busy(why)) if !live.is_cancelled() => {
+                        live.log(&format!("waiting: {why}"));
+                        for _ in 0..10 {
+                            if live.is_cancelled() {
+                                return Err("cancelled while waiting for the store".into());
+                            }
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        }
+                    }
+                    r => break r.map_err(|e| e.to_string())?,
+                }
+            };
             live.log(&format!(
                 "gc: {} chunk(s) condemned, {} pack(s) deleted, {} rewritten, {} bytes freed ({} held for running backups)",
                 report.chunks_condemned, report.packs_deleted, report.packs_repacked, report.bytes_freed, report.chunks_held
@@ -469,6 +484,7 @@ impl Appliance {
                 }
             }
         }
+        self.verify_tick(now);
         let schedule = lock(&self.config).settings.maintenance_schedule.clone();
         let Ok(ev) = CalendarEvent::parse(&schedule) else { return };
         let due = {
@@ -487,6 +503,45 @@ impl Appliance {
             match self.maintenance_task("scheduler", true, false) {
                 Ok(t) => lock(&self.upkeep).maintenance_task = Some(t.id),
                 Err(e) => self.audit(&Self::system(), "maintenance failed to start", &e.to_string()),
+            }
+        }
+    }
+}
+
+impl Appliance {
+    /// Starts the scheduled incremental verify when due.
+    fn verify_tick(&self, now: u64) {
+        let (schedule, skip_days) = {
+            let c = lock(&self.config);
+            (c.settings.verify_schedule.clone(), c.settings.verify_skip_days)
+        };
+        let Some(ev) = schedule.as_deref().and_then(|s| CalendarEvent::parse(s).ok()) else {
+            lock(&self.upkeep).next_verify = None;
+            return;
+        };
+        let due = {
+            let mut u = lock(&self.upkeep);
+            let schedule = schedule.unwrap_or_default();
+            let planned = match &u.next_verify {
+                Some((s, t)) if *s == schedule => *t,
+                _ => {
+                    let t = ev.next_after(now).unwrap_or(u64::MAX);
+                    u.next_verify = Some((schedule.clone(), t));
+                    t
+                }
+            };
+            if planned > now {
+                false
+            } else {
+                u.next_verify = Some((schedule, ev.next_after(now).unwrap_or(u64::MAX)));
+                true
+            }
+        };
+        if due {
+            let opts =
+                store::VerifyOptions { skip_verified_within_s: Some(u64::from(skip_days) * 86_400), max_packs: None };
+            if let Err(e) = self.verify_task("scheduler", None, Some(opts)) {
+                self.audit(&Self::system(), "verify failed to start", &e.to_string());
             }
         }
     }

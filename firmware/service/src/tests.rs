@@ -488,6 +488,8 @@ fn settings_change_limits_and_the_tape_library() {
         capacity_high_pct: None,
         capacity_low_pct: None,
         maintenance_schedule: None,
+        verify_schedule: None,
+        verify_skip_days: None,
     };
     assert!(matches!(app.put_settings(&operator, input(None, 2)), Err(ServiceError::Forbidden(_))));
     assert!(matches!(app.put_settings(&admin(), input(None, 0)), Err(ServiceError::Invalid(_))));
@@ -823,6 +825,8 @@ fn a_backup_above_the_high_watermark_that_nothing_can_relieve_is_refused_before_
         capacity_high_pct: Some(high),
         capacity_low_pct: Some(low),
         maintenance_schedule: Some("sun 04:30".into()),
+        verify_schedule: None,
+        verify_skip_days: None,
     };
     assert!(matches!(app.put_settings(&admin(), s(50, 60)), Err(ServiceError::Invalid(_))));
     let bad_tz = SettingsInput { time_zone: Some("Mars/Olympus".into()), ..s(90, 80) };
@@ -860,6 +864,8 @@ fn points_pruned_from_disk_after_their_tape_copy_show_as_on_tape_only() {
         capacity_high_pct: None,
         capacity_low_pct: None,
         maintenance_schedule: None,
+        verify_schedule: None,
+        verify_skip_days: None,
     };
     app.put_settings(&admin(), settings).unwrap();
     let inv = app.tape_inventory(&admin()).unwrap();
@@ -906,4 +912,49 @@ fn points_pruned_from_disk_after_their_tape_copy_show_as_on_tape_only() {
     // The newest point is kept on disk, awaiting its own tape copy.
     let dry = app.prune_job(&admin(), PruneRequest { job: job.job.id.clone(), dry_run: true }).unwrap();
     assert_eq!(dry.items.len(), 1);
+}
+
+#[test]
+fn a_scheduled_verify_runs_incrementally_and_skips_what_it_verified_recently() {
+    let (d, app) = open();
+    let job = lifecycle_job(&app, d.path(), None, None);
+    run_job_to_end(&app, &job);
+    let settings = SettingsInput {
+        max_tasks: 4,
+        max_tasks_per_host: 2,
+        max_tasks_per_datastore: 1,
+        tape_changer: None,
+        time_zone: None,
+        capacity_high_pct: Some(99),
+        capacity_low_pct: Some(98),
+        maintenance_schedule: None,
+        verify_schedule: Some("02:00".into()),
+        verify_skip_days: Some(7),
+    };
+    let bad = SettingsInput { verify_schedule: Some("whenever".into()), ..settings.clone() };
+    assert!(matches!(app.put_settings(&admin(), bad), Err(ServiceError::Invalid(_))));
+    app.put_settings(&admin(), settings).unwrap();
+    let ev = CalendarEvent::parse("02:00").unwrap();
+    let first = ev.next_after(now_unix()).unwrap();
+    let verifies = |app: &Appliance| -> Vec<TaskInfo> {
+        app.tasks(&admin()).unwrap().into_iter().filter(|t| t.kind == "verify").collect()
+    };
+    app.tick(first - 10); // plans it
+    assert!(verifies(&app).is_empty());
+    app.tick(first + 1);
+    let v = verifies(&app);
+    assert_eq!(v.len(), 1);
+    assert!(v[0].subject.contains("incremental"), "{:?}", v[0]);
+    let t = wait(&app, v[0].id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let r = t.result.unwrap();
+    assert!(r["packs_scanned"].as_u64().unwrap() >= 1, "{r}");
+    // The next night's run skips the packs verified a day ago.
+    let second = ev.next_after(first + 60).unwrap();
+    app.tick(second + 1);
+    let v = verifies(&app);
+    assert_eq!(v.len(), 2);
+    let r = wait(&app, v.iter().map(|t| t.id).max().unwrap()).result.unwrap();
+    assert_eq!(r["packs_scanned"], 0, "{r}");
+    assert!(r["packs_skipped_recent"].as_u64().unwrap() >= 1, "{r}");
 }
