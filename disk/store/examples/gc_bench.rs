@@ -96,21 +96,7 @@ pub struct NaiveReport {
     pub duration_s: f64,
 }
 
-/// splitmix64: a small deterministic generator, so every build makes the same store.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use testkit::Rng;
 
 /// The raw chunk with serial number `serial`: 256 bytes no other serial produces.
 fn payload(serial: u64) -> Vec<u8> {

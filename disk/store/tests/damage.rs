@@ -4,12 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use store::{
-    ChunkEncoder, ChunkLoc, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, RestorePoint, Store, StoreError,
-    StoreOptions, TreeBuilder,
-};
+use store::{ChunkLoc, Digest, RestorePoint, Store, StoreError, StoreOptions};
 
-const CHUNK: usize = 16 << 10;
+mod common;
+use common::CHUNK;
 
 /// Chunk content: incompressible for odd ids, compressible for even ones.
 fn chunk_content(id: u64) -> Vec<u8> {
@@ -30,29 +28,7 @@ fn open(dir: &Path) -> Store {
 }
 
 fn backup(store: &Store, name: &str, disk: &[u64]) -> RestorePoint {
-    let mut session = store.begin_backup().unwrap();
-    let mut enc = ChunkEncoder::new(Some(1));
-    let mut tree = TreeBuilder::new();
-    for &id in disk {
-        let data = chunk_content(id);
-        let d = Digest::of(&data);
-        if !session.contains(&d).unwrap() {
-            session.insert(&enc.encode(d, RecordKind::Data, &data)).unwrap();
-        }
-        tree.push(d, &mut |n: EncodedChunk| session.insert(&n).map(|_| ())).unwrap();
-    }
-    let (root, height) = tree.finish(&mut |n: EncodedChunk| session.insert(&n).map(|_| ())).unwrap();
-    let disk_index = DiskIndex {
-        label: "disk0".into(),
-        source: "model".into(),
-        format: "raw".into(),
-        size: (disk.len() * CHUNK) as u64,
-        chunk_size: CHUNK as u32,
-        chunks: disk.len() as u64,
-        root,
-        height,
-    };
-    session.commit(name, vec![disk_index], PointStats::default()).unwrap()
+    common::backup_with(store, name, disk, &chunk_content, None)
 }
 
 /// Restore a point's disk into memory, as `rackvault restore` reads it.
@@ -335,8 +311,7 @@ fn a_store_opened_read_only_lists_verifies_and_reads_but_refuses_backups() {
 
 #[test]
 fn a_store_on_a_read_only_filesystem_opens_read_only_by_itself() {
-    let is_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if !is_root {
+    if !testkit::is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }

@@ -4,27 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use store::{
-    ChunkEncoder, Digest, DiskIndex, EncodedChunk, GcOptions, PointStats, RecordKind, RestorePoint, Store, StoreError,
-    StoreOptions, TreeBuilder,
-};
+use store::{Digest, DiskIndex, GcOptions, PointStats, RestorePoint, Store, StoreError, StoreOptions};
 
-struct Rng(u64);
+use testkit::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const CHUNK: usize = 16 << 10;
+mod common;
+use common::CHUNK;
 
 fn chunk_content(id: u64) -> Vec<u8> {
     let mut v = vec![0u8; CHUNK];
@@ -43,12 +28,8 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, &StoreOptions { create: true, pack_target: 1 << 20, ..Default::default() }).expect("open store")
 }
 
-/// Back up a disk given as chunk ids (0 = zero chunk), as the engine does.
 fn backup_with(store: &Store, name: &str, disk: &[u64], immutable_for: Option<u64>) -> RestorePoint {
-    let mut session = store.begin_backup().unwrap();
-    session.set_immutable_for(immutable_for);
-    let root = ingest(&mut session, disk);
-    commit(session, name, disk, root)
+    common::backup_with(store, name, disk, &chunk_content, immutable_for)
 }
 
 fn backup(store: &Store, name: &str, disk: &[u64]) -> RestorePoint {
@@ -56,52 +37,15 @@ fn backup(store: &Store, name: &str, disk: &[u64]) -> RestorePoint {
 }
 
 fn ingest(session: &mut store::BackupSession<'_>, disk: &[u64]) -> (Digest, u8) {
-    let mut enc = ChunkEncoder::new(Some(1));
-    let mut tree = TreeBuilder::new();
-    for &id in disk {
-        let digest = if id == 0 {
-            Digest::ZERO
-        } else {
-            let data = chunk_content(id);
-            let d = Digest::of(&data);
-            if !session.contains(&d).unwrap() {
-                session.insert(&enc.encode(d, RecordKind::Data, &data)).unwrap();
-            }
-            d
-        };
-        tree.push(digest, &mut |n: EncodedChunk| session.insert(&n).map(|_| ())).unwrap();
-    }
-    tree.finish(&mut |n: EncodedChunk| session.insert(&n).map(|_| ())).unwrap()
+    common::ingest(session, disk, &chunk_content)
 }
 
-fn commit(session: store::BackupSession<'_>, name: &str, disk: &[u64], (root, height): (Digest, u8)) -> RestorePoint {
-    let index = DiskIndex {
-        label: "disk0".into(),
-        source: "model".into(),
-        format: "raw".into(),
-        size: (disk.len() * CHUNK) as u64,
-        chunk_size: CHUNK as u32,
-        chunks: disk.len() as u64,
-        root,
-        height,
-    };
-    session.commit(name, vec![index], PointStats::default()).unwrap()
+fn commit(session: store::BackupSession<'_>, name: &str, disk: &[u64], tree: (Digest, u8)) -> RestorePoint {
+    common::commit(session, name, disk.len(), tree)
 }
 
 fn assert_restores(store: &Store, point: &RestorePoint, want: &[u64]) {
-    let (mut scratch, mut out) = (Vec::new(), Vec::new());
-    let mut n = 0;
-    for (i, d) in store.walk(&point.disks[0]).enumerate() {
-        let d = d.unwrap_or_else(|e| panic!("{}: chunk {i}: {e}", point.spec()));
-        if want[i] == 0 {
-            assert!(d.is_zero());
-        } else {
-            store.read_chunk(&d, &mut scratch, &mut out).unwrap_or_else(|e| panic!("{}: chunk {i}: {e}", point.spec()));
-            assert_eq!(out, chunk_content(want[i]), "chunk {i} of {}", point.spec());
-        }
-        n += 1;
-    }
-    assert_eq!(n, want.len());
+    common::assert_restores(store, point, want, &chunk_content)
 }
 
 fn gc(store: &Store, threshold: f64) -> store::GcReport {
@@ -417,20 +361,10 @@ fn gc_killed_at_random_moments_loses_no_live_chunk() {
     assert!(live_chunks < 2_000, "garbage is collected: {live_chunks} chunks indexed");
 }
 
-/// Clears `chattr +i` below a directory before it is removed (packs of a store opened with
-/// `immutable_packs` cannot be deleted otherwise).
-struct ClearImmutable<'a>(&'a Path);
-
-impl Drop for ClearImmutable<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-R").arg("-i").arg(self.0).status();
-    }
-}
-
 #[test]
 fn sealed_packs_get_the_immutable_attribute_and_gc_clears_it_to_delete_them() {
     let dir = tempfile::tempdir().unwrap();
-    let _clear = ClearImmutable(dir.path());
+    let _clear = testkit::ClearImmutable(dir.path());
     let opts = StoreOptions { create: true, pack_target: 1 << 20, immutable_packs: true, ..Default::default() };
     let store = Store::open(dir.path(), &opts).unwrap();
     let disk: Vec<u64> = (1..100).collect();

@@ -55,20 +55,7 @@ const POINTS_BOUND: usize = 7 + 14 + 8 + 12 + 3;
 /// Restore every kept point after these days too (and at the end).
 const CHECKPOINTS: [u64; 3] = [60, 180, 300];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use testkit::Rng;
 
 /// The content of chunk version `v`: 16 KiB no other version has.
 fn content(v: u64) -> Vec<u8> {
@@ -138,7 +125,7 @@ fn a_year_of_daily_backups_with_gfs_retention_and_daily_gc_keeps_the_store_bound
             changed.clear();
             let hot_writes = if rng.below(7) == 0 { BUSY } else { DAILY };
             while changed.len() < hot_writes {
-                let pos = rng.below(HOT);
+                let pos = rng.below(HOT as u64) as usize;
                 if !changed.contains(&pos) {
                     changed.push(pos);
                 }
@@ -146,7 +133,7 @@ fn a_year_of_daily_backups_with_gfs_retention_and_daily_gc_keeps_the_store_bound
             if day % PATCH_EVERY == PATCH_EVERY - 1 {
                 let first = changed.len();
                 while changed.len() < first + PATCH {
-                    let pos = HOT + rng.below(N - HOT);
+                    let pos = HOT + rng.below((N - HOT) as u64) as usize;
                     if !changed.contains(&pos) {
                         changed.push(pos);
                     }

@@ -4,28 +4,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use store::{
-    pack, tree, ChunkEncoder, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, RestorePoint, Store, StoreError,
-    StoreOptions, TreeBuilder,
-};
+use store::{pack, tree, ChunkEncoder, Digest, PointStats, RecordKind, RestorePoint, Store, StoreError, StoreOptions};
 
-/// splitmix64, so every run is reproducible from its seed.
-struct Rng(u64);
+use testkit::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const CHUNK: usize = 16 << 10;
+mod common;
+use common::CHUNK;
 
 /// A chunk's content from a small alphabet of "blocks", so chunks repeat and dedup matters.
 fn chunk_content(id: u64) -> Vec<u8> {
@@ -51,52 +35,12 @@ fn open(dir: &Path, pack_target: u64) -> Store {
 /// Back up a "disk" given as a list of chunk ids (0 = zero chunk) through the store API, the
 /// way the engine does.
 fn backup(store: &Store, name: &str, disk: &[u64]) -> RestorePoint {
-    let mut session = store.begin_backup().unwrap();
-    let mut enc = ChunkEncoder::new(Some(1));
-    let mut tree = TreeBuilder::new();
-    for &id in disk {
-        let digest = if id == 0 {
-            Digest::ZERO
-        } else {
-            let data = chunk_content(id);
-            let d = Digest::of(&data);
-            if !session.contains(&d).unwrap() {
-                session.insert(&enc.encode(d, RecordKind::Data, &data)).unwrap();
-            }
-            d
-        };
-        tree.push(digest, &mut |n: EncodedChunk| session.insert(&n).map(|_| ())).unwrap();
-    }
-    let (root, height) = tree.finish(&mut |n: EncodedChunk| session.insert(&n).map(|_| ())).unwrap();
-    let disk_index = DiskIndex {
-        label: "disk0".into(),
-        source: "model".into(),
-        format: "raw".into(),
-        size: (disk.len() * CHUNK) as u64,
-        chunk_size: CHUNK as u32,
-        chunks: disk.len() as u64,
-        root,
-        height,
-    };
-    session.commit(name, vec![disk_index], PointStats::default()).unwrap()
+    common::backup_with(store, name, disk, &chunk_content, None)
 }
 
 /// Read a restore point back as chunk contents and compare with the model.
 fn assert_restores(store: &Store, point: &RestorePoint, want: &[u64]) {
-    let disk = &point.disks[0];
-    let (mut scratch, mut out) = (Vec::new(), Vec::new());
-    let mut n = 0;
-    for (i, d) in store.walk(disk).enumerate() {
-        let d = d.unwrap();
-        if want[i] == 0 {
-            assert!(d.is_zero(), "chunk {i} of {} should be zero", point.spec());
-        } else {
-            store.read_chunk(&d, &mut scratch, &mut out).unwrap();
-            assert_eq!(out, chunk_content(want[i]), "chunk {i} of {}", point.spec());
-        }
-        n += 1;
-    }
-    assert_eq!(n, want.len());
+    common::assert_restores(store, point, want, &chunk_content)
 }
 
 #[test]

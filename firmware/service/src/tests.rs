@@ -739,20 +739,10 @@ fn a_job_with_retention_prunes_after_each_backup_and_gc_frees_the_space() {
     assert!(app.metrics().contains("rackvault_capacity_free_bytes"));
 }
 
-/// Clears `chattr +i` below a directory before it is removed: an appliance with immutable
-/// jobs gives its sealed packs the attribute.
-struct ClearImmutable<'a>(&'a Path);
-
-impl Drop for ClearImmutable<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-R").arg("-i").arg(self.0).status();
-    }
-}
-
 #[test]
 fn immutable_points_are_refused_to_every_delete_and_prune_even_for_admins() {
     let (d, app) = open();
-    let _clear = ClearImmutable(d.path());
+    let _clear = testkit::ClearImmutable(d.path());
     let keep1 = store::retention::RetentionPolicy { keep_last: Some(1), ..Default::default() };
     let job = lifecycle_job(&app, d.path(), Some(keep1), Some(7));
     run_job_to_end(&app, &job);

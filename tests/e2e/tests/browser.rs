@@ -550,7 +550,7 @@ impl Drop for Ui {
     /// A job with immutability makes the appliance give its sealed packs the immutable
     /// attribute; clear it so that the scratch directory can be removed.
     fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-R").arg("-f").arg("-i").arg(self.dir.path()).status();
+        testkit::clear_immutable(self.dir.path());
     }
 }
 

@@ -29,7 +29,7 @@ impl Drop for TestServer {
     /// A job with immutability gives sealed packs the immutable attribute; clear it so that
     /// the temporary directory can be removed.
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-R").arg("-f").arg("-i").arg(self.dir.path()).status();
+        testkit::clear_immutable(self.dir.path());
     }
 }
 
