@@ -373,32 +373,25 @@ impl Store {
     }
 
     /// Mark everything `point` references (see the module docs, "Mark").
-    fn mark_point(&self, txn: &RoTxn<'_>, point: &RestorePoint, live: &mut LiveSet) -> Result<()> {
-        live.exact.insert(point.manifest_digest());
-        for f in &point.files {
-            live.leaves.insert(&f.digest);
-        }
+    /// Walk the index trees of `point`'s disks depth first. `node` is asked where each tree
+    /// node is, and whether to descend into it (false: its subtree was seen already); `leaf`
+    /// gets every non-zero leaf digest.
+    fn walk_trees(
+        &self,
+        point: &RestorePoint,
+        node: &mut dyn FnMut(&Digest) -> Result<Option<ChunkLoc>>,
+        leaf: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<()> {
         let (mut scratch, mut raw) = (Vec::new(), Vec::new());
-        for disk in &point.disks {
-            if disk.height == 0 {
-                continue;
-            }
+        for disk in point.disks.iter().filter(|d| d.height > 0) {
             let mut stack: Vec<(Digest, u8)> = vec![(disk.root, disk.height - 1)];
-            while let Some((node, level)) = stack.pop() {
-                if !live.exact.insert(node) {
-                    continue; // this subtree is marked already
-                }
-                let blocked = |e: StoreError| StoreError::GcBlocked { point: point.spec(), source: Box::new(e) };
-                let loc = self
-                    .catalog
-                    .chunk(txn, &node)?
-                    .ok_or(StoreError::MissingChunk { digest: node })
-                    .map_err(blocked)?;
-                self.read_at(&loc, &node, &mut scratch, &mut raw).map_err(blocked)?;
-                let entries = tree::decode_node(&raw, level, &node).map_err(blocked)?;
+            while let Some((digest, level)) = stack.pop() {
+                let Some(loc) = node(&digest)? else { continue };
+                self.read_at(&loc, &digest, &mut scratch, &mut raw)?;
+                let entries = tree::decode_node(&raw, level, &digest)?;
                 if level == 0 {
                     for d in entries.iter().filter(|d| !d.is_zero()) {
-                        live.leaves.insert(d);
+                        leaf(d)?;
                     }
                 } else {
                     stack.extend(entries.into_iter().map(|d| (d, level - 1)));
@@ -408,19 +401,46 @@ impl Store {
         Ok(())
     }
 
+    /// Mark everything `point` references (see the module docs, "Mark"). A subtree whose node
+    /// is marked already is skipped.
+    fn mark_point(&self, txn: &RoTxn<'_>, point: &RestorePoint, live: &mut LiveSet) -> Result<()> {
+        live.exact.insert(point.manifest_digest());
+        for f in &point.files {
+            live.leaves.insert(&f.digest);
+        }
+        let LiveSet { exact, leaves } = live;
+        let mut node = |d: &Digest| -> Result<Option<ChunkLoc>> {
+            if !exact.insert(*d) {
+                return Ok(None);
+            }
+            Ok(Some(self.catalog.chunk(txn, d)?.ok_or(StoreError::MissingChunk { digest: *d })?))
+        };
+        let mut leaf = |d: &Digest| -> Result<()> {
+            leaves.insert(d);
+            Ok(())
+        };
+        self.walk_trees(point, &mut node, &mut leaf).map_err(|e| {
+            if e.is_local_fault() {
+                e
+            } else {
+                StoreError::GcBlocked { point: point.spec(), source: Box::new(e) }
+            }
+        })
+    }
+
     /// Chunks that `point` references and a GC has condemned (to be rescued at commit).
     pub(crate) fn condemned_references(&self, point: &RestorePoint) -> Result<Vec<Digest>> {
         let rtxn = self.catalog.read()?;
-        let mut rescue = Vec::new();
-        let mut seen = HashSet::new();
-        let mut check = |d: &Digest, rescue: &mut Vec<Digest>| -> Result<Option<ChunkLoc>> {
+        let rescue = std::cell::RefCell::new(Vec::new());
+        let seen = std::cell::RefCell::new(HashSet::new());
+        let check = |d: &Digest| -> Result<Option<ChunkLoc>> {
             if let Some(loc) = self.catalog.chunk(&rtxn, d)? {
                 return Ok(Some(loc));
             }
             match self.catalog.condemned_chunk(&rtxn, d)? {
                 Some((loc, _)) => {
-                    if seen.insert(*d) {
-                        rescue.push(*d);
+                    if seen.borrow_mut().insert(*d) {
+                        rescue.borrow_mut().push(*d);
                     }
                     Ok(Some(loc))
                 }
@@ -429,30 +449,16 @@ impl Store {
         };
         // Its own manifest too: sealed before the GC's snapshot, it looked unreferenced until
         // the point is published.
-        check(&point.manifest_digest(), &mut rescue)?;
+        check(&point.manifest_digest())?;
         for f in &point.files {
-            check(&f.digest, &mut rescue)?;
+            check(&f.digest)?;
         }
-        let (mut scratch, mut raw) = (Vec::new(), Vec::new());
-        for disk in &point.disks {
-            if disk.height == 0 {
-                continue;
-            }
-            let mut stack: Vec<(Digest, u8)> = vec![(disk.root, disk.height - 1)];
-            while let Some((node, level)) = stack.pop() {
-                let loc = check(&node, &mut rescue)?.ok_or(StoreError::MissingChunk { digest: node })?;
-                self.read_at(&loc, &node, &mut scratch, &mut raw)?;
-                let entries = tree::decode_node(&raw, level, &node)?;
-                if level == 0 {
-                    for d in entries.iter().filter(|d| !d.is_zero()) {
-                        check(d, &mut rescue)?;
-                    }
-                } else {
-                    stack.extend(entries.into_iter().map(|d| (d, level - 1)));
-                }
-            }
-        }
-        Ok(rescue)
+        let mut node = |d: &Digest| -> Result<Option<ChunkLoc>> {
+            Ok(Some(check(d)?.ok_or(StoreError::MissingChunk { digest: *d })?))
+        };
+        let mut leaf = |d: &Digest| -> Result<()> { check(d).map(|_| ()) };
+        self.walk_trees(point, &mut node, &mut leaf)?;
+        Ok(rescue.into_inner())
     }
 
     /// Collect garbage (see the module docs). `progress` is called as work advances;
