@@ -255,14 +255,21 @@ impl Registration {
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
             let path = entry.path();
+            if path.extension().is_some_and(|e| e == "new") {
+                // Registering: it may not hold its lock yet, so its lock says nothing; it reads
+                // the generation after our condemn, or before, and its lookups all come after
+                // its rename. One left for a minute is a crash's: removed.
+                let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+                if old.is_some_and(|age| age.as_secs() > 60) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
             let Ok(mut f) = File::options().read(true).write(true).open(&path) else { continue };
             if f.try_lock().is_ok() {
                 // Its session died without removing it (kill -9), or is just ending.
                 let _ = std::fs::remove_file(&path);
                 continue;
-            }
-            if path.extension().is_some_and(|e| e == "new") {
-                continue; // registering: it reads the generation after our condemn, or before
             }
             let mut text = String::new();
             let generation = f.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u64>().ok());
@@ -278,6 +285,9 @@ impl Drop for Registration {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Where a chunk is now (a fresh lookup).
+type Locate<'a> = dyn Fn(&Digest) -> Result<Option<ChunkLoc>> + 'a;
 
 /// One record copied by a repack.
 struct Moved {
@@ -374,20 +384,32 @@ impl Store {
 
     /// Mark everything `point` references (see the module docs, "Mark").
     /// Walk the index trees of `point`'s disks depth first. `node` is asked where each tree
-    /// node is, and whether to descend into it (false: its subtree was seen already); `leaf`
-    /// gets every non-zero leaf digest.
+    /// node is, and whether to descend into it (`None`: its subtree was seen already); `leaf`
+    /// gets every non-zero leaf digest. With `relocate`, a node whose pack a concurrent GC
+    /// removed between the lookup and the read is looked up again (it was moved).
     fn walk_trees(
         &self,
         point: &RestorePoint,
         node: &mut dyn FnMut(&Digest) -> Result<Option<ChunkLoc>>,
         leaf: &mut dyn FnMut(&Digest) -> Result<()>,
+        relocate: Option<&Locate<'_>>,
     ) -> Result<()> {
         let (mut scratch, mut raw) = (Vec::new(), Vec::new());
         for disk in point.disks.iter().filter(|d| d.height > 0) {
             let mut stack: Vec<(Digest, u8)> = vec![(disk.root, disk.height - 1)];
             while let Some((digest, level)) = stack.pop() {
-                let Some(loc) = node(&digest)? else { continue };
-                self.read_at(&loc, &digest, &mut scratch, &mut raw)?;
+                let Some(mut loc) = node(&digest)? else { continue };
+                let mut attempts = 0;
+                while let Err(e) = self.read_at(&loc, &digest, &mut scratch, &mut raw) {
+                    attempts += 1;
+                    let moved = match (relocate, &e) {
+                        (Some(again), StoreError::Corrupt { .. }) if attempts < 4 => {
+                            again(&digest)?.filter(|l| l.pack != loc.pack)
+                        }
+                        _ => None,
+                    };
+                    loc = moved.ok_or(e)?;
+                }
                 let entries = tree::decode_node(&raw, level, &digest)?;
                 if level == 0 {
                     for d in entries.iter().filter(|d| !d.is_zero()) {
@@ -419,7 +441,7 @@ impl Store {
             leaves.insert(d);
             Ok(())
         };
-        self.walk_trees(point, &mut node, &mut leaf).map_err(|e| {
+        self.walk_trees(point, &mut node, &mut leaf, None).map_err(|e| {
             if e.is_local_fault() {
                 e
             } else {
@@ -430,10 +452,18 @@ impl Store {
 
     /// Chunks that `point` references and a GC has condemned (to be rescued at commit).
     pub(crate) fn condemned_references(&self, point: &RestorePoint) -> Result<Vec<Digest>> {
-        let rtxn = self.catalog.read()?;
         let rescue = std::cell::RefCell::new(Vec::new());
         let seen = std::cell::RefCell::new(HashSet::new());
+        // A fresh snapshot per lookup: a GC may move records meanwhile (see `walk_trees`).
+        let locate = |d: &Digest| -> Result<Option<ChunkLoc>> {
+            let rtxn = self.catalog.read()?;
+            if let Some(loc) = self.catalog.chunk(&rtxn, d)? {
+                return Ok(Some(loc));
+            }
+            Ok(self.catalog.condemned_chunk(&rtxn, d)?.map(|(loc, _)| loc))
+        };
         let check = |d: &Digest| -> Result<Option<ChunkLoc>> {
+            let rtxn = self.catalog.read()?;
             if let Some(loc) = self.catalog.chunk(&rtxn, d)? {
                 return Ok(Some(loc));
             }
@@ -457,7 +487,7 @@ impl Store {
             Ok(Some(check(d)?.ok_or(StoreError::MissingChunk { digest: *d })?))
         };
         let mut leaf = |d: &Digest| -> Result<()> { check(d).map(|_| ()) };
-        self.walk_trees(point, &mut node, &mut leaf)?;
+        self.walk_trees(point, &mut node, &mut leaf, Some(&locate))?;
         Ok(rescue.into_inner())
     }
 
