@@ -44,6 +44,7 @@ use store::{
     tree, Codec, Digest, DiskIndex, EncodedChunk, GcOptions, GcProgress, GcReport, PointStats, RecordKind,
     RestorePoint, Store, StoreOptions, TreeBuilder,
 };
+use testkit::Rng;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -95,8 +96,6 @@ pub struct NaiveReport {
     pub count_s: f64,
     pub duration_s: f64,
 }
-
-use testkit::Rng;
 
 /// The raw chunk with serial number `serial`: 256 bytes no other serial produces.
 fn payload(serial: u64) -> Vec<u8> {

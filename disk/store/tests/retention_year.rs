@@ -36,6 +36,7 @@ use store::retention::{self, Candidate, RetentionPolicy};
 use store::{
     ChunkEncoder, Digest, DiskIndex, EncodedChunk, GcOptions, PointStats, RecordKind, Store, StoreOptions, TreeBuilder,
 };
+use testkit::Rng;
 
 const N: usize = 320;
 const HOT: usize = 32;
@@ -54,8 +55,6 @@ const DAY: u64 = 86_400;
 const POINTS_BOUND: usize = 7 + 14 + 8 + 12 + 3;
 /// Restore every kept point after these days too (and at the end).
 const CHECKPOINTS: [u64; 3] = [60, 180, 300];
-
-use testkit::Rng;
 
 /// The content of chunk version `v`: 16 KiB no other version has.
 fn content(v: u64) -> Vec<u8> {
