@@ -27,6 +27,19 @@ impl Store {
         Ok(reading)
     }
 
+    /// Read the trusted clock without persisting the reading (for listings; deciding a
+    /// delete uses [`Store::observe_clock`]).
+    pub fn peek_clock(&self) -> Result<ClockReading> {
+        let rtxn = self.catalog.read()?;
+        let prev: Option<ClockRecord> = self
+            .catalog
+            .meta
+            .get(&rtxn, b"clock")
+            .map_err(|e| self.catalog.err(e))?
+            .and_then(|v| serde_json::from_slice(v).ok());
+        Ok(clock::advance(prev.as_ref(), &clock::Observation::now()).1)
+    }
+
     /// Why `point` may not be deleted now, if it may not: pinned, or inside its immutability
     /// window by the trusted time `now`.
     pub fn check_deletable(&self, point: &RestorePoint, pinned: bool, now: &ClockReading) -> Result<()> {

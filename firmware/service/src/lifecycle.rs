@@ -163,7 +163,7 @@ impl Appliance {
     pub fn points(&self, actor: &Principal) -> Result<Vec<PointInfo>, ServiceError> {
         actor.require(Role::Auditor)?;
         let pins = self.store.pins()?;
-        let now = self.store.observe_clock().map(|c| c.trusted_unix).unwrap_or_else(|_| now_unix());
+        let now = self.store.peek_clock().map(|c| c.trusted_unix).unwrap_or_else(|_| now_unix());
         let mut out: Vec<PointInfo> = self
             .store
             .list()?
