@@ -408,6 +408,8 @@ pub struct Appliance {
     interrupted_at_open: u64,
     /// The store's upkeep: watermark state, clock and maintenance timing (see `lifecycle`).
     upkeep: Mutex<lifecycle::Upkeep>,
+    /// Exclusive flock on `appliance.lock`, for the appliance's life.
+    _data_lock: std::fs::File,
     /// Serialises use of the tape library: a tape task holds it for its whole run; a quick
     /// action (load, unload, label, inventory) holds it for its request and is refused with
     /// `Conflict` while a task has it, rather than waiting minutes behind a destage.
@@ -461,6 +463,21 @@ impl Appliance {
     /// when the appliance last stopped are marked interrupted.
     pub fn open(data_dir: &Path, opts: ApplianceOptions) -> Result<Arc<Appliance>, ServiceError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ServiceError::io(data_dir, e))?;
+        // Before anything is read or changed: a second daemon on the same data directory
+        // would mark the first one's tasks interrupted and remove its restores in progress.
+        let lock_path = data_dir.join("appliance.lock");
+        let data_lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ServiceError::io(&lock_path, e))?;
+        if data_lock.try_lock().is_err() {
+            return Err(ServiceError::Conflict(format!(
+                "{}: another rackvault serve is using this data directory; stop it first, or give this one another --data-dir",
+                data_dir.display()
+            )));
+        }
         let (env, dbs) = KvEnv::open(&data_dir.join("state"), &["users", "tokens", "audit", "tasks", "usage"])?;
         let env = Arc::new(env);
         let [users, tokens, audit, tasks_db, usage_db]: [KvDb; 5] = dbs.try_into().expect("one database per name");
@@ -505,6 +522,7 @@ impl Appliance {
             last_tasks: Mutex::default(),
             interrupted_at_open: interrupted.len() as u64,
             upkeep: Mutex::new(lifecycle::Upkeep::default()),
+            _data_lock: data_lock,
             tape_lock: Arc::new(Mutex::new(())),
             tape_catalog,
             env,

@@ -948,3 +948,23 @@ fn a_scheduled_verify_runs_incrementally_and_skips_what_it_verified_recently() {
     assert_eq!(r["packs_scanned"], 0, "{r}");
     assert!(r["packs_skipped_recent"].as_u64().unwrap() >= 1, "{r}");
 }
+
+#[test]
+fn a_second_appliance_on_the_same_data_directory_is_refused_before_it_touches_anything() {
+    let (d, app) = open();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
+    let t = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
+    assert_eq!(t.state, TaskState::Succeeded);
+    let before = std::fs::read(d.path().join("config.json")).unwrap();
+    match Appliance::open(d.path(), ApplianceOptions::default()) {
+        Err(ServiceError::Conflict(m)) => assert!(m.contains("another rackvault serve"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(std::fs::read(d.path().join("config.json")).unwrap(), before);
+    drop(app);
+    // Once the first is gone, the directory opens again.
+    let again = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+    assert_eq!(again.points(&admin()).unwrap().len(), 1);
+}
