@@ -327,7 +327,7 @@ impl Appliance {
                 report.chunks_condemned, report.packs_deleted, report.packs_repacked, report.bytes_freed, report.chunks_held
             ));
             result.insert("gc".into(), serde_json::to_value(&report).unwrap_or_default());
-            crate::record_usage(&app.store, &app.env, &app.usage_db);
+            crate::points::record_usage(&app.store, &app.env, &app.usage_db);
             Ok(serde_json::Value::Object(result))
         });
         let kind = if full { "maintenance" } else { "gc" };

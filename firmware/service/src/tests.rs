@@ -1,6 +1,7 @@
 //! Service API tests on a temporary data directory.
 
 use super::*;
+use std::time::Duration;
 
 fn admin() -> Principal {
     Principal { user: "admin".into(), role: Role::Admin }
