@@ -14,12 +14,13 @@
 
 (function () {
   const API = '/api/v1';
-  const ROLE_RANK = { auditor: 1, operator: 2, admin: 3 };
-  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor' };
+  const ROLE_RANK = { metrics: 0, auditor: 1, operator: 2, admin: 3 };
+  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor', metrics: 'Metrics' };
   const ROLE_HELP = {
     admin: 'everything, including users, sources, jobs and certificates',
     operator: 'run backups, restores and verifications, cancel tasks',
     auditor: 'read-only: dashboards, tasks, logs and the audit log',
+    metrics: 'only /metrics: for a Prometheus scraper',
   };
   const ACTIVE_STATES = new Set(['queued', 'running']);
   const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge', gc: 'Garbage collection', maintenance: 'Maintenance' };
@@ -594,8 +595,8 @@
     return el;
   }
 
-  function roleSelect(id, value) {
-    const el = select(id, ['auditor', 'operator', 'admin'].map((r) => ({ value: r, label: ROLE_LABEL[r] })), value || 'operator');
+  function roleSelect(id, value, roles) {
+    const el = select(id, (roles || ['auditor', 'operator', 'admin']).map((r) => ({ value: r, label: ROLE_LABEL[r] })), value || 'operator');
     return el;
   }
 
@@ -659,6 +660,7 @@
 
   function pageSetup(ctx) {
     const fp = state.setup.appliance && state.setup.appliance.fingerprint_sha256;
+    const code = input('setup-code', { autocomplete: 'one-time-code', required: true, placeholder: 'XXXX-XXXX-XXXX-XXXX', maxlength: 40, spellcheck: 'false' });
     const user = input('setup-user', { autocomplete: 'username', required: true, value: 'admin', maxlength: 64 });
     const pw = input('setup-password', { type: 'password', autocomplete: 'new-password', required: true, minlength: 10 });
     const pw2 = input('setup-confirm', { type: 'password', autocomplete: 'new-password', required: true, minlength: 10 });
@@ -667,6 +669,7 @@
       h('h1', null, 'Welcome to rackvault'),
       h('p', { class: 'lead' }, 'This appliance has no users yet. Create the first administrator account; you can add more users afterwards.'),
       fingerprintBlock(fp),
+      field('Setup code', code, 'The one-time code the appliance printed on its console when it started (also in the file setup-code of its data directory).'),
       field('Administrator user name', user),
       field('Password', pw, 'At least 10 characters.'),
       field('Confirm password', pw2),
@@ -674,11 +677,12 @@
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       const name = user.value.trim();
+      if (!code.value.trim()) return showBanner('error', 'Enter the setup code the appliance printed on its console.');
       if (!name) return showBanner('error', 'Enter a user name.');
       if (pw.value.length < 10) return showBanner('error', 'The password must have at least 10 characters.');
       if (pw.value !== pw2.value) return showBanner('error', 'The two passwords do not match.');
       await busy(submit, async () => {
-        await api('POST', '/setup', { user: name, password: pw.value }, { noRedirect: true });
+        await api('POST', '/setup', { user: name, password: pw.value, setup_code: code.value.trim() }, { noRedirect: true });
         state.setup.needs_setup = false;
         state.flash = { kind: 'success', text: `Administrator ${name} created. Sign in to continue.` };
         state.loginUser = name;
@@ -686,7 +690,7 @@
       });
     });
     ctx.content.appendChild(form);
-    user.focus();
+    code.focus();
   }
 
   function pageLogin(ctx) {
@@ -1937,7 +1941,7 @@
     if (!ctx.alive()) return;
     const secretBox = h('div', { id: 'token-secret-box' });
     const name = input('token-name', { required: true, autocomplete: 'off', placeholder: 'monitoring', maxlength: 64 });
-    const role = roleSelect('token-role', 'auditor');
+    const role = roleSelect('token-role', 'auditor', ['metrics', 'auditor', 'operator', 'admin']);
     const submit = h('button', { id: 'token-create', class: 'btn btn-primary', type: 'submit' }, 'Create token');
     const form = h('form', { id: 'token-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-2 tight' }, field('Name', name, 'What the token is for, e.g. the script or system that uses it.'), roleField('Role', role)),
@@ -1998,7 +2002,9 @@
   }
 
   async function pageAudit(ctx) {
-    const entries = await api('GET', '/audit');
+    const PAGE = 200;
+    const entries = await api('GET', `/audit?limit=${PAGE}`);
+    let complete = entries.length < PAGE;
     if (!ctx.alive()) return;
     if (!entries.length) {
       ctx.content.appendChild(card(null, {}, emptyState('The audit log is empty', 'Sign-ins and every change to the appliance are recorded here.')));
@@ -2006,7 +2012,6 @@
     }
     const filter = input('audit-filter', { type: 'search', placeholder: 'Filter by user, action or detail', class: 'input input-inline' });
     const box = h('div');
-    let limit = 200;
     const render = () => {
       const q = filter.value.trim().toLowerCase();
       const match = q ? entries.filter((e) => `${e.user} ${e.action} ${e.detail}`.toLowerCase().includes(q)) : entries;
@@ -2016,18 +2021,20 @@
         { label: 'User', cell: (e) => e.user || '—' },
         { label: 'Action', cell: (e) => h('code', null, e.action) },
         { label: 'Detail', cell: (e) => (typeof e.detail === 'string' ? e.detail : JSON.stringify(e.detail)) },
-      ], match.slice(0, limit), { id: 'audit-table' }));
-      if (match.length > limit) {
-        box.appendChild(h('div', { class: 'more' }, button(`Show more (${match.length - limit} older)`, { id: 'audit-more' }, () => {
-          limit += 200;
-          render();
-        })));
+      ], match, { id: 'audit-table' }));
+      if (!complete) {
+        const more = button('Show older entries', { id: 'audit-more' }, async () => {
+          await busy(more, async () => {
+            const older = await api('GET', `/audit?limit=${PAGE}&before=${entries[entries.length - 1].id}`);
+            entries.push(...older);
+            complete = older.length < PAGE;
+            render();
+          });
+        });
+        box.appendChild(h('div', { class: 'more' }, more));
       }
     };
-    filter.addEventListener('input', () => {
-      limit = 200;
-      render();
-    });
+    filter.addEventListener('input', render);
     render();
     ctx.content.appendChild(card(`${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}`, { actions: filter }, box));
   }

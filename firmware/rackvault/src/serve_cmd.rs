@@ -29,8 +29,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    let app = service::Appliance::open(&args.data_dir, service::ApplianceOptions { dev: args.dev })
-        .with_context(|| format!("opening the appliance data directory {}", args.data_dir.display()))?;
+    let app =
+        service::Appliance::open(&args.data_dir, service::ApplianceOptions { dev: args.dev, ..Default::default() })
+            .with_context(|| format!("opening the appliance data directory {}", args.data_dir.display()))?;
     if app.interrupted_at_open() > 0 {
         eprintln!(
             "rackvault: {} task(s) were running when the appliance last stopped; they are marked interrupted",
@@ -40,8 +41,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let (cert, key) = app.tls_paths();
     let fingerprint = webserver::ensure_certificate(&webserver::CertPaths { cert, key })?;
     eprintln!("rackvault: serving https://{}/ (TLS certificate SHA-256 fingerprint {fingerprint})", args.listen);
-    if app.needs_setup() {
-        eprintln!("rackvault: first start: open the address above to choose the administrator's password");
+    if let Some(code) = app.setup_code() {
+        eprintln!(
+            "rackvault: first start: open the address above and create the administrator with the setup code {code} (also in {})",
+            args.data_dir.join("setup-code").display()
+        );
     }
     app.start_scheduler();
     let cfg = webserver::ServerConfig {

@@ -10,7 +10,13 @@ pub enum ServiceErrorKind {
     Forbidden,
     NotFound,
     Conflict,
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
+    /// Overloaded for now: try again after `retry_after_s` (503).
+    Busy {
+        retry_after_s: u64,
+    },
     Internal,
 }
 
@@ -29,6 +35,8 @@ pub enum ServiceError {
     Conflict(String),
     #[error("too many failed sign-ins; try again in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    #[error("{what}; try again in {retry_after_s} s")]
+    Busy { retry_after_s: u64, what: String },
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
@@ -50,6 +58,7 @@ impl ServiceError {
             ServiceError::RateLimited { retry_after_s } => {
                 ServiceErrorKind::RateLimited { retry_after_s: *retry_after_s }
             }
+            ServiceError::Busy { retry_after_s, .. } => ServiceErrorKind::Busy { retry_after_s: *retry_after_s },
             ServiceError::Store(store::StoreError::NoSuchPoint(_)) => ServiceErrorKind::NotFound,
             ServiceError::Store(e) if e.kind() == store::ErrorKind::Usage => ServiceErrorKind::Invalid,
             ServiceError::Engine(engine::EngineError::Invalid(_)) => ServiceErrorKind::Invalid,

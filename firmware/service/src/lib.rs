@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use store::kv::{KvDb, KvEnv};
 use store::{Store, StoreOptions};
 
-pub use auth::{AuditEntry, Session, TokenInfo, UserInfo, MIN_PASSWORD};
+pub use auth::{AuditEntry, AuditLimits, Session, TokenInfo, UserInfo, AUDIT_PAGE_MAX, MIN_PASSWORD};
 pub use config::{ConfigFile, JobConfig, Settings, SourceConfig};
 pub use error::{ServiceError, ServiceErrorKind};
 pub use lifecycle::{CapacityInfo, GcRequest, PinRequest, PointInfo, PruneRequest};
@@ -82,6 +82,8 @@ pub enum Role {
     Admin,
     Operator,
     Auditor,
+    /// May read `/metrics` and nothing else: for a scraper's token.
+    Metrics,
 }
 
 impl Role {
@@ -90,6 +92,7 @@ impl Role {
             Role::Admin => 3,
             Role::Operator => 2,
             Role::Auditor => 1,
+            Role::Metrics => 0,
         }
     }
 
@@ -98,6 +101,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Operator => "operator",
             Role::Auditor => "auditor",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -111,7 +115,8 @@ impl Role {
             "admin" => Ok(Role::Admin),
             "operator" => Ok(Role::Operator),
             "auditor" => Ok(Role::Auditor),
-            _ => Err(ServiceError::Invalid(format!("role {s:?}: use admin, operator or auditor"))),
+            "metrics" => Ok(Role::Metrics),
+            _ => Err(ServiceError::Invalid(format!("role {s:?}: use admin, operator, auditor or metrics"))),
         }
     }
 }
@@ -119,18 +124,34 @@ impl Role {
 /// Who is acting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
+    /// The account's name (for a token: the user it was made for).
     pub user: String,
     pub role: Role,
+    /// The API token's name, when acting through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Principal {
+    pub fn new(user: &str, role: Role) -> Principal {
+        Principal { user: user.into(), role, token: None }
+    }
+
+    /// Who, as the audit log and messages name them: `admin` or `admin (token ci)`.
+    pub fn label(&self) -> String {
+        match &self.token {
+            Some(t) => format!("{} (token {t})", self.user),
+            None => self.user.clone(),
+        }
+    }
+
     fn require(&self, role: Role) -> Result<(), ServiceError> {
         if self.role.allows(role) {
             Ok(())
         } else {
             Err(ServiceError::Forbidden(format!(
                 "{} has the {} role; this needs {}",
-                self.user,
+                self.label(),
                 self.role.as_str(),
                 role.as_str()
             )))
@@ -172,6 +193,8 @@ pub(crate) fn random_hex(n: usize) -> String {
 pub struct ApplianceOptions {
     /// Dev mode: a sample source (a generated disk image) and an emulated tape library.
     pub dev: bool,
+    /// How much audit log is kept (tests make it small).
+    pub audit_limits: AuditLimits,
 }
 
 /// The appliance.
@@ -191,6 +214,14 @@ pub struct Appliance {
     interrupted_at_open: u64,
     /// The store's upkeep: watermark state, clock and maintenance timing (see `lifecycle`).
     upkeep: Mutex<lifecycle::Upkeep>,
+    /// The first-run setup code, while no user exists (see `access`).
+    setup_code: Mutex<Option<String>>,
+    /// Monotonic counters for metrics (see `metrics`).
+    counters: KvDb,
+    /// The last rendered metrics, and when (see `metrics`).
+    metrics_cache: Mutex<Option<(std::time::Instant, String)>>,
+    /// Drive states of the last tape inventory, for metrics.
+    tape_seen: Mutex<Option<metrics::TapeSeen>>,
     /// Exclusive flock on `appliance.lock`, for the appliance's life.
     _data_lock: std::fs::File,
     /// Serialises use of the tape library: a tape task holds it for its whole run; a quick
@@ -261,9 +292,16 @@ impl Appliance {
                 data_dir.display()
             )));
         }
-        let (env, dbs) = KvEnv::open(&data_dir.join("state"), &["users", "tokens", "audit", "tasks", "usage"])?;
+        let (env, dbs) =
+            KvEnv::open(&data_dir.join("state"), &["users", "tokens", "audit", "tasks", "usage", "counters"])?;
         let env = Arc::new(env);
-        let [users, tokens, audit, tasks_db, usage_db]: [KvDb; 5] = dbs.try_into().expect("one database per name");
+        let [users, tokens, audit, tasks_db, usage_db, counters]: [KvDb; 6] =
+            dbs.try_into().map_err(|_| ServiceError::Internal("state: one database per name".into()))?;
+        let auth = Auth::open(&env, users, tokens, audit, data_dir.join("audit"), opts.audit_limits)?;
+        let setup_code = match auth.user_count(&env)? {
+            0 => Some(access::ensure_setup_code(data_dir)?),
+            _ => None,
+        };
         let sealer = Sealer::open(&data_dir.join("appliance.key"))?;
         let mut config = ConfigFile::load(&data_dir.join("config.json"))?;
         let store_dir = data_dir.join("store");
@@ -295,7 +333,11 @@ impl Appliance {
         Ok(Arc::new_cyclic(|me| Appliance {
             me: me.clone(),
             data_dir: data_dir.to_path_buf(),
-            auth: Auth::open(users, tokens, audit),
+            auth,
+            setup_code: Mutex::new(setup_code),
+            counters,
+            metrics_cache: Mutex::default(),
+            tape_seen: Mutex::default(),
             tasks: Arc::new(tasks),
             usage_db,
             config: Mutex::new(config),
@@ -335,6 +377,7 @@ impl Appliance {
     fn task_ended(&self, t: &TaskInfo) {
         // One lock at a time: `jobs()` takes the config before `last_tasks`.
         let job_id = lock(&self.last_tasks).iter().find(|(_, task)| **task == t.id).map(|(j, _)| j.clone());
+        self.count_task(t, job_id.as_deref());
         let job = job_id.and_then(|id| lock(&self.config).jobs.iter().find(|j| j.id == id).map(|j| j.name.clone()));
         self.notifier.task_ended(t, job);
     }
@@ -360,7 +403,7 @@ impl Appliance {
     }
 
     fn audit(&self, actor: &Principal, action: &str, detail: &str) {
-        self.auth.audit(&self.env, &actor.user, action, detail);
+        self.auth.audit(&self.env, &actor.label(), action, detail);
     }
 
     fn save_config(&self, c: &ConfigFile) -> Result<(), ServiceError> {

@@ -146,7 +146,7 @@ fn refusal(e: StoreError) -> ServiceError {
 
 impl Appliance {
     fn system() -> Principal {
-        Principal { user: "scheduler".into(), role: Role::Operator }
+        Principal::new("scheduler", Role::Operator)
     }
 
     /// Whether a complete copy of `p` is on tape.

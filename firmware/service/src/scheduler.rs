@@ -23,6 +23,7 @@ impl Appliance {
 
     /// Starts due jobs as of `now`, and the store's upkeep (see `lifecycle`).
     pub fn tick(&self, now: u64) {
+        self.flush_refused_sign_ins(false);
         self.lifecycle_tick(now);
         let jobs = lock(&self.config).jobs.clone();
         for j in jobs.iter().filter(|j| j.enabled) {
@@ -37,7 +38,7 @@ impl Appliance {
                 planned
             };
             let window = u64::from(j.window_hours.unwrap_or(24)) * 3600;
-            let system = Principal { user: "scheduler".into(), role: Role::Operator };
+            let system = Principal::new("scheduler", Role::Operator);
             if now > due + window {
                 self.audit(&system, "skip job", &format!("{}: missed its window", j.name));
                 continue;

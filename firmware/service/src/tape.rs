@@ -41,7 +41,14 @@ impl Appliance {
         let cat = &*self.tape_catalog;
         let serials = lib.drive_serials();
         // Drive rows carry the index that `tape_unload` takes.
-        let rows: Vec<serde_json::Value> = engine::tape::inventory(cat, &lib)?
+        let inv = engine::tape::inventory(cat, &lib)?;
+        let drives = inv
+            .iter()
+            .filter(|r| r.element == "drive")
+            .map(|r| (r.drive_serial.clone().unwrap_or_else(|| format!("element {}", r.address)), r.full))
+            .collect();
+        *lock(&self.tape_seen) = Some(crate::metrics::TapeSeen { drives, unix: crate::now_unix() });
+        let rows: Vec<serde_json::Value> = inv
             .into_iter()
             .map(|r| {
                 let index = serials.iter().position(|(a, _)| r.element == "drive" && *a == r.address);

@@ -4,7 +4,7 @@ use super::*;
 use std::time::Duration;
 
 fn admin() -> Principal {
-    Principal { user: "admin".into(), role: Role::Admin }
+    Principal::new("admin", Role::Admin)
 }
 
 fn open() -> (tempfile::TempDir, Arc<Appliance>) {
@@ -27,6 +27,18 @@ fn local_source(app: &Appliance, name: &str, url: String) -> SourceInfo {
     app.put_source(&admin(), None, input).unwrap()
 }
 
+/// Opens `dir` again once the appliance dropped before is gone: a task's thread may still
+/// hold the state environment for a moment after its record says it ended.
+fn reopen(dir: &std::path::Path) -> Arc<Appliance> {
+    for _ in 0..100 {
+        match Appliance::open(dir, ApplianceOptions::default()) {
+            Err(ServiceError::Store(store::StoreError::Index { .. })) => std::thread::sleep(Duration::from_millis(50)),
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} did not open again within 5 s", dir.display())
+}
+
 fn wait(app: &Appliance, id: u64) -> TaskInfo {
     for _ in 0..600 {
         let t = app.task(&admin(), id).unwrap();
@@ -42,10 +54,17 @@ fn wait(app: &Appliance, id: u64) -> TaskInfo {
 fn setup_once_then_login_with_lockout() {
     let (_d, app) = open();
     assert!(app.needs_setup());
-    assert!(app.setup("admin", "short").unwrap_err().to_string().contains("at least"));
-    app.setup("admin", "correct horse battery").unwrap();
+    assert!(app
+        .setup("admin", "short", &app.setup_code().unwrap_or_default(), "127.0.0.1")
+        .unwrap_err()
+        .to_string()
+        .contains("at least"));
+    app.setup("admin", "correct horse battery", &app.setup_code().unwrap_or_default(), "127.0.0.1").unwrap();
     assert!(!app.needs_setup());
-    assert!(matches!(app.setup("admin2", "correct horse battery"), Err(ServiceError::Conflict(_))));
+    assert!(matches!(
+        app.setup("admin2", "correct horse battery", &app.setup_code().unwrap_or_default(), "127.0.0.1"),
+        Err(ServiceError::Conflict(_))
+    ));
     let s = app.login("admin", "correct horse battery", "127.0.0.1").unwrap();
     assert_eq!(s.principal.role, Role::Admin);
     assert_eq!(app.session(&s.token).unwrap().csrf, s.csrf);
@@ -58,16 +77,16 @@ fn setup_once_then_login_with_lockout() {
         Err(ServiceError::RateLimited { retry_after_s }) => assert!(retry_after_s > 0),
         other => panic!("expected a lockout, got {other:?}"),
     }
-    let log = app.audit_log(&admin(), 100).unwrap();
+    let log = app.audit_log(&admin(), 100, None).unwrap();
     assert!(log.iter().any(|e| e.action == "login failed"));
 }
 
 #[test]
 fn roles_are_enforced_by_the_service() {
     let (_d, app) = open();
-    app.setup("admin", "correct horse battery").unwrap();
-    let auditor = Principal { user: "eve".into(), role: Role::Auditor };
-    let operator = Principal { user: "op".into(), role: Role::Operator };
+    app.setup("admin", "correct horse battery", &app.setup_code().unwrap_or_default(), "127.0.0.1").unwrap();
+    let auditor = Principal::new("eve", Role::Auditor);
+    let operator = Principal::new("op", Role::Operator);
     assert!(matches!(app.start_backup(&auditor, "x"), Err(ServiceError::Forbidden(_))));
     assert!(matches!(app.users(&operator), Err(ServiceError::Forbidden(_))));
     let input = SourceInput {
@@ -147,7 +166,7 @@ fn backup_restore_verify_tasks_with_progress_logs_and_cancel() {
     assert_eq!(wait(&app, v.id).state, TaskState::Succeeded);
     let u = app.usage(&admin()).unwrap();
     assert!(u.dedup_ratio > 1.0 && !u.history.is_empty(), "{u:?}");
-    let m = app.metrics();
+    let m = app.metrics(&admin()).unwrap();
     assert!(m.contains("rackvault_tasks{kind=\"backup\",state=\"succeeded\"} 1"), "{m}");
     assert!(m.contains("rackvault_store_dedup_ratio"), "{m}");
     // Cancel: a finished task cannot be cancelled; a restore target cannot be reused.
@@ -291,7 +310,7 @@ fn datastores_and_hosts_of_sources() {
 #[test]
 fn dev_mode_tape_label_and_destage_task() {
     let d = tempfile::tempdir().unwrap();
-    let app = Appliance::open(d.path(), ApplianceOptions { dev: true }).unwrap();
+    let app = Appliance::open(d.path(), ApplianceOptions { dev: true, ..Default::default() }).unwrap();
     let src = app.sources(&admin()).unwrap().remove(0);
     assert_eq!(src.name, "sample-vm");
     let b = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
@@ -301,7 +320,7 @@ fn dev_mode_tape_label_and_destage_task() {
     app.tape_label(&admin(), "RVT001L9", "main", false).unwrap();
     let e = app.tape_label(&admin(), "RVT001L9", "main", false).unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
-    let operator = Principal { user: "op".into(), role: Role::Operator };
+    let operator = Principal::new("op", Role::Operator);
     assert!(matches!(app.tape_label(&operator, "RVT002L9", "main", false), Err(ServiceError::Forbidden(_))));
     let t = wait(&app, app.start_destage(&operator, "sample-vm", "main").unwrap().id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
@@ -353,7 +372,7 @@ fn dev_mode_tape_label_and_destage_task() {
     assert_eq!(u["barcode"], "RVT002L9");
     assert_eq!(app.tape_unload(&operator, drive).unwrap()["barcode"], serde_json::Value::Null);
     assert!(matches!(app.tape_unload(&operator, 99), Err(ServiceError::NotFound(_))));
-    let auditor = Principal { user: "eve".into(), role: Role::Auditor };
+    let auditor = Principal::new("eve", Role::Auditor);
     assert!(matches!(app.tape_load(&auditor, "RVT002L9"), Err(ServiceError::Forbidden(_))));
 
     // While a tape task holds the library, quick actions are refused, not queued for minutes.
@@ -479,7 +498,7 @@ fn a_source_read_limit_paces_its_backup() {
 #[test]
 fn settings_change_limits_and_the_tape_library() {
     let (d, app) = open();
-    let operator = Principal { user: "op".into(), role: Role::Operator };
+    let operator = Principal::new("op", Role::Operator);
     let input = |changer: Option<String>, n: usize| SettingsInput {
         max_tasks: n,
         max_tasks_per_host: 1,
@@ -509,7 +528,7 @@ fn settings_change_limits_and_the_tape_library() {
     assert!(app.tape_inventory(&admin()).unwrap()["elements"].as_array().is_some_and(|e| !e.is_empty()));
     let file = ConfigFile::load(&d.path().join("config.json")).unwrap();
     assert_eq!((file.tape_changer.as_deref(), file.settings.max_tasks), (Some(lib.as_str()), 3));
-    assert!(app.audit_log(&admin(), 10).unwrap().iter().any(|e| e.action == "change settings"));
+    assert!(app.audit_log(&admin(), 10, None).unwrap().iter().any(|e| e.action == "change settings"));
     // Null removes the library.
     app.put_settings(&admin(), input(None, 3)).unwrap();
     assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::NotFound(_))));
@@ -604,7 +623,7 @@ fn a_webhook_answering_500_leaves_an_audit_entry_saying_so() {
     rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let mut found = None;
     for _ in 0..200 {
-        let log = app.audit_log(&admin(), 50).unwrap();
+        let log = app.audit_log(&admin(), 50, None).unwrap();
         found = log.into_iter().find(|e| e.action == "notification failed");
         if found.is_some() {
             break;
@@ -620,7 +639,7 @@ fn a_webhook_answering_500_leaves_an_audit_entry_saying_so() {
 #[test]
 fn notification_settings_are_admin_only_and_never_show_secrets() {
     let (d, app) = open();
-    let op = Principal { user: "op".into(), role: Role::Operator };
+    let op = Principal::new("op", Role::Operator);
     assert!(matches!(app.notification_settings(&op), Err(ServiceError::Forbidden(_))));
     assert!(matches!(app.test_notifications(&op), Err(ServiceError::Forbidden(_))));
     assert!(matches!(app.test_notifications(&admin()), Err(ServiceError::Invalid(_))));
@@ -722,7 +741,7 @@ fn a_job_with_retention_prunes_after_each_backup_and_gc_frees_the_space() {
     let points = app.points(&admin()).unwrap();
     assert_eq!(points.len(), 2, "{points:?}");
     // A dry run is open to auditors and changes nothing; the real prune needs an admin.
-    let auditor = Principal { user: "eve".into(), role: Role::Auditor };
+    let auditor = Principal::new("eve", Role::Auditor);
     let dry = app.prune_job(&auditor, PruneRequest { job: job.job.id.clone(), dry_run: true }).unwrap();
     assert_eq!((dry.kept, dry.pruned), (2, 0));
     assert!(matches!(
@@ -737,7 +756,7 @@ fn a_job_with_retention_prunes_after_each_backup_and_gc_frees_the_space() {
     let dash = app.dashboard(&admin()).unwrap();
     let cap = dash.capacity.expect("capacity on the dashboard");
     assert!(cap.total_bytes > 0 && cap.used_pct > 0.0 && cap.high_pct == 90, "{cap:?}");
-    assert!(app.metrics().contains("rackvault_capacity_free_bytes"));
+    assert!(app.metrics(&admin()).unwrap().contains("rackvault_capacity_free_bytes"));
 }
 
 #[test]
@@ -795,12 +814,12 @@ fn pinned_points_are_kept_and_unpinned_ones_can_be_deleted() {
     app.pin_point(&admin(), &spec, PinRequest { pinned: true }).unwrap();
     assert!(app.points(&admin()).unwrap()[0].pinned);
     assert!(matches!(app.delete_point(&admin(), &spec), Err(ServiceError::Conflict(_))));
-    let operator = Principal { user: "op".into(), role: Role::Operator };
+    let operator = Principal::new("op", Role::Operator);
     assert!(matches!(app.delete_point(&operator, &spec), Err(ServiceError::Forbidden(_))));
     app.pin_point(&admin(), &spec, PinRequest { pinned: false }).unwrap();
     app.delete_point(&admin(), &spec).unwrap();
     assert!(app.points(&admin()).unwrap().is_empty());
-    assert!(app.audit_log(&admin(), 20).unwrap().iter().any(|e| e.action == "delete restore point"));
+    assert!(app.audit_log(&admin(), 20, None).unwrap().iter().any(|e| e.action == "delete restore point"));
 }
 
 #[test]
@@ -835,7 +854,7 @@ fn a_backup_above_the_high_watermark_that_nothing_can_relieve_is_refused_before_
     // The tick notices the watermark and records it once.
     app.tick(now_unix());
     app.tick(now_unix());
-    let crossings = app.audit_log(&admin(), 50).unwrap().into_iter().filter(|e| e.action == "capacity").count();
+    let crossings = app.audit_log(&admin(), 50, None).unwrap().into_iter().filter(|e| e.action == "capacity").count();
     assert_eq!(crossings, 1);
     assert!(app.dashboard(&admin()).unwrap().alerts.iter().any(|a| a.message.contains("high watermark")));
     app.put_settings(&admin(), s(99, 98)).unwrap();
@@ -965,7 +984,10 @@ fn a_second_appliance_on_the_same_data_directory_is_refused_before_it_touches_an
     }
     assert_eq!(std::fs::read(d.path().join("config.json")).unwrap(), before);
     drop(app);
-    // Once the first is gone, the directory opens again.
-    let again = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+    // Once the first is gone (its task thread may still be finishing its end hook), the
+    // directory opens again.
+    let again = reopen(d.path());
     assert_eq!(again.points(&admin()).unwrap().len(), 1);
 }
+
+mod hardening;

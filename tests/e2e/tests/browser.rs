@@ -610,9 +610,15 @@ impl Ui {
     }
 }
 
+/// The one-time setup code the daemon printed (and keeps in its data directory).
+fn setup_code(data: &Path) -> String {
+    std::fs::read_to_string(data.join("setup-code")).expect("the daemon wrote a setup code").trim().to_string()
+}
+
 /// First-run setup of the administrator and sign-in, without detours.
-fn set_up_and_sign_in(b: &Browser, base: &str) {
+fn set_up_and_sign_in(b: &Browser, base: &str, data: &Path) {
     b.goto(base);
+    b.fill("#setup-code", &setup_code(data));
     b.fill("#setup-user", ADMIN);
     b.fill("#setup-password", PASSWORD);
     b.fill("#setup-confirm", PASSWORD);
@@ -703,11 +709,19 @@ fn web_ui_walkthrough() {
         let fp = b.text("#setup-fingerprint").unwrap_or_default();
         assert_eq!(fp.matches(':').count(), 31, "setup page shows the SHA-256 fingerprint as 32 hex pairs, got {fp:?}");
         b.screenshot("01-setup");
+        // A wrong setup code is refused with the API's explanation.
+        b.fill("#setup-code", "AAAA-BBBB-CCCC-DDDD");
         b.fill("#setup-user", ADMIN);
         b.fill("#setup-password", PASSWORD);
+        b.fill("#setup-confirm", PASSWORD);
+        b.click("#setup-submit");
+        let banner = b.wait("the wrong-code banner", Duration::from_secs(5), || b.banner());
+        assert!(banner.contains("setup code"), "banner: {banner}");
+        b.fill("#setup-code", &setup_code(data));
         b.fill("#setup-confirm", "something-else-entirely");
         b.click("#setup-submit");
-        let banner = b.wait("the mismatch banner", Duration::from_secs(5), || b.banner());
+        let banner =
+            b.wait("the mismatch banner", Duration::from_secs(5), || b.banner().filter(|t| t.contains("do not match")));
         assert!(banner.contains("do not match"), "banner: {banner}");
         b.fill("#setup-confirm", PASSWORD);
         b.click("#setup-submit");
@@ -1089,7 +1103,7 @@ fn retention_pins_gc_and_capacity_in_the_browser() {
     let started = Instant::now();
     {
         let mut b = browser.borrow_mut();
-        set_up_and_sign_in(&b, base);
+        set_up_and_sign_in(&b, base, &ui.data);
 
         // A job on the dev sample that keeps the last restore point only.
         b.goto(&format!("{base}#/jobs"));

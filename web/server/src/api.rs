@@ -46,6 +46,7 @@ use Body::{Json, None as NoBody};
 const ADMIN: Access = Access::Role(Role::Admin);
 const OPERATOR: Access = Access::Role(Role::Operator);
 const AUDITOR: Access = Access::Role(Role::Auditor);
+const METRICS: Access = Access::Role(Role::Metrics);
 
 macro_rules! route {
     ($m:literal, $p:literal, $a:expr, $b:expr, $h:expr) => {
@@ -133,9 +134,9 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("PUT", "/api/v1/settings/notifications", ADMIN, Json, |c| c
         .ok(c.app.put_notification_settings(c.actor()?, c.json::<service::NotificationsInput>()?))),
     route!("POST", "/api/v1/notifications/test", ADMIN, NoBody, |c| c.ok(c.app.test_notifications(c.actor()?))),
-    route!("GET", "/metrics", Public, NoBody, |c| Ok(Reply::text(
+    route!("GET", "/metrics", METRICS, NoBody, |c| Ok(Reply::text(
         "text/plain; version=0.0.4; charset=utf-8",
-        c.app.metrics()
+        c.app.metrics(c.actor()?)?
     ))),
 ];
 
@@ -146,8 +147,8 @@ pub struct RouteInfo {
     pub method: &'static str,
     /// Path pattern; `{name}` matches one segment.
     pub path: &'static str,
-    /// `public`, `any` (any signed-in user or token), or the least role: `auditor`,
-    /// `operator`, `admin`.
+    /// `public`, `any` (any signed-in user or token), or the least role: `metrics`,
+    /// `auditor`, `operator`, `admin`.
     pub access: &'static str,
     /// Whether the route reads a JSON body.
     pub json_body: bool,
@@ -161,6 +162,7 @@ pub fn routes() -> impl Iterator<Item = RouteInfo> {
         access: match r.access {
             Access::Public => "public",
             Access::Any => "any",
+            Access::Role(Role::Metrics) => "metrics",
             Access::Role(Role::Auditor) => "auditor",
             Access::Role(Role::Operator) => "operator",
             Access::Role(Role::Admin) => "admin",
@@ -284,9 +286,18 @@ fn get_setup(c: &Ctx) -> Result<Reply, ApiError> {
     )
 }
 
+/// First-run setup: the first administrator, and the code the appliance printed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetupRequest {
+    user: String,
+    password: String,
+    setup_code: String,
+}
+
 fn post_setup(c: &Ctx) -> Result<Reply, ApiError> {
-    let cred: Credentials = c.json()?;
-    c.app.setup(&cred.user, &cred.password)?;
+    let req: SetupRequest = c.json()?;
+    c.app.setup(&req.user, &req.password, &req.setup_code, &c.client)?;
     Ok(Reply::no_content())
 }
 
@@ -470,8 +481,9 @@ fn create_token(c: &Ctx) -> Result<Reply, ApiError> {
 }
 
 fn audit(c: &Ctx) -> Result<Reply, ApiError> {
-    let limit = c.query_u64("limit")?.unwrap_or(200).clamp(1, 10_000);
-    c.ok(c.app.audit_log(c.actor()?, usize::try_from(limit).unwrap_or(10_000)))
+    let limit = c.query_u64("limit")?.unwrap_or(200);
+    let before = c.query_u64("before")?;
+    c.ok(c.app.audit_log(c.actor()?, usize::try_from(limit).unwrap_or(usize::MAX), before))
 }
 
 fn settings(c: &Ctx) -> Result<Reply, ApiError> {

@@ -72,6 +72,10 @@ impl From<ServiceError> for ApiError {
                 retry_after: Some(retry_after_s.max(1)),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
             },
+            ServiceErrorKind::Busy { retry_after_s } => ApiError {
+                retry_after: Some(retry_after_s.max(1)),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+            },
             ServiceErrorKind::Internal => ApiError::internal(message),
         }
     }
@@ -408,11 +412,7 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
 }
 
 fn role_name(r: service::Role) -> &'static str {
-    match r {
-        service::Role::Admin => "admin",
-        service::Role::Operator => "operator",
-        service::Role::Auditor => "auditor",
-    }
+    r.as_str()
 }
 
 #[cfg(test)]

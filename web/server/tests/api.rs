@@ -31,7 +31,7 @@ async fn setup_login_session_logout() {
     assert_eq!(r.header("cache-control"), Some("no-store"));
 
     // A short password is refused with the service's message.
-    let short = json!({"user": ADMIN, "password": "short"}).to_string();
+    let short = json!({"user": ADMIN, "password": "short", "setup_code": s.setup_code()}).to_string();
     let r = s.req("POST", "/api/v1/setup", &[("Content-Type", "application/json")], short.as_bytes()).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["code"], "invalid");
@@ -40,7 +40,7 @@ async fn setup_login_session_logout() {
     let r = s.req("GET", "/api/v1/setup", &[], b"").await;
     assert_eq!(r.json()["needs_setup"], false);
     // Setup only once.
-    let again = json!({"user": "mallory", "password": "0123456789ab"}).to_string();
+    let again = json!({"user": "mallory", "password": "0123456789ab", "setup_code": "AAAA-BBBB"}).to_string();
     let r = s.req("POST", "/api/v1/setup", &[("Content-Type", "application/json")], again.as_bytes()).await;
     assert_eq!(r.status, 409, "{}", r.text());
 
@@ -312,7 +312,13 @@ async fn ui_metrics_and_unknown_routes() {
     assert_eq!(s.req("POST", "/", &[], b"").await.status, 405);
     assert!(webserver::embedded_files().any(|f| f == "/index.html"));
 
-    let r = s.req("GET", "/metrics", &[], b"").await;
+    // Metrics need a token (or a session); a metrics token may read nothing else.
+    assert_eq!(s.req("GET", "/metrics", &[], b"").await.status, 401);
+    let admin = s.admin().await;
+    let bearer = s.metrics_bearer(&admin).await;
+    let auth = [("Authorization", bearer.as_str())];
+    assert_eq!(s.req("GET", "/api/v1/dashboard", &auth, b"").await.status, 403);
+    let r = s.req("GET", "/metrics", &auth, b"").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     assert!(r.text().contains("rackvault_tasks_running"), "{}", r.text());
@@ -505,7 +511,7 @@ async fn tape_library_through_the_api() {
     assert_eq!(t["state"], "succeeded", "{t}");
 
     // The drive gauge in /metrics.
-    let m = s.req("GET", "/metrics", &[], b"").await.text();
+    let m = s.get("/metrics", &admin).await.text();
     assert!(m.contains("rackvault_tape_drive_loaded{drive="), "{m}");
     s.stop().await.unwrap();
 }

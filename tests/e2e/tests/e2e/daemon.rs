@@ -18,12 +18,12 @@ use e2e::{rackvault_bin, scratch, verify_clean, Rng};
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "daemon-crash-passphrase";
+pub(crate) const PASSWORD: &str = "daemon-crash-passphrase";
 
 /// A daemon we started; killed by PID when dropped.
-struct Daemon {
-    child: Child,
-    port: u16,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for Daemon {
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
 }
 
-fn start(data: &Path, log: &Path) -> Daemon {
+pub(crate) fn start(data: &Path, log: &Path) -> Daemon {
     let port = free_port();
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("daemon log");
     let child = Command::new(rackvault_bin())
@@ -61,7 +61,7 @@ fn start(data: &Path, log: &Path) -> Daemon {
 }
 
 /// One HTTPS request on a fresh connection; returns status and JSON body (Null when empty).
-struct Client {
+pub(crate) struct Client {
     port: u16,
     tls: Arc<rustls::ClientConfig>,
     cookie: String,
@@ -69,7 +69,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(data: &Path, port: u16) -> Client {
+    pub(crate) fn new(data: &Path, port: u16) -> Client {
         let pem = std::fs::read(data.join("tls/cert.pem")).expect("the daemon wrote its certificate");
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -84,7 +84,7 @@ impl Client {
         Client { port, tls: Arc::new(tls), cookie: String::new(), csrf: String::new() }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\nOrigin: https://localhost:{port}\r\n\
@@ -118,13 +118,21 @@ impl Client {
     }
 
     #[track_caller]
-    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+    pub(crate) fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let (status, v) = self.call(method, path, body);
         assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
         v
     }
 
-    fn sign_in(&mut self) {
+    /// First-run setup of `admin`, with the setup code the daemon left in its data directory.
+    pub(crate) fn set_up(&self, data: &Path) {
+        let code = std::fs::read_to_string(data.join("setup-code")).expect("the daemon wrote a setup code");
+        let body = json!({ "user": "admin", "password": PASSWORD, "setup_code": code.trim() });
+        let (status, v) = self.call("POST", "/api/v1/setup", Some(&body));
+        assert_eq!(status, 204, "first-run setup: {v}");
+    }
+
+    pub(crate) fn sign_in(&mut self) {
         // The session token is only in the Set-Cookie header, which `call` does not return.
         let body = json!({ "user": "admin", "password": PASSWORD }).to_string();
         let head = format!(
@@ -179,8 +187,7 @@ fn kill_dash_nine_of_the_daemon_during_backups() {
     // First start: set up, and take one complete backup.
     let d = start(&data, &log);
     let mut c = Client::new(&data, d.port);
-    let (status, _) = c.call("POST", "/api/v1/setup", Some(&json!({ "user": "admin", "password": PASSWORD })));
-    assert_eq!(status, 204, "first-run setup");
+    c.set_up(&data);
     c.sign_in();
     let src = c.ok("GET", "/api/v1/sources", None)[0].clone();
     let id = src["id"].as_str().unwrap().to_string();

@@ -71,7 +71,7 @@ impl TestServer {
 
     /// An appliance in dev mode: the sample source and the emulated tape library.
     pub async fn start_dev() -> TestServer {
-        TestServer::start_with(service::ApplianceOptions { dev: true }).await
+        TestServer::start_with(service::ApplianceOptions { dev: true, ..Default::default() }).await
     }
 
     pub async fn start_with(opts: service::ApplianceOptions) -> TestServer {
@@ -194,10 +194,28 @@ impl TestServer {
 
     /// Sets the appliance up with the first admin and signs in.
     pub async fn admin(&self) -> Browser {
-        let body = serde_json::json!({ "user": ADMIN, "password": PASSWORD }).to_string();
+        let body =
+            serde_json::json!({ "user": ADMIN, "password": PASSWORD, "setup_code": self.setup_code() }).to_string();
         let r = self.req("POST", "/api/v1/setup", &[("Content-Type", "application/json")], body.as_bytes()).await;
         assert_eq!(r.status, 204, "{}", r.text());
         self.login_ok(ADMIN, PASSWORD).await
+    }
+
+    /// The one-time setup code the appliance printed (and keeps in its data directory).
+    pub fn setup_code(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("setup-code"))
+            .expect("a setup code before setup")
+            .trim()
+            .to_string()
+    }
+
+    /// An API token with the `metrics` role, as an `Authorization` header value.
+    pub async fn metrics_bearer(&self, admin: &Browser) -> String {
+        let r = self
+            .send("POST", "/api/v1/tokens", admin, &serde_json::json!({"name": "prometheus", "role": "metrics"}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        format!("Bearer {}", r.json()["token"].as_str().expect("the token secret"))
     }
 
     /// Creates a user with `role` and signs in as them.
