@@ -18,6 +18,8 @@ mod concurrency;
 mod crash;
 #[path = "e2e/daemon.rs"]
 mod daemon;
+#[path = "e2e/hardening.rs"]
+mod hardening;
 #[path = "e2e/ingest.rs"]
 mod ingest;
 #[path = "e2e/lifecycle.rs"]

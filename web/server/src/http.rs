@@ -314,6 +314,9 @@ pub(crate) fn check_depth(bytes: &[u8], max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Largest body of a public route (setup, sign-in).
+const PUBLIC_MAX_BODY: usize = 16 << 10;
+
 async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
@@ -354,7 +357,13 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
     };
     let h = &parts.headers;
     check_same_origin(&parts.method, h)?;
-    let max = shared.cfg.max_body;
+    // Unauthenticated bodies (setup, sign-in) are a user name and a password: 16 KiB is plenty,
+    // and a flood of megabyte bodies waiting for a password check cannot pile up in memory.
+    let max = if matches!(route.access, Access::Public) {
+        shared.cfg.max_body.min(PUBLIC_MAX_BODY)
+    } else {
+        shared.cfg.max_body
+    };
     if let Some(len) = header_str(h, &header::CONTENT_LENGTH) {
         if len.trim().parse::<u64>().map_or(true, |n| n > max as u64) {
             return Err(ApiError::too_large(max));

@@ -692,3 +692,15 @@ async fn retention_pin_delete_and_gc_follow_the_roles_and_the_stores_refusals() 
     assert_eq!(s.get("/api/v1/dashboard", &auditor).await.json()["capacity"]["high_pct"], 90);
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn public_routes_take_at_most_16_kib_of_body() {
+    let s = TestServer::start().await;
+    let big = json!({"user": "x".repeat(20_000), "password": "0123456789ab"}).to_string();
+    let r = s.req("POST", "/api/v1/login", &[("Content-Type", "application/json")], big.as_bytes()).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let small = json!({"user": "x".repeat(10_000), "password": "0123456789ab"}).to_string();
+    let r = s.req("POST", "/api/v1/login", &[("Content-Type", "application/json")], small.as_bytes()).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    s.stop().await.unwrap();
+}

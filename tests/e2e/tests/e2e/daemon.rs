@@ -63,7 +63,7 @@ pub(crate) fn start(data: &Path, log: &Path) -> Daemon {
 /// One HTTPS request on a fresh connection; returns status and JSON body (Null when empty).
 pub(crate) struct Client {
     port: u16,
-    tls: Arc<rustls::ClientConfig>,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
     cookie: String,
     csrf: String,
 }
