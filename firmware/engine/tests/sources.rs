@@ -262,3 +262,67 @@ fn an_nfs_folder_named_without_its_trailing_slash_is_refused_suggesting_the_slas
     assert_vm_point(&store, &r, "nfs-slash", &want, dir.path());
     std::fs::remove_dir_all(&export).unwrap();
 }
+
+// ---- qcow2 with an external data file -------------------------------------------------------
+
+/// In `dir`: `img.qcow2` (6 MiB) over data file `data` (as the header records it), with
+/// patterns written and some of them zeroed again, so the data file holds stale bytes where
+/// the guest reads zeros. Returns QEMU's guest view (qemu run in `dir`, where it resolves a
+/// relative data file name).
+fn make_data_file_image(dir: &Path, data: &str) -> Vec<u8> {
+    let in_dir = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    in_dir("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &format!("data_file={data}"), "img.qcow2", "6M"]);
+    in_dir(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x11 0 2M", "-c", "write -P 0x22 4M 1M", "-c", "write -z 0 1M", "img.qcow2"],
+    );
+    in_dir("qemu-img", &["convert", "-O", "raw", "img.qcow2", "guest.raw"]);
+    std::fs::read(dir.join("guest.raw")).unwrap()
+}
+
+#[test]
+fn a_qcow2_with_an_external_data_file_backs_up_as_its_guest_disk() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vm = dir.path().join("vm");
+    std::fs::create_dir(&vm).unwrap();
+    let guest = make_data_file_image(&vm, "img.data");
+    let store = new_store(dir.path());
+    let r = backup(&store, s(&vm.join("img.qcow2")), "datafile");
+    assert_eq!((r.format.as_str(), r.bytes_logical), ("qcow2", 6 * MIB), "{r:?}");
+    assert!(restore(&store, "datafile", 0, &dir.path().join("back.raw")) == guest);
+}
+
+#[test]
+fn a_qcow2_data_file_over_nfs_is_read_from_the_same_export_and_never_from_outside_it() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let Some(env) = nfs_peer() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+
+    // A relative name: next to the image on the export.
+    let (export, url) = nfs_dir(&env, "datafile");
+    let guest = make_data_file_image(&export, "img.data");
+    let r = backup(&store, &url("/img.qcow2"), "nfs-datafile");
+    assert_eq!(r.bytes_logical, 6 * MIB, "{r:?}");
+    assert!(restore(&store, "nfs-datafile", 0, &dir.path().join("nfs.raw")) == guest);
+
+    // An absolute name outside the export: a local file with that path is never read (the
+    // NFS opener only looks on the export, and there by the file name next to the image).
+    let (export2, url2) = nfs_dir(&env, "datafile-out");
+    let outside = dir.path().join("outside.data");
+    make_data_file_image(&export2, s(&outside));
+    assert!(outside.exists());
+    let e = open_source_all(&url2("/img.qcow2"), &SourceSecrets::default()).map(|o| o.disks.len()).unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("external data file") && e.contains("outside.data"), "{e}");
+    std::fs::remove_dir_all(&export).unwrap();
+    std::fs::remove_dir_all(&export2).unwrap();
+}
