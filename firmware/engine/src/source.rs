@@ -2,21 +2,23 @@
 //!
 //! A source is one of:
 //! - a local path or `file://` URL: a disk image, a block device, or a VM folder (a
-//!   directory holding a `.vmx`);
+//!   directory holding a `.vmx`, or the `.vmx` itself);
 //! - `nfs://host[:port]/export/path/disk.vmdk`: one disk image read over our own NFSv3
 //!   client, no kernel mount ("Direct NFS");
-//! - `nfs://host[:port]/export/vmfolder/` (trailing slash): a whole VM folder on an NFS
-//!   datastore;
+//! - `nfs://host[:port]/export/vmfolder/` (trailing slash) or
+//!   `nfs://host[:port]/export/vmfolder/vm.vmx`: a whole VM folder on an NFS datastore;
 //! - `iscsi://[user[%secret]@]host[:port]/<iqn>/<lun>`: a LUN read over our own iSCSI
 //!   initiator ("Direct SAN").
 //!
 //! Whatever carries the bytes, the image format is detected from the content (qcow2,
-//! VMDK, VHDX, else raw), never from the name, and files an image names (backing files,
+//! VMDK, VHDX, VHD, else raw; every other format qemu-img knows is refused, see `detect.rs`),
+//! never from the name, and files an image names (backing files,
 //! extents, parents) are opened from the same place as the image itself.
 //!
 //! Secrets (CHAP secrets) never appear in `describe()` strings, errors or restore-point
 //! metadata: [`SourceSpec`]'s `Debug` and every URL we print leave them out.
 
+mod detect;
 mod folder;
 mod iscsi;
 mod nfs;
@@ -29,12 +31,10 @@ use blocksource::{BackingOpener, BlockSource, LocalBackingOpener, SourceError};
 
 use crate::EngineError;
 
+pub use self::detect::detect_format;
 pub use self::iscsi::IscsiSpec;
 pub use self::nfs::NfsSpec;
 pub use self::url::Secret;
-
-/// Bytes read to detect an image format.
-const PROBE_BYTES: u64 = 4096;
 
 /// Credentials and options that do not belong in a URL: the binary fills them from its
 /// config or from files given on the command line.
@@ -123,7 +123,14 @@ pub fn open_source_all(spec: &str, secrets: &SourceSecrets) -> Result<OpenedSour
         SourceSpec::Local(path) => {
             if path.is_dir() {
                 let store = folder::LocalDatastore;
-                return folder::open_vm_folder(&store, &path.display().to_string());
+                return folder::open_vm_folder(&store, &path.display().to_string(), None);
+            }
+            // A VM's .vmx stands for its folder: its disks are what it references. (Read as a
+            // disk, it would be stored as a tiny "raw" disk holding the configuration text.)
+            let shown = path.display().to_string();
+            if folder::is_vmx(&shown) && path.is_file() {
+                let (dir, name) = folder::split_vmx(&shown);
+                return folder::open_vm_folder(&folder::LocalDatastore, &dir, Some(&name));
             }
             let disk = open_local(&path)?;
             Ok(OpenedSource {
@@ -217,24 +224,6 @@ fn open_local(path: &Path) -> Result<Box<dyn BlockSource>, SourceError> {
     open_image(Box::new(file), &LocalBackingOpener)
 }
 
-/// Which image format `container` holds, from its first bytes.
-pub fn detect_format(container: &dyn BlockSource) -> Result<&'static str, SourceError> {
-    let len = container.size().min(PROBE_BYTES) as usize;
-    let mut head = vec![0u8; len];
-    if len > 0 {
-        container.read_at(0, &mut head)?;
-    }
-    Ok(if qcow2::is_qcow2(&head) {
-        "qcow2"
-    } else if vhdx::is_vhdx(&head) {
-        "vhdx"
-    } else if vmdk::is_vmdk(&head) {
-        "vmdk"
-    } else {
-        "raw"
-    })
-}
-
 /// Decode the image in `container` (raw bytes of a file or LUN), whatever its format.
 /// Files it names are opened through `opener`.
 pub fn open_image(
@@ -245,7 +234,14 @@ pub fn open_image(
         "qcow2" => Box::new(qcow2::Qcow2Source::open(container, opener)?),
         "vhdx" => Box::new(vhdx::VhdxSource::open(container, opener)?),
         "vmdk" => Box::new(vmdk::VmdkSource::open(container, opener)?),
-        _ => container,
+        "vhd" => Box::new(vhd::VhdSource::open(container)?),
+        "raw" => container,
+        other => {
+            return Err(detect::refusal(other, &container.describe()).unwrap_or_else(|| SourceError::Unsupported {
+                what: container.describe(),
+                detail: format!("image format {other:?}"),
+            }))
+        }
     })
 }
 

@@ -32,9 +32,10 @@ enum Command {
     /// Back up a disk image, a LUN or a VM folder into a store (creates the store if the
     /// directory is new or empty).
     Backup {
-        /// A disk image (raw, qcow2, VMDK, VHDX) or block device: a path, file://, or
+        /// A disk image (raw, qcow2, VMDK, VHDX, VHD) or block device: a path, file://, or
         /// nfs://host[:port]/export/path/disk[?mountport=N]; a VM folder (a directory with a
-        /// .vmx, or nfs://host/export/vmfolder/ with a trailing slash); or an iSCSI LUN:
+        /// .vmx, the .vmx itself, or nfs://host/export/vmfolder/ with a trailing slash); or an
+        /// iSCSI LUN:
         /// iscsi://[user@]host[:port]/<iqn>/<lun>.
         source: String,
         #[command(flatten)]

@@ -37,6 +37,7 @@ const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
+const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 /// How compressed clusters are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,8 @@ pub(crate) struct Parsed {
     pub l1_offset: u64,
     pub compression: Compression,
     pub backing: Option<BackingRef>,
+    /// The external data file's name: guest clusters live there, at their guest offset.
+    pub data_file: Option<String>,
 }
 
 pub(crate) fn corrupt(what: &str, offset: u64, detail: impl Into<String>) -> SourceError {
@@ -206,6 +209,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         ext_end = backing_file_offset;
     }
     let mut backing_format = None;
+    let mut data_file_name = None;
     let mut names = FeatureNames::default();
     let mut off = header_len;
     while off + 8 <= ext_end {
@@ -232,6 +236,11 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
                     .map_err(|_| corrupt(what, data_start, "backing format name is not valid UTF-8"))?;
                 backing_format = Some(fmt.trim_end_matches('\0').to_string());
             }
+            EXT_DATA_FILE => {
+                let name = std::str::from_utf8(data)
+                    .map_err(|_| corrupt(what, data_start, "external data file name is not valid UTF-8"))?;
+                data_file_name = Some(name.trim_end_matches('\0').to_string());
+            }
             EXT_FEATURE_NAMES => {
                 // 48-byte entries: type, bit number, 46-byte NUL-padded name.
                 for e in data.chunks_exact(48) {
@@ -239,7 +248,7 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
                     names.0.push((e[0], e[1], name));
                 }
             }
-            // Others (bitmaps, encryption header, external data file name, unknown ones) do not
+            // Others (bitmaps, encryption header, unknown ones) do not
             // affect reading the active layer; the features that need them are refused below.
             _ => {}
         }
@@ -264,12 +273,21 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
             "the image is marked dirty but does not use lazy refcounts: its metadata is inconsistent",
         ));
     }
-    if incompat & INCOMPAT_DATA_FILE != 0 {
-        return Err(unsupported(
-            what,
-            "external data file (incompatible feature bit 2); back up the data file instead",
-        ));
-    }
+    // With an external data file the guest's clusters live in that file (the L2 tables still
+    // say which are allocated and which read as zeros, so the file alone is not the disk).
+    let data_file = if incompat & INCOMPAT_DATA_FILE != 0 {
+        match data_file_name {
+            Some(name) if !name.is_empty() => Some(name),
+            _ => {
+                return Err(unsupported(
+                    what,
+                    "the image keeps its data in an external data file (incompatible feature bit 2) but does not name it; record the name with `qemu-img amend -o data_file=NAME` and back up the image again",
+                ))
+            }
+        }
+    } else {
+        None
+    };
     if incompat & INCOMPAT_EXTL2 != 0 {
         return Err(unsupported(what, "extended L2 entries / subclusters (incompatible feature bit 4)"));
     }
@@ -417,5 +435,5 @@ pub(crate) fn parse(container: &dyn BlockSource, what: &str) -> Result<Parsed, S
         }
     }
 
-    Ok(Parsed { version, cluster_bits, size, l1, l1_offset: l1_table_offset, compression, backing })
+    Ok(Parsed { version, cluster_bits, size, l1, l1_offset: l1_table_offset, compression, backing, data_file })
 }

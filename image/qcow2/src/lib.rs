@@ -23,8 +23,19 @@
 //!   deflate, or zstd if the header says so).
 //! - **Refcount table and blocks**: the reader ignores them (they only matter for allocation
 //!   by a writer); the writer produces them with 16-bit refcounts.
+//! - **External data file** (v3 incompatible bit 2, named by header extension `0x44415441`):
+//!   the guest's clusters live in that file at their own guest offsets (an L2 entry's offset
+//!   must equal the cluster's guest offset; offset 0 with bit 63 set is an allocated first
+//!   cluster), and the L2 tables still decide what the guest sees: zero-flag and unallocated
+//!   clusters read as zeros (or the backing file) whatever stale bytes the data file holds
+//!   there. With the `data_file_raw` autoclear bit the data file is also a raw image of the
+//!   disk, but the L2 tables are still the authority. The data file is opened through the
+//!   [`BackingOpener`], like a backing file: a relative name against the image's folder (QEMU
+//!   resolves it against its working directory) and confined as the opener confines backing
+//!   files. Compressed clusters cannot occur in such images and are refused as corrupt.
 //!
-//! Refused with a clear error: encryption, external data files, extended L2 entries
+//! Refused with a clear error: encryption, an external data file the header does not name or
+//! that cannot be opened, extended L2 entries
 //! (subclusters), images marked corrupt, images marked dirty without lazy refcounts, unknown
 //! incompatible features, and backing files that are neither qcow2 nor raw.
 //!
@@ -59,8 +70,8 @@
 //! else (header, L1 table, backing chain) is immutable after [`Qcow2Source::open`].
 //!
 //! # Security note
-//! A qcow2 image names its backing file, and [`LocalBackingOpener`] opens whatever local path
-//! that is. An image from an untrusted guest or tenant can therefore make the reader read any
+//! A qcow2 image names its backing file and its external data file, and
+//! [`LocalBackingOpener`] opens whatever local path that is. An image from an untrusted guest or tenant can therefore make the reader read any
 //! file the process can read, as if it were that disk's base. Callers that back up untrusted
 //! images should use a [`BackingOpener`] that confines backing files to an allowed directory.
 //! When the header names no backing format, the backing file is probed by its magic (as QEMU

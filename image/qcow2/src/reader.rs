@@ -28,6 +28,10 @@ const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2E_COMPRESSED: u64 = 1 << 62;
 /// L2 entry bit 0 (v3, standard clusters): the cluster reads as zeros.
 const L2E_ZERO: u64 = 1;
+/// L2 entry bit 63 (QCOW_OFLAG_COPIED): refcount exactly one. In an image with an external
+/// data file every allocated cluster has it, which tells an allocated cluster at data file
+/// offset 0 from an unallocated one.
+const L2E_COPIED: u64 = 1 << 63;
 
 /// How many L2 tables [`BlockSource::allocation`] fetches with one `read_many` while scanning.
 const ALLOCATION_TABLE_BATCH: usize = 64;
@@ -53,7 +57,8 @@ enum Mapping {
     Unallocated,
     /// Reads as zeros (v3 zero flag), whatever the backing image holds.
     Zero,
-    /// Host offset of the data cluster; validated cluster-aligned and inside the container.
+    /// Host offset of the data cluster; validated cluster-aligned and inside the container, or
+    /// the external data file when the image has one.
     Data(u64),
     /// Compressed data: host byte offset and length of the (sector-rounded) compressed bytes,
     /// offset validated inside the container, length not yet clipped to it.
@@ -124,6 +129,13 @@ pub struct Qcow2Source {
     backing_name: Option<String>,
     /// The next image of the chain: another `Qcow2Source`, or raw container bytes.
     backing: Option<Box<dyn BlockSource>>,
+    /// The external data file (raw bytes), when the image keeps its clusters in one, and its
+    /// name as the header records it.
+    data_file: Option<Box<dyn BlockSource>>,
+    data_file_name: Option<String>,
+    /// Size of the file data clusters are read from (the data file, else the container) at
+    /// open time: every data cluster offset we use was validated against it.
+    data_size: u64,
     cache: Arc<L2Cache>,
 }
 
@@ -138,6 +150,7 @@ impl fmt::Debug for Qcow2Source {
             .field("compression", &self.compression)
             .field("backing_name", &self.backing_name)
             .field("backing", &self.backing)
+            .field("data_file_name", &self.data_file_name)
             .field("cache", &self.cache)
             .finish()
     }
@@ -174,7 +187,27 @@ impl Qcow2Source {
             None => None,
             Some(b) => Some(Self::open_backing(b, &what, opener, cache, chain)?),
         };
+        // The data file is opened like a backing file: resolved relative to this image and
+        // confined by the opener.
+        let data_file = match &p.data_file {
+            None => None,
+            Some(name) => {
+                let (raw, _) = opener.open_backing(name, &what).map_err(|e| match e.kind() {
+                    blocksource::ErrorKind::Transient => e,
+                    blocksource::ErrorKind::Permanent => SourceError::Unsupported {
+                        what: what.clone(),
+                        detail: format!(
+                            "its guest data is in the external data file {name:?}, which cannot be opened ({e}); the image itself holds only metadata: keep the data file next to it (a relative name is looked up in the image's folder), or point the image at it with `qemu-img amend -o data_file=PATH`"
+                        ),
+                    },
+                })?;
+                Some(raw)
+            }
+        };
         Ok(Qcow2Source {
+            data_size: data_file.as_ref().map_or(container.size(), |d| d.size()),
+            data_file,
+            data_file_name: p.data_file,
             file_size: container.size(),
             container,
             what,
@@ -266,6 +299,11 @@ impl Qcow2Source {
         self.backing_name.as_deref()
     }
 
+    /// The external data file's name as the header records it, if the image has one.
+    pub fn data_file_name(&self) -> Option<&str> {
+        self.data_file_name.as_deref()
+    }
+
     /// The opened backing image (a `Qcow2Source` or the raw container of a raw backing file).
     pub fn backing(&self) -> Option<&dyn BlockSource> {
         self.backing.as_deref()
@@ -284,6 +322,12 @@ impl Qcow2Source {
             let offset = entry & ((1u64 << x) - 1);
             let sectors = ((entry >> x) & ((1u64 << (cb - 8)) - 1)) + 1;
             let len = sectors * 512 - (offset & 511);
+            if self.data_file.is_some() {
+                return Err(self.corrupt(
+                    at,
+                    "L2 entry describes a compressed cluster, which an image with an external data file cannot have",
+                ));
+            }
             if offset == 0 || offset >= self.file_size {
                 return Err(self.corrupt(
                     at,
@@ -302,13 +346,14 @@ impl Qcow2Source {
             return Ok(Mapping::Zero);
         }
         let host = entry & L2E_OFFSET_MASK;
-        if host == 0 {
+        // Offset 0 is "unallocated", except in a data file, where it is the first cluster.
+        if host == 0 && (self.data_file.is_none() || entry & L2E_COPIED == 0) {
             return Ok(Mapping::Unallocated);
         }
         if host & (self.cluster_size() - 1) != 0 {
             return Err(self.corrupt(at, format!("L2 entry points to a data cluster at unaligned offset {host:#x}")));
         }
-        if host >= self.file_size {
+        if self.data_file.is_none() && host >= self.file_size {
             return Err(self.corrupt(
                 at,
                 format!(
@@ -376,7 +421,24 @@ impl Qcow2Source {
             return Ok(Mapping::Unallocated);
         }
         match tables.get(&l2_off).and_then(|t| t.get(l2i)) {
-            Some(&entry) => self.classify(entry, l2_off + l2i as u64 * 8),
+            Some(&entry) => {
+                let at = l2_off + l2i as u64 * 8;
+                let m = self.classify(entry, at)?;
+                match m {
+                    // In a data file a guest cluster lives at its own guest offset (the spec
+                    // requires it); any other offset is damage.
+                    Mapping::Data(host) if self.data_file.is_some() && host != cluster << self.cluster_bits => {
+                        Err(self.corrupt(
+                            at,
+                            format!(
+                                "L2 entry maps guest cluster {cluster} to data file offset {host:#x}, not to its guest offset {:#x}",
+                                cluster << self.cluster_bits
+                            ),
+                        ))
+                    }
+                    m => Ok(m),
+                }
+            }
             // Only reachable through a bug in the caller's table loading; fail the read
             // rather than panic.
             None => {
@@ -439,8 +501,9 @@ impl Qcow2Source {
                     Mapping::Data(cluster) => {
                         let host = cluster + within;
                         // QEMU may leave the last cluster of a file short (the guest never
-                        // wrote its tail); reading past EOF there yields zeros, as in QEMU.
-                        let avail = self.file_size.saturating_sub(host).min(n);
+                        // wrote its tail), and a data file may be shorter than the disk;
+                        // reading past EOF there yields zeros, as in QEMU.
+                        let avail = self.data_size.saturating_sub(host).min(n);
                         if avail > 0 {
                             push(&mut segs, ri, avail as usize, SegKind::Host(host));
                         }
@@ -584,6 +647,8 @@ impl BlockSource for Qcow2Source {
         let mut cbufs: Vec<Vec<u8>> = compressed.iter().map(|&(_, len)| vec![0u8; len]).collect();
 
         let mut host_reqs: Vec<ReadRequest<'_>> = Vec::new();
+        // Data cluster reads when they go to an external data file rather than the container.
+        let mut data_reqs: Vec<ReadRequest<'_>> = Vec::new();
         let mut backing_reqs: Vec<ReadRequest<'_>> = Vec::new();
         let mut compressed_dests: Vec<(usize, usize, &mut [u8])> = Vec::new();
         let backing_size = self.backing.as_ref().map_or(0, |b| b.size());
@@ -597,6 +662,9 @@ impl BlockSource for Qcow2Source {
                 rest = tail;
                 match seg.kind {
                     SegKind::Zero => piece.fill(0),
+                    SegKind::Host(offset) if self.data_file.is_some() => {
+                        data_reqs.push(ReadRequest { offset, buf: piece })
+                    }
                     SegKind::Host(offset) => host_reqs.push(ReadRequest { offset, buf: piece }),
                     SegKind::Compressed { idx, skip } => compressed_dests.push((idx, skip, piece)),
                     SegKind::Backing(guest) => {
@@ -619,6 +687,12 @@ impl BlockSource for Qcow2Source {
             self.container.read_many(&mut host_reqs)?;
         }
         drop(host_reqs);
+        if let Some(data_file) = &self.data_file {
+            if !data_reqs.is_empty() {
+                data_file.read_many(&mut data_reqs)?;
+            }
+        }
+        drop(data_reqs);
         if let Some(backing) = &self.backing {
             if !backing_reqs.is_empty() {
                 backing.read_many(&mut backing_reqs)?;

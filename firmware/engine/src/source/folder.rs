@@ -123,16 +123,42 @@ pub(crate) fn read_small(ds: &dyn Datastore, path: &str, limit: u64) -> Result<V
     Ok(buf)
 }
 
-/// Open a VM folder: its `.vmx`, the configuration files next to it, and every disk the
-/// `.vmx` references, each decoded from its own format.
-pub(crate) fn open_vm_folder(ds: &dyn Datastore, dir: &str) -> Result<OpenedSource, EngineError> {
+/// Whether `path` names a VM's configuration file (`.vmx`, in any case): a source naming one
+/// means the VM folder it lives in.
+pub(crate) fn is_vmx(path: &str) -> bool {
+    path.to_ascii_lowercase().ends_with(".vmx")
+}
+
+/// The folder a `.vmx` path lives in, and the file's name.
+pub(crate) fn split_vmx(path: &str) -> (String, String) {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => (if dir.is_empty() { "/".to_string() } else { dir.to_string() }, name.to_string()),
+        None => (".".to_string(), path.to_string()),
+    }
+}
+
+/// Open a VM folder: its `.vmx` (the one named by `vmx`, else the only one in the folder),
+/// the configuration files next to it, and every disk the `.vmx` references, each decoded from
+/// its own format.
+pub(crate) fn open_vm_folder(ds: &dyn Datastore, dir: &str, vmx: Option<&str>) -> Result<OpenedSource, EngineError> {
     let dir = dir.trim_end_matches('/');
     let dir = if dir.is_empty() { "/" } else { dir };
     let join = |name: &str| if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") };
     let names = ds.list_dir(dir)?;
-    let vmxs: Vec<&String> = names.iter().filter(|n| n.to_ascii_lowercase().ends_with(".vmx")).collect();
+    let vmxs: Vec<&String> = match vmx {
+        // Named by the source: that one, even beside others.
+        Some(v) => names.iter().filter(|n| n.as_str() == v).collect(),
+        None => names.iter().filter(|n| is_vmx(n)).collect(),
+    };
     let vmx_name = match vmxs.as_slice() {
         [one] => (*one).clone(),
+        [] if vmx.is_some() => {
+            return Err(EngineError::Invalid(format!(
+                "{}: no such file in {}; check the source path",
+                ds.describe(&join(vmx.unwrap_or_default())),
+                ds.describe(dir)
+            )))
+        }
         [] => {
             return Err(EngineError::Invalid(format!(
                 "{}: no .vmx file in this folder; give a VM folder (with its .vmx) or the path of one disk image",

@@ -1,7 +1,8 @@
 //! `nfs://` sources: disk images and VM folders read with our own NFSv3 client.
 //!
 //! `nfs://host[:port]/export/path/disk.vmdk[?mountport=N&nfsport=N&uid=N&gid=N&connections=N]`
-//! names one image; a trailing `/` names a VM folder. The authority's port and `nfsport`
+//! names one image; a trailing `/` names a VM folder, and so does a path to the VM's `.vmx`. A
+//! directory named without the trailing slash is refused with an error that says to add it. The authority's port and `nfsport`
 //! fix the NFS port and `mountport` the MOUNT port, so no portmapper is needed. The export
 //! is the longest path the server exports that is a prefix of the URL's path.
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use blocksource::{BlockSource, Extent, ExtentKind, IoHints, ReadRequest, SourceError};
 use nfs3::{ClientOptions, FileHandle, FileType, Nfs3Client, NfsError};
 
-use super::folder::{open_vm_folder, Datastore, DatastoreOpener};
+use super::folder::{is_vmx, open_vm_folder, split_vmx, Datastore, DatastoreOpener};
 use super::url::{parse_num, SourceUrl};
 use super::{open_image, OpenedSource};
 use crate::EngineError;
@@ -142,9 +143,22 @@ pub(super) fn open(spec: &NfsSpec) -> Result<OpenedSource, EngineError> {
         .map_err(|e| nfs_error(&spec.url(), e))?;
     let ds = NfsDatastore { client: Arc::new(client), base: spec.base(), export };
     if spec.folder {
-        return open_vm_folder(&ds, &spec.path);
+        return open_vm_folder(&ds, &spec.path, None);
     }
-    let raw = ds.open_raw(&spec.path)?;
+    if is_vmx(&spec.path) {
+        let (dir, name) = split_vmx(&spec.path);
+        return open_vm_folder(&ds, &dir, Some(&name));
+    }
+    let (handle, attr) = ds.lookup(&spec.path)?;
+    if attr.ftype == FileType::Directory {
+        // Without the trailing slash the URL names one disk image; a folder needs the slash.
+        return Err(EngineError::Invalid(format!(
+            "{}: is a directory, not a disk image; to back up the VM folder, end the path with a slash: {}/ (put any ?options after it)",
+            spec.url(),
+            spec.url()
+        )));
+    }
+    let raw = ds.file(&spec.path, handle, attr)?;
     let disk = open_image(raw, &DatastoreOpener { ds: &ds })?;
     Ok(OpenedSource { describe: spec.url(), disks: vec![("disk0".into(), disk)], files: vec![] })
 }
@@ -194,6 +208,13 @@ impl Datastore for NfsDatastore {
     }
     fn open_raw(&self, path: &str) -> Result<Box<dyn BlockSource>, SourceError> {
         let (handle, attr) = self.lookup(path)?;
+        self.file(path, handle, attr)
+    }
+}
+
+impl NfsDatastore {
+    /// The raw bytes of the regular file `path`, already looked up.
+    fn file(&self, path: &str, handle: FileHandle, attr: nfs3::FileAttr) -> Result<Box<dyn BlockSource>, SourceError> {
         if attr.ftype != FileType::Regular {
             return Err(SourceError::Unsupported {
                 what: self.describe(path),
