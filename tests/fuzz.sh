@@ -183,6 +183,7 @@ for r in "${runs[@]}"; do
 	fi
 done
 
+rm -rf "$BIN_DIR" # copies of binaries that stay in the target directory
 log "build $((BUILT - START)) s, runs $(secs_since "$BUILT") s, total $(secs_since "$START") s; logs in $LOG_DIR"
 if ((${#failed[@]})); then
 	log "failed: ${failed[*]}"
