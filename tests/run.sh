@@ -6,8 +6,11 @@
 # 3. builds the release binary the end-to-end tests drive,
 # 4. starts the real peers on loopback (tests/peers: nfs-ganesha, tgt iSCSI disks) and
 #    exports their env files, with RACKVAULT_REQUIRE_PEERS=1 so a missing peer fails a test,
-# 5. runs every test of the workspace, then stops the peers it started (by PID).
-# Exit status 0 only if everything passed.
+# 5. runs every test of the workspace, then stops the peers it started (by PID),
+# 6. builds every cargo-fuzz target and runs each for 25 s (tests/fuzz.sh; a target that does
+#    not build or that finds a crash fails the run; RACKVAULT_SKIP_FUZZ=1 skips this step).
+# The last line counts tests and fuzz targets together. Exit status 0 only if everything
+# passed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -53,15 +56,36 @@ set +e
 cargo test --workspace --release --quiet --no-fail-fast 2>&1 | tee /tmp/rackvault-test.log
 status=${PIPESTATUS[0]}
 set -e
-# `cargo test` prints one "test result:" line per test binary; sum them for a closing line.
-python3 - /tmp/rackvault-test.log <<'PY'
+stop_peers # the fuzzers need none
+
+: >/tmp/rackvault-fuzz.out
+fuzz_status=0
+if [[ ${RACKVAULT_SKIP_FUZZ:-0} == 1 ]]; then
+	echo "== fuzz: skipped (RACKVAULT_SKIP_FUZZ=1)" >&2
+else
+	echo "== fuzz" >&2
+	tests/fuzz.sh >/tmp/rackvault-fuzz.out || fuzz_status=$?
+	cat /tmp/rackvault-fuzz.out
+fi
+# `cargo test` prints one "test result:" line per test binary; sum them with the fuzz targets'
+# line ("fuzz: N targets passed, M failed") for a closing line.
+python3 - /tmp/rackvault-test.log /tmp/rackvault-fuzz.out "$fuzz_status" <<'PY'
 import re, sys
 p = f = ig = 0
 for line in open(sys.argv[1]):
     m = re.search(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
     if m:
         p += int(m[1]); f += int(m[2]); ig += int(m[3])
+fuzz_failed = 0
+for line in open(sys.argv[2]):
+    m = re.match(r"fuzz: (\d+) targets passed, (\d+) failed", line)
+    if m:
+        p += int(m[1]); fuzz_failed = int(m[2])
+if sys.argv[3] != "0" and fuzz_failed == 0:
+    fuzz_failed = 1  # tests/fuzz.sh failed before it could count (e.g. no cargo-fuzz)
+f += fuzz_failed
 print(f"{p} passed, {f} failed, {ig} skipped")
 sys.exit(1 if f else 0)
 PY
+if ((status == 0 && fuzz_status != 0)); then status=$fuzz_status; fi
 exit "$status"

@@ -6,6 +6,13 @@
 #   tid 3  iqn.2024-01.test.rackvault:mutual    LUN 1 = disk0.img, CHAP + mutual CHAP
 #   tid 4  iqn.2024-01.test.rackvault:thin      LUN 1 = thin.img, sparse, thin_provisioning=1
 #                                               (READ CAPACITY(16) LBPME, GET LBA STATUS)
+#   tid 5  iqn.2024-01.test.rackvault:nodigests LUN 1 = disk0.img, no digests offered (tgt's
+#                                               default): an initiator gets None whatever it asks
+#   tid 6  iqn.2024-01.test.rackvault:acl       LUN 1 = disk0.img, its ACL allows only the
+#                                               initiator name iqn.2024-01.test.rackvault:other
+# The other targets offer CRC32C digests, and tgt turns them on whenever the initiator's list
+# holds CRC32C. tgt cannot *require* digests: it always accepts None too (its HeaderDigest and
+# DataDigest values always include None), so a target that refuses None is not in this set.
 # disk0.img is RV_TGT_DISK_SIZE_MB of random data; thin.img is RV_TGT_THIN_SIZE_MB with data
 # only in a few ranges (listed in $DIR/thin.layout as "offset length" lines, in bytes).
 # Portals 127.0.0.1:$PORT and [::1]:$PORT.  URLs (libiscsi syntax) go to $DIR/env.
@@ -34,6 +41,9 @@ IQN_OPEN=iqn.2024-01.test.rackvault:disk
 IQN_CHAP=iqn.2024-01.test.rackvault:chapdisk
 IQN_MUTUAL=iqn.2024-01.test.rackvault:mutual
 IQN_THIN=iqn.2024-01.test.rackvault:thin
+IQN_NODIGESTS=iqn.2024-01.test.rackvault:nodigests
+IQN_ACL=iqn.2024-01.test.rackvault:acl
+ACL_INITIATOR=iqn.2024-01.test.rackvault:other
 
 rv_require_root
 rv_apt_install tgt libiscsi-bin
@@ -78,20 +88,26 @@ if ip -6 addr show dev lo 2>/dev/null | grep -q 'inet6 ::1/'; then
 	"${T[@]}" --op new --mode portal --param "portal=[::1]:$PORT"
 fi
 
-# new_target TID IQN IMAGE SERIAL [EXTRA_PARAMS]
+# new_target TID IQN IMAGE SERIAL [EXTRA_PARAMS]   (no initiator may log in until it is bound)
 new_target() {
 	"${T[@]}" --op new --mode target --tid "$1" -T "$2"
 	"${T[@]}" --op new --mode logicalunit --tid "$1" --lun 1 -b "$3"
 	"${T[@]}" --op update --mode logicalunit --tid "$1" --lun 1 \
 		--params "vendor_id=RVTEST,product_id=VMDISK0,scsi_sn=$4${5:+,$5}"
-	"${T[@]}" --op bind --mode target --tid "$1" -I ALL
 }
 new_target 1 "$IQN_OPEN" "$IMG" DISK0001
 new_target 2 "$IQN_CHAP" "$IMG" DISK0002
 new_target 3 "$IQN_MUTUAL" "$IMG" DISK0003
 new_target 4 "$IQN_THIN" "$THIN" THIN0001 thin_provisioning=1
-# Targets offer CRC32C digests; an initiator that asks for None still gets None.
-for tid in 1 2 3 4; do
+new_target 5 "$IQN_NODIGESTS" "$IMG" DISK0005
+new_target 6 "$IQN_ACL" "$IMG" DISK0006
+for tid in 1 2 3 4 5; do
+	"${T[@]}" --op bind --mode target --tid "$tid" -I ALL
+done
+# The ACL of tid 6 names one initiator, not ours; tgt refuses others with status 0x0203.
+"${T[@]}" --op bind --mode target --tid 6 --initiator-name "$ACL_INITIATOR"
+# All but tid 5 offer CRC32C digests: an initiator that asks for None still gets None.
+for tid in 1 2 3 4 6; do
 	"${T[@]}" --op update --mode target --tid "$tid" --name HeaderDigest --value CRC32C,None
 	"${T[@]}" --op update --mode target --tid "$tid" --name DataDigest --value CRC32C,None
 done
@@ -115,6 +131,9 @@ rv_env RV_TGT_DISK_IQN "$IQN_OPEN"
 rv_env RV_TGT_DISK_CHAP_IQN "$IQN_CHAP"
 rv_env RV_TGT_DISK_MUTUAL_IQN "$IQN_MUTUAL"
 rv_env RV_TGT_DISK_THIN_IQN "$IQN_THIN"
+rv_env RV_TGT_DISK_NODIGESTS_IQN "$IQN_NODIGESTS"
+rv_env RV_TGT_DISK_ACL_IQN "$IQN_ACL"
+rv_env RV_TGT_DISK_ACL_INITIATOR "$ACL_INITIATOR"
 rv_env RV_TGT_DISK_LUN 1
 rv_env RV_TGT_DISK_CHAP_USER "$CHAP_USER"
 rv_env RV_TGT_DISK_CHAP_PASS "$CHAP_PASS"

@@ -1,6 +1,9 @@
 //! Benchmark hook: read a whole LUN through the block layer and print bytes, seconds, MB/s.
 //!
-//!   cargo run --release -p iscsi --example iscsi_read -- PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests] [--threads=N]
+//!   cargo run --release -p iscsi --example iscsi_read -- PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests|--no-digests] [--threads=N]
+//!
+//! Digests are offered as `CRC32C,None` (the target chooses); `--digests` insists on CRC32C,
+//! `--no-digests` offers only None.
 //!
 //! With `--threads=N` (default 1), N threads share the session and read interleaved batches
 //! (thread t reads batches t, t+N, ...), as the backup engine does.
@@ -14,12 +17,20 @@ use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let digests = args.iter().any(|a| a == "--digests");
+    let digests = if args.iter().any(|a| a == "--digests") {
+        iscsi::DigestPolicy::Require
+    } else if args.iter().any(|a| a == "--no-digests") {
+        iscsi::DigestPolicy::Off
+    } else {
+        iscsi::DigestPolicy::Prefer
+    };
     let threads: u64 =
         args.iter().find_map(|a| a.strip_prefix("--threads=")).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     if pos.len() < 2 {
-        eprintln!("usage: iscsi_read PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests] [--threads=N]");
+        eprintln!(
+            "usage: iscsi_read PORTAL TARGET_IQN [LUN] [QUEUE_DEPTH] [IO_KIB] [--digests|--no-digests] [--threads=N]"
+        );
         std::process::exit(2);
     }
     let lun: u64 = pos.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -76,7 +87,11 @@ fn main() {
         secs,
         size as f64 / secs / 1e6,
         io / 1024,
-        if digests { "on" } else { "off" }
+        match session.negotiated().digests {
+            iscsi::pdu::Digests { header: true, data: true } => "on",
+            iscsi::pdu::Digests { header: false, data: false } => "off",
+            _ => "header or data only",
+        }
     );
     session.logout();
 }

@@ -40,7 +40,7 @@ pub enum IscsiError {
     Negotiation { key: String, detail: String },
 
     /// The target sent something that breaks the protocol (garbled, hostile or unexpected PDU).
-    #[error("iSCSI protocol error from the target: {detail}; the target misbehaves or the network corrupts data (enable header and data digests)")]
+    #[error("iSCSI protocol error from the target: {detail}; the target misbehaves or the network corrupts data (header and data digests, offered by default, detect corruption)")]
     Protocol { detail: String },
 
     /// The target rejected a PDU we sent.
@@ -80,7 +80,7 @@ pub fn login_status_text(class: u8, detail: u8) -> (&'static str, &'static str) 
         (2, 2) => {
             ("authorization failure", "this initiator name is not allowed on the target: add it to the target's ACL")
         }
-        (2, 3) => ("target not found", "check the target name (IQN)"),
+        (2, 3) => ("target not found or not allowed", "check the target name (IQN) and the target's ACL"),
         (2, 4) => ("target removed", "the target no longer exists at this portal"),
         (2, 5) => ("unsupported version", "the target speaks another iSCSI version"),
         (2, 6) => ("too many connections", "close other sessions to this target"),

@@ -1,8 +1,8 @@
 //! `iscsi`: rackvault's iSCSI initiator (RFC 7143), the "Direct SAN" ingest path.
 //!
 //! - [`discover`]: a discovery session (`SendTargets=All`) listing a portal's targets.
-//! - [`Session::login`]: a normal session to one target, with CHAP or mutual CHAP, optional
-//!   CRC32C header/data digests, and [`Session::lun`] giving a [`LunTransport`] that implements
+//! - [`Session::login`]: a normal session to one target, with CHAP or mutual CHAP, CRC32C
+//!   header/data digests (offered as `CRC32C,None` unless [`DigestPolicy`] says otherwise), and [`Session::lun`] giving a [`LunTransport`] that implements
 //!   [`scsi::ScsiTransport`]; the `scsi` crate's block layer runs on top of it.
 //!
 //! Layers, bottom up: [`pdu`] (framing, digests, hostile-input limits), [`text`] (key=value
@@ -26,6 +26,8 @@
 
 pub mod chap;
 pub mod error;
+#[cfg(test)]
+mod fake_target;
 pub mod login;
 pub mod pdu;
 mod session;
@@ -56,8 +58,10 @@ pub struct SessionConfig {
     pub chap: Option<Chap>,
     /// What the target must prove (mutual CHAP); needs `chap` too.
     pub mutual_chap: Option<Chap>,
-    pub header_digest: bool,
-    pub data_digest: bool,
+    /// What we offer for HeaderDigest (CRC32C over each PDU header).
+    pub header_digest: DigestPolicy,
+    /// What we offer for DataDigest (CRC32C over each data segment).
+    pub data_digest: DigestPolicy,
     /// Most commands outstanding on the session.
     pub queue_depth: usize,
     /// How long one command, a login step or a stalled PDU may take.
@@ -69,8 +73,8 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// Defaults: no CHAP, no digests, queue depth 32, 30 s I/O timeout, 60 s reconnect
-    /// deadline, 5 s keepalive.
+    /// Defaults: no CHAP, digests offered as `CRC32C,None` (the target chooses), queue depth
+    /// 32, 30 s I/O timeout, 60 s reconnect deadline, 5 s keepalive.
     pub fn new(portal: impl Into<String>, target: impl Into<String>) -> SessionConfig {
         SessionConfig {
             portal: portal.into(),
@@ -78,12 +82,50 @@ impl SessionConfig {
             initiator: DEFAULT_INITIATOR.to_string(),
             chap: None,
             mutual_chap: None,
-            header_digest: false,
-            data_digest: false,
+            header_digest: DigestPolicy::Prefer,
+            data_digest: DigestPolicy::Prefer,
             queue_depth: 32,
             io_timeout: Duration::from_secs(30),
             reconnect_deadline: Duration::from_secs(60),
             nop_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the initiator offers for one digest key (HeaderDigest or DataDigest) at login
+/// (RFC 7143 §13.1). The target answers with the first value of our list it supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DigestPolicy {
+    /// Offer `CRC32C,None`: CRC32C whenever the target supports it, so a target that
+    /// requires digests accepts the login, and None with a target that does not offer them.
+    #[default]
+    Prefer,
+    /// Offer only `CRC32C`: the login fails if the target does not agree to it.
+    Require,
+    /// Offer only `None`: the login fails if the target requires CRC32C.
+    Off,
+}
+
+impl DigestPolicy {
+    /// The value list we send at login.
+    pub fn offer(self) -> &'static str {
+        match self {
+            DigestPolicy::Prefer => "CRC32C,None",
+            DigestPolicy::Require => "CRC32C",
+            DigestPolicy::Off => "None",
+        }
+    }
+
+    /// Whether the target's answer `value` (its choice from our list) is one we offered.
+    /// Returns whether the digest is on.
+    pub fn accepts(self, value: &str) -> Option<bool> {
+        let crc = value.eq_ignore_ascii_case("CRC32C");
+        let none = value.eq_ignore_ascii_case("None");
+        match self {
+            DigestPolicy::Prefer if crc || none => Some(crc),
+            DigestPolicy::Require if crc => Some(true),
+            DigestPolicy::Off if none => Some(false),
+            _ => None,
         }
     }
 }
@@ -207,5 +249,40 @@ impl scsi::ScsiTransport for LunTransport {
 
     fn describe(&self) -> String {
         format!("{}/{}", self.session.describe(), self.lun)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_target::{self, Script};
+    use crate::pdu::Digests;
+
+    #[test]
+    fn a_pdu_with_a_wrong_header_digest_after_login_is_a_clear_protocol_error() {
+        // The target agrees to CRC32C header digests, then answers SendTargets with a
+        // Text Response whose header digest does not match its header.
+        let script = Script { header_digest: "CRC32C", ..Script::default() };
+        let (portal, seen) = fake_target::start(script, |mut w, mut r, digests| {
+            assert_eq!(digests, Digests { header: true, data: false });
+            let req = r.read_pdu().unwrap().unwrap();
+            assert_eq!(req.opcode(), op::TEXT_REQ, "the request itself carried a good header digest");
+            let mut resp = Pdu::new(op::TEXT_RESP, false);
+            resp.set_flags(0x80);
+            resp.set_itt(req.itt());
+            resp.data = text::encode(&[("TargetName", "iqn.2024-01.test:t")]);
+            let mut wire = resp.encode(digests);
+            wire[pdu::BHS_LEN] ^= 0x01; // first byte of the header digest
+            std::io::Write::write_all(&mut w, &wire).unwrap();
+            let _ = r.read_pdu();
+        });
+        let err = discover(&portal, DEFAULT_INITIATOR, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, IscsiError::Protocol { .. }), "{msg}");
+        assert!(msg.contains("header digest (CRC32C) mismatch"), "{msg}");
+        assert!(msg.contains("corrupted on the way"), "{msg}");
+        assert_eq!(err.transport_kind(), scsi::TransportErrorKind::Protocol);
+        let seen = seen.join().unwrap();
+        assert_eq!(text::get(&seen.keys, "HeaderDigest"), Some("CRC32C,None"));
     }
 }

@@ -25,6 +25,7 @@ use crate::chap::{self, Chap};
 use crate::error::{login_status_text, IscsiError};
 use crate::pdu::{op, Digests, Pdu, PduReader};
 use crate::text::{self, TextBuffer};
+use crate::DigestPolicy;
 
 /// Largest gathered login text.
 pub const MAX_LOGIN_TEXT: usize = 64 * 1024;
@@ -43,8 +44,8 @@ pub struct LoginParams<'a> {
     pub cmd_sn: u32,
     pub chap: Option<&'a Chap>,
     pub mutual: Option<&'a Chap>,
-    pub header_digest: bool,
-    pub data_digest: bool,
+    pub header_digest: DigestPolicy,
+    pub data_digest: DigestPolicy,
     /// Our MaxRecvDataSegmentLength.
     pub max_recv_data: u32,
     pub max_burst: u32,
@@ -141,6 +142,16 @@ impl Exchange<'_, '_> {
             if class != 0 {
                 let (meaning, hint) = login_status_text(class, detail);
                 let mut hint = hint.to_string();
+                if let (2, 2 | 3, Some(_)) = (class, detail, self.p.target) {
+                    // Targets answer "not found" both for a name they do not have and for one
+                    // whose ACL leaves this initiator out (tgt does): name both causes, and the
+                    // initiator name the ACL has to allow.
+                    hint = format!(
+                        "check the target name, and that the target's ACL allows our initiator name {}; \
+                         set ours with initiator_name= in the iscsi:// URL",
+                        self.p.initiator
+                    );
+                }
                 if class == 1 {
                     if let Some(a) =
                         text::parse(&resp.data).ok().and_then(|k| text::get(&k, "TargetAddress").map(str::to_string))
@@ -179,6 +190,11 @@ impl Exchange<'_, '_> {
             last: format!("during login: {detail}"),
         }
     }
+}
+
+/// Why a login that offered only None for a digest failed, and what to change.
+fn digest_required(option: &str) -> String {
+    format!("the target requires CRC32C digests: drop {option}=none (the default offers CRC32C,None)")
 }
 
 fn kv(k: &str, v: impl Into<String>) -> (String, String) {
@@ -317,10 +333,9 @@ pub fn login(w: &mut TcpStream, r: &mut PduReader<TcpStream>, p: &LoginParams<'_
     let stage = 1u8;
 
     // ---- stage 1: operational negotiation ----
-    let dig = |on: bool| if on { "CRC32C" } else { "None" };
     let mut offer = Vec::new();
-    offer.push(kv("HeaderDigest", dig(p.header_digest)));
-    offer.push(kv("DataDigest", dig(p.data_digest)));
+    offer.push(kv("HeaderDigest", p.header_digest.offer()));
+    offer.push(kv("DataDigest", p.data_digest.offer()));
     offer.push(kv("MaxRecvDataSegmentLength", p.max_recv_data.to_string()));
     if p.target.is_some() {
         offer.extend([
@@ -348,7 +363,12 @@ pub fn login(w: &mut TcpStream, r: &mut PduReader<TcpStream>, p: &LoginParams<'_
         next = Vec::new();
         for (k, v) in &ans {
             if v == "Reject" && sent.contains(k) {
-                return Err(IscsiError::Negotiation { key: k.clone(), detail: "the target rejected our value".into() });
+                let detail = match (k.as_str(), p.header_digest, p.data_digest) {
+                    ("HeaderDigest", DigestPolicy::Off, _) => digest_required("header_digest"),
+                    ("DataDigest", _, DigestPolicy::Off) => digest_required("data_digest"),
+                    _ => "the target rejected our value".into(),
+                };
+                return Err(IscsiError::Negotiation { key: k.clone(), detail });
             }
             if !sent.contains(k) {
                 // A key the target offers on its own: declarations need no answer, a few
@@ -388,19 +408,27 @@ pub fn login(w: &mut TcpStream, r: &mut PduReader<TcpStream>, p: &LoginParams<'_
             }
         }
     };
-    let digest = |k: &str, want: bool| -> Result<bool, IscsiError> {
-        let got = get(k).unwrap_or("None") == "CRC32C";
-        if got != want {
-            return Err(IscsiError::Negotiation {
-                key: k.into(),
-                detail: format!(
-                    "we asked for {} and the target answered {:?}; align the digest setting with the target",
-                    dig(want),
-                    get(k).unwrap_or("None")
+    let digest = |k: &str, want: DigestPolicy| -> Result<bool, IscsiError> {
+        // A target that leaves the key out keeps the default, None.
+        let answer = get(k).unwrap_or("None");
+        // The URL option that sets this policy (firmware/engine's iscsi:// sources).
+        let option = if k == "HeaderDigest" { "header_digest" } else { "data_digest" };
+        want.accepts(answer).ok_or_else(|| IscsiError::Negotiation {
+            key: k.into(),
+            detail: match want {
+                DigestPolicy::Off => {
+                    format!("we offered None and the target answered {answer:?}; {}", digest_required(option))
+                }
+                DigestPolicy::Require => format!(
+                    "we offered CRC32C only and the target answered {answer:?}: it does not do CRC32C \
+                     digests; drop {option}=crc32c (the default offers CRC32C,None)"
                 ),
-            });
-        }
-        Ok(got)
+                DigestPolicy::Prefer => format!(
+                    "we offered CRC32C,None and the target answered {answer:?}, which is neither; \
+                     check the target's {k} setting"
+                ),
+            },
+        })
     };
     if let Some(erl) = get("ErrorRecoveryLevel") {
         if erl != "0" {
@@ -429,4 +457,99 @@ pub fn login(w: &mut TcpStream, r: &mut PduReader<TcpStream>, p: &LoginParams<'_
         max_cmd_sn: last.max_cmd_sn(),
         exp_stat_sn: x.exp_stat_sn,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_target::{self, Script};
+
+    /// Logs in to a fake target playing `script` with digest policies `(header, data)`.
+    fn login_with(
+        script: Script,
+        digests: (DigestPolicy, DigestPolicy),
+    ) -> (Result<Negotiated, IscsiError>, Vec<(String, String)>) {
+        let (portal, seen) = fake_target::start(script, |_, _, _| {});
+        let mut w = TcpStream::connect(&portal).unwrap();
+        w.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut r = PduReader::new(w.try_clone().unwrap(), 1 << 20);
+        let p = LoginParams {
+            portal: &portal,
+            initiator: "iqn.2024-01.test.rackvault:me",
+            target: Some("iqn.2024-01.test.rackvault:t"),
+            isid: [0x80, 1, 2, 3, 4, 5],
+            tsih: 0,
+            cmd_sn: 1,
+            chap: None,
+            mutual: None,
+            header_digest: digests.0,
+            data_digest: digests.1,
+            max_recv_data: 8192,
+            max_burst: 262_144,
+            first_burst: 65_536,
+        };
+        let res = login(&mut w, &mut r, &p);
+        drop((w, r));
+        (res, seen.join().unwrap().keys)
+    }
+
+    #[test]
+    fn by_default_both_digests_are_offered_as_crc32c_then_none_and_the_targets_choice_is_used() {
+        let cfg = crate::SessionConfig::new("h", "t");
+        let default = (cfg.header_digest, cfg.data_digest);
+        assert_eq!(default, (DigestPolicy::Prefer, DigestPolicy::Prefer));
+        for (h, d) in [("CRC32C", "CRC32C"), ("CRC32C", "None"), ("None", "None")] {
+            let (res, keys) = login_with(Script { header_digest: h, data_digest: d, ..Script::default() }, default);
+            let neg = res.unwrap_or_else(|e| panic!("target choosing {h}/{d}: {e}"));
+            assert_eq!(neg.digests, Digests { header: h == "CRC32C", data: d == "CRC32C" });
+            assert_eq!(text::get(&keys, "HeaderDigest"), Some("CRC32C,None"));
+            assert_eq!(text::get(&keys, "DataDigest"), Some("CRC32C,None"));
+        }
+    }
+
+    #[test]
+    fn a_target_that_requires_digests_accepts_the_default_offer_and_explains_a_none_only_offer() {
+        let strict = Script { require_digests: true, ..Script::default() };
+        let (res, _) = login_with(strict.clone(), Default::default());
+        let neg = res.unwrap_or_else(|e| panic!("default offer to a target requiring digests: {e}"));
+        assert_eq!(neg.digests, Digests { header: true, data: true });
+
+        let (res, keys) = login_with(strict, (DigestPolicy::Off, DigestPolicy::Prefer));
+        assert_eq!(text::get(&keys, "HeaderDigest"), Some("None"));
+        let msg = res.unwrap_err().to_string();
+        assert!(msg.contains("HeaderDigest") && msg.contains("requires CRC32C"), "{msg}");
+        assert!(msg.contains("drop header_digest=none"), "{msg}");
+    }
+
+    #[test]
+    fn forced_digest_settings_offer_one_value_and_a_target_answering_otherwise_names_the_url_option() {
+        let (res, keys) =
+            login_with(Script { header_digest: "CRC32C", ..Script::default() }, (DigestPolicy::Off, DigestPolicy::Off));
+        assert_eq!(text::get(&keys, "HeaderDigest"), Some("None"));
+        let msg = res.unwrap_err().to_string();
+        assert!(
+            msg.contains("HeaderDigest") && msg.contains("requires CRC32C") && msg.contains("header_digest=none"),
+            "{msg}"
+        );
+
+        let (res, keys) = login_with(Script::default(), (DigestPolicy::Prefer, DigestPolicy::Require));
+        assert_eq!(text::get(&keys, "DataDigest"), Some("CRC32C"));
+        let msg = res.unwrap_err().to_string();
+        assert!(msg.contains("DataDigest") && msg.contains("data_digest=crc32c"), "{msg}");
+    }
+
+    #[test]
+    fn a_target_not_found_or_not_allowed_is_explained_with_our_initiator_name() {
+        for detail in [2, 3] {
+            let (res, _) = login_with(Script { status: (2, detail), ..Script::default() }, Default::default());
+            let err = res.unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, IscsiError::LoginFailed { status_class: 2, .. }), "{msg}");
+            assert!(msg.contains("iqn.2024-01.test.rackvault:t"), "{msg}");
+            let meaning = if detail == 2 { "authorization failure" } else { "not found or not allowed" };
+            assert!(msg.contains(meaning), "{msg}");
+            assert!(msg.contains("ACL allows our initiator name iqn.2024-01.test.rackvault:me"), "{msg}");
+            assert!(msg.contains("initiator_name="), "{msg}");
+        }
+    }
 }

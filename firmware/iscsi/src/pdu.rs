@@ -156,20 +156,17 @@ pub struct Digests {
 #[derive(Debug)]
 pub enum PduError {
     /// The stream ended (cleanly between PDUs or in the middle of one).
-    Eof {
-        mid_pdu: bool,
-    },
+    Eof { mid_pdu: bool },
     /// A socket error.
     Io(io::Error),
     /// Nothing arrived inside a PDU for longer than the stall limit.
     Stalled,
     /// The peer announced a data segment larger than we accept.
-    TooLong {
-        len: usize,
-        max: usize,
-    },
-    HeaderDigest,
-    DataDigest,
+    TooLong { len: usize, max: usize },
+    /// The header digest the target sent does not match the header (BHS + AHS) we received.
+    HeaderDigest { sent: u32, computed: u32 },
+    /// The data digest the target sent does not match the data segment (with its padding).
+    DataDigest { sent: u32, computed: u32 },
 }
 
 impl std::fmt::Display for PduError {
@@ -182,8 +179,18 @@ impl std::fmt::Display for PduError {
             PduError::TooLong { len, max } => {
                 write!(f, "the target sent a {len}-byte data segment, more than the {max} bytes we accept")
             }
-            PduError::HeaderDigest => f.write_str("header digest (CRC32C) mismatch"),
-            PduError::DataDigest => f.write_str("data digest (CRC32C) mismatch"),
+            PduError::HeaderDigest { sent, computed } => write!(
+                f,
+                "header digest (CRC32C) mismatch: a PDU header from the target carries digest \
+                 0x{sent:08x} but its bytes give 0x{computed:08x}, so the header was corrupted on \
+                 the way or the target computes digests wrongly"
+            ),
+            PduError::DataDigest { sent, computed } => write!(
+                f,
+                "data digest (CRC32C) mismatch: a data segment from the target carries digest \
+                 0x{sent:08x} but its bytes give 0x{computed:08x}, so the data was corrupted on the \
+                 way or the target computes digests wrongly"
+            ),
         }
     }
 }
@@ -191,7 +198,7 @@ impl std::fmt::Display for PduError {
 impl PduError {
     /// The peer broke the protocol (as opposed to the connection failing).
     pub fn is_protocol(&self) -> bool {
-        matches!(self, PduError::TooLong { .. } | PduError::HeaderDigest | PduError::DataDigest)
+        matches!(self, PduError::TooLong { .. } | PduError::HeaderDigest { .. } | PduError::DataDigest { .. })
     }
 }
 
@@ -272,10 +279,10 @@ impl<R: Read> PduReader<R> {
         if self.digests.header {
             let mut d = [0u8; 4];
             self.fill(&mut d, false)?;
-            let mut c = crc32c::crc32c(&bhs);
-            c = crc32c::crc32c_append(c, &ahs);
-            if c != u32::from_le_bytes(d) {
-                return Err(PduError::HeaderDigest);
+            let computed = crc32c::crc32c_append(crc32c::crc32c(&bhs), &ahs);
+            let sent = u32::from_le_bytes(d);
+            if computed != sent {
+                return Err(PduError::HeaderDigest { sent, computed });
             }
         }
         Ok(Some(Header { bhs, ahs, data_len }))
@@ -304,9 +311,10 @@ impl<R: Read> PduReader<R> {
         if self.digests.data {
             let mut d = [0u8; 4];
             self.fill(&mut d, false)?;
-            let c = crc32c::crc32c_append(crc32c::crc32c(dst), padding);
-            if c != u32::from_le_bytes(d) {
-                return Err(PduError::DataDigest);
+            let computed = crc32c::crc32c_append(crc32c::crc32c(dst), padding);
+            let sent = u32::from_le_bytes(d);
+            if computed != sent {
+                return Err(PduError::DataDigest { sent, computed });
             }
         }
         Ok(())
@@ -352,9 +360,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc_vector_and_round_trip() {
-        // RFC 7143 Appendix: 32 bytes of zeros.
-        assert_eq!(crc32c::crc32c(&[0u8; 32]).to_le_bytes(), [0xaa, 0x36, 0x91, 0x8a]);
+    fn crc32c_matches_the_rfc_3720_appendix_b4_vectors_in_wire_byte_order() {
+        let inc: Vec<u8> = (0..32).collect();
+        let dec: Vec<u8> = (0..32).rev().collect();
+        // The SCSI Read (10) command PDU of the appendix.
+        let read10: [u8; 48] = [
+            0x01, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x14, 0, 0, 0, 0, 0, 0x04, 0, 0, 0, 0, 0x14, 0, 0, 0,
+            0x18, 0x28, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        for (what, data, wire) in [
+            ("32 zero bytes", &[0u8; 32][..], [0xaa, 0x36, 0x91, 0x8a]),
+            ("32 0xff bytes", &[0xffu8; 32][..], [0x43, 0xab, 0xa8, 0x62]),
+            ("32 incrementing bytes", &inc[..], [0x4e, 0x79, 0xdd, 0x46]),
+            ("32 decrementing bytes", &dec[..], [0x5c, 0xdb, 0x3f, 0x11]),
+            ("a READ(10) command PDU", &read10[..], [0x56, 0x3a, 0x96, 0xd9]),
+        ] {
+            assert_eq!(crc32c::crc32c(data).to_le_bytes(), wire, "{what}");
+        }
+        // encode() appends that digest after the 48-byte header.
+        let mut p = Pdu::new(op::SCSI_CMD, true);
+        p.bhs.copy_from_slice(&read10);
+        let wire = p.encode(Digests { header: true, data: false });
+        assert_eq!(wire[48..], [0x56, 0x3a, 0x96, 0xd9]);
+    }
+
+    #[test]
+    fn a_pdu_whose_header_or_data_digest_is_wrong_is_a_protocol_error_naming_both_digests() {
+        let mut p = Pdu::new(op::DATA_IN, false);
+        p.set_itt(9);
+        p.data = b"some data".to_vec();
+        let both = Digests { header: true, data: true };
+        let good = p.encode(both);
+        let mut bad = good.clone();
+        bad[BHS_LEN] ^= 0xff; // the header digest's first byte
+        let mut r = PduReader::new(&bad[..], 8192);
+        r.digests = both;
+        let e = r.read_pdu().unwrap_err();
+        assert!(matches!(e, PduError::HeaderDigest { .. }) && e.is_protocol(), "{e}");
+        let sent = u32::from_le_bytes(bad[BHS_LEN..BHS_LEN + 4].try_into().unwrap());
+        let computed = u32::from_le_bytes(good[BHS_LEN..BHS_LEN + 4].try_into().unwrap());
+        let msg = e.to_string();
+        assert!(msg.contains("header digest (CRC32C) mismatch"), "{msg}");
+        assert!(msg.contains(&format!("0x{sent:08x}")) && msg.contains(&format!("0x{computed:08x}")), "{msg}");
+        // A header digest that is right but a data segment changed on the way.
+        let mut bad = good.clone();
+        bad[BHS_LEN + 4] ^= 0x01;
+        let mut r = PduReader::new(&bad[..], 8192);
+        r.digests = both;
+        let e = r.read_pdu().unwrap_err();
+        assert!(matches!(e, PduError::DataDigest { .. }) && e.is_protocol(), "{e}");
+        assert!(e.to_string().contains("data was corrupted on the way"), "{e}");
+    }
+
+    #[test]
+    fn crc_round_trip() {
         for digests in [Digests::default(), Digests { header: true, data: true }] {
             let mut p = Pdu::new(op::SCSI_CMD, false);
             p.set_itt(7);
@@ -383,11 +442,11 @@ mod tests {
         wire[60] ^= 1;
         let mut r = PduReader::new(&wire[..], 65536);
         r.digests = Digests { header: true, data: true };
-        assert!(matches!(r.read_pdu(), Err(PduError::DataDigest)));
+        assert!(matches!(r.read_pdu(), Err(PduError::DataDigest { .. })));
         wire[3] ^= 1;
         let mut r = PduReader::new(&wire[..], 65536);
         r.digests = Digests { header: true, data: false };
-        assert!(matches!(r.read_pdu(), Err(PduError::HeaderDigest)));
+        assert!(matches!(r.read_pdu(), Err(PduError::HeaderDigest { .. })));
         assert!(matches!(PduReader::new(&wire[..20], 65536).read_pdu(), Err(PduError::Eof { mid_pdu: true })));
     }
 

@@ -12,7 +12,7 @@ use std::process::Command as Proc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iscsi::{Chap, IscsiError, Session, SessionConfig};
+use iscsi::{Chap, DigestPolicy, IscsiError, Session, SessionConfig};
 use scsi::BlockDevice;
 
 struct Env {
@@ -21,6 +21,11 @@ struct Env {
     chap_iqn: String,
     mutual_iqn: String,
     thin_iqn: String,
+    /// A target that offers no digests.
+    nodigests_iqn: String,
+    /// A target whose ACL allows only `acl_initiator`.
+    acl_iqn: String,
+    acl_initiator: String,
     chap_user: String,
     chap_pass: String,
     mutual_user: String,
@@ -40,6 +45,9 @@ fn env() -> Option<Env> {
             chap_iqn: get("RV_TGT_DISK_CHAP_IQN")?,
             mutual_iqn: get("RV_TGT_DISK_MUTUAL_IQN")?,
             thin_iqn: get("RV_TGT_DISK_THIN_IQN")?,
+            nodigests_iqn: get("RV_TGT_DISK_NODIGESTS_IQN")?,
+            acl_iqn: get("RV_TGT_DISK_ACL_IQN")?,
+            acl_initiator: get("RV_TGT_DISK_ACL_INITIATOR")?,
             chap_user: get("RV_TGT_DISK_CHAP_USER")?,
             chap_pass: get("RV_TGT_DISK_CHAP_PASS")?,
             mutual_user: get("RV_TGT_DISK_MUTUAL_USER")?,
@@ -98,7 +106,7 @@ fn discovery_lists_all_targets() {
     let Some(e) = env() else { return };
     let t = iscsi::discover(&e.portal, iscsi::DEFAULT_INITIATOR, None).unwrap();
     let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
-    for iqn in [&e.iqn, &e.chap_iqn, &e.mutual_iqn, &e.thin_iqn] {
+    for iqn in [&e.iqn, &e.chap_iqn, &e.mutual_iqn, &e.thin_iqn, &e.nodigests_iqn] {
         assert!(names.contains(&iqn.as_str()), "{iqn} missing from {names:?}");
     }
     assert!(t.iter().all(|t| !t.addresses.is_empty()));
@@ -109,7 +117,7 @@ fn login_variants_inquiry_and_capacity() {
     let Some(e) = env() else { return };
     let chap = Chap::new(e.chap_user.clone(), e.chap_pass.clone());
     let mutual = Chap::new(e.mutual_user.clone(), e.mutual_pass.clone());
-    for digests in [false] {
+    for digests in [DigestPolicy::Off] {
         for (iqn, c, m) in [
             (&e.iqn, None, None),
             (&e.chap_iqn, Some(chap.clone()), None),
@@ -121,7 +129,7 @@ fn login_variants_inquiry_and_capacity() {
             c2.header_digest = digests;
             c2.data_digest = digests;
             let (s, d) = open(c2);
-            assert_eq!(s.negotiated().digests.header, digests);
+            assert!(!s.negotiated().digests.header && !s.negotiated().digests.data);
             assert_eq!(d.size_bytes(), e.size);
             assert_eq!(d.info().vendor, "RVTEST");
             assert_eq!(d.info().block_size, 512);
@@ -136,10 +144,10 @@ fn login_variants_inquiry_and_capacity() {
             s.logout();
         }
     }
-    // tgt decides digests per target (default None); asking for CRC32C either gets it or is
+    // tgt decides digests per target (default None); insisting on CRC32C either gets it or is
     // refused with a clear message. Digest logins are tested against the private tgtd below.
     let mut c = cfg(&e.portal, &e.iqn);
-    c.header_digest = true;
+    c.header_digest = DigestPolicy::Require;
     match Session::login(c) {
         Ok(s) => assert!(s.negotiated().digests.header),
         Err(err) => assert!(err.to_string().contains("HeaderDigest") && err.to_string().contains("CRC32C"), "{err}"),
@@ -191,6 +199,57 @@ fn read_whole_lun_matches_backing_file() {
     let got = read_all(&d, e.size, 64);
     eprintln!("read {} MiB in {:?}", e.size >> 20, t.elapsed());
     same(&got, &std::fs::read(&e.img).unwrap());
+    s.logout();
+}
+
+#[test]
+fn default_login_to_a_target_offering_crc32c_none_turns_digests_on_and_reads_the_disk_image() {
+    let Some(e) = env() else { return };
+    let (s, d) = open(cfg(&e.portal, &e.iqn));
+    // We offer CRC32C,None and tgt takes the first value it allows.
+    let neg = s.negotiated().digests;
+    assert!(neg.header && neg.data, "{neg:?}");
+    same(&read_all(&d, e.size, 16), &std::fs::read(&e.img).unwrap());
+    s.logout();
+    // header_digest=none / data_digest=none still get a session without digests.
+    let mut c = cfg(&e.portal, &e.iqn);
+    c.header_digest = DigestPolicy::Off;
+    c.data_digest = DigestPolicy::Off;
+    let (s, d) = open(c);
+    assert!(!s.negotiated().digests.header && !s.negotiated().digests.data);
+    let mut a = vec![0u8; 1 << 20];
+    d.read_at(5 << 20, &mut a).unwrap();
+    same(&a, &std::fs::read(&e.img).unwrap()[5 << 20..6 << 20]);
+    s.logout();
+}
+
+#[test]
+fn default_login_to_a_target_without_digests_gets_none_and_reads_the_disk_image() {
+    let Some(e) = env() else { return };
+    let (s, d) = open(cfg(&e.portal, &e.nodigests_iqn));
+    let neg = s.negotiated().digests;
+    assert!(!neg.header && !neg.data, "{neg:?}");
+    same(&read_all(&d, e.size, 16), &std::fs::read(&e.img).unwrap());
+    s.logout();
+}
+
+#[test]
+fn a_target_whose_acl_leaves_us_out_names_our_initiator_name_and_how_to_set_it() {
+    let Some(e) = env() else { return };
+    let err = Session::login(cfg(&e.portal, &e.acl_iqn)).unwrap_err();
+    let msg = err.to_string();
+    // tgt answers an initiator its ACL leaves out with 0x0203, "not found".
+    assert!(matches!(err, IscsiError::LoginFailed { status_class: 2, status_detail: 3, .. }), "{msg}");
+    assert!(msg.contains(&e.acl_iqn) && msg.contains("not found or not allowed"), "{msg}");
+    assert!(msg.contains(&format!("ACL allows our initiator name {}", iscsi::DEFAULT_INITIATOR)), "{msg}");
+    assert!(msg.contains("initiator_name="), "{msg}");
+    // With the initiator name the ACL allows, the same target logs in and reads.
+    let mut c = cfg(&e.portal, &e.acl_iqn);
+    c.initiator = e.acl_initiator.clone();
+    let (s, d) = open(c);
+    let mut a = vec![0u8; 65536];
+    d.read_at(0, &mut a).unwrap();
+    same(&a, &std::fs::read(&e.img).unwrap()[..65536]);
     s.logout();
 }
 
@@ -397,8 +456,8 @@ fn private_target_write_restart_and_deadline() {
         let mut dc = cfg(&p.portal(), &format!("iqn.2024-01.test.rackvault:{iqn}"));
         dc.chap = Some(chap.clone());
         dc.mutual_chap = m;
-        dc.header_digest = true;
-        dc.data_digest = true;
+        dc.header_digest = DigestPolicy::Require;
+        dc.data_digest = DigestPolicy::Require;
         let (ds, dd) = open(dc);
         assert!(ds.negotiated().digests.header && ds.negotiated().digests.data);
         same(&read_all(&dd, size, 16), &img);

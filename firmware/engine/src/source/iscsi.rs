@@ -1,7 +1,8 @@
 //! `iscsi://` sources: LUNs read with our own iSCSI initiator ("Direct SAN").
 //!
-//! `iscsi://[user[%secret]@]host[:port]/<target iqn>/<lun>[?target_user=U&target_password=P&header_digest=crc32c&data_digest=crc32c&initiator=IQN]`
-//! follows libiscsi's syntax. CHAP credentials may also come from [`SourceSecrets`] (the
+//! `iscsi://[user[%secret]@]host[:port]/<target iqn>/<lun>[?target_user=U&target_password=P&header_digest=D&data_digest=D&initiator_name=IQN]`
+//! follows libiscsi's syntax. A digest `D` is `crc32c,none` (the default: CRC32C whenever the
+//! target supports it), `crc32c` (insist on it) or `none` (offer no digest). CHAP credentials may also come from [`SourceSecrets`] (the
 //! binary's config or secret files), which keeps them off the command line. Unmapped ranges
 //! of a thin LUN (GET LBA STATUS) are reported as zeros and never read.
 
@@ -30,8 +31,8 @@ pub struct IscsiSpec {
     pub lun: u64,
     pub chap: Option<(String, Secret)>,
     pub mutual_chap: Option<(String, Secret)>,
-    pub header_digest: bool,
-    pub data_digest: bool,
+    pub header_digest: iscsi::DigestPolicy,
+    pub data_digest: iscsi::DigestPolicy,
     pub initiator: Option<String>,
 }
 
@@ -57,11 +58,13 @@ impl IscsiSpec {
         };
         let mut target_user = None;
         let mut target_secret = None;
-        let (mut header_digest, mut data_digest, mut initiator) = (false, false, None);
+        let (mut header_digest, mut data_digest, mut initiator) =
+            (iscsi::DigestPolicy::Prefer, iscsi::DigestPolicy::Prefer, None);
         let digest = |k: &str, v: &str| match v.to_ascii_lowercase().as_str() {
-            "crc32c" | "on" | "true" | "1" => Ok(true),
-            "none" | "off" | "false" | "0" => Ok(false),
-            _ => Err(invalid(format!("{k}={v:?}: use crc32c or none"))),
+            "crc32c,none" | "crc32c-none" | "auto" => Ok(iscsi::DigestPolicy::Prefer),
+            "crc32c" | "on" | "true" | "1" => Ok(iscsi::DigestPolicy::Require),
+            "none" | "off" | "false" | "0" => Ok(iscsi::DigestPolicy::Off),
+            _ => Err(invalid(format!("{k}={v:?}: use crc32c,none (the default), crc32c or none"))),
         };
         for (k, v) in &u.query {
             match k.as_str() {
@@ -72,7 +75,7 @@ impl IscsiSpec {
                 "initiator" | "initiator_name" => initiator = Some(v.clone()),
                 other => {
                     return Err(invalid(format!(
-                        "unknown option {other:?}; known: target_user, target_password, header_digest, data_digest, initiator"
+                        "unknown option {other:?}; known: target_user, target_password, header_digest, data_digest, initiator_name"
                     )))
                 }
             }
@@ -219,7 +222,8 @@ mod tests {
             "iscsi://backupuser%Secret12345678@127.0.0.1:3261/iqn.2024-01.test.rackvault:chapdisk/1?target_user=tgtout&target_password=OutSecret123456&header_digest=crc32c",
         )
         .unwrap();
-        assert_eq!((s.port, s.lun, s.header_digest), (3261, 1, true));
+        assert_eq!((s.port, s.lun, s.header_digest), (3261, 1, iscsi::DigestPolicy::Require));
+        assert_eq!(s.data_digest, iscsi::DigestPolicy::Prefer, "no option: CRC32C,None");
         assert_eq!(s.target, "iqn.2024-01.test.rackvault:chapdisk");
         assert_eq!(s.url(), "iscsi://backupuser@127.0.0.1:3261/iqn.2024-01.test.rackvault:chapdisk/1");
         let dbg = format!("{s:?}");
@@ -229,5 +233,23 @@ mod tests {
         assert!(IscsiSpec::parse("iscsi://u@h/iqn.x/1").is_err());
         assert!(IscsiSpec::parse("iscsi://h/iqn.x/1?target_user=x").is_err());
         assert_eq!(IscsiSpec::parse("iscsi://[::1]/iqn.x/0").unwrap().url(), "iscsi://[::1]:3260/iqn.x/0");
+    }
+
+    #[test]
+    fn digests_default_to_crc32c_none_and_url_options_force_either_and_set_the_initiator_name() {
+        use iscsi::DigestPolicy::{Off, Prefer, Require};
+        let secrets = SourceSecrets::default();
+        let s = IscsiSpec::parse("iscsi://h/iqn.x:y/1").unwrap();
+        let cfg = s.session_config(&secrets);
+        assert_eq!((cfg.header_digest, cfg.data_digest), (Prefer, Prefer));
+        assert_eq!(cfg.initiator, DEFAULT_INITIATOR);
+        let s = IscsiSpec::parse("iscsi://h/iqn.x:y/1?header_digest=none&data_digest=NONE").unwrap();
+        assert_eq!((s.header_digest, s.data_digest), (Off, Off));
+        let s = IscsiSpec::parse("iscsi://h/iqn.x:y/1?header_digest=crc32c&data_digest=crc32c,none").unwrap();
+        assert_eq!((s.header_digest, s.data_digest), (Require, Prefer));
+        let err = IscsiSpec::parse("iscsi://h/iqn.x:y/1?data_digest=md5").unwrap_err().to_string();
+        assert!(err.contains("data_digest") && err.contains("crc32c,none"), "{err}");
+        let s = IscsiSpec::parse("iscsi://h/iqn.x:y/1?initiator_name=iqn.2024-01.com.example:backup").unwrap();
+        assert_eq!(s.session_config(&secrets).initiator, "iqn.2024-01.com.example:backup");
     }
 }

@@ -46,7 +46,7 @@ impl Nfs {
     }
 }
 
-/// The running tgt with its four targets.
+/// The running tgt with its targets (tests/peers/start-tgt-disk.sh lists them).
 struct Tgt {
     env: BTreeMap<String, String>,
 }
@@ -287,7 +287,7 @@ fn iscsi_luns_open_chap_and_mutual_chap_restore_exactly() {
     // Lock before reading the env file: a restart test removes it while the peer is down.
     let _shared = peer_lock("tgt").read();
     let Some(tgt) = Tgt::get() else { return };
-    // Discovery lists all four targets of the portal.
+    // Discovery lists the targets of the portal (those whose ACL allows us).
     let found = rv!["probe", format!("iscsi://{}", tgt.e("PORTAL")), "--json"].run().success().json();
     let names: Vec<&str> = found["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     for key in ["IQN", "CHAP_IQN", "MUTUAL_IQN", "THIN_IQN"] {
