@@ -44,8 +44,8 @@ use store::{
 pub use progress::{NoProgress, Progress};
 pub use restore::{disk_file_name, restore, RestoreFormat, RestoreOptions, RestoreReport};
 pub use source::{
-    detect_format, open_image, open_source, open_source_all, probe, IscsiSpec, NfsSpec, OpenedSource, ProbeDisk,
-    ProbeReport, ProbeTarget, Secret, SourceSecrets, SourceSpec,
+    detect_format, open_image, open_source, open_source_all, probe, IscsiSpec, LocalConfinement, NfsSpec, OpenedSource,
+    ProbeDisk, ProbeReport, ProbeTarget, Secret, SourceSecrets, SourceSpec,
 };
 
 /// Default chunk size, chosen by measurement (see README, "Chunk size").

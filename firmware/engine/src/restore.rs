@@ -437,13 +437,15 @@ pub(crate) fn remove_stale_partials(dir: &Path) -> StaleCleanup {
 /// Open (creating) the partial file `path` and take its exclusive lock, retrying briefly if a
 /// cleaner holds it; truncate it only once it is ours. Refuses if a running restore holds it.
 fn open_partial(path: &Path) -> Result<File, String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     for _ in 0..50 {
+        // A restored disk holds the guest's data: readable by the restoring user only.
         let file = File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         match file.try_lock() {

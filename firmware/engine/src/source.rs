@@ -18,6 +18,7 @@
 //! Secrets (CHAP secrets) never appear in `describe()` strings, errors or restore-point
 //! metadata: [`SourceSpec`]'s `Debug` and every URL we print leave them out.
 
+mod confine;
 mod detect;
 mod folder;
 mod iscsi;
@@ -31,6 +32,7 @@ use blocksource::{BackingOpener, BlockSource, LocalBackingOpener, SourceError};
 
 use crate::EngineError;
 
+pub use self::confine::LocalConfinement;
 pub use self::detect::detect_format;
 pub use self::iscsi::IscsiSpec;
 pub use self::nfs::NfsSpec;
@@ -44,6 +46,8 @@ pub struct SourceSecrets {
     pub chap: Option<(String, Secret)>,
     /// iSCSI mutual CHAP: the user and secret the target must prove.
     pub mutual_chap: Option<(String, Secret)>,
+    /// Where local files may be read from (the daemon's source roots); default: anywhere.
+    pub local: LocalConfinement,
 }
 
 /// A parsed source argument.
@@ -121,8 +125,10 @@ pub fn open_source(spec: &str) -> Result<Box<dyn BlockSource>, EngineError> {
 pub fn open_source_all(spec: &str, secrets: &SourceSecrets) -> Result<OpenedSource, EngineError> {
     match SourceSpec::parse(spec)? {
         SourceSpec::Local(path) => {
+            let confine = &secrets.local;
+            let path = confine.check(&path)?;
+            let store = folder::LocalDatastore { confine: confine.clone() };
             if path.is_dir() {
-                let store = folder::LocalDatastore;
                 return folder::open_vm_folder(&store, &path.display().to_string(), None);
             }
             // A VM's .vmx stands for its folder: its disks are what it references. (Read as a
@@ -130,9 +136,9 @@ pub fn open_source_all(spec: &str, secrets: &SourceSecrets) -> Result<OpenedSour
             let shown = path.display().to_string();
             if folder::is_vmx(&shown) && path.is_file() {
                 let (dir, name) = folder::split_vmx(&shown);
-                return folder::open_vm_folder(&folder::LocalDatastore, &dir, Some(&name));
+                return folder::open_vm_folder(&store, &dir, Some(&name));
             }
-            let disk = open_local(&path)?;
+            let disk = open_local(&path, confine)?;
             Ok(OpenedSource {
                 describe: path.display().to_string(),
                 disks: vec![("disk0".into(), disk)],
@@ -188,8 +194,13 @@ pub fn probe(spec: &str, secrets: &SourceSecrets) -> Result<ProbeReport, EngineE
                 _ => secrets.chap.clone(),
             };
             let chap = chap.map(|c| iscsi::chap(&c));
-            let targets = ::iscsi::discover(&portal, iscsi::DEFAULT_INITIATOR, chap.as_ref()).map_err(|e| {
-                SourceError::Io { what: format!("iscsi://{portal}"), source: std::io::Error::other(e.to_string()) }
+            let targets = ::iscsi::discover(&portal, iscsi::DEFAULT_INITIATOR, chap.as_ref()).map_err(|e| match e {
+                ::iscsi::IscsiError::Connect { source, .. } => {
+                    SourceError::Io { what: format!("iscsi://{portal}: cannot connect"), source }
+                }
+                e => {
+                    SourceError::Io { what: format!("iscsi://{portal}"), source: std::io::Error::other(e.to_string()) }
+                }
             })?;
             let targets = targets.into_iter().map(|t| ProbeTarget { name: t.name, addresses: t.addresses }).collect();
             return Ok(ProbeReport::IscsiTargets { portal, targets });
@@ -219,9 +230,27 @@ pub fn probe(spec: &str, secrets: &SourceSecrets) -> Result<ProbeReport, EngineE
     })
 }
 
-fn open_local(path: &Path) -> Result<Box<dyn BlockSource>, SourceError> {
+fn open_local(path: &Path, confine: &LocalConfinement) -> Result<Box<dyn BlockSource>, SourceError> {
     let file = FileSource::open(path)?;
-    open_image(Box::new(file), &LocalBackingOpener)
+    if confine.is_unconfined() {
+        return open_image(Box::new(file), &LocalBackingOpener);
+    }
+    open_image(Box::new(file), &ConfinedOpener { confine })
+}
+
+/// Backing and data files of a confined local image: resolved as [`LocalBackingOpener`]
+/// does, then held to the same confinement as the image.
+struct ConfinedOpener<'a> {
+    confine: &'a LocalConfinement,
+}
+
+impl BackingOpener for ConfinedOpener<'_> {
+    fn open_backing(&self, name: &str, child_describe: &str) -> Result<(Box<dyn BlockSource>, String), SourceError> {
+        let path = blocksource::resolve_backing_path(name, child_describe)?;
+        let real = self.confine.check(&path)?;
+        let shown = real.display().to_string();
+        Ok((Box::new(FileSource::open(&real)?), shown))
+    }
 }
 
 /// Decode the image in `container` (raw bytes of a file or LUN), whatever its format.

@@ -200,6 +200,8 @@ impl Credentials {
         Ok(engine::SourceSecrets {
             chap: pair(&self.chap_user, &self.chap_secret_file)?,
             mutual_chap: pair(&self.mutual_user, &self.mutual_secret_file)?,
+            // The command line reads whatever its user may read.
+            local: engine::LocalConfinement::default(),
         })
     }
 }

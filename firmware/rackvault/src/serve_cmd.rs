@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// library, so backup, restore and tape can be tried with nothing else installed.
     #[arg(long)]
     dev: bool,
+    /// A directory local sources (image files, VM folders) may be read from; repeat for
+    /// several. Default: /srv. The data directory is never readable as a source.
+    #[arg(long = "source-root", value_name = "DIR")]
+    source_roots: Vec<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {

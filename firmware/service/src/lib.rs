@@ -159,6 +159,13 @@ impl Principal {
     }
 }
 
+/// Creates `dir` (and missing parents) readable by the service user only: restores hold
+/// guests' data.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -195,6 +202,10 @@ pub struct ApplianceOptions {
     pub dev: bool,
     /// How much audit log is kept (tests make it small).
     pub audit_limits: AuditLimits,
+    /// Directories local sources may be read from (the daemon passes its `--source-root`s,
+    /// `/srv` by default); the data directory is refused whatever they say. `None`: anywhere
+    /// (tests and embedding).
+    pub source_roots: Option<Vec<PathBuf>>,
 }
 
 /// The appliance.
@@ -214,6 +225,8 @@ pub struct Appliance {
     interrupted_at_open: u64,
     /// The store's upkeep: watermark state, clock and maintenance timing (see `lifecycle`).
     upkeep: Mutex<lifecycle::Upkeep>,
+    /// Where local sources may be read from (see `engine::LocalConfinement`).
+    confinement: engine::LocalConfinement,
     /// The first-run setup code, while no user exists (see `access`).
     setup_code: Mutex<Option<String>>,
     /// Monotonic counters for metrics (see `metrics`).
@@ -298,6 +311,7 @@ impl Appliance {
         let [users, tokens, audit, tasks_db, usage_db, counters]: [KvDb; 6] =
             dbs.try_into().map_err(|_| ServiceError::Internal("state: one database per name".into()))?;
         let auth = Auth::open(&env, users, tokens, audit, data_dir.join("audit"), opts.audit_limits)?;
+        let confinement = confinement(data_dir, &opts)?;
         let setup_code = match auth.user_count(&env)? {
             0 => Some(access::ensure_setup_code(data_dir)?),
             _ => None,
@@ -335,6 +349,7 @@ impl Appliance {
             data_dir: data_dir.to_path_buf(),
             auth,
             setup_code: Mutex::new(setup_code),
+            confinement,
             counters,
             metrics_cache: Mutex::default(),
             tape_seen: Mutex::default(),
@@ -439,6 +454,20 @@ fn source_datastore(url: &str) -> String {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     }
+}
+
+/// The confinement of local sources: the configured roots that exist (and the dev samples),
+/// never the data directory.
+fn confinement(data_dir: &Path, opts: &ApplianceOptions) -> Result<engine::LocalConfinement, ServiceError> {
+    let Some(roots) = &opts.source_roots else { return Ok(engine::LocalConfinement::default()) };
+    let data = std::fs::canonicalize(data_dir).map_err(|e| ServiceError::io(data_dir, e))?;
+    let mut allow: Vec<PathBuf> = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    if opts.dev {
+        let samples = data.join("samples");
+        std::fs::create_dir_all(&samples).map_err(|e| ServiceError::io(&samples, e))?;
+        allow.push(samples);
+    }
+    Ok(engine::LocalConfinement { allow, deny: vec![data] })
 }
 
 /// Dev mode: a sample VM disk and source, and an emulated tape library.

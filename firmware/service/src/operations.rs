@@ -73,6 +73,7 @@ impl Appliance {
         let me = self.me.clone();
         let task_user = user.to_string();
         let src = self.source(source_id)?;
+        self.check_local_source(&src.url)?;
         let secrets = self.secrets(&src)?;
         let store = self.store.clone();
         let name = src.name.clone();
@@ -202,7 +203,7 @@ impl Appliance {
         let spec = point.spec();
         let job: tasks::Job = Box::new(move |live: &Live| {
             let run = || -> Result<serde_json::Value, String> {
-                std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+                crate::private_dir(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
                 let mut names = Vec::new();
                 for i in disks {
                     let label = &point.disks[i].label;
@@ -223,7 +224,7 @@ impl Appliance {
                 }
                 for f in &point.files {
                     let content = store.read_point_file(f).map_err(|e| e.to_string())?;
-                    std::fs::write(partial.join(&f.name), content).map_err(|e| e.to_string())?;
+                    crate::config::write_private(&partial.join(&f.name), &content).map_err(|e| e.to_string())?;
                     names.push(f.name.clone());
                 }
                 std::fs::rename(&partial, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::schedule::CalendarEvent;
+use crate::sources::probe_error;
 use crate::{
     config, lock, notify, tasks, Appliance, ChannelOutcome, NotificationsInfo, NotificationsInput, Principal, Role,
     ServiceError, Settings,
@@ -41,6 +42,28 @@ pub struct SettingsInput {
 }
 
 impl Appliance {
+    /// An emulated library (a directory of cartridge files) lives inside the data directory:
+    /// anywhere else it would let the web admin write files where the daemon may write.
+    fn check_emulated_library(&self, dir: &str) -> Result<(), ServiceError> {
+        let path = std::path::Path::new(dir);
+        let data = std::fs::canonicalize(&self.data_dir).map_err(|e| ServiceError::io(&self.data_dir, e))?;
+        let lexical_ok = path.is_absolute() && !path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+        // The deepest part that exists decides, so a symbolic link cannot lead outside.
+        let mut existing = path;
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(std::path::Path::new("/"));
+        }
+        let real = std::fs::canonicalize(existing).map_err(|e| ServiceError::io(existing, e))?;
+        if !lexical_ok || !real.starts_with(&data) || (real == data && existing == path) {
+            return Err(ServiceError::Invalid(format!(
+                "an emulated tape library must be a directory inside the data directory {}, e.g. emulated:{}",
+                data.display(),
+                data.join("tape-library").display()
+            )));
+        }
+        Ok(())
+    }
+
     // ---- settings and metrics ---------------------------------------------------------------------
 
     pub fn settings(&self, actor: &Principal) -> Result<serde_json::Value, ServiceError> {
@@ -126,12 +149,18 @@ impl Appliance {
                     "the tape library address must not carry credentials: it is shown and logged".into(),
                 ));
             }
+            if let Some(dir) = spec.strip_prefix("emulated:") {
+                self.check_emulated_library(dir)?;
+            }
             let _one = self.tape_quick()?;
-            let lib = engine::tape::Library::open(spec).map_err(|e| {
-                ServiceError::Invalid(format!("cannot open the tape library {spec}: {e}; check the address"))
+            let lib = engine::tape::Library::open(spec).map_err(|e| match probe_error(spec, e.into()) {
+                ServiceError::Invalid(m) => ServiceError::Invalid(m),
+                e => ServiceError::Invalid(format!("cannot open the tape library {spec}: {e}; check the address")),
             })?;
-            lib.inventory()
-                .map_err(|e| ServiceError::Invalid(format!("tape library {spec} did not answer an inventory: {e}")))?;
+            lib.inventory().map_err(|e| match probe_error(spec, e.into()) {
+                ServiceError::Invalid(m) => ServiceError::Invalid(m),
+                e => ServiceError::Invalid(format!("tape library {spec} did not answer an inventory: {e}")),
+            })?;
         }
         let current = lock(&self.config).settings.clone();
         let limits = Settings {

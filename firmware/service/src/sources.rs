@@ -124,6 +124,7 @@ impl Appliance {
                 "put CHAP secrets in the secret fields, not in the URL (the URL is shown and logged)".into(),
             ));
         }
+        self.check_local_source(input.url.trim())?;
         let mut c = lock(&self.config);
         let existing = id.map(|id| {
             c.sources.iter().position(|s| s.id == id).ok_or_else(|| ServiceError::NotFound(format!("no source {id}")))
@@ -203,14 +204,23 @@ impl Appliance {
         Ok(engine::SourceSecrets {
             chap: pair(&s.chap_user, &s.chap_secret)?,
             mutual_chap: pair(&s.mutual_user, &s.mutual_secret)?,
+            local: self.confinement.clone(),
         })
+    }
+
+    /// Refuses a local source outside the source roots, or inside the data directory.
+    pub(crate) fn check_local_source(&self, url: &str) -> Result<(), ServiceError> {
+        if let Ok(engine::SourceSpec::Local(path)) = engine::SourceSpec::parse(url) {
+            self.confinement.check(&path).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// "Test connection": probes the source (iSCSI targets, NFS exports, or its disks).
     pub fn test_source(&self, actor: &Principal, id: &str) -> Result<serde_json::Value, ServiceError> {
         actor.require(Role::Operator)?;
         let s = self.source(id)?;
-        let report = engine::probe(&s.url, &self.secrets(&s)?)?;
+        let report = engine::probe(&s.url, &self.secrets(&s)?).map_err(|e| probe_error(&s.url, e.into()))?;
         Ok(serde_json::to_value(report).unwrap_or(serde_json::Value::Null))
     }
 
@@ -326,4 +336,31 @@ impl Appliance {
         self.audit(actor, "run job", &job.name);
         Ok(t)
     }
+}
+
+/// A probe's error as the operator sees it: a failure to connect reads "cannot connect",
+/// whatever the reason (refused, timed out, unreachable), so that probing does not tell a
+/// closed port from a filtered one; other errors are unchanged.
+pub(crate) fn probe_error(target: &str, e: ServiceError) -> ServiceError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused
+                    | TimedOut
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | ConnectionReset
+                    | AddrNotAvailable
+            ) {
+                return ServiceError::Invalid(format!(
+                    "cannot connect to {target}; check the address and port, that the service runs there, and that no firewall blocks the appliance"
+                ));
+            }
+        }
+        cause = c.source();
+    }
+    e
 }

@@ -264,7 +264,7 @@ impl Appliance {
         let subject = format!("{spec} from tape to {}", req.target);
         let t = self.spawn_tape_task("tape-restore", &subject, &actor.user, move |live, cat, lib| {
             let mut run = || -> Result<serde_json::Value, String> {
-                std::fs::create_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+                crate::private_dir(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
                 let target = match &disk {
                     Some(d) => engine::tape::TapeRestoreTarget::Disk {
                         disk: d.clone(),

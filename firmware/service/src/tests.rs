@@ -516,7 +516,7 @@ fn settings_change_limits_and_the_tape_library() {
     // An address that does not answer is refused and nothing changes.
     let dead = "iscsi://127.0.0.1:9/iqn.2024-01.test:none/0".to_string();
     let e = app.put_settings(&admin(), input(Some(dead), 2)).unwrap_err();
-    assert!(e.to_string().contains("cannot open the tape library"), "{e}");
+    assert!(e.to_string().contains("cannot connect to iscsi://127.0.0.1:9/"), "{e}");
     let secret = "iscsi://u%25s@127.0.0.1:3260/iqn.x/0".to_string();
     assert!(matches!(app.put_settings(&admin(), input(Some(secret), 2)), Err(ServiceError::Invalid(_))));
     assert!(matches!(app.tape_inventory(&admin()), Err(ServiceError::NotFound(_))));

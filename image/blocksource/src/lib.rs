@@ -194,6 +194,11 @@ pub enum SourceError {
     #[error("{what}: corrupt image at byte offset {offset}: {detail}; the image cannot be read safely, repair it (e.g. `qemu-img check -r all`) or back up another copy")]
     Corrupt { what: String, offset: u64, detail: String },
 
+    /// A local file outside the places the appliance may read sources from (its data
+    /// directory, its own keys, system files).
+    #[error("{path}: {detail}")]
+    Confined { path: PathBuf, detail: String },
+
     /// The image uses a feature we do not implement.
     #[error("{what}: unsupported image feature: {detail}")]
     Unsupported { what: String, detail: String },

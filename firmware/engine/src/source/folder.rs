@@ -35,9 +35,12 @@ pub(crate) trait Datastore: Send + Sync + fmt::Debug {
     fn open_raw(&self, path: &str) -> Result<Box<dyn BlockSource>, SourceError>;
 }
 
-/// The local filesystem; paths are absolute or relative to the working directory.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LocalDatastore;
+/// The local filesystem; paths are absolute or relative to the working directory. Every
+/// file and folder opened is held to `confine`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalDatastore {
+    pub confine: super::LocalConfinement,
+}
 
 impl Datastore for LocalDatastore {
     fn describe(&self, path: &str) -> String {
@@ -48,15 +51,17 @@ impl Datastore for LocalDatastore {
     }
     fn list_dir(&self, dir: &str) -> Result<Vec<String>, SourceError> {
         let io = |source| SourceError::Io { what: dir.to_string(), source };
+        let real = self.confine.check(Path::new(dir))?;
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io)? {
+        for entry in std::fs::read_dir(real).map_err(io)? {
             names.push(entry.map_err(io)?.file_name().to_string_lossy().into_owned());
         }
         names.sort();
         Ok(names)
     }
     fn open_raw(&self, path: &str) -> Result<Box<dyn BlockSource>, SourceError> {
-        Ok(Box::new(FileSource::open(Path::new(path))?))
+        let real = self.confine.check(Path::new(path))?;
+        Ok(Box::new(FileSource::open(&real)?))
     }
 }
 

@@ -146,7 +146,13 @@ pub(super) fn open(spec: &IscsiSpec, secrets: &SourceSecrets) -> Result<Box<dyn 
         ),
     };
     let cfg = spec.session_config(secrets);
-    let session = iscsi::Session::login(cfg).map_err(|e| io_err(&e, false))?;
+    let session = iscsi::Session::login(cfg).map_err(|e| match e {
+        // Keep the socket's error, so callers can tell a failure to connect by its kind.
+        iscsi::IscsiError::Connect { portal, source } => {
+            SourceError::Io { what: format!("{url}: cannot connect to iSCSI portal {portal}"), source }
+        }
+        e => io_err(&e, false),
+    })?;
     let transport: Arc<dyn scsi::ScsiTransport> = Arc::new(session.lun(spec.lun));
     let dev = scsi::BlockDevice::open(transport).map_err(|e| io_err(&e, false))?;
     Ok(Box::new(IscsiDisk { dev, url }))

@@ -105,8 +105,10 @@ impl Library {
 
     fn open_iscsi(spec: &str) -> Result<Library, TapeError> {
         let s = IscsiSpec::parse(spec)?;
-        let session = iscsi::Session::login(s.session_config(&SourceSecrets::default()))
-            .map_err(|e| TapeError::Library { library: s.url(), detail: e.to_string() })?;
+        let session = iscsi::Session::login(s.session_config(&SourceSecrets::default())).map_err(|e| match e {
+            iscsi::IscsiError::Connect { source, .. } => TapeError::Unreachable { library: s.url(), source },
+            e => TapeError::Library { library: s.url(), detail: e.to_string() },
+        })?;
         let changer = MediaChanger::open(Arc::new(session.lun(s.lun)))?;
         let luns = session
             .report_luns()

@@ -51,6 +51,15 @@ pub enum TapeError {
     Invalid(String),
     #[error("tape library {library}: {detail}")]
     Library { library: String, detail: String },
+    /// No connection to the library's portal (its socket error kept for callers).
+    #[error(
+        "tape library {library}: cannot connect: {source}; is the library running? check the address and any firewall"
+    )]
+    Unreachable {
+        library: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cartridge {barcode} is not in library {library}; insert it through the mail slot or check the barcode")]
     NotInLibrary { barcode: String, library: String },
     #[error("cartridge {barcode} holds data ({detail}); labelling would destroy it. Label it with force (`--force`, or \"force\": true in the API) to overwrite it anyway")]

@@ -562,7 +562,10 @@ fn open_output(path: &Path, size: u64) -> Result<(File, bool), TapeError> {
         let f = OpenOptions::new().write(true).open(path).map_err(io)?;
         return Ok((f, true));
     }
-    let f = OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io)?;
+    // A restored disk holds the guest's data: readable by the restoring user only.
+    let f = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().write(true).create(true).truncate(true), 0o600)
+        .open(path)
+        .map_err(io)?;
     f.set_len(size).map_err(io)?;
     Ok((f, false))
 }

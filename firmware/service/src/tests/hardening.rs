@@ -232,3 +232,111 @@ fn metrics_need_a_principal_and_the_ingest_counter_never_goes_down() {
     let m = app.metrics(&scraper).unwrap();
     assert!(m.contains(&format!("rackvault_bytes_ingested_total {}", 2 * (3 << 20))), "{m}");
 }
+
+#[test]
+fn probe_errors_say_cannot_connect_without_telling_closed_from_filtered() {
+    let (_d, app) = open();
+    set_up(&app);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let src = local_source(&app, "closed", format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:none/1"));
+    let e = app.test_source(&admin(), &src.id).unwrap_err().to_string();
+    assert!(e.contains("cannot connect") && !e.to_lowercase().contains("refused"), "{e}");
+    let input = SettingsInput {
+        max_tasks: 4,
+        max_tasks_per_host: 2,
+        max_tasks_per_datastore: 2,
+        tape_changer: Some(format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:vtl/0")),
+        time_zone: None,
+        capacity_high_pct: None,
+        capacity_low_pct: None,
+        maintenance_schedule: None,
+        verify_schedule: None,
+        verify_skip_days: None,
+    };
+    let e = app.put_settings(&admin(), input).unwrap_err().to_string();
+    assert!(e.contains("cannot connect") && !e.to_lowercase().contains("refused"), "{e}");
+}
+
+#[test]
+fn local_sources_are_confined_to_the_source_roots_and_never_the_data_directory() {
+    let top = tempfile::tempdir().unwrap();
+    let (roots, data, elsewhere) = (top.path().join("srv"), top.path().join("data"), top.path().join("etc"));
+    for d in [&roots, &data, &elsewhere] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let opts = ApplianceOptions { source_roots: Some(vec![roots.clone()]), ..Default::default() };
+    let app = Appliance::open(&data, opts).unwrap();
+    set_up(&app);
+    let put = |name: &str, url: String| {
+        let input = SourceInput {
+            name: name.into(),
+            url,
+            chap_user: None,
+            chap_secret: None,
+            mutual_user: None,
+            mutual_secret: None,
+            max_read_mbps: None,
+        };
+        app.put_source(&admin(), None, input)
+    };
+    std::fs::write(elsewhere.join("shadow"), b"root:secret").unwrap();
+    std::fs::write(roots.join("vm.raw"), vec![3u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(data.join("appliance.key"), roots.join("key.raw")).unwrap();
+    for (name, url) in [
+        ("shadow", elsewhere.join("shadow").display().to_string()),
+        ("key", data.join("appliance.key").display().to_string()),
+        ("link", roots.join("key.raw").display().to_string()),
+        ("dotdot", format!("{}/../data/config.json", roots.display())),
+    ] {
+        let e = put(name, url).unwrap_err();
+        assert!(matches!(e, ServiceError::Invalid(_)), "{name}: {e}");
+    }
+    // A qcow2 under the root whose backing file is outside it reads nothing from there.
+    let qcow = roots.join("sneaky.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(elsewhere.join("shadow"))
+        .arg(&qcow)
+        .arg("1M")
+        .status();
+    if st.is_ok_and(|s| s.success()) {
+        let src = put("sneaky", qcow.display().to_string()).unwrap();
+        let t = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
+        assert_eq!(t.state, TaskState::Failed, "{t:?}");
+        assert!(t.error.as_deref().unwrap_or("").contains("--source-root"), "{t:?}");
+    } else {
+        eprintln!("qemu-img not found: the backing-file case is not checked");
+    }
+    // Under the root: backed up, and restored readable by the service user only.
+    let src = put("vm", roots.join("vm.raw").display().to_string()).unwrap();
+    assert_eq!(wait(&app, app.start_backup(&admin(), &src.id).unwrap().id).state, TaskState::Succeeded);
+    let point = app.points(&admin()).unwrap()[0].point.spec();
+    let r = app.start_restore(&admin(), RestoreRequest { point, disk: None, target: "r".into() }).unwrap();
+    assert_eq!(wait(&app, r.id).state, TaskState::Succeeded);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("restores/r")), 0o700);
+    assert_eq!(mode(&data.join("restores/r/disk0.raw")), 0o600);
+    // An emulated tape library must live inside the data directory.
+    let mut input = SettingsInput {
+        max_tasks: 4,
+        max_tasks_per_host: 2,
+        max_tasks_per_datastore: 2,
+        tape_changer: Some(format!("emulated:{}", elsewhere.join("lib").display())),
+        time_zone: None,
+        capacity_high_pct: None,
+        capacity_low_pct: None,
+        maintenance_schedule: None,
+        verify_schedule: None,
+        verify_skip_days: None,
+    };
+    let e = app.put_settings(&admin(), input.clone()).unwrap_err().to_string();
+    assert!(e.contains("inside the data directory"), "{e}");
+    input.tape_changer = Some(format!("emulated:{}/../etc/lib", data.display()));
+    assert!(app.put_settings(&admin(), input.clone()).is_err());
+    input.tape_changer = Some(format!("emulated:{}", data.join("tape-library").display()));
+    app.put_settings(&admin(), input).unwrap();
+}
