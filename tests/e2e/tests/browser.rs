@@ -1007,7 +1007,7 @@ fn web_ui_walkthrough() {
         b.click("#settings-save");
         let refused =
             b.wait("the refusal", Duration::from_secs(30), || b.banner().filter(|t| t.contains("banner-error")));
-        assert!(refused.contains("cannot open the tape library"), "the refusal says why: {refused}");
+        assert!(refused.contains("cannot connect to iscsi://127.0.0.1:9"), "the refusal says why: {refused}");
         b.goto(&format!("{base}#/dashboard"));
         b.find("#dashboard .stats");
         b.goto(&format!("{base}#/settings"));
