@@ -13,9 +13,9 @@ fn open() -> (tempfile::TempDir, Arc<Appliance>) {
     (dir, app)
 }
 
-/// Adds a source without secrets or limits.
-fn local_source(app: &Appliance, name: &str, url: String) -> SourceInfo {
-    let input = SourceInput {
+/// A source without secrets or limits.
+fn source_input(name: &str, url: String) -> SourceInput {
+    SourceInput {
         name: name.into(),
         url,
         chap_user: None,
@@ -23,8 +23,29 @@ fn local_source(app: &Appliance, name: &str, url: String) -> SourceInfo {
         mutual_user: None,
         mutual_secret: None,
         max_read_mbps: None,
-    };
-    app.put_source(&admin(), None, input).unwrap()
+    }
+}
+
+/// Adds a source without secrets or limits.
+fn local_source(app: &Appliance, name: &str, url: String) -> SourceInfo {
+    app.put_source(&admin(), None, source_input(name, url)).unwrap()
+}
+
+/// Settings with `max_tasks` tasks (one per host and datastore) and the library `changer`;
+/// the rest unchanged.
+fn settings_input(max_tasks: usize, changer: Option<String>) -> SettingsInput {
+    SettingsInput {
+        max_tasks,
+        max_tasks_per_host: 1,
+        max_tasks_per_datastore: 1,
+        tape_changer: changer,
+        time_zone: None,
+        capacity_high_pct: None,
+        capacity_low_pct: None,
+        maintenance_schedule: None,
+        verify_schedule: None,
+        verify_skip_days: None,
+    }
 }
 
 /// Opens `dir` again once the appliance dropped before is gone: a task's thread may still
@@ -499,18 +520,7 @@ fn a_source_read_limit_paces_its_backup() {
 fn settings_change_limits_and_the_tape_library() {
     let (d, app) = open();
     let operator = Principal::new("op", Role::Operator);
-    let input = |changer: Option<String>, n: usize| SettingsInput {
-        max_tasks: n,
-        max_tasks_per_host: 1,
-        max_tasks_per_datastore: 1,
-        tape_changer: changer,
-        time_zone: None,
-        capacity_high_pct: None,
-        capacity_low_pct: None,
-        maintenance_schedule: None,
-        verify_schedule: None,
-        verify_skip_days: None,
-    };
+    let input = |changer: Option<String>, n: usize| settings_input(n, changer);
     assert!(matches!(app.put_settings(&operator, input(None, 2)), Err(ServiceError::Forbidden(_))));
     assert!(matches!(app.put_settings(&admin(), input(None, 0)), Err(ServiceError::Invalid(_))));
     // An address that does not answer is refused and nothing changes.
@@ -827,16 +837,11 @@ fn a_backup_above_the_high_watermark_that_nothing_can_relieve_is_refused_before_
     let (d, app) = open();
     let job = lifecycle_job(&app, d.path(), None, None);
     let s = |high: u8, low: u8| SettingsInput {
-        max_tasks: 4,
-        max_tasks_per_host: 2,
-        max_tasks_per_datastore: 1,
-        tape_changer: None,
         time_zone: Some("Europe/Berlin".into()),
         capacity_high_pct: Some(high),
         capacity_low_pct: Some(low),
         maintenance_schedule: Some("sun 04:30".into()),
-        verify_schedule: None,
-        verify_skip_days: None,
+        ..settings_input(4, None)
     };
     assert!(matches!(app.put_settings(&admin(), s(50, 60)), Err(ServiceError::Invalid(_))));
     let bad_tz = SettingsInput { time_zone: Some("Mars/Olympus".into()), ..s(90, 80) };
@@ -865,18 +870,7 @@ fn a_backup_above_the_high_watermark_that_nothing_can_relieve_is_refused_before_
 fn points_pruned_from_disk_after_their_tape_copy_show_as_on_tape_only() {
     let (d, app) = open();
     let lib = format!("emulated:{}", d.path().join("lib").display());
-    let settings = SettingsInput {
-        max_tasks: 4,
-        max_tasks_per_host: 2,
-        max_tasks_per_datastore: 1,
-        tape_changer: Some(lib),
-        time_zone: None,
-        capacity_high_pct: None,
-        capacity_low_pct: None,
-        maintenance_schedule: None,
-        verify_schedule: None,
-        verify_skip_days: None,
-    };
+    let settings = settings_input(4, Some(lib));
     app.put_settings(&admin(), settings).unwrap();
     let inv = app.tape_inventory(&admin()).unwrap();
     let barcodes: Vec<String> = inv["elements"]
@@ -930,16 +924,11 @@ fn a_scheduled_verify_runs_incrementally_and_skips_what_it_verified_recently() {
     let job = lifecycle_job(&app, d.path(), None, None);
     run_job_to_end(&app, &job);
     let settings = SettingsInput {
-        max_tasks: 4,
-        max_tasks_per_host: 2,
-        max_tasks_per_datastore: 1,
-        tape_changer: None,
-        time_zone: None,
         capacity_high_pct: Some(99),
         capacity_low_pct: Some(98),
-        maintenance_schedule: None,
         verify_schedule: Some("02:00".into()),
         verify_skip_days: Some(7),
+        ..settings_input(4, None)
     };
     let bad = SettingsInput { verify_schedule: Some("whenever".into()), ..settings.clone() };
     assert!(matches!(app.put_settings(&admin(), bad), Err(ServiceError::Invalid(_))));

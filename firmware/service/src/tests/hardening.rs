@@ -244,18 +244,7 @@ fn probe_errors_say_cannot_connect_without_telling_closed_from_filtered() {
     let src = local_source(&app, "closed", format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:none/1"));
     let e = app.test_source(&admin(), &src.id).unwrap_err().to_string();
     assert!(e.contains("cannot connect") && !e.to_lowercase().contains("refused"), "{e}");
-    let input = SettingsInput {
-        max_tasks: 4,
-        max_tasks_per_host: 2,
-        max_tasks_per_datastore: 2,
-        tape_changer: Some(format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:vtl/0")),
-        time_zone: None,
-        capacity_high_pct: None,
-        capacity_low_pct: None,
-        maintenance_schedule: None,
-        verify_schedule: None,
-        verify_skip_days: None,
-    };
+    let input = settings_input(4, Some(format!("iscsi://127.0.0.1:{port}/iqn.2024-01.test:vtl/0")));
     let e = app.put_settings(&admin(), input).unwrap_err().to_string();
     assert!(e.contains("cannot connect") && !e.to_lowercase().contains("refused"), "{e}");
 }
@@ -270,18 +259,7 @@ fn local_sources_are_confined_to_the_source_roots_and_never_the_data_directory()
     let opts = ApplianceOptions { source_roots: Some(vec![roots.clone()]), ..Default::default() };
     let app = Appliance::open(&data, opts).unwrap();
     set_up(&app);
-    let put = |name: &str, url: String| {
-        let input = SourceInput {
-            name: name.into(),
-            url,
-            chap_user: None,
-            chap_secret: None,
-            mutual_user: None,
-            mutual_secret: None,
-            max_read_mbps: None,
-        };
-        app.put_source(&admin(), None, input)
-    };
+    let put = |name: &str, url: String| app.put_source(&admin(), None, source_input(name, url));
     std::fs::write(elsewhere.join("shadow"), b"root:secret").unwrap();
     std::fs::write(roots.join("vm.raw"), vec![3u8; 1 << 20]).unwrap();
     std::os::unix::fs::symlink(data.join("appliance.key"), roots.join("key.raw")).unwrap();
@@ -321,18 +299,7 @@ fn local_sources_are_confined_to_the_source_roots_and_never_the_data_directory()
     assert_eq!(mode(&data.join("restores/r")), 0o700);
     assert_eq!(mode(&data.join("restores/r/disk0.raw")), 0o600);
     // An emulated tape library must live inside the data directory.
-    let mut input = SettingsInput {
-        max_tasks: 4,
-        max_tasks_per_host: 2,
-        max_tasks_per_datastore: 2,
-        tape_changer: Some(format!("emulated:{}", elsewhere.join("lib").display())),
-        time_zone: None,
-        capacity_high_pct: None,
-        capacity_low_pct: None,
-        maintenance_schedule: None,
-        verify_schedule: None,
-        verify_skip_days: None,
-    };
+    let mut input = settings_input(4, Some(format!("emulated:{}", elsewhere.join("lib").display())));
     let e = app.put_settings(&admin(), input.clone()).unwrap_err().to_string();
     assert!(e.contains("inside the data directory"), "{e}");
     input.tape_changer = Some(format!("emulated:{}/../etc/lib", data.display()));
