@@ -4,8 +4,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use blocksource::{BlockSource, ReadRequest, SourceError};
+use blocksource::{BlockSource, SourceError};
 use common::*;
+use testkit::image::assert_unsupported;
 
 const MIB: u64 = 1 << 20;
 
@@ -23,24 +24,8 @@ fn base_image(dir: &Path, opts: &[&str]) -> (PathBuf, Vec<u8>, Vec<u8>) {
     (img, bytes, data)
 }
 
-/// Map and read the whole disk; the first error.
-fn try_everything(src: &dyn BlockSource) -> Result<(), SourceError> {
-    src.allocation(0, src.size())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < src.size() {
-        let n = (src.size() - off).min(buf.len() as u64) as usize;
-        src.read_many(&mut [ReadRequest { offset: off, buf: &mut buf[..n] }])?;
-        off += n as u64;
-    }
-    Ok(())
-}
-
 fn open_err(bytes: Vec<u8>) -> SourceError {
-    match open_mem(bytes) {
-        Ok(src) => panic!("image with bad metadata opened: {src:?}"),
-        Err(e) => e,
-    }
+    refused(open_mem(bytes))
 }
 
 fn assert_corrupt(e: &SourceError, offset: u64, words: &str) {
@@ -52,11 +37,6 @@ fn assert_corrupt(e: &SourceError, offset: u64, words: &str) {
         }
         other => panic!("expected Corrupt({words}), got {other}"),
     }
-}
-
-fn assert_unsupported(e: &SourceError, words: &str) {
-    assert!(matches!(e, SourceError::Unsupported { .. }), "expected Unsupported, got {e}");
-    assert!(e.to_string().contains(words), "expected {words:?} in: {e}");
 }
 
 /// Offsets of L2 entries of the first L2 table, and the table's offset.
@@ -92,7 +72,7 @@ fn truncated_images() {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let err = match open(&path) {
             Err(e) => e,
-            Ok(src) => try_everything(&src).expect_err("a truncated image read without error"),
+            Ok(src) => try_read_all(&src).expect_err("a truncated image read without error"),
         };
         assert!(matches!(err, SourceError::Corrupt { .. }), "cut {cut}: {err}");
         let msg = err.to_string();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use blocksource::{BlockSource, ReadRequest, SourceError};
+use blocksource::{BlockSource, SourceError};
 use common::*;
 
 /// The dynamic header of qemu-made images sits right after the footer copy.
@@ -13,20 +13,11 @@ fn dynamic() -> Option<Vec<u8>> {
 }
 
 fn open_err(bytes: Vec<u8>) -> SourceError {
-    match open_mem(bytes) {
-        Ok(src) => panic!("image with bad metadata opened: {src:?}"),
-        Err(e) => e,
-    }
+    refused(open_mem(bytes))
 }
 
 fn assert_corrupt(e: &SourceError, words: &str) {
-    match e {
-        SourceError::Corrupt { what, detail, .. } => {
-            assert_eq!(what, "mem.vhd");
-            assert!(detail.contains(words), "expected {words:?} in: {e}");
-        }
-        other => panic!("expected Corrupt({words}), got {other}"),
-    }
+    testkit::image::assert_corrupt(e, "mem.vhd", words);
 }
 
 /// Patch the image and fix every checksum.
@@ -37,26 +28,13 @@ fn with(good: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     d
 }
 
-/// Map and read the whole disk; the first error.
-fn try_everything(src: &dyn BlockSource) -> Result<(), SourceError> {
-    src.allocation(0, src.size())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < src.size() {
-        let n = (src.size() - off).min(buf.len() as u64) as usize;
-        src.read_many(&mut [ReadRequest { offset: off, buf: &mut buf[..n] }])?;
-        off += n as u64;
-    }
-    Ok(())
-}
-
 #[test]
 fn a_damaged_footer_copy_falls_back_to_the_footer_at_the_end() {
     let Some(good) = dynamic() else { return };
     let mut d = good.clone();
     d[100] ^= 0xff; // inside the copy at the start, checksum not fixed
     let src = open_mem(d).unwrap();
-    try_everything(&src).unwrap();
+    try_read_all(&src).unwrap();
     // Both copies damaged: the checksum error names the footer.
     let mut d = good.clone();
     d[100] ^= 0xff;

@@ -2,9 +2,10 @@
 
 mod common;
 
-use blocksource::{BlockSource, ReadRequest, SourceError};
+use blocksource::SourceError;
 use common::build::{Image, MIB};
 use common::*;
+use testkit::image::assert_unsupported;
 
 /// A 6 MiB dynamic image with data in a few blocks, built with qemu-img.
 fn qemu_image() -> Vec<u8> {
@@ -16,40 +17,12 @@ fn qemu_image() -> Vec<u8> {
     std::fs::read(&img).unwrap()
 }
 
-/// Map and read the whole disk; the first error.
-fn try_everything(src: &dyn BlockSource) -> Result<(), SourceError> {
-    src.allocation(0, src.size())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < src.size() {
-        let n = (src.size() - off).min(buf.len() as u64) as usize;
-        src.read_many(&mut [ReadRequest { offset: off, buf: &mut buf[..n] }])?;
-        off += n as u64;
-    }
-    Ok(())
-}
-
 fn open_err(bytes: Vec<u8>) -> SourceError {
-    match open_mem(bytes) {
-        Ok(src) => panic!("image with bad metadata opened: {src:?}"),
-        Err(e) => e,
-    }
+    refused(open_mem(bytes))
 }
 
 fn assert_corrupt(e: &SourceError, words: &str) {
-    match e {
-        SourceError::Corrupt { what, detail, .. } => {
-            assert_eq!(what, "mem.vhdx");
-            assert!(detail.contains(words), "expected {words:?} in: {e}");
-            assert!(e.to_string().contains("mem.vhdx"));
-        }
-        other => panic!("expected Corrupt({words}), got {other}"),
-    }
-}
-
-fn assert_unsupported(e: &SourceError, words: &str) {
-    assert!(matches!(e, SourceError::Unsupported { .. }), "expected Unsupported, got {e}");
-    assert!(e.to_string().contains(words), "expected {words:?} in: {e}");
+    testkit::image::assert_corrupt(e, "mem.vhdx", words);
 }
 
 /// Patch the image and recompute every header / region table CRC.
@@ -322,7 +295,7 @@ fn truncated_files_never_panic() {
         match open_mem(good[..cut].to_vec()) {
             Err(e) => assert!(matches!(e, SourceError::Corrupt { .. }), "cut {cut}: {e}"),
             Ok(src) => {
-                try_everything(&src).unwrap_or_else(|e| panic!("cut {cut}: opened but failed: {e}"));
+                try_read_all(&src).unwrap_or_else(|e| panic!("cut {cut}: opened but failed: {e}"));
             }
         }
     }

@@ -4,45 +4,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use blocksource::{BlockSource, ReadRequest};
 use common::*;
+use testkit::image::exercise;
+use testkit::mutate::maybe_truncate;
 
 /// Hosted sparse header fields worth hitting directly (offset, width).
 const FIELDS: &[(usize, usize)] =
     &[(4, 4), (8, 4), (12, 8), (20, 8), (28, 8), (36, 8), (44, 4), (48, 8), (56, 8), (64, 8), (73, 4), (77, 2)];
-
-#[derive(Debug, Default)]
-struct Stats {
-    opened: usize,
-    mapped: usize,
-    read: usize,
-}
-
-fn exercise(files: &MemOpener, top: &str, rng: &mut Rng, stats: &mut Stats) {
-    let Ok(src) = open_mem(files, top) else { return };
-    stats.opened += 1;
-    let size = src.size();
-    stats.mapped += usize::from(src.allocation(0, size.min(1 << 30)).is_ok());
-    let mut buf = vec![0u8; 4 * MIB as usize];
-    let n = size.min(buf.len() as u64) as usize;
-    let mut reqs: Vec<ReadRequest<'_>> = buf[..n]
-        .chunks_mut(256 << 10)
-        .enumerate()
-        .map(|(i, b)| ReadRequest { offset: (i as u64) << 18, buf: b })
-        .collect();
-    stats.read += usize::from(src.read_many(&mut reqs).is_ok());
-    for _ in 0..4 {
-        if size == 0 {
-            break;
-        }
-        let len = 1 + rng.below(size.min(200_000));
-        let off = rng.below(size - len + 1);
-        let _ = src.read_at(off, &mut buf[..len as usize]);
-        let _ = src.allocation(off, len);
-    }
-}
 
 /// Corrupt binary file contents: header fields, random bytes in the metadata window, bit flips,
 /// sometimes a truncation.
@@ -79,10 +47,7 @@ fn mutate_binary(d: &mut Vec<u8>, window: usize, rng: &mut Rng) {
             }
         }
     }
-    if rng.below(10) == 0 {
-        let len = rng.below(d.len() as u64 + 1) as usize;
-        d.truncate(len);
-    }
+    maybe_truncate(d, 10, rng);
 }
 
 /// Corrupt descriptor text line-wise: numbers replaced, lines dropped or duplicated, bytes
@@ -139,24 +104,19 @@ fn mutate_text(d: &mut Vec<u8>, rng: &mut Rng) {
 fn fuzz(good: &MemOpener, top: &str, iterations: usize, seed: u64, min_opened: usize) {
     let mut names: Vec<&String> = good.files.keys().collect();
     names.sort();
-    let mut rng = Rng(seed);
-    let started = Instant::now();
-    let mut stats = Stats::default();
-    for _ in 0..iterations {
-        let mut files = MemOpener { files: good.files.clone() };
+    let mutate = |files: &mut std::collections::HashMap<String, Vec<u8>>, rng: &mut Rng| {
         let name = names[rng.below(names.len() as u64) as usize];
-        let d = files.files.get_mut(name.as_str()).unwrap();
+        let d = files.get_mut(name.as_str()).unwrap();
         if vmdk::is_vmdk(d) && !d.starts_with(b"KDMV") && !d.starts_with(b"COWD") {
-            mutate_text(d, &mut rng);
+            mutate_text(d, rng);
         } else {
-            mutate_binary(d, 64 << 10, &mut rng);
+            mutate_binary(d, 64 << 10, rng);
         }
-        exercise(&files, top, &mut rng, &mut stats);
-    }
-    eprintln!("{top}: {iterations} corrupted sets: {stats:?}");
-    assert!(stats.opened >= min_opened && stats.read > min_opened / 2, "{stats:?}");
-    assert!(stats.opened < iterations, "no corruption was detected at all: {stats:?}");
-    assert!(started.elapsed() < Duration::from_secs(120), "fuzz loop too slow: {:?}", started.elapsed());
+    };
+    let tally = flip_loop(top, &good.files, seed, iterations, mutate, |files, rng, t| {
+        exercise(open_mem(&MemOpener { files }, top), rng, t)
+    });
+    assert!(tally.opened >= min_opened && tally.read > min_opened / 2, "{tally:?}");
 }
 
 /// A disk converted by qemu-img with `opts`, loaded into memory with its extents.

@@ -7,8 +7,27 @@
 //!   directory is removed.
 //! - [`is_root`]: tests that mount filesystems skip (or fail, where peers are required)
 //!   without root.
+//!
+//! For the disk-image crates (qcow2, vmdk, vhdx, vhd), which test their readers against QEMU:
+//!
+//! - [`qemu`]: `qemu-img` / `qemu-io` wrappers that panic (or return a [`qemu::CommandFailed`])
+//!   with the command line and its output, and [`qemu::which`].
+//! - [`raw`]: deterministic raw disk contents written as sparse files, the input of
+//!   `qemu-img convert`.
+//! - [`bytes`]: big- and little-endian field access for patching headers.
+//! - [`mutate`]: a seeded mutation loop ([`mutate::flip_loop`]) for parsers of untrusted bytes.
+//! - `image` (feature `image`, which adds a dependency on blocksource): reading a whole
+//!   `BlockSource`, random-read and allocation-map checks, and the exercise of a corrupted
+//!   image in the mutation loop.
 
 use std::path::Path;
+
+pub mod bytes;
+#[cfg(feature = "image")]
+pub mod image;
+pub mod mutate;
+pub mod qemu;
+pub mod raw;
 
 /// splitmix64: tiny, fast, deterministic.
 #[derive(Debug, Clone)]

@@ -1,12 +1,9 @@
 //! Helpers shared by the integration tests: real files, real qemu-img / qemu-io, in-memory
 //! containers for corrupted copies.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
 use blocksource::file::FileSource;
 use blocksource::{BlockSource, Extent, ExtentKind, ReadRequest, SourceError};
@@ -15,6 +12,11 @@ use vmdk::{BackingOpener, LocalBackingOpener, VmdkSource};
 pub const MIB: u64 = 1 << 20;
 
 pub use blocksource::mem::MemSource;
+pub use testkit::bytes::le::{get_u32, get_u64, put_u32, put_u64};
+pub use testkit::image::{check_extents, read_all, refused};
+pub use testkit::mutate::flip_loop;
+pub use testkit::qemu::{qemu_img, s};
+pub use testkit::Rng;
 
 /// Opener for in-memory sets of files: names are looked up as given (no directories).
 #[derive(Debug, Default)]
@@ -57,86 +59,22 @@ pub fn load_dir(dir: &Path) -> MemOpener {
     m
 }
 
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Run qemu-img; panics with its output if it fails.
-pub fn qemu_img(args: &[&str]) -> String {
-    String::from_utf8(run(Command::new("qemu-img").args(args)).stdout).unwrap()
-}
-
 /// Run qemu-io on a vmdk with each of `cmds` as a `-c` command.
 pub fn qemu_io(path: &Path, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.arg("-f").arg("vmdk");
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    c.arg(path);
-    run(&mut c);
+    testkit::qemu::qemu_io("vmdk", path, cmds);
 }
 
 /// The guest-visible bytes of an image according to QEMU.
 pub fn qemu_raw(path: &Path) -> Vec<u8> {
-    let out = path.with_extension("qemu-raw");
-    qemu_img(&["convert", "-f", "vmdk", "-O", "raw", s(path), s(&out)]);
-    let data = std::fs::read(&out).unwrap();
-    std::fs::remove_file(&out).unwrap();
-    data
-}
-
-/// Small deterministic PRNG (xorshift64*), so tests need no extra crates.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
+    testkit::qemu::qemu_raw(path, Some("vmdk"))
 }
 
 /// Write a raw file of `size` bytes: random data in `data` ranges (half of each made
 /// compressible text), explicitly written zeros in `zeros` ranges, and holes elsewhere.
 /// Returns its bytes.
 pub fn make_raw(path: &Path, size: u64, data_ranges: &[(u64, u64)], zeros: &[(u64, u64)], seed: u64) -> Vec<u8> {
-    let mut data = vec![0u8; size as usize];
-    let mut rng = Rng(seed | 1);
-    for &(o, l) in data_ranges {
-        let piece = &mut data[o as usize..(o + l) as usize];
-        rng.fill(piece);
-        let half = piece.len() / 2;
-        for (i, b) in piece[..half].iter_mut().enumerate() {
-            *b = b"rackvault vmdk test "[i % 20];
-        }
-    }
-    let f = File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    for &(o, l) in zeros {
-        f.write_all_at(&vec![0u8; l as usize], o).unwrap();
-    }
-    for &(o, l) in data_ranges {
-        f.write_all_at(&data[o as usize..(o + l) as usize], o).unwrap();
-    }
+    let data = testkit::raw::contents(size, data_ranges, seed, Some(b"rackvault vmdk test "));
+    testkit::raw::write_sparse(path, &data, data_ranges, zeros);
     data
 }
 
@@ -162,44 +100,9 @@ pub fn zero_runs(size: u64) -> Vec<(u64, u64)> {
     v
 }
 
-/// Read the whole disk in batches shaped like the ingest pipeline's (16 x 256 KiB).
-pub fn read_all(src: &dyn BlockSource) -> Vec<u8> {
-    let size = src.size() as usize;
-    let mut out = vec![0u8; size];
-    const REQ: usize = 256 << 10;
-    for (bi, buf) in out.chunks_mut(16 * REQ).enumerate() {
-        let base = (bi * 16 * REQ) as u64;
-        let mut reqs: Vec<ReadRequest<'_>> = buf
-            .chunks_mut(REQ)
-            .enumerate()
-            .map(|(i, b)| ReadRequest { offset: base + (i * REQ) as u64, buf: b })
-            .collect();
-        src.read_many(&mut reqs).unwrap_or_else(|e| panic!("read_many failed: {e}"));
-    }
-    out
-}
-
-/// Check random unaligned reads of many sizes, batched, against `expected`.
+/// Check random unaligned reads of up to 300 kB, batched, against `expected`.
 pub fn check_random_reads(src: &dyn BlockSource, expected: &[u8], seed: u64, rounds: usize) {
-    let mut rng = Rng(seed | 1);
-    let size = expected.len() as u64;
-    for _ in 0..rounds {
-        let n = 1 + rng.below(8) as usize;
-        let mut bufs: Vec<(u64, Vec<u8>)> = (0..n)
-            .map(|_| {
-                let len = 1 + rng.below(300_000.min(size));
-                let off = rng.below(size - len + 1);
-                (off, vec![0xEEu8; len as usize])
-            })
-            .collect();
-        let mut reqs: Vec<ReadRequest<'_>> =
-            bufs.iter_mut().map(|(o, b)| ReadRequest { offset: *o, buf: b.as_mut_slice() }).collect();
-        src.read_many(&mut reqs).unwrap();
-        for (o, b) in &bufs {
-            let o = *o as usize;
-            assert!(b[..] == expected[o..o + b.len()], "mismatch in read of {} bytes at {o}", b.len());
-        }
-    }
+    testkit::image::check_random_reads(src, expected, seed, rounds, 300_000);
 }
 
 /// Check the allocation map is a well-formed cover of the disk, never calls a range with
@@ -207,22 +110,10 @@ pub fn check_random_reads(src: &dyn BlockSource, expected: &[u8], seed: u64, rou
 /// Zero vs how many such bytes exist.
 pub fn check_allocation(src: &dyn BlockSource, expected: &[u8]) -> (u64, u64) {
     let size = src.size();
-    let ext = src.allocation(0, size).unwrap();
-    let mut pos = 0;
     let mut zero_map = vec![false; size as usize];
-    for e in &ext {
-        assert_eq!(e.offset, pos, "allocation map has a gap or overlap: {ext:?}");
-        assert!(e.len > 0);
-        pos = e.end();
-        if e.kind == ExtentKind::Zero {
-            assert!(
-                expected[e.offset as usize..e.end() as usize].iter().all(|&b| b == 0),
-                "extent {e:?} reported Zero but holds data"
-            );
-            zero_map[e.offset as usize..e.end() as usize].fill(true);
-        }
+    for e in check_extents(src, expected).iter().filter(|e| e.kind == ExtentKind::Zero) {
+        zero_map[e.offset as usize..e.end() as usize].fill(true);
     }
-    assert_eq!(pos, size, "allocation map does not cover the disk");
     // Sub-ranges must agree with the whole map.
     let mid = size / 3 + 777;
     let part = src.allocation(mid, size / 3).unwrap();
@@ -241,26 +132,6 @@ pub fn check_allocation(src: &dyn BlockSource, expected: &[u8]) -> (u64, u64) {
         }
     }
     (reported, zero_blocks)
-}
-
-pub fn put_u32(d: &mut [u8], at: usize, v: u32) {
-    d[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-pub fn put_u64(d: &mut [u8], at: usize, v: u64) {
-    d[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-pub fn get_u32(d: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(d[at..at + 4].try_into().unwrap())
-}
-
-pub fn get_u64(d: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(d[at..at + 8].try_into().unwrap())
-}
-
-pub fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Build a streamOptimized file the way VMware's stream writers do: header with
