@@ -20,8 +20,16 @@ use store::{Store, StoreOptions};
 
 use crate::progress::Bar;
 
+/// The firmware's version and, when built from a git checkout, its commit:
+/// `0.6.0 (3f2c9a1b7d4e)`.
+pub const VERSION: &str = if env!("RACKVAULT_COMMIT").is_empty() {
+    env!("CARGO_PKG_VERSION")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("RACKVAULT_COMMIT"), ")")
+};
+
 #[derive(Parser, Debug)]
-#[command(name = "rackvault", version, about = "rackvault: image-level VM backup appliance", long_about = None)]
+#[command(name = "rackvault", version = VERSION, about = "rackvault: image-level VM backup appliance", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -55,7 +55,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let cfg = webserver::ServerConfig {
         https: args.listen,
         http_redirect: args.http_redirect,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::VERSION.to_string(),
         log: Some(Arc::new(|line: &str| eprintln!("rackvault: {line}"))),
         ..Default::default()
     };

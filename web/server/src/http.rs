@@ -333,13 +333,19 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
     let path = parts.uri.path();
     let mut allowed = Vec::new();
     let mut found = None;
+    // HEAD is GET without the body (hyper sends the headers, Content-Length included, and
+    // leaves the body out).
+    let method = if parts.method == Method::HEAD { "GET" } else { parts.method.as_str() };
     for r in ROUTES {
         if let Some(params) = api::match_path(r.path, path) {
-            if r.method == parts.method.as_str() {
+            if r.method == method {
                 found = Some((r, params));
                 break;
             }
             allowed.push(r.method);
+            if r.method == "GET" {
+                allowed.push("HEAD");
+            }
         }
     }
     let Some((route, params)) = found else {

@@ -1,6 +1,13 @@
 //! Listeners and connections: the HTTPS accept loop (TLS handshake with a deadline, then
 //! HTTP/1.1 through hyper), the plain-HTTP redirect listener, certificate reloads, and graceful
 //! shutdown.
+//!
+//! Idle clients cannot starve real ones (slowloris): a TLS handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`] and request headers arrive within [`HEADER_TIMEOUT`]; and when all
+//! `max_connections` slots are taken, a new connection evicts the connection that has been
+//! idle longest (in its handshake, or between requests, or still sending headers) instead of
+//! waiting for a slot. A connection serving a request is never evicted. The accept loop never
+//! blocks on the limit.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +28,42 @@ use crate::{ServerConfig, WebError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a new connection waits for an evicted one to give back its slot.
+const EVICT_WAIT: Duration = Duration::from_millis(500);
+
+/// One open connection, as the eviction sees it.
+struct Conn {
+    /// Serving a request now: never evicted.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// When it last became idle (accepted, or finished a request).
+    idle_since: Arc<Mutex<std::time::Instant>>,
+    evict: Arc<tokio::sync::Notify>,
+}
+
+/// The open connections, for eviction when the limit is reached.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: std::collections::HashMap<u64, Conn>,
+}
+
+impl Conns {
+    /// Asks the connection idle longest to close; false when every one is busy.
+    fn evict_oldest_idle(&self) -> bool {
+        let oldest = self
+            .open
+            .values()
+            .filter(|c| !c.busy.load(std::sync::atomic::Ordering::Relaxed))
+            .min_by_key(|c| *lock(&c.idle_since));
+        match oldest {
+            Some(c) => {
+                c.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by every connection.
@@ -28,6 +71,7 @@ pub(crate) struct Shared {
     pub(crate) app: Arc<service::Appliance>,
     pub(crate) cfg: ServerConfig,
     tls: Mutex<(Arc<rustls::ServerConfig>, String)>,
+    conns: Mutex<Conns>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -48,6 +92,21 @@ impl Shared {
 
     fn tls_config(&self) -> Arc<rustls::ServerConfig> {
         lock(&self.tls).0.clone()
+    }
+
+    /// Registers a new connection for eviction; returns its id and handles.
+    fn register(&self) -> (u64, Conn) {
+        let conn = Conn {
+            busy: Arc::default(),
+            idle_since: Arc::new(Mutex::new(std::time::Instant::now())),
+            evict: Arc::default(),
+        };
+        let mut conns = lock(&self.conns);
+        conns.next += 1;
+        let id = conns.next;
+        let handles = Conn { busy: conn.busy.clone(), idle_since: conn.idle_since.clone(), evict: conn.evict.clone() };
+        conns.open.insert(id, conn);
+        (id, handles)
     }
 
     /// Installs a new certificate for connections accepted from now on.
@@ -97,7 +156,8 @@ impl Server {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let shared = Arc::new(Shared { app, cfg, tls: Mutex::new((Arc::new(config), fingerprint)) });
+        let shared =
+            Arc::new(Shared { app, cfg, tls: Mutex::new((Arc::new(config), fingerprint)), conns: Mutex::default() });
         Ok(Server { shared, https, http })
     }
 
@@ -138,34 +198,47 @@ impl Server {
         let shutdown = std::pin::pin!(shutdown);
         let mut shutdown = shutdown;
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            tokio::select! {
+            let (stream, peer, redirect) = tokio::select! {
                 _ = &mut shutdown => break,
                 r = https.accept() => match r {
-                    Ok((stream, peer)) => {
-                        let watcher = graceful.watcher();
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            serve_tls(shared, stream, peer, watcher).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => accept_failed(&shared, &e).await,
+                    Ok((stream, peer)) => (stream, peer, false),
+                    Err(e) => { accept_failed(&shared, &e).await; continue; }
                 },
                 r = accept_opt(http.as_ref()) => match r {
-                    Ok((stream, _)) => {
-                        let watcher = graceful.watcher();
-                        tokio::spawn(async move {
-                            serve_redirect(stream, https_port, watcher).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => accept_failed(&shared, &e).await,
+                    Ok((stream, peer)) => (stream, peer, true),
+                    Err(e) => { accept_failed(&shared, &e).await; continue; }
                 },
-            }
+            };
+            // A slot, taking one from the longest-idle connection when all are in use.
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if !lock(&shared.conns).evict_oldest_idle() {
+                        continue; // every connection is serving a request: refuse this one
+                    }
+                    match tokio::time::timeout(EVICT_WAIT, limit.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => continue,
+                    }
+                }
+            };
+            let watcher = graceful.watcher();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (id, conn) = shared.register();
+                tokio::select! {
+                    _ = conn.evict.notified() => {}
+                    _ = async {
+                        if redirect {
+                            serve_redirect(stream, https_port, watcher).await
+                        } else {
+                            serve_tls(shared.clone(), stream, peer, watcher, conn.busy.clone(), conn.idle_since.clone()).await
+                        }
+                    } => {}
+                }
+                lock(&shared.conns).open.remove(&id);
+                drop(permit);
+            });
         }
         drop(https);
         drop(http);
@@ -202,6 +275,8 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    idle_since: Arc<Mutex<std::time::Instant>>,
 ) {
     let _ = stream.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls_config());
@@ -212,8 +287,14 @@ async fn serve_tls(
         Ok(Err(_)) | Err(_) => return,
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(crate::http::handle(shared, req, peer).await) }
+        let (shared, busy, idle_since) = (shared.clone(), busy.clone(), idle_since.clone());
+        async move {
+            busy.store(true, std::sync::atomic::Ordering::Relaxed);
+            let resp = crate::http::handle(shared, req, peer).await;
+            *lock(&idle_since) = std::time::Instant::now();
+            busy.store(false, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = http1().serve_connection(TokioIo::new(tls), svc);
     let _ = watcher.watch(conn).await;

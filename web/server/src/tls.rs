@@ -89,15 +89,70 @@ fn host_name() -> Option<String> {
     valid.then_some(name)
 }
 
-/// Generates a self-signed ECDSA P-256 certificate for localhost, 127.0.0.1, ::1 and the host
-/// name; returns (certificate PEM, key PEM).
+/// How long a generated certificate is valid: about two years from the day before it was made.
+pub const CERT_VALID_DAYS: i64 = 2 * 365;
+
+/// (year, month, day) of the civil date `days` after 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (i32::try_from(y).unwrap_or(i32::MAX), m as u8, d as u8)
+}
+
+/// The appliance's own addresses that clients may use: every interface address except
+/// loopback and IPv6 link-local (which needs a zone a URL cannot carry).
+fn own_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return out };
+    for ifa in addrs {
+        let Some(a) = ifa.address else { continue };
+        let ip: std::net::IpAddr = if let Some(v4) = a.as_sockaddr_in() {
+            v4.ip().into()
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            v6.ip().into()
+        } else {
+            continue;
+        };
+        let link_local = matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if !ip.is_loopback() && !ip.is_unspecified() && !link_local && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// Generates a self-signed ECDSA P-256 server certificate for localhost, 127.0.0.1, ::1, the
+/// host name and the appliance's own addresses, valid from yesterday for [`CERT_VALID_DAYS`],
+/// with the key usage and extended key usage of a TLS server; returns (certificate PEM, key
+/// PEM).
 pub(crate) fn generate_self_signed() -> Result<(String, String), String> {
-    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    use rcgen::{
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
+    };
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "localhost");
     dn.push(DnType::OrganizationName, "rackvault appliance (self-signed)");
     params.distinguished_name = dn;
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
+        .unwrap_or(0);
+    let date = |days: i64| {
+        let (y, m, d) = civil_from_days(days);
+        rcgen::date_time_ymd(y, m, d)
+    };
+    params.not_before = date(today - 1);
+    params.not_after = date(today - 1 + CERT_VALID_DAYS);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let mut sans = vec![
         SanType::DnsName("localhost".try_into().map_err(|e| format!("SAN: {e}"))?),
         SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
@@ -108,6 +163,7 @@ pub(crate) fn generate_self_signed() -> Result<(String, String), String> {
             sans.push(SanType::DnsName(name));
         }
     }
+    sans.extend(own_addresses().into_iter().map(SanType::IpAddress));
     params.subject_alt_names = sans;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("key generation: {e}"))?;
     let cert = params.self_signed(&key).map_err(|e| format!("certificate generation: {e}"))?;
@@ -176,6 +232,51 @@ mod tests {
         std::fs::remove_file(&paths.key).unwrap();
         let err = ensure_certificate(&paths).unwrap_err().to_string();
         assert!(err.contains("key.pem"), "{err}");
+    }
+
+    #[test]
+    fn civil_dates_from_days_since_the_epoch() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_792), (2026, 12, 5));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn the_generated_certificate_is_a_two_year_server_certificate_for_our_addresses() {
+        use x509_parser::prelude::*;
+        let (pem, _) = generate_self_signed().unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let from = cert.validity().not_before.timestamp();
+        let to = cert.validity().not_after.timestamp();
+        assert!(from <= now && now - from <= 2 * 86_400, "valid from {from}, now {now}");
+        let years = (to - from) as f64 / (365.25 * 86_400.0);
+        assert!((1.0..=3.0).contains(&years), "valid for {years:.2} years");
+        let ku = cert.key_usage().unwrap().expect("key usage").value;
+        assert!(ku.digital_signature() && ku.flags.count_ones() == 1, "{ku:?}");
+        let eku = cert.extended_key_usage().unwrap().expect("extended key usage").value;
+        assert!(eku.server_auth && !eku.client_auth, "{eku:?}");
+        let san = cert.subject_alternative_name().unwrap().expect("SAN").value;
+        let ips: Vec<std::net::IpAddr> = san
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::IPAddress(b) if b.len() == 4 => {
+                    Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()))
+                }
+                GeneralName::IPAddress(b) if b.len() == 16 => {
+                    Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(ips.contains(&std::net::Ipv4Addr::LOCALHOST.into()));
+        for own in own_addresses() {
+            assert!(ips.contains(&own), "{own} missing from the SAN {ips:?}");
+        }
+        assert!(san.general_names.iter().any(|g| matches!(g, GeneralName::DNSName("localhost"))));
     }
 
     #[test]

@@ -328,7 +328,7 @@ async fn ui_metrics_and_unknown_routes() {
     assert_eq!(r.json()["code"], "not_found");
     let r = s.req("PATCH", "/api/v1/tasks", &[], b"").await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
     s.stop().await.unwrap();
 }
 
@@ -702,5 +702,38 @@ async fn public_routes_take_at_most_16_kib_of_body() {
     let small = json!({"user": "x".repeat(10_000), "password": "0123456789ab"}).to_string();
     let r = s.req("POST", "/api/v1/login", &[("Content-Type", "application/json")], small.as_bytes()).await;
     assert_eq!(r.status, 401, "{}", r.text());
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    for path in ["/api/v1/setup", "/", "/app.js"] {
+        let get = s.req("GET", path, &[], b"").await;
+        let head = s.req("HEAD", path, &[], b"").await;
+        assert_eq!((head.status, get.status), (200, 200), "{path}");
+        assert!(head.body.is_empty(), "{path}: HEAD sent a body");
+        assert_eq!(head.header("content-type"), get.header("content-type"), "{path}");
+        assert_eq!(head.header("content-length"), Some(get.body.len().to_string().as_str()), "{path}");
+    }
+    let cookie = [("Cookie", admin.cookie.as_str())];
+    let head = s.req("HEAD", "/api/v1/tasks", &cookie, b"").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(s.req("HEAD", "/api/v1/tasks", &[], b"").await.status, 401, "HEAD needs the same sign-in as GET");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn limit_zero_and_non_numbers_are_refused() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    for q in ["limit=0", "limit=-1", "limit=ten", "limit=1001", "before=x"] {
+        let r = s.get(&format!("/api/v1/audit?{q}"), &admin).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        assert_eq!(r.json()["code"], "invalid");
+    }
+    assert_eq!(s.get("/api/v1/audit?limit=1", &admin).await.json().as_array().map(Vec::len), Some(1));
     s.stop().await.unwrap();
 }
