@@ -33,9 +33,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    let app =
-        service::Appliance::open(&args.data_dir, service::ApplianceOptions { dev: args.dev, ..Default::default() })
-            .with_context(|| format!("opening the appliance data directory {}", args.data_dir.display()))?;
+    // Everything the daemon writes (restores, task logs, keys) is for the service user only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let source_roots =
+        if args.source_roots.is_empty() { vec![PathBuf::from("/srv")] } else { args.source_roots.clone() };
+    let opts = service::ApplianceOptions { dev: args.dev, source_roots: Some(source_roots), ..Default::default() };
+    let app = service::Appliance::open(&args.data_dir, opts)
+        .with_context(|| format!("opening the appliance data directory {}", args.data_dir.display()))?;
     if app.interrupted_at_open() > 0 {
         eprintln!(
             "rackvault: {} task(s) were running when the appliance last stopped; they are marked interrupted",

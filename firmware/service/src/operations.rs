@@ -73,7 +73,6 @@ impl Appliance {
         let me = self.me.clone();
         let task_user = user.to_string();
         let src = self.source(source_id)?;
-        self.check_local_source(&src.url)?;
         let secrets = self.secrets(&src)?;
         let store = self.store.clone();
         let name = src.name.clone();

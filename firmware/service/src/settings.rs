@@ -153,14 +153,13 @@ impl Appliance {
                 self.check_emulated_library(dir)?;
             }
             let _one = self.tape_quick()?;
-            let lib = engine::tape::Library::open(spec).map_err(|e| match probe_error(spec, e.into()) {
+            // A failure to connect reads the same whatever the socket said (`probe_error`).
+            let refuse = |what: &str, e: engine::tape::TapeError| match probe_error(spec, e.into()) {
                 ServiceError::Invalid(m) => ServiceError::Invalid(m),
-                e => ServiceError::Invalid(format!("cannot open the tape library {spec}: {e}; check the address")),
-            })?;
-            lib.inventory().map_err(|e| match probe_error(spec, e.into()) {
-                ServiceError::Invalid(m) => ServiceError::Invalid(m),
-                e => ServiceError::Invalid(format!("tape library {spec} did not answer an inventory: {e}")),
-            })?;
+                e => ServiceError::Invalid(format!("tape library {spec} {what}: {e}; check the address")),
+            };
+            let lib = engine::tape::Library::open(spec).map_err(|e| refuse("cannot be opened", e))?;
+            lib.inventory().map_err(|e| refuse("did not answer an inventory", e))?;
         }
         let current = lock(&self.config).settings.clone();
         let limits = Settings {

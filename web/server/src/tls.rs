@@ -90,21 +90,7 @@ fn host_name() -> Option<String> {
 }
 
 /// How long a generated certificate is valid: about two years from the day before it was made.
-pub const CERT_VALID_DAYS: i64 = 2 * 365;
-
-/// (year, month, day) of the civil date `days` after 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (i32::try_from(y).unwrap_or(i32::MAX), m as u8, d as u8)
-}
+pub const CERT_VALID_DAYS: u64 = 2 * 365;
 
 /// The appliance's own addresses that clients may use: every interface address except
 /// loopback and IPv6 link-local (which needs a zone a URL cannot carry).
@@ -141,16 +127,9 @@ pub(crate) fn generate_self_signed() -> Result<(String, String), String> {
     dn.push(DnType::CommonName, "localhost");
     dn.push(DnType::OrganizationName, "rackvault appliance (self-signed)");
     params.distinguished_name = dn;
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
-        .unwrap_or(0);
-    let date = |days: i64| {
-        let (y, m, d) = civil_from_days(days);
-        rcgen::date_time_ymd(y, m, d)
-    };
-    params.not_before = date(today - 1);
-    params.not_after = date(today - 1 + CERT_VALID_DAYS);
+    let yesterday = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    params.not_before = yesterday.into();
+    params.not_after = (yesterday + std::time::Duration::from_secs(CERT_VALID_DAYS * 86_400)).into();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let mut sans = vec![
@@ -232,14 +211,6 @@ mod tests {
         std::fs::remove_file(&paths.key).unwrap();
         let err = ensure_certificate(&paths).unwrap_err().to_string();
         assert!(err.contains("key.pem"), "{err}");
-    }
-
-    #[test]
-    fn civil_dates_from_days_since_the_epoch() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_792), (2026, 12, 5));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
     #[test]

@@ -99,3 +99,32 @@ fn a_sign_in_flood_from_200_addresses_neither_exhausts_memory_nor_fills_the_audi
         v
     });
 }
+
+#[test]
+fn the_daemon_reads_local_sources_only_under_its_source_roots() {
+    let dir = scratch("source-roots");
+    let data = dir.path().join("data");
+    let log = dir.path().join("daemon.log");
+    let d = start(&data, &log);
+    let mut c = Client::new(&data, d.port);
+    c.set_up(&data);
+    c.sign_in();
+    let outside = dir.path().join("elsewhere.raw");
+    std::fs::write(&outside, vec![1u8; 1 << 20]).unwrap();
+    for (name, url) in [
+        ("outside", outside.display().to_string()),
+        ("key", data.join("appliance.key").display().to_string()),
+        ("shadow", "/etc/shadow".to_string()),
+    ] {
+        let (status, v) = c.call("POST", "/api/v1/sources", Some(&json!({ "name": name, "url": url })));
+        assert_eq!(status, 400, "{name}: {v}");
+    }
+    // The dev sample, inside the data directory's samples/, stays usable.
+    let sample = data.join("samples/sample-vm.raw").display().to_string();
+    let (status, v) = c.call("POST", "/api/v1/sources", Some(&json!({ "name": "sample-again", "url": sample })));
+    assert_eq!(status, 200, "{v}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(data.join("setup-code").parent().unwrap().join("config.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the daemon's files are for its user only: {mode:o}");
+}
