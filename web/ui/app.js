@@ -15,15 +15,16 @@
 (function () {
   const API = '/api/v1';
   const ROLE_RANK = { metrics: 0, auditor: 1, operator: 2, admin: 3 };
-  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor', metrics: 'Metrics' };
+  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor', metrics: 'Metrics', replication: 'Replication' };
   const ROLE_HELP = {
     admin: 'everything, including users, sources, jobs and certificates',
     operator: 'run backups, restores and verifications, cancel tasks',
     auditor: 'read-only: dashboards, tasks, logs and the audit log',
     metrics: 'only /metrics: for a Prometheus scraper',
+    replication: 'only receiving replicated restore points from another appliance, into the namespace that is this token’s name (a-z, 0-9, -)',
   };
   const ACTIVE_STATES = new Set(['queued', 'running']);
-  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge', gc: 'Garbage collection', maintenance: 'Maintenance' };
+  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge', gc: 'Garbage collection', maintenance: 'Maintenance', replicate: 'Replicate' };
 
   const state = {
     setup: null, // GET /setup
@@ -257,6 +258,16 @@
   }
 
   // -------------------------------------------------------------------------------------------
+  // What a failed task's error kind means for the operator (see web/API.md, "Error kinds").
+  function errorKindNote(t) {
+    const notes = {
+      transient: 'A passing fault (network, busy device): a job retries it; running it again may succeed.',
+      permanent: 'Running it again will fail the same way until the cause named above is fixed; jobs do not retry it.',
+    };
+    const text = t.state === 'failed' && notes[t.error_kind];
+    return text ? h('p', { class: 'task-error-kind', id: 'task-error-kind', 'data-kind': t.error_kind }, text) : null;
+  }
+
   // Banner (errors) and notices
 
   let banner = null;
@@ -354,6 +365,7 @@
     { re: /^#\/tasks$/, page: pageTasks, title: 'Tasks', nav: 'tasks' },
     { re: /^#\/tasks\/(\d+)$/, page: pageTask, title: 'Task', nav: 'tasks' },
     { re: /^#\/tape$/, page: pageTape, title: 'Tape library', nav: 'tape' },
+    { re: /^#\/remotes$/, page: pageRemotes, title: 'Remotes', nav: 'remotes' },
     { re: /^#\/users$/, page: pageUsers, title: 'Users', nav: 'users', role: 'admin' },
     { re: /^#\/tokens$/, page: pageTokens, title: 'API tokens', nav: 'tokens', role: 'admin' },
     { re: /^#\/audit$/, page: pageAudit, title: 'Audit log', nav: 'audit' },
@@ -368,6 +380,7 @@
     { id: 'sources', label: 'Sources', hash: '#/sources' },
     { id: 'jobs', label: 'Jobs', hash: '#/jobs' },
     { id: 'tape', label: 'Tape library', hash: '#/tape' },
+    { id: 'remotes', label: 'Remotes', hash: '#/remotes' },
     { group: 'Administration' },
     { id: 'users', label: 'Users', hash: '#/users', role: 'admin' },
     { id: 'tokens', label: 'API tokens', hash: '#/tokens', role: 'admin' },
@@ -1055,7 +1068,9 @@
     append(head, [
       card(taskTitle(t), { id: 'task-card', actions: [stateBadge(t.state, { test: 'task-state', id: 'task-state' }), ...actions] },
         progressBar(t.percent, t.state, { test: 'task-progress', id: 'task-progress' }),
-        t.error ? h('div', { class: `task-error${t.state === 'cancelled' ? ' task-cancelled' : ''}`, id: 'task-error', role: 'alert' }, h('strong', null, t.state === 'cancelled' ? 'Cancelled: ' : 'Error: '), t.error.replace(/^cancelled: /, '')) : null,
+        t.error ? h('div', { class: `task-error${t.state === 'cancelled' ? ' task-cancelled' : ''}`, id: 'task-error', role: 'alert' },
+          h('strong', null, t.state === 'cancelled' ? 'Cancelled: ' : 'Error: '), t.error.replace(/^cancelled: /, ''),
+          errorKindNote(t)) : null,
         facts,
         t.result != null ? h('details', { class: 'result', id: 'task-result', open: t.state === 'succeeded' }, h('summary', null, 'Result'),
           t.kind === 'gc' || t.kind === 'maintenance' ? upkeepResult(t.result) : renderValue(t.result, 'result')) : null),
@@ -1282,7 +1297,10 @@
       { label: 'Name', cell: (j) => h('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.name) },
       { label: 'Source', cell: (j) => srcName(j.source) },
       { label: 'Schedule', cell: (j) => h('code', null, j.schedule) },
-      { label: 'To tape', cell: (j) => (j.destage_pool ? `pool ${j.destage_pool}` : h('span', { class: 'muted' }, 'no')) },
+      { label: 'Copies', cell: (j) => {
+        const to = [j.destage_pool ? `pool ${j.destage_pool}` : null, j.replicate_to ? 'offsite' : null].filter(Boolean);
+        return to.length ? to.join(', ') : h('span', { class: 'muted' }, 'disk only');
+      } },
       { label: 'Keeps', key: 'retention', class: 'col-keeps', cell: (j) => retentionCell(j) },
       { label: 'Status', cell: (j) => (j.enabled ? h('span', { class: 'badge state-enabled' }, 'enabled') : h('span', { class: 'badge state-disabled' }, 'paused')) },
       { label: 'Next run', cell: (j) => (j.enabled && j.next_run_unix ? dateCell(j.next_run_unix) : '—') },
@@ -1380,6 +1398,7 @@
     const editing = id != null;
     const [jobs, sources, tape] = await Promise.all([editing ? api('GET', '/jobs') : Promise.resolve([]), api('GET', '/sources'), tapeConfigured()]);
     const pools = tape ? (await api('GET', '/tape/pools')).map((p) => p.name) : [];
+    const remotes = await api('GET', '/remotes');
     if (!ctx.alive()) return;
     let job = { enabled: true, schedule: 'mon..fri 22:00' };
     if (editing) {
@@ -1401,6 +1420,7 @@
     const windowH = input('job-window', { type: 'number', min: 1, max: 168, value: job.window_hours != null ? String(job.window_hours) : '', disabled: ro, placeholder: 'none' });
     const retries = input('job-retries', { type: 'number', min: 0, max: 10, value: job.retries != null ? String(job.retries) : '', disabled: ro, placeholder: '0' });
     const destage = tape ? select('job-destage-pool', [{ value: '', label: 'No — keep on disk only' }].concat(pools.map((n) => ({ value: n, label: `Yes, to pool ${n}` }))), job.destage_pool || '', { disabled: ro }) : null;
+    const replicate = remotes.length ? select('job-replicate-to', [{ value: '', label: 'No' }].concat(remotes.map((x) => ({ value: x.id, label: `Yes, to ${x.name} (${x.url})` }))), job.replicate_to || '', { disabled: ro }) : null;
     const enabled = h('input', { type: 'checkbox', id: 'job-enabled', disabled: ro });
     enabled.checked = !!job.enabled;
     const r = job.retention || {};
@@ -1421,6 +1441,7 @@
         field('Window (hours)', windowH, 'A run that cannot start within this many hours of its time is skipped.'),
         field('Retries', retries, 'How often a failed run is retried.')),
       destage ? field('Then copy to tape', destage, 'After each successful backup, destage the new restore point to this pool’s media set (disk to disk to tape).') : null,
+      replicate ? field('Then replicate offsite', replicate, 'After each successful backup, send the new restore point to this remote appliance (only what it lacks travels).') : null,
       h('fieldset', { class: 'fieldset', id: 'job-retention' }, h('legend', null, 'Retention'),
         h('p', { class: 'help retention-hint', id: 'job-retention-hint' }, 'Which restore points of this source to keep; applied after each successful backup and by the nightly maintenance. Empty fields are unset, and with no rule set the job keeps every restore point. A point is kept when any rule keeps it; pinned and immutable points are never pruned, and when the job copies to tape a point leaves the disk only once its tape copy is complete.'),
         h('div', { class: 'grid-6 tight' },
@@ -1442,6 +1463,7 @@
       if (windowH.value !== '') b.window_hours = Number(windowH.value);
       if (retries.value !== '') b.retries = Number(retries.value);
       if (destage && destage.value) b.destage_pool = destage.value;
+      if (replicate && replicate.value) b.replicate_to = replicate.value;
       const policy = {};
       for (const [k, el, label] of [['keep_last', keepLast, 'Keep last'], ['keep_daily', keepDaily, 'Daily'], ['keep_weekly', keepWeekly, 'Weekly'], ['keep_monthly', keepMonthly, 'Monthly'], ['keep_yearly', keepYearly, 'Yearly']]) {
         if (el.value === '') continue;
@@ -1476,7 +1498,7 @@
   // Restore points
 
   async function pagePoints(ctx) {
-    const [points, tape] = await Promise.all([api('GET', '/points'), tapeConfigured()]);
+    const [points, tape, remotes] = await Promise.all([api('GET', '/points'), tapeConfigured(), api('GET', '/remotes')]);
     if (!ctx.alive()) return;
     if (!points.length) {
       ctx.content.appendChild(card(null, {}, emptyState('No restore points yet',
@@ -1500,7 +1522,7 @@
         { label: 'State', key: 'state', cell: (p) => pointFlags(p) },
         { label: 'Size', num: true, cell: (p) => fmtBytes((p.disks || []).reduce((a, d) => a + (d.size || 0), 0)) },
         { label: 'New data', num: true, cell: (p) => (p.stats && p.stats.bytes_written != null ? fmtBytes(p.stats.bytes_written) : '—') },
-        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox, tape ? onDisk : null) },
+        { label: '', class: 'actions', cell: (p) => pointActions(p, formBox, tape ? onDisk : null, remotes) },
       ], shown, { id: 'points-table', rowAttrs: (p) => ({ 'data-point': `${p.name}@${p.id}`, 'data-tape-only': p.tape_only ? 'true' : null }) }) : h('p', { class: 'muted quiet-state' }, 'No restore point matches the filter.'));
     };
     filter.addEventListener('input', render);
@@ -1510,7 +1532,7 @@
 
   // One restore point: its disks, configuration files, backup figures and copies on tape.
   async function pagePoint(ctx, spec) {
-    const [points, tape] = await Promise.all([api('GET', '/points'), tapeConfigured()]);
+    const [points, tape, remotes] = await Promise.all([api('GET', '/points'), tapeConfigured(), api('GET', '/remotes')]);
     const copies = tape ? (await api('GET', '/tape/copies')).filter((c) => `${c.point.name}@${c.point.id}` === spec) : [];
     if (!ctx.alive()) return;
     const listed = points.find((x) => `${x.name}@${x.id}` === spec);
@@ -1524,7 +1546,7 @@
     const st = point.stats || {};
     const formBox = h('div', { id: 'restore-box' });
     const size = (point.disks || []).reduce((a, d) => a + (d.size || 0), 0);
-    const actions = listed ? pointActions(listed, formBox, tape ? points.filter((x) => !x.tape_only) : null) : null;
+    const actions = listed ? pointActions(listed, formBox, tape ? points.filter((x) => !x.tape_only) : null, remotes) : null;
     append(ctx.content, [
       formBox,
       card(spec, { id: 'point-card', actions }, h('dl', { class: 'kv kv-wide' },
@@ -1579,8 +1601,9 @@
     return h('div', { class: 'flags' }, out);
   }
 
-  // `tapePoints`: the points on disk, when a tape library is configured (for the destage form).
-  function pointActions(p, formBox, tapePoints) {
+  // `tapePoints`: the points on disk, when a tape library is configured (for the destage form);
+  // `remotes`: the appliances it may be replicated to (no button without one).
+  function pointActions(p, formBox, tapePoints, remotes) {
     if (!can('operator')) return '';
     const spec = `${p.name}@${p.id}`;
     if (p.tape_only) {
@@ -1607,12 +1630,37 @@
         clear(formBox).appendChild(card(`Destage ${spec} to tape`, { id: 'tape-destage-card' }, destageForm(tapePoints, pools.map((x) => x.name), spec)));
         formBox.scrollIntoView({ block: 'nearest' });
       })) : null,
+      remotes && remotes.length ? button('Replicate…', { class: 'btn btn-small', test: 'point-replicate' }, () => {
+        clear(formBox).appendChild(card(`Replicate ${spec}`, { id: 'replicate-card' }, replicateForm(spec, remotes)));
+        formBox.scrollIntoView({ block: 'nearest' });
+      }) : null,
       button('Verify', { class: 'btn btn-small', test: 'point-verify' }, (ev) => busy(ev.currentTarget, async () => {
         const t = await api('POST', '/verifications', { point: spec });
         state.flash = { kind: 'success', text: `Verification of ${spec} started.` };
         go(`#/tasks/${t.id}`);
       })),
       admin);
+  }
+
+  // Send a point to another appliance: only what the remote lacks travels.
+  function replicateForm(spec, remotes) {
+    if (!remotes.length) {
+      return emptyState('No remote appliance yet', 'Add the appliance to replicate to under Remotes first.', linkButton('Remotes', '#/remotes'));
+    }
+    const remote = select('replicate-remote', remotes.map((r) => ({ value: r.id, label: `${r.name} — ${r.url} (namespace ${r.namespace})` })), remotes[0].id);
+    const submit = h('button', { id: 'replicate-submit', class: 'btn btn-primary', type: 'submit' }, 'Start replication');
+    const form = h('form', { id: 'replicate-form', class: 'form', novalidate: true },
+      field('To', remote, 'Only the chunks the remote lacks are sent; a stopped run resumes where it stopped. The point appears there as <namespace>.<name>.'),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      await busy(submit, async () => {
+        const t = await api('POST', `/points/${encodeURIComponent(spec)}/replicate`, { remote: remote.value });
+        state.flash = { kind: 'success', text: `Replication of ${spec} started.` };
+        go(`#/tasks/${t.id}`);
+      });
+    });
+    return form;
   }
 
   // Delete one point (admin), after a confirmation naming it. The store refuses pinned and
@@ -1941,7 +1989,7 @@
     if (!ctx.alive()) return;
     const secretBox = h('div', { id: 'token-secret-box' });
     const name = input('token-name', { required: true, autocomplete: 'off', placeholder: 'monitoring', maxlength: 64 });
-    const role = roleSelect('token-role', 'auditor', ['metrics', 'auditor', 'operator', 'admin']);
+    const role = roleSelect('token-role', 'auditor', ['metrics', 'auditor', 'operator', 'admin', 'replication']);
     const submit = h('button', { id: 'token-create', class: 'btn btn-primary', type: 'submit' }, 'Create token');
     const form = h('form', { id: 'token-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-2 tight' }, field('Name', name, 'What the token is for, e.g. the script or system that uses it.'), roleField('Role', role)),
@@ -1999,6 +2047,79 @@
     };
     renderList(tokens);
     append(ctx.content, [secretBox, card('Tokens', {}, listBox), card('Create a token', {}, form)]);
+  }
+
+  // Other appliances this one replicates to. Adding one pins its certificate: the admin reads
+  // the fingerprint it presents, compares it with the remote's own, and confirms.
+  async function pageRemotes(ctx) {
+    const remotes = await api('GET', '/remotes');
+    if (!ctx.alive()) return;
+    const listBox = h('div');
+    const renderList = (list) => {
+      clear(listBox).appendChild(list.length ? table([
+        { label: 'Name', cell: (r) => r.name },
+        { label: 'Address', cell: (r) => h('code', null, r.url) },
+        { label: 'Namespace there', cell: (r) => h('code', null, r.namespace) },
+        { label: 'Certificate (SHA-256)', cell: (r) => h('code', { class: 'fingerprint', title: r.fingerprint }, `${r.fingerprint.slice(0, 23)}…`) },
+        { label: 'Limit', cell: (r) => (r.max_mbps ? `${r.max_mbps} MB/s` : 'none') },
+        { label: '', class: 'actions', cell: (r) => (can('admin') ? button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'remote-delete' }, (ev) => {
+          if (!window.confirm(`Forget the remote ${r.name}? What it received stays there.`)) return;
+          busy(ev.currentTarget, async () => {
+            await api('DELETE', `/remotes/${encodeURIComponent(r.id)}`);
+            notice(`Remote ${r.name} deleted.`);
+            renderList(await api('GET', '/remotes'));
+          });
+        }) : '') },
+      ], list, { id: 'remotes-table' }) : emptyState('No remote appliances', 'Replicate restore points offsite to another rackvault appliance.'));
+    };
+    renderList(remotes);
+    const parts = [card('Remotes', {}, listBox)];
+    if (can('admin')) parts.push(card('Add a remote appliance', {}, remoteForm(renderList)));
+    append(ctx.content, parts);
+  }
+
+  function remoteForm(renderList) {
+    const url = input('remote-url', { required: true, placeholder: 'https://offsite.example:8443', class: 'input mono' });
+    const read = button('Read its certificate', { id: 'remote-read-fingerprint' }, (ev) => busy(ev.currentTarget, async () => {
+      const r = await api('POST', '/remotes/fingerprint', { url: url.value.trim() });
+      fingerprint.value = r.fingerprint;
+      confirmBox.checked = false;
+    }));
+    const fingerprint = input('remote-fingerprint', { required: true, class: 'input mono', placeholder: 'AB:CD:…' });
+    const confirmBox = h('input', { id: 'remote-confirm', type: 'checkbox' });
+    const name = input('remote-name', { required: true, placeholder: 'offsite', maxlength: 64 });
+    const namespace = input('remote-namespace', { required: true, placeholder: 'site-a', class: 'input mono', maxlength: 32 });
+    const token = input('remote-token', { required: true, type: 'password', autocomplete: 'off', class: 'input mono' });
+    const mbps = input('remote-max-mbps', { type: 'number', min: 1, placeholder: 'empty: no limit' });
+    const submit = h('button', { id: 'remote-submit', class: 'btn btn-primary', type: 'submit' }, 'Add remote');
+    const form = h('form', { id: 'remote-form', class: 'form', novalidate: true },
+      h('div', { class: 'grid-2 tight' },
+        field('Address', url, 'The other appliance’s https://host:port.'),
+        h('div', { class: 'field' }, h('label', null, '\u00a0'), read)),
+      field('Certificate fingerprint (SHA-256)', fingerprint, 'Compare it with the fingerprint the remote printed at its first start or shows in its settings. It is pinned: a remote presenting another certificate is refused.'),
+      h('label', { class: 'check' }, confirmBox, ' I compared this fingerprint with the remote’s own'),
+      h('div', { class: 'grid-2 tight' },
+        field('Name', name, 'How this appliance calls it.'),
+        field('Namespace there', namespace, 'The name of the replication token made on the remote; points arrive there as <namespace>.<name>.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Replication token', token, 'Made on the remote under API tokens with the role Replication. Stored sealed, never shown again.'),
+        field('Bandwidth limit (MB/s)', mbps)),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!url.value.trim() || !fingerprint.value.trim()) return showBanner('error', 'Enter the address and read its certificate fingerprint.');
+      if (!confirmBox.checked) return showBanner('error', 'Compare the fingerprint with the remote’s own and tick the box to confirm it.');
+      if (!name.value.trim() || !namespace.value.trim() || !token.value) return showBanner('error', 'Enter a name, the namespace and the replication token.');
+      await busy(submit, async () => {
+        const body = { name: name.value.trim(), url: url.value.trim(), fingerprint: fingerprint.value.trim(), namespace: namespace.value.trim(), token: token.value };
+        if (mbps.value) body.max_mbps = Number(mbps.value);
+        await api('POST', '/remotes', body);
+        notice(`Remote ${body.name} added; its certificate is pinned.`);
+        token.value = '';
+        renderList(await api('GET', '/remotes'));
+      });
+    });
+    return form;
   }
 
   async function pageAudit(ctx) {

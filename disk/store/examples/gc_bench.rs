@@ -113,6 +113,7 @@ fn backup(store: &Store, name: &str, disk: &[Digest], changed: &[(usize, Vec<u8>
             digest: disk[*pos],
             kind: RecordKind::Data,
             codec: Codec::Raw,
+            cipher: store::Cipher::None,
             raw_len: raw.len() as u32,
             payload: raw.clone(),
         };
@@ -297,6 +298,7 @@ pub fn naive(dir: &Path) -> Res<NaiveReport> {
                     &mut scratch,
                     &mut raw,
                     ReadCheck::Checksum,
+                    &store::Keyring::plain(),
                 )?;
                 r.tree_nodes_read += 1;
                 let entries = tree::decode_node(&raw, level, &node)?;

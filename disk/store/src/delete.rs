@@ -10,7 +10,7 @@ use crate::catalog::point_key;
 use crate::clock::{self, ClockReading, ClockRecord};
 use crate::error::{Result, StoreError};
 use crate::pack::{Codec, EncodedChunk, RecordKind};
-use crate::{now_unix, split_point_key, Digest, RestorePoint, Store, Tombstone};
+use crate::{now_unix, split_point_key, RestorePoint, Store, Tombstone};
 
 impl Store {
     /// Read the trusted clock (see `clock`), persisting the new reading.
@@ -86,13 +86,13 @@ impl Store {
         let mut session = self.begin_backup()?;
         for t in &tombstones {
             let bytes = serde_json::to_vec(t).expect("tombstone serialises");
-            session.insert(&EncodedChunk {
-                digest: Digest::of(&bytes),
-                kind: RecordKind::Tombstone,
-                codec: Codec::Raw,
-                raw_len: bytes.len() as u32,
-                payload: bytes,
-            })?;
+            session.insert(&EncodedChunk::plain(
+                self.keyring().digest(&bytes),
+                RecordKind::Tombstone,
+                Codec::Raw,
+                bytes.len() as u32,
+                bytes,
+            ))?;
         }
         session.seal()?;
         drop(session);

@@ -28,6 +28,18 @@ pub enum StoreError {
     #[error("{path}: store format version {found} is newer than this rackvault supports (up to {supported}); upgrade rackvault to use this store, it has not been touched")]
     NewerFormat { path: PathBuf, found: u32, supported: u32 },
 
+    #[error("{path}: the store is encrypted and no key was given; give its recovery key (`--key-file FILE` on the command line, `rackvault key restore` on an appliance), the one exported when the store was created")]
+    KeyRequired { path: PathBuf },
+
+    #[error("{path}: the key given does not open this encrypted store (the store's key check does not match); give the recovery key exported for this store. Nothing was read or changed")]
+    WrongKey { path: PathBuf },
+
+    #[error("{path}: the store is not encrypted, but a key was given; open it without a key (encryption is chosen when a store is created)")]
+    NotEncrypted { path: PathBuf },
+
+    #[error("wrong recovery key: {0}")]
+    RecoveryKey(String),
+
     #[error("{path}: the disk is full; free space or move the store to a larger disk, then retry. The interrupted backup left no restore point and its partial data is removed on the next open")]
     DiskFull { path: PathBuf },
 
@@ -93,6 +105,10 @@ impl StoreError {
             StoreError::NoSuchPoint(_)
             | StoreError::Invalid(_)
             | StoreError::NotAStore { .. }
+            | StoreError::KeyRequired { .. }
+            | StoreError::WrongKey { .. }
+            | StoreError::NotEncrypted { .. }
+            | StoreError::RecoveryKey(_)
             | StoreError::ReadOnly { .. }
             | StoreError::Immutable { .. }
             | StoreError::Pinned { .. } => ErrorKind::Usage,

@@ -73,7 +73,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use heed::RoTxn;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{decode_condemned, encode_condemned, pack_key, ChunkLoc, PackInfo};
 use crate::error::{Result, StoreError};
@@ -117,7 +117,7 @@ pub struct GcProgress {
 }
 
 /// What a GC run did (or, with `dry_run`, would condemn).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GcReport {
     pub generation: u64,
     pub dry_run: bool,
@@ -198,8 +198,14 @@ struct LiveSet {
 }
 
 impl LiveSet {
-    fn contains(&self, d: &Digest) -> bool {
-        self.exact.contains(d) || self.leaves.contains(d)
+    /// Whether a record of `kind` with digest `d` is marked live. Tree nodes and manifests are
+    /// only ever marked in the exact set (every node is reached through `walk_trees`' `node`),
+    /// so they are judged by it alone: a Bloom false positive keeps only data chunks.
+    fn holds(&self, d: &Digest, kind: RecordKind) -> bool {
+        match kind {
+            RecordKind::Data => self.exact.contains(d) || self.leaves.contains(d),
+            RecordKind::Tree | RecordKind::Manifest | RecordKind::Tombstone => self.exact.contains(d),
+        }
     }
 
     fn bytes(&self) -> u64 {
@@ -370,8 +376,16 @@ impl Store {
     fn read_at(&self, loc: &ChunkLoc, digest: &Digest, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<()> {
         let file = self.pack_file(loc.pack)?;
         let path = self.pack_path(loc.pack);
-        let header =
-            pack::read_record(&file, &path, loc.offset, loc.stored_len, scratch, out, pack::ReadCheck::Checksum)?;
+        let header = pack::read_record(
+            &file,
+            &path,
+            loc.offset,
+            loc.stored_len,
+            scratch,
+            out,
+            pack::ReadCheck::Checksum,
+            self.keyring(),
+        )?;
         if header.digest != *digest {
             return Err(StoreError::Corrupt {
                 path,
@@ -426,7 +440,7 @@ impl Store {
     /// Mark everything `point` references (see the module docs, "Mark"). A subtree whose node
     /// is marked already is skipped.
     fn mark_point(&self, txn: &RoTxn<'_>, point: &RestorePoint, live: &mut LiveSet) -> Result<()> {
-        live.exact.insert(point.manifest_digest());
+        live.exact.insert(point.manifest_digest(self.keyring().ids()));
         for f in &point.files {
             live.leaves.insert(&f.digest);
         }
@@ -479,7 +493,7 @@ impl Store {
         };
         // Its own manifest too: sealed before the GC's snapshot, it looked unreferenced until
         // the point is published.
-        check(&point.manifest_digest())?;
+        check(&point.manifest_digest(self.keyring().ids()))?;
         for f in &point.files {
             check(&f.digest)?;
         }
@@ -526,7 +540,7 @@ impl Store {
         }
         for item in self.catalog.tombstones.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
             let (_, v) = item.map_err(|e| self.catalog.err(e))?;
-            live.exact.insert(Digest::of(v));
+            live.exact.insert(self.keyring().digest(v));
         }
         let (points, unreadable) = self.list_in(&rtxn)?;
         if let Some(bad) = unreadable.first() {
@@ -589,7 +603,10 @@ impl Store {
                     visited += 1;
                     let Some(loc) = ChunkLoc::decode(v) else { continue };
                     let digest = Digest(key);
-                    if s_packs.contains(&loc.pack) && loc.kind != RecordKind::Tombstone && !live.contains(&digest) {
+                    if s_packs.contains(&loc.pack)
+                        && loc.kind != RecordKind::Tombstone
+                        && !live.holds(&digest, loc.kind)
+                    {
                         batch.push((key, loc));
                     } else {
                         report.chunks_live += 1;
@@ -761,7 +778,8 @@ impl Store {
             let mut wtxn = self.catalog.write()?;
             let number = self.catalog.next_counter(&mut wtxn, "next_pack")?;
             wtxn.commit().map_err(|e| self.catalog.err(e))?;
-            let writer = PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix())?;
+            let writer =
+                PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix(), self.format())?;
             *out = Some(RepackOut { writer, moved: Vec::new(), sources: Vec::new() });
         }
         let Some(o) = out.as_mut() else { return Ok(false) };
@@ -807,6 +825,7 @@ impl Store {
                 digest: header.digest,
                 kind: header.kind,
                 codec: header.codec,
+                cipher: header.cipher,
                 raw_len: header.raw_len,
                 payload: std::mem::take(&mut payload),
             };

@@ -4,6 +4,7 @@
 //! ## Layout of a store directory
 //! ```text
 //! rackvault-store.json   marker: {"format": 2, "store_id": hex, "created_unix": n}
+//!                        (format 3 adds "encryption": {"v": 1, "cipher": name, "key_check": hex})
 //! writers.lock           flock: shared by every backup session and a running GC, exclusive for cleanup/reindex/repair
 //! gc.lock                flock: exclusive while a GC, reindex or repair runs (one at a time)
 //! sessions/*.lock        one per running backup session, flocked by it, holding the GC generation it started in
@@ -14,13 +15,16 @@
 //!
 //! ## Model
 //! A *chunk* is a fixed-size piece of a disk image, identified by the blake3 digest of its
-//! bytes. All-zero chunks are never stored: the index tree records them as `Digest::ZERO`.
+//! bytes (keyed blake3 in an encrypted store, see below). All-zero chunks are never stored:
+//! the index tree records them as `Digest::ZERO`.
 //! A *restore point* names one or more disks; each disk is an index tree (see `tree`) over
 //! its chunk digests. Every restore point is therefore a full image by reference, and a new
 //! backup stores only chunks (data and tree nodes) the store lacks.
 //!
 //! ## Durability: the order of writes in a backup
-//! 1. Records are appended to `tmp/N.pack` (N allocated by an LMDB commit of `next_pack`).
+//! 1. Records are appended to `tmp/N.pack` (N allocated by an LMDB commit of `next_pack`);
+//!    in an encrypted store they are sealed first (see "Format versions"), which changes
+//!    nothing in the order below.
 //! 2. When the pack reaches its target size, or the backup ends, the tail is written and the
 //!    file is `fsync`ed.
 //! 3. The pack is renamed to `packs/N.pack` and `packs/` is `fsync`ed, so the name is durable.
@@ -58,6 +62,27 @@
 //! in place at its first writable open (nothing is rewritten: format 1 is a subset); a
 //! rackvault that only knows format 1 then refuses it, rather than misread a tombstone.
 //!
+//! Format 3 is an *encrypted* store; unencrypted stores stay at format 2 (and are still
+//! created as format 2), so an older rackvault keeps reading them. Only a store created with
+//! a key is format 3, from its creation: an older rackvault refuses it rather than misread a
+//! sealed record. What format 3 changes:
+//! 1. The marker holds `encryption` ([`EncryptionInfo`]): the cipher new records are sealed
+//!    with and a *key check value* derived from the key, so a wrong key (or none) is refused
+//!    at open before the index or any pack is read ([`StoreError::WrongKey`],
+//!    [`StoreError::KeyRequired`]).
+//! 2. Chunk ids are keyed: `blake3::keyed_hash(id key, plaintext)` with a key derived from
+//!    the store key, in the index, in tree nodes and in record headers.
+//! 3. Every record (data, tree nodes, files, manifests, tombstones) is sealed with an AEAD:
+//!    the record header's byte 6 names it (see `pack`; the nonce argument is in `crypto`).
+//!    Record headers (kind, lengths, id) stay readable, so index rebuild, GC and a checksum
+//!    verify work on ciphertext; a record is valid in any pack of any store with the key.
+//! 4. The LMDB index is *not* encrypted: it is this appliance's cache and holds restore
+//!    points' names and sources in clear (the packs hold them sealed). What leaves the
+//!    appliance is packs and records, never the index.
+//!
+//! Encryption is chosen when a store is created and covers all of it; a plain store is not
+//! converted in place.
+//!
 //! ## Damage
 //! Verify records every damaged or missing chunk in `damaged`; [`Store::contains`] (backup
 //! dedup) treats those as absent, so the next backup of the same data stores them again and
@@ -89,12 +114,14 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod crypto;
 mod delete;
 mod digest;
 pub mod error;
 mod gc;
 pub mod kv;
 pub mod pack;
+pub mod recovery;
 mod repair;
 pub mod retention;
 pub mod tree;
@@ -112,6 +139,7 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::{ChunkLoc, PackInfo};
 pub use clock::ClockReading;
+pub use crypto::{ChunkIds, Cipher, Keyring, StoreKey};
 pub use digest::{is_all_zero, Digest};
 pub use error::{ErrorKind, Result, StoreError};
 pub use gc::{GcOptions, GcProgress, GcReport, DEFAULT_REPACK_THRESHOLD};
@@ -123,8 +151,10 @@ pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyOptions, Verify
 use catalog::{pack_key, point_key, Access, Catalog};
 use pack::PackWriter;
 
-/// The on-disk format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest on-disk format this build reads and writes: 3 for encrypted stores.
+pub const FORMAT_VERSION: u32 = 3;
+/// The format of unencrypted stores, which this build still writes (see "Format versions").
+pub const PLAIN_FORMAT_VERSION: u32 = 2;
 const MARKER: &str = "rackvault-store.json";
 /// Default size at which a pack is sealed and a new one started.
 pub const DEFAULT_PACK_TARGET: u64 = 256 << 20;
@@ -149,6 +179,20 @@ struct Marker {
     format: u32,
     store_id: String,
     created_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<EncryptionInfo>,
+}
+
+/// How a store is encrypted: the marker's `encryption` section (format 3), versioned on its
+/// own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// Version of this section: 1.
+    pub v: u32,
+    /// The cipher new records are sealed with ([`Cipher::name`]).
+    pub cipher: String,
+    /// [`StoreKey::check_value`] in hex: recognises the key without revealing it.
+    pub key_check: String,
 }
 
 /// What the cleanup at open removed.
@@ -227,6 +271,24 @@ pub struct RestorePoint {
     /// Until when (unix seconds, by the store's trusted clock) no one may delete or prune it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable_until_unix: Option<u64>,
+    /// Where a replicated point came from (absent for a point backed up here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<PointOrigin>,
+}
+
+/// The source of a replicated restore point: which appliance's namespace, which store and
+/// which point there. Replication finds a point it already delivered by this, so a transfer
+/// that is run again after its commit does not make a second copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointOrigin {
+    /// The namespace the source replicates into (its appliance's name on this side).
+    pub namespace: String,
+    /// The source store's id (hex).
+    pub store_id: String,
+    /// The point's `name@id` on the source.
+    pub point: String,
+    /// When the source made it.
+    pub created_unix: u64,
 }
 
 /// A deleted restore point (format 2): kept in `tombstones` and as a record in a pack, so the
@@ -246,9 +308,10 @@ impl RestorePoint {
         format!("{}@{}", self.name, self.id)
     }
 
-    /// The digest of its catalog record, which is also its manifest record's digest.
-    pub fn manifest_digest(&self) -> Digest {
-        Digest::of(&serde_json::to_vec(self).expect("restore point serialises"))
+    /// The id of its catalog record, which is also its manifest record's id, under the
+    /// store's chunk ids.
+    pub fn manifest_digest(&self, ids: ChunkIds) -> Digest {
+        ids.of(&serde_json::to_vec(self).expect("restore point serialises"))
     }
 }
 
@@ -321,6 +384,11 @@ pub struct StoreOptions {
     /// filesystem or the process's capabilities do not allow it, [`Store::pack_protection`]
     /// says why and the store carries on.
     pub immutable_packs: bool,
+    /// The key of an encrypted store, needed to open one. With `create` on a new store, the
+    /// store is created encrypted under this key.
+    pub key: Option<StoreKey>,
+    /// The cipher a new encrypted store seals records with; `None`: [`Cipher::preferred`].
+    pub cipher: Option<Cipher>,
 }
 
 /// How sealed packs are protected on disk (see [`StoreOptions::immutable_packs`]).
@@ -391,7 +459,14 @@ impl PackFiles {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { create: false, pack_target: DEFAULT_PACK_TARGET, read_only: false, immutable_packs: false }
+        StoreOptions {
+            create: false,
+            pack_target: DEFAULT_PACK_TARGET,
+            read_only: false,
+            immutable_packs: false,
+            key: None,
+            cipher: None,
+        }
     }
 }
 
@@ -428,6 +503,11 @@ pub struct Store {
     protection: Mutex<PackProtection>,
     /// Why the store is open read-only, if it is.
     read_only: Option<String>,
+    /// Chunk ids and record sealing ([`Keyring::plain`] for an unencrypted store).
+    keyring: Keyring,
+    /// The store's format: [`FORMAT_VERSION`] if encrypted, else [`PLAIN_FORMAT_VERSION`].
+    format: u32,
+    encryption: Option<EncryptionInfo>,
 }
 
 impl Store {
@@ -453,7 +533,7 @@ impl Store {
             if !opts.create || read_only.is_some() {
                 return Err(StoreError::NotAStore { path: root.to_path_buf(), marker: MARKER });
             }
-            Self::init(root)?;
+            Self::init(root, opts)?;
         }
         let text = std::fs::read_to_string(&marker_path).map_err(|e| StoreError::io(&marker_path, e))?;
         let marker: Marker = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
@@ -469,6 +549,9 @@ impl Store {
                 supported: FORMAT_VERSION,
             });
         }
+        // Then a missing or wrong key, before the index or any pack is read.
+        let keyring = Self::keyring_for(root, &marker, opts)?;
+        let store_format = if marker.encryption.is_some() { FORMAT_VERSION } else { PLAIN_FORMAT_VERSION };
         let mut store_id = [0u8; 16];
         for (i, b) in store_id.iter_mut().enumerate() {
             *b = marker.store_id.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
@@ -519,7 +602,7 @@ impl Store {
                         supported: FORMAT_VERSION,
                     })
                 }
-                Some(f) if f == FORMAT_VERSION => {
+                Some(f) if f >= store_format => {
                     index_lost = false;
                     wtxn.abort()
                 }
@@ -527,15 +610,15 @@ impl Store {
                     // A new index (new store, or a lost `index/`), or a format-1 store to
                     // upgrade: record the format in the index, then in the marker.
                     index_lost = found.is_none();
-                    catalog
-                        .meta
-                        .put(&mut wtxn, b"format", &FORMAT_VERSION.to_le_bytes())
-                        .map_err(|e| catalog.err(e))?;
+                    catalog.meta.put(&mut wtxn, b"format", &store_format.to_le_bytes()).map_err(|e| catalog.err(e))?;
                     wtxn.commit().map_err(|e| catalog.err(e))?;
                 }
             }
-            if marker.format < FORMAT_VERSION {
-                Self::write_marker(root, &Marker { format: FORMAT_VERSION, ..marker })?;
+            if marker.format < store_format {
+                Self::write_marker(
+                    root,
+                    &Marker { format: store_format, encryption: marker.encryption.clone(), ..marker },
+                )?;
             }
         }
         let mut store = Store {
@@ -548,6 +631,9 @@ impl Store {
             failpoints: Failpoints::from_env(),
             protection: Mutex::new(PackProtection { requested: opts.immutable_packs, ..Default::default() }),
             read_only,
+            keyring,
+            format: store_format,
+            encryption: marker.encryption,
         };
         if store.read_only.is_none() {
             store.cleanup = store.cleanup_leftovers(index_lost)?;
@@ -558,8 +644,9 @@ impl Store {
     /// Create a store in `root`, which must be missing, empty, or hold only the skeleton of
     /// an earlier creation that was interrupted. Creators serialise on `writers.lock`, so two
     /// processes creating the same store at once both succeed. The marker is written last
-    /// (atomically), so until it exists the directory is still only a skeleton.
-    fn init(root: &Path) -> Result<()> {
+    /// (atomically), so until it exists the directory is still only a skeleton. With
+    /// `opts.key`, the store is encrypted under it (format 3).
+    fn init(root: &Path, opts: &StoreOptions) -> Result<()> {
         // Refuse someone else's directory before writing anything into it.
         if root.exists() {
             Self::check_skeleton(root, false)?;
@@ -582,10 +669,16 @@ impl Store {
             std::fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, e))?;
         }
         let id = random_id();
+        let encryption = opts.key.as_ref().map(|key| EncryptionInfo {
+            v: 1,
+            cipher: opts.cipher.filter(|c| *c != Cipher::None).unwrap_or_else(Cipher::preferred).name().to_string(),
+            key_check: key.check_value().iter().map(|b| format!("{b:02x}")).collect(),
+        });
         let marker = Marker {
-            format: FORMAT_VERSION,
+            format: if encryption.is_some() { FORMAT_VERSION } else { PLAIN_FORMAT_VERSION },
             store_id: id.iter().map(|b| format!("{b:02x}")).collect(),
             created_unix: now_unix(),
+            encryption,
         };
         Self::write_marker(root, &marker)
     }
@@ -626,8 +719,75 @@ impl Store {
         Ok(())
     }
 
+    /// This store's id (hex), as its marker file records it.
+    pub fn store_id(&self) -> String {
+        self.store_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The restore point replicated here from `origin`, if one was committed.
+    pub fn find_origin(&self, origin: &PointOrigin) -> Result<Option<RestorePoint>> {
+        Ok(self.list()?.into_iter().find(|p| {
+            p.origin.as_ref().is_some_and(|o| {
+                o.namespace == origin.namespace && o.store_id == origin.store_id && o.point == origin.point
+            })
+        }))
+    }
+
+    /// The keyring of the store `marker` describes, checking `opts.key` against it.
+    fn keyring_for(root: &Path, marker: &Marker, opts: &StoreOptions) -> Result<Keyring> {
+        match (&marker.encryption, &opts.key) {
+            (None, None) => Ok(Keyring::plain()),
+            (None, Some(_)) => Err(StoreError::NotEncrypted { path: root.to_path_buf() }),
+            (Some(_), None) => Err(StoreError::KeyRequired { path: root.to_path_buf() }),
+            (Some(enc), Some(key)) => {
+                let corrupt = |detail: String| StoreError::Corrupt { path: root.join(MARKER), offset: 0, detail };
+                if enc.v != 1 {
+                    return Err(StoreError::NewerFormat {
+                        path: root.to_path_buf(),
+                        found: marker.format,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                let cipher = Cipher::from_name(&enc.cipher)
+                    .filter(|c| *c != Cipher::None)
+                    .ok_or_else(|| corrupt(format!("unknown cipher {:?} in the store marker", enc.cipher)))?;
+                let want: String = key.check_value().iter().map(|b| format!("{b:02x}")).collect();
+                if want != enc.key_check.to_ascii_lowercase() {
+                    return Err(StoreError::WrongKey { path: root.to_path_buf() });
+                }
+                Ok(Keyring::new(key, cipher))
+            }
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How this store names and seals its records. Backups hash chunks with
+    /// [`Keyring::digest`] and encode them with [`ChunkEncoder::encode_for`].
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The store's encryption, `None` for an unencrypted store.
+    pub fn encryption(&self) -> Option<&EncryptionInfo> {
+        self.encryption.as_ref()
+    }
+
+    /// The store id (hex), which a recovery key file names.
+    pub fn store_id_hex(&self) -> String {
+        self.store_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The on-disk format of this store.
+    pub fn format(&self) -> u32 {
+        self.format
+    }
+
+    /// A tree builder naming nodes with this store's chunk ids.
+    pub fn tree_builder(&self) -> TreeBuilder {
+        TreeBuilder::with_ids(self.keyring.ids())
     }
 
     /// What the cleanup at open removed.
@@ -851,8 +1011,16 @@ impl Store {
         check: pack::ReadCheck,
     ) -> Result<ChunkLoc> {
         let (loc, file) = self.locate_open(digest)?;
-        let header =
-            pack::read_record(&file, &self.pack_path(loc.pack), loc.offset, loc.stored_len, scratch, out, check)?;
+        let header = pack::read_record(
+            &file,
+            &self.pack_path(loc.pack),
+            loc.offset,
+            loc.stored_len,
+            scratch,
+            out,
+            check,
+            &self.keyring,
+        )?;
         if header.digest != *digest {
             return Err(StoreError::Corrupt {
                 path: self.pack_path(loc.pack),
@@ -880,6 +1048,7 @@ impl Store {
             digest: header.digest,
             kind: header.kind,
             codec: header.codec,
+            cipher: header.cipher,
             raw_len: header.raw_len,
             payload: scratch[pack::RECORD_HEADER_LEN..].to_vec(),
         })
@@ -917,6 +1086,7 @@ impl Store {
             files: Vec::new(),
             stats: SessionStats::default(),
             immutable_for_s: None,
+            origin: None,
         })
     }
 
@@ -955,7 +1125,7 @@ impl Store {
     pub(crate) fn decode_point(&self, rtxn: &heed::RoTxn<'_>, k: &[u8], v: &[u8]) -> Result<RestorePoint> {
         let (name, id) = split_point_key(k);
         let damaged = |detail: String| StoreError::DamagedPoint { point: format!("{name}@{id}"), detail };
-        let digest = Digest::of(v);
+        let digest = self.keyring.digest(v);
         let authentic = match self.catalog.chunk(rtxn, &digest)? {
             Some(loc) => loc.kind == RecordKind::Manifest,
             None => self.catalog.is_damaged(rtxn, &digest)?,
@@ -1097,6 +1267,8 @@ pub struct BackupSession<'s> {
     stats: SessionStats,
     /// The immutability window of the point `commit` makes.
     immutable_for_s: Option<u64>,
+    /// Set for a replicated point: recorded in its manifest.
+    origin: Option<PointOrigin>,
 }
 
 impl<'s> BackupSession<'s> {
@@ -1109,23 +1281,60 @@ impl<'s> BackupSession<'s> {
         &self.stats
     }
 
+    /// Record in the committed point where it was replicated from.
+    pub fn set_origin(&mut self, origin: PointOrigin) {
+        self.origin = Some(origin);
+    }
+
+    /// Make everything inserted so far durable and indexed now (steps 2-4 for the open pack),
+    /// without publishing a point: replication calls it at the end of every batch, so that a
+    /// cut link or a crash never makes it send those records again.
+    pub fn flush(&mut self) -> Result<()> {
+        self.seal()
+    }
+
+    /// The store's keyring: chunk ids for this session's data come from
+    /// [`Keyring::digest`], encoded records from [`ChunkEncoder::encode_for`].
+    pub fn keyring(&self) -> &Keyring {
+        &self.store.keyring
+    }
+
     /// Whether the store or this session already holds `digest`.
     pub fn contains(&self, digest: &Digest) -> Result<bool> {
         Ok(self.pending.contains_key(digest) || self.store.contains(digest)?)
     }
 
     /// Store `chunk` unless it is already present. Returns whether it was new.
+    ///
+    /// In an encrypted store an unsealed record is sealed here (tree nodes, manifests,
+    /// files); data chunks arrive sealed from [`ChunkEncoder::encode_for`] on the worker
+    /// threads. Its id must be the store's ([`Keyring::digest`]). A sealed record is stored
+    /// as it is, so records copied from a store with the same key keep their bytes; a plain
+    /// store refuses sealed records.
     pub fn insert(&mut self, chunk: &EncodedChunk) -> Result<bool> {
         if self.contains(&chunk.digest)? {
             return Ok(false);
         }
+        if chunk.cipher != crypto::Cipher::None && !self.store.keyring.is_encrypted() {
+            return Err(StoreError::Invalid(format!(
+                "chunk {} is encrypted and this store is not; copy encrypted records only into a store opened                  with their key",
+                chunk.digest
+            )));
+        }
+        let sealed;
+        let chunk = if chunk.cipher == crypto::Cipher::None && self.store.keyring.is_encrypted() {
+            sealed = chunk.clone().sealed_for(&self.store.keyring)?;
+            &sealed
+        } else {
+            chunk
+        };
         if self.pack.is_none() {
             let catalog = &self.store.catalog;
             let mut wtxn = catalog.write()?;
             let number = catalog.next_counter(&mut wtxn, "next_pack")?;
             wtxn.commit().map_err(|e| catalog.err(e))?;
             let path = self.store.tmp_pack_path(number);
-            let writer = PackWriter::create(&path, number, &self.store.store_id, now_unix())?;
+            let writer = PackWriter::create(&path, number, &self.store.store_id, now_unix(), self.store.format)?;
             self.stats.direct_io = Some(writer.is_direct());
             self.pack = Some(writer);
         }
@@ -1201,9 +1410,10 @@ impl<'s> BackupSession<'s> {
                 MAX_POINT_FILE
             )));
         }
-        let digest = Digest::of(content);
+        let digest = self.store.keyring.digest(content);
         if !self.contains(&digest)? {
-            let encoded = pack::ChunkEncoder::new(Some(3)).encode(digest, RecordKind::Data, content);
+            let encoded =
+                pack::ChunkEncoder::new(Some(3)).encode_for(&self.store.keyring, digest, RecordKind::Data, content)?;
             self.insert(&encoded)?;
         }
         let file = PointFile { name: name.to_string(), size: content.len() as u64, digest };
@@ -1234,18 +1444,27 @@ impl<'s> BackupSession<'s> {
         let files = std::mem::take(&mut self.files);
         let created_unix = now_unix();
         let immutable_until_unix = self.immutable_for_s.map(|s| created_unix.saturating_add(s));
-        let point =
-            RestorePoint { name: name.to_string(), id, created_unix, disks, files, stats, immutable_until_unix };
+        let origin = self.origin.take();
+        let point = RestorePoint {
+            name: name.to_string(),
+            id,
+            created_unix,
+            disks,
+            files,
+            stats,
+            immutable_until_unix,
+            origin,
+        };
         // The manifest goes into the last pack, after every chunk it references, so a catalog
         // rebuilt from packs only finds manifests whose data is durable.
         let manifest_bytes = serde_json::to_vec(&point).expect("restore point serialises");
-        let record = EncodedChunk {
-            digest: Digest::of(&manifest_bytes),
-            kind: RecordKind::Manifest,
-            codec: pack::Codec::Raw,
-            raw_len: manifest_bytes.len() as u32,
-            payload: manifest_bytes.clone(),
-        };
+        let record = EncodedChunk::plain(
+            self.store.keyring.digest(&manifest_bytes),
+            RecordKind::Manifest,
+            pack::Codec::Raw,
+            manifest_bytes.len() as u32,
+            manifest_bytes.clone(),
+        );
         self.insert(&record)?;
         self.seal()?;
         // A GC that ran since this session started may have condemned chunks the session

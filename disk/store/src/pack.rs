@@ -4,7 +4,7 @@
 //! ```text
 //! pack header, 64 bytes
 //!   0  magic        b"RVPACK\0\x01"
-//!   8  format       u32  (store format version)
+//!   8  format       u32  (store format version: 3 in an encrypted store, else 2)
 //!  12  reserved     u32  = 0
 //!  16  pack number  u64
 //!  24  store id     [u8; 16]
@@ -16,15 +16,25 @@
 //!   4  kind         u8   (1 = data chunk, 2 = index-tree node, 3 = restore-point manifest,
 //!                         4 = tombstone of a deleted restore point; format 2)
 //!   5  codec        u8   (0 = stored raw, 1 = zstd frame)
-//!   6  reserved     u16  = 0
+//!   6  cipher       u8   (0 = not encrypted; format 3: 1 = AES-256-GCM, 2 = XChaCha20-Poly1305)
+//!   7  reserved     u8   = 0
 //!   8  raw_len      u32  (uncompressed length)
 //!  12  stored_len   u32  (payload length)
-//!  16  digest       [u8; 32]  blake3 of the uncompressed bytes
+//!  16  digest       [u8; 32]  the chunk id: blake3 of the uncompressed bytes, keyed in an
+//!                             encrypted store (see `crypto`)
 //!  48  crc32c       u32  of bytes 0..48 followed by the payload
 //!  52  reserved     [u8; 12] = 0
 //!  64  payload      stored_len bytes
 //! zero padding up to a multiple of 4096 bytes (direct I/O), only after the last record
 //! ```
+//! An encrypted record (cipher ≠ 0) has the payload `salt [24] ‖ ciphertext ‖ tag [16]`: the
+//! AEAD seal of what the plain record would store (zstd frame or raw bytes), with the header
+//! fields as associated data (see [`crate::crypto`] for the nonces and why they never repeat).
+//! The checksum covers the sealed payload, so damage is found without the key; the tag proves
+//! authenticity with it. Nothing in a record names its pack or store, so an encrypted record
+//! is copied verbatim into another pack or another store with the same key. Format 2 wrote
+//! byte 6 as zero, so every older record reads as unencrypted; in an encrypted store an
+//! unencrypted record is refused as tampering (it was written without the key).
 //! A reader can walk a pack from byte 64, record by record, and rebuild the chunk index from
 //! it alone: every record carries its digest, both lengths and a checksum. A record whose
 //! magic is zero marks the padding at the end (fewer than 4096 zero bytes before the end of
@@ -44,8 +54,9 @@ use std::path::{Path, PathBuf};
 
 use uringio::AlignedBuf;
 
+use crate::crypto::{Cipher, Keyring};
 use crate::error::{Result, StoreError};
-use crate::{Digest, FORMAT_VERSION};
+use crate::Digest;
 
 pub const PACK_MAGIC: &[u8; 8] = b"RVPACK\0\x01";
 pub const RECORD_MAGIC: &[u8; 4] = b"RVc1";
@@ -107,8 +118,42 @@ pub struct EncodedChunk {
     pub digest: Digest,
     pub kind: RecordKind,
     pub codec: Codec,
+    /// [`Cipher::None`] unless the payload is sealed.
+    pub cipher: Cipher,
     pub raw_len: u32,
     pub payload: Vec<u8>,
+}
+
+impl EncodedChunk {
+    /// The record header this chunk is stored under, its checksum still 0 (the writer computes
+    /// it over the encoded header and the payload).
+    pub fn header(&self) -> RecordHeader {
+        RecordHeader {
+            kind: self.kind,
+            codec: self.codec,
+            cipher: self.cipher,
+            raw_len: self.raw_len,
+            stored_len: self.payload.len() as u32,
+            digest: self.digest,
+            crc: 0,
+        }
+    }
+
+    /// An unencrypted record of `payload` as it is to be stored.
+    pub fn plain(digest: Digest, kind: RecordKind, codec: Codec, raw_len: u32, payload: Vec<u8>) -> EncodedChunk {
+        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len, payload }
+    }
+
+    /// This record sealed with `keys` if it is not sealed yet and the store is encrypted.
+    pub fn sealed_for(self, keys: &Keyring) -> Result<EncodedChunk> {
+        if self.cipher != Cipher::None || !keys.is_encrypted() {
+            return Ok(self);
+        }
+        let (cipher, payload) = keys
+            .seal(self.kind, self.codec, self.raw_len, &self.digest, &self.payload)
+            .map_err(|e| StoreError::Invalid(format!("sealing chunk {}: {e}", self.digest)))?;
+        Ok(EncodedChunk { cipher, payload, ..self })
+    }
 }
 
 /// Compresses chunks; one per worker thread (it keeps zstd's context between chunks).
@@ -144,7 +189,13 @@ impl ChunkEncoder {
         };
         let (codec, payload) =
             if compressed && out.len() < limit { (Codec::Zstd, out) } else { (Codec::Raw, raw.to_vec()) };
-        EncodedChunk { digest, kind, codec, raw_len: raw.len() as u32, payload }
+        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len: raw.len() as u32, payload }
+    }
+
+    /// [`encode`](ChunkEncoder::encode), then seal the record if `keys` is an encrypted
+    /// store's (on the calling worker thread, so sealing runs in parallel like compression).
+    pub fn encode_for(&mut self, keys: &Keyring, digest: Digest, kind: RecordKind, raw: &[u8]) -> Result<EncodedChunk> {
+        self.encode(digest, kind, raw).sealed_for(keys)
     }
 }
 
@@ -179,7 +230,53 @@ pub fn looks_incompressible(raw: &[u8]) -> bool {
     })
 }
 
-/// Decode a record payload into `out` and check it against `digest`.
+/// Decode a record's payload into `out`: open it if it is sealed, decompress it, and with
+/// [`ReadCheck::Digest`] check its content against the record's chunk id under `keys`.
+pub fn decode_record(
+    keys: &Keyring,
+    header: &RecordHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    check: ReadCheck,
+) -> std::result::Result<(), String> {
+    if header.cipher == Cipher::None {
+        if keys.is_encrypted() {
+            // An encrypted store never writes a record unsealed: this one was put there by
+            // someone without the key, and its content would be unauthenticated.
+            return Err("an unencrypted record in an encrypted store (written without the key: tampering)".into());
+        }
+        decompress_payload(header.codec, payload, header.raw_len, out)?;
+    } else {
+        let open = |dst: &mut Vec<u8>| {
+            keys.open(header.kind, header.codec, header.cipher, header.raw_len, &header.digest, payload, dst)
+        };
+        match header.codec {
+            Codec::Raw => {
+                open(out)?;
+                if out.len() != header.raw_len as usize {
+                    return Err(format!("raw payload is {} bytes, header says {}", out.len(), header.raw_len));
+                }
+            }
+            Codec::Zstd => {
+                thread_local! {
+                    static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                PLAIN.with(|cell| {
+                    let mut plain = cell.borrow_mut();
+                    open(&mut plain)?;
+                    decompress_payload(header.codec, &plain, header.raw_len, out)
+                })?;
+            }
+        }
+    }
+    if check == ReadCheck::Digest && keys.digest(out) != header.digest {
+        return Err(format!("content does not match its digest {}", header.digest));
+    }
+    Ok(())
+}
+
+/// Decode an unencrypted record payload into `out` and check it against its plain blake3
+/// `digest` (tape records, which come from unencrypted stores).
 pub fn decode_payload(
     codec: Codec,
     payload: &[u8],
@@ -250,6 +347,7 @@ pub enum ReadCheck {
 pub struct RecordHeader {
     pub kind: RecordKind,
     pub codec: Codec,
+    pub cipher: Cipher,
     pub raw_len: u32,
     pub stored_len: u32,
     pub digest: Digest,
@@ -262,6 +360,7 @@ impl RecordHeader {
         h[0..4].copy_from_slice(RECORD_MAGIC);
         h[4] = self.kind as u8;
         h[5] = self.codec as u8;
+        h[6] = self.cipher as u8;
         h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
         h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
         h[16..48].copy_from_slice(&self.digest.0);
@@ -282,6 +381,7 @@ impl RecordHeader {
         }
         let kind = RecordKind::from_u8(h[4]).ok_or_else(|| format!("unknown record kind {}", h[4]))?;
         let codec = Codec::from_u8(h[5]).ok_or_else(|| format!("unknown codec {}", h[5]))?;
+        let cipher = Cipher::from_u8(h[6]).ok_or_else(|| format!("unknown cipher {}", h[6]))?;
         let raw_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
         let stored_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
         if raw_len > MAX_RECORD_RAW || stored_len > MAX_RECORD_RAW + (MAX_RECORD_RAW >> 4) {
@@ -289,7 +389,7 @@ impl RecordHeader {
         }
         let digest = Digest(h[16..48].try_into().expect("32 bytes"));
         let crc = u32::from_le_bytes(h[48..52].try_into().expect("4 bytes"));
-        Ok(Some(RecordHeader { kind, codec, raw_len, stored_len, digest, crc }))
+        Ok(Some(RecordHeader { kind, codec, cipher, raw_len, stored_len, digest, crc }))
     }
 
     /// The checksum over the header's first 48 bytes and the payload.
@@ -298,11 +398,11 @@ impl RecordHeader {
     }
 }
 
-/// Encode the 64-byte pack header.
-pub fn encode_pack_header(pack: u64, store_id: &[u8; 16], created: u64) -> [u8; PACK_HEADER_LEN as usize] {
+/// Encode the 64-byte pack header of a store of format `format`.
+pub fn encode_pack_header(pack: u64, store_id: &[u8; 16], created: u64, format: u32) -> [u8; PACK_HEADER_LEN as usize] {
     let mut h = [0u8; PACK_HEADER_LEN as usize];
     h[0..8].copy_from_slice(PACK_MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&format.to_le_bytes());
     h[16..24].copy_from_slice(&pack.to_le_bytes());
     h[24..40].copy_from_slice(store_id);
     h[40..48].copy_from_slice(&created.to_le_bytes());
@@ -353,13 +453,13 @@ pub struct PackWriter {
 }
 
 impl PackWriter {
-    /// Create `path` (which must not exist) as pack `number`.
-    pub fn create(path: &Path, number: u64, store_id: &[u8; 16], created: u64) -> Result<PackWriter> {
+    /// Create `path` (which must not exist) as pack `number` of a store of format `format`.
+    pub fn create(path: &Path, number: u64, store_id: &[u8; 16], created: u64, format: u32) -> Result<PackWriter> {
         let (file, direct) = uringio::open_direct(path, true).map_err(|e| StoreError::io(path, e))?;
         let mut writer =
             uringio::WriteBehind::new(&file, WRITE_BUF, WRITES_IN_FLIGHT).map_err(|e| StoreError::io(path, e))?;
         let mut buf = writer.take_buffer().map_err(|f| StoreError::io(path, f.error))?;
-        buf.extend_from_slice(&encode_pack_header(number, store_id, created));
+        buf.extend_from_slice(&encode_pack_header(number, store_id, created, format));
         Ok(PackWriter { path: path.to_path_buf(), writer, file, number, flushed: 0, buf, records: 0, direct })
     }
 
@@ -387,14 +487,7 @@ impl PackWriter {
     /// Append one record.
     pub fn append(&mut self, chunk: &EncodedChunk) -> Result<RecordLocation> {
         let offset = self.len();
-        let mut header = RecordHeader {
-            kind: chunk.kind,
-            codec: chunk.codec,
-            raw_len: chunk.raw_len,
-            stored_len: chunk.payload.len() as u32,
-            digest: chunk.digest,
-            crc: 0,
-        };
+        let mut header = chunk.header();
         let pre = header.encode();
         header.crc = RecordHeader::compute_crc(&pre, &chunk.payload);
         self.put(&header.encode())?;
@@ -441,7 +534,9 @@ impl PackWriter {
 }
 
 /// Read and check the record at `offset` of `file` (whose path is for messages), decoding its
-/// payload into `out`. `scratch` is reused between calls.
+/// payload into `out` (opening it with `keys` if it is sealed). `scratch` is reused between
+/// calls.
+#[allow(clippy::too_many_arguments)]
 pub fn read_record(
     file: &File,
     path: &Path,
@@ -450,15 +545,12 @@ pub fn read_record(
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
     check: ReadCheck,
+    keys: &Keyring,
 ) -> Result<RecordHeader> {
     let header = read_record_stored(file, path, offset, stored_len, scratch)?;
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), offset, detail };
     let payload = &scratch[RECORD_HEADER_LEN..];
-    match check {
-        ReadCheck::Digest => decode_payload(header.codec, payload, header.raw_len, &header.digest, out),
-        ReadCheck::Checksum => decompress_payload(header.codec, payload, header.raw_len, out),
-    }
-    .map_err(corrupt)?;
+    decode_record(keys, &header, payload, out, check).map_err(corrupt)?;
     Ok(header)
 }
 
@@ -618,8 +710,9 @@ impl Window<'_> {
     }
 }
 
-/// Walk every record of a pack in order. `check_content` also decompresses each payload and
-/// checks its digest (verify); without it only checksums are checked (index rebuild).
+/// Walk every record of a pack in order. `check_content` also opens (with `keys`) and
+/// decompresses each payload and checks its digest (verify); without it only checksums are
+/// checked (index rebuild), which needs no key.
 ///
 /// Damage does not end the walk. A damaged pack header is reported and the records are read
 /// anyway (each is self-checking). After a header that does not decode, a record cut short,
@@ -629,7 +722,7 @@ impl Window<'_> {
 /// reported in [`PackScan::skipped`]. A record whose checksum fails but which is followed by a
 /// valid record (or the end) is listed with `intact: false`: its length, and so probably its
 /// digest, are right. Errors only if the file cannot be opened.
-pub fn scan_pack(path: &Path, check_content: bool) -> Result<PackScan> {
+pub fn scan_pack(path: &Path, check_content: bool, keys: &Keyring) -> Result<PackScan> {
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
     let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
     let mut w = Window { file: &file, len, start: 0, buf: Vec::new() };
@@ -668,10 +761,7 @@ pub fn scan_pack(path: &Path, check_content: bool) -> Result<PackScan> {
                             let ok = RecordHeader::compute_crc(b, &b[RECORD_HEADER_LEN..]) == header.crc;
                             if ok && check_content {
                                 let payload = &b[RECORD_HEADER_LEN..];
-                                Some(
-                                    decode_payload(header.codec, payload, header.raw_len, &header.digest, &mut out)
-                                        .is_ok(),
-                                )
+                                Some(decode_record(keys, &header, payload, &mut out, ReadCheck::Digest).is_ok())
                             } else {
                                 Some(ok)
                             }
@@ -729,9 +819,93 @@ pub fn scan_pack(path: &Path, check_content: bool) -> Result<PackScan> {
     Ok(scan)
 }
 
+/// Splits the complete records at the front of `buf` (a stream of records as a pack holds
+/// them, without the pack header: replication sends batches this way). Returns them and how
+/// many bytes they took; a record still incomplete at the end is left for more bytes. Each
+/// record's framing and CRC are checked; its content is not (see [`decode_payload`]).
+pub fn split_records(buf: &[u8]) -> std::result::Result<(Vec<EncodedChunk>, usize), String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while buf.len() - at >= RECORD_HEADER_LEN {
+        let h = &buf[at..at + RECORD_HEADER_LEN];
+        let header =
+            RecordHeader::decode(h)?.ok_or_else(|| "zero padding where a record header belongs".to_string())?;
+        let len = RECORD_HEADER_LEN + header.stored_len as usize;
+        if buf.len() - at < len {
+            break;
+        }
+        let payload = &buf[at + RECORD_HEADER_LEN..at + len];
+        if RecordHeader::compute_crc(h, payload) != header.crc {
+            return Err(format!("record {} fails its checksum", header.digest));
+        }
+        out.push(EncodedChunk {
+            digest: header.digest,
+            kind: header.kind,
+            codec: header.codec,
+            cipher: header.cipher,
+            raw_len: header.raw_len,
+            payload: payload.to_vec(),
+        });
+        at += len;
+    }
+    Ok((out, at))
+}
+
+/// The wire form [`split_records`] reads: each record's 64-byte header (with its CRC) and
+/// payload, back to back.
+pub fn join_records(records: &[EncodedChunk]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.iter().map(|c| RECORD_HEADER_LEN + c.payload.len()).sum());
+    for c in records {
+        let mut h = c.header();
+        h.crc = RecordHeader::compute_crc(&h.encode(), &c.payload);
+        out.extend_from_slice(&h.encode());
+        out.extend_from_slice(&c.payload);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_stream_split_anywhere_and_mutated_anywhere_never_panics_and_never_yields_a_bad_record() {
+        let mut enc = ChunkEncoder::new(Some(1));
+        let records: Vec<EncodedChunk> = (0u8..6)
+            .map(|i| {
+                let raw: Vec<u8> = (0..3000u32).map(|j| (j as u8).wrapping_mul(i + 1)).collect();
+                enc.encode(Digest::of(&raw), RecordKind::Data, &raw)
+            })
+            .collect();
+        let wire = join_records(&records);
+        // Split at every length: only whole records come out, in order.
+        for cut in 0..=wire.len() {
+            let (got, used) = split_records(&wire[..cut]).unwrap();
+            assert!(used <= cut);
+            assert_eq!(
+                got.iter().map(|c| c.digest).collect::<Vec<_>>(),
+                records[..got.len()].iter().map(|c| c.digest).collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(split_records(&wire).unwrap().0.len(), 6);
+        // One flipped bit anywhere: an error, or records that are all intact.
+        let mut x = 0x9e37_79b9u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut m = wire.clone();
+            let at = (x as usize) % m.len();
+            m[at] ^= 1 << ((x >> 40) % 8);
+            if let Ok((got, _)) = split_records(&m) {
+                for c in got {
+                    let mut out = Vec::new();
+                    let intact = records.iter().any(|r| r.digest == c.digest && r.payload == c.payload);
+                    assert!(intact || decode_payload(c.codec, &c.payload, c.raw_len, &c.digest, &mut out).is_err());
+                }
+            }
+        }
+    }
 
     #[test]
     fn encode_decode_round_trip() {

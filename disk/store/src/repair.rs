@@ -100,7 +100,7 @@ impl Store {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
         let mut report = RepairReport::default();
 
-        let scan = self.scan_store(threads, &|_| {}, None)?;
+        let scan = self.scan_store(threads, &|_| {}, &|| false, None)?;
         let IndexCheck { mut damaged, wrong, .. } = {
             let rtxn = self.catalog.read()?;
             self.check_index(&rtxn, &scan, threads)?
@@ -173,7 +173,7 @@ impl Store {
         let mut numbers: Vec<u64> = scan.packs.iter().filter(|(_, s)| !s.missing).map(|(n, _)| *n).collect();
         numbers.sort();
         for number in numbers {
-            let pack_scan = pack::scan_pack(&self.pack_path(number), true)?;
+            let pack_scan = pack::scan_pack(&self.pack_path(number), true, self.keyring())?;
             for r in pack_scan.records.iter().filter(|r| r.intact && wrong.contains(&r.header.digest)) {
                 found.entry(r.header.digest).or_insert(ChunkLoc {
                     pack: number,
@@ -203,7 +203,7 @@ impl Store {
         let mut wtxn = self.catalog.write()?;
         let number = self.catalog.next_counter(&mut wtxn, "next_pack")?;
         wtxn.commit().map_err(|e| self.catalog.err(e))?;
-        PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix())
+        PackWriter::create(&self.tmp_pack_path(number), number, &self.store_id, now_unix(), self.format())
     }
 
     /// Steps 2-3 of the durability order: seal, rename into `packs/`, `fsync` the directory.
@@ -257,7 +257,7 @@ impl Store {
                 }
             };
             let payload = &scratch[pack::RECORD_HEADER_LEN..];
-            if let Err(e) = pack::decode_payload(header.codec, payload, header.raw_len, digest, &mut out) {
+            if let Err(e) = pack::decode_record(self.keyring(), &header, payload, &mut out, pack::ReadCheck::Digest) {
                 dropped.push((*digest, *loc, e));
                 continue;
             }
@@ -269,6 +269,7 @@ impl Store {
                 digest: *digest,
                 kind: header.kind,
                 codec: header.codec,
+                cipher: header.cipher,
                 raw_len: header.raw_len,
                 payload: payload.to_vec(),
             };
@@ -334,7 +335,7 @@ impl Store {
         for p in &points {
             let key = point_key(&p.name, p.id);
             if let Some(v) = self.catalog.points.get(&rtxn, &key).map_err(|e| self.catalog.err(e))? {
-                if self.catalog.chunk(&rtxn, &Digest::of(v))?.is_none() {
+                if self.catalog.chunk(&rtxn, &self.keyring().digest(v))?.is_none() {
                     lost_manifests.push((p.spec(), v.to_vec()));
                 }
             }
@@ -360,6 +361,7 @@ impl Store {
                     &mut scratch,
                     &mut out,
                     pack::ReadCheck::Digest,
+                    self.keyring(),
                 );
                 match read {
                     Ok(h) if h.digest == Digest(key) => {}
@@ -378,13 +380,14 @@ impl Store {
             let mut writer = self.start_pack()?;
             let mut locs = Vec::new();
             for (_, bytes) in &lost_manifests {
-                let chunk = EncodedChunk {
-                    digest: Digest::of(bytes),
-                    kind: RecordKind::Manifest,
-                    codec: pack::Codec::Raw,
-                    raw_len: bytes.len() as u32,
-                    payload: bytes.clone(),
-                };
+                let chunk = EncodedChunk::plain(
+                    self.keyring().digest(bytes),
+                    RecordKind::Manifest,
+                    pack::Codec::Raw,
+                    bytes.len() as u32,
+                    bytes.clone(),
+                )
+                .sealed_for(self.keyring())?;
                 let at = writer.append(&chunk)?;
                 locs.push((
                     chunk.digest,

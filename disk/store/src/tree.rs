@@ -19,6 +19,7 @@
 //! change rewrites one leaf and its path to the root; 1% of chunks changed uniformly at
 //! random rewrites about half the leaves, still far less than the data it describes.
 
+use crate::crypto::ChunkIds;
 use crate::error::{Result, StoreError};
 use crate::pack::{Codec, EncodedChunk, RecordKind};
 use crate::Digest;
@@ -58,24 +59,41 @@ pub fn decode_node(raw: &[u8], want_level: u8, digest: &Digest) -> Result<Vec<Di
     Ok(raw[NODE_HEADER..].chunks_exact(32).map(|c| Digest(c.try_into().expect("32 bytes"))).collect())
 }
 
-/// Encode a finished node as a chunk (stored raw: digests do not compress).
-fn node_chunk(level: u8, entries: &[Digest]) -> EncodedChunk {
+/// Encode a finished node as a chunk (stored raw: digests do not compress; an encrypted
+/// store seals it when it is inserted).
+fn node_chunk(ids: &ChunkIds, level: u8, entries: &[Digest]) -> EncodedChunk {
     let raw = encode_node(level, entries);
-    let digest = Digest::of(&raw);
-    EncodedChunk { digest, kind: RecordKind::Tree, codec: Codec::Raw, raw_len: raw.len() as u32, payload: raw }
+    let digest = ids.of(&raw);
+    EncodedChunk::plain(digest, RecordKind::Tree, Codec::Raw, raw.len() as u32, raw)
 }
 
 /// Builds a tree from digests pushed in disk order. Holds one partial node per level, so its
 /// memory is `height × FANOUT × 32` bytes whatever the disk size.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TreeBuilder {
     levels: Vec<Vec<Digest>>,
     entries: u64,
+    ids: ChunkIds,
+}
+
+impl Default for TreeBuilder {
+    fn default() -> Self {
+        TreeBuilder::new()
+    }
 }
 
 impl TreeBuilder {
+    /// A builder for an unencrypted store (plain blake3 node ids); [`Store::tree_builder`]
+    /// gives the right one for any store.
+    ///
+    /// [`Store::tree_builder`]: crate::Store::tree_builder
     pub fn new() -> TreeBuilder {
-        TreeBuilder::default()
+        TreeBuilder::with_ids(ChunkIds::PLAIN)
+    }
+
+    /// A builder naming nodes with `ids`.
+    pub fn with_ids(ids: ChunkIds) -> TreeBuilder {
+        TreeBuilder { levels: Vec::new(), entries: 0, ids }
     }
 
     pub fn entries(&self) -> u64 {
@@ -99,7 +117,7 @@ impl TreeBuilder {
         }
         self.levels[level].push(digest);
         if self.levels[level].len() == FANOUT {
-            let node = node_chunk(level as u8, &self.levels[level]);
+            let node = node_chunk(&self.ids, level as u8, &self.levels[level]);
             self.levels[level].clear();
             let d = node.digest;
             emit(node)?;
@@ -123,7 +141,7 @@ impl TreeBuilder {
                 return Ok((pending[0], level as u8));
             }
             if !pending.is_empty() {
-                let node = node_chunk(level as u8, &pending);
+                let node = node_chunk(&self.ids, level as u8, &pending);
                 let d = node.digest;
                 emit(node)?;
                 if top_level {

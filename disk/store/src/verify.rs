@@ -23,6 +23,11 @@
 //! (`verify_store` also forgets digests whose entry checks out again). A read-only store is
 //! verified without recording anything.
 //!
+//! Every verify can be stopped: the `_with` forms take a `cancelled` probe, looked at per
+//! pack and every few thousand chunks, and then return [`StoreError::Cancelled`] having
+//! recorded nothing (a verify only reads, so nothing is left half-done). An incremental
+//! verify stopped that way scans the same packs again next time.
+//!
 //! [`Store::reindex`] rebuilds the `chunks` and `packs` databases from the packs alone, and
 //! restores catalog entries from the manifest records in the packs. It salvages every intact
 //! record of a pack, also behind a damaged pack header or a damaged record.
@@ -33,15 +38,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use heed::PutFlags;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{pack_key, point_key, ChunkLoc};
 use crate::error::{Result, StoreError};
 use crate::pack::{self, RecordKind};
+
+/// How many chunks a verify walks between two looks at its cancel probe.
+const CANCEL_EVERY: u64 = 1024;
 use crate::{now_unix, Digest, DiskIndex, PackInfo, RestorePoint, Store};
 
 /// A damaged stretch of one disk of a restore point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamagedRange {
     pub disk: String,
     pub offset: u64,
@@ -55,7 +63,7 @@ fn file_damage(file: &crate::PointFile, reason: String) -> DamagedRange {
 }
 
 /// Damage found in one restore point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PointDamage {
     pub point: String,
     pub ranges: Vec<DamagedRange>,
@@ -71,7 +79,7 @@ pub struct VerifyOptions {
 }
 
 /// The outcome of a verify run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub restore_points_checked: u64,
     pub chunks_checked: u64,
@@ -198,11 +206,23 @@ impl Store {
         threads: usize,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<VerifyReport> {
+        self.verify_points_with(points, threads, progress, &|| false)
+    }
+
+    /// [`Store::verify_points`], stopping with [`StoreError::Cancelled`] once `cancelled`
+    /// says so.
+    pub fn verify_points_with(
+        &self,
+        points: &[RestorePoint],
+        threads: usize,
+        progress: &(dyn Fn(u64) + Sync),
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         for point in points {
             let mut ranges = Vec::new();
             for disk in &point.disks {
-                let damage = self.verify_disk(disk, threads, progress, &mut report)?;
+                let damage = self.verify_disk(disk, threads, progress, cancelled, &mut report)?;
                 ranges.extend(damage);
             }
             for file in &point.files {
@@ -231,6 +251,7 @@ impl Store {
         disk: &DiskIndex,
         threads: usize,
         progress: &(dyn Fn(u64) + Sync),
+        cancelled: &(dyn Fn() -> bool + Sync),
         report: &mut VerifyReport,
     ) -> Result<Vec<DamagedRange>> {
         let damaged: Mutex<Vec<(u64, Digest, String)>> = Mutex::new(Vec::new());
@@ -238,6 +259,7 @@ impl Store {
         let bytes = AtomicU64::new(0);
         let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(1024);
         let mut walk_failure: Option<(u64, String)> = None;
+        let mut stopped = false;
         // A fault of our own (EMFILE, ENOMEM...) stops the verify: it says nothing of the data.
         let local_fault: Mutex<Option<StoreError>> = Mutex::new(None);
         std::thread::scope(|s| {
@@ -269,6 +291,10 @@ impl Store {
             loop {
                 match walker.next_entry() {
                     Ok(Some(d)) => {
+                        if index.is_multiple_of(CANCEL_EVERY) && cancelled() {
+                            stopped = true;
+                            break;
+                        }
                         if !d.is_zero() && tx.send((index, d)).is_err() {
                             break;
                         }
@@ -285,7 +311,7 @@ impl Store {
                     }
                 }
             }
-            if walk_failure.is_none() && index != disk.chunks {
+            if !stopped && walk_failure.is_none() && index != disk.chunks {
                 walk_failure =
                     Some((index, format!("index tree holds {index} chunks, the restore point says {}", disk.chunks)));
             }
@@ -293,6 +319,9 @@ impl Store {
         });
         if let Some(e) = local_fault.into_inner().expect("fault slot") {
             return Err(e);
+        }
+        if stopped {
+            return Err(StoreError::Cancelled);
         }
         report.chunks_checked += checked.into_inner();
         report.bytes_checked += bytes.into_inner();
@@ -333,6 +362,7 @@ impl Store {
         &self,
         threads: usize,
         progress: &(dyn Fn(u64) + Sync),
+        cancelled: &(dyn Fn() -> bool + Sync),
         only: Option<&HashSet<u64>>,
     ) -> Result<StoreScan> {
         let mut packs = self.pack_numbers()?;
@@ -348,11 +378,15 @@ impl Store {
         std::thread::scope(|s| {
             for _ in 0..threads.max(1) {
                 s.spawn(|| loop {
+                    if cancelled() {
+                        first_error.lock().expect("error slot").get_or_insert(StoreError::Cancelled);
+                        break;
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some((number, info)) = packs.get(i) else { break };
                     let path = self.pack_path(*number);
                     let mut lines = Vec::new();
-                    let summary = match pack::scan_pack(&path, true) {
+                    let summary = match pack::scan_pack(&path, true, self.keyring()) {
                         Ok(scan) => {
                             let mut summary = PackSummary {
                                 header_error: scan.header_error.clone(),
@@ -604,7 +638,7 @@ impl Store {
     /// `damaged` (see [`catalog`](crate::catalog)), so the next backup stores them again.
     /// Holds `gc.lock` (waiting for a running GC), so no pack is rewritten under the scan.
     pub fn verify_store(&self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
-        self.verify_store_with(&VerifyOptions::default(), threads, progress)
+        self.verify_store_with(&VerifyOptions::default(), threads, progress, &|| false)
     }
 
     /// Which packs an incremental verify scans now: those not scanned clean within the window,
@@ -683,16 +717,18 @@ impl Store {
     /// entry, one lookup per chunk reference). Damage recorded by earlier runs (`damaged`)
     /// is reported again. The trade-off: a pack scanned clean within the window is trusted,
     /// so damage that happens to it meanwhile waits for its next scan (or a full verify).
+    /// It stops with [`StoreError::Cancelled`] once `cancelled` says so.
     pub fn verify_store_with(
         &self,
         opts: &VerifyOptions,
         threads: usize,
         progress: &(dyn Fn(u64) + Sync),
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<VerifyReport> {
         let _gc = self.gc_lock(true)?;
         let (only, skipped_recent, left_for_later) = self.packs_to_scan(opts)?;
         let incremental = only.is_some();
-        let scan = self.scan_store(threads, progress, only.as_ref())?;
+        let scan = self.scan_store(threads, progress, cancelled, only.as_ref())?;
         self.note_verified(&scan)?;
         // One snapshot for the index check and the points, so a point committed meanwhile by
         // a concurrent backup is not judged against an older index.
@@ -726,6 +762,9 @@ impl Store {
         };
         let (points, unreadable) = self.list_in(&rtxn)?;
         for point in points {
+            if cancelled() {
+                return Err(StoreError::Cancelled);
+            }
             let mut ranges = Vec::new();
             for disk in &point.disks {
                 let mut collector = DamageCollector::new(disk);
@@ -836,7 +875,7 @@ impl Store {
         let mut tombstones: Vec<ChunkLoc> = Vec::new();
         for (number, path) in files {
             let (number, path) = (*number, path.as_path());
-            let scan = pack::scan_pack(path, false)?;
+            let scan = pack::scan_pack(path, false, self.keyring())?;
             if let Some(header_number) = scan.number.filter(|n| *n != number) {
                 report.damaged_records.push(format!("{}: header says pack {header_number}; skipped", path.display()));
                 continue;
@@ -925,6 +964,7 @@ impl Store {
                 &mut scratch,
                 &mut out,
                 pack::ReadCheck::Digest,
+                self.keyring(),
             );
             let Some(t) = read.ok().and_then(|_| serde_json::from_slice::<crate::Tombstone>(&out).ok()) else {
                 report.damaged_records.push(format!(
@@ -955,6 +995,7 @@ impl Store {
                 &mut scratch,
                 &mut out,
                 pack::ReadCheck::Digest,
+                self.keyring(),
             )
             .is_err()
             {

@@ -366,7 +366,7 @@ fn an_incremental_verify_resumes_where_the_last_stopped_and_skips_what_it_verifi
     let mut scanned = 0;
     let mut runs = 0;
     loop {
-        let r = store.verify_store_with(&incremental(day, Some(2)), 2, &|_| {}).unwrap();
+        let r = store.verify_store_with(&incremental(day, Some(2)), 2, &|_| {}, &|| false).unwrap();
         assert!(r.is_clean(), "{r:?}");
         assert_eq!(r.restore_points_checked, 1, "every point is walked on every run");
         assert_eq!(r.packs_scanned + r.packs_skipped_recent + r.packs_left_for_later, packs);
@@ -378,10 +378,10 @@ fn an_incremental_verify_resumes_where_the_last_stopped_and_skips_what_it_verifi
         assert_eq!(r.packs_scanned, 2);
     }
     assert_eq!(scanned, packs, "each pack scanned once over {runs} runs");
-    let r = store.verify_store_with(&incremental(day, None), 2, &|_| {}).unwrap();
+    let r = store.verify_store_with(&incremental(day, None), 2, &|_| {}, &|| false).unwrap();
     assert_eq!((r.packs_scanned, r.packs_skipped_recent), (0, packs), "{r:?}");
     // A window of zero seconds scans everything again.
-    let r = store.verify_store_with(&incremental(Some(0), None), 2, &|_| {}).unwrap();
+    let r = store.verify_store_with(&incremental(Some(0), None), 2, &|_| {}, &|| false).unwrap();
     assert_eq!(r.packs_scanned, packs);
 }
 
@@ -392,7 +392,7 @@ fn damage_in_a_pack_verified_recently_waits_for_its_next_scan_but_a_full_verify_
     let loc = {
         let store = open_small_packs(dir.path());
         backup(&store, "vm", &disk);
-        let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}).unwrap();
+        let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}, &|| false).unwrap();
         assert!(r.is_clean());
         loc_of(&store, disk[10])
     };
@@ -402,12 +402,37 @@ fn damage_in_a_pack_verified_recently_waits_for_its_next_scan_but_a_full_verify_
     bytes[(loc.offset + 64 + 100) as usize] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
     let store = open_small_packs(dir.path());
-    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}).unwrap();
+    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}, &|| false).unwrap();
     assert!(r.is_clean(), "the pack was verified within the window, so it is trusted: {r:?}");
     let full = store.verify_store(2, &|_| {}).unwrap();
     assert!(!full.is_clean(), "a full verify scans it");
     // And from now on every verify reports it, incremental ones included: the pack is no
     // longer recorded as verified, and the damaged chunk is noted.
-    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}).unwrap();
+    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}, &|| false).unwrap();
     assert!(!r.is_clean() && r.damaged_points.iter().any(|p| p.point.starts_with("vm@")), "{r:?}");
+}
+
+#[test]
+fn a_cancelled_verify_stops_early_records_nothing_and_the_next_run_scans_those_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_small_packs(dir.path());
+    let disk: Vec<u64> = (0..400).map(|i| 2 * i + 1).collect();
+    let point = backup(&store, "vm", &disk);
+    let packs = store.usage().unwrap().packs;
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    let count = |n: u64| {
+        seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    };
+    let after_a_pack = || seen.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    let e = store.verify_store_with(&incremental(Some(86_400), None), 1, &count, &after_a_pack).unwrap_err();
+    assert!(matches!(e, StoreError::Cancelled), "{e}");
+    assert!(e.to_string().contains("run it again"), "{e}");
+    assert!(seen.into_inner() < store.usage().unwrap().pack_bytes, "it stopped before the end");
+    // Nothing was recorded as verified: the next incremental run scans every pack.
+    let r = store.verify_store_with(&incremental(Some(86_400), None), 2, &|_| {}, &|| false).unwrap();
+    assert_eq!(r.packs_scanned, packs, "{r:?}");
+    // Verifying points stops the same way.
+    let e = store.verify_points_with(std::slice::from_ref(&point), 2, &|_| {}, &|| true).unwrap_err();
+    assert!(matches!(e, StoreError::Cancelled), "{e}");
+    assert!(store.verify_points(std::slice::from_ref(&point), 2, &|_| {}).unwrap().is_clean());
 }

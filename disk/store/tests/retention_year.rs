@@ -200,7 +200,7 @@ fn a_year_of_daily_backups_with_gfs_retention_and_daily_gc_keeps_the_store_bound
         max_points = max_points.max(kept.len());
         max_bytes = max_bytes.max(bytes);
         max_files = max_files.max(files);
-        max_other_files = max_other_files.max(files - prune_days);
+        max_other_files = max_other_files.max(files.saturating_sub(prune_days));
         if day % 60 == 59 {
             eprintln!("day {day}: {} points, {bytes} pack bytes in {files} packs", kept.len());
         }

@@ -253,6 +253,7 @@ fn hostile_record_and_node_bytes_never_panic() {
     let mut hdr = pack::RecordHeader {
         kind: enc.kind,
         codec: enc.codec,
+        cipher: enc.cipher,
         raw_len: enc.raw_len,
         stored_len: enc.payload.len() as u32,
         digest: enc.digest,

@@ -25,6 +25,7 @@
 
 mod progress;
 pub mod prune;
+pub mod replicate;
 mod restore;
 mod source;
 pub mod tape;
@@ -35,11 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use blocksource::{BlockSource, ExtentKind, ReadRequest, SourceError};
-use serde::Serialize;
-use store::{
-    BackupSession, ChunkEncoder, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, Store, StoreError,
-    TreeBuilder,
-};
+use serde::{Deserialize, Serialize};
+use store::{BackupSession, ChunkEncoder, Digest, DiskIndex, EncodedChunk, PointStats, RecordKind, Store, StoreError};
 
 pub use progress::{NoProgress, Progress};
 pub use restore::{disk_file_name, restore, RestoreFormat, RestoreOptions, RestoreReport};
@@ -67,6 +65,80 @@ pub enum EngineError {
     /// The job was cancelled (by an operator); nothing was committed.
     #[error("cancelled: the job was stopped before it finished and left nothing behind")]
     Cancelled,
+}
+
+/// Whether running a failed job again as it is may succeed: what a retry policy acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Retrying later may succeed without anyone changing anything: a dropped connection, a
+    /// timeout, a server that is down or restarting (connection refused counts: a daemon that
+    /// is down comes back), a busy store or drive.
+    Transient,
+    /// Stays wrong until someone acts: a corrupt or unsupported image, a missing file, bad
+    /// credentials, a wrong argument, damaged stored data, a full disk, a refused cartridge.
+    Permanent,
+    /// Stopped on request; nothing to retry.
+    Cancelled,
+}
+
+impl EngineError {
+    /// Transient, permanent or cancelled, from the failing layer's own classification.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Source(e) => source_error_kind(e),
+            EngineError::Store(e) => store_error_kind(e),
+            EngineError::Target { .. } | EngineError::Invalid(_) => ErrorKind::Permanent,
+            EngineError::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+}
+
+/// An I/O error's kind: network failures and interruptions are transient; everything else
+/// (a missing file, no permission, bad data, a full or read-only filesystem, and errors the
+/// protocol adapters mark as not transient by giving them `Other`) is permanent.
+pub fn io_error_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionReset
+        | K::ConnectionAborted
+        | K::ConnectionRefused
+        | K::NotConnected
+        | K::TimedOut
+        | K::BrokenPipe
+        | K::UnexpectedEof
+        | K::Interrupted
+        | K::WouldBlock
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::NetworkDown
+        | K::ResourceBusy => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    }
+}
+
+/// A source error's kind: the source layer's own (the NFS and iSCSI adapters mark their
+/// transient failures), widened by [`io_error_kind`] for I/O errors it leaves permanent.
+pub fn source_error_kind(e: &SourceError) -> ErrorKind {
+    if e.kind() == blocksource::ErrorKind::Transient {
+        return ErrorKind::Transient;
+    }
+    match e {
+        SourceError::Read { source, .. } | SourceError::Io { source, .. } => io_error_kind(source),
+        _ => ErrorKind::Permanent,
+    }
+}
+
+/// A store error's kind: a busy store (a verify, repair or GC holding it) is transient; a
+/// full disk, damage and wrong requests are permanent; other I/O errors as [`io_error_kind`].
+pub fn store_error_kind(e: &StoreError) -> ErrorKind {
+    match e.kind() {
+        store::ErrorKind::Cancelled => ErrorKind::Cancelled,
+        _ => match e {
+            StoreError::Busy(_) => ErrorKind::Transient,
+            StoreError::Io { source, .. } if e.kind() == store::ErrorKind::Other => io_error_kind(source),
+            _ => ErrorKind::Permanent,
+        },
+    }
 }
 
 /// Settings of one backup.
@@ -100,7 +172,7 @@ impl BackupOptions {
 }
 
 /// What a backup did; also the `--json` output of `rackvault backup`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupReport {
     pub name: String,
     pub id: u64,
@@ -164,7 +236,7 @@ pub struct DiskToBackup<'a> {
 }
 
 /// One disk of a backup, as reported.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupDiskReport {
     pub label: String,
     pub source: String,
@@ -286,7 +358,7 @@ fn ingest_disk(
     let chunks_zero = AtomicU64::new(0);
     let (tx, rx) = crossbeam_channel::bounded::<Result<ChunkResult, EngineError>>(threads * per_batch as usize * 2);
 
-    let mut tree = TreeBuilder::new();
+    let mut tree = store.tree_builder();
     let outcome: Result<(), EngineError> = std::thread::scope(|s| {
         for _ in 0..threads {
             let tx = tx.clone();
@@ -469,11 +541,14 @@ impl Worker<'_> {
                 chunks_zero.fetch_add(1, Ordering::Relaxed);
                 ChunkResult { index, digest: Digest::ZERO, encoded: None }
             } else {
-                let digest = Digest::of(buf);
+                // The store's chunk id: keyed blake3 in an encrypted store, sealed here on
+                // the worker thread so that encryption runs in parallel, like compression.
+                let keys = self.store.keyring();
+                let digest = keys.digest(buf);
                 let encoded = if self.store.contains(&digest)? {
                     None
                 } else {
-                    Some(self.encoder.encode(digest, RecordKind::Data, buf))
+                    Some(self.encoder.encode_for(keys, digest, RecordKind::Data, buf)?)
                 };
                 ChunkResult { index, digest, encoded }
             };
@@ -495,8 +570,9 @@ pub fn verify_incremental(
 ) -> Result<store::VerifyReport, EngineError> {
     let threads = default_threads(threads);
     let advance = |n: u64| progress.advance(n);
+    let cancelled = || progress.cancelled();
     progress.start("verify", store.usage()?.pack_bytes);
-    let report = store.verify_store_with(opts, threads, &advance)?;
+    let report = store.verify_store_with(opts, threads, &advance, &cancelled)?;
     progress.finish();
     Ok(report)
 }
@@ -510,17 +586,64 @@ pub fn verify(
 ) -> Result<store::VerifyReport, EngineError> {
     let threads = default_threads(threads);
     let advance = |n: u64| progress.advance(n);
+    let cancelled = || progress.cancelled();
     let report = match spec {
         Some(spec) => {
             let point = store.find(spec)?;
             progress.start("verify", point.disks.iter().map(|d| d.size).sum());
-            store.verify_points(&[point], threads, &advance)?
+            store.verify_points_with(&[point], threads, &advance, &cancelled)?
         }
         None => {
             progress.start("verify", store.usage()?.pack_bytes);
-            store.verify_store(threads, &advance)?
+            store.verify_store_with(&store::VerifyOptions::default(), threads, &advance, &cancelled)?
         }
     };
     progress.finish();
     Ok(report)
+}
+
+#[cfg(test)]
+mod error_kind_tests {
+    use std::io;
+
+    use super::*;
+
+    fn source_io(kind: io::ErrorKind) -> EngineError {
+        EngineError::Source(SourceError::Io { what: "nfs://nas/vol/a.raw".into(), source: io::Error::new(kind, "x") })
+    }
+
+    #[test]
+    fn dropped_connections_timeouts_and_servers_that_are_down_are_transient() {
+        for k in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            assert_eq!(source_io(k).kind(), ErrorKind::Transient, "{k:?}");
+        }
+        assert_eq!(EngineError::Store(StoreError::Busy("a GC runs".into())).kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn missing_files_corrupt_images_and_refusals_are_permanent() {
+        let missing = EngineError::Source(SourceError::NotFound { path: "/srv/a.raw".into() });
+        let corrupt =
+            EngineError::Source(SourceError::Corrupt { what: "a.qcow2".into(), offset: 0, detail: "x".into() });
+        // The NFS and iSCSI adapters mark what is not transient as `Other`.
+        for e in [missing, corrupt, source_io(io::ErrorKind::Other), source_io(io::ErrorKind::PermissionDenied)] {
+            assert_eq!(e.kind(), ErrorKind::Permanent, "{e}");
+        }
+        assert_eq!(EngineError::Store(StoreError::DiskFull { path: "/s".into() }).kind(), ErrorKind::Permanent);
+        assert_eq!(EngineError::Invalid("x".into()).kind(), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn cancels_are_cancelled_whichever_layer_stopped() {
+        assert_eq!(EngineError::Cancelled.kind(), ErrorKind::Cancelled);
+        assert_eq!(EngineError::Store(StoreError::Cancelled).kind(), ErrorKind::Cancelled);
+        assert_eq!(tape::TapeError::from(EngineError::Cancelled).kind(), ErrorKind::Cancelled);
+    }
 }

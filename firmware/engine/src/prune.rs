@@ -16,7 +16,7 @@
 //! alone, retention by the later of trusted and wall time while the two agree.
 //! Pruning frees no space by itself; the next GC does.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use store::retention::{self, Candidate, RetentionPolicy, TimeZone};
 use store::{ClockReading, RestorePoint, Store, StoreError};
 
@@ -171,7 +171,7 @@ fn judge(
 }
 
 /// What [`relieve`] freed, and what it could not.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReliefReport {
     pub used_pct_before: f64,
     pub used_pct_after: f64,

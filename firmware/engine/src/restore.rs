@@ -350,7 +350,7 @@ fn verify_output(
         let len = cs.min(disk.size - offset) as usize;
         let mut buf = vec![0u8; len];
         out.read_many(&mut [ReadRequest { offset, buf: &mut buf }])?;
-        let ok = if digest.is_zero() { store::is_all_zero(&buf) } else { Digest::of(&buf) == *digest };
+        let ok = if digest.is_zero() { store::is_all_zero(&buf) } else { store.keyring().digest(&buf) == *digest };
         if !ok {
             mismatch.lock().expect("mismatch list").push(offset);
         }

@@ -336,3 +336,77 @@ fn no_labelled_cartridge_gives_a_clear_error() {
         .unwrap_err();
     assert!(e.to_string().contains("--rebuild"), "{e}");
 }
+
+/// Progress that asks to stop once `after` bytes have gone by.
+struct CancelAfter {
+    after: u64,
+    done: AtomicU64,
+}
+
+impl CancelAfter {
+    fn new(after: u64) -> CancelAfter {
+        CancelAfter { after, done: AtomicU64::new(0) }
+    }
+}
+
+impl Progress for CancelAfter {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+    fn finish(&self) {}
+    fn cancelled(&self) -> bool {
+        self.done.load(Ordering::Relaxed) >= self.after
+    }
+}
+
+#[test]
+fn a_cancelled_destage_stops_mid_archive_records_nothing_and_the_next_job_succeeds() {
+    let carts = [("TAPE01", 64 << 20, false), ("TAPE02", 64 << 20, false), ("CLN001", 1 << 20, false)];
+    let f = Fixture::new(8 << 20, &carts, EW);
+    let cat = f.catalog();
+    let mut lib = f.library();
+    label_all(&cat, &mut lib, &["TAPE01", "TAPE02"]);
+    let points = vec![f.store.find("vm1").unwrap()];
+    let stop = CancelAfter::new(1 << 20);
+    let e = tape::destage(&f.store, &cat, &mut lib, &points, &DestageOptions::new("main"), &stop).unwrap_err();
+    assert_eq!(e.kind(), engine::ErrorKind::Cancelled, "{e}");
+    let written = stop.done.load(Ordering::Relaxed);
+    assert!((1 << 20..4 << 20).contains(&written), "stopped soon after the request: {written} bytes");
+    assert!(cat.all_points().unwrap().is_empty(), "a cancelled destage catalogs nothing");
+    let r = tape::destage(&f.store, &cat, &mut lib, &points, &DestageOptions::new("main"), &NoProgress).unwrap();
+    let out = restore_dir(&cat, &mut lib, "vm1@1", &f.path("out"));
+    assert!(out.damaged.is_empty(), "{:?}", out.damaged);
+    assert_eq!(std::fs::read(f.path("out/disk0.raw")).unwrap(), f.image);
+    for b in &r.tapes {
+        let v = tape::verify_tape(&mut lib, b, &NoProgress).unwrap();
+        assert!(v.problems.iter().all(|p| p.contains("interrupted")), "{b}: {:?}", v.problems);
+    }
+}
+
+#[test]
+fn a_cancelled_tape_restore_and_tape_verify_stop_with_the_kind_cancelled() {
+    let carts = [("TAPE01", 64 << 20, false), ("CLN001", 1 << 20, false)];
+    let f = Fixture::new(8 << 20, &carts, EW);
+    let cat = f.catalog();
+    let mut lib = f.library();
+    label_all(&cat, &mut lib, &["TAPE01"]);
+    let points = vec![f.store.find("vm1").unwrap()];
+    tape::destage(&f.store, &cat, &mut lib, &points, &DestageOptions::new("main"), &NoProgress).unwrap();
+
+    let stop = CancelAfter::new(1 << 20);
+    let target = TapeRestoreTarget::Directory(f.path("out"));
+    let e = tape::restore_from_tape(&cat, &mut lib, "vm1@1", target, &stop).unwrap_err();
+    assert_eq!(e.kind(), engine::ErrorKind::Cancelled, "{e}");
+    assert!(stop.done.load(Ordering::Relaxed) < 4 << 20, "the restore stopped early");
+
+    let stop = CancelAfter::new(1 << 20);
+    let e = tape::verify_tape(&mut lib, "TAPE01", &stop).unwrap_err();
+    assert_eq!(e.kind(), engine::ErrorKind::Cancelled, "{e}");
+    // The drive is usable afterwards: a full verify and restore still work.
+    let v = tape::verify_tape(&mut lib, "TAPE01", &NoProgress).unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    let out = restore_dir(&cat, &mut lib, "vm1@1", &f.path("out2"));
+    assert!(out.damaged.is_empty(), "{:?}", out.damaged);
+    assert_eq!(std::fs::read(f.path("out2/disk0.raw")).unwrap(), f.image);
+}

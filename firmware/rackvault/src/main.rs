@@ -4,6 +4,7 @@
 //! and turns errors into exit codes (1: the job failed; 3: verify found damage).
 
 mod demo;
+mod key_cmd;
 mod progress;
 mod serve_cmd;
 mod store_cmd;
@@ -13,7 +14,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use engine::{BackupOptions, RestoreFormat, RestoreOptions};
 use store::{Store, StoreOptions};
@@ -31,6 +32,11 @@ pub const VERSION: &str = if env!("RACKVAULT_COMMIT").is_empty() {
 #[derive(Parser, Debug)]
 #[command(name = "rackvault", version = VERSION, about = "rackvault: image-level VM backup appliance", long_about = None)]
 struct Cli {
+    /// The recovery key of an encrypted store: a recovery key file, a file holding its
+    /// printable form, or `-` to type it on standard input. With `backup --encrypt` on a new
+    /// store, where the new key is written.
+    #[arg(long, global = true, env = "RACKVAULT_KEY_FILE", value_name = "FILE")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +78,14 @@ enum Command {
         /// Seal packs at this size (tests use small packs to exercise pack rotation).
         #[arg(long, value_parser = parse_size, hide = true)]
         pack_target: Option<u32>,
+        /// Create the store encrypted (AES-256-GCM with AES-NI, else XChaCha20-Poly1305; keyed
+        /// chunk ids). Needs --key-file: a new file receives the new recovery key.
+        #[arg(long)]
+        encrypt: bool,
+        /// With --encrypt on a new store: its AEAD, aes-256-gcm or xchacha20-poly1305
+        /// (default: AES-256-GCM where the CPU has AES-NI, else XChaCha20-Poly1305).
+        #[arg(long, requires = "encrypt", value_parser = parse_cipher)]
+        cipher: Option<store::Cipher>,
         #[arg(long)]
         json: bool,
     },
@@ -137,6 +151,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a restore point to another appliance (offsite replication, push): only what it
+    /// lacks travels; running it again after a cut or a crash sends only what is missing.
+    Replicate {
+        /// NAME or NAME@ID.
+        point: String,
+        #[arg(long)]
+        store: PathBuf,
+        /// The receiving appliance: https://HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Its certificate's SHA-256 fingerprint (read it with `rackvault remote-fingerprint`
+        /// and compare it with the one the appliance shows).
+        #[arg(long)]
+        fingerprint: String,
+        /// A file holding the replication token made on the receiver.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The token's name on the receiver: the namespace the point arrives in.
+        #[arg(long)]
+        namespace: String,
+        /// Send at most this many MB/s.
+        #[arg(long)]
+        max_mbps: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the SHA-256 fingerprint of the certificate an appliance presents, trusting
+    /// nothing, to compare with the one it shows before pinning it.
+    RemoteFingerprint {
+        /// https://HOST:PORT
+        url: String,
+    },
     /// Rebuild the chunk index from the pack files.
     Reindex {
         #[arg(long)]
@@ -160,6 +206,8 @@ enum Command {
     Repair(store_cmd::RepairArgs),
     /// Run the appliance daemon: HTTPS REST API and web UI, scheduler and task engine.
     Serve(serve_cmd::ServeArgs),
+    /// The recovery key of an encrypted store: export it, install it on a new appliance, check it.
+    Key(key_cmd::KeyArgs),
     /// The tape tier: inventory, label, destage, restore from tape, catalog, verify, pools.
     Tape(tape_cmd::TapeArgs),
     /// Make a sample VM disk, back it up twice with a change between, verify, restore.
@@ -235,8 +283,20 @@ fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
 }
 
+fn parse_cipher(s: &str) -> Result<store::Cipher, String> {
+    store::Cipher::from_name(s)
+        .filter(|c| *c != store::Cipher::None)
+        .ok_or_else(|| format!("{s:?}: use aes-256-gcm or xchacha20-poly1305"))
+}
+
+/// Open the store at `path` with the global `--key-file`'s key, if one was given.
 fn open_store(path: &Path, create: bool) -> Result<Store> {
-    let store = Store::open(path, &StoreOptions { create, ..Default::default() })?;
+    let key = key_cmd::store_key()?;
+    Ok(opened_store(Store::open(path, &StoreOptions { create, key, ..Default::default() })?))
+}
+
+/// Tell what the cleanup at open did.
+fn opened_store(store: Store) -> Store {
     let c = store.cleanup_report();
     if c.tmp_packs_removed > 0 {
         eprintln!(
@@ -251,7 +311,7 @@ fn open_store(path: &Path, create: bool) -> Result<Store> {
             c.orphan_packs_adopted, c.restore_points_recovered
         );
     }
-    Ok(store)
+    store
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -301,19 +361,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
             immutable_for,
             pack_target,
+            encrypt,
+            cipher,
             json,
         } => {
             let name = name.unwrap_or_else(|| default_name(&source));
             engine::validate_chunk_size(chunk_size)?;
             store::validate_name(&name)?;
             let opened = engine::open_source_all(&source, &credentials.load()?)?;
-            let store = match pack_target {
-                Some(t) => {
-                    let o = StoreOptions { create: true, pack_target: t as u64, ..Default::default() };
-                    Store::open(&store, &o)?
-                }
-                None => open_store(&store, true)?,
+            let key = if encrypt { Some(key_cmd::key_for_new_store(&store, cipher)?) } else { key_cmd::store_key()? };
+            let o = StoreOptions {
+                create: true,
+                pack_target: pack_target.map_or(store::DEFAULT_PACK_TARGET, u64::from),
+                key,
+                cipher,
+                ..Default::default()
             };
+            let store = opened_store(Store::open(&store, &o)?);
             let zstd_level = (!no_compress).then_some(zstd_level);
             let opts = BackupOptions {
                 chunk_size,
@@ -461,6 +525,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, json } => {
+            let store = open_store(&store, false)?;
+            let p = store.find(&point)?;
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading the token from {}", token_file.display()))?;
+            let client = pinhttp::Client::new(&to, &fingerprint, Some(token.trim().to_string()))?;
+            let mut target = engine::replicate::HttpTarget::new(client);
+            let opts = engine::replicate::ReplicateOptions {
+                max_bytes_per_s: max_mbps.map(|m| u64::from(m) * 1_000_000),
+                ..engine::replicate::ReplicateOptions::new(&namespace)
+            };
+            let bar = Bar::new(interactive && !json);
+            let r = engine::replicate::replicate(&store, &p, &mut target, &opts, &bar)?;
+            if json {
+                print_json(&r)?;
+            } else if r.already_there {
+                println!("{} is already there as {}: nothing sent", r.point, r.delivered_as);
+            } else {
+                println!(
+                    "replicated {} as {}: {} chunk(s) and {} index node(s), {} in {} batch(es), {:.1} s",
+                    r.point,
+                    r.delivered_as,
+                    r.chunks_sent,
+                    r.nodes_sent,
+                    human_bytes(r.bytes_sent),
+                    r.batches,
+                    r.seconds
+                );
+            }
+        }
+        Command::RemoteFingerprint { url } => {
+            println!("{}", pinhttp::fetch_fingerprint(&url, std::time::Duration::from_secs(10))?);
+        }
         Command::Verify { store, point, skip_verified_within, max_packs, threads, json } => {
             let store = open_store(&store, false)?;
             let bar = Bar::new(interactive && !json);
@@ -533,6 +630,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair(args) => return store_cmd::repair(args),
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),
+        Command::Key(args) => return key_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -661,6 +759,7 @@ fn raise_open_files_limit() {
 fn main() -> ExitCode {
     raise_open_files_limit();
     let cli = Cli::parse();
+    key_cmd::set_key_file(cli.key_file.clone());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -135,6 +135,7 @@ impl Appliance {
         role: Role,
     ) -> Result<UserInfo, ServiceError> {
         actor.require(Role::Admin)?;
+        refuse_replication_user(role)?;
         let u = self.auth.put_user(&self.env, name, password, role, PutUser::Create)?;
         self.audit(actor, "add user", &format!("{name} as {role:?}"));
         Ok(u)
@@ -153,6 +154,7 @@ impl Appliance {
     /// Changes a user's role (its sessions end); the last administrator keeps its role.
     pub fn set_user_role(&self, actor: &Principal, name: &str, role: Role) -> Result<(), ServiceError> {
         actor.require(Role::Admin)?;
+        refuse_replication_user(role)?;
         self.auth.set_role(&self.env, name, role)?;
         self.audit(actor, "change role", &format!("{name} to {}", role.as_str()));
         Ok(())
@@ -171,6 +173,13 @@ impl Appliance {
         role: Role,
     ) -> Result<(TokenInfo, String), ServiceError> {
         actor.require(Role::Admin)?;
+        if role == Role::Replication {
+            engine::replicate::validate_namespace(name).map_err(|e| {
+                ServiceError::Invalid(format!(
+                    "a replication token's name is the namespace the sending appliance delivers into: {e}"
+                ))
+            })?;
+        }
         let r = self.auth.create_token(&self.env, &actor.user, name, role)?;
         self.audit(actor, "create API token", &format!("{name} ({role:?})"));
         Ok(r)
@@ -197,4 +206,14 @@ impl Appliance {
         }
         self.auth.audit_log(&self.env, limit, before)
     }
+}
+
+/// The replication role is for tokens only: a person signs in to do more than deliver points.
+fn refuse_replication_user(role: Role) -> Result<(), ServiceError> {
+    if role == Role::Replication {
+        return Err(ServiceError::Invalid(
+            "the replication role is for API tokens only; create a token with it for the sending appliance".into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The human-readable configuration file (`<data>/config.json`) that the UI and API edit:
 //! sources, jobs, the tape library and settings. Written atomically (temporary file, fsync,
-//! rename). Secrets in it (CHAP secrets) are sealed with the appliance key
+//! rename). Secrets in it (CHAP secrets, the store key) are sealed with the appliance key
 //! (`<data>/appliance.key`, 32 random bytes, mode 0600) using ChaCha20-Poly1305, as
 //! `"sealed:v1:<hex nonce><hex ciphertext>"`: the file can be read, backed up and diffed
 //! without exposing them.
@@ -50,6 +50,9 @@ pub struct JobConfig {
     /// After a successful backup, destage the new restore point to this tape pool (D2D2T).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destage_pool: Option<String>,
+    /// After a successful backup, replicate the new restore point to this remote (its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_to: Option<String>,
     /// Which restore points of the job's source to keep; absent: all of them. Applied after
     /// every successful backup and by the nightly maintenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +149,12 @@ pub struct ConfigFile {
     /// Webhook and e-mail notifications (secrets sealed).
     #[serde(default, skip_serializing_if = "crate::notify::NotificationConfig::is_unset")]
     pub notifications: crate::notify::NotificationConfig,
+    /// Other appliances this one replicates to (tokens sealed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<crate::RemoteConfig>,
+    /// The encrypted staging store's key, sealed (see `store_key`); absent for a plain store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key: Option<String>,
 }
 
 impl ConfigFile {

@@ -10,6 +10,9 @@ pub enum ServiceErrorKind {
     Forbidden,
     NotFound,
     Conflict,
+    /// A replicated point is not complete on this appliance yet (409, code `incomplete`): the
+    /// sender asks again what is lacking.
+    Incomplete,
     RateLimited {
         retry_after_s: u64,
     },
@@ -33,6 +36,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("the point is incomplete here: {0}")]
+    Incomplete(String),
     #[error("too many failed sign-ins; try again in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
     #[error("{what}; try again in {retry_after_s} s")]
@@ -55,6 +60,7 @@ impl ServiceError {
             ServiceError::Forbidden(_) => ServiceErrorKind::Forbidden,
             ServiceError::NotFound(_) => ServiceErrorKind::NotFound,
             ServiceError::Conflict(_) => ServiceErrorKind::Conflict,
+            ServiceError::Incomplete(_) => ServiceErrorKind::Incomplete,
             ServiceError::RateLimited { retry_after_s } => {
                 ServiceErrorKind::RateLimited { retry_after_s: *retry_after_s }
             }

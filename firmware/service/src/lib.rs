@@ -28,6 +28,7 @@
 //! | `settings`   | settings, notifications, the certificate                    |
 //! | `metrics`    | Prometheus metrics                                          |
 //! | `scheduler`  | due jobs and upkeep                                         |
+//! | `results`    | typed answers: task results, settings, tape actions         |
 //!
 //! Beneath them: `auth` (users, tokens, sessions, lockout, audit storage), `tasks` (the task
 //! engine), `config` (`config.json` and sealed secrets), `notify`, `schedule`.
@@ -41,10 +42,13 @@ mod metrics;
 pub mod notify;
 mod operations;
 mod points;
+mod replication;
+mod results;
 pub mod schedule;
 mod scheduler;
 mod settings;
 mod sources;
+mod store_key;
 mod tape;
 mod tasks;
 
@@ -63,12 +67,25 @@ pub use error::{ServiceError, ServiceErrorKind};
 pub use lifecycle::{CapacityInfo, GcRequest, PinRequest, PointInfo, PruneRequest};
 pub use notify::{ChannelOutcome, Event, NotificationsInfo, NotificationsInput};
 pub use operations::RestoreRequest;
+pub use replication::{RemoteConfig, RemoteInfo, RemoteInput};
+
+/// The bodies of the replication routes, as the receiving web server reads them (the web
+/// reaches the engine only through this crate).
+pub mod replica_wire {
+    pub use engine::replicate::wire::{CommitRequest, Digests, FindAnswer, FindRequest};
+    pub use engine::replicate::{Delivered, Received, StreamEnd, BATCH_MEDIA_TYPE, MAX_BATCH_BYTES};
+}
 pub use points::{Alert, Dashboard, Usage, UsageSample};
+pub use results::{
+    BackupResult, DriveMediaState, RecordedResult, ReplicateResult, RestoreResult, SettingsView, TapeElement,
+    TapeInventory, TapeLoaded, TapeRestoreResult, TapeUnloaded, TaskResult, UpkeepResult,
+};
 pub use schedule::CalendarEvent;
 pub use settings::SettingsInput;
 pub use sources::{JobInfo, JobInput, SourceInfo, SourceInput};
+pub use store_key::{export_recovery_key, install_recovery_key, RecoveryKeyExport};
 pub use tape::PoolInput;
-pub use tasks::{Live, TaskInfo, TaskState};
+pub use tasks::{Live, ShutdownReport, TaskError, TaskErrorKind, TaskInfo, TaskKind, TaskState};
 
 use auth::Auth;
 use config::Sealer;
@@ -84,6 +101,9 @@ pub enum Role {
     Auditor,
     /// May read `/metrics` and nothing else: for a scraper's token.
     Metrics,
+    /// Only for API tokens: may deliver replicated restore points into one namespace, the
+    /// token's name, and do nothing else (not even read `/metrics`).
+    Replication,
 }
 
 impl Role {
@@ -92,7 +112,7 @@ impl Role {
             Role::Admin => 3,
             Role::Operator => 2,
             Role::Auditor => 1,
-            Role::Metrics => 0,
+            Role::Metrics | Role::Replication => 0,
         }
     }
 
@@ -102,11 +122,15 @@ impl Role {
             Role::Operator => "operator",
             Role::Auditor => "auditor",
             Role::Metrics => "metrics",
+            Role::Replication => "replication",
         }
     }
 
     /// Whether this role may do what `needed` may do.
     pub fn allows(self, needed: Role) -> bool {
+        if self == Role::Replication {
+            return needed == Role::Replication;
+        }
         self.rank() >= needed.rank()
     }
 
@@ -116,7 +140,10 @@ impl Role {
             "operator" => Ok(Role::Operator),
             "auditor" => Ok(Role::Auditor),
             "metrics" => Ok(Role::Metrics),
-            _ => Err(ServiceError::Invalid(format!("role {s:?}: use admin, operator, auditor or metrics"))),
+            "replication" => Ok(Role::Replication),
+            _ => Err(ServiceError::Invalid(format!(
+                "role {s:?}: use admin, operator, auditor, metrics or (for tokens) replication"
+            ))),
         }
     }
 }
@@ -206,6 +233,9 @@ pub struct ApplianceOptions {
     /// `/srv` by default); the data directory is refused whatever they say. `None`: anywhere
     /// (tests and embedding).
     pub source_roots: Option<Vec<PathBuf>>,
+    /// Create the staging store encrypted when the data directory holds none yet (see
+    /// `store_key`). An existing store opens as it is.
+    pub encrypt_store: bool,
 }
 
 /// The appliance.
@@ -321,8 +351,10 @@ impl Appliance {
         let store_dir = data_dir.join("store");
         // Sealed packs get the immutable attribute while any job makes immutable points.
         let immutable_packs = config.jobs.iter().any(|j| j.immutable_days.is_some());
+        let key = store_key::key_for_open(data_dir, &store_dir, &mut config, &sealer, opts.encrypt_store)?;
+        let store_opts = StoreOptions { create: true, immutable_packs, key, ..Default::default() };
         let store =
-            Arc::new(Store::open(&store_dir, &StoreOptions { create: true, immutable_packs, ..Default::default() })?);
+            Arc::new(Store::open(&store_dir, &store_opts).map_err(|e| store_key::explain_open_error(data_dir, e))?);
         let (tasks, interrupted) = Tasks::open(env.clone(), tasks_db, data_dir.join("tasks"))?;
         // Opened once: LMDB refuses a second open of the same environment in one process.
         let tape_catalog = Arc::new(engine::tape::TapeCatalog::open(&store_dir.join("tape-catalog"))?);

@@ -25,8 +25,10 @@ use store::{RestorePoint, StoreError};
 
 use crate::notify::{Crossing, Event};
 use crate::schedule::CalendarEvent;
-use crate::tasks::{self, Live, TaskInfo};
-use crate::{lock, now_unix, Appliance, JobConfig, Principal, Role, ServiceError, Usage, UsageSample};
+use crate::tasks::{self, Live, TaskError, TaskInfo, TaskKind};
+use crate::{
+    lock, now_unix, Appliance, JobConfig, Principal, Role, ServiceError, TaskResult, UpkeepResult, Usage, UsageSample,
+};
 
 /// A restore point as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -278,24 +280,22 @@ impl Appliance {
     fn maintenance_task(&self, user: &str, full: bool, dry_run: bool) -> Result<TaskInfo, ServiceError> {
         let me = self.me.clone();
         let work: tasks::Job = Box::new(move |live: &Live| {
-            let app = me.upgrade().ok_or("the appliance is shutting down")?;
-            let mut result = serde_json::Map::new();
+            let app = me.upgrade().ok_or_else(|| TaskError::cancelled("cancelled: the appliance is shutting down"))?;
+            let (mut pruned, mut relieved) = (None, None);
             if full {
-                let pruned = app.prune_all(live);
-                result.insert("pruned".into(), serde_json::json!(pruned));
+                pruned = Some(app.prune_all(live));
                 let (high, low) = app.watermarks();
                 let relief =
                     engine::prune::relieve(&app.store, f64::from(high), f64::from(low), &|p| app.on_tape(p), &|| {
                         live.is_cancelled()
-                    })
-                    .map_err(|e| e.to_string())?;
+                    })?;
                 for p in &relief.deleted_on_tape {
                     live.log(&format!("freed space: deleted {p} from disk (a complete tape copy exists)"));
                 }
                 if let Some(stuck) = &relief.stuck {
                     live.log(&format!("warning: {stuck}"));
                 }
-                result.insert("relief".into(), serde_json::to_value(&relief).unwrap_or_default());
+                relieved = Some(relief);
             }
             let phase = Mutex::new(String::new());
             let progress = |p: store::GcProgress| {
@@ -314,23 +314,22 @@ impl Appliance {
                         live.log(&format!("waiting: {why}"));
                         for _ in 0..10 {
                             if live.is_cancelled() {
-                                return Err("cancelled while waiting for the store".into());
+                                return Err(TaskError::cancelled("cancelled while waiting for the store"));
                             }
                             std::thread::sleep(std::time::Duration::from_secs(1));
                         }
                     }
-                    r => break r.map_err(|e| e.to_string())?,
+                    r => break r?,
                 }
             };
             live.log(&format!(
                 "gc: {} chunk(s) condemned, {} pack(s) deleted, {} rewritten, {} bytes freed ({} held for running backups)",
                 report.chunks_condemned, report.packs_deleted, report.packs_repacked, report.bytes_freed, report.chunks_held
             ));
-            result.insert("gc".into(), serde_json::to_value(&report).unwrap_or_default());
             crate::points::record_usage(&app.store, &app.env, &app.usage_db);
-            Ok(serde_json::Value::Object(result))
+            Ok(TaskResult::Upkeep(UpkeepResult { pruned, relief: relieved, gc: report }))
         });
-        let kind = if full { "maintenance" } else { "gc" };
+        let kind = if full { TaskKind::Maintenance } else { TaskKind::Gc };
         self.tasks.spawn(kind, "store", user, ("appliance", "store-upkeep"), work)
     }
 
@@ -358,7 +357,7 @@ impl Appliance {
 
     /// Before a backup reads anything: above the high watermark, free what can be freed; if
     /// nothing can, refuse with the reason.
-    pub(crate) fn capacity_gate(&self, live: &Live) -> Result<(), String> {
+    pub(crate) fn capacity_gate(&self, live: &Live) -> Result<(), TaskError> {
         let (high, low) = self.watermarks();
         let Ok(cap) = self.store.capacity() else { return Ok(()) };
         if cap.used_pct() < f64::from(high) {
@@ -378,15 +377,21 @@ impl Appliance {
                 }
                 match r.stuck {
                     Some(stuck) if r.used_pct_after >= f64::from(high) => {
-                        Err(format!("backup refused before it started: {stuck}"))
+                        Err(TaskError::permanent(format!("backup refused before it started: {stuck}")))
                     }
                     _ => Ok(()),
                 }
             }
-            Err(engine::EngineError::Store(StoreError::Busy(why))) => {
-                Err(format!("backup refused before it started: the staging tier is above its high watermark and {why}"))
-            }
-            Err(e) => Err(format!("backup refused before it started: freeing space failed: {e}")),
+            Err(engine::EngineError::Store(StoreError::Busy(why))) => Err(TaskError::new(
+                tasks::TaskErrorKind::Transient,
+                format!("backup refused before it started: the staging tier is above its high watermark and {why}"),
+            )),
+            Err(e) => match TaskError::from(e) {
+                e if e.kind == tasks::TaskErrorKind::Cancelled => {
+                    Err(TaskError::cancelled("cancelled while freeing space"))
+                }
+                e => Err(e.context("backup refused before it started: freeing space failed: ")),
+            },
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::{lock, Appliance, Principal, Role, ServiceError, TaskInfo, TaskState};
+use crate::{lock, Appliance, Principal, Role, ServiceError, TaskInfo, TaskKind, TaskResult, TaskState};
 
 /// How long a rendered scrape is served again.
 pub const METRICS_TTL: Duration = Duration::from_secs(5);
@@ -43,10 +43,10 @@ impl Appliance {
 
     /// A backup succeeded or failed: the counters behind the metrics.
     pub(crate) fn count_task(&self, t: &TaskInfo, job_id: Option<&str>) {
-        if t.kind != "backup" || t.state != TaskState::Succeeded {
+        if t.kind != TaskKind::Backup || t.state != TaskState::Succeeded {
             return;
         }
-        let bytes = t.result.as_ref().and_then(|r| r["bytes_read"].as_u64()).unwrap_or(0);
+        let bytes = t.result.as_ref().map_or(0, TaskResult::bytes_read);
         let Ok(mut wtxn) = self.env.write() else { return };
         let get = |txn: &store::kv::heed::RwTxn<'_>, k: &[u8]| -> u64 {
             self.counters
@@ -85,8 +85,8 @@ impl Appliance {
         let mut by: HashMap<(String, String), u64> = HashMap::new();
         let mut last_tput = 0.0;
         for t in &tasks {
-            *by.entry((t.kind.clone(), format!("{:?}", t.state).to_lowercase())).or_default() += 1;
-            if t.kind == "backup" && t.state == TaskState::Succeeded && last_tput == 0.0 {
+            *by.entry((t.kind.to_string(), format!("{:?}", t.state).to_lowercase())).or_default() += 1;
+            if t.kind == TaskKind::Backup && t.state == TaskState::Succeeded && last_tput == 0.0 {
                 last_tput = t.throughput_bps;
             }
         }

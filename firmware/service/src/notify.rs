@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Sealer;
-use crate::{ServiceError, TaskInfo, TaskState};
+use crate::{ServiceError, TaskInfo, TaskKind, TaskState};
 
 /// Events waiting for delivery at most; beyond, the oldest is dropped (with an audit note).
 pub const QUEUE_CAPACITY: usize = 64;
@@ -81,7 +81,7 @@ pub enum Event {
         source: String,
         task_id: u64,
         /// `backup`, `restore`, `verify`, `destage`, `tape-restore`, `tape-verify`...
-        task_kind: String,
+        task_kind: TaskKind,
         error_kind: FailureKind,
         message: String,
     },
@@ -942,7 +942,7 @@ impl Notifier {
             job,
             source: t.subject.clone(),
             task_id: t.id,
-            task_kind: t.kind.clone(),
+            task_kind: t.kind,
             error_kind,
             message: t.error.clone().unwrap_or_else(|| "no error message was recorded".into()),
         });

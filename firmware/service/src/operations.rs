@@ -1,8 +1,15 @@
-//! Starting backups, restores and verifies as tasks, and watching or cancelling tasks.
+//! Starting backups, restores and verifies as tasks, watching or cancelling tasks, and
+//! stopping them all when the appliance shuts down.
 //!
 //! A restore writes into `restores/.<target>.partial/` and renames it when complete, so a
 //! finished name never holds half a restore; leftovers of interrupted restores are removed
 //! when the appliance opens.
+//!
+//! A job's backup is retried (`retries` times, waiting 10 s, 20 s, 40 s... between attempts)
+//! only when its error is transient (`TaskErrorKind::Transient`: a dropped connection, a
+//! timeout, a server that refused the connection because it was down); a permanent error
+//! (a missing file, a corrupt image, bad credentials) fails at once, and the log says why it
+//! was not retried.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +17,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::points::record_usage;
-use crate::tasks::{self, Live};
+use crate::tasks::{self, Live, ShutdownReport, TaskError, TaskErrorKind, TaskKind};
 use crate::{
-    plain_name, source_datastore, source_host, Appliance, Event, JobConfig, Principal, Role, ServiceError, TaskInfo,
+    plain_name, source_datastore, source_host, Appliance, BackupResult, Event, JobConfig, Principal, RestoreResult,
+    Role, ServiceError, TaskInfo, TaskResult,
 };
 
 /// A restore through the API.
@@ -42,10 +50,7 @@ pub(crate) fn remove_partial_restores(root: &Path) -> Result<(), ServiceError> {
 
 /// A failed restore's partial output is worthless (a damaged-tape restore moves what it
 /// could read elsewhere first): remove it so the target name can be used again.
-pub(crate) fn discard_on_error(
-    partial: &Path,
-    r: Result<serde_json::Value, String>,
-) -> Result<serde_json::Value, String> {
+pub(crate) fn discard_on_error(partial: &Path, r: Result<TaskResult, TaskError>) -> Result<TaskResult, TaskError> {
     if r.is_err() {
         let _ = std::fs::remove_dir_all(partial);
     }
@@ -68,6 +73,7 @@ impl Appliance {
     ) -> Result<TaskInfo, ServiceError> {
         let retries = job.map_or(0, |j| j.retries);
         let then_destage = job.and_then(|j| j.destage_pool.clone());
+        let then_replicate = job.and_then(|j| j.replicate_to.clone());
         let immutable_for_s = job.and_then(|j| j.immutable_days).map(|d| u64::from(d) * 86_400);
         let job = job.cloned();
         let me = self.me.clone();
@@ -80,15 +86,16 @@ impl Appliance {
         // One limiter for the whole source: all its disks share the limit.
         let limiter = src.max_read_mbps.map(|mbps| blocksource::RateLimiter::new(u64::from(mbps) * 1_000_000));
         let (env, usage_db) = (self.env.clone(), self.usage_db);
+        let retry_unit = *crate::lock(&self.tasks.retry_unit);
         let work: tasks::Job = Box::new(move |live: &Live| {
             if let Some(app) = me.upgrade() {
                 app.capacity_gate(live)?;
             }
             let mut attempt = 0;
             loop {
-                let r = (|| -> Result<engine::BackupReport, String> {
+                let r = (|| -> Result<engine::BackupReport, TaskError> {
                     live.log(&format!("opening {url}"));
-                    let mut opened = engine::open_source_all(&url, &secrets).map_err(|e| e.to_string())?;
+                    let mut opened = engine::open_source_all(&url, &secrets)?;
                     live.log(&format!("opened {}: {} disk(s)", opened.describe, opened.disks.len()));
                     if let Some(l) = &limiter {
                         live.log(&format!("reads limited to {} MB/s", l.bytes_per_s() / 1_000_000));
@@ -107,8 +114,7 @@ impl Appliance {
                         .map(|(label, d)| engine::DiskToBackup { label, source: d.as_ref() })
                         .collect();
                     let opts = engine::BackupOptions { immutable_for_s, ..engine::BackupOptions::new(&name) };
-                    let report =
-                        engine::backup_disks(&store, &disks, &opened.files, &opts, live).map_err(|e| e.to_string())?;
+                    let report = engine::backup_disks(&store, &disks, &opened.files, &opts, live)?;
                     live.log(&format!(
                         "backup complete: restore point {}@{}, {} bytes read, {} written, {} of {} chunks new",
                         report.name,
@@ -126,37 +132,63 @@ impl Appliance {
                             app.prune_after_backup(job, live);
                         }
                         record_usage(&store, &env, &usage_db);
-                        let mut v = serde_json::to_value(&report).unwrap_or_default();
+                        let mut result = BackupResult { report, destage_task: None, replicate_task: None };
                         if let (Some(pool), Some(app)) = (&then_destage, me.upgrade()) {
-                            let point = format!("{}@{}", report.name, report.id);
+                            let point = format!("{}@{}", result.report.name, result.report.id);
                             match app.destage_task(&task_user, &point, pool) {
                                 Ok(t) => {
                                     live.log(&format!("destage of {point} to pool {pool} queued as task {}", t.id));
-                                    v["destage_task"] = serde_json::json!(t.id);
+                                    result.destage_task = Some(t.id);
                                 }
                                 Err(e) => {
                                     live.log(&format!("warning: could not queue the destage to pool {pool}: {e}"))
                                 }
                             }
                         }
-                        return Ok(v);
-                    }
-                    Err(e) if attempt < retries && !live.is_cancelled() => {
-                        attempt += 1;
-                        let wait = 5u64 << attempt.min(6);
-                        live.log(&format!("attempt {attempt} failed: {e}; retrying in {wait} s"));
-                        for _ in 0..wait {
-                            if live.is_cancelled() {
-                                return Err("cancelled".into());
+                        if let (Some(remote), Some(app)) = (&then_replicate, me.upgrade()) {
+                            let point = format!("{}@{}", result.report.name, result.report.id);
+                            match app.replication_task(&task_user, &point, remote) {
+                                Ok(t) => {
+                                    live.log(&format!("replication of {point} queued as task {}", t.id));
+                                    result.replicate_task = Some(t.id);
+                                }
+                                Err(e) => live.log(&format!("warning: could not queue the replication: {e}")),
                             }
-                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                        return Ok(TaskResult::Backup(result));
+                    }
+                    Err(e) if e.kind == TaskErrorKind::Transient && attempt < retries && !live.is_cancelled() => {
+                        attempt += 1;
+                        let wait = retry_unit.saturating_mul(1 << attempt.min(6));
+                        live.log(&format!(
+                            "attempt {attempt} of {} failed: {e}; the error is transient, retrying in {} s",
+                            retries + 1,
+                            wait.as_secs_f64()
+                        ));
+                        let until = std::time::Instant::now() + wait;
+                        while std::time::Instant::now() < until {
+                            if live.is_cancelled() {
+                                return Err(TaskError::cancelled("cancelled while waiting to retry"));
+                            }
+                            std::thread::sleep((until - std::time::Instant::now()).min(Duration::from_millis(250)));
                         }
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        if e.kind == TaskErrorKind::Permanent && attempt < retries {
+                            live.log(
+                                "not retried: the error is permanent (a missing or unreadable file, a corrupt or \
+                                 unsupported image, wrong credentials or a refused request stay so until someone \
+                                 fixes them); fix the cause, then run the job again",
+                            );
+                        } else if e.kind == TaskErrorKind::Transient && retries > 0 {
+                            live.log(&format!("giving up after {} attempt(s)", attempt + 1));
+                        }
+                        return Err(e);
+                    }
                 }
             }
         });
-        self.tasks.spawn("backup", &src.name, user, (&source_host(&src.url), &source_datastore(&src.url)), work)
+        self.tasks.spawn(TaskKind::Backup, &src.name, user, (&source_host(&src.url), &source_datastore(&src.url)), work)
     }
 
     pub fn start_backup(&self, actor: &Principal, source_id: &str) -> Result<TaskInfo, ServiceError> {
@@ -201,8 +233,8 @@ impl Appliance {
         let store = self.store.clone();
         let spec = point.spec();
         let job: tasks::Job = Box::new(move |live: &Live| {
-            let run = || -> Result<serde_json::Value, String> {
-                crate::private_dir(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+            let run = || -> Result<TaskResult, TaskError> {
+                crate::private_dir(&partial).map_err(|e| TaskError::io(&partial, e))?;
                 let mut names = Vec::new();
                 for i in disks {
                     let label = &point.disks[i].label;
@@ -217,23 +249,24 @@ impl Appliance {
                         disk: i,
                         threads: 0,
                     };
-                    let r = engine::restore(&store, &point, &opts, live).map_err(|e| e.to_string())?;
+                    let r = engine::restore(&store, &point, &opts, live)?;
                     live.log(&format!("disk {label}: {} bytes written", r.bytes_written));
                     names.push(name);
                 }
                 for f in &point.files {
-                    let content = store.read_point_file(f).map_err(|e| e.to_string())?;
-                    crate::config::write_private(&partial.join(&f.name), &content).map_err(|e| e.to_string())?;
+                    let content = store.read_point_file(f)?;
+                    let to = partial.join(&f.name);
+                    crate::config::write_private(&to, &content)?;
                     names.push(f.name.clone());
                 }
-                std::fs::rename(&partial, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::rename(&partial, &dir).map_err(|e| TaskError::io(&dir, e))?;
                 let outputs: Vec<String> = names.iter().map(|n| dir.join(n).display().to_string()).collect();
                 live.log(&format!("restore complete: {}", outputs.join(", ")));
-                Ok(serde_json::json!({ "point": point.spec(), "outputs": outputs }))
+                Ok(TaskResult::Restore(RestoreResult { point: point.spec(), outputs }))
             };
             discard_on_error(&partial, run())
         });
-        let t = self.tasks.spawn("restore", &spec, &actor.user, ("local", "restores"), job)?;
+        let t = self.tasks.spawn(TaskKind::Restore, &spec, &actor.user, ("local", "restores"), job)?;
         self.audit(actor, "start restore", &format!("{spec} to {}", req.target));
         Ok(t)
     }
@@ -267,8 +300,7 @@ impl Appliance {
             let r = match &incremental {
                 Some(opts) => engine::verify_incremental(&store, opts, 0, live),
                 None => engine::verify(&store, point.as_deref(), 0, live),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             if !r.is_clean() {
                 if let Some(app) = me.upgrade() {
                     app.notify(Event::VerifyDamage {
@@ -280,16 +312,16 @@ impl Appliance {
             }
             if r.is_clean() {
                 live.log(&format!("verify complete: {} chunks intact", r.chunks_checked));
-                Ok(serde_json::to_value(&r).unwrap_or_default())
+                Ok(TaskResult::Verify(r))
             } else {
-                Err(format!(
+                Err(TaskError::permanent(format!(
                     "damage found: {} damaged record(s), {} damaged restore point(s)",
                     r.damaged_records.len(),
                     r.damaged_points.len()
-                ))
+                )))
             }
         });
-        self.tasks.spawn("verify", &subject, user, ("local", "store"), job)
+        self.tasks.spawn(TaskKind::Verify, &subject, user, ("local", "store"), job)
     }
 
     pub fn tasks(&self, actor: &Principal) -> Result<Vec<TaskInfo>, ServiceError> {
@@ -312,5 +344,41 @@ impl Appliance {
         let t = self.tasks.cancel(id)?;
         self.audit(actor, "cancel task", &id.to_string());
         Ok(t)
+    }
+
+    // ---- shutdown --------------------------------------------------------------------------------
+
+    /// Stops the appliance's tasks for a shutdown: new tasks are refused from now on
+    /// (`Conflict`, and the scheduler starts nothing), every queued and running task is
+    /// cancelled, and this waits until they have all ended (each `cancelled`, its record
+    /// written, its partial output removed) or `deadline` has passed. Tasks still running then
+    /// (a step that does not look at the cancel flag, e.g. a long read) are listed in the
+    /// report; after the next start they read `interrupted`. For the daemon's signal handler;
+    /// the same as [`Appliance::begin_shutdown`] then [`Appliance::wait_for_tasks`].
+    pub fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let cancelled = self.begin_shutdown();
+        ShutdownReport { cancelled, ..self.wait_for_tasks(deadline) }
+    }
+
+    /// Shutdown, step 1: refuses new tasks from now on and cancels every queued and running
+    /// one; returns how many. Written to the audit log.
+    pub fn begin_shutdown(&self) -> usize {
+        let n = self.tasks.begin_shutdown();
+        self.audit(
+            &Principal::new("system", Role::Admin),
+            "shutdown",
+            &format!("the appliance is shutting down: {n} task(s) cancelled, no new task starts"),
+        );
+        n
+    }
+
+    /// Shutdown, step 2: waits until no task is queued or running, or `deadline` has passed.
+    pub fn wait_for_tasks(&self, deadline: Duration) -> ShutdownReport {
+        self.tasks.wait_idle(deadline)
+    }
+
+    /// Whether [`Appliance::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.tasks.is_shutting_down()
     }
 }

@@ -21,9 +21,13 @@ impl Appliance {
         });
     }
 
-    /// Starts due jobs as of `now`, and the store's upkeep (see `lifecycle`).
+    /// Starts due jobs as of `now`, and the store's upkeep (see `lifecycle`). Once the
+    /// appliance is shutting down it starts nothing.
     pub fn tick(&self, now: u64) {
         self.flush_refused_sign_ins(false);
+        if self.is_shutting_down() {
+            return;
+        }
         self.lifecycle_tick(now);
         let jobs = lock(&self.config).jobs.clone();
         for j in jobs.iter().filter(|j| j.enabled) {

@@ -7,7 +7,7 @@ use crate::schedule::CalendarEvent;
 use crate::sources::probe_error;
 use crate::{
     config, lock, notify, tasks, Appliance, ChannelOutcome, NotificationsInfo, NotificationsInput, Principal, Role,
-    ServiceError, Settings,
+    ServiceError, Settings, SettingsView,
 };
 
 /// The editable settings as the API receives them.
@@ -66,15 +66,15 @@ impl Appliance {
 
     // ---- settings and metrics ---------------------------------------------------------------------
 
-    pub fn settings(&self, actor: &Principal) -> Result<serde_json::Value, ServiceError> {
+    pub fn settings(&self, actor: &Principal) -> Result<SettingsView, ServiceError> {
         actor.require(Role::Auditor)?;
         let c = lock(&self.config).clone();
-        Ok(serde_json::json!({
-            "data_dir": self.data_dir.display().to_string(),
-            "settings": c.settings,
-            "tape_changer": c.tape_changer,
-            "store": self.usage(actor)?,
-        }))
+        Ok(SettingsView {
+            data_dir: self.data_dir.display().to_string(),
+            settings: c.settings,
+            tape_changer: c.tape_changer,
+            store: self.usage(actor)?,
+        })
     }
 
     /// The notification settings (never a secret).
@@ -130,7 +130,7 @@ impl Appliance {
     /// Changes the concurrency limits and the tape library. A new library address is opened
     /// (inventory read) before it is saved, so a typo is refused instead of breaking the next
     /// destage; `tape_changer: null` removes the library.
-    pub fn put_settings(&self, actor: &Principal, input: SettingsInput) -> Result<serde_json::Value, ServiceError> {
+    pub fn put_settings(&self, actor: &Principal, input: SettingsInput) -> Result<SettingsView, ServiceError> {
         actor.require(Role::Admin)?;
         for (name, v) in [
             ("max_tasks", input.max_tasks),

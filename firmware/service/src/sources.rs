@@ -59,6 +59,9 @@ pub struct JobInput {
     /// After a successful backup, destage the new restore point to this tape pool.
     #[serde(default)]
     pub destage_pool: Option<String>,
+    /// After a successful backup, replicate the new restore point to this remote (id or name).
+    #[serde(default)]
+    pub replicate_to: Option<String>,
     /// Which restore points to keep; absent or null: all.
     #[serde(default)]
     pub retention: Option<store::retention::RetentionPolicy>,
@@ -217,11 +220,10 @@ impl Appliance {
     }
 
     /// "Test connection": probes the source (iSCSI targets, NFS exports, or its disks).
-    pub fn test_source(&self, actor: &Principal, id: &str) -> Result<serde_json::Value, ServiceError> {
+    pub fn test_source(&self, actor: &Principal, id: &str) -> Result<engine::ProbeReport, ServiceError> {
         actor.require(Role::Operator)?;
         let s = self.source(id)?;
-        let report = engine::probe(&s.url, &self.secrets(&s)?).map_err(|e| probe_error(&s.url, e.into()))?;
-        Ok(serde_json::to_value(report).unwrap_or(serde_json::Value::Null))
+        engine::probe(&s.url, &self.secrets(&s)?).map_err(|e| probe_error(&s.url, e.into()))
     }
 
     pub fn jobs(&self, actor: &Principal) -> Result<Vec<JobInfo>, ServiceError> {
@@ -255,6 +257,10 @@ impl Appliance {
             plain_name(pool, "pool")?;
             self.tape_changer()?;
         }
+        let replicate_to = match input.replicate_to.filter(|r| !r.is_empty()) {
+            Some(r) => Some(self.remote_id(&r)?),
+            None => None,
+        };
         let retention = input.retention.filter(|r| !r.is_keep_all());
         if let Some(r) = &retention {
             r.validate()?;
@@ -279,6 +285,7 @@ impl Appliance {
             enabled: input.enabled,
             retries: input.retries.unwrap_or(2).min(10),
             destage_pool,
+            replicate_to,
             retention,
             immutable_days,
         };
@@ -299,7 +306,13 @@ impl Appliance {
                 "{} {}{}",
                 job.name,
                 job.schedule,
-                job.destage_pool.as_ref().map(|p| format!(", then destage to pool {p}")).unwrap_or_default()
+                [
+                    job.destage_pool.as_ref().map(|p| format!(", then destage to pool {p}")),
+                    job.replicate_to.as_ref().map(|r| format!(", then replicate to remote {r}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<String>()
             ),
         );
         let next_run_unix = CalendarEvent::parse(&job.schedule).ok().and_then(|e| e.next_after(now_unix()));

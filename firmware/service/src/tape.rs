@@ -5,8 +5,11 @@
 use serde::Deserialize;
 
 use crate::operations::discard_on_error;
-use crate::tasks::{self, Live};
-use crate::{lock, plain_name, Appliance, Principal, RestoreRequest, Role, ServiceError, TaskInfo};
+use crate::tasks::{self, Live, TaskError, TaskKind};
+use crate::{
+    lock, plain_name, Appliance, Principal, RestoreRequest, Role, ServiceError, TapeElement, TapeInventory, TapeLoaded,
+    TapeRestoreResult, TapeUnloaded, TaskInfo, TaskResult,
+};
 
 /// A tape pool's policy as the API receives it (the name is in the path).
 #[derive(Debug, Clone, Deserialize)]
@@ -33,7 +36,7 @@ impl Appliance {
     }
 
     /// The tape library's inventory; `NotFound` when no library is configured.
-    pub fn tape_inventory(&self, actor: &Principal) -> Result<serde_json::Value, ServiceError> {
+    pub fn tape_inventory(&self, actor: &Principal) -> Result<TapeInventory, ServiceError> {
         actor.require(Role::Auditor)?;
         let changer = self.tape_changer()?;
         let _one = self.tape_quick()?;
@@ -48,16 +51,14 @@ impl Appliance {
             .map(|r| (r.drive_serial.clone().unwrap_or_else(|| format!("element {}", r.address)), r.full))
             .collect();
         *lock(&self.tape_seen) = Some(crate::metrics::TapeSeen { drives, unix: crate::now_unix() });
-        let rows: Vec<serde_json::Value> = inv
+        let elements = inv
             .into_iter()
-            .map(|r| {
-                let index = serials.iter().position(|(a, _)| r.element == "drive" && *a == r.address);
-                let mut v = serde_json::to_value(&r).unwrap_or_default();
-                v["drive_index"] = serde_json::json!(index);
-                v
+            .map(|row| {
+                let drive_index = serials.iter().position(|(a, _)| row.element == "drive" && *a == row.address);
+                TapeElement { row, drive_index }
             })
             .collect();
-        Ok(serde_json::json!({ "library": lib.describe(), "elements": rows }))
+        Ok(TapeInventory { library: lib.describe().to_string(), elements })
     }
 
     pub(crate) fn tape_changer(&self) -> Result<String, ServiceError> {
@@ -68,33 +69,27 @@ impl Appliance {
 
     /// Moves cartridge `barcode` into a drive (a free one, else the first after unloading
     /// it) and waits until the drive is ready.
-    pub fn tape_load(&self, actor: &Principal, barcode: &str) -> Result<serde_json::Value, ServiceError> {
+    pub fn tape_load(&self, actor: &Principal, barcode: &str) -> Result<TapeLoaded, ServiceError> {
         actor.require(Role::Operator)?;
         let changer = self.tape_changer()?;
         let _one = self.tape_quick()?;
         let mut lib = engine::tape::Library::open(&changer)?;
         let tape = lib.load(barcode)?;
         let serial = lib.drive_serials().get(tape.drive_index).map(|(_, s)| s.clone());
-        let v = serde_json::json!({
-            "barcode": tape.barcode,
-            "drive": tape.drive_index,
-            "drive_serial": serial,
-            "state": match tape.state {
-                engine::tape::MediaState::NoMedium => "no-medium",
-                engine::tape::MediaState::BecomingReady => "becoming-ready",
-                engine::tape::MediaState::Ready => "ready",
-                engine::tape::MediaState::WriteProtected => "write-protected",
-                engine::tape::MediaState::Worm => "worm",
-            },
-        });
+        let loaded = TapeLoaded {
+            barcode: tape.barcode.clone(),
+            drive: tape.drive_index,
+            drive_serial: serial,
+            state: tape.state.into(),
+        };
         drop(tape);
-        self.audit(actor, "load cartridge", &format!("{barcode} into drive {}", v["drive"]));
-        Ok(v)
+        self.audit(actor, "load cartridge", &format!("{barcode} into drive {}", loaded.drive));
+        Ok(loaded)
     }
 
     /// Moves the cartridge in drive `drive` (an index into the library's drives) back to its
     /// home slot. An empty drive is not an error: there is nothing to do.
-    pub fn tape_unload(&self, actor: &Principal, drive: usize) -> Result<serde_json::Value, ServiceError> {
+    pub fn tape_unload(&self, actor: &Principal, drive: usize) -> Result<TapeUnloaded, ServiceError> {
         actor.require(Role::Operator)?;
         let changer = self.tape_changer()?;
         let _one = self.tape_quick()?;
@@ -109,7 +104,7 @@ impl Appliance {
         let barcode = lib.inventory()?.element(element).filter(|e| e.full).and_then(|e| e.barcode.clone());
         lib.unload(drive)?;
         self.audit(actor, "unload drive", &format!("drive {drive} ({})", barcode.as_deref().unwrap_or("empty")));
-        Ok(serde_json::json!({ "drive": drive, "barcode": barcode }))
+        Ok(TapeUnloaded { drive, barcode })
     }
 
     /// Labels a cartridge for a pool (refused when it holds data unless `force`).
@@ -119,7 +114,7 @@ impl Appliance {
         barcode: &str,
         pool: &str,
         force: bool,
-    ) -> Result<serde_json::Value, ServiceError> {
+    ) -> Result<engine::tape::LabelReport, ServiceError> {
         actor.require(Role::Admin)?;
         plain_name(pool, "pool")?;
         let changer = self.tape_changer()?;
@@ -132,7 +127,7 @@ impl Appliance {
             "label cartridge",
             &format!("{barcode} for pool {pool}{}", if force { " (forced)" } else { "" }),
         );
-        Ok(serde_json::to_value(&r).unwrap_or_default())
+        Ok(r)
     }
 
     /// The pools: the configured ones, plus the default policy of any pool a cartridge was
@@ -196,10 +191,10 @@ impl Appliance {
     /// Runs `work` as a tape task holding the library for its whole run.
     fn spawn_tape_task(
         &self,
-        kind: &str,
+        kind: TaskKind,
         subject: &str,
         user: &str,
-        work: impl FnOnce(&Live, &engine::tape::TapeCatalog, &mut engine::tape::Library) -> Result<serde_json::Value, String>
+        work: impl FnOnce(&Live, &engine::tape::TapeCatalog, &mut engine::tape::Library) -> Result<TaskResult, TaskError>
             + Send
             + 'static,
     ) -> Result<TaskInfo, ServiceError> {
@@ -209,7 +204,7 @@ impl Appliance {
         let job: tasks::Job = Box::new(move |live: &Live| {
             let _library = lock(&tape_lock);
             let cat = &*catalog;
-            let mut lib = engine::tape::Library::open(&changer).map_err(|e| e.to_string())?;
+            let mut lib = engine::tape::Library::open(&changer)?;
             live.log(&format!("library {}", lib.describe()));
             work(live, cat, &mut lib)
         });
@@ -231,9 +226,8 @@ impl Appliance {
         let store = self.store.clone();
         let pool = pool.to_string();
         let subject = format!("{} to pool {pool}", p.spec());
-        self.spawn_tape_task("destage", &subject, user, move |live, cat, lib| {
-            let r = engine::tape::destage(&store, cat, lib, &[p], &engine::tape::DestageOptions::new(&pool), live)
-                .map_err(|e| e.to_string())?;
+        self.spawn_tape_task(TaskKind::Destage, &subject, user, move |live, cat, lib| {
+            let r = engine::tape::destage(&store, cat, lib, &[p], &engine::tape::DestageOptions::new(&pool), live)?;
             for l in &r.log {
                 live.log(l);
             }
@@ -244,7 +238,7 @@ impl Appliance {
                 r.mb_per_s,
                 r.drive_waits
             ));
-            Ok(serde_json::to_value(&r).unwrap_or_default())
+            Ok(TaskResult::Destage(r))
         })
     }
 
@@ -262,9 +256,9 @@ impl Appliance {
         let disk = req.disk.clone();
         let target_name = req.target.clone();
         let subject = format!("{spec} from tape to {}", req.target);
-        let t = self.spawn_tape_task("tape-restore", &subject, &actor.user, move |live, cat, lib| {
-            let mut run = || -> Result<serde_json::Value, String> {
-                crate::private_dir(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        let t = self.spawn_tape_task(TaskKind::TapeRestore, &subject, &actor.user, move |live, cat, lib| {
+            let mut run = || -> Result<TaskResult, TaskError> {
+                crate::private_dir(&partial).map_err(|e| TaskError::io(&partial, e))?;
                 let target = match &disk {
                     Some(d) => engine::tape::TapeRestoreTarget::Disk {
                         disk: d.clone(),
@@ -272,7 +266,7 @@ impl Appliance {
                     },
                     None => engine::tape::TapeRestoreTarget::Directory(partial.clone()),
                 };
-                let r = engine::tape::restore_from_tape(cat, lib, &spec, target, live).map_err(|e| e.to_string())?;
+                let r = engine::tape::restore_from_tape(cat, lib, &spec, target, live)?;
                 for p in &r.problems {
                     live.log(&format!("problem: {p}"));
                 }
@@ -282,24 +276,31 @@ impl Appliance {
                     for d in &r.damaged {
                         live.log(&format!("unreadable: {d:?}"));
                     }
-                    std::fs::rename(&partial, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
-                    return Err(format!(
+                    std::fs::rename(&partial, &kept).map_err(|e| TaskError::io(&kept, e))?;
+                    // Unreadable blocks stay unreadable: reading the cartridge again as it is
+                    // will not help (clean the drive or use another copy).
+                    return Err(TaskError::permanent(format!(
                         "{} range(s) could not be read from tape; the incomplete restore is kept in {} (see the log \
                      for the ranges)",
                         r.damaged.len(),
                         kept.display()
-                    ));
+                    )));
                 }
-                std::fs::rename(&partial, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::rename(&partial, &dir).map_err(|e| TaskError::io(&dir, e))?;
                 live.log(&format!(
                     "restore from tape complete: {} bytes from {} into {}",
                     r.bytes_restored,
                     r.tapes.join(", "),
                     dir.display()
                 ));
-                let mut v = serde_json::to_value(&r).unwrap_or_default();
-                v["directory"] = serde_json::Value::String(dir.display().to_string());
-                Ok(v)
+                // The engine wrote into the partial directory, which is now `dir`.
+                let mut report = r;
+                for o in &mut report.outputs {
+                    if let Ok(rel) = std::path::Path::new(o.as_str()).strip_prefix(&partial) {
+                        *o = dir.join(rel).display().to_string();
+                    }
+                }
+                Ok(TaskResult::TapeRestore(TapeRestoreResult { report, directory: dir.display().to_string() }))
             };
             discard_on_error(&partial, run())
         })?;
@@ -315,23 +316,23 @@ impl Appliance {
         }
         let barcode = barcode.to_string();
         let subject = format!("cartridge {barcode}");
-        let t = self.spawn_tape_task("tape-verify", &subject, &actor.user, move |live, _cat, lib| {
-            let r = engine::tape::verify_tape(lib, &barcode, live).map_err(|e| e.to_string())?;
+        let t = self.spawn_tape_task(TaskKind::TapeVerify, &subject, &actor.user, move |live, _cat, lib| {
+            let r = engine::tape::verify_tape(lib, &barcode, live)?;
             for p in &r.problems {
                 live.log(&format!("problem: {p}"));
             }
             if !r.problems.is_empty() {
-                return Err(format!(
+                return Err(TaskError::permanent(format!(
                     "cartridge {barcode}: {} problem(s) found (see the log); restores that need the damaged \
                      ranges will report them",
                     r.problems.len()
-                ));
+                )));
             }
             live.log(&format!(
                 "verify of {barcode} complete: {} tape file(s), {} record(s), {} bytes, all intact",
                 r.files, r.records, r.bytes
             ));
-            Ok(serde_json::to_value(&r).unwrap_or_default())
+            Ok(TaskResult::TapeVerify(r))
         })?;
         self.audit(actor, "start tape verify", &subject);
         Ok(t)

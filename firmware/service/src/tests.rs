@@ -249,6 +249,7 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         enabled: true,
         retries: None,
         destage_pool: None,
+        replicate_to: None,
         retention: None,
         immutable_days: None,
     };
@@ -261,6 +262,7 @@ fn jobs_validate_schedules_and_the_scheduler_starts_due_jobs() {
         enabled: true,
         retries: Some(0),
         destage_pool: None,
+        replicate_to: None,
         retention: None,
         immutable_days: None,
     };
@@ -337,7 +339,7 @@ fn dev_mode_tape_label_and_destage_task() {
     let b = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
     assert_eq!(b.state, TaskState::Succeeded, "{b:?}");
     let inv = app.tape_inventory(&admin()).unwrap();
-    assert!(inv["elements"].as_array().unwrap().iter().any(|e| e["barcode"] == "RVT001L9"));
+    assert!(inv.elements.iter().any(|e| e.row.barcode.as_deref() == Some("RVT001L9")));
     app.tape_label(&admin(), "RVT001L9", "main", false).unwrap();
     let e = app.tape_label(&admin(), "RVT001L9", "main", false).unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
@@ -345,7 +347,8 @@ fn dev_mode_tape_label_and_destage_task() {
     assert!(matches!(app.tape_label(&operator, "RVT002L9", "main", false), Err(ServiceError::Forbidden(_))));
     let t = wait(&app, app.start_destage(&operator, "sample-vm", "main").unwrap().id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
-    assert_eq!(t.result.unwrap()["tapes"][0], "RVT001L9");
+    let Some(TaskResult::Destage(r)) = &t.result else { panic!("a destage's result: {t:?}") };
+    assert_eq!(r.tapes[0], "RVT001L9");
 
     // Pools: dev mode's default, the one labelling created, and a changed policy.
     let names: Vec<String> = app.tape_pools(&admin()).unwrap().into_iter().map(|p| p.name).collect();
@@ -384,14 +387,15 @@ fn dev_mode_tape_label_and_destage_task() {
 
     // Load and unload by hand; drive rows carry the index unload takes.
     let l = app.tape_load(&operator, "RVT002L9").unwrap();
-    let drive = l["drive"].as_u64().unwrap() as usize;
+    let drive = l.drive;
+    assert_eq!(l.state, DriveMediaState::Ready);
     let inv = app.tape_inventory(&admin()).unwrap();
-    let row = inv["elements"].as_array().unwrap().iter().find(|e| e["barcode"] == "RVT002L9").unwrap().clone();
-    assert_eq!((row["element"].as_str(), row["drive_index"].as_u64()), (Some("drive"), Some(drive as u64)));
+    let e = inv.elements.iter().find(|e| e.row.barcode.as_deref() == Some("RVT002L9")).unwrap().clone();
+    assert_eq!((e.row.element.as_str(), e.drive_index), ("drive", Some(drive)));
     assert!(matches!(app.tape_load(&operator, "NOPE01L9"), Err(e) if e.kind() == ServiceErrorKind::NotFound));
     let u = app.tape_unload(&operator, drive).unwrap();
-    assert_eq!(u["barcode"], "RVT002L9");
-    assert_eq!(app.tape_unload(&operator, drive).unwrap()["barcode"], serde_json::Value::Null);
+    assert_eq!(u.barcode.as_deref(), Some("RVT002L9"));
+    assert_eq!(app.tape_unload(&operator, drive).unwrap().barcode, None);
     assert!(matches!(app.tape_unload(&operator, 99), Err(ServiceError::NotFound(_))));
     let auditor = Principal::new("eve", Role::Auditor);
     assert!(matches!(app.tape_load(&auditor, "RVT002L9"), Err(ServiceError::Forbidden(_))));
@@ -412,6 +416,7 @@ fn dev_mode_tape_label_and_destage_task() {
         enabled: true,
         retries: Some(0),
         destage_pool: Some("main".into()),
+        replicate_to: None,
         retention: None,
         immutable_days: None,
     };
@@ -419,7 +424,8 @@ fn dev_mode_tape_label_and_destage_task() {
     assert_eq!(j.job.destage_pool.as_deref(), Some("main"));
     let b = wait(&app, app.run_job(&operator, &j.job.id).unwrap().id);
     assert_eq!(b.state, TaskState::Succeeded, "{b:?}");
-    let chained = b.result.as_ref().unwrap()["destage_task"].as_u64().expect("the backup queued a destage");
+    let Some(TaskResult::Backup(r)) = &b.result else { panic!("a backup's result: {b:?}") };
+    let chained = r.destage_task.expect("the backup queued a destage");
     let t = wait(&app, chained);
     assert_eq!((t.kind.as_str(), t.state), ("destage", TaskState::Succeeded), "{t:?}");
     assert_eq!(t.user, "op");
@@ -431,6 +437,12 @@ fn dev_mode_tape_label_and_destage_task() {
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
     let restored = std::fs::read_dir(d.path().join("restores/from-tape")).unwrap().count();
     assert!(restored >= 1);
+    // The result names the files where they are now, not in the partial directory.
+    let Some(TaskResult::TapeRestore(r)) = &t.result else { panic!("a tape restore's result: {t:?}") };
+    assert_eq!(r.report.outputs.len(), restored, "{r:?}");
+    for o in &r.report.outputs {
+        assert!(std::path::Path::new(o).is_file() && o.starts_with(&r.directory), "{o} in {}", r.directory);
+    }
     let raw = std::fs::read_dir(d.path().join("restores/from-tape"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -446,7 +458,8 @@ fn dev_mode_tape_label_and_destage_task() {
     assert!(matches!(app.start_tape_restore(&operator, unknown), Err(ServiceError::NotFound(_))));
     let v = wait(&app, app.start_tape_verify(&operator, "RVT001L9").unwrap().id);
     assert_eq!(v.state, TaskState::Succeeded, "{v:?}");
-    assert!(v.result.unwrap()["records"].as_u64().unwrap() > 0);
+    let Some(TaskResult::TapeVerify(r)) = &v.result else { panic!("a cartridge verify's result: {v:?}") };
+    assert!(r.records > 0);
     let log = app.task_log(&admin(), v.id, 0).unwrap().0.join("\n");
     assert!(log.contains("all intact"), "{log}");
 }
@@ -533,9 +546,9 @@ fn settings_change_limits_and_the_tape_library() {
     // A working library is kept, the limits apply at once, and the file says so.
     let lib = format!("emulated:{}", d.path().join("lib").display());
     let v = app.put_settings(&admin(), input(Some(lib.clone()), 3)).unwrap();
-    assert_eq!((v["tape_changer"].as_str(), v["settings"]["max_tasks"].as_u64()), (Some(lib.as_str()), Some(3)));
+    assert_eq!((v.tape_changer.as_deref(), v.settings.max_tasks), (Some(lib.as_str()), 3));
     assert_eq!(lock(&app.tasks.limits).total, 3);
-    assert!(app.tape_inventory(&admin()).unwrap()["elements"].as_array().is_some_and(|e| !e.is_empty()));
+    assert!(!app.tape_inventory(&admin()).unwrap().elements.is_empty());
     let file = ConfigFile::load(&d.path().join("config.json")).unwrap();
     assert_eq!((file.tape_changer.as_deref(), file.settings.max_tasks), (Some(lib.as_str()), 3));
     assert!(app.audit_log(&admin(), 10, None).unwrap().iter().any(|e| e.action == "change settings"));
@@ -718,6 +731,7 @@ fn lifecycle_job(
         enabled: true,
         retries: Some(0),
         destage_pool: None,
+        replicate_to: None,
         retention,
         immutable_days,
     };
@@ -808,6 +822,7 @@ fn immutable_points_are_refused_to_every_delete_and_prune_even_for_admins() {
         enabled: true,
         retries: Some(0),
         destage_pool: None,
+        replicate_to: None,
         retention: None,
         immutable_days: None,
     };
@@ -873,13 +888,8 @@ fn points_pruned_from_disk_after_their_tape_copy_show_as_on_tape_only() {
     let settings = settings_input(4, Some(lib));
     app.put_settings(&admin(), settings).unwrap();
     let inv = app.tape_inventory(&admin()).unwrap();
-    let barcodes: Vec<String> = inv["elements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["barcode"].as_str().map(str::to_string))
-        .filter(|b| !b.starts_with("CLN"))
-        .collect();
+    let barcodes: Vec<String> =
+        inv.elements.iter().filter_map(|e| e.row.barcode.clone()).filter(|b| !b.starts_with("CLN")).collect();
     app.tape_label(&admin(), &barcodes[0], "default", false).unwrap();
     let img = d.path().join("vm.raw");
     write_sample_disk(&img, 4 << 20).unwrap();
@@ -897,13 +907,17 @@ fn points_pruned_from_disk_after_their_tape_copy_show_as_on_tape_only() {
                 enabled: true,
                 retries: Some(0),
                 destage_pool: Some("default".into()),
+                replicate_to: None,
                 retention: Some(keep1),
                 immutable_days: None,
             },
         )
         .unwrap();
     let first = run_job_to_end(&app, &job);
-    let destage = first.result.as_ref().and_then(|r| r["destage_task"].as_u64()).expect("a destage was queued");
+    let destage = match &first.result {
+        Some(TaskResult::Backup(r)) => r.destage_task.expect("a destage was queued"),
+        other => panic!("a backup's result: {other:?}"),
+    };
     assert_eq!(wait(&app, destage).state, TaskState::Succeeded);
     // A second backup: the first point has its tape copy, so retention removes it from disk.
     let second = run_job_to_end(&app, &job);
@@ -936,7 +950,7 @@ fn a_scheduled_verify_runs_incrementally_and_skips_what_it_verified_recently() {
     let ev = CalendarEvent::parse("02:00").unwrap();
     let first = ev.next_after(now_unix()).unwrap();
     let verifies = |app: &Appliance| -> Vec<TaskInfo> {
-        app.tasks(&admin()).unwrap().into_iter().filter(|t| t.kind == "verify").collect()
+        app.tasks(&admin()).unwrap().into_iter().filter(|t| t.kind == TaskKind::Verify).collect()
     };
     app.tick(first - 10); // plans it
     assert!(verifies(&app).is_empty());
@@ -946,16 +960,18 @@ fn a_scheduled_verify_runs_incrementally_and_skips_what_it_verified_recently() {
     assert!(v[0].subject.contains("incremental"), "{:?}", v[0]);
     let t = wait(&app, v[0].id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
-    let r = t.result.unwrap();
-    assert!(r["packs_scanned"].as_u64().unwrap() >= 1, "{r}");
+    let Some(TaskResult::Verify(r)) = t.result else { panic!("a verify's result") };
+    assert!(r.packs_scanned >= 1, "{r:?}");
     // The next night's run skips the packs verified a day ago.
     let second = ev.next_after(first + 60).unwrap();
     app.tick(second + 1);
     let v = verifies(&app);
     assert_eq!(v.len(), 2);
-    let r = wait(&app, v.iter().map(|t| t.id).max().unwrap()).result.unwrap();
-    assert_eq!(r["packs_scanned"], 0, "{r}");
-    assert!(r["packs_skipped_recent"].as_u64().unwrap() >= 1, "{r}");
+    let Some(TaskResult::Verify(r)) = wait(&app, v.iter().map(|t| t.id).max().unwrap()).result else {
+        panic!("a verify's result")
+    };
+    assert_eq!(r.packs_scanned, 0, "{r:?}");
+    assert!(r.packs_skipped_recent >= 1, "{r:?}");
 }
 
 #[test]
@@ -979,4 +995,382 @@ fn a_second_appliance_on_the_same_data_directory_is_refused_before_it_touches_an
     assert_eq!(again.points(&admin()).unwrap().len(), 1);
 }
 
+// ---- shutdown, typed task errors and kinds ---------------------------------------------------------
+
+/// A source on a `size`-MiB sample disk whose reads are limited to `mbps` MB/s, so its backup
+/// runs for about `size / mbps` seconds.
+fn slow_source(app: &Appliance, d: &Path, name: &str, size_mib: u64, mbps: u32) -> SourceInfo {
+    let img = d.join(format!("{name}.raw"));
+    write_sample_disk(&img, size_mib << 20).unwrap();
+    let input = SourceInput {
+        name: name.into(),
+        url: img.display().to_string(),
+        chap_user: None,
+        chap_secret: None,
+        mutual_user: None,
+        mutual_secret: None,
+        max_read_mbps: Some(mbps),
+    };
+    app.put_source(&admin(), None, input).unwrap()
+}
+
+/// Until task `id` reads (up to 30 s: a loaded machine may take a while to start it).
+fn wait_running(app: &Appliance, id: u64) {
+    for _ in 0..1200 {
+        let t = app.task(&admin(), id).unwrap();
+        if t.state == TaskState::Running && t.bytes_done > 0 {
+            return;
+        }
+        assert!(!t.state.is_finished(), "task {id} ended before it could be stopped: {t:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("task {id} did not start reading");
+}
+
+/// A job on `source` with `retries`.
+fn job_with_retries(app: &Appliance, source: &str, retries: u32) -> JobInfo {
+    let job = JobInput {
+        name: format!("job-{source}"),
+        source: source.into(),
+        schedule: "22:00".into(),
+        window_hours: None,
+        enabled: true,
+        retries: Some(retries),
+        destage_pool: None,
+        replicate_to: None,
+        retention: None,
+        immutable_days: None,
+    };
+    app.put_job(&admin(), None, job).unwrap()
+}
+
+fn log_of(app: &Appliance, id: u64) -> String {
+    app.task_log(&admin(), id, 0).unwrap().0.join("\n")
+}
+
+#[test]
+fn shutdown_cancels_running_and_queued_tasks_within_the_deadline_and_refuses_new_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let (running, queued) = {
+        let app = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+        // 64 MiB at 2 MB/s: half a minute of reading, far longer than the shutdown may take.
+        let src = slow_source(&app, d.path(), "vm", 64, 2);
+        let running = app.start_backup(&admin(), &src.id).unwrap();
+        // The same datastore allows one task at a time: the second waits, queued.
+        let queued = app.start_backup(&admin(), &src.id).unwrap();
+        wait_running(&app, running.id);
+        assert_eq!(app.task(&admin(), queued.id).unwrap().state, TaskState::Queued);
+
+        let started = std::time::Instant::now();
+        let report = app.shutdown(Duration::from_secs(20));
+        let took = started.elapsed();
+        assert_eq!(report.cancelled, 2, "{report:?}");
+        assert!(report.unfinished.is_empty(), "every task stops before the deadline: {report:?}");
+        assert!(took < Duration::from_secs(20), "the shutdown took {took:?}");
+        for id in [running.id, queued.id] {
+            let t = app.task(&admin(), id).unwrap();
+            assert_eq!(t.state, TaskState::Cancelled, "{t:?}");
+            assert_eq!(t.error_kind, Some(TaskErrorKind::Cancelled), "{t:?}");
+            assert!(t.error.as_deref().unwrap_or("").contains("shutting down"), "{t:?}");
+            assert!(log_of(&app, id).contains("cancel requested: the appliance is shutting down"));
+        }
+        // No new task, from the API or the scheduler.
+        match app.start_backup(&admin(), &src.id) {
+            Err(ServiceError::Conflict(m)) => assert!(m.contains("shutting down"), "{m}"),
+            other => panic!("a task started during shutdown: {other:?}"),
+        }
+        assert!(matches!(app.start_verify(&admin(), None), Err(ServiceError::Conflict(_))));
+        let job = job_with_retries(&app, &src.id, 0);
+        app.tick(job.next_run_unix.unwrap() - 60);
+        app.tick(job.next_run_unix.unwrap() + 1);
+        assert_eq!(app.tasks(&admin()).unwrap().len(), 2, "the scheduler started nothing");
+        assert!(app.points(&admin()).unwrap().is_empty(), "a cancelled backup commits nothing");
+        (running.id, queued.id)
+    };
+    // After a restart the tasks read cancelled, not interrupted.
+    let app = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+    assert_eq!(app.interrupted_at_open(), 0);
+    for id in [running, queued] {
+        assert_eq!(app.task(&admin(), id).unwrap().state, TaskState::Cancelled);
+    }
+}
+
+#[test]
+fn a_shutdown_reports_the_tasks_that_did_not_end_before_the_deadline() {
+    let (d, app) = open();
+    // A source that blocks in open (a FIFO nobody writes) does not see the cancel.
+    let fifo = d.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let src = local_source(&app, "hang", fifo.display().to_string());
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    // Until the task is opening its source (and then blocked in the open).
+    for _ in 0..200 {
+        if log_of(&app, t.id).contains("opening ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let report = app.shutdown(Duration::from_millis(500));
+    assert_eq!(report.cancelled, 1);
+    assert_eq!(report.unfinished.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t.id], "{report:?}");
+    assert!(report.waited >= Duration::from_millis(500));
+    // Unblock the reader: the task then ends cancelled.
+    let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    let fin = wait(&app, t.id);
+    assert_eq!((fin.state, fin.error_kind), (TaskState::Cancelled, Some(TaskErrorKind::Cancelled)), "{fin:?}");
+}
+
+#[test]
+fn a_cancelled_task_has_the_error_kind_cancelled() {
+    let (d, app) = open();
+    let src = slow_source(&app, d.path(), "vm", 32, 2);
+    let t = app.start_backup(&admin(), &src.id).unwrap();
+    wait_running(&app, t.id);
+    app.cancel_task(&admin(), t.id).unwrap();
+    let fin = wait(&app, t.id);
+    assert_eq!(fin.state, TaskState::Cancelled, "{fin:?}");
+    assert_eq!(fin.error_kind, Some(TaskErrorKind::Cancelled), "{fin:?}");
+    assert!(fin.error.unwrap().starts_with("cancelled"));
+    // The record keeps the kind, and the API shows it by that name.
+    let json = serde_json::to_value(app.task(&admin(), t.id).unwrap()).unwrap();
+    assert_eq!(json["error_kind"], "cancelled", "{json}");
+}
+
+#[test]
+fn a_permanent_error_fails_at_once_and_the_log_says_why_it_was_not_retried() {
+    let (d, app) = open();
+    *lock(&app.tasks.retry_unit) = Duration::from_millis(10);
+    let src = local_source(&app, "gone", d.path().join("no-such-disk.raw").display().to_string());
+    let job = job_with_retries(&app, &src.id, 3);
+    let t = wait(&app, app.run_job(&admin(), &job.job.id).unwrap().id);
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    assert_eq!(t.error_kind, Some(TaskErrorKind::Permanent), "{t:?}");
+    let log = log_of(&app, t.id);
+    assert!(log.contains("not retried: the error is permanent"), "{log}");
+    assert_eq!(log.matches("opening ").count(), 1, "one attempt only: {log}");
+    assert!(!log.contains("attempt 1"), "{log}");
+}
+
+#[test]
+fn a_transient_error_is_retried_as_many_times_as_the_job_says() {
+    let (_d, app) = open();
+    *lock(&app.tasks.retry_unit) = Duration::from_millis(10);
+    // An NFS server that is down: nothing listens on the port, the connection is refused.
+    // A daemon that is down comes back, so this is transient.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("nfs://127.0.0.1:{port}/export/disk.raw?mountport={port}");
+    let src = local_source(&app, "nas", url);
+    let job = job_with_retries(&app, &src.id, 2);
+    let t = wait(&app, app.run_job(&admin(), &job.job.id).unwrap().id);
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    assert_eq!(t.error_kind, Some(TaskErrorKind::Transient), "{t:?}");
+    let log = log_of(&app, t.id);
+    assert_eq!(log.matches("opening ").count(), 3, "the first attempt and 2 retries: {log}");
+    assert!(log.contains("attempt 1 of 3 failed") && log.contains("attempt 2 of 3 failed"), "{log}");
+    assert!(log.contains("giving up after 3 attempt(s)"), "{log}");
+    assert!(!log.contains("not retried"), "{log}");
+}
+
+#[test]
+fn interrupted_tasks_say_what_their_kind_left_behind() {
+    use tasks::interrupted_message;
+    assert!(interrupted_message(TaskKind::Backup).contains("unsealed packs"));
+    for k in [TaskKind::Restore, TaskKind::TapeRestore] {
+        assert!(interrupted_message(k).contains(".partial) was removed"), "{k}");
+    }
+    // Readers remove nothing: their message must not say they did.
+    for k in [TaskKind::Verify, TaskKind::TapeVerify] {
+        let m = interrupted_message(k);
+        assert!(m.contains("nothing to clean up") && !m.contains("removed"), "{k}: {m}");
+    }
+    assert!(interrupted_message(TaskKind::Destage).contains("not in the tape catalog"));
+    for k in TaskKind::ALL {
+        assert!(interrupted_message(k).starts_with("the appliance stopped while"), "{k}");
+    }
+}
+
+#[test]
+fn task_kinds_and_error_kinds_keep_the_names_the_api_and_old_records_use() {
+    let names: Vec<String> =
+        TaskKind::ALL.iter().map(|k| serde_json::to_value(k).unwrap().as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        names,
+        ["backup", "restore", "verify", "destage", "tape-restore", "tape-verify", "gc", "maintenance", "replicate"]
+    );
+    for k in TaskKind::ALL {
+        assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        assert_eq!(k.to_string(), k.as_str());
+    }
+    for (k, s) in [
+        (TaskErrorKind::Transient, "transient"),
+        (TaskErrorKind::Permanent, "permanent"),
+        (TaskErrorKind::Cancelled, "cancelled"),
+    ] {
+        assert_eq!(serde_json::to_value(k).unwrap(), s);
+    }
+    // A record written before error kinds existed still reads.
+    let old = r#"{"id":7,"kind":"tape-restore","subject":"vm@1 from tape to r","state":"failed","user":"admin",
+        "created_unix":1,"started_unix":2,"finished_unix":3,"phase":"done","bytes_done":0,"bytes_total":0,
+        "throughput_bps":0.0,"eta_s":null,"percent":0.0,"result":null,"error":"boom","host":"tape","datastore":"tape"}"#;
+    let t: TaskInfo = serde_json::from_str(old).unwrap();
+    assert_eq!((t.kind, t.error_kind), (TaskKind::TapeRestore, None));
+}
+
+/// A finished task's record as the task store keeps it, its result `result` (JSON as the
+/// versions before typed results wrote it).
+fn old_record(id: u64, kind: &str, result: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id, "kind": kind, "subject": "vm", "state": "succeeded", "user": "admin",
+        "created_unix": 1, "started_unix": 2, "finished_unix": 3, "phase": "done", "bytes_done": 10,
+        "bytes_total": 10, "throughput_bps": 5.0, "eta_s": null, "percent": 100.0, "result": result,
+        "error": null, "error_kind": null, "host": "local", "datastore": "/srv",
+    }))
+    .unwrap()
+}
+
+#[test]
+fn task_results_written_before_they_were_typed_still_load_and_read_the_same() {
+    use serde_json::json;
+    let gc = json!({
+        "generation": 3, "dry_run": false, "points_marked": 2, "tree_nodes_marked": 4, "chunks_live": 100,
+        "chunks_condemned": 7, "bytes_condemned": 7000, "chunks_held": 0, "sessions_running": 0,
+        "chunks_freed": 7, "packs_deleted": 1, "packs_repacked": 0, "packs_skipped_damaged": 0,
+        "bytes_before": 9000, "bytes_after": 2000, "bytes_freed": 7000, "mark_set_bytes": 512,
+        "duration_s": 0.25, "complete": true,
+    });
+    let backup = json!({
+        "name": "vm", "id": 4, "source": "/srv/vm.raw", "format": "raw", "bytes_logical": 4096,
+        "bytes_read": 4096, "bytes_written": 100, "chunks_total": 1, "chunks_new": 1, "chunks_zero": 0,
+        "tree_nodes_new": 1, "chunk_size": 1048576, "duration_s": 0.5, "io_backend": "io_uring",
+        "disks": [{"label": "disk0", "source": "/srv/vm.raw", "format": "raw", "bytes_logical": 4096,
+                   "bytes_read": 4096, "chunks_total": 1, "chunks_zero": 0}],
+        "files": [], "destage_task": 9,
+    });
+    let restore = json!({"point": "vm@4", "outputs": ["/data/restores/r/disk0.raw"]});
+    let tape_restore = json!({
+        "point": "vm@4", "media_set": "s1", "tapes": ["RVT001L9"], "bytes_restored": 4096,
+        "outputs": ["/data/restores/.t.partial/disk0.raw"], "damaged": [], "imported_as": null,
+        "problems": [], "directory": "/data/restores/t",
+    });
+    let verify = json!({
+        "restore_points_checked": 1, "chunks_checked": 3, "bytes_checked": 300, "packs_scanned": 1,
+        "packs_skipped_recent": 0, "packs_left_for_later": 0, "damaged_records": [], "damaged_points": [],
+    });
+    let maintenance = json!({
+        "pruned": 2, "gc": gc,
+        "relief": {"used_pct_before": 50.0, "used_pct_after": 50.0, "deleted_on_tape": [], "gc": null, "stuck": null},
+    });
+    // A backup's report from a version with fewer fields: kept as it was recorded.
+    let older = json!({"name": "vm", "id": 1, "bytes_read": 77});
+    let records = [
+        (1, "backup", &backup),
+        (2, "restore", &restore),
+        (3, "tape-restore", &tape_restore),
+        (4, "verify", &verify),
+        (5, "gc", &json!({ "gc": gc })),
+        (6, "maintenance", &maintenance),
+        (7, "backup", &older),
+    ];
+    let d = tempfile::tempdir().unwrap();
+    {
+        let names = ["users", "tokens", "audit", "tasks", "usage", "counters"];
+        let (env, dbs) = store::kv::KvEnv::open(&d.path().join("state"), &names).unwrap();
+        let mut wtxn = env.write().unwrap();
+        for (id, kind, result) in &records {
+            dbs[3].put(&mut wtxn, &u64::to_be_bytes(*id), &old_record(*id, kind, result)).unwrap();
+        }
+        wtxn.commit().unwrap();
+    }
+    let app = Appliance::open(d.path(), ApplianceOptions::default()).unwrap();
+    for (id, kind, result) in &records {
+        let t = app.task(&admin(), *id).unwrap();
+        assert_eq!(t.kind.as_str(), *kind);
+        let typed = match (&t.result, *id) {
+            (Some(TaskResult::Backup(b)), 1) => b.destage_task == Some(9) && b.report.disks.len() == 1,
+            (Some(TaskResult::Restore(r)), 2) => r.point == "vm@4",
+            (Some(TaskResult::TapeRestore(r)), 3) => {
+                r.directory == "/data/restores/t" && r.report.tapes == ["RVT001L9"]
+            }
+            (Some(TaskResult::Verify(r)), 4) => r.is_clean(),
+            (Some(TaskResult::Upkeep(u)), 5) => u.pruned.is_none() && u.relief.is_none() && u.gc.complete,
+            (Some(TaskResult::Upkeep(u)), 6) => u.pruned == Some(2) && u.relief.is_some(),
+            (Some(r @ TaskResult::Recorded(_)), 7) => r.bytes_read() == 77,
+            _ => false,
+        };
+        assert!(typed, "task {id} ({kind}) read as {:?}", t.result);
+        // The API shows exactly what was recorded.
+        assert_eq!(&serde_json::to_value(&t).unwrap()["result"], *result, "task {id}");
+    }
+    assert_eq!(app.tasks(&admin()).unwrap().len(), records.len());
+}
+
+#[test]
+fn a_task_result_round_trips_through_the_persisted_record() {
+    let (d, app) = open();
+    let img = d.path().join("vm.raw");
+    write_sample_disk(&img, 4 << 20).unwrap();
+    let src = local_source(&app, "vm", img.display().to_string());
+    let b = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
+    let Some(TaskResult::Backup(report)) = &b.result else { panic!("a backup's result: {b:?}") };
+    assert_eq!((report.report.bytes_read, report.destage_task), (4 << 20, None));
+    let spec = format!("{}@{}", report.report.name, report.report.id);
+    let r = app.start_restore(&admin(), RestoreRequest { point: spec.clone(), disk: None, target: "r1".into() });
+    let r = wait(&app, r.unwrap().id);
+    assert!(matches!(&r.result, Some(TaskResult::Restore(x)) if x.point == spec && x.outputs.len() == 1), "{r:?}");
+    let g = wait(&app, app.start_gc(&admin(), GcRequest { dry_run: true }).unwrap().id);
+    assert!(matches!(&g.result, Some(TaskResult::Upkeep(u)) if u.gc.dry_run && u.pruned.is_none()), "{g:?}");
+    let shown: Vec<serde_json::Value> = [&b, &r, &g].iter().map(|t| serde_json::to_value(t).unwrap()).collect();
+    // A backup's result has no `destage_task` unless one was queued, as before.
+    assert!(shown[0]["result"].get("destage_task").is_none(), "{}", shown[0]);
+    assert!(shown[2]["result"].get("pruned").is_none() && shown[2]["result"]["gc"].is_object(), "{}", shown[2]);
+    drop(app);
+    let app = reopen(d.path());
+    for (t, before) in [&b, &r, &g].iter().zip(&shown) {
+        let again = app.task(&admin(), t.id).unwrap();
+        assert_eq!(&serde_json::to_value(&again).unwrap(), before);
+        assert_eq!(
+            std::mem::discriminant(again.result.as_ref().unwrap()),
+            std::mem::discriminant(t.result.as_ref().unwrap())
+        );
+    }
+}
+
 mod hardening;
+mod store_key;
+
+#[test]
+fn a_replicated_point_that_is_incomplete_here_is_refused_with_its_own_kind_and_only_a_replication_token_may_deliver() {
+    let (_d, app) = open();
+    let token = Principal { user: "admin".into(), role: Role::Replication, token: Some("site-a".into()) };
+    let missing = store::Digest::of(b"a node this appliance never received");
+    let point = store::RestorePoint {
+        name: "vm".into(),
+        id: 3,
+        created_unix: 1,
+        disks: vec![store::DiskIndex {
+            label: "disk0".into(),
+            source: "remote".into(),
+            format: "raw".into(),
+            size: 1 << 20,
+            chunk_size: 1 << 18,
+            chunks: 4,
+            root: missing,
+            height: 1,
+        }],
+        files: Vec::new(),
+        stats: store::PointStats::default(),
+        immutable_until_unix: None,
+        origin: None,
+    };
+    let origin =
+        store::PointOrigin { namespace: "site-a".into(), store_id: "00".into(), point: "vm@3".into(), created_unix: 1 };
+    let e = app.replica_commit(&token, &point, &origin).unwrap_err();
+    assert_eq!(e.kind(), ServiceErrorKind::Incomplete, "{e}");
+    assert!(e.to_string().contains(&missing.to_hex()), "{e}");
+    assert!(app.points(&admin()).unwrap().is_empty());
+    // Another namespace, or anyone but a replication token, is refused.
+    let other = store::PointOrigin { namespace: "site-b".into(), ..origin.clone() };
+    assert_eq!(app.replica_commit(&token, &point, &other).unwrap_err().kind(), ServiceErrorKind::Forbidden);
+    assert_eq!(app.replica_commit(&admin(), &point, &origin).unwrap_err().kind(), ServiceErrorKind::Forbidden);
+}

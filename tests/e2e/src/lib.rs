@@ -152,6 +152,10 @@ pub fn rackvault_bin_fast() -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Running commands
 
+thread_local! {
+    static THREAD_ENV: std::cell::RefCell<Vec<(String, std::ffi::OsString)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A command to run, with a printable command line for failure messages.
 #[derive(Debug)]
 pub struct Rv {
@@ -181,12 +185,24 @@ impl Rv {
         Rv::program(rackvault_bin())
     }
 
-    /// Any program (qemu-img, ...).
+    /// Any program (qemu-img, ...). Environment set with [`Rv::thread_env`] on this thread
+    /// is added.
     pub fn program(program: impl AsRef<OsStr>) -> Rv {
         let program = program.as_ref();
         let mut cmd = Command::new(program);
         cmd.stdin(Stdio::null());
-        Rv { cmd, shown: vec![program.to_string_lossy().into_owned()], envs: Vec::new() }
+        let mut rv = Rv { cmd, shown: vec![program.to_string_lossy().into_owned()], envs: Vec::new() };
+        for (k, v) in THREAD_ENV.with(|e| e.borrow().clone()) {
+            rv = rv.env(&k, v);
+        }
+        rv
+    }
+
+    /// Give every command this thread builds from now on `key=value` in its environment
+    /// (a test running the shared helpers against an encrypted store sets
+    /// `RACKVAULT_KEY_FILE`). Test threads do not share it.
+    pub fn thread_env(key: &str, value: impl AsRef<OsStr>) {
+        THREAD_ENV.with(|e| e.borrow_mut().push((key.to_string(), value.as_ref().to_os_string())));
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Rv {

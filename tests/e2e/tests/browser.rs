@@ -854,6 +854,8 @@ fn web_ui_walkthrough() {
             b.text("#task-state").filter(|s| !matches!(s.as_str(), "queued" | "running"))
         });
         assert_eq!(state, "cancelled", "{}", b.text("#task-error").unwrap_or_default());
+        let note = b.js("return document.querySelector('#task-error-kind') === null;", json!([]));
+        assert_eq!(note, json!(true), "a cancel is not explained as a transient or permanent failure");
         b.screenshot("13-backup-cancelled");
         b.goto(&format!("{base}#/points"));
         b.find("#points-table");
@@ -988,6 +990,26 @@ fn web_ui_walkthrough() {
         let secret = b.wait("the new token's secret", Duration::from_secs(10), || b.text("#token-secret"));
         assert!(secret.len() >= 16, "a token secret is shown once: {secret:?}");
         b.screenshot("26-tokens");
+        // Remotes: the appliance reads the certificate a URL presents (its own here) for the
+        // admin to compare; saving needs the comparison confirmed.
+        b.goto(&format!("{base}#/remotes"));
+        b.find("#remote-form");
+        b.fill("#remote-url", base.trim_end_matches('/'));
+        b.click("#remote-read-fingerprint");
+        let read = b.wait("the fingerprint read from the URL", Duration::from_secs(15), || {
+            b.value("#remote-fingerprint").filter(|v| !v.is_empty())
+        });
+        assert_eq!(read, fp, "reading its own address gives the appliance's own fingerprint");
+        b.fill("#remote-name", "self");
+        b.fill("#remote-namespace", "self");
+        b.fill("#remote-token", "rvt_not_a_real_token");
+        b.click("#remote-submit");
+        let refused = b.wait("the unconfirmed fingerprint refused", Duration::from_secs(10), || {
+            b.banner().filter(|t| t.contains("tick the box"))
+        });
+        assert!(refused.contains("Compare the fingerprint"), "{refused}");
+        b.screenshot("26b-remotes");
+        b.assert_no_sideways_scroll("the remotes page");
         b.goto(&format!("{base}#/audit"));
         b.find("#audit-table");
         b.screenshot("27-audit");

@@ -18,6 +18,8 @@ mod concurrency;
 mod crash;
 #[path = "e2e/daemon.rs"]
 mod daemon;
+#[path = "e2e/encryption.rs"]
+mod encryption;
 #[path = "e2e/hardening.rs"]
 mod hardening;
 #[path = "e2e/ingest.rs"]
@@ -26,6 +28,8 @@ mod ingest;
 mod lifecycle;
 #[path = "e2e/qcow2_sources.rs"]
 mod qcow2_sources;
+#[path = "e2e/replication.rs"]
+mod replication;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
 #[path = "e2e/tape.rs"]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use service::{Appliance, JobInput, Principal, RestoreRequest, Role, ServiceError, Session, SourceInput};
 
@@ -28,6 +28,9 @@ pub(crate) enum Access {
 pub(crate) enum Body {
     None,
     Json,
+    /// A batch of replicated records (`engine::replicate::BATCH_MEDIA_TYPE`), up to
+    /// `engine::replicate::MAX_BATCH_BYTES` plus the records' headers.
+    Records,
 }
 
 type Handler = fn(&Ctx) -> Result<Reply, ApiError>;
@@ -42,7 +45,8 @@ pub(crate) struct Route {
 }
 
 use Access::{Any, Public};
-use Body::{Json, None as NoBody};
+use Body::{Json, None as NoBody, Records};
+const REPLICATION: Access = Access::Role(Role::Replication);
 const ADMIN: Access = Access::Role(Role::Admin);
 const OPERATOR: Access = Access::Role(Role::Operator);
 const AUDITOR: Access = Access::Role(Role::Auditor);
@@ -123,6 +127,32 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/users", ADMIN, NoBody, |c| c.ok(c.app.users(c.actor()?))),
     route!("POST", "/api/v1/users", ADMIN, Json, add_user),
     route!("DELETE", "/api/v1/users/{name}", ADMIN, NoBody, |c| c.empty(c.app.delete_user(c.actor()?, c.param(0)))),
+    route!("GET", "/api/v1/remotes", AUDITOR, NoBody, |c| c.ok(c.app.remotes(c.actor()?))),
+    route!("POST", "/api/v1/remotes", ADMIN, Json, |c| c.ok(c.app.put_remote(c.actor()?, None, c.json()?))),
+    route!("PUT", "/api/v1/remotes/{id}", ADMIN, Json, |c| c.ok(c.app.put_remote(
+        c.actor()?,
+        Some(c.param(0)),
+        c.json()?
+    ))),
+    route!("DELETE", "/api/v1/remotes/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_remote(c.actor()?, c.param(0)))),
+    route!("POST", "/api/v1/remotes/fingerprint", ADMIN, Json, remote_fingerprint),
+    route!("POST", "/api/v1/points/{spec}/replicate", OPERATOR, Json, replicate_point),
+    route!("POST", "/api/v1/replica/find", REPLICATION, Json, |c| {
+        let r: service::replica_wire::FindRequest = c.json()?;
+        c.ok(c.app.replica_find(c.actor()?, &r.origin))
+    }),
+    route!("POST", "/api/v1/replica/lacking", REPLICATION, Json, |c| {
+        let r: service::replica_wire::Digests = c.json()?;
+        c.ok(c.app.replica_lacking(c.actor()?, &r.digests).map(|digests| service::replica_wire::Digests { digests }))
+    }),
+    // Streamed by `http.rs` (`receive_records`) and never reaches this handler.
+    route!("POST", "/api/v1/replica/records", REPLICATION, Records, |_| {
+        Err(ApiError::internal("records are received by the streaming path".to_string()))
+    }),
+    route!("POST", "/api/v1/replica/commit", REPLICATION, Json, |c| {
+        let r: service::replica_wire::CommitRequest = c.json()?;
+        c.ok(c.app.replica_commit(c.actor()?, &r.point, &r.origin))
+    }),
     route!("GET", "/api/v1/tokens", ADMIN, NoBody, |c| c.ok(c.app.api_tokens(c.actor()?))),
     route!("POST", "/api/v1/tokens", ADMIN, Json, create_token),
     route!("DELETE", "/api/v1/tokens/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_api_token(c.actor()?, c.param(0)))),
@@ -130,6 +160,7 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/settings", AUDITOR, NoBody, settings),
     route!("PUT", "/api/v1/settings", ADMIN, Json, put_settings),
     route!("PUT", "/api/v1/settings/certificate", ADMIN, Json, put_certificate),
+    route!("POST", "/api/v1/settings/recovery-key", ADMIN, NoBody, |c| c.ok(c.app.recovery_key(c.actor()?))),
     route!("GET", "/api/v1/settings/notifications", ADMIN, NoBody, |c| c.ok(c.app.notification_settings(c.actor()?))),
     route!("PUT", "/api/v1/settings/notifications", ADMIN, Json, |c| c
         .ok(c.app.put_notification_settings(c.actor()?, c.json::<service::NotificationsInput>()?))),
@@ -152,6 +183,8 @@ pub struct RouteInfo {
     pub access: &'static str,
     /// Whether the route reads a JSON body.
     pub json_body: bool,
+    /// Reads a binary batch of replicated records instead.
+    pub records_body: bool,
 }
 
 /// Every API route, in table order.
@@ -166,8 +199,10 @@ pub fn routes() -> impl Iterator<Item = RouteInfo> {
             Access::Role(Role::Auditor) => "auditor",
             Access::Role(Role::Operator) => "operator",
             Access::Role(Role::Admin) => "admin",
+            Access::Role(Role::Replication) => "replication",
         },
         json_body: r.body == Body::Json,
+        records_body: r.body == Body::Records,
     })
 }
 
@@ -486,20 +521,23 @@ fn audit(c: &Ctx) -> Result<Reply, ApiError> {
     c.ok(c.app.audit_log(c.actor()?, usize::try_from(limit).unwrap_or(usize::MAX), before))
 }
 
+/// The settings as `GET`/`PUT /api/v1/settings` answer them: the service's view, plus the
+/// fingerprint of the certificate this server presents.
+#[derive(Serialize)]
+struct SettingsAnswer {
+    #[serde(flatten)]
+    view: service::SettingsView,
+    tls_fingerprint_sha256: String,
+}
+
 fn settings(c: &Ctx) -> Result<Reply, ApiError> {
-    let mut v = c.app.settings(c.actor()?)?;
-    if let Value::Object(m) = &mut v {
-        m.insert("tls_fingerprint_sha256".into(), Value::String(c.web.fingerprint()));
-    }
-    Reply::json(hyper::StatusCode::OK, &v)
+    let view = c.app.settings(c.actor()?)?;
+    Reply::json(hyper::StatusCode::OK, &SettingsAnswer { view, tls_fingerprint_sha256: c.web.fingerprint() })
 }
 
 fn put_settings(c: &Ctx) -> Result<Reply, ApiError> {
-    let mut v = c.app.put_settings(c.actor()?, c.json::<service::SettingsInput>()?)?;
-    if let Value::Object(m) = &mut v {
-        m.insert("tls_fingerprint_sha256".into(), Value::String(c.web.fingerprint()));
-    }
-    Reply::json(hyper::StatusCode::OK, &v)
+    let view = c.app.put_settings(c.actor()?, c.json::<service::SettingsInput>()?)?;
+    Reply::json(hyper::StatusCode::OK, &SettingsAnswer { view, tls_fingerprint_sha256: c.web.fingerprint() })
 }
 
 fn put_certificate(c: &Ctx) -> Result<Reply, ApiError> {
@@ -518,6 +556,29 @@ fn put_certificate(c: &Ctx) -> Result<Reply, ApiError> {
     c.app.set_certificate(actor, &up.cert_pem, &up.key_pem)?;
     c.web.install(config, fingerprint.clone());
     Reply::json(hyper::StatusCode::OK, &json!({ "tls_fingerprint_sha256": fingerprint }))
+}
+
+fn remote_fingerprint(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        url: String,
+    }
+    let r: Req = c.json()?;
+    c.ok(c
+        .app
+        .remote_fingerprint(c.actor()?, &r.url)
+        .map(|fingerprint| json!({ "url": r.url, "fingerprint": fingerprint })))
+}
+
+fn replicate_point(c: &Ctx) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        remote: String,
+    }
+    let r: Req = c.json()?;
+    c.ok(c.app.start_replication(c.actor()?, c.param(0), &r.remote))
 }
 
 #[cfg(test)]

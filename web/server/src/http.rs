@@ -15,8 +15,6 @@ use service::{Principal, ServiceError, ServiceErrorKind, Session};
 use crate::api::{self, Access, Body, Ctx, ROUTES, SESSION_COOKIE};
 use crate::server::Shared;
 
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// An error as the API reports it: `{"error": message, "code": code}` with a status.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -47,7 +45,7 @@ impl ApiError {
     pub(crate) fn not_found(message: String) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     fn too_large(max: usize) -> ApiError {
@@ -68,6 +66,7 @@ impl From<ServiceError> for ApiError {
             ServiceErrorKind::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             ServiceErrorKind::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             ServiceErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ServiceErrorKind::Incomplete => ApiError::new(StatusCode::CONFLICT, "incomplete", message),
             ServiceErrorKind::RateLimited { retry_after_s } => ApiError {
                 retry_after: Some(retry_after_s.max(1)),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
@@ -317,8 +316,8 @@ pub(crate) fn check_depth(bytes: &[u8], max: usize) -> Result<(), ApiError> {
 /// Largest body of a public route (setup, sign-in).
 const PUBLIC_MAX_BODY: usize = 16 << 10;
 
-async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
+async fn read_body(body: Incoming, max: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(deadline, Limited::new(body, max).collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(max)),
         Ok(Err(e)) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
@@ -367,6 +366,8 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
     // and a flood of megabyte bodies waiting for a password check cannot pile up in memory.
     let max = if matches!(route.access, Access::Public) {
         shared.cfg.max_body.min(PUBLIC_MAX_BODY)
+    } else if route.body == Body::Records {
+        service::replica_wire::MAX_BATCH_BYTES + (service::replica_wire::MAX_BATCH_BYTES >> 6)
     } else {
         shared.cfg.max_body
     };
@@ -401,7 +402,22 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
             )));
         }
     }
-    let body = if is_state_changing(&parts.method) { read_body(body, max).await? } else { Bytes::new() };
+    if route.body == Body::Records {
+        if header_str(h, &header::CONTENT_TYPE).is_none_or(|t| t.trim() != service::replica_wire::BATCH_MEDIA_TYPE) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("send the records with Content-Type: {}", service::replica_wire::BATCH_MEDIA_TYPE),
+            ));
+        }
+        let actor = principal.ok_or_else(ApiError::unauthenticated)?;
+        return receive_records(shared, actor, body).await;
+    }
+    let body = if is_state_changing(&parts.method) {
+        read_body(body, max, shared.cfg.timeouts.body).await?
+    } else {
+        Bytes::new()
+    };
     if route.body == Body::Json && !body.is_empty() {
         if !is_json(h) {
             return Err(ApiError::new(
@@ -424,6 +440,41 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
     };
     let handler = route.handler;
     blocking(move || handler(&ctx)).await?
+}
+
+/// Streams a batch of replicated records into the service as it arrives: the body's pieces
+/// go over a small channel to a blocking thread that checks and stores each record, so a cut
+/// connection keeps every complete record before the cut (see `engine::replicate`). Each
+/// piece must arrive within the body deadline.
+async fn receive_records(shared: Arc<Shared>, actor: Principal, mut body: Incoming) -> Result<Reply, ApiError> {
+    use service::replica_wire::StreamEnd;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, StreamEnd>>(16);
+    let app = shared.app.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut next = || rx.blocking_recv().unwrap_or(Err(StreamEnd::Cut("the receiver stopped reading".into())));
+        app.replica_receive(&actor, &mut next)
+    });
+    let deadline = shared.cfg.timeouts.body;
+    let end = loop {
+        match tokio::time::timeout(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(Ok(data.to_vec())).await.is_err() {
+                        break None; // the worker refused the batch and stopped
+                    }
+                }
+            }
+            Ok(None) => break Some(StreamEnd::Complete),
+            Ok(Some(Err(e))) => break Some(StreamEnd::Cut(format!("the connection broke: {e}"))),
+            Err(_) => break Some(StreamEnd::Cut(format!("no data for {} s", deadline.as_secs()))),
+        }
+    };
+    if let Some(end) = end {
+        let _ = tx.send(Err(end)).await;
+    }
+    drop(tx);
+    let received = worker.await.map_err(|e| ApiError::internal(format!("the request handler failed: {e}")))??;
+    Reply::json(StatusCode::OK, &received)
 }
 
 fn role_name(r: service::Role) -> &'static str {

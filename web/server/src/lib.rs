@@ -56,10 +56,37 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Deepest JSON nesting accepted (400 above it). Default 32.
     pub max_json_depth: usize,
-    /// Connections served at once; further ones wait in the listen backlog. Default 256.
+    /// Connections open at once. When all are taken, a new connection evicts the one idle
+    /// longest; when every one is serving a request, the new one is closed (and counted in
+    /// the log). Default 256.
     pub max_connections: usize,
+    /// How long a client may take over each step of a request (slowloris defence).
+    pub timeouts: Timeouts,
     /// Where operational messages go; none by default.
     pub log: Option<LogFn>,
+}
+
+/// Deadlines for a client's side of a connection. A connection that misses one is closed
+/// (a body deadline is answered 408 first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From accept to a finished TLS handshake. Default 10 s.
+    pub handshake: std::time::Duration,
+    /// From the first byte of a request (or the end of the previous one) to its last header
+    /// line. Default 20 s.
+    pub header: std::time::Duration,
+    /// From the headers to the last byte of the body. Default 30 s.
+    pub body: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: std::time::Duration::from_secs(10),
+            header: std::time::Duration::from_secs(20),
+            body: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -71,6 +98,7 @@ impl Default for ServerConfig {
             max_body: 1 << 20,
             max_json_depth: 32,
             max_connections: 256,
+            timeouts: Timeouts::default(),
             log: None,
         }
     }

@@ -3,40 +3,53 @@
 //! shutdown.
 //!
 //! Idle clients cannot starve real ones (slowloris): a TLS handshake must finish within
-//! [`HANDSHAKE_TIMEOUT`] and request headers arrive within [`HEADER_TIMEOUT`]; and when all
-//! `max_connections` slots are taken, a new connection evicts the connection that has been
-//! idle longest (in its handshake, or between requests, or still sending headers) instead of
-//! waiting for a slot. A connection serving a request is never evicted. The accept loop never
-//! blocks on the limit.
+//! `timeouts.handshake`, request headers arrive within `timeouts.header` and a body within
+//! `timeouts.body` (see [`crate::Timeouts`]); and when all `max_connections` slots are taken,
+//! a new connection evicts the connection whose socket has been silent longest (no byte read
+//! or written: in its handshake, between requests, or a client that stopped reading its
+//! answer) instead of waiting for a slot. A connection whose request is being handled is
+//! never evicted, nor is one that is sending or receiving bytes: a request that has just
+//! started, or an answer still being written, counts as activity. The accept loop never
+//! blocks on the limit; connections refused because every slot is serving a request are
+//! counted and logged once a minute.
+//!
+//! The self-signed certificate is renewed when it has less than 30 days left, at start and
+//! by a check every 12 hours; an uploaded certificate is never replaced, only warned about
+//! (see [`tls::check_renewal`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::tls::{self, CertPaths};
 use crate::{ServerConfig, WebError};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a new connection waits for an evicted one to give back its slot.
 const EVICT_WAIT: Duration = Duration::from_millis(500);
+/// How often the certificate's remaining lifetime is checked.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 
 /// One open connection, as the eviction sees it.
+#[derive(Clone)]
 struct Conn {
-    /// Serving a request now: never evicted.
-    busy: Arc<std::sync::atomic::AtomicBool>,
-    /// When it last became idle (accepted, or finished a request).
-    idle_since: Arc<Mutex<std::time::Instant>>,
+    /// Handling a request now: never evicted.
+    busy: Arc<AtomicBool>,
+    /// When a byte last moved on its socket, in milliseconds since the server started.
+    last_io: Arc<AtomicU64>,
     evict: Arc<tokio::sync::Notify>,
 }
 
@@ -48,14 +61,17 @@ struct Conns {
 }
 
 impl Conns {
-    /// Asks the connection idle longest to close; false when every one is busy.
-    fn evict_oldest_idle(&self) -> bool {
+    /// Asks the connection silent longest to close; false when every one is busy. The chosen
+    /// one leaves the table at once, so a burst of new connections never picks it twice
+    /// (each eviction frees its own slot).
+    fn evict_oldest_idle(&mut self) -> bool {
         let oldest = self
             .open
-            .values()
-            .filter(|c| !c.busy.load(std::sync::atomic::Ordering::Relaxed))
-            .min_by_key(|c| *lock(&c.idle_since));
-        match oldest {
+            .iter()
+            .filter(|(_, c)| !c.busy.load(Ordering::Relaxed))
+            .min_by_key(|(_, c)| c.last_io.load(Ordering::Relaxed))
+            .map(|(id, _)| *id);
+        match oldest.and_then(|id| self.open.remove(&id)) {
             Some(c) => {
                 c.evict.notify_one();
                 true
@@ -71,7 +87,10 @@ pub(crate) struct Shared {
     pub(crate) app: Arc<service::Appliance>,
     pub(crate) cfg: ServerConfig,
     tls: Mutex<(Arc<rustls::ServerConfig>, String)>,
+    paths: CertPaths,
     conns: Mutex<Conns>,
+    /// The clock of `Conn::last_io`.
+    started: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,19 +113,45 @@ impl Shared {
         lock(&self.tls).0.clone()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// Registers a new connection for eviction; returns its id and handles.
     fn register(&self) -> (u64, Conn) {
-        let conn = Conn {
-            busy: Arc::default(),
-            idle_since: Arc::new(Mutex::new(std::time::Instant::now())),
-            evict: Arc::default(),
-        };
+        let conn =
+            Conn { busy: Arc::default(), last_io: Arc::new(AtomicU64::new(self.now_ms())), evict: Arc::default() };
         let mut conns = lock(&self.conns);
         conns.next += 1;
         let id = conns.next;
-        let handles = Conn { busy: conn.busy.clone(), idle_since: conn.idle_since.clone(), evict: conn.evict.clone() };
-        conns.open.insert(id, conn);
-        (id, handles)
+        conns.open.insert(id, conn.clone());
+        (id, conn)
+    }
+
+    /// Renews the self-signed certificate when it is due and installs it; warns about an
+    /// uploaded one that is running out.
+    async fn check_certificate(self: &Arc<Self>) {
+        let paths = self.paths.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || tls::check_renewal(&paths, std::time::SystemTime::now())).await;
+        match checked {
+            Ok(Ok(tls::Renewal::Renewed)) => match tls::load(&self.paths).and_then(|id| {
+                let fp = tls::fingerprint_sha256(&id.certs[0]);
+                tls::build_server_config(&id)
+                    .map(|c| (c, fp))
+                    .map_err(|reason| WebError::Certificate { path: self.paths.cert.clone(), reason })
+            }) {
+                Ok((config, fp)) => {
+                    self.log("the self-signed certificate had less than 30 days left and was renewed");
+                    self.install(config, fp);
+                }
+                Err(e) => self.log(&format!("the renewed certificate cannot be loaded: {e}")),
+            },
+            Ok(Ok(tls::Renewal::Warn(why))) => self.log(&why),
+            Ok(Ok(tls::Renewal::Fine)) => {}
+            Ok(Err(e)) => self.log(&format!("checking the certificate's lifetime failed: {e}")),
+            Err(e) => self.log(&format!("checking the certificate's lifetime failed: {e}")),
+        }
     }
 
     /// Installs a new certificate for connections accepted from now on.
@@ -156,8 +201,14 @@ impl Server {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let shared =
-            Arc::new(Shared { app, cfg, tls: Mutex::new((Arc::new(config), fingerprint)), conns: Mutex::default() });
+        let shared = Arc::new(Shared {
+            app,
+            cfg,
+            tls: Mutex::new((Arc::new(config), fingerprint)),
+            paths,
+            conns: Mutex::default(),
+            started: Instant::now(),
+        });
         Ok(Server { shared, https, http })
     }
 
@@ -197,9 +248,14 @@ impl Server {
         let https_port = https.local_addr().map(|a| a.port()).unwrap_or(shared.cfg.https.port());
         let shutdown = std::pin::pin!(shutdown);
         let mut shutdown = shutdown;
+        let mut cert_check = tokio::time::interval_at(tokio::time::Instant::now() + CERT_CHECK_EVERY, CERT_CHECK_EVERY);
+        let mut refused = Refusals::default();
+        // At start too: an uploaded certificate that runs out is reported in the log.
+        shared.check_certificate().await;
         loop {
             let (stream, peer, redirect) = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = cert_check.tick() => { shared.check_certificate().await; continue; }
                 r = https.accept() => match r {
                     Ok((stream, peer)) => (stream, peer, false),
                     Err(e) => { accept_failed(&shared, &e).await; continue; }
@@ -213,12 +269,21 @@ impl Server {
             let permit = match limit.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    if !lock(&shared.conns).evict_oldest_idle() {
-                        continue; // every connection is serving a request: refuse this one
-                    }
-                    match tokio::time::timeout(EVICT_WAIT, limit.clone().acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => continue,
+                    let evicted = lock(&shared.conns).evict_oldest_idle();
+                    let permit = match evicted {
+                        true => tokio::time::timeout(EVICT_WAIT, limit.clone().acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(|p| p.ok()),
+                        false => None,
+                    };
+                    match permit {
+                        Some(p) => p,
+                        None => {
+                            // Every connection is handling a request: refuse this one.
+                            refused.count(&shared, peer);
+                            continue;
+                        }
                     }
                 }
             };
@@ -230,9 +295,9 @@ impl Server {
                     _ = conn.evict.notified() => {}
                     _ = async {
                         if redirect {
-                            serve_redirect(stream, https_port, watcher).await
+                            serve_redirect(stream, https_port, watcher, shared.cfg.timeouts.header).await
                         } else {
-                            serve_tls(shared.clone(), stream, peer, watcher, conn.busy.clone(), conn.idle_since.clone()).await
+                            serve_tls(shared.clone(), stream, peer, watcher, conn.clone()).await
                         }
                     } => {}
                 }
@@ -264,10 +329,76 @@ async fn accept_failed(shared: &Shared, e: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn http1() -> hyper::server::conn::http1::Builder {
+/// Connections refused because every slot was handling a request, logged at most once a
+/// minute so that a flood cannot flood the log too.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    last_peer: Option<SocketAddr>,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    fn count(&mut self, shared: &Shared, peer: SocketAddr) {
+        self.since_log += 1;
+        self.last_peer = Some(peer);
+        if self.logged_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            shared.log(&format!(
+                "connection limit reached ({} connections, every one handling a request): refused {} connection(s) since the last report, the latest from {}; raise max_connections if this is real load",
+                shared.cfg.max_connections,
+                self.since_log,
+                peer
+            ));
+            self.since_log = 0;
+            self.logged_at = Some(Instant::now());
+        }
+    }
+}
+
+fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    b.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
     b
+}
+
+/// A socket that notes when a byte last moved through it, for the eviction.
+struct Watched<T> {
+    inner: T,
+    last_io: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        self.last_io.store(self.shared.now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn serve_tls(
@@ -275,28 +406,30 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
-    busy: Arc<std::sync::atomic::AtomicBool>,
-    idle_since: Arc<Mutex<std::time::Instant>>,
+    conn: Conn,
 ) {
     let _ = stream.set_nodelay(true);
+    let stream = Watched { inner: stream, last_io: conn.last_io.clone(), shared: shared.clone() };
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let timeouts = shared.cfg.timeouts;
+    let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         // Failed handshakes (scanners, browsers refusing the certificate) are not logged:
         // they are routine and would flood the log.
         Ok(Err(_)) | Err(_) => return,
     };
+    let busy = conn.busy;
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (shared, busy, idle_since) = (shared.clone(), busy.clone(), idle_since.clone());
+        let (shared, busy) = (shared.clone(), busy.clone());
         async move {
-            busy.store(true, std::sync::atomic::Ordering::Relaxed);
+            busy.store(true, Ordering::Relaxed);
             let resp = crate::http::handle(shared, req, peer).await;
-            *lock(&idle_since) = std::time::Instant::now();
-            busy.store(false, std::sync::atomic::Ordering::Relaxed);
+            // From here the answer is being written: socket activity protects it.
+            busy.store(false, Ordering::Relaxed);
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = http1().serve_connection(TokioIo::new(tls), svc);
+    let conn = http1(timeouts.header).serve_connection(TokioIo::new(tls), svc);
     let _ = watcher.watch(conn).await;
 }
 
@@ -336,11 +469,16 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
     resp
 }
 
-async fn serve_redirect(stream: TcpStream, https_port: u16, watcher: hyper_util::server::graceful::Watcher) {
+async fn serve_redirect(
+    stream: TcpStream,
+    https_port: u16,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
         Ok::<_, Infallible>(redirect(&req, https_port))
     });
-    let conn = http1().keep_alive(false).serve_connection(TokioIo::new(stream), svc);
+    let conn = http1(header_timeout).keep_alive(false).serve_connection(TokioIo::new(stream), svc);
     let _ = watcher.watch(conn).await;
 }
 

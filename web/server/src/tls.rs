@@ -119,17 +119,29 @@ fn own_addresses() -> Vec<std::net::IpAddr> {
 /// with the key usage and extended key usage of a TLS server; returns (certificate PEM, key
 /// PEM).
 pub(crate) fn generate_self_signed() -> Result<(String, String), String> {
+    generate_self_signed_at(std::time::SystemTime::now(), CERT_VALID_DAYS)
+}
+
+/// The organisation named in the certificates this module generates: how a self-signed
+/// certificate of ours is told apart from one an operator uploaded.
+const OUR_ORGANISATION: &str = "rackvault appliance (self-signed)";
+
+/// A self-signed certificate is renewed once it has fewer days left than this; an uploaded
+/// one is warned about.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+
+fn generate_self_signed_at(now: std::time::SystemTime, valid_days: u64) -> Result<(String, String), String> {
     use rcgen::{
         CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
     };
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "localhost");
-    dn.push(DnType::OrganizationName, "rackvault appliance (self-signed)");
+    dn.push(DnType::OrganizationName, OUR_ORGANISATION);
     params.distinguished_name = dn;
-    let yesterday = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    let yesterday = now - std::time::Duration::from_secs(86_400);
     params.not_before = yesterday.into();
-    params.not_after = (yesterday + std::time::Duration::from_secs(CERT_VALID_DAYS * 86_400)).into();
+    params.not_after = (yesterday + std::time::Duration::from_secs(valid_days * 86_400)).into();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let mut sans = vec![
@@ -149,6 +161,54 @@ pub(crate) fn generate_self_signed() -> Result<(String, String), String> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// What [`check_renewal`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// More than [`RENEW_BEFORE_DAYS`] left.
+    Fine,
+    /// Our self-signed certificate was running out and was replaced by a new one (new key,
+    /// new fingerprint) in the same files.
+    Renewed,
+    /// An uploaded certificate runs out soon or has run out; it is left alone. The text says
+    /// so and what to do.
+    Warn(String),
+}
+
+/// Looks at the certificate in `paths`: our own self-signed one with fewer than
+/// [`RENEW_BEFORE_DAYS`] left (or expired) is replaced by a fresh one; an uploaded one is
+/// never replaced, only reported.
+pub fn check_renewal(paths: &CertPaths, now: std::time::SystemTime) -> Result<Renewal, WebError> {
+    use x509_parser::prelude::*;
+    let pem = std::fs::read(&paths.cert).map_err(|e| cert_err(&paths.cert, format!("cannot read: {e}")))?;
+    let der = CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| cert_err(&paths.cert, format!("not a PEM certificate ({e}); upload a valid one")))?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| cert_err(&paths.cert, format!("not a valid certificate ({e}); upload a valid one")))?;
+    let now_s = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let days_left = (cert.validity().not_after.timestamp() - now_s).div_euclid(86_400);
+    if days_left >= RENEW_BEFORE_DAYS {
+        return Ok(Renewal::Fine);
+    }
+    let ours = cert.issuer() == cert.subject()
+        && cert.subject().iter_organization().any(|o| o.as_str() == Ok(OUR_ORGANISATION));
+    if !ours {
+        let when = if days_left < 0 {
+            format!("expired {} day(s) ago: browsers refuse it", -days_left)
+        } else {
+            format!("expires in {days_left} day(s)")
+        };
+        return Ok(Renewal::Warn(format!(
+            "the uploaded TLS certificate {when}; upload a renewed one under Settings → Certificate"
+        )));
+    }
+    let (cert_pem, key_pem) = generate_self_signed_at(now, CERT_VALID_DAYS).map_err(|e| cert_err(&paths.cert, e))?;
+    write_file(&paths.key, key_pem.as_bytes(), 0o600)
+        .map_err(|e| cert_err(&paths.key, format!("cannot write: {e}")))?;
+    write_file(&paths.cert, cert_pem.as_bytes(), 0o644)
+        .map_err(|e| cert_err(&paths.cert, format!("cannot write: {e}")))?;
+    Ok(Renewal::Renewed)
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
 pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -162,7 +222,8 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
 }
 
 /// Makes sure a certificate and key exist at `paths`: when neither exists, generates a
-/// self-signed pair (key mode 0600, folder 0700). Returns the SHA-256 fingerprint of the
+/// self-signed pair (key mode 0600, folder 0700); a self-signed pair of ours that is running
+/// out is renewed (see [`check_renewal`]). Returns the SHA-256 fingerprint of the
 /// certificate in use, so the caller can print it for the operator to compare in a browser.
 pub fn ensure_certificate(paths: &CertPaths) -> Result<String, WebError> {
     let cert_exists = paths.cert.exists();
@@ -191,6 +252,9 @@ pub fn ensure_certificate(paths: &CertPaths) -> Result<String, WebError> {
         write_file(&paths.cert, cert_pem.as_bytes(), 0o644)
             .map_err(|e| cert_err(&paths.cert, format!("cannot write: {e}")))?;
     }
+    // An uploaded certificate's warning is the web server's to log; renewal happens here so
+    // that the fingerprint returned is the one served.
+    check_renewal(paths, std::time::SystemTime::now())?;
     let id = load(paths)?;
     Ok(fingerprint_sha256(&id.certs[0]))
 }
@@ -248,6 +312,54 @@ mod tests {
             assert!(ips.contains(&own), "{own} missing from the SAN {ips:?}");
         }
         assert!(san.general_names.iter().any(|g| matches!(g, GeneralName::DNSName("localhost"))));
+    }
+
+    fn days(n: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(n * 86_400)
+    }
+
+    #[test]
+    fn a_self_signed_certificate_with_less_than_30_days_left_is_renewed_and_an_uploaded_one_only_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") };
+        let now = std::time::SystemTime::now();
+        // Ours, made 700 days ago for 730: 30 days left less the day before; renewed.
+        let (cert, key) = generate_self_signed_at(now - days(701), CERT_VALID_DAYS).unwrap();
+        write_file(&paths.cert, cert.as_bytes(), 0o644).unwrap();
+        write_file(&paths.key, key.as_bytes(), 0o600).unwrap();
+        let old = fingerprint_sha256(&load(&paths).unwrap().certs[0]);
+        assert_eq!(check_renewal(&paths, now).unwrap(), Renewal::Renewed);
+        let new = fingerprint_sha256(&load(&paths).unwrap().certs[0]);
+        assert_ne!(old, new, "a new certificate is in the files");
+        assert_eq!(check_renewal(&paths, now).unwrap(), Renewal::Fine, "and it has two years again");
+        assert_eq!(check_renewal(&paths, now + days(690)).unwrap(), Renewal::Fine);
+        assert_eq!(check_renewal(&paths, now + days(710)).unwrap(), Renewal::Renewed);
+        // Already expired: renewed too, and ensure_certificate serves the renewed one.
+        let (cert, key) = generate_self_signed_at(now - days(800), CERT_VALID_DAYS).unwrap();
+        write_file(&paths.cert, cert.as_bytes(), 0o644).unwrap();
+        write_file(&paths.key, key.as_bytes(), 0o600).unwrap();
+        let expired = fingerprint_sha256(&load(&paths).unwrap().certs[0]);
+        let served = ensure_certificate(&paths).unwrap();
+        assert_ne!(served, expired);
+        assert_eq!(served, fingerprint_sha256(&load(&paths).unwrap().certs[0]));
+
+        // Uploaded (another organisation): never replaced, warned about before and after expiry.
+        let mut params = rcgen::CertificateParams::new(vec!["backup.example".to_string()]).unwrap();
+        params.not_before = (now - days(300)).into();
+        params.not_after = (now + days(10) + std::time::Duration::from_secs(3600)).into();
+        let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let c = params.self_signed(&k).unwrap();
+        write_file(&paths.cert, c.pem().as_bytes(), 0o644).unwrap();
+        write_file(&paths.key, k.serialize_pem().as_bytes(), 0o600).unwrap();
+        match check_renewal(&paths, now).unwrap() {
+            Renewal::Warn(m) => assert!(m.contains("expires in 10 day") && m.contains("upload a renewed one"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match check_renewal(&paths, now + days(15)).unwrap() {
+            Renewal::Warn(m) => assert!(m.contains("expired") && m.contains("browsers refuse it"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&paths.cert).unwrap(), c.pem().as_bytes(), "the uploaded file is untouched");
     }
 
     #[test]

@@ -737,3 +737,26 @@ async fn limit_zero_and_non_numbers_are_refused() {
     assert_eq!(s.get("/api/v1/audit?limit=1", &admin).await.json().as_array().map(Vec::len), Some(1));
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_recovery_key_is_exported_to_admins_only_and_audited() {
+    let s = TestServer::start_with(service::ApplianceOptions { encrypt_store: true, ..Default::default() }).await;
+    let admin = s.admin().await;
+    let operator = s.user(&admin, "olga", "operator").await;
+    let r = s.send("POST", "/api/v1/settings/recovery-key", &operator, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = s.req("POST", "/api/v1/settings/recovery-key", &[], b"").await;
+    assert_eq!(r.status, 401);
+    let r = s.send("POST", "/api/v1/settings/recovery-key", &admin, &serde_json::Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v["printable"].as_str().unwrap().starts_with("RVK1-"), "{v}");
+    assert_eq!(v["file"]["kind"], "rackvault-recovery-key");
+    assert_eq!(v["printable"].as_str().unwrap().replace('\n', "-"), v["file"]["key"].as_str().unwrap());
+    assert_eq!(r.header("cache-control"), Some("no-store"), "a key must not be cached");
+    let log = s.get("/api/v1/audit?limit=20", &admin).await.json();
+    let text = log.to_string();
+    assert!(text.contains("export recovery key"), "{text}");
+    assert!(!text.contains(v["file"]["key"].as_str().unwrap()), "the key itself is never audited");
+    s.stop().await.unwrap();
+}

@@ -13,14 +13,29 @@ fuzz_target!(|data: &[u8]| {
         let _ = pack::decode_payload(h.codec, payload, h.raw_len, &h.digest, &mut out);
     }
     let _ = pack::decode_pack_header(data);
+    // A replicated batch: split into whole records, each decoded as a receiver would.
+    if let Ok((records, used)) = pack::split_records(data) {
+        assert!(used <= data.len());
+        for c in records {
+            let _ = pack::decode_payload(c.codec, &c.payload, c.raw_len, &c.digest, &mut out);
+        }
+    }
     for level in 0..3 {
         let _ = tree::decode_node(data, level, &Digest::ZERO);
     }
     // A whole pack: a valid header followed by the fuzz input as records.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("0000000000000001.pack");
-    let mut file = pack::encode_pack_header(1, &[0; 16], 0).to_vec();
+    let mut file = pack::encode_pack_header(1, &[0; 16], 0, store::FORMAT_VERSION).to_vec();
     file.extend_from_slice(data);
     std::fs::write(&path, file).expect("write");
-    let _ = pack::scan_pack(&path, true);
+    let _ = pack::scan_pack(&path, true, &store::Keyring::plain());
+    // And as records of an encrypted store: sealed payloads that fail their tag, or claim
+    // absurd lengths, are damage, never a panic.
+    let keys = store::Keyring::new(&store::StoreKey::from_bytes([7; 32]), store::Cipher::Aes256Gcm);
+    if let Ok(Some(h)) = pack::RecordHeader::decode(data) {
+        let payload = &data[pack::RECORD_HEADER_LEN.min(data.len())..];
+        let _ = pack::decode_record(&keys, &h, payload, &mut out, pack::ReadCheck::Digest);
+    }
+    let _ = pack::scan_pack(&path, true, &keys);
 });

@@ -15,15 +15,16 @@ pub const CHUNK: usize = 16 << 10;
 /// and height.
 pub fn ingest(session: &mut BackupSession<'_>, disk: &[u64], content: &dyn Fn(u64) -> Vec<u8>) -> (Digest, u8) {
     let mut enc = ChunkEncoder::new(Some(1));
-    let mut tree = TreeBuilder::new();
+    let keys = session.keyring().clone();
+    let mut tree = TreeBuilder::with_ids(keys.ids());
     for &id in disk {
         let digest = if id == 0 {
             Digest::ZERO
         } else {
             let data = content(id);
-            let d = Digest::of(&data);
+            let d = keys.digest(&data);
             if !session.contains(&d).unwrap() {
-                session.insert(&enc.encode(d, RecordKind::Data, &data)).unwrap();
+                session.insert(&enc.encode_for(&keys, d, RecordKind::Data, &data).unwrap()).unwrap();
             }
             d
         };

@@ -135,6 +135,20 @@ pub(crate) fn chap(c: &(String, Secret)) -> iscsi::Chap {
     iscsi::Chap { user: c.0.clone(), secret: iscsi::Secret::new(c.1.expose().to_string()) }
 }
 
+/// Whether a SCSI error may go away by itself: a lost connection, a timeout, a busy unit.
+fn scsi_transient(e: &scsi::ScsiError) -> bool {
+    match e {
+        scsi::ScsiError::Transport(t) => t.is_transient(),
+        scsi::ScsiError::Status { status, .. } => status.is_transient(),
+        _ => false,
+    }
+}
+
+/// A SCSI error as an I/O error whose kind says whether it is transient.
+fn scsi_io_error(e: &scsi::ScsiError) -> io::Error {
+    io::Error::new(if scsi_transient(e) { io::ErrorKind::ConnectionReset } else { io::ErrorKind::Other }, e.to_string())
+}
+
 /// Log in and open the LUN as a disk.
 pub(super) fn open(spec: &IscsiSpec, secrets: &SourceSecrets) -> Result<Box<dyn BlockSource>, SourceError> {
     let url = spec.url();
@@ -146,15 +160,16 @@ pub(super) fn open(spec: &IscsiSpec, secrets: &SourceSecrets) -> Result<Box<dyn 
         ),
     };
     let cfg = spec.session_config(secrets);
+    // A target that is down or drops the connection is transient; bad credentials are not.
     let session = iscsi::Session::login(cfg).map_err(|e| match e {
         // Keep the socket's error, so callers can tell a failure to connect by its kind.
         iscsi::IscsiError::Connect { portal, source } => {
             SourceError::Io { what: format!("{url}: cannot connect to iSCSI portal {portal}"), source }
         }
-        e => io_err(&e, false),
+        e => io_err(&e, e.is_transient()),
     })?;
     let transport: Arc<dyn scsi::ScsiTransport> = Arc::new(session.lun(spec.lun));
-    let dev = scsi::BlockDevice::open(transport).map_err(|e| io_err(&e, false))?;
+    let dev = scsi::BlockDevice::open(transport).map_err(|e| io_err(&e, scsi_transient(&e)))?;
     Ok(Box::new(IscsiDisk { dev, url }))
 }
 
@@ -189,7 +204,7 @@ impl BlockSource for IscsiDisk {
         let map = self.dev.lba_status(first, blocks).map_err(|e| SourceError::Read {
             what: self.url.clone(),
             offset,
-            source: io::Error::other(e.to_string()),
+            source: scsi_io_error(&e),
         })?;
         // `lba_status` covers the whole range in order, reporting anything the unit did not
         // describe as mapped, so the extents only need clipping to the byte range.
@@ -213,7 +228,7 @@ impl BlockSource for IscsiDisk {
         self.dev.read_many(&mut batch).map_err(|e| SourceError::Read {
             what: self.url.clone(),
             offset: first,
-            source: io::Error::other(e.to_string()),
+            source: scsi_io_error(&e),
         })
     }
 }

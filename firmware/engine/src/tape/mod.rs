@@ -78,6 +78,36 @@ pub enum TapeError {
     Io { path: String, source: std::io::Error },
 }
 
+impl TapeError {
+    /// Transient, permanent or cancelled: a drive or changer that is busy, becoming ready
+    /// or lost its connection is transient; a cartridge that needs an operator (none
+    /// loaded, write-protected, WORM, needs cleaning, a medium error), a wrong request or a
+    /// catalog that does not know the point is permanent.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind as K;
+        match self {
+            TapeError::Drive(e) => match e.kind() {
+                drive::ErrorKind::Retryable => K::Transient,
+                _ => K::Permanent,
+            },
+            TapeError::Changer(changer::ChangerError::Transport(t)) if t.is_transient() => K::Transient,
+            TapeError::Changer(changer::ChangerError::Status { status, .. }) if status.is_transient() => K::Transient,
+            TapeError::Changer(_) => K::Permanent,
+            TapeError::Store(e) => crate::store_error_kind(e),
+            TapeError::Engine(e) => e.kind(),
+            TapeError::Io { source, .. } | TapeError::Unreachable { source, .. } => crate::io_error_kind(source),
+            TapeError::Invalid(_)
+            | TapeError::Library { .. }
+            | TapeError::NotInLibrary { .. }
+            | TapeError::HoldsData { .. }
+            | TapeError::Medium { .. }
+            | TapeError::Refused { .. }
+            | TapeError::NoMedia { .. }
+            | TapeError::Catalog(_) => K::Permanent,
+        }
+    }
+}
+
 impl From<EngineError> for TapeError {
     fn from(e: EngineError) -> TapeError {
         TapeError::Engine(Box::new(e))

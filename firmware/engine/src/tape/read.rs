@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use drive::{ReadOutcome, TapeDrive};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use store::{Digest, DiskIndex, EncodedChunk, PointFile, PointStats, RecordKind, RestorePoint, Store, TreeWalker};
 
 use super::catalog::{CatalogUpdate, ChunkOnTape, MediumLocation, MediumRecord, PointCopy, SetRecord, TapeCatalog};
@@ -139,7 +139,7 @@ fn read_file(
 }
 
 /// A byte range of a restored disk (or a file) that could not be restored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamagedExtent {
     pub disk: String,
     pub offset: u64,
@@ -159,7 +159,7 @@ pub enum TapeRestoreTarget<'a> {
 }
 
 /// What a tape restore did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TapeRestoreReport {
     pub point: String,
     pub media_set: String,
@@ -203,6 +203,15 @@ pub fn restore_from_tape(
     target: TapeRestoreTarget<'_>,
     progress: &dyn Progress,
 ) -> Result<TapeRestoreReport, TapeError> {
+    if let TapeRestoreTarget::Import(store) = &target {
+        if store.keyring().is_encrypted() {
+            return Err(TapeError::Invalid(
+                "importing from tape into an encrypted store is not supported yet (tape records carry plain chunk \
+                 ids); restore to files, or import into an unencrypted store"
+                    .into(),
+            ));
+        }
+    }
     let copy = find_copy(cat, spec)?;
     let set = cat
         .set(&copy.set_id)?
@@ -358,6 +367,7 @@ pub fn restore_from_tape(
                     digest: r.header.digest,
                     kind: RecordKind::Tree,
                     codec: r.header.codec,
+                    cipher: store::Cipher::None,
                     raw_len: r.header.raw_len,
                     payload: r.payload.clone(),
                 })?;
@@ -418,6 +428,9 @@ pub fn restore_from_tape(
                 continue;
             }
             let mut on_record = |r: Record, _at: u64| -> Result<bool, TapeError> {
+                if progress.cancelled() {
+                    return Err(crate::EngineError::Cancelled.into());
+                }
                 if !pending.remove(&r.header.digest) {
                     return Ok(true);
                 }
@@ -448,6 +461,7 @@ pub fn restore_from_tape(
                             digest: r.header.digest,
                             kind: RecordKind::Data,
                             codec: r.header.codec,
+                            cipher: store::Cipher::None,
                             raw_len: r.header.raw_len,
                             payload: r.payload,
                         })?;
@@ -585,7 +599,7 @@ fn merge_extents(v: &mut Vec<DamagedExtent>) {
 }
 
 /// What `verify_tape` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyTapeReport {
     pub barcode: String,
     pub files: u64,
@@ -614,6 +628,9 @@ pub fn verify_tape(lib: &mut Library, barcode: &str, progress: &dyn Progress) ->
         for file in 0.. {
             let mut problems = Vec::new();
             let mut on_record = |r: Record, _at: u64| -> Result<bool, TapeError> {
+                if progress.cancelled() {
+                    return Err(crate::EngineError::Cancelled.into());
+                }
                 report.records += 1;
                 report.bytes += r.payload.len() as u64;
                 progress.advance(r.payload.len() as u64);
@@ -692,6 +709,9 @@ pub fn rebuild_catalog(
         .collect();
     progress.start("scan cartridges", barcodes.len() as u64);
     for (barcode, location) in barcodes {
+        if progress.cancelled() {
+            return Err(crate::EngineError::Cancelled.into());
+        }
         report.cartridges_scanned.push(barcode.clone());
         match scan_tape(lib, &barcode, location, &mut report) {
             Ok(Some(t)) => {

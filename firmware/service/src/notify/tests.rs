@@ -49,7 +49,7 @@ fn job_failed() -> Event {
         job: Some("nightly".into()),
         source: "web01".into(),
         task_id: 42,
-        task_kind: "backup".into(),
+        task_kind: crate::TaskKind::Backup,
         error_kind: FailureKind::Failed,
         message: "cannot open /vm/web01.raw: no such file\n.a line starting with a dot\nend".into(),
     }

@@ -27,14 +27,28 @@ fn backup_cmd(bin: &Path, img: &Path, store: &Path) -> Rv {
 
 #[test]
 fn kill_dash_nine_during_backups() {
+    crash_loop(false);
+}
+
+/// The same loop on an encrypted store: sealed records, keyed ids, the same durability.
+#[test]
+fn kill_dash_nine_during_backups_into_an_encrypted_store() {
+    crash_loop(true);
+}
+
+fn crash_loop(encrypted: bool) {
     let seed: u64 = match std::env::var("CRASH_SEED") {
         Ok(s) => s.parse().unwrap_or_else(|_| panic!("CRASH_SEED={s:?} is not a number")),
         Err(_) => 20_261_122,
     };
     let bin = rackvault_bin_fast();
     eprintln!("crash: seed {seed} (replay with CRASH_SEED={seed}), binary {}", bin.display());
-    let dir = scratch("crash");
+    let dir = scratch(if encrypted { "crash-enc" } else { "crash" });
     let d = dir.path();
+    if encrypted {
+        // Every command of this thread opens the store with its key; the first creates it.
+        Rv::thread_env("RACKVAULT_KEY_FILE", d.join("store.key"));
+    }
     let img = d.join("vm.raw");
     let store = d.join("store");
     let size = 96 * MIB;
@@ -48,7 +62,11 @@ fn kill_dash_nine_during_backups() {
     let mut restored: BTreeSet<u64> = BTreeSet::new();
 
     // A first, uninterrupted backup: creates the store and measures how long a run takes.
-    let first = backup_cmd(&bin, &img, &store).run().success();
+    let first = if encrypted {
+        backup_cmd(&bin, &img, &store).arg("--encrypt").run().success()
+    } else {
+        backup_cmd(&bin, &img, &store).run().success()
+    };
     let id = first.json()["id"].as_u64().expect("id");
     expected.insert(id, hash_file(&img));
     let mut window = first.elapsed;

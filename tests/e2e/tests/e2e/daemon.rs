@@ -1,6 +1,7 @@
 //! The daemon killed with `kill -9` while a backup task runs, at random moments, then
 //! restarted on the same data directory: the task reads `interrupted`, the store holds only
-//! complete restore points and verifies clean, and the next backup succeeds.
+//! complete restore points and verifies clean, and the next backup succeeds. And the clean
+//! stop: SIGTERM cancels the running task, the daemon exits 0, the task reads `cancelled`.
 //!
 //! The appliance is the real `rackvault serve --dev`, spoken to over HTTPS on loopback by a
 //! small blocking rustls client that trusts the certificate the daemon generated in its data
@@ -38,7 +39,11 @@ fn free_port() -> u16 {
 }
 
 pub(crate) fn start(data: &Path, log: &Path) -> Daemon {
-    let port = free_port();
+    start_on(data, log, free_port())
+}
+
+/// Starts a daemon listening on `port` (a restart keeps its address).
+pub(crate) fn start_on(data: &Path, log: &Path, port: u16) -> Daemon {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("daemon log");
     let child = Command::new(rackvault_bin())
         .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -239,5 +244,63 @@ fn kill_dash_nine_of_the_daemon_during_backups() {
     assert_eq!(t["state"], "succeeded", "{t}");
     assert_eq!(c.ok("GET", "/api/v1/points", None).as_array().unwrap().len(), 2);
     drop(daemon);
+    verify_clean(&data.join("store"));
+}
+
+/// SIGTERM while a backup runs: the daemon cancels the task, waits for it, stops the web
+/// server and exits 0 well within its shutdown timeout; after a restart the task reads
+/// `cancelled` (not `interrupted`) and no restore point was added.
+#[test]
+fn sigterm_cancels_the_running_tasks_and_exits_0_before_its_deadline() {
+    let dir = scratch("daemon-sigterm");
+    let data = dir.path().join("data");
+    let log = dir.path().join("daemon.log");
+    let mut d = start(&data, &log);
+    let mut c = Client::new(&data, d.port);
+    c.set_up(&data);
+    c.sign_in();
+    let src = c.ok("GET", "/api/v1/sources", None)[0].clone();
+    let id = src["id"].as_str().unwrap().to_string();
+    // 256 MiB at 4 MB/s: over a minute of reading, longer than the whole test may take.
+    let limited = json!({ "name": src["name"], "url": src["url"], "max_read_mbps": 4 });
+    c.ok("PUT", &format!("/api/v1/sources/{id}"), Some(&limited));
+    let t = c.ok("POST", "/api/v1/backups", Some(&json!({ "source": id })));
+    let task = t["id"].as_u64().unwrap();
+    wait_state(&c, task, Duration::from_secs(60), |t| t["bytes_done"].as_u64().unwrap_or(0) > 0);
+
+    let sent = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(d.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM to the daemon");
+    // The default --shutdown-timeout is 60 s; a cancelled backup stops in a second or two.
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(60),
+            "the daemon did not exit within 60 s of SIGTERM:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = sent.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "the daemon exited with {status} after SIGTERM:\n{text}");
+    assert!(took < Duration::from_secs(30), "the daemon took {took:?} to stop:\n{text}");
+    assert!(text.contains("shutting down: cancelling 1 task(s)"), "{text}");
+    assert!(text.contains("all tasks ended"), "{text}");
+    drop(d);
+
+    let d = start(&data, &log);
+    c.port = d.port;
+    c.sign_in();
+    let t = c.ok("GET", &format!("/api/v1/tasks/{task}"), None);
+    assert_eq!(t["state"], "cancelled", "after a clean stop the task reads cancelled: {t}");
+    assert_eq!(t["error_kind"], "cancelled", "{t}");
+    assert!(t["error"].as_str().unwrap_or("").contains("shutting down"), "{t}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("marked interrupted"), "no task was left interrupted:\n{text}");
+    assert_eq!(c.ok("GET", "/api/v1/points", None).as_array().unwrap().len(), 0, "a cancelled backup adds no point");
+    drop(d);
     verify_clean(&data.join("store"));
 }

@@ -75,13 +75,22 @@ impl TestServer {
     }
 
     pub async fn start_with(opts: service::ApplianceOptions) -> TestServer {
+        TestServer::start_configured(opts, |_| {}).await
+    }
+
+    /// A server whose configuration `tune` adjusts (limits, timeouts, a log sink).
+    pub async fn start_configured(
+        opts: service::ApplianceOptions,
+        tune: impl FnOnce(&mut webserver::ServerConfig),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let app = service::Appliance::open(dir.path(), opts).unwrap();
-        let cfg = webserver::ServerConfig {
+        let mut cfg = webserver::ServerConfig {
             https: "127.0.0.1:0".parse().unwrap(),
             http_redirect: Some("127.0.0.1:0".parse().unwrap()),
             ..Default::default()
         };
+        tune(&mut cfg);
         let server = webserver::Server::bind(app.clone(), cfg).await.unwrap();
         let https = server.https_addr();
         let http = server.http_addr().unwrap();
