@@ -15,16 +15,17 @@
 (function () {
   const API = '/api/v1';
   const ROLE_RANK = { metrics: 0, auditor: 1, operator: 2, admin: 3 };
-  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor', metrics: 'Metrics', replication: 'Replication' };
+  const ROLE_LABEL = { admin: 'Administrator', operator: 'Operator', auditor: 'Auditor', metrics: 'Metrics', replication: 'Replication', pull: 'Pull' };
   const ROLE_HELP = {
     admin: 'everything, including users, sources, jobs and certificates',
     operator: 'run backups, restores and verifications, cancel tasks',
     auditor: 'read-only: dashboards, tasks, logs and the audit log',
     metrics: 'only /metrics: for a Prometheus scraper',
     replication: 'only receiving replicated restore points from another appliance, into the namespace that is this token’s name (a-z, 0-9, -)',
+    pull: 'only handing this appliance’s own restore points to an offsite appliance that pulls them',
   };
   const ACTIVE_STATES = new Set(['queued', 'running']);
-  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge', gc: 'Garbage collection', maintenance: 'Maintenance', replicate: 'Replicate' };
+  const KIND_LABEL = { backup: 'Backup', restore: 'Restore', verify: 'Verify', destage: 'Destage to tape', 'tape-restore': 'Restore from tape', 'tape-verify': 'Verify cartridge', gc: 'Garbage collection', maintenance: 'Maintenance', replicate: 'Replicate', pull: 'Pull from remote' };
 
   const state = {
     setup: null, // GET /setup
@@ -1398,7 +1399,7 @@
     const editing = id != null;
     const [jobs, sources, tape] = await Promise.all([editing ? api('GET', '/jobs') : Promise.resolve([]), api('GET', '/sources'), tapeConfigured()]);
     const pools = tape ? (await api('GET', '/tape/pools')).map((p) => p.name) : [];
-    const remotes = await api('GET', '/remotes');
+    const remotes = (await api('GET', '/remotes')).filter((r) => !r.pull);
     if (!ctx.alive()) return;
     let job = { enabled: true, schedule: 'mon..fri 22:00' };
     if (editing) {
@@ -1420,7 +1421,7 @@
     const windowH = input('job-window', { type: 'number', min: 1, max: 168, value: job.window_hours != null ? String(job.window_hours) : '', disabled: ro, placeholder: 'none' });
     const retries = input('job-retries', { type: 'number', min: 0, max: 10, value: job.retries != null ? String(job.retries) : '', disabled: ro, placeholder: '0' });
     const destage = tape ? select('job-destage-pool', [{ value: '', label: 'No — keep on disk only' }].concat(pools.map((n) => ({ value: n, label: `Yes, to pool ${n}` }))), job.destage_pool || '', { disabled: ro }) : null;
-    const replicate = remotes.length ? select('job-replicate-to', [{ value: '', label: 'No' }].concat(remotes.map((x) => ({ value: x.id, label: `Yes, to ${x.name} (${x.url})` }))), job.replicate_to || '', { disabled: ro }) : null;
+    const replicate = remotes.length ? select('job-replicate-to', [{ value: '', label: 'No' }].concat(remotes.map((x) => ({ value: x.id, label: `Yes, to ${x.name} (${x.s3 ? `bucket ${x.s3.bucket}` : x.url})` }))), job.replicate_to || '', { disabled: ro }) : null;
     const enabled = h('input', { type: 'checkbox', id: 'job-enabled', disabled: ro });
     enabled.checked = !!job.enabled;
     const r = job.retention || {};
@@ -1498,7 +1499,7 @@
   // Restore points
 
   async function pagePoints(ctx) {
-    const [points, tape, remotes] = await Promise.all([api('GET', '/points'), tapeConfigured(), api('GET', '/remotes')]);
+    const [points, tape, remotes] = await Promise.all([api('GET', '/points'), tapeConfigured(), api('GET', '/remotes').then((l) => l.filter((r) => !r.pull))]);
     if (!ctx.alive()) return;
     if (!points.length) {
       ctx.content.appendChild(card(null, {}, emptyState('No restore points yet',
@@ -1532,7 +1533,7 @@
 
   // One restore point: its disks, configuration files, backup figures and copies on tape.
   async function pagePoint(ctx, spec) {
-    const [points, tape, remotes] = await Promise.all([api('GET', '/points'), tapeConfigured(), api('GET', '/remotes')]);
+    const [points, tape, remotes] = await Promise.all([api('GET', '/points'), tapeConfigured(), api('GET', '/remotes').then((l) => l.filter((r) => !r.pull))]);
     const copies = tape ? (await api('GET', '/tape/copies')).filter((c) => `${c.point.name}@${c.point.id}` === spec) : [];
     if (!ctx.alive()) return;
     const listed = points.find((x) => `${x.name}@${x.id}` === spec);
@@ -1989,7 +1990,7 @@
     if (!ctx.alive()) return;
     const secretBox = h('div', { id: 'token-secret-box' });
     const name = input('token-name', { required: true, autocomplete: 'off', placeholder: 'monitoring', maxlength: 64 });
-    const role = roleSelect('token-role', 'auditor', ['metrics', 'auditor', 'operator', 'admin', 'replication']);
+    const role = roleSelect('token-role', 'auditor', ['metrics', 'auditor', 'operator', 'admin', 'replication', 'pull']);
     const submit = h('button', { id: 'token-create', class: 'btn btn-primary', type: 'submit' }, 'Create token');
     const form = h('form', { id: 'token-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-2 tight' }, field('Name', name, 'What the token is for, e.g. the script or system that uses it.'), roleField('Role', role)),
@@ -2049,33 +2050,120 @@
     append(ctx.content, [secretBox, card('Tokens', {}, listBox), card('Create a token', {}, form)]);
   }
 
-  // Other appliances this one replicates to. Adding one pins its certificate: the admin reads
-  // the fingerprint it presents, compares it with the remote's own, and confirms.
+  // Other appliances and S3 buckets this one replicates to. Adding an appliance pins its
+  // certificate: the admin reads the fingerprint it presents, compares it with the remote's
+  // own, and confirms. A bucket's points can be listed and pulled back here to restore them.
   async function pageRemotes(ctx) {
     const remotes = await api('GET', '/remotes');
     if (!ctx.alive()) return;
     const listBox = h('div');
+    const pointsBox = h('div');
+    const trust = (r) => (r.kind === 's3'
+      ? h('code', null, `${r.s3.bucket}/${r.s3.prefix}/${r.namespace}`)
+      : h('code', { class: 'fingerprint', title: r.fingerprint }, `${r.fingerprint.slice(0, 23)}…`));
     const renderList = (list) => {
       clear(listBox).appendChild(list.length ? table([
         { label: 'Name', cell: (r) => r.name },
+        { label: 'Kind', cell: (r) => (r.kind === 's3' ? 'S3 bucket' : (r.pull ? `Pull from${r.schedule ? ` (${r.schedule})` : ''}` : 'Appliance')) },
         { label: 'Address', cell: (r) => h('code', null, r.url) },
-        { label: 'Namespace there', cell: (r) => h('code', null, r.namespace) },
-        { label: 'Certificate (SHA-256)', cell: (r) => h('code', { class: 'fingerprint', title: r.fingerprint }, `${r.fingerprint.slice(0, 23)}…`) },
+        { label: 'Where / certificate', cell: trust },
         { label: 'Limit', cell: (r) => (r.max_mbps ? `${r.max_mbps} MB/s` : 'none') },
-        { label: '', class: 'actions', cell: (r) => (can('admin') ? button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'remote-delete' }, (ev) => {
-          if (!window.confirm(`Forget the remote ${r.name}? What it received stays there.`)) return;
-          busy(ev.currentTarget, async () => {
-            await api('DELETE', `/remotes/${encodeURIComponent(r.id)}`);
-            notice(`Remote ${r.name} deleted.`);
-            renderList(await api('GET', '/remotes'));
-          });
-        }) : '') },
-      ], list, { id: 'remotes-table' }) : emptyState('No remote appliances', 'Replicate restore points offsite to another rackvault appliance.'));
+        { label: '', class: 'actions', cell: (r) => h('div', { class: 'row-actions' },
+          can('operator') ? button('Test', { class: 'btn btn-small', test: 'remote-test' }, (ev) => busy(ev.currentTarget, async () => {
+            const t = await api('POST', `/remotes/${encodeURIComponent(r.id)}/test`);
+            notice(t.message);
+          })) : null,
+          r.kind === 's3' || r.pull ? button('Points', { class: 'btn btn-small', test: 'remote-points' }, (ev) => busy(ev.currentTarget, async () => {
+            renderPoints(r, await api('GET', `/remotes/${encodeURIComponent(r.id)}/points`));
+          })) : null,
+          r.pull && can('operator') ? button('Pull new', { class: 'btn btn-small', test: 'remote-pull-new' }, (ev) => busy(ev.currentTarget, async () => {
+            const t = await api('POST', `/remotes/${encodeURIComponent(r.id)}/pull`);
+            notice(`Pulling every new point from ${r.name} (task ${t.id}).`);
+          })) : null,
+          can('admin') ? button('Delete', { class: 'btn btn-small btn-danger-quiet', test: 'remote-delete' }, (ev) => {
+            if (!window.confirm(`Forget the remote ${r.name}? What it received stays there.`)) return;
+            busy(ev.currentTarget, async () => {
+              await api('DELETE', `/remotes/${encodeURIComponent(r.id)}`);
+              notice(`Remote ${r.name} deleted.`);
+              renderList(await api('GET', '/remotes'));
+            });
+          }) : null) },
+      ], list, { id: 'remotes-table' }) : emptyState('No remotes', 'Replicate restore points offsite to another rackvault appliance or to an S3 bucket.'));
+    };
+    // The points a bucket holds: pull one back to restore it here.
+    const renderPoints = (r, points) => {
+      const body = points.length ? table([
+        { label: 'Point', cell: (p) => h('code', null, p.point) },
+        { label: 'Made', cell: (p) => fmtDate(p.created_unix) },
+        { label: 'Size', cell: (p) => fmtBytes(p.bytes_logical) },
+        { label: 'Locked until', cell: (p) => (p.locked_until_unix ? fmtDate(p.locked_until_unix) : 'not locked') },
+        { label: 'Here', class: 'actions', cell: (p) => (p.here
+          ? h('a', { href: `#/points/${encodeURIComponent(p.here)}` }, p.here)
+          : (can('operator') ? button('Pull to restore', { class: 'btn btn-small', test: 'remote-pull' }, (ev) => busy(ev.currentTarget, async () => {
+            const t = await api('POST', `/remotes/${encodeURIComponent(r.id)}/points/${encodeURIComponent(p.point)}/pull`);
+            notice(`Pulling ${p.point} from ${r.name} (task ${t.id}); when it is done, the point is listed under Restore points.`);
+          })) : '')) },
+      ], points, { id: 'remote-points-table' }) : emptyState('Nothing there yet', r.s3 ? `No restore point of this appliance is in ${r.s3.bucket} under ${r.s3.prefix}/${r.namespace}/.` : `${r.name} offers no restore point yet.`);
+      clear(pointsBox).appendChild(card(`Points in ${r.name}`, { id: 'remote-points-card' }, body));
     };
     renderList(remotes);
-    const parts = [card('Remotes', {}, listBox)];
-    if (can('admin')) parts.push(card('Add a remote appliance', {}, remoteForm(renderList)));
+    const parts = [card('Remotes', {}, listBox), pointsBox];
+    if (can('admin')) {
+      parts.push(card('Add a remote appliance', {}, remoteForm(renderList)));
+      parts.push(card('Add an S3 bucket', {}, s3RemoteForm(renderList)));
+    }
     append(ctx.content, parts);
+  }
+
+  // An S3 bucket as a remote: packs go there as objects, encrypted when the store is; with
+  // object lock, points stay undeletable for their immutability window.
+  function s3RemoteForm(renderList) {
+    const url = input('s3-endpoint', { required: true, placeholder: 'https://s3.example.com', class: 'input mono' });
+    const bucket = input('s3-bucket', { required: true, placeholder: 'backups', class: 'input mono', maxlength: 63 });
+    const region = input('s3-region', { placeholder: 'us-east-1', class: 'input mono' });
+    const prefix = input('s3-prefix', { placeholder: 'rackvault', class: 'input mono' });
+    const access = input('s3-access-key', { required: true, autocomplete: 'off', class: 'input mono' });
+    const secret = input('s3-secret-key', { required: true, type: 'password', autocomplete: 'off', class: 'input mono' });
+    const name = input('s3-name', { required: true, placeholder: 'cloud', maxlength: 64 });
+    const namespace = input('s3-namespace', { required: true, placeholder: 'site-a', class: 'input mono', maxlength: 32 });
+    const lockMode = select('s3-lock', [{ value: '', label: 'No object lock' }, { value: 'governance', label: 'Governance' }, { value: 'compliance', label: 'Compliance' }], '');
+    const keep = input('s3-keep-last', { type: 'number', min: 1, placeholder: 'empty: keep all' });
+    const submit = h('button', { id: 's3-submit', class: 'btn btn-primary', type: 'submit' }, 'Add bucket');
+    const form = h('form', { id: 's3-form', class: 'form', novalidate: true },
+      h('div', { class: 'grid-2 tight' },
+        field('Endpoint', url, 'https://host[:port] of the S3 service.'),
+        field('Bucket', bucket)),
+      h('div', { class: 'grid-2 tight' },
+        field('Region', region, 'Empty: us-east-1.'),
+        field('Prefix', prefix, 'Empty: rackvault.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Access key', access),
+        field('Secret key', secret, 'Stored sealed, never shown again.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Name', name, 'How this appliance calls it.'),
+        field('Namespace', namespace, 'This appliance’s folder in the bucket; give the same one on a new appliance to restore from it.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Object lock', lockMode, 'For points with an immutability window: the bucket itself refuses deleting them before it ends (the bucket needs object lock on).'),
+        field('Keep in the bucket', keep, 'The newest this many points of each name; older ones are deleted after each push once their lock ends.')),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!url.value.trim() || !bucket.value.trim() || !access.value.trim() || !secret.value) return showBanner('error', 'Enter the endpoint, the bucket, the access key and the secret key.');
+      if (!name.value.trim() || !namespace.value.trim()) return showBanner('error', 'Enter a name and the namespace.');
+      await busy(submit, async () => {
+        const s3 = { bucket: bucket.value.trim(), access_key: access.value.trim(), secret_key: secret.value };
+        if (region.value.trim()) s3.region = region.value.trim();
+        if (prefix.value.trim()) s3.prefix = prefix.value.trim();
+        if (lockMode.value) s3.lock = lockMode.value;
+        if (keep.value) s3.keep_last = Number(keep.value);
+        const body = { name: name.value.trim(), url: url.value.trim(), namespace: namespace.value.trim(), s3 };
+        await api('POST', '/remotes', body);
+        notice(`Bucket ${s3.bucket} added as remote ${body.name}.`);
+        secret.value = '';
+        renderList(await api('GET', '/remotes'));
+      });
+    });
+    return form;
   }
 
   function remoteForm(renderList) {
@@ -2091,6 +2179,8 @@
     const namespace = input('remote-namespace', { required: true, placeholder: 'site-a', class: 'input mono', maxlength: 32 });
     const token = input('remote-token', { required: true, type: 'password', autocomplete: 'off', class: 'input mono' });
     const mbps = input('remote-max-mbps', { type: 'number', min: 1, placeholder: 'empty: no limit' });
+    const direction = select('remote-direction', [{ value: 'push', label: 'Push: this appliance sends its points there' }, { value: 'pull', label: 'Pull: this appliance fetches that one’s points' }], 'push');
+    const schedule = input('remote-schedule', { placeholder: 'e.g. 03:00 (empty: by hand)', class: 'input mono' });
     const submit = h('button', { id: 'remote-submit', class: 'btn btn-primary', type: 'submit' }, 'Add remote');
     const form = h('form', { id: 'remote-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-2 tight' },
@@ -2099,20 +2189,27 @@
       field('Certificate fingerprint (SHA-256)', fingerprint, 'Compare it with the fingerprint the remote printed at its first start or shows in its settings. It is pinned: a remote presenting another certificate is refused.'),
       h('label', { class: 'check' }, confirmBox, ' I compared this fingerprint with the remote’s own'),
       h('div', { class: 'grid-2 tight' },
-        field('Name', name, 'How this appliance calls it.'),
-        field('Namespace there', namespace, 'The name of the replication token made on the remote; points arrive there as <namespace>.<name>.')),
+        field('Direction', direction, 'Pull keeps the offsite copies out of reach of the source: it holds no credential to this appliance.'),
+        field('Pull schedule', schedule, 'Pull only: when to fetch every point not here yet, as a job’s schedule.')),
       h('div', { class: 'grid-2 tight' },
-        field('Replication token', token, 'Made on the remote under API tokens with the role Replication. Stored sealed, never shown again.'),
+        field('Name', name, 'How this appliance calls it.'),
+        field('Namespace', namespace, 'Push: the name of the replication token made on the remote; points arrive there as <namespace>.<name>. Pull: points arrive here as <namespace>.<name>.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Token', token, 'Made on the remote under API tokens: role Replication to push there, role Pull to pull from it. Stored sealed, never shown again.'),
         field('Bandwidth limit (MB/s)', mbps)),
       h('div', { class: 'form-actions' }, submit));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       if (!url.value.trim() || !fingerprint.value.trim()) return showBanner('error', 'Enter the address and read its certificate fingerprint.');
       if (!confirmBox.checked) return showBanner('error', 'Compare the fingerprint with the remote’s own and tick the box to confirm it.');
-      if (!name.value.trim() || !namespace.value.trim() || !token.value) return showBanner('error', 'Enter a name, the namespace and the replication token.');
+      if (!name.value.trim() || !namespace.value.trim() || !token.value) return showBanner('error', 'Enter a name, the namespace and the token.');
       await busy(submit, async () => {
         const body = { name: name.value.trim(), url: url.value.trim(), fingerprint: fingerprint.value.trim(), namespace: namespace.value.trim(), token: token.value };
         if (mbps.value) body.max_mbps = Number(mbps.value);
+        if (direction.value === 'pull') {
+          body.pull = true;
+          if (schedule.value.trim()) body.schedule = schedule.value.trim();
+        }
         await api('POST', '/remotes', body);
         notice(`Remote ${body.name} added; its certificate is pinned.`);
         token.value = '';

@@ -1,6 +1,6 @@
 //! Replication from one store to another in this process: what the exchange sends, how it
 //! resumes after a cut link, and what a receiver refuses. The same exchange over HTTPS
-//! between two daemons is tested in tests/e2e.
+//! between two daemons is tested in tests/e2e; with a real S3 server, in `replicate/bucket.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,6 +8,10 @@ use blocksource::mem::MemSource;
 use engine::replicate::{self, ReplicaTarget, ReplicateError, ReplicateOptions, StoreTarget};
 use engine::{BackupOptions, NoProgress, Progress, RestoreFormat, RestoreOptions};
 use store::{Digest, EncodedChunk, PointOrigin, RecordKind, RestorePoint, Store, StoreOptions};
+
+/// The same exchange with an S3 bucket.
+#[path = "replicate/bucket.rs"]
+mod bucket;
 
 const CHUNK: u32 = 64 << 10;
 
@@ -48,8 +52,19 @@ fn open(dir: &std::path::Path) -> Store {
 }
 
 fn backup(store: &Store, name: &str, img: &[u8]) -> (RestorePoint, u64) {
+    backup_with(store, name, img, None)
+}
+
+/// A backup immutable for `immutable_for_s`.
+fn backup_with(store: &Store, name: &str, img: &[u8], immutable_for_s: Option<u64>) -> (RestorePoint, u64) {
     let src = MemSource::new(name, img.to_vec());
-    let opts = BackupOptions { chunk_size: CHUNK, zstd_level: Some(1), threads: 2, ..BackupOptions::new(name) };
+    let opts = BackupOptions {
+        chunk_size: CHUNK,
+        zstd_level: Some(1),
+        threads: 2,
+        immutable_for_s,
+        ..BackupOptions::new(name)
+    };
     let r = engine::backup(store, &src, &opts, &NoProgress).unwrap();
     let p = store.find(&format!("{}@{}", r.name, r.id)).unwrap();
     (p, r.bytes_written)

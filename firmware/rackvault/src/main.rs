@@ -6,6 +6,7 @@
 mod demo;
 mod key_cmd;
 mod progress;
+mod s3_cmd;
 mod serve_cmd;
 mod store_cmd;
 mod tape_cmd;
@@ -151,29 +152,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send a restore point to another appliance (offsite replication, push): only what it
-    /// lacks travels; running it again after a cut or a crash sends only what is missing.
+    /// Send a restore point offsite (replication, push): to another appliance
+    /// (https://HOST:PORT) or to an S3 bucket (s3://BUCKET[/PREFIX]). Only what the other
+    /// side lacks travels; running it again after a cut or a crash sends only what is missing.
     Replicate {
         /// NAME or NAME@ID.
         point: String,
         #[arg(long)]
         store: PathBuf,
-        /// The receiving appliance: https://HOST:PORT.
+        /// The receiving appliance (https://HOST:PORT) or bucket (s3://BUCKET[/PREFIX]).
         #[arg(long)]
         to: String,
-        /// Its certificate's SHA-256 fingerprint (read it with `rackvault remote-fingerprint`
-        /// and compare it with the one the appliance shows).
+        /// An appliance's certificate SHA-256 fingerprint (read it with `rackvault
+        /// remote-fingerprint` and compare it with the one the appliance shows).
         #[arg(long)]
-        fingerprint: String,
-        /// A file holding the replication token made on the receiver.
+        fingerprint: Option<String>,
+        /// A file holding the replication token made on the receiving appliance.
         #[arg(long)]
-        token_file: PathBuf,
-        /// The token's name on the receiver: the namespace the point arrives in.
+        token_file: Option<PathBuf>,
+        /// On an appliance, the token's name: the namespace the point arrives in; in a bucket,
+        /// the folder this store's points go in under the prefix.
         #[arg(long)]
         namespace: String,
         /// Send at most this many MB/s.
         #[arg(long)]
         max_mbps: Option<u32>,
+        #[command(flatten)]
+        s3: s3_cmd::S3Args,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the points an S3 bucket holds, or fetch one into a store (checked record by
+    /// record) to restore it: after the local copy is gone, or on a new appliance after a
+    /// disaster (give the lost store's recovery key with --key-file).
+    Pull {
+        /// NAME or NAME@ID as the source named it; left out: list the bucket's points.
+        point: Option<String>,
+        /// The bucket: s3://BUCKET[/PREFIX].
+        #[arg(long)]
+        from: String,
+        /// The namespace the points were replicated under.
+        #[arg(long)]
+        namespace: String,
+        /// The store to fetch into (created if missing, encrypted when --key-file is given).
+        #[arg(long, required_unless_present = "list")]
+        store: Option<PathBuf>,
+        /// Only list the bucket's points.
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        s3: s3_cmd::S3Args,
         #[arg(long)]
         json: bool,
     },
@@ -342,7 +370,7 @@ fn default_name(source: &str) -> String {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
@@ -525,9 +553,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, json } => {
+        Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, s3, json } => {
             let store = open_store(&store, false)?;
             let p = store.find(&point)?;
+            if to.starts_with("s3://") {
+                let to = s3_cmd::Remote { url: &to, namespace: &namespace, args: &s3 };
+                s3_cmd::replicate(&store, &p, &to, max_mbps, interactive, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (Some(fingerprint), Some(token_file)) = (fingerprint, token_file) else {
+                anyhow::bail!("replicating to an appliance needs --fingerprint and --token-file");
+            };
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("reading the token from {}", token_file.display()))?;
             let client = pinhttp::Client::new(&to, &fingerprint, Some(token.trim().to_string()))?;
@@ -554,6 +590,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.seconds
                 );
             }
+        }
+        Command::Pull { point, from, namespace, store, list, s3, json } => {
+            let store = match (&store, list) {
+                (Some(dir), false) => Some(open_store(dir, true)?),
+                _ => None,
+            };
+            let point = if list { None } else { point.as_deref() };
+            if !list && point.is_none() {
+                anyhow::bail!("name the point to pull (NAME or NAME@ID), or give --list");
+            }
+            let from = s3_cmd::Remote { url: &from, namespace: &namespace, args: &s3 };
+            s3_cmd::pull(store.as_ref(), point, &from, interactive, json)?;
         }
         Command::RemoteFingerprint { url } => {
             println!("{}", pinhttp::fetch_fingerprint(&url, std::time::Duration::from_secs(10))?);

@@ -62,10 +62,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let source_roots =
         if args.source_roots.is_empty() { vec![PathBuf::from("/srv")] } else { args.source_roots.clone() };
+    // The one runtime: the web server runs on it, and S3 remotes are reached through it.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let opts = service::ApplianceOptions {
         dev: args.dev,
         source_roots: Some(source_roots),
         encrypt_store: args.encrypt_store,
+        runtime: Some(rt.handle().clone()),
         ..Default::default()
     };
     let app = service::Appliance::open(&args.data_dir, opts)
@@ -106,7 +109,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let grace = Duration::from_secs(args.shutdown_timeout);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let served = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -143,3 +143,31 @@ impl S3Config {
         self.endpoint.trim_end_matches('/')
     }
 }
+
+/// Whether `endpoint`'s host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`): the
+/// only place callers allow plain `http://` (a test server, or a gateway on this machine).
+pub fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map(|(_, r)| r).unwrap_or(endpoint);
+    let auth = rest.split('/').next().unwrap_or("");
+    let host = match auth.strip_prefix('[') {
+        Some(h) => h.split(']').next().unwrap_or(h),
+        None => auth.rsplit_once(':').map(|(h, _)| h).unwrap_or(auth),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_endpoint;
+
+    #[test]
+    fn only_loopback_hosts_count_as_loopback_endpoints() {
+        for yes in ["http://127.0.0.1:8333", "http://localhost", "http://[::1]:9000/", "http://127.9.9.9"] {
+            assert!(is_loopback_endpoint(yes), "{yes}");
+        }
+        for no in ["http://10.0.0.1:8333", "http://s3.example.com", "http://[fe80::1]:80", "http://127.0.0.1.evil.com"]
+        {
+            assert!(!is_loopback_endpoint(no), "{no}");
+        }
+    }
+}

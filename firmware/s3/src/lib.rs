@@ -65,6 +65,6 @@ mod xml;
 
 pub use blocking::BlockingS3;
 pub use client::{validate_key, ListPage, LockMode, ObjectInfo, PutOutcome, Retention, S3Client};
-pub use config::{S3Config, Secret, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+pub use config::{is_loopback_endpoint, S3Config, Secret, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 pub use error::{ErrorKind, S3Error};
 pub use retry::RetryPolicy;

@@ -18,40 +18,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use s3::{BlockingS3, ErrorKind, LockMode, Retention, RetryPolicy, S3Client, S3Config, S3Error, Secret};
 
-struct Env {
-    endpoint: String,
-    region: String,
-    access: String,
-    secret: String,
-    ro_access: String,
-    ro_secret: String,
-}
+use testkit::peers::{unique_bucket, S3Env as Env};
 
 fn env() -> Option<Env> {
-    let get = |k: &str| std::env::var(k).ok();
-    let e = (|| {
-        Some(Env {
-            endpoint: get("RV_S3_ENDPOINT")?,
-            region: get("RV_S3_REGION")?,
-            access: get("RV_S3_ACCESS_KEY")?,
-            secret: get("RV_S3_SECRET_KEY")?,
-            ro_access: get("RV_S3_RO_ACCESS_KEY")?,
-            ro_secret: get("RV_S3_RO_SECRET_KEY")?,
-        })
-    })();
-    if e.is_none() {
-        if std::env::var("RACKVAULT_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!("RV_S3_* variables missing but RACKVAULT_REQUIRE_PEERS=1: start tests/peers/start-s3.sh and source its env file");
-        }
-        eprintln!("skipped: SeaweedFS S3 not running (tests/peers/start-s3.sh)");
-    }
-    e
-}
-
-/// A bucket name no other test or run uses.
-fn unique_bucket(test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("rv-{test}-{}-{nanos}", std::process::id())
+    testkit::peers::s3()
 }
 
 fn fast_retries(max_attempts: u32) -> RetryPolicy {

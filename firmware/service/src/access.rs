@@ -208,12 +208,14 @@ impl Appliance {
     }
 }
 
-/// The replication role is for tokens only: a person signs in to do more than deliver points.
+/// The replication and pull roles are for tokens only: a person signs in to do more than
+/// deliver or hand out points.
 fn refuse_replication_user(role: Role) -> Result<(), ServiceError> {
-    if role == Role::Replication {
-        return Err(ServiceError::Invalid(
-            "the replication role is for API tokens only; create a token with it for the sending appliance".into(),
-        ));
+    if matches!(role, Role::Replication | Role::Pull) {
+        return Err(ServiceError::Invalid(format!(
+            "the {} role is for API tokens only; create a token with it for the other appliance",
+            role.as_str()
+        )));
     }
     Ok(())
 }

@@ -42,7 +42,9 @@ mod metrics;
 pub mod notify;
 mod operations;
 mod points;
+mod pull;
 mod replication;
+mod replication_s3;
 mod results;
 pub mod schedule;
 mod scheduler;
@@ -67,7 +69,9 @@ pub use error::{ServiceError, ServiceErrorKind};
 pub use lifecycle::{CapacityInfo, GcRequest, PinRequest, PointInfo, PruneRequest};
 pub use notify::{ChannelOutcome, Event, NotificationsInfo, NotificationsInput};
 pub use operations::RestoreRequest;
+pub use pull::RemotePointInfo;
 pub use replication::{RemoteConfig, RemoteInfo, RemoteInput};
+pub use replication_s3::{S3RemoteConfig, S3RemoteInfo, S3RemoteInput};
 
 /// The bodies of the replication routes, as the receiving web server reads them (the web
 /// reaches the engine only through this crate).
@@ -77,8 +81,8 @@ pub mod replica_wire {
 }
 pub use points::{Alert, Dashboard, Usage, UsageSample};
 pub use results::{
-    BackupResult, DriveMediaState, RecordedResult, ReplicateResult, RestoreResult, SettingsView, TapeElement,
-    TapeInventory, TapeLoaded, TapeRestoreResult, TapeUnloaded, TaskResult, UpkeepResult,
+    BackupResult, DriveMediaState, PullResult, RecordedResult, ReplicateResult, RestoreResult, SettingsView,
+    TapeElement, TapeInventory, TapeLoaded, TapeRestoreResult, TapeUnloaded, TaskResult, UpkeepResult,
 };
 pub use schedule::CalendarEvent;
 pub use settings::SettingsInput;
@@ -104,6 +108,9 @@ pub enum Role {
     /// Only for API tokens: may deliver replicated restore points into one namespace, the
     /// token's name, and do nothing else (not even read `/metrics`).
     Replication,
+    /// Only for API tokens: may list this appliance's own restore points and read their
+    /// records, for an offsite appliance that pulls them, and do nothing else.
+    Pull,
 }
 
 impl Role {
@@ -112,7 +119,7 @@ impl Role {
             Role::Admin => 3,
             Role::Operator => 2,
             Role::Auditor => 1,
-            Role::Metrics | Role::Replication => 0,
+            Role::Metrics | Role::Replication | Role::Pull => 0,
         }
     }
 
@@ -123,13 +130,14 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Metrics => "metrics",
             Role::Replication => "replication",
+            Role::Pull => "pull",
         }
     }
 
     /// Whether this role may do what `needed` may do.
     pub fn allows(self, needed: Role) -> bool {
-        if self == Role::Replication {
-            return needed == Role::Replication;
+        if matches!(self, Role::Replication | Role::Pull) {
+            return needed == self;
         }
         self.rank() >= needed.rank()
     }
@@ -141,8 +149,9 @@ impl Role {
             "auditor" => Ok(Role::Auditor),
             "metrics" => Ok(Role::Metrics),
             "replication" => Ok(Role::Replication),
+            "pull" => Ok(Role::Pull),
             _ => Err(ServiceError::Invalid(format!(
-                "role {s:?}: use admin, operator, auditor, metrics or (for tokens) replication"
+                "role {s:?}: use admin, operator, auditor, metrics or (for tokens) replication or pull"
             ))),
         }
     }
@@ -236,6 +245,9 @@ pub struct ApplianceOptions {
     /// Create the staging store encrypted when the data directory holds none yet (see
     /// `store_key`). An existing store opens as it is.
     pub encrypt_store: bool,
+    /// The daemon's tokio runtime, lent to the S3 client (which is async) for S3 remotes;
+    /// without it they are refused. Only the binary makes runtimes.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The appliance.
@@ -277,6 +289,11 @@ pub struct Appliance {
     me: std::sync::Weak<Appliance>,
     /// Webhook and e-mail notifications (`notify.rs`).
     notifier: notify::Notifier,
+    /// The runtime S3 remotes are reached on (see [`ApplianceOptions::runtime`]).
+    runtime: Option<tokio::runtime::Handle>,
+    /// One lock per remote: a push, a pull or a bucket GC holds it for its run
+    /// (`replication_s3`).
+    remote_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -399,6 +416,8 @@ impl Appliance {
             tape_catalog,
             env,
             notifier: notify_new(me.clone()),
+            runtime: opts.runtime.clone(),
+            remote_locks: Mutex::default(),
         })
         .with_notifications(&interrupted))
     }

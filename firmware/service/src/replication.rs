@@ -1,5 +1,6 @@
 //! Offsite replication to another appliance (push): remotes, replication tasks, and the
-//! receiving side.
+//! receiving side. A remote may be an S3 bucket instead: its settings, pushes and pulls are in
+//! `replication_s3`.
 //!
 //! ## Trust
 //! - A *remote* is another appliance: its `https://host:port`, the SHA-256 fingerprint of
@@ -23,6 +24,7 @@ use engine::replicate::wire::FindAnswer;
 use engine::replicate::{self, Delivered, ReplicaTarget, ReplicateError, ReplicateOptions, StoreTarget};
 use store::{PointOrigin, RestorePoint};
 
+use crate::replication_s3::{self, S3RemoteConfig, S3RemoteInfo, S3RemoteInput};
 use crate::tasks::{self, Live, TaskError, TaskKind};
 use crate::{
     lock, new_id, now_unix, plain_name, Appliance, Principal, ReplicateResult, Role, ServiceError, TaskInfo, TaskResult,
@@ -33,11 +35,13 @@ use crate::{
 pub struct RemoteConfig {
     pub id: String,
     pub name: String,
-    /// `https://host:port`.
+    /// `https://host:port` of an appliance, or an S3 endpoint.
     pub url: String,
-    /// The pinned SHA-256 fingerprint of its certificate.
+    /// The pinned SHA-256 fingerprint of an appliance's certificate (empty for S3).
+    #[serde(default)]
     pub fingerprint: String,
-    /// The replication token made on the remote, sealed.
+    /// The replication token made on the appliance, sealed (empty for S3).
+    #[serde(default)]
     pub token: String,
     /// The namespace this appliance delivers into there: the token's name on the remote.
     pub namespace: String,
@@ -45,6 +49,17 @@ pub struct RemoteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mbps: Option<u32>,
     pub created_unix: u64,
+    /// Set for an S3 bucket (then this is no appliance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3RemoteConfig>,
+    /// An appliance this one pulls from (with a token of the role `pull` made there), rather
+    /// than pushes to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pull: bool,
+    /// When to pull every point not here yet (a calendar event, as a job's schedule); pull
+    /// remotes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// A remote as the API shows it (never its token).
@@ -52,11 +67,20 @@ pub struct RemoteConfig {
 pub struct RemoteInfo {
     pub id: String,
     pub name: String,
+    /// "appliance" or "s3".
+    pub kind: String,
     pub url: String,
+    /// An appliance's pinned certificate fingerprint (empty for S3).
     pub fingerprint: String,
     pub namespace: String,
     pub max_mbps: Option<u32>,
     pub created_unix: u64,
+    /// An S3 remote's settings (never its secret key).
+    pub s3: Option<S3RemoteInfo>,
+    /// An appliance this one pulls from.
+    pub pull: bool,
+    /// A pull remote's schedule.
+    pub schedule: Option<String>,
 }
 
 /// A remote as the API receives it.
@@ -64,27 +88,44 @@ pub struct RemoteInfo {
 #[serde(deny_unknown_fields)]
 pub struct RemoteInput {
     pub name: String,
+    /// An appliance's `https://host:port`, or an S3 endpoint.
     pub url: String,
-    /// The fingerprint the admin confirmed.
+    /// The fingerprint the admin confirmed (an appliance only).
+    #[serde(default)]
     pub fingerprint: String,
-    /// The replication token; left out on an edit, the old one is kept.
+    /// The replication token (an appliance only); left out on an edit, the old one is kept.
     #[serde(default)]
     pub token: Option<String>,
-    /// The token's name on the remote.
+    /// The token's name on the remote appliance; for S3, the folder this appliance's points
+    /// go in under the prefix.
     pub namespace: String,
     #[serde(default)]
     pub max_mbps: Option<u32>,
+    /// Set for an S3 bucket.
+    #[serde(default)]
+    pub s3: Option<S3RemoteInput>,
+    /// An appliance to pull from: `token` is a token of the role `pull` made there, and
+    /// `namespace` names the points here (`<namespace>.<name>`).
+    #[serde(default)]
+    pub pull: bool,
+    /// A pull remote's schedule (as a job's); left out: pulls start by hand.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 fn info(r: &RemoteConfig) -> RemoteInfo {
     RemoteInfo {
         id: r.id.clone(),
         name: r.name.clone(),
+        kind: if r.s3.is_some() { "s3".into() } else { "appliance".into() },
         url: r.url.clone(),
         fingerprint: r.fingerprint.clone(),
         namespace: r.namespace.clone(),
         max_mbps: r.max_mbps,
         created_unix: r.created_unix,
+        s3: r.s3.as_ref().map(replication_s3::info),
+        pull: r.pull,
+        schedule: r.schedule.clone(),
     }
 }
 
@@ -127,13 +168,33 @@ impl Appliance {
     ) -> Result<RemoteInfo, ServiceError> {
         actor.require(Role::Admin)?;
         plain_name(&input.name, "remote name")?;
-        pinhttp::parse_base(&input.url).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        let fingerprint = pinhttp::normalize_fingerprint(&input.fingerprint).ok_or_else(|| {
-            ServiceError::Invalid(format!(
-                "{:?} is not a SHA-256 fingerprint: paste the 32 hex bytes the remote shows",
-                input.fingerprint
-            ))
-        })?;
+        if input.s3.is_some() && input.pull {
+            return Err(ServiceError::Invalid(
+                "an S3 remote is pushed to and pulled from alike; leave out pull".into(),
+            ));
+        }
+        let schedule = input.schedule.filter(|s| !s.trim().is_empty());
+        if let Some(s) = &schedule {
+            if !input.pull {
+                return Err(ServiceError::Invalid(
+                    "only a pull remote has a schedule of its own; a job's replicate_to replicates after its backups"
+                        .into(),
+                ));
+            }
+            crate::schedule::CalendarEvent::parse(s)
+                .map_err(|e| ServiceError::Invalid(format!("schedule {s:?}: {e}")))?;
+        }
+        let fingerprint = if input.s3.is_some() {
+            String::new()
+        } else {
+            pinhttp::parse_base(&input.url).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            pinhttp::normalize_fingerprint(&input.fingerprint).ok_or_else(|| {
+                ServiceError::Invalid(format!(
+                    "{:?} is not a SHA-256 fingerprint: paste the 32 hex bytes the remote shows",
+                    input.fingerprint
+                ))
+            })?
+        };
         replicate::validate_namespace(&input.namespace).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         if input.max_mbps == Some(0) {
             return Err(ServiceError::Invalid(
@@ -153,10 +214,21 @@ impl Appliance {
             return Err(ServiceError::Conflict(format!("a remote named {} already exists", input.name)));
         }
         let old = existing.map(|i| c.remotes[i].clone());
+        let url = input.url.trim().trim_end_matches('/').to_string();
+        let s3 = match input.s3 {
+            Some(s3) => Some(replication_s3::check_input(self, &url, s3, old.as_ref().and_then(|o| o.s3.as_ref()))?),
+            None => None,
+        };
         let token = match (input.token.filter(|t| !t.is_empty()), &old) {
+            _ if s3.is_some() => String::new(),
             (Some(t), _) => self.sealer.seal(&t),
-            (None, Some(o)) => o.token.clone(),
-            (None, None) => {
+            (None, Some(o)) if o.s3.is_none() => o.token.clone(),
+            (None, _) if input.pull => {
+                return Err(ServiceError::Invalid(
+                    "give the pull token: create it on the appliance to pull from (Tokens, role pull)".into(),
+                ))
+            }
+            (None, _) => {
                 return Err(ServiceError::Invalid(
                     "give the replication token: create it on the remote (Tokens, role replication, named as the namespace)"
                         .into(),
@@ -166,12 +238,15 @@ impl Appliance {
         let remote = RemoteConfig {
             id: old.as_ref().map(|o| o.id.clone()).unwrap_or_else(new_id),
             name: input.name,
-            url: input.url.trim_end_matches('/').to_string(),
+            url,
             fingerprint,
             token,
             namespace: input.namespace,
             max_mbps: input.max_mbps,
             created_unix: old.as_ref().map(|o| o.created_unix).unwrap_or_else(now_unix),
+            s3,
+            pull: input.pull,
+            schedule,
         };
         let mut next = c.clone();
         match existing {
@@ -184,7 +259,12 @@ impl Appliance {
         self.audit(
             actor,
             if existing.is_some() { "edit remote" } else { "add remote" },
-            &format!("{} {} (certificate {})", remote.name, remote.url, remote.fingerprint),
+            &match &remote.s3 {
+                Some(c) => {
+                    format!("{} {} (S3 bucket {}, access key {})", remote.name, remote.url, c.bucket, c.access_key)
+                }
+                None => format!("{} {} (certificate {})", remote.name, remote.url, remote.fingerprint),
+            },
         );
         Ok(info(&remote))
     }
@@ -218,7 +298,7 @@ impl Appliance {
         self.remote(id_or_name).map(|r| r.id)
     }
 
-    fn remote(&self, id: &str) -> Result<RemoteConfig, ServiceError> {
+    pub(crate) fn remote(&self, id: &str) -> Result<RemoteConfig, ServiceError> {
         lock(&self.config)
             .remotes
             .iter()
@@ -238,9 +318,20 @@ impl Appliance {
     pub(crate) fn replication_task(&self, user: &str, spec: &str, remote: &str) -> Result<TaskInfo, ServiceError> {
         let point = self.store.find(spec)?;
         let r = self.remote(remote)?;
+        let subject = format!("{} to {}", point.spec(), r.name);
+        if r.pull {
+            return Err(ServiceError::Invalid(format!(
+                "remote {} is an appliance this one pulls from; it fetches nothing from here",
+                r.name
+            )));
+        }
+        if let Some(c) = r.s3.clone() {
+            let host = crate::source_host(&r.url);
+            let job = self.s3_replication_job(point, r, c)?;
+            return self.tasks.spawn(TaskKind::Replicate, &subject, user, (&host, "replication"), job);
+        }
         let token = self.sealer.open_sealed(&r.token)?;
         let store = self.store.clone();
-        let subject = format!("{} to {}", point.spec(), r.name);
         let host = pinhttp::parse_base(&r.url).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let job: tasks::Job = Box::new(move |live: &Live| {
             let client = pinhttp::Client::new(&r.url, &r.fingerprint, Some(token))
@@ -266,7 +357,7 @@ impl Appliance {
                     report.chunks_offered
                 ));
             }
-            Ok(TaskResult::Replicate(ReplicateResult { report, remote: r.name.clone() }))
+            Ok(TaskResult::Replicate(ReplicateResult { report, remote: r.name.clone(), pruned: Vec::new(), gc: None }))
         });
         self.tasks.spawn(TaskKind::Replicate, &subject, user, (&host, "replication"), job)
     }

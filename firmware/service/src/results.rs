@@ -37,8 +37,10 @@ pub enum TaskResult {
     TapeVerify(engine::tape::VerifyTapeReport),
     /// A garbage collection (`gc`) or the scheduled maintenance (`maintenance`).
     Upkeep(UpkeepResult),
-    /// A replication to another appliance (`replicate`).
+    /// A replication to another appliance or a bucket (`replicate`).
     Replicate(ReplicateResult),
+    /// A point pulled from a remote (`pull`).
+    Pull(PullResult),
     /// A result recorded in a form this version does not read, kept as it was recorded.
     Recorded(RecordedResult),
 }
@@ -62,6 +64,7 @@ impl TaskResult {
             TaskKind::TapeVerify => typed(&v, TaskResult::TapeVerify),
             TaskKind::Gc | TaskKind::Maintenance => typed(&v, TaskResult::Upkeep),
             TaskKind::Replicate => typed(&v, TaskResult::Replicate),
+            TaskKind::Pull => typed(&v, TaskResult::Pull),
         };
         r.unwrap_or(TaskResult::Recorded(RecordedResult(v)))
     }
@@ -115,6 +118,25 @@ pub struct ReplicateResult {
     pub report: engine::replicate::ReplicateReport,
     /// The remote's name.
     pub remote: String,
+    /// Points deleted from a bucket by the remote's retention (`keep_last`) after the push.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+    /// The bucket's garbage collection after the push (S3 remotes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<engine::replicate::s3::S3GcReport>,
+}
+
+/// What a pull from a remote did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullResult {
+    #[serde(flatten)]
+    pub report: engine::replicate::pull::PullReport,
+    /// The remote's name.
+    pub remote: String,
+    /// The points now here, as they are named here (one for a pull of one point; every new
+    /// point for a scheduled pull).
+    #[serde(default)]
+    pub pulled: Vec<String>,
 }
 
 /// What a garbage collection, or the maintenance, did.

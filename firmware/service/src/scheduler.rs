@@ -1,4 +1,5 @@
-//! The scheduler: starts jobs when due (within their window), and the store's upkeep.
+//! The scheduler: starts jobs when due (within their window), pulls from pull remotes on
+//! their schedules, and the store's upkeep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,24 @@ impl Appliance {
                     lock(&self.last_tasks).insert(j.id.clone(), t.id);
                 }
                 Err(e) => self.audit(&system, "job failed to start", &format!("{}: {e}", j.name)),
+            }
+        }
+        // Pull remotes on their own schedule: every point the source has that is not here.
+        let remotes = lock(&self.config).remotes.clone();
+        for r in remotes.iter().filter(|r| r.pull) {
+            let Some(ev) = r.schedule.as_deref().and_then(|s| CalendarEvent::parse(s).ok()) else { continue };
+            {
+                let mut next = lock(&self.next_runs);
+                let key = format!("remote:{}", r.id);
+                let planned = *next.entry(key.clone()).or_insert_with(|| ev.next_after(now).unwrap_or(u64::MAX));
+                if planned > now {
+                    continue;
+                }
+                next.insert(key, ev.next_after(now).unwrap_or(u64::MAX));
+            }
+            let system = Principal::new("scheduler", Role::Operator);
+            if let Err(e) = self.start_pull_new(&system, &r.id) {
+                self.audit(&system, "pull failed to start", &format!("{}: {e}", r.name));
             }
         }
     }

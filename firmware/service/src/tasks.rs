@@ -72,13 +72,15 @@ pub enum TaskKind {
     Gc,
     /// The scheduled upkeep: prune every job, relieve capacity, collect garbage.
     Maintenance,
-    /// A restore point sent to another appliance.
+    /// A restore point sent to another appliance or a bucket.
     Replicate,
+    /// A restore point fetched from a remote into this store (restore from a remote copy).
+    Pull,
 }
 
 impl TaskKind {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [TaskKind; 9] = [
+    pub const ALL: [TaskKind; 10] = [
         TaskKind::Backup,
         TaskKind::Restore,
         TaskKind::Verify,
@@ -88,6 +90,7 @@ impl TaskKind {
         TaskKind::Gc,
         TaskKind::Maintenance,
         TaskKind::Replicate,
+        TaskKind::Pull,
     ];
 
     /// The name the API, the metrics and the records use.
@@ -102,6 +105,7 @@ impl TaskKind {
             TaskKind::Gc => "gc",
             TaskKind::Maintenance => "maintenance",
             TaskKind::Replicate => "replicate",
+            TaskKind::Pull => "pull",
         }
     }
 }
@@ -243,6 +247,10 @@ pub(crate) fn interrupted_message(kind: TaskKind) -> &'static str {
         TaskKind::Replicate => {
             "the appliance stopped while this replication ran; the remote keeps every batch it acknowledged and \
              publishes nothing partial, so running it again sends only what is still missing. Run it again"
+        }
+        TaskKind::Pull => {
+            "the appliance stopped while this pull ran; what it had fetched is kept and checked, nothing partial \
+             is visible, so running it again fetches only what is still missing. Run it again"
         }
     }
 }

@@ -1196,7 +1196,18 @@ fn task_kinds_and_error_kinds_keep_the_names_the_api_and_old_records_use() {
         TaskKind::ALL.iter().map(|k| serde_json::to_value(k).unwrap().as_str().unwrap().to_string()).collect();
     assert_eq!(
         names,
-        ["backup", "restore", "verify", "destage", "tape-restore", "tape-verify", "gc", "maintenance", "replicate"]
+        [
+            "backup",
+            "restore",
+            "verify",
+            "destage",
+            "tape-restore",
+            "tape-verify",
+            "gc",
+            "maintenance",
+            "replicate",
+            "pull"
+        ]
     );
     for k in TaskKind::ALL {
         assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
@@ -1337,6 +1348,7 @@ fn a_task_result_round_trips_through_the_persisted_record() {
 }
 
 mod hardening;
+mod remotes;
 mod store_key;
 
 #[test]

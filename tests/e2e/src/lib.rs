@@ -785,3 +785,15 @@ pub fn peer_lock(peer: &str) -> &'static std::sync::RwLock<()> {
     let mut map = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     map.entry(peer.to_string()).or_insert_with(|| Box::leak(Box::new(std::sync::RwLock::new(()))))
 }
+
+/// A new bucket on the S3 peer (`tests/peers/start-s3.sh`), with object lock when `lock`;
+/// returns its name.
+pub fn s3_bucket(env: &testkit::peers::S3Env, lock: bool) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let bucket = testkit::peers::unique_bucket("e2e");
+    let mut cfg = s3::S3Config::new(&env.endpoint, &env.region, &bucket, &env.access, s3::Secret::new(&env.secret));
+    cfg.allow_http = true; // the loopback peer
+    let client = s3::S3Client::new(cfg).expect("an S3 client");
+    rt.block_on(client.create_bucket(lock)).unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
+    bucket
+}

@@ -302,7 +302,8 @@ impl Browser {
     }
 
     /// Clicks the element; retries while it is stale or covered (the page re-renders while
-    /// polling).
+    /// polling; a sticky top bar covers what scrolled under it, so a covered element is
+    /// scrolled to the middle first).
     #[track_caller]
     fn click(&self, css: &str) {
         let mut last = String::new();
@@ -311,7 +312,15 @@ impl Browser {
             if let Some(el) = self.try_find(css) {
                 match self.try_cmd("POST", &format!("/element/{el}/click"), None) {
                     Ok(_) => return,
-                    Err(e) => last = e,
+                    Err(e) => {
+                        if e.contains("intercepted") {
+                            self.js(
+                                "const e = document.querySelector(arguments[0]); if (e) e.scrollIntoView({block: 'center'});",
+                                json!([css]),
+                            );
+                        }
+                        last = e;
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -1010,6 +1019,30 @@ fn web_ui_walkthrough() {
         assert!(refused.contains("Compare the fingerprint"), "{refused}");
         b.screenshot("26b-remotes");
         b.assert_no_sideways_scroll("the remotes page");
+        // An S3 bucket (the S3 peer): added, tested, its (empty) points listed.
+        if let Some(env) = testkit::peers::s3() {
+            let bucket = e2e::s3_bucket(&env, false);
+            b.fill("#s3-endpoint", &env.endpoint);
+            b.fill("#s3-bucket", &bucket);
+            b.fill("#s3-access-key", &env.access);
+            b.fill("#s3-secret-key", &env.secret);
+            b.fill("#s3-name", "cloud");
+            b.fill("#s3-namespace", "browser");
+            b.click("#s3-submit");
+            b.wait("the bucket listed", Duration::from_secs(15), || {
+                b.text("#remotes-table").filter(|t| t.contains("S3 bucket") && t.contains(&bucket))
+            });
+            b.click("[data-test=remote-test]");
+            b.wait("the connection test", Duration::from_secs(20), || {
+                b.banner().filter(|t| t.contains("takes the credentials"))
+            });
+            b.click("[data-test=remote-points]");
+            b.wait("the bucket's points", Duration::from_secs(20), || {
+                b.text("#remote-points-card").filter(|t| t.contains("Nothing there yet"))
+            });
+            b.screenshot("26c-remotes-s3");
+            b.assert_no_sideways_scroll("the remotes page with a bucket");
+        }
         b.goto(&format!("{base}#/audit"));
         b.find("#audit-table");
         b.screenshot("27-audit");

@@ -30,6 +30,8 @@ mod lifecycle;
 mod qcow2_sources;
 #[path = "e2e/replication.rs"]
 mod replication;
+#[path = "e2e/replication_s3.rs"]
+mod replication_s3;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
 #[path = "e2e/tape.rs"]

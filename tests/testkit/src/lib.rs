@@ -7,6 +7,8 @@
 //!   directory is removed.
 //! - [`is_root`]: tests that mount filesystems skip (or fail, where peers are required)
 //!   without root.
+//! - [`peers`]: the real peers' settings from `tests/peers/start-*.sh` (S3), skipping or
+//!   failing (`RACKVAULT_REQUIRE_PEERS=1`) when one is not running; unique bucket names.
 //!
 //! For the disk-image crates (qcow2, vmdk, vhdx, vhd), which test their readers against QEMU:
 //!
@@ -26,6 +28,7 @@ pub mod bytes;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod mutate;
+pub mod peers;
 pub mod qemu;
 pub mod raw;
 

@@ -47,6 +47,7 @@ pub(crate) struct Route {
 use Access::{Any, Public};
 use Body::{Json, None as NoBody, Records};
 const REPLICATION: Access = Access::Role(Role::Replication);
+const PULL: Access = Access::Role(Role::Pull);
 const ADMIN: Access = Access::Role(Role::Admin);
 const OPERATOR: Access = Access::Role(Role::Operator);
 const AUDITOR: Access = Access::Role(Role::Auditor);
@@ -136,6 +137,25 @@ pub(crate) static ROUTES: &[Route] = &[
     ))),
     route!("DELETE", "/api/v1/remotes/{id}", ADMIN, NoBody, |c| c.empty(c.app.delete_remote(c.actor()?, c.param(0)))),
     route!("POST", "/api/v1/remotes/fingerprint", ADMIN, Json, remote_fingerprint),
+    route!("POST", "/api/v1/remotes/{id}/test", OPERATOR, NoBody, |c| {
+        c.ok(c.app.test_remote(c.actor()?, c.param(0)).map(|message| json!({ "message": message })))
+    }),
+    route!("GET", "/api/v1/remotes/{id}/points", AUDITOR, NoBody, |c| c
+        .ok(c.app.remote_points(c.actor()?, c.param(0)))),
+    route!("DELETE", "/api/v1/remotes/{id}/points/{spec}", ADMIN, NoBody, |c| {
+        c.empty(c.app.delete_remote_point(c.actor()?, c.param(0), c.param(1)))
+    }),
+    route!("POST", "/api/v1/remotes/{id}/points/{spec}/pull", OPERATOR, NoBody, |c| {
+        c.ok(c.app.start_pull(c.actor()?, c.param(0), c.param(1)))
+    }),
+    route!("POST", "/api/v1/remotes/{id}/pull", OPERATOR, NoBody, |c| c
+        .ok(c.app.start_pull_new(c.actor()?, c.param(0)))),
+    route!("GET", "/api/v1/replica/source/points", PULL, NoBody, |c| c.ok(c.app.replica_source_points(c.actor()?))),
+    route!("POST", "/api/v1/replica/source/records", PULL, Json, |c| {
+        let r: service::replica_wire::Digests = c.json()?;
+        let body = c.app.replica_source_records(c.actor()?, &r.digests)?;
+        Ok(Reply::bytes(service::replica_wire::BATCH_MEDIA_TYPE, body))
+    }),
     route!("POST", "/api/v1/points/{spec}/replicate", OPERATOR, Json, replicate_point),
     route!("POST", "/api/v1/replica/find", REPLICATION, Json, |c| {
         let r: service::replica_wire::FindRequest = c.json()?;
@@ -200,6 +220,7 @@ pub fn routes() -> impl Iterator<Item = RouteInfo> {
             Access::Role(Role::Operator) => "operator",
             Access::Role(Role::Admin) => "admin",
             Access::Role(Role::Replication) => "replication",
+            Access::Role(Role::Pull) => "pull",
         },
         json_body: r.body == Body::Json,
         records_body: r.body == Body::Records,

@@ -100,6 +100,9 @@ impl Reply {
     pub(crate) fn text(content_type: &'static str, text: String) -> Reply {
         Reply { status: StatusCode::OK, content_type, body: text.into(), headers: Vec::new() }
     }
+    pub(crate) fn bytes(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply { status: StatusCode::OK, content_type, body: body.into(), headers: Vec::new() }
+    }
 }
 
 fn set(h: &mut HeaderMap, name: HeaderName, value: &'static str) {

@@ -639,11 +639,15 @@ async fn walk_every_route_and_check_the_answers() {
     check(&doc, "POST", "/api/v1/gc", &r, &mut fail);
     wait_task(&s, &doc, &admin, r.json()["id"].as_u64().unwrap(), &mut fail).await;
 
-    // Every GET route without path parameters, as the admin (public ones anonymously).
+    // Every GET route without path parameters, as the admin (public ones anonymously, a pull
+    // route with a pull token).
     let mut seen = 0;
+    let puller = s.bearer(&admin, "offsite", "pull").await;
     for route in webserver::routes().filter(|r| r.method == "GET" && !r.path.contains('{')) {
         let r = if route.access == "public" {
             s.req("GET", route.path, &[], b"").await
+        } else if route.access == "pull" {
+            s.req("GET", route.path, &[("authorization", puller.as_str())], b"").await
         } else {
             s.get(route.path, &admin).await
         };

@@ -34,7 +34,7 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
 }
 
@@ -44,9 +44,16 @@ pub(crate) fn start(data: &Path, log: &Path) -> Daemon {
 
 /// Starts a daemon listening on `port` (a restart keeps its address).
 pub(crate) fn start_on(data: &Path, log: &Path, port: u16) -> Daemon {
+    start_with(data, log, port, &[])
+}
+
+/// Starts a daemon with more `serve` arguments (`--encrypt-store`).
+pub(crate) fn start_with(data: &Path, log: &Path, port: u16, extra: &[&str]) -> Daemon {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("daemon log");
     let child = Command::new(rackvault_bin())
-        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .arg("--data-dir")
         .arg(data)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -71,9 +78,16 @@ pub(crate) struct Client {
     pub(crate) tls: Arc<rustls::ClientConfig>,
     cookie: String,
     csrf: String,
+    /// An API token sent as `Authorization: Bearer` (instead of a session).
+    bearer: String,
 }
 
 impl Client {
+    /// A client that authenticates with an API token.
+    pub(crate) fn with_token(data: &Path, port: u16, token: &str) -> Client {
+        Client { bearer: token.to_string(), ..Client::new(data, port) }
+    }
+
     pub(crate) fn new(data: &Path, port: u16) -> Client {
         let pem = std::fs::read(data.join("tls/cert.pem")).expect("the daemon wrote its certificate");
         let mut roots = rustls::RootCertStore::empty();
@@ -86,7 +100,7 @@ impl Client {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Client { port, tls: Arc::new(tls), cookie: String::new(), csrf: String::new() }
+        Client { port, tls: Arc::new(tls), cookie: String::new(), csrf: String::new(), bearer: String::new() }
     }
 
     pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -99,6 +113,9 @@ impl Client {
         );
         if !self.cookie.is_empty() {
             head.push_str(&format!("Cookie: {}\r\nX-CSRF-Token: {}\r\n", self.cookie, self.csrf));
+        }
+        if !self.bearer.is_empty() {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", self.bearer));
         }
         head.push_str("\r\n");
         let conn = rustls::ClientConnection::new(self.tls.clone(), "localhost".try_into().unwrap()).unwrap();

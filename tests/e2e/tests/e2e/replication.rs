@@ -181,7 +181,7 @@ fn wrong_tokens_wrong_fingerprints_and_sessions_on_the_receiving_routes_are_refu
     // A token B does not know.
     edit(json!({ "token": "rvt_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" }));
     let t = fails("wrong token");
-    assert!(t["error"].as_str().unwrap().contains("refused the replication token"), "{t}");
+    assert!(t["error"].as_str().unwrap().contains("refused the token"), "{t}");
     assert_eq!(t["error_kind"], "permanent", "{t}");
 
     // The right token, but a namespace it does not deliver into.
@@ -470,4 +470,75 @@ fn the_cli_replicates_a_store_point_to_an_appliance_and_refuses_a_wrong_fingerpr
     .run()
     .failure()
     .stderr_has(&["not the pinned"]);
+}
+
+#[test]
+fn an_offsite_appliance_pulls_new_points_with_a_pull_token_that_can_do_nothing_else() {
+    let dir = scratch("replication-pull");
+    let a = appliance(dir.path(), "a");
+    let b = appliance(dir.path(), "b");
+    // On the source, a token of the role pull for the offsite box; the source holds nothing
+    // that reaches the offsite box.
+    let tok = a.c.ok("POST", "/api/v1/tokens", Some(&json!({ "name": "offsite-b", "role": "pull" })));
+    let token = tok["token"].as_str().unwrap().to_string();
+    let a_url = format!("https://127.0.0.1:{}", a.d.port);
+    let fp = b.c.ok("POST", "/api/v1/remotes/fingerprint", Some(&json!({ "url": a_url })));
+    let remote = b.c.ok(
+        "POST",
+        "/api/v1/remotes",
+        Some(&json!({ "name": "prod", "url": a_url, "fingerprint": fp["fingerprint"], "token": token,
+                      "namespace": "site-a", "pull": true, "schedule": "03:00" })),
+    );
+    assert_eq!((remote["pull"].as_bool(), remote["schedule"].as_str()), (Some(true), Some("03:00")), "{remote}");
+    let rid = remote["id"].as_str().unwrap().to_string();
+
+    let src = a.c.ok("GET", "/api/v1/sources", None)[0].clone();
+    let (src_id, disk) = (src["id"].as_str().unwrap().to_string(), src["url"].as_str().unwrap().to_string());
+    let first = backup(&a, &src_id);
+    let spec = format!("{}@{}", first["result"]["name"].as_str().unwrap(), first["result"]["id"]);
+    let offered = b.c.ok("GET", &format!("/api/v1/remotes/{rid}/points"), None);
+    assert_eq!((offered[0]["point"].as_str(), offered[0]["here"].is_null()), (Some(spec.as_str()), true), "{offered}");
+
+    // What the schedule runs: every point not here yet.
+    let t = b.c.ok("POST", &format!("/api/v1/remotes/{rid}/pull"), None);
+    assert_eq!(t["kind"], "pull");
+    let r = succeeded(&b.c, &t)["result"].clone();
+    let pulled = r["pulled"][0].as_str().expect("one point pulled").to_string();
+    assert!(pulled.starts_with("site-a.sample-vm@"), "{r}");
+    let original = std::fs::read(&disk).unwrap();
+    assert_eq!(sha(&restore_bytes(&b, &pulled, "pulled")), sha(&original), "B restores A's disk exactly");
+    let offered = b.c.ok("GET", &format!("/api/v1/remotes/{rid}/points"), None);
+    assert_eq!(offered[0]["here"].as_str(), Some(pulled.as_str()));
+    // Again: nothing new, nothing fetched.
+    let t = b.c.ok("POST", &format!("/api/v1/remotes/{rid}/pull"), None);
+    let again = succeeded(&b.c, &t)["result"].clone();
+    assert_eq!(
+        (again["pulled"].as_array().map(Vec::len), again["bytes_fetched"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+
+    // The pull token reads points and records, nothing else.
+    let puller = Client::with_token(&a.data, a.d.port, &token);
+    let (status, v) = puller.call("GET", "/api/v1/replica/source/points", None);
+    assert_eq!(status, 200, "{v}");
+    for (method, path) in [
+        ("GET", "/api/v1/points".to_string()),
+        ("DELETE", format!("/api/v1/points/{spec}")),
+        ("GET", "/api/v1/settings".to_string()),
+    ] {
+        let (status, v) = puller.call(method, &path, None);
+        assert_eq!(status, 403, "{method} {path} with a pull token: {v}");
+    }
+    let (status, v) = puller.call("POST", "/api/v1/replica/lacking", Some(&json!({ "digests": [] })));
+    assert_eq!(status, 403, "a pull token delivers nothing: {v}");
+    // Nor may a session read the source routes, and a pull remote is not pushed to.
+    let (status, v) = a.c.call("GET", "/api/v1/replica/source/points", None);
+    assert_eq!(status, 403, "{v}");
+    let b_src = b.c.ok("GET", "/api/v1/sources", None)[0]["id"].as_str().unwrap().to_string();
+    let mine = backup(&b, &b_src);
+    let mine = format!("{}@{}", mine["result"]["name"].as_str().unwrap(), mine["result"]["id"]);
+    let (status, v) = b.c.call("POST", &format!("/api/v1/points/{mine}/replicate"), Some(&json!({ "remote": "prod" })));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("pulls from"), "{v}");
 }

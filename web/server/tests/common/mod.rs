@@ -84,6 +84,10 @@ impl TestServer {
         tune: impl FnOnce(&mut webserver::ServerConfig),
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        let opts = service::ApplianceOptions {
+            runtime: opts.runtime.clone().or_else(|| Some(tokio::runtime::Handle::current())),
+            ..opts
+        };
         let app = service::Appliance::open(dir.path(), opts).unwrap();
         let mut cfg = webserver::ServerConfig {
             https: "127.0.0.1:0".parse().unwrap(),
@@ -220,9 +224,12 @@ impl TestServer {
 
     /// An API token with the `metrics` role, as an `Authorization` header value.
     pub async fn metrics_bearer(&self, admin: &Browser) -> String {
-        let r = self
-            .send("POST", "/api/v1/tokens", admin, &serde_json::json!({"name": "prometheus", "role": "metrics"}))
-            .await;
+        self.bearer(admin, "prometheus", "metrics").await
+    }
+
+    /// A new API token named `name` with `role`, as an `Authorization` header value.
+    pub async fn bearer(&self, admin: &Browser, name: &str, role: &str) -> String {
+        let r = self.send("POST", "/api/v1/tokens", admin, &serde_json::json!({"name": name, "role": role})).await;
         assert_eq!(r.status, 200, "{}", r.text());
         format!("Bearer {}", r.json()["token"].as_str().expect("the token secret"))
     }

@@ -45,6 +45,9 @@ use store::{Digest, EncodedChunk, PointOrigin, RecordKind, RestorePoint, Store, 
 
 use crate::{EngineError, ErrorKind, Progress};
 
+pub mod pull;
+pub mod s3;
+
 /// Largest batch of records a receiver accepts in one [`ReplicaTarget::put_records`].
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Most digests a receiver answers in one [`ReplicaTarget::lacking`].
@@ -66,6 +69,10 @@ pub enum ReplicateError {
     /// The link failed (a transport's own error, with its kind).
     #[error("{message}")]
     Link { message: String, kind: ErrorKind },
+    /// An object store failed after its client's own retries (see the `s3` crate): never
+    /// retried again here; a later run resumes.
+    #[error("{message}")]
+    Offsite { message: String, kind: ErrorKind },
     #[error("cancelled: the replication was stopped; what the receiver acknowledged is kept and is not sent again")]
     Cancelled,
     #[error("{0}")]
@@ -76,7 +83,7 @@ impl ReplicateError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ReplicateError::Store(e) => crate::store_error_kind(e),
-            ReplicateError::Link { kind, .. } => *kind,
+            ReplicateError::Link { kind, .. } | ReplicateError::Offsite { kind, .. } => *kind,
             ReplicateError::Incomplete(_) => ErrorKind::Transient,
             ReplicateError::Cancelled => ErrorKind::Cancelled,
             ReplicateError::Refused(_) | ReplicateError::Invalid(_) => ErrorKind::Permanent,
@@ -253,7 +260,11 @@ fn retry<T>(
     loop {
         check_cancel(progress)?;
         match op(attempt) {
-            Err(e) if e.kind() == ErrorKind::Transient && attempt < RETRIES => {
+            Err(e)
+                if e.kind() == ErrorKind::Transient
+                    && attempt < RETRIES
+                    && !matches!(e, ReplicateError::Offsite { .. }) =>
+            {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
             }
@@ -465,6 +476,51 @@ pub fn check_record(keys: &store::Keyring, c: &EncodedChunk, raw: &mut Vec<u8>) 
     Ok(())
 }
 
+/// Calls `visit` once for every record `point` references (its files, and each disk's tree
+/// nodes and data chunks), reading the trees from `store`.
+pub fn for_each_reference(
+    store: &Store,
+    point: &RestorePoint,
+    visit: &mut dyn FnMut(&Digest) -> Result<(), ReplicateError>,
+) -> Result<(), ReplicateError> {
+    let mut seen = HashSet::new();
+    for f in &point.files {
+        if seen.insert(f.digest) {
+            visit(&f.digest)?;
+        }
+    }
+    let (mut scratch, mut raw) = (Vec::new(), Vec::new());
+    for disk in &point.disks {
+        if disk.height == 0 {
+            continue;
+        }
+        let mut frontier = vec![disk.root];
+        let mut level = disk.height - 1;
+        loop {
+            let mut children = Vec::new();
+            for node in frontier {
+                if !seen.insert(node) {
+                    continue;
+                }
+                visit(&node)?;
+                store.read_chunk(&node, &mut scratch, &mut raw)?;
+                children.extend(store::tree::decode_node(&raw, level, &node)?.into_iter().filter(|d| !d.is_zero()));
+            }
+            if level == 0 {
+                for d in children {
+                    if seen.insert(d) {
+                        visit(&d)?;
+                    }
+                }
+                break;
+            }
+            frontier = children;
+            level -= 1;
+        }
+    }
+    Ok(())
+}
+
 /// Checks that everything `point` references is in `store` (walking each disk's tree), so a
 /// point is published only complete. Returns the missing chunks (at most `limit`).
 pub fn missing_references(store: &Store, point: &RestorePoint, limit: usize) -> Result<Vec<Digest>, StoreError> {
@@ -601,6 +657,12 @@ pub mod wire {
     /// The error `code` of a commit refused (409) because the point is incomplete on the
     /// receiver; the sender then asks again what is lacking.
     pub const INCOMPLETE: &str = "incomplete";
+
+    /// What a source appliance offers to pull (`GET /api/v1/replica/source/points`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SourcePoints {
+        pub points: Vec<super::pull::RemotePoint>,
+    }
 }
 
 /// Parses digests sent as hex.
@@ -629,33 +691,7 @@ impl HttpTarget {
     }
 
     fn call(&mut self, path: &str, content_type: &str, body: &[u8]) -> Result<pinhttp::Response, ReplicateError> {
-        // No retries here: `replicate`'s one retry helper retries every exchange, and asks
-        // what is still lacking before sending a batch again.
-        let r = self.client.request("POST", path, content_type, body).map_err(|e| ReplicateError::Link {
-            kind: if e.is_transient() { ErrorKind::Transient } else { ErrorKind::Permanent },
-            message: e.to_string(),
-        })?;
-        if (200..300).contains(&r.status) {
-            return Ok(r);
-        }
-        #[derive(Deserialize)]
-        struct ApiError {
-            error: String,
-            #[serde(default)]
-            code: String,
-        }
-        let e: Option<ApiError> = serde_json::from_slice(&r.body).ok();
-        let (msg, code) = e.map(|e| (e.error, e.code)).unwrap_or_else(|| (format!("HTTP {}", r.status), String::new()));
-        let addr = self.client.addr().to_string();
-        Err(match r.status {
-            409 if code == wire::INCOMPLETE => ReplicateError::Incomplete(msg),
-            401 | 403 => ReplicateError::Refused(format!(
-                "{addr} refused the replication token ({msg}); create a token with the replication role on the remote and update the remote here"
-            )),
-            429 | 502..=504 => ReplicateError::Link { message: format!("{addr}: {msg}"), kind: ErrorKind::Transient },
-            500..=599 => ReplicateError::Link { message: format!("{addr}: {msg}"), kind: ErrorKind::Transient },
-            _ => ReplicateError::Refused(format!("{addr}: {msg}")),
-        })
+        http_call(&mut self.client, "POST", path, content_type, body)
     }
 
     fn json<T: Serialize, A: serde::de::DeserializeOwned>(
@@ -693,6 +729,43 @@ impl ReplicaTarget for HttpTarget {
         let req = wire::CommitRequest { point: point.clone(), origin: origin.clone() };
         self.json("/api/v1/replica/commit", &req)
     }
+}
+
+/// One exchange with another appliance, its refusals mapped to what the sender does next.
+/// No retries here: `replicate`'s (and `pull`'s) one retry helper retries every exchange, and
+/// asks what is still lacking before sending a batch again.
+pub(crate) fn http_call(
+    client: &mut pinhttp::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<pinhttp::Response, ReplicateError> {
+    let r = client.request(method, path, content_type, body).map_err(|e| ReplicateError::Link {
+        kind: if e.is_transient() { ErrorKind::Transient } else { ErrorKind::Permanent },
+        message: e.to_string(),
+    })?;
+    if (200..300).contains(&r.status) {
+        return Ok(r);
+    }
+    #[derive(Deserialize)]
+    struct ApiError {
+        error: String,
+        #[serde(default)]
+        code: String,
+    }
+    let e: Option<ApiError> = serde_json::from_slice(&r.body).ok();
+    let (msg, code) = e.map(|e| (e.error, e.code)).unwrap_or_else(|| (format!("HTTP {}", r.status), String::new()));
+    let addr = client.addr().to_string();
+    Err(match r.status {
+        409 if code == wire::INCOMPLETE => ReplicateError::Incomplete(msg),
+        401 | 403 => ReplicateError::Refused(format!(
+            "{addr} refused the token ({msg}); make a token with the right role on the remote (replication to \
+             push there, pull to pull from it) and update the remote here"
+        )),
+        429 | 500..=599 => ReplicateError::Link { message: format!("{addr}: {msg}"), kind: ErrorKind::Transient },
+        _ => ReplicateError::Refused(format!("{addr}: {msg}")),
+    })
 }
 
 /// How a streamed batch ended, as the transport saw it.
