@@ -1552,7 +1552,7 @@
       formBox,
       card(spec, { id: 'point-card', actions }, h('dl', { class: 'kv kv-wide' },
         fact('Created', dateCell(point.created_unix, true)),
-        fact('Where', p ? (copies.length ? 'on disk and on tape' : 'on disk') : 'on tape only (it left the disk tier)', 'point-where'),
+        fact('Where', (p ? (copies.length ? 'on disk and on tape' : 'on disk') : 'on tape only (it left the disk tier)') + ((listed && (listed.remote_copies || []).length) ? `; offsite on ${listed.remote_copies.map((c) => c.remote).join(', ')}` : ''), 'point-where'),
         listed ? fact('State', pointFlags(listed, true), 'point-state') : null,
         fact('Size', fmtBytes(size)),
         fact('Read at backup', fmtBytes(st.bytes_read)),
@@ -1570,6 +1570,11 @@
         { label: 'File', cell: (f) => h('code', null, f.name) },
         { label: 'Size', num: true, cell: (f) => fmtBytes(f.size) },
       ], point.files)) : null,
+      listed && (listed.remote_copies || []).length ? card('Copies offsite', { id: 'point-remote-copies' }, table([
+        { label: 'Remote', cell: (c) => c.remote },
+        { label: 'There as', cell: (c) => h('code', null, c.delivered_as) },
+        { label: 'Replicated', cell: (c) => dateCell(c.unix) },
+      ], listed.remote_copies, { id: 'point-remote-copies-table' })) : null,
       tape ? card('Copies on tape', { id: 'point-copies' }, copies.length ? table([
         { label: 'Written', cell: (c) => dateCell(c.written_unix) },
         { label: 'Starts on', cell: (c) => h('code', null, `${c.barcode} file ${c.file}`) },
@@ -1593,6 +1598,7 @@
     if (p.tape_only) out.push(h('span', { class: 'badge flag flag-tape-only', test: 'flag-tape-only', title: 'No longer on disk: restore it from tape' }, 'on tape only'));
     else if (p.on_tape) out.push(h('span', { class: 'badge flag flag-tape', test: 'flag-on-tape', title: 'A complete copy exists on tape' }, 'on tape'));
     if (p.pinned) out.push(h('span', { class: 'badge flag flag-pinned', test: 'flag-pinned', title: 'Protected from prune and delete until unpinned' }, 'pinned'));
+    for (const c of p.remote_copies || []) out.push(h('span', { class: 'badge flag flag-remote', test: 'flag-remote', title: `Replicated to ${c.remote} as ${c.delivered_as} (${fmtDate(c.unix)})` }, `offsite: ${c.remote}`));
     if (p.immutable) {
       const until = p.immutable_until_unix;
       out.push(h('span', { class: 'badge flag flag-immutable', test: 'flag-immutable', title: until ? `Nobody can delete or prune it before ${new Date(until * 1000).toString()}` : null },

@@ -70,7 +70,7 @@ pub use lifecycle::{CapacityInfo, GcRequest, PinRequest, PointInfo, PruneRequest
 pub use notify::{ChannelOutcome, Event, NotificationsInfo, NotificationsInput};
 pub use operations::RestoreRequest;
 pub use pull::RemotePointInfo;
-pub use replication::{RemoteConfig, RemoteInfo, RemoteInput};
+pub use replication::{RemoteConfig, RemoteCopy, RemoteInfo, RemoteInput};
 pub use replication_s3::{S3RemoteConfig, S3RemoteInfo, S3RemoteInput};
 
 /// The bodies of the replication routes, as the receiving web server reads them (the web
@@ -258,6 +258,8 @@ pub struct Appliance {
     auth: Auth,
     tasks: Arc<Tasks>,
     usage_db: KvDb,
+    /// Where each point has been replicated (see `replication::record_copy`).
+    copies_db: KvDb,
     config: Mutex<ConfigFile>,
     sealer: Sealer,
     store: Arc<Store>,
@@ -352,10 +354,12 @@ impl Appliance {
                 data_dir.display()
             )));
         }
-        let (env, dbs) =
-            KvEnv::open(&data_dir.join("state"), &["users", "tokens", "audit", "tasks", "usage", "counters"])?;
+        let (env, dbs) = KvEnv::open(
+            &data_dir.join("state"),
+            &["users", "tokens", "audit", "tasks", "usage", "counters", "copies"],
+        )?;
         let env = Arc::new(env);
-        let [users, tokens, audit, tasks_db, usage_db, counters]: [KvDb; 6] =
+        let [users, tokens, audit, tasks_db, usage_db, counters, copies_db]: [KvDb; 7] =
             dbs.try_into().map_err(|_| ServiceError::Internal("state: one database per name".into()))?;
         let auth = Auth::open(&env, users, tokens, audit, data_dir.join("audit"), opts.audit_limits)?;
         let confinement = confinement(data_dir, &opts)?;
@@ -404,6 +408,7 @@ impl Appliance {
             tape_seen: Mutex::default(),
             tasks: Arc::new(tasks),
             usage_db,
+            copies_db,
             config: Mutex::new(config),
             sealer,
             store,

@@ -43,6 +43,8 @@ pub struct PointInfo {
     pub on_tape: bool,
     /// No longer on disk: only on tape (restore it from tape).
     pub tape_only: bool,
+    /// Its copies on remotes (appliances and buckets), as replications recorded them.
+    pub remote_copies: Vec<crate::RemoteCopy>,
 }
 
 /// `POST /prune`: a job's retention applied now, or as a dry run.
@@ -166,6 +168,7 @@ impl Appliance {
         actor.require(Role::Auditor)?;
         let pins = self.store.pins()?;
         let now = self.store.peek_clock().map(|c| c.trusted_unix).unwrap_or_else(|_| now_unix());
+        let mut copies = self.remote_copies()?;
         let mut out: Vec<PointInfo> = self
             .store
             .list()?
@@ -175,18 +178,21 @@ impl Appliance {
                 immutable: p.immutable_until_unix.is_some_and(|u| u > now),
                 on_tape: self.on_tape(&p),
                 tape_only: false,
+                remote_copies: copies.remove(&p.spec()).unwrap_or_default(),
                 point: p,
             })
             .collect();
         let mut on_disk: std::collections::HashSet<String> = out.iter().map(|p| p.point.spec()).collect();
         for copy in self.tape_catalog.all_points()? {
             if on_disk.insert(copy.point.spec()) {
+                let remote_copies = copies.remove(&copy.point.spec()).unwrap_or_default();
                 out.push(PointInfo {
                     point: copy.point,
                     pinned: false,
                     immutable: false,
                     on_tape: true,
                     tape_only: true,
+                    remote_copies,
                 });
             }
         }

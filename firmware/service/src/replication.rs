@@ -129,6 +129,105 @@ fn info(r: &RemoteConfig) -> RemoteInfo {
     }
 }
 
+/// A copy of a point here on a remote, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCopy {
+    /// The remote's name (as it was when the copy was made).
+    pub remote: String,
+    /// What the point is there.
+    pub delivered_as: String,
+    /// When the replication committed it (or found it there).
+    pub unix: u64,
+}
+
+/// The `copies` database's record: key `<name@id>\0<remote id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CopyRecord {
+    /// Version of this record: 1.
+    v: u32,
+    remote_id: String,
+    remote_name: String,
+    delivered_as: String,
+    unix: u64,
+}
+
+fn copy_key(spec: &str, remote_id: &str) -> Vec<u8> {
+    [spec.as_bytes(), b"\0", remote_id.as_bytes()].concat()
+}
+
+/// Records that point `spec` is on remote `r` as `delivered_as` (after a replication
+/// committed it, or found it there). Best effort: a failure to record is logged, the copy
+/// stands.
+pub(crate) fn record_copy(
+    env: &store::kv::KvEnv,
+    db: store::kv::KvDb,
+    spec: &str,
+    r: &RemoteConfig,
+    delivered_as: &str,
+) -> Result<(), ServiceError> {
+    let rec = CopyRecord {
+        v: 1,
+        remote_id: r.id.clone(),
+        remote_name: r.name.clone(),
+        delivered_as: delivered_as.to_string(),
+        unix: now_unix(),
+    };
+    let bytes = serde_json::to_vec(&rec).map_err(|e| ServiceError::Internal(format!("encoding a copy record: {e}")))?;
+    let mut wtxn = env.write()?;
+    db.put(&mut wtxn, &copy_key(spec, &r.id), &bytes).map_err(|e| env.err(e))?;
+    wtxn.commit().map_err(|e| env.err(e))?;
+    Ok(())
+}
+
+/// Forgets the copies on remote `remote_id` that are `delivered_as` there (deleted from it).
+pub(crate) fn forget_copy(
+    env: &store::kv::KvEnv,
+    db: store::kv::KvDb,
+    remote_id: &str,
+    delivered_as: &str,
+) -> Result<(), ServiceError> {
+    let mut wtxn = env.write()?;
+    let mut gone = Vec::new();
+    for item in db.iter(&wtxn).map_err(|e| env.err(e))? {
+        let (k, v) = item.map_err(|e| env.err(e))?;
+        if let Ok(rec) = serde_json::from_slice::<CopyRecord>(v) {
+            if rec.remote_id == remote_id && rec.delivered_as == delivered_as {
+                gone.push(k.to_vec());
+            }
+        }
+    }
+    for k in gone {
+        db.delete(&mut wtxn, &k).map_err(|e| env.err(e))?;
+    }
+    wtxn.commit().map_err(|e| env.err(e))?;
+    Ok(())
+}
+
+impl Appliance {
+    /// Every recorded remote copy, by point (`name@id`).
+    pub(crate) fn remote_copies(&self) -> Result<std::collections::HashMap<String, Vec<RemoteCopy>>, ServiceError> {
+        let rtxn = self.env.read()?;
+        let mut out: std::collections::HashMap<String, Vec<RemoteCopy>> = std::collections::HashMap::new();
+        for item in self.copies_db.iter(&rtxn).map_err(|e| self.env.err(e))? {
+            let (k, v) = item.map_err(|e| self.env.err(e))?;
+            let Some(spec) = k.split(|b| *b == 0).next().map(|s| String::from_utf8_lossy(s).into_owned()) else {
+                continue;
+            };
+            // A record of a newer version is left out, not misread.
+            let Ok(rec) = serde_json::from_slice::<CopyRecord>(v) else { continue };
+            if rec.v != 1 {
+                continue;
+            }
+            out.entry(spec).or_default().push(RemoteCopy {
+                remote: rec.remote_name,
+                delivered_as: rec.delivered_as,
+                unix: rec.unix,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn replicate_error(e: ReplicateError) -> ServiceError {
     match e {
         ReplicateError::Store(e) => e.into(),
@@ -332,6 +431,7 @@ impl Appliance {
         }
         let token = self.sealer.open_sealed(&r.token)?;
         let store = self.store.clone();
+        let (env, copies) = (self.env.clone(), self.copies_db);
         let host = pinhttp::parse_base(&r.url).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let job: tasks::Job = Box::new(move |live: &Live| {
             let client = pinhttp::Client::new(&r.url, &r.fingerprint, Some(token))
@@ -356,6 +456,9 @@ impl Appliance {
                     report.chunks_offered - report.chunks_sent,
                     report.chunks_offered
                 ));
+            }
+            if let Err(e) = record_copy(&env, copies, &point.spec(), &r, &report.delivered_as) {
+                live.log(&format!("the copy could not be recorded here (it stands there): {e}"));
             }
             Ok(TaskResult::Replicate(ReplicateResult { report, remote: r.name.clone(), pruned: Vec::new(), gc: None }))
         });

@@ -229,6 +229,7 @@ impl Appliance {
             ReplicateError::Offsite { message, kind: engine::ErrorKind::Permanent } => ServiceError::Conflict(message),
             other => replicate_error(other),
         })?;
+        crate::replication::forget_copy(&self.env, self.copies_db, &r.id, &format!("{}/{spec}", layout.base()))?;
         self.audit(actor, "delete remote point", &format!("{spec} on {}", r.name));
         Ok(())
     }
@@ -246,6 +247,7 @@ impl Appliance {
         let mode = lock_mode(c.lock.as_deref())?;
         let store = self.store.clone();
         let guard = self.remote_lock(&r.id);
+        let (env, copies) = (self.env.clone(), self.copies_db);
         Ok(Box::new(move |live: &Live| {
             let _held = lock(&guard);
             live.log(&format!(
@@ -275,9 +277,18 @@ impl Appliance {
                     report.chunks_offered
                 ));
             }
+            if let Err(e) = crate::replication::record_copy(&env, copies, &point.spec(), &r, &report.delivered_as) {
+                live.log(&format!("the copy could not be recorded here (it stands there): {e}"));
+            }
             let mut pruned = Vec::new();
             if let Some(keep) = c.keep_last {
                 pruned = prune(&s3, &layout, &point.name, keep as usize, live)?;
+                for spec in &pruned {
+                    let there = format!("{}/{spec}", layout.base());
+                    if let Err(e) = crate::replication::forget_copy(&env, copies, &r.id, &there) {
+                        live.log(&format!("the deleted copy {there} could not be forgotten here: {e}"));
+                    }
+                }
             }
             // Packs younger than an hour are left: a push that failed midway may build on them.
             let gc = rs3::s3_gc(&s3, &layout, SystemTime::now(), Duration::from_secs(3600))?;

@@ -117,8 +117,15 @@ pub trait ReplicaTarget {
     /// Which of `digests` (at most [`MAX_QUERY`]) the receiver lacks, in the order given.
     fn lacking(&mut self, digests: &[Digest]) -> Result<Vec<Digest>, ReplicateError>;
     /// Checks and stores `records` (at most [`MAX_BATCH_BYTES`] of payload); returns once
-    /// they are durable.
+    /// they are durable, or, for a target that uploads in the background (S3), once
+    /// accepted: then [`ReplicaTarget::barrier`] waits until they are durable.
     fn put_records(&mut self, records: &[EncodedChunk]) -> Result<(), ReplicateError>;
+    /// Returns once every batch put so far is durable. The sender calls it after each group
+    /// (the data, then each level of the tree), so a node never becomes durable before what
+    /// it references.
+    fn barrier(&mut self) -> Result<(), ReplicateError> {
+        Ok(())
+    }
     /// Publishes `point` (as the sender has it) with `origin` once everything it references is
     /// durable; [`ReplicateError::Incomplete`] otherwise.
     fn commit(&mut self, point: &RestorePoint, origin: &PointOrigin) -> Result<Delivered, ReplicateError>;
@@ -378,7 +385,10 @@ fn send(
         limit = limit.min((l.bytes_per_s() as usize).max(1 << 20));
     }
     let payload = |batch: &[EncodedChunk]| batch.iter().map(|c| c.payload.len()).sum::<usize>();
-    let mut flush = |batch: &mut Vec<EncodedChunk>, report: &mut ReplicateReport| -> Result<(), ReplicateError> {
+    let flush = |target: &mut dyn ReplicaTarget,
+                 batch: &mut Vec<EncodedChunk>,
+                 report: &mut ReplicateReport|
+     -> Result<(), ReplicateError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -420,11 +430,12 @@ fn send(
         for d in group {
             let c = store.read_encoded(d, &mut scratch)?;
             if payload(&batch) + c.payload.len() > limit && !batch.is_empty() {
-                flush(&mut batch, report)?;
+                flush(&mut *target, &mut batch, report)?;
             }
             batch.push(c);
         }
-        flush(&mut batch, report)?;
+        flush(&mut *target, &mut batch, report)?;
+        retry(progress, |_| target.barrier())?;
     }
     progress.finish();
     Ok(())

@@ -16,7 +16,11 @@
 //! the client's threshold).
 //!
 //! ## Durability order
-//! A pack before its index, every pack a point references before the point's index. An
+//! A pack before its index, every pack a point references before the point's index. Packs
+//! upload [`UPLOADS_IN_FLIGHT`] at a time, but only within one group of the push (the data,
+//! then each tree level): the sender's `barrier` waits for a group's uploads before the next
+//! group starts, so a node is never in the bucket before what it references, the invariant
+//! the tree skip rests on. An
 //! index names only packs that exist; a pack without an index (a push cut between the two)
 //! is invisible and is removed by [`s3_gc`]. The target learns what the bucket holds from
 //! the pack indexes when it opens, so a push that was cut resumes: what was uploaded is not
@@ -37,7 +41,7 @@
 //! themselves, so the space is freed, not hidden behind a delete marker. GC must not run
 //! while a push to the same namespace runs: the service serializes them.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -287,6 +291,18 @@ fn check_marker(marker: &BucketMarker, store: &Store, layout: &S3Layout, bucket:
     }))
 }
 
+/// Pack objects a push uploads at once (each a multipart upload with its own parts in
+/// flight): a pipeline, so reading the next batch overlaps the uploads and one object's
+/// round trips do not idle the link.
+pub const UPLOADS_IN_FLIGHT: usize = 3;
+
+/// A pack being uploaded (the pack, then its index) on a thread of its own.
+struct Upload {
+    id: String,
+    index: PackIndex,
+    done: std::thread::JoinHandle<Result<(), ReplicateError>>,
+}
+
 /// A push to a bucket.
 pub struct S3Target<'a> {
     s3: &'a BlockingS3,
@@ -297,6 +313,8 @@ pub struct S3Target<'a> {
     cat: Catalog,
     /// Packs written by this push (their retention is the one asked for).
     written: HashSet<u32>,
+    /// Uploads not known finished yet, oldest first; their records join `cat` when they are.
+    inflight: VecDeque<Upload>,
 }
 
 impl std::fmt::Debug for S3Target<'_> {
@@ -334,12 +352,30 @@ impl<'a> S3Target<'a> {
             _ => None,
         };
         let cat = Catalog::load(s3, &layout)?;
-        Ok(S3Target { s3, layout, store, retention, cat, written: HashSet::new() })
+        Ok(S3Target { s3, layout, store, retention, cat, written: HashSet::new(), inflight: VecDeque::new() })
+    }
+
+    /// Waits for the oldest upload; its records are then in the bucket's catalog.
+    fn finish_one(&mut self) -> Result<(), ReplicateError> {
+        let Some(u) = self.inflight.pop_front() else { return Ok(()) };
+        u.done.join().map_err(|_| ReplicateError::Invalid("a pack upload thread panicked".into()))??;
+        self.cat.add(&u.id, &u.index)?;
+        self.written.insert(self.cat.packs.len() as u32 - 1);
+        Ok(())
     }
 
     /// Packs the bucket holds (with an index).
     pub fn packs(&self) -> usize {
         self.cat.packs.len()
+    }
+}
+
+impl Drop for S3Target<'_> {
+    /// A push that failed or was dropped still waits for its uploads: none runs on unseen.
+    fn drop(&mut self) {
+        while let Some(u) = self.inflight.pop_front() {
+            let _ = u.done.join();
+        }
     }
 }
 
@@ -370,15 +406,32 @@ impl ReplicaTarget for S3Target<'_> {
         }
         let id = blake3::hash(&body).to_hex()[..32].to_string();
         let index = PackIndex { v: RECORD_V, records: entries };
-        // The pack first, then its index: an index names only a pack that exists.
-        put(self.s3, &self.layout.pack(&id), bytes::Bytes::from(body), self.retention)?;
-        put(self.s3, &self.layout.pack_index(&id), encode(&index)?, self.retention)?;
-        self.cat.add(&id, &index)?;
-        self.written.insert(self.cat.packs.len() as u32 - 1);
+        while self.inflight.len() >= UPLOADS_IN_FLIGHT {
+            self.finish_one()?;
+        }
+        let (s3, retention) = (self.s3.clone(), self.retention);
+        let (pack_key, index_key, index_body) = (self.layout.pack(&id), self.layout.pack_index(&id), encode(&index)?);
+        let done = std::thread::Builder::new()
+            .name("s3-pack".into())
+            .spawn(move || {
+                // The pack first, then its index: an index names only a pack that exists.
+                put(&s3, &pack_key, bytes::Bytes::from(body), retention)?;
+                put(&s3, &index_key, index_body, retention)
+            })
+            .map_err(|e| ReplicateError::Invalid(format!("cannot start a pack upload: {e}")))?;
+        self.inflight.push_back(Upload { id, index, done });
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<(), ReplicateError> {
+        while !self.inflight.is_empty() {
+            self.finish_one()?;
+        }
         Ok(())
     }
 
     fn commit(&mut self, point: &RestorePoint, origin: &PointOrigin) -> Result<Delivered, ReplicateError> {
+        self.barrier()?;
         let mut packs: BTreeSet<u32> = BTreeSet::new();
         let mut missing: Vec<Digest> = Vec::new();
         super::for_each_reference(self.store, point, &mut |d| {

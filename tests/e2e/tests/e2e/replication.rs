@@ -110,6 +110,14 @@ fn a_point_pushed_to_a_second_appliance_restores_exactly_and_is_sent_only_once()
     let original = std::fs::read(&disk).unwrap();
     assert_eq!(sha(&restore_bytes(&b, &there, "from-a")), sha(&original), "B restores A's disk exactly");
 
+    let on_a = a.c.ok("GET", "/api/v1/points", None);
+    let mine = on_a.as_array().unwrap().iter().find(|p| spec_of(p) == spec).expect("A lists its point");
+    assert_eq!(
+        (mine["remote_copies"][0]["remote"].as_str(), mine["remote_copies"][0]["delivered_as"].as_str()),
+        (Some("offsite"), Some(there.as_str())),
+        "{mine}"
+    );
+
     // Again: nothing is sent.
     let t = a.c.ok("POST", &format!("/api/v1/points/{spec}/replicate"), Some(&json!({ "remote": "offsite" })));
     let again = succeeded(&a.c, &t)["result"].clone();

@@ -103,6 +103,20 @@ fn an_encrypted_job_replicates_to_s3_on_its_own_and_a_new_appliance_restores_it_
     assert_eq!(rep["kind"], "replicate");
     assert_eq!(rep["result"]["delivered_as"], format!("rackvault/site-a/{spec}"), "{rep}");
     assert!(rep["result"]["gc"].is_object(), "{rep}");
+    // The point lists its copy in the bucket.
+    let points = a.c.ok("GET", "/api/v1/points", None);
+    let listed = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| format!("{}@{}", p["name"].as_str().unwrap(), p["id"]) == spec)
+        .cloned();
+    let copies = listed.expect("the point is listed")["remote_copies"].clone();
+    assert_eq!(
+        (copies[0]["remote"].as_str(), copies[0]["delivered_as"].as_str()),
+        (Some("cloud"), Some(format!("rackvault/site-a/{spec}").as_str())),
+        "{copies}"
+    );
     let there = remote_points(&a.c, &remote);
     assert_eq!(
         (there.len(), there[0]["point"].as_str(), there[0]["here"].as_str()),
