@@ -2073,7 +2073,7 @@
         { label: 'Kind', cell: (r) => (r.kind === 's3' ? 'S3 bucket' : (r.pull ? `Pull from${r.schedule ? ` (${r.schedule})` : ''}` : 'Appliance')) },
         { label: 'Address', cell: (r) => h('code', null, r.url) },
         { label: 'Where / certificate', cell: trust },
-        { label: 'Limit', cell: (r) => (r.max_mbps ? `${r.max_mbps} MB/s` : 'none') },
+        { label: 'Limits', cell: (r) => [r.max_mbps ? `${r.max_mbps} MB/s` : null, r.window ? `${r.window} UTC` : null].filter(Boolean).join(', ') || 'none' },
         { label: '', class: 'actions', cell: (r) => h('div', { class: 'row-actions' },
           can('operator') ? button('Test', { class: 'btn btn-small', test: 'remote-test' }, (ev) => busy(ev.currentTarget, async () => {
             const t = await api('POST', `/remotes/${encodeURIComponent(r.id)}/test`);
@@ -2134,6 +2134,8 @@
     const namespace = input('s3-namespace', { required: true, placeholder: 'site-a', class: 'input mono', maxlength: 32 });
     const lockMode = select('s3-lock', [{ value: '', label: 'No object lock' }, { value: 'governance', label: 'Governance' }, { value: 'compliance', label: 'Compliance' }], '');
     const keep = input('s3-keep-last', { type: 'number', min: 1, placeholder: 'empty: keep all' });
+    const s3Window = input('s3-window', { placeholder: 'e.g. 22:00-06:00 (empty: any time)', class: 'input mono' });
+    const s3Mbps = input('s3-max-mbps', { type: 'number', min: 1, placeholder: 'empty: no limit' });
     const submit = h('button', { id: 's3-submit', class: 'btn btn-primary', type: 'submit' }, 'Add bucket');
     const form = h('form', { id: 's3-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-2 tight' },
@@ -2151,6 +2153,9 @@
       h('div', { class: 'grid-2 tight' },
         field('Object lock', lockMode, 'For points with an immutability window: the bucket itself refuses deleting them before it ends (the bucket needs object lock on).'),
         field('Keep in the bucket', keep, 'The newest this many points of each name; older ones are deleted after each push once their lock ends.')),
+      h('div', { class: 'grid-2 tight' },
+        field('Transfer window (UTC)', s3Window, 'Transfers run only inside it; outside it they wait, and pause between batches.'),
+        field('Bandwidth limit (MB/s)', s3Mbps)),
       h('div', { class: 'form-actions' }, submit));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
@@ -2163,6 +2168,8 @@
         if (lockMode.value) s3.lock = lockMode.value;
         if (keep.value) s3.keep_last = Number(keep.value);
         const body = { name: name.value.trim(), url: url.value.trim(), namespace: namespace.value.trim(), s3 };
+        if (s3Window.value.trim()) body.window = s3Window.value.trim();
+        if (s3Mbps.value) body.max_mbps = Number(s3Mbps.value);
         await api('POST', '/remotes', body);
         notice(`Bucket ${s3.bucket} added as remote ${body.name}.`);
         secret.value = '';
@@ -2187,6 +2194,7 @@
     const mbps = input('remote-max-mbps', { type: 'number', min: 1, placeholder: 'empty: no limit' });
     const direction = select('remote-direction', [{ value: 'push', label: 'Push: this appliance sends its points there' }, { value: 'pull', label: 'Pull: this appliance fetches that one’s points' }], 'push');
     const schedule = input('remote-schedule', { placeholder: 'e.g. 03:00 (empty: by hand)', class: 'input mono' });
+    const window_ = input('remote-window', { placeholder: 'e.g. 22:00-06:00 (empty: any time)', class: 'input mono' });
     const submit = h('button', { id: 'remote-submit', class: 'btn btn-primary', type: 'submit' }, 'Add remote');
     const form = h('form', { id: 'remote-form', class: 'form', novalidate: true },
       h('div', { class: 'grid-2 tight' },
@@ -2203,6 +2211,7 @@
       h('div', { class: 'grid-2 tight' },
         field('Token', token, 'Made on the remote under API tokens: role Replication to push there, role Pull to pull from it. Stored sealed, never shown again.'),
         field('Bandwidth limit (MB/s)', mbps)),
+      field('Transfer window (UTC)', window_, 'Transfers run only inside it; outside it they wait, and pause between batches.'),
       h('div', { class: 'form-actions' }, submit));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
@@ -2212,6 +2221,7 @@
       await busy(submit, async () => {
         const body = { name: name.value.trim(), url: url.value.trim(), fingerprint: fingerprint.value.trim(), namespace: namespace.value.trim(), token: token.value };
         if (mbps.value) body.max_mbps = Number(mbps.value);
+        if (window_.value.trim()) body.window = window_.value.trim();
         if (direction.value === 'pull') {
           body.pull = true;
           if (schedule.value.trim()) body.schedule = schedule.value.trim();

@@ -21,7 +21,7 @@ use engine::replicate::wire::SourcePoints;
 use engine::replicate::{self, ReplicateError};
 use store::{PointOrigin, RecordKind};
 
-use crate::replication::RemoteConfig;
+use crate::replication::{RemoteConfig, Windowed};
 use crate::replication_s3::replicate_error;
 use crate::tasks::{self, Live, TaskKind};
 use crate::{lock, Appliance, Principal, PullResult, Role, ServiceError, TaskInfo, TaskResult};
@@ -143,12 +143,14 @@ impl Appliance {
             Wanted::New => format!("new points from {}", r.name),
         };
         let host = crate::source_host(&r.url);
-        let (name, ns) = (r.name.clone(), r.namespace.clone());
+        let (name, ns, window) = (r.name.clone(), r.namespace.clone(), r.window.clone());
         let job: tasks::Job = match r.s3.clone() {
             Some(c) => {
                 let s3 = self.s3_client(&r, &c)?;
                 let layout = S3Layout::new(&c.prefix, &r.namespace).map_err(replicate_error)?;
                 Box::new(move |live: &Live| {
+                    let live = &Windowed::new(live, window.as_deref());
+                    live.wait_open();
                     let _held = lock(&guard);
                     let mut src = S3Source::open(&s3, layout.clone())?;
                     src.check_store(&store)?;
@@ -160,6 +162,8 @@ impl Appliance {
                 let mut src = self.http_source(&r)?;
                 let url = r.url.clone();
                 Box::new(move |live: &Live| {
+                    let live = &Windowed::new(live, window.as_deref());
+                    live.wait_open();
                     let _held = lock(&guard);
                     live.log(&format!("pulling from {url}"));
                     pull_points(&mut src, &store, &wanted, &ns, &name, live)
@@ -245,7 +249,7 @@ fn pull_points(
     wanted: &Wanted,
     ns: &str,
     remote: &str,
-    live: &Live,
+    live: &Windowed<'_>,
 ) -> Result<TaskResult, tasks::TaskError> {
     let mut points = src.points()?;
     // The remote's namespace here, whatever the source calls it.

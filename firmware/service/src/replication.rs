@@ -25,6 +25,7 @@ use engine::replicate::{self, Delivered, ReplicaTarget, ReplicateError, Replicat
 use store::{PointOrigin, RestorePoint};
 
 use crate::replication_s3::{self, S3RemoteConfig, S3RemoteInfo, S3RemoteInput};
+use crate::schedule::TimeWindow;
 use crate::tasks::{self, Live, TaskError, TaskKind};
 use crate::{
     lock, new_id, now_unix, plain_name, Appliance, Principal, ReplicateResult, Role, ServiceError, TaskInfo, TaskResult,
@@ -60,6 +61,10 @@ pub struct RemoteConfig {
     /// remotes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Transfers to or from it run only inside this daily window (`HH:MM-HH:MM`, UTC); outside
+    /// it a task waits, and one under way pauses between batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
 }
 
 /// A remote as the API shows it (never its token).
@@ -81,6 +86,8 @@ pub struct RemoteInfo {
     pub pull: bool,
     /// A pull remote's schedule.
     pub schedule: Option<String>,
+    /// The transfer window (`HH:MM-HH:MM`, UTC), if any.
+    pub window: Option<String>,
 }
 
 /// A remote as the API receives it.
@@ -111,6 +118,9 @@ pub struct RemoteInput {
     /// A pull remote's schedule (as a job's); left out: pulls start by hand.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// Transfers only inside this daily window (`HH:MM-HH:MM`, UTC); left out: any time.
+    #[serde(default)]
+    pub window: Option<String>,
 }
 
 fn info(r: &RemoteConfig) -> RemoteInfo {
@@ -126,6 +136,7 @@ fn info(r: &RemoteConfig) -> RemoteInfo {
         s3: r.s3.as_ref().map(replication_s3::info),
         pull: r.pull,
         schedule: r.schedule.clone(),
+        window: r.window.clone(),
     }
 }
 
@@ -228,6 +239,62 @@ impl Appliance {
     }
 }
 
+/// A task's progress that holds a transfer to the remote's window: the task waits for the
+/// window before it starts ([`Windowed::wait_open`]), and pauses between batches (each
+/// `advance`) while it is closed, still answering cancel.
+pub(crate) struct Windowed<'a> {
+    live: &'a Live,
+    window: Option<TimeWindow>,
+}
+
+impl<'a> Windowed<'a> {
+    /// `window` as the configuration holds it (checked when saved; unreadable: none).
+    pub(crate) fn new(live: &'a Live, window: Option<&str>) -> Windowed<'a> {
+        Windowed { live, window: window.and_then(|w| TimeWindow::parse(w).ok()) }
+    }
+
+    /// Returns once the window is open (or at once without one), or when the task is
+    /// cancelled.
+    pub(crate) fn wait_open(&self) {
+        let Some(w) = self.window else { return };
+        let mut waited = false;
+        while !w.contains(now_unix()) && !self.live.is_cancelled() {
+            if !waited {
+                self.live.log(&format!("outside the transfer window {w} (UTC): waiting until it opens"));
+                waited = true;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        if waited && !self.live.is_cancelled() {
+            self.live.log(&format!("the transfer window {w} (UTC) is open: going on"));
+        }
+    }
+
+    pub(crate) fn live(&self) -> &Live {
+        self.live
+    }
+
+    pub(crate) fn log(&self, line: &str) {
+        self.live.log(line);
+    }
+}
+
+impl engine::Progress for Windowed<'_> {
+    fn start(&self, phase: &str, total: u64) {
+        self.live.start(phase, total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.live.advance(bytes);
+        self.wait_open();
+    }
+    fn finish(&self) {
+        self.live.finish();
+    }
+    fn cancelled(&self) -> bool {
+        self.live.is_cancelled()
+    }
+}
+
 fn replicate_error(e: ReplicateError) -> ServiceError {
     match e {
         ReplicateError::Store(e) => e.into(),
@@ -282,6 +349,10 @@ impl Appliance {
             }
             crate::schedule::CalendarEvent::parse(s)
                 .map_err(|e| ServiceError::Invalid(format!("schedule {s:?}: {e}")))?;
+        }
+        let window = input.window.filter(|w| !w.trim().is_empty());
+        if let Some(w) = &window {
+            TimeWindow::parse(w).map_err(ServiceError::Invalid)?;
         }
         let fingerprint = if input.s3.is_some() {
             String::new()
@@ -346,6 +417,7 @@ impl Appliance {
             s3,
             pull: input.pull,
             schedule,
+            window,
         };
         let mut next = c.clone();
         match existing {
@@ -436,6 +508,8 @@ impl Appliance {
         let job: tasks::Job = Box::new(move |live: &Live| {
             let client = pinhttp::Client::new(&r.url, &r.fingerprint, Some(token))
                 .map_err(|e| TaskError::permanent(e.to_string()))?;
+            let live = &Windowed::new(live, r.window.as_deref());
+            live.wait_open();
             let mut target = replicate::HttpTarget::new(client);
             let opts = ReplicateOptions {
                 max_bytes_per_s: r.max_mbps.map(|m| u64::from(m) * 1_000_000),

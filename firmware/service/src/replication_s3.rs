@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use engine::replicate::s3::{self as rs3, BlockingS3, LockMode, S3Layout, S3Source, S3Target};
 use engine::replicate::{self, ReplicateError, ReplicateOptions};
 
-use crate::replication::RemoteConfig;
+use crate::replication::{RemoteConfig, Windowed};
 use crate::tasks::{self, Live};
 use crate::{lock, Appliance, Principal, ReplicateResult, Role, ServiceError, TaskResult};
 
@@ -249,6 +249,8 @@ impl Appliance {
         let guard = self.remote_lock(&r.id);
         let (env, copies) = (self.env.clone(), self.copies_db);
         Ok(Box::new(move |live: &Live| {
+            let live = &Windowed::new(live, r.window.as_deref());
+            live.wait_open();
             let _held = lock(&guard);
             live.log(&format!(
                 "replicating {} to bucket {} on {} under {}/",
@@ -282,7 +284,7 @@ impl Appliance {
             }
             let mut pruned = Vec::new();
             if let Some(keep) = c.keep_last {
-                pruned = prune(&s3, &layout, &point.name, keep as usize, live)?;
+                pruned = prune(&s3, &layout, &point.name, keep as usize, live.live())?;
                 for spec in &pruned {
                     let there = format!("{}/{spec}", layout.base());
                     if let Err(e) = crate::replication::forget_copy(&env, copies, &r.id, &there) {

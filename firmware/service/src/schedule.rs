@@ -136,8 +136,77 @@ impl CalendarEvent {
     }
 }
 
+/// A daily time window in UTC, `HH:MM-HH:MM`; it may span midnight (`22:00-06:00`). Start
+/// and end equal: the whole day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// Minutes after midnight.
+    start: u32,
+    end: u32,
+}
+
+impl TimeWindow {
+    /// Parses `HH:MM-HH:MM`; the error says what is wrong and shows an example.
+    pub fn parse(spec: &str) -> Result<TimeWindow, String> {
+        let minutes = |t: &str| -> Option<u32> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let bad = || format!("window {spec:?}: give HH:MM-HH:MM in UTC, e.g. 22:00-06:00");
+        let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+        Ok(TimeWindow { start: minutes(a).ok_or_else(bad)?, end: minutes(b).ok_or_else(bad)? })
+    }
+
+    /// Whether `unix` (seconds, UTC) is inside the window.
+    pub fn contains(&self, unix: u64) -> bool {
+        let m = ((unix % 86400) / 60) as u32;
+        match self.start.cmp(&self.end) {
+            std::cmp::Ordering::Equal => true,
+            std::cmp::Ordering::Less => (self.start..self.end).contains(&m),
+            std::cmp::Ordering::Greater => m >= self.start || m < self.end,
+        }
+    }
+
+    /// When the window next opens at or after `unix` (`unix` itself when inside).
+    pub fn opens_at(&self, unix: u64) -> u64 {
+        if self.contains(unix) {
+            return unix;
+        }
+        let day = unix - unix % 86400;
+        let today = day + u64::from(self.start) * 60;
+        if today > unix {
+            today
+        } else {
+            today + 86400
+        }
+    }
+}
+
+impl std::fmt::Display for TimeWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}-{:02}:{:02}", self.start / 60, self.start % 60, self.end / 60, self.end % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_window_across_midnight_contains_the_night_and_says_when_it_opens() {
+        let w = TimeWindow::parse("22:00-06:00").unwrap();
+        assert!(w.contains(MONDAY + 23 * 3600) && w.contains(MONDAY + 5 * 3600) && !w.contains(MONDAY + 12 * 3600));
+        assert!(!w.contains(MONDAY + 6 * 3600), "the end is outside");
+        assert_eq!(w.opens_at(MONDAY + 12 * 3600), MONDAY + 22 * 3600);
+        assert_eq!(w.opens_at(MONDAY + 23 * 3600), MONDAY + 23 * 3600);
+        let day = TimeWindow::parse("08:30-17:00").unwrap();
+        assert_eq!(day.opens_at(MONDAY + 18 * 3600), MONDAY + 86400 + 8 * 3600 + 1800);
+        assert!(TimeWindow::parse("00:00-00:00").unwrap().contains(MONDAY + 12345));
+        for bad in ["22-06", "25:00-01:00", "22:00", "aa:bb-cc:dd"] {
+            assert!(TimeWindow::parse(bad).unwrap_err().contains("HH:MM-HH:MM"), "{bad}");
+        }
+        assert_eq!(w.to_string(), "22:00-06:00");
+    }
+
     use super::*;
 
     // 2026-11-23 00:00:00 UTC is a Monday.

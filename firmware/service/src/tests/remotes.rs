@@ -25,6 +25,7 @@ fn s3_input(url: &str, secret: Option<&str>) -> RemoteInput {
         }),
         pull: false,
         schedule: None,
+        window: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn only_a_pull_remote_has_a_schedule_and_none_is_pushed_to() {
         s3: None,
         pull: false,
         schedule: Some("03:00".into()),
+        window: None,
     };
     let e = app.put_remote(&admin(), None, input.clone()).unwrap_err();
     assert!(e.to_string().contains("only a pull remote has a schedule"), "{e}");
@@ -119,4 +121,44 @@ fn a_pull_token_reads_only_the_appliances_own_points_and_a_session_reads_none() 
     assert!(matches!(app.replica_source_points(&admin()), Err(ServiceError::Forbidden(_))));
     let replicator = Principal { user: "admin".into(), role: Role::Replication, token: Some("site-a".into()) };
     assert!(matches!(app.replica_source_records(&replicator, &[root.to_hex()]), Err(ServiceError::Forbidden(_))));
+}
+
+#[test]
+fn a_replication_outside_its_remotes_window_waits_connecting_to_nothing_and_can_be_cancelled() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let opts = ApplianceOptions { dev: true, runtime: Some(rt.handle().clone()), ..Default::default() };
+    let app = Appliance::open(d.path(), opts).unwrap();
+    let src = app.sources(&admin()).unwrap().remove(0);
+    let b = wait(&app, app.start_backup(&admin(), &src.id).unwrap().id);
+    let spec = match &b.result {
+        Some(TaskResult::Backup(r)) => format!("{}@{}", r.report.name, r.report.id),
+        other => panic!("{other:?}"),
+    };
+    // A window that opened an hour from now: closed now. Nothing listens on port 9.
+    let now_min = (now_unix() % 86400) / 60;
+    let (start, end) = ((now_min + 60) % 1440, (now_min + 120) % 1440);
+    let mut input = s3_input("http://127.0.0.1:9", Some("x"));
+    input.window = Some(format!("{:02}:{:02}-{:02}:{:02}", start / 60, start % 60, end / 60, end % 60));
+    app.put_remote(&admin(), None, input).unwrap();
+    let t = app.start_replication(&admin(), &spec, "cloud").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (lines, _) = app.task_log(&admin(), t.id, 0).unwrap();
+        if lines.iter().any(|l| l.contains("outside the transfer window")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no wait logged: {lines:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(app.task(&admin(), t.id).unwrap().state, TaskState::Running);
+    app.cancel_task(&admin(), t.id).unwrap();
+    let done = wait(&app, t.id);
+    assert_eq!(done.state, TaskState::Cancelled, "{done:?}");
+    let bad = RemoteInput {
+        window: Some("22-06".into()),
+        name: "w2".into(),
+        ..s3_input("https://s3.example.com", Some("x"))
+    };
+    assert!(app.put_remote(&admin(), None, bad).unwrap_err().to_string().contains("HH:MM-HH:MM"));
 }
