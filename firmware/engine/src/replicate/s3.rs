@@ -184,8 +184,21 @@ fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, ReplicateError> {
         .map_err(|e| ReplicateError::Invalid(format!("encoding an index object: {e}")))
 }
 
+/// Largest index object read (a point index lists its packs: about 40 bytes per 32 MiB of
+/// stored data, so 64 MiB covers a point of tens of petabytes). A bigger one is refused,
+/// never read whole: the bucket is not trusted to be what rackvault wrote.
+pub const MAX_INDEX_OBJECT: u64 = 64 << 20;
+
 fn get_json<T: serde::de::DeserializeOwned>(s3: &BlockingS3, key: &str) -> Result<Option<T>, ReplicateError> {
-    match s3.get(key) {
+    // A ranged GET one byte past the limit: a longer object shows itself without being read.
+    match s3.get_range(key, 0..MAX_INDEX_OBJECT + 1) {
+        Ok(b) if b.len() as u64 > MAX_INDEX_OBJECT => Err(ReplicateError::Offsite {
+            message: format!(
+                "object {key} is larger than {MAX_INDEX_OBJECT} bytes, which no index rackvault writes is; \
+                 the bucket was changed by something else"
+            ),
+            kind: ErrorKind::Permanent,
+        }),
         Ok(b) => decode(key, &b).map(Some),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(offsite(e)),

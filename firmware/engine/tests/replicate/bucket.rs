@@ -293,3 +293,78 @@ fn wrong_credentials_and_a_missing_bucket_are_refused_clearly_and_not_retried_fo
     let e = S3Target::open(&missing, layout("creds"), &src, &p, None, SystemTime::now()).unwrap_err();
     assert!(e.to_string().contains("rv-no-such-bucket") && e.to_string().contains("does not exist"), "{e}");
 }
+
+#[test]
+fn a_bucket_changed_by_something_else_is_refused_clearly_and_the_pulling_store_stays_intact() {
+    let Some(peer) = peer() else { return };
+    let s3 = peer.client();
+    let l = layout("hostile");
+    let a = tempfile::tempdir().unwrap();
+    let src = open(a.path());
+    let (p, _) = backup(&src, "vm1", &image(2 << 20, 29));
+    push(&s3, &l, &src, &p);
+    // Every pack object's bytes flipped in the middle: the pull refuses at the first record.
+    for o in objects(&s3, &l, "packs/").iter().filter(|o| o.key.ends_with(".pack")) {
+        let mut body = s3.get(&o.key).unwrap().to_vec();
+        let mid = body.len() / 2;
+        body[mid] ^= 0xff;
+        s3.upload(&o.key, body.into()).unwrap();
+    }
+    let b = tempfile::tempdir().unwrap();
+    let dst = open(b.path());
+    let mut source = S3Source::open(&s3, l.clone()).unwrap();
+    let points = source.points().unwrap();
+    let e = pull::pull(&mut source, &dst, &points[0], &NoProgress).unwrap_err();
+    assert!(e.to_string().contains("damaged") || e.to_string().contains("checksum"), "{e}");
+    assert!(dst.list().unwrap().is_empty(), "no partial point is visible");
+    assert!(dst.verify_store(2, &|_| {}).unwrap().is_clean());
+    // A point index that is not JSON: a clear error, no panic.
+    s3.upload(&format!("{}/points/vm1/999.json", l.base()), bytes::Bytes::from_static(b"{not json")).unwrap();
+    let e = S3Source::open(&s3, l.clone()).unwrap().points().unwrap_err();
+    assert!(e.to_string().contains("not what rackvault wrote there"), "{e}");
+}
+
+/// A source that hands out records with the wrong content for their digests.
+struct Liar<'a> {
+    store: &'a store::Store,
+    points: Vec<pull::RemotePoint>,
+}
+
+impl ReplicaSource for Liar<'_> {
+    fn points(&mut self) -> Result<Vec<pull::RemotePoint>, ReplicateError> {
+        Ok(self.points.clone())
+    }
+    fn records(&mut self, digests: &[store::Digest]) -> Result<Vec<store::EncodedChunk>, ReplicateError> {
+        let mut out = Vec::new();
+        for d in digests {
+            let mut c = self.store.read_encoded(d, &mut Vec::new()).unwrap();
+            if c.kind == store::RecordKind::Data {
+                // Another chunk's content under this digest.
+                let last = c.payload.len() - 1;
+                c.payload[last] ^= 1;
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn a_source_handing_out_wrong_records_makes_the_pull_fail_and_writes_none_of_them() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src = open(a.path());
+    let (p, _) = backup(&src, "vm1", &image(2 << 20, 30));
+    let origin = store::PointOrigin {
+        namespace: "site-a".into(),
+        store_id: src.store_id(),
+        point: p.spec(),
+        created_unix: p.created_unix,
+    };
+    let mut liar = Liar { store: &src, points: vec![pull::RemotePoint { point: p.clone(), origin }] };
+    let dst = open(b.path());
+    let rp = liar.points[0].clone();
+    let e = pull::pull(&mut liar, &dst, &rp, &NoProgress).unwrap_err();
+    assert_eq!(e.kind(), engine::ErrorKind::Permanent, "{e}");
+    assert!(dst.list().unwrap().is_empty());
+    assert!(dst.verify_store(2, &|_| {}).unwrap().is_clean());
+}
