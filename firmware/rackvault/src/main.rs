@@ -131,6 +131,16 @@ enum Command {
         force: bool,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Fetch the point from a bucket first (s3://BUCKET[/PREFIX]; NAME or NAME@ID as the
+        /// source named it), into --store (created if missing; give the lost store's recovery
+        /// key with --key-file after a disaster).
+        #[arg(long, requires = "namespace")]
+        from: Option<String>,
+        /// With --from: the namespace the point was replicated under.
+        #[arg(long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        s3: s3_cmd::S3Args,
         #[arg(long)]
         json: bool,
     },
@@ -177,6 +187,10 @@ enum Command {
         /// Send at most this many MB/s.
         #[arg(long)]
         max_mbps: Option<u32>,
+        /// To a bucket: object lock for points with an immutability window, governance or
+        /// compliance (the bucket must have object lock enabled).
+        #[arg(long, value_parser = ["governance", "compliance"])]
+        lock: Option<String>,
         #[command(flatten)]
         s3: s3_cmd::S3Args,
         #[arg(long)]
@@ -517,9 +531,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Restore { point, store, to, disk, all, format, verify, force, threads, json } => {
-            let store = open_store(&store, false)?;
-            let rp = store.find(&point)?;
+        Command::Restore { point, store, to, disk, all, format, verify, force, threads, from, namespace, s3, json } => {
+            let (store, rp) = match (&from, &namespace) {
+                (Some(url), Some(ns)) => {
+                    let store = open_store(&store, true)?;
+                    let from = s3_cmd::Remote { url, namespace: ns, args: &s3 };
+                    let rp = s3_cmd::pull_for_restore(&store, &point, &from, interactive && !json)?;
+                    (store, rp)
+                }
+                _ => {
+                    let store = open_store(&store, false)?;
+                    let rp = store.find(&point)?;
+                    (store, rp)
+                }
+            };
             let format = match format {
                 Format::Raw => RestoreFormat::Raw,
                 Format::Qcow2 => RestoreFormat::Qcow2,
@@ -553,12 +578,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, s3, json } => {
+        Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, lock, s3, json } => {
             let store = open_store(&store, false)?;
             let p = store.find(&point)?;
             if to.starts_with("s3://") {
                 let to = s3_cmd::Remote { url: &to, namespace: &namespace, args: &s3 };
-                s3_cmd::replicate(&store, &p, &to, max_mbps, interactive, json)?;
+                s3_cmd::replicate(&store, &p, &to, (max_mbps, lock.as_deref()), interactive, json)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let (Some(fingerprint), Some(token_file)) = (fingerprint, token_file) else {

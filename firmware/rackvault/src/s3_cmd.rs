@@ -31,10 +31,6 @@ pub struct S3Args {
     /// A file holding the secret key (or set RACKVAULT_S3_SECRET_KEY).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Object lock for points with an immutability window: governance or compliance (the
-    /// bucket must have object lock enabled).
-    #[arg(long, value_parser = ["governance", "compliance"])]
-    pub lock: Option<String>,
 }
 
 /// An open bucket, with the runtime its client runs on.
@@ -84,8 +80,8 @@ fn open(url: &str, namespace: &str, a: &S3Args) -> Result<Bucket> {
     Ok(Bucket { s3, layout: S3Layout::new(&prefix, namespace)?, _rt: rt })
 }
 
-fn lock_mode(a: &S3Args) -> Option<LockMode> {
-    match a.lock.as_deref() {
+fn lock_mode(lock: Option<&str>) -> Option<LockMode> {
+    match lock {
         Some("compliance") => Some(LockMode::Compliance),
         Some("governance") => Some(LockMode::Governance),
         _ => None,
@@ -97,13 +93,13 @@ pub fn replicate(
     store: &Store,
     p: &RestorePoint,
     to: &Remote<'_>,
-    max_mbps: Option<u32>,
+    (max_mbps, lock): (Option<u32>, Option<&str>),
     interactive: bool,
     json: bool,
 ) -> Result<()> {
     let (namespace, a) = (to.namespace, to.args);
     let b = open(to.url, namespace, a)?;
-    let mut target = S3Target::open(&b.s3, b.layout.clone(), store, p, lock_mode(a), SystemTime::now())?;
+    let mut target = S3Target::open(&b.s3, b.layout.clone(), store, p, lock_mode(lock), SystemTime::now())?;
     let opts = ReplicateOptions {
         max_bytes_per_s: max_mbps.map(|m| u64::from(m) * 1_000_000),
         ..ReplicateOptions::new(namespace)
@@ -181,4 +177,22 @@ pub fn pull(
         );
     }
     Ok(())
+}
+
+/// For `restore --from s3://…`: fetches `point` into `store` (unless it is there already) and
+/// returns it as the store names it.
+pub fn pull_for_restore(store: &Store, point: &str, from: &Remote<'_>, interactive: bool) -> Result<RestorePoint> {
+    let b = open(from.url, from.namespace, from.args)?;
+    let mut src = S3Source::open(&b.s3, b.layout.clone())?;
+    src.check_store(store)?;
+    let rp = pull::find_remote(&src.points()?, point)?;
+    let r = pull::pull(&mut src, store, &rp, &Bar::new(interactive))?;
+    eprintln!(
+        "rackvault: {} from {} is here as {} ({} fetched)",
+        r.point,
+        from.url,
+        r.delivered_as,
+        human_bytes(r.bytes_fetched)
+    );
+    Ok(store.find(&r.delivered_as)?)
 }

@@ -177,3 +177,57 @@ fn an_encrypted_job_replicates_to_s3_on_its_own_and_a_new_appliance_restores_it_
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("object lock"), "{v}");
 }
+
+#[test]
+fn the_cli_replicates_an_encrypted_point_to_a_bucket_and_restores_it_from_there_into_a_new_store_with_the_key() {
+    use e2e::{backup, hash_file, make_image, Profile, MIB};
+    let Some(env) = testkit::peers::s3() else { return };
+    let bucket = e2e::s3_bucket(&env, false);
+    let dir = scratch("replication-s3-cli");
+    let d = dir.path();
+    let img = d.join("vm.raw");
+    make_image(&img, 8 * MIB, 341, Profile::VM);
+    let key = d.join("store.key");
+    backup(&img, &d.join("a"), "vm", &["--encrypt", "--key-file", key.to_str().unwrap()]);
+    let secret = d.join("s3.secret");
+    std::fs::write(&secret, &env.secret).unwrap();
+    let url = format!("s3://{bucket}/cli");
+    let s3 = |v: Vec<std::ffi::OsString>| -> Vec<std::ffi::OsString> {
+        let mut v = v;
+        for a in ["--namespace", "site-a", "--endpoint", &env.endpoint, "--access-key", &env.access] {
+            v.push(a.into());
+        }
+        v.push("--secret-file".into());
+        v.push(secret.clone().into());
+        v
+    };
+    let mut r = rv!["replicate", "vm", "--store", d.join("a"), "--to", &url, "--key-file", &key, "--json"];
+    for a in s3(vec![]) {
+        r = r.arg(a);
+    }
+    let sent = r.run().success().json();
+    assert!(sent["bytes_sent"].as_u64().unwrap() > 0, "{sent}");
+    // The bucket lists it; a new store with the recovery key restores it exactly.
+    let mut l = rv!["pull", "--list", "--from", &url, "--json"];
+    for a in s3(vec![]) {
+        l = l.arg(a);
+    }
+    let listed = l.run().success().json();
+    assert_eq!(listed[0]["point"]["name"], "vm", "{listed}");
+    let to = d.join("back.raw");
+    let mut rs = rv!["restore", "vm", "--store", d.join("b"), "--to", &to, "--from", &url, "--key-file", &key];
+    for a in s3(vec![]) {
+        rs = rs.arg(a);
+    }
+    rs.run().success();
+    assert_eq!(hash_file(&to), hash_file(&img));
+    // Another key: refused before anything is fetched, saying what to do.
+    let other = d.join("other.key");
+    backup(&img, &d.join("c"), "vm", &["--encrypt", "--key-file", other.to_str().unwrap()]);
+    let mut rs =
+        rv!["restore", "vm", "--store", d.join("c"), "--to", d.join("no.raw"), "--from", &url, "--key-file", &other];
+    for a in s3(vec![]) {
+        rs = rs.arg(a);
+    }
+    rs.run().failure().stderr_has(&["another key", "rackvault key restore"]);
+}
