@@ -581,24 +581,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, lock, s3, json } => {
             let store = open_store(&store, false)?;
             let p = store.find(&point)?;
-            if to.starts_with("s3://") {
-                let to = s3_cmd::Remote { url: &to, namespace: &namespace, args: &s3 };
-                s3_cmd::replicate(&store, &p, &to, (max_mbps, lock.as_deref()), interactive, json)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let (Some(fingerprint), Some(token_file)) = (fingerprint, token_file) else {
-                anyhow::bail!("replicating to an appliance needs --fingerprint and --token-file");
-            };
-            let token = std::fs::read_to_string(&token_file)
-                .with_context(|| format!("reading the token from {}", token_file.display()))?;
-            let client = pinhttp::Client::new(&to, &fingerprint, Some(token.trim().to_string()))?;
-            let mut target = engine::replicate::HttpTarget::new(client);
             let opts = engine::replicate::ReplicateOptions {
                 max_bytes_per_s: max_mbps.map(|m| u64::from(m) * 1_000_000),
                 ..engine::replicate::ReplicateOptions::new(&namespace)
             };
             let bar = Bar::new(interactive && !json);
-            let r = engine::replicate::replicate(&store, &p, &mut target, &opts, &bar)?;
+            let r = if to.starts_with("s3://") {
+                let remote = s3_cmd::Remote { url: &to, namespace: &namespace, args: &s3 };
+                s3_cmd::replicate(&store, &p, &remote, lock.as_deref(), &opts, &bar)?
+            } else {
+                let (Some(fingerprint), Some(token_file)) = (fingerprint, token_file) else {
+                    anyhow::bail!("replicating to an appliance needs --fingerprint and --token-file");
+                };
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("reading the token from {}", token_file.display()))?;
+                let client = pinhttp::Client::new(&to, &fingerprint, Some(token.trim().to_string()))?;
+                let mut target = engine::replicate::HttpTarget::new(client);
+                engine::replicate::replicate(&store, &p, &mut target, &opts, &bar)?
+            };
             if json {
                 print_json(&r)?;
             } else if r.already_there {

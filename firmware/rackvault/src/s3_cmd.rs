@@ -88,41 +88,18 @@ fn lock_mode(lock: Option<&str>) -> Option<LockMode> {
     }
 }
 
-/// `replicate NAME --to s3://…`.
+/// `replicate NAME --to s3://…`: the push; the caller prints its report.
 pub fn replicate(
     store: &Store,
     p: &RestorePoint,
     to: &Remote<'_>,
-    (max_mbps, lock): (Option<u32>, Option<&str>),
-    interactive: bool,
-    json: bool,
-) -> Result<()> {
-    let (namespace, a) = (to.namespace, to.args);
-    let b = open(to.url, namespace, a)?;
+    lock: Option<&str>,
+    opts: &ReplicateOptions,
+    bar: &Bar,
+) -> Result<replicate::ReplicateReport> {
+    let b = open(to.url, to.namespace, to.args)?;
     let mut target = S3Target::open(&b.s3, b.layout.clone(), store, p, lock_mode(lock), SystemTime::now())?;
-    let opts = ReplicateOptions {
-        max_bytes_per_s: max_mbps.map(|m| u64::from(m) * 1_000_000),
-        ..ReplicateOptions::new(namespace)
-    };
-    let bar = Bar::new(interactive && !json);
-    let r = replicate::replicate(store, p, &mut target, &opts, &bar)?;
-    if json {
-        print_json(&r)?;
-    } else if r.already_there {
-        println!("{} is already in the bucket as {}: nothing sent", r.point, r.delivered_as);
-    } else {
-        println!(
-            "replicated {} to {}: {} chunk(s) and {} index node(s), {} in {} pack object(s), {:.1} s",
-            r.point,
-            r.delivered_as,
-            r.chunks_sent,
-            r.nodes_sent,
-            human_bytes(r.bytes_sent),
-            r.batches,
-            r.seconds
-        );
-    }
-    Ok(())
+    Ok(replicate::replicate(store, p, &mut target, opts, bar)?)
 }
 
 /// `pull [NAME[@ID]] --from s3://… --store DIR`: without a point, lists what the bucket holds.

@@ -488,12 +488,13 @@ pub fn check_record(keys: &store::Keyring, c: &EncodedChunk, raw: &mut Vec<u8>) 
 }
 
 /// Calls `visit` once for every record `point` references (its files, and each disk's tree
-/// nodes and data chunks), reading the trees from `store`.
-pub fn for_each_reference(
+/// nodes and data chunks), reading the trees from `store`. `visit` answers whether to go on
+/// below a node (a node that is not there has nothing to read below it).
+pub fn for_each_reference<E: From<StoreError>>(
     store: &Store,
     point: &RestorePoint,
-    visit: &mut dyn FnMut(&Digest) -> Result<(), ReplicateError>,
-) -> Result<(), ReplicateError> {
+    visit: &mut dyn FnMut(&Digest) -> Result<bool, E>,
+) -> Result<(), E> {
     let mut seen = HashSet::new();
     for f in &point.files {
         if seen.insert(f.digest) {
@@ -510,10 +511,9 @@ pub fn for_each_reference(
         loop {
             let mut children = Vec::new();
             for node in frontier {
-                if !seen.insert(node) {
+                if !seen.insert(node) || !visit(&node)? {
                     continue;
                 }
-                visit(&node)?;
                 store.read_chunk(&node, &mut scratch, &mut raw)?;
                 children.extend(store::tree::decode_node(&raw, level, &node)?.into_iter().filter(|d| !d.is_zero()));
             }
@@ -536,53 +536,15 @@ pub fn for_each_reference(
 /// point is published only complete. Returns the missing chunks (at most `limit`).
 pub fn missing_references(store: &Store, point: &RestorePoint, limit: usize) -> Result<Vec<Digest>, StoreError> {
     let mut missing = Vec::new();
-    let mut seen = HashSet::new();
-    for f in &point.files {
-        if !store.contains(&f.digest)? {
-            missing.push(f.digest);
+    for_each_reference(store, point, &mut |d| -> Result<bool, StoreError> {
+        if store.contains(d)? {
+            return Ok(true);
         }
-    }
-    let (mut scratch, mut raw) = (Vec::new(), Vec::new());
-    for disk in &point.disks {
-        if disk.height == 0 {
-            continue;
+        if missing.len() < limit {
+            missing.push(*d);
         }
-        let mut frontier = vec![disk.root];
-        let mut level = disk.height - 1;
-        loop {
-            let mut children = Vec::new();
-            for node in frontier {
-                if !seen.insert(node) {
-                    continue;
-                }
-                if !store.contains(&node)? {
-                    missing.push(node);
-                    continue;
-                }
-                if level > 0 || missing.len() < limit {
-                    store.read_chunk(&node, &mut scratch, &mut raw)?;
-                    children.extend(store::tree::decode_node(&raw, level, &node)?.into_iter().filter(|d| !d.is_zero()));
-                }
-            }
-            if level == 0 {
-                for d in children {
-                    if seen.insert(d) && !store.contains(&d)? {
-                        missing.push(d);
-                    }
-                }
-                break;
-            }
-            if missing.len() >= limit {
-                break;
-            }
-            frontier = children;
-            level -= 1;
-        }
-        if missing.len() >= limit {
-            break;
-        }
-    }
-    missing.truncate(limit);
+        Ok(false)
+    })?;
     Ok(missing)
 }
 

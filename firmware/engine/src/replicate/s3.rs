@@ -447,14 +447,15 @@ impl ReplicaTarget for S3Target<'_> {
         self.barrier()?;
         let mut packs: BTreeSet<u32> = BTreeSet::new();
         let mut missing: Vec<Digest> = Vec::new();
-        super::for_each_reference(self.store, point, &mut |d| {
+        super::for_each_reference(self.store, point, &mut |d| -> Result<bool, ReplicateError> {
             match self.cat.at.get(d) {
                 Some(a) => {
                     packs.insert(a.pack);
                 }
                 None => missing.push(*d),
             }
-            Ok(())
+            // The sender's own tree is read whole, so every pack it touches is found.
+            Ok(true)
         })?;
         // Packs of earlier pushes: still there (a GC or a hand may have removed them), and
         // locked at least as long as this point.
