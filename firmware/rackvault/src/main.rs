@@ -6,6 +6,7 @@
 mod demo;
 mod key_cmd;
 mod progress;
+mod remote_cmd;
 mod s3_cmd;
 mod serve_cmd;
 mod store_cmd;
@@ -219,6 +220,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An appliance's remotes (other appliances, S3 buckets), while its daemon is stopped:
+    /// `list`, `add`, `delete`.
+    Remote(remote_cmd::RemoteArgs),
     /// Print the SHA-256 fingerprint of the certificate an appliance presents, trusting
     /// nothing, to compare with the one it shows before pinning it.
     RemoteFingerprint {
@@ -704,6 +708,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),
         Command::Key(args) => return key_cmd::run(args),
+        Command::Remote(args) => return remote_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
     }
     Ok(ExitCode::SUCCESS)

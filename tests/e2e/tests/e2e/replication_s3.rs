@@ -231,3 +231,49 @@ fn the_cli_replicates_an_encrypted_point_to_a_bucket_and_restores_it_from_there_
     }
     rs.run().failure().stderr_has(&["another key", "rackvault key restore"]);
 }
+
+#[test]
+fn the_console_manages_remotes_while_the_daemon_is_stopped_and_never_prints_a_secret() {
+    let dir = scratch("remote-cli");
+    let data = dir.path().join("a");
+    let d = start_with(&data, &dir.path().join("a.log"), free_port(), &[]);
+    let secret = dir.path().join("s3.secret");
+    std::fs::write(&secret, "very-secret-key-123").unwrap();
+    let add = || {
+        rv![
+            "remote",
+            "--data-dir",
+            &data,
+            "add",
+            "cloud",
+            "--url",
+            "https://s3.example.com",
+            "--namespace",
+            "site-a",
+            "--bucket",
+            "backups",
+            "--access-key",
+            "AKIAEXAMPLE",
+            "--secret-file",
+            &secret,
+            "--keep-last",
+            "7"
+        ]
+    };
+    // While the daemon runs its data directory is locked: use the UI or the API then.
+    add().run().failure().stderr_has(&["another rackvault serve"]);
+    drop(d);
+    let out = add().run().success();
+    assert!(out.stdout.contains("added remote cloud"), "{}", out.stdout);
+    let listed = rv!["remote", "--data-dir", &data, "list", "--json"].run().success();
+    let text = &listed.stdout;
+    assert!(text.contains("backups") && !text.contains("very-secret-key-123"), "{text}");
+    let config = std::fs::read_to_string(data.join("config.json")).unwrap();
+    assert!(!config.contains("very-secret-key-123"), "the secret is sealed");
+    rv!["remote", "--data-dir", &data, "delete", "cloud"].run().success();
+    assert_eq!(rv!["remote", "--data-dir", &data, "list", "--json"].run().success().json(), serde_json::json!([]));
+    rv!["remote", "--data-dir", dir.path().join("nothing"), "list"]
+        .run()
+        .failure()
+        .stderr_has(&["not an appliance data directory"]);
+}
