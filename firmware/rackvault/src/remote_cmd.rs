@@ -30,53 +30,56 @@ enum RemoteCommand {
     },
     /// Add a remote: an appliance (https://HOST:PORT with --fingerprint and --token-file) or an
     /// S3 bucket (--bucket, --access-key, --secret-file).
-    Add {
-        name: String,
-        /// An appliance's https://HOST:PORT, or an S3 endpoint.
-        #[arg(long)]
-        url: String,
-        /// An appliance's namespace there (its replication token's name), or this appliance's
-        /// folder in a bucket.
-        #[arg(long)]
-        namespace: String,
-        /// An appliance's certificate fingerprint, compared with what it shows (read it with
-        /// `rackvault remote-fingerprint URL`).
-        #[arg(long)]
-        fingerprint: Option<String>,
-        /// A file holding the appliance's token (role replication to push, pull to pull).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// Pull from the appliance instead of pushing to it.
-        #[arg(long)]
-        pull: bool,
-        /// A pull remote's schedule (as a job's).
-        #[arg(long)]
-        schedule: Option<String>,
-        /// A daily transfer window, HH:MM-HH:MM in UTC.
-        #[arg(long)]
-        window: Option<String>,
-        #[arg(long)]
-        max_mbps: Option<u32>,
-        /// An S3 bucket.
-        #[arg(long)]
-        bucket: Option<String>,
-        #[arg(long)]
-        region: Option<String>,
-        #[arg(long)]
-        access_key: Option<String>,
-        /// A file holding the S3 secret key.
-        #[arg(long)]
-        secret_file: Option<PathBuf>,
-        #[arg(long)]
-        prefix: Option<String>,
-        /// Object lock mode: governance or compliance.
-        #[arg(long)]
-        lock: Option<String>,
-        #[arg(long)]
-        keep_last: Option<u32>,
-    },
+    Add(Box<AddArgs>),
     /// Forget a remote (what it holds stays there).
     Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+struct AddArgs {
+    name: String,
+    /// An appliance's https://HOST:PORT, or an S3 endpoint.
+    #[arg(long)]
+    url: String,
+    /// An appliance's namespace there (its replication token's name), or this appliance's
+    /// folder in a bucket.
+    #[arg(long)]
+    namespace: String,
+    /// An appliance's certificate fingerprint, compared with what it shows (read it with
+    /// `rackvault remote-fingerprint URL`).
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// A file holding the appliance's token (role replication to push, pull to pull).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Pull from the appliance instead of pushing to it.
+    #[arg(long)]
+    pull: bool,
+    /// A pull remote's schedule (as a job's).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// A daily transfer window, HH:MM-HH:MM in UTC.
+    #[arg(long)]
+    window: Option<String>,
+    #[arg(long)]
+    max_mbps: Option<u32>,
+    /// An S3 bucket.
+    #[arg(long)]
+    bucket: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    access_key: Option<String>,
+    /// A file holding the S3 secret key.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Object lock mode: governance or compliance.
+    #[arg(long)]
+    lock: Option<String>,
+    #[arg(long)]
+    keep_last: Option<u32>,
 }
 
 fn read_secret(path: &Option<PathBuf>, what: &str) -> Result<Option<String>> {
@@ -118,24 +121,25 @@ pub fn run(args: RemoteArgs) -> Result<ExitCode> {
                 }
             }
         }
-        RemoteCommand::Add {
-            name,
-            url,
-            namespace,
-            fingerprint,
-            token_file,
-            pull,
-            schedule,
-            window,
-            max_mbps,
-            bucket,
-            region,
-            access_key,
-            secret_file,
-            prefix,
-            lock,
-            keep_last,
-        } => {
+        RemoteCommand::Add(add) => {
+            let AddArgs {
+                name,
+                url,
+                namespace,
+                fingerprint,
+                token_file,
+                pull,
+                schedule,
+                window,
+                max_mbps,
+                bucket,
+                region,
+                access_key,
+                secret_file,
+                prefix,
+                lock,
+                keep_last,
+            } = *add;
             let s3 = match bucket {
                 Some(bucket) => Some(S3RemoteInput {
                     bucket,
