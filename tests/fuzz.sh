@@ -2,9 +2,10 @@
 # tests/fuzz.sh - build every cargo-fuzz target and run each one for a short, bounded time, so
 # the targets keep building and keep looking for crashes on every CI run.
 #   ./tests/fuzz.sh                  all targets, RV_FUZZ_SECS (25) seconds each
-#   ./tests/fuzz.sh image/qcow2      only the fuzz crates under these folders
+#   ./tests/fuzz.sh disk/formats/qcow2   only the fuzz crates under these folders
 #
-# Targets are discovered, not listed: every */*/fuzz/Cargo.toml is a cargo-fuzz crate (its own
+# Targets are discovered, not listed: every */*/fuzz/Cargo.toml and */*/*/fuzz/Cargo.toml is a
+# cargo-fuzz crate (its own
 # workspace, outside the main one) and `cargo fuzz list` names its targets, so a new fuzz crate
 # or target is picked up without touching this script.
 #
@@ -69,11 +70,11 @@ if (($#)); then
 		crates+=("$d")
 	done
 else
-	for toml in */*/fuzz/Cargo.toml; do
+	for toml in */*/fuzz/Cargo.toml */*/*/fuzz/Cargo.toml; do
 		[[ -f $toml ]] && crates+=("${toml%/Cargo.toml}")
 	done
 fi
-((${#crates[@]})) || { log "no fuzz crates found (*/*/fuzz/Cargo.toml)"; exit 1; }
+((${#crates[@]})) || { log "no fuzz crates found (*/*/fuzz/Cargo.toml, */*/*/fuzz/Cargo.toml)"; exit 1; }
 
 failed=()   # "crate[ target]: what" entries
 passed=0

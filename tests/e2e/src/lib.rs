@@ -116,7 +116,7 @@ fn warn_if_stale(bin: &Path) {
         }
     }
     let mut best = None;
-    for d in ["disk", "image", "firmware"] {
+    for d in ["disk", "firmware", "web"] {
         newest(&workspace_root().join(d), &mut best);
     }
     if let (Some(bin_time), Some((src_time, src))) = (mtime(bin), best) {
