@@ -259,12 +259,20 @@ fn pull_points(
     let chosen: Vec<RemotePoint> = match wanted {
         Wanted::One(spec) => vec![pull::find_remote(&points, spec)?],
         Wanted::New => {
-            let mut new = Vec::new();
-            for p in points {
-                if store.find_origin(&p.origin).map_err(ReplicateError::from)?.is_none() {
-                    new.push(p);
-                }
-            }
+            // One listing of this store, not one per offered point.
+            let here: std::collections::HashSet<(String, String, String)> = store
+                .list()
+                .map_err(ReplicateError::from)?
+                .into_iter()
+                .filter_map(|p| p.origin.map(|o| (o.namespace, o.store_id, o.point)))
+                .collect();
+            let new: Vec<RemotePoint> = points
+                .into_iter()
+                .filter(|p| {
+                    let o = &p.origin;
+                    !here.contains(&(o.namespace.clone(), o.store_id.clone(), o.point.clone()))
+                })
+                .collect();
             live.log(&format!("{} point(s) there are not here yet", new.len()));
             new
         }

@@ -24,7 +24,7 @@
 //! index names only packs that exist; a pack without an index (a push cut between the two)
 //! is invisible and is removed by [`s3_gc`]. The target learns what the bucket holds from
 //! the pack indexes when it opens, so a push that was cut resumes: what was uploaded is not
-//! sent again. Before it publishes a point the target checks (HEAD) that each pack of an
+//! sent again. Before it publishes a point the target checks (one listing) that each pack of an
 //! earlier run that the point references still exists.
 //!
 //! ## Object lock
@@ -457,19 +457,22 @@ impl ReplicaTarget for S3Target<'_> {
             // The sender's own tree is read whole, so every pack it touches is found.
             Ok(true)
         })?;
-        // Packs of earlier pushes: still there (a GC or a hand may have removed them), and
-        // locked at least as long as this point.
-        for &p in packs.iter().filter(|p| !self.written.contains(p)) {
+        // Packs of earlier pushes: still there (a GC or a hand may have removed them since
+        // the push opened: one listing, not a HEAD per pack), and locked at least as long as
+        // this point.
+        let old: Vec<u32> = packs.iter().filter(|p| !self.written.contains(p)).copied().collect();
+        let listed: HashSet<String> = if old.is_empty() {
+            HashSet::new()
+        } else {
+            self.s3.list_all(&self.layout.packs()).map_err(offsite)?.into_iter().map(|o| o.key).collect()
+        };
+        for p in old {
             let id = self.cat.packs[p as usize].clone();
-            match self.s3.head(&self.layout.pack(&id)) {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {
-                    // Forget it: the sender's next question finds its records lacking.
-                    self.cat.at.retain(|_, a| a.pack != p);
-                    missing.push(Digest::ZERO);
-                    continue;
-                }
-                Err(e) => return Err(offsite(e)),
+            if !listed.contains(&self.layout.pack(&id)) {
+                // Forget it: the sender's next question finds its records lacking.
+                self.cat.at.retain(|_, a| a.pack != p);
+                missing.push(Digest::ZERO);
+                continue;
             }
             if let Some(want) = self.retention {
                 for key in [self.layout.pack(&id), self.layout.pack_index(&id)] {
