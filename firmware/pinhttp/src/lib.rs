@@ -361,6 +361,14 @@ fn read_response<R: Read>(r: &mut R, addr: &str, timeout: Duration) -> Result<(R
         }
     }
     let mut body = buf[head_end + 4..].to_vec();
+    // 1xx, 204 and 304 answers have no body whatever their headers say (RFC 9112, 6.3): read
+    // past the head and a kept-alive connection would wait for a close that never comes.
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        if !body.is_empty() {
+            return Err(bad(format!("a {status} answer with a body")));
+        }
+        return Ok((Response { status, content_type, body }, keep));
+    }
     match len {
         Some(n) if n > MAX_BODY => return Err(bad(format!("an answer of {n} bytes (more than {MAX_BODY})"))),
         Some(n) => {
@@ -385,6 +393,15 @@ fn read_response<R: Read>(r: &mut R, addr: &str, timeout: Duration) -> Result<(R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_204_answer_without_content_length_ends_at_its_head_and_keeps_the_connection() {
+        let mut wire: &[u8] = b"HTTP/1.1 204 No Content\r\nx-a: b\r\n\r\n";
+        let (r, keep) = read_response(&mut wire, "t", Duration::from_secs(1)).expect("a 204 answer");
+        assert_eq!((r.status, r.body.len(), keep), (204, 0, true));
+        let mut bodied: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\nextra";
+        assert!(read_response(&mut bodied, "t", Duration::from_secs(1)).is_err(), "a 204 with a body is refused");
+    }
 
     #[test]
     fn fingerprints_are_normalised_from_any_common_spelling() {

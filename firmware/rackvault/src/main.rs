@@ -3,6 +3,7 @@
 //! script. It is the only place that reads paths from the command line, draws progress bars
 //! and turns errors into exit codes (1: the job failed; 3: verify found damage).
 
+mod console_cmd;
 mod demo;
 mod key_cmd;
 mod progress;
@@ -252,6 +253,9 @@ enum Command {
     Repair(store_cmd::RepairArgs),
     /// Run the appliance daemon: HTTPS REST API and web UI, scheduler and task engine.
     Serve(serve_cmd::ServeArgs),
+    /// What the appliance's console shows: the addresses to open, the TLS certificate's
+    /// fingerprint and, until setup is done, the setup code.
+    Console(console_cmd::ConsoleArgs),
     /// The recovery key of an encrypted store: export it, install it on a new appliance, check it.
     Key(key_cmd::KeyArgs),
     /// The tape tier: inventory, label, destage, restore from tape, catalog, verify, pools.
@@ -707,6 +711,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair(args) => return store_cmd::repair(args),
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),
+        Command::Console(args) => return console_cmd::run(args),
         Command::Key(args) => return key_cmd::run(args),
         Command::Remote(args) => return remote_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,

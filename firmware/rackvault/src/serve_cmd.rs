@@ -122,7 +122,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             stop_tasks(stopping, grace, &mut term, &mut int).await;
             eprintln!("rackvault: stopping the web server");
         };
-        webserver::serve(app, cfg, shutdown).await.context("serving the API")
+        let server = webserver::Server::bind(app, cfg).await.context("starting the web server")?;
+        // Under systemd (Type=notify) the service is up once the listeners are bound.
+        if let Err(e) = notify_systemd("READY=1") {
+            eprintln!("rackvault: cannot tell systemd the daemon is ready: {e}");
+        }
+        server.run(shutdown).await.context("serving the API")
     });
     // A task thread still running after the wait must not hold the exit up.
     rt.shutdown_background();
@@ -179,4 +184,25 @@ async fn stop_tasks(
             eprintln!("rackvault: second signal: not waiting for the tasks; those that did not end will show as interrupted");
         }
     }
+}
+
+/// Send `state` to the service manager when it asked for notifications (`$NOTIFY_SOCKET`, set
+/// by systemd for `Type=notify` units: a socket path, or `@name` in the abstract namespace);
+/// without it, nothing happens.
+fn notify_systemd(state: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
+    let sock = UnixDatagram::unbound()?;
+    match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        None => {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+    }
+    Ok(())
 }

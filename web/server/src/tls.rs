@@ -68,6 +68,17 @@ pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
+/// The SHA-256 fingerprint of the leaf certificate in the PEM file `cert` (what the console
+/// shows next to the addresses); reads only the certificate, never the key.
+pub fn certificate_fingerprint(cert: &Path) -> Result<String, WebError> {
+    let pem = std::fs::read(cert).map_err(|e| cert_err(cert, format!("cannot read: {e}")))?;
+    let leaf = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| cert_err(cert, "the file holds no CERTIFICATE block"))?
+        .map_err(|e| cert_err(cert, format!("the certificate is not valid PEM: {e}")))?;
+    Ok(fingerprint_sha256(&leaf))
+}
+
 /// Loads the certificate and key from `paths`.
 pub(crate) fn load(paths: &CertPaths) -> Result<Identity, WebError> {
     let cert = std::fs::read(&paths.cert).map_err(|e| cert_err(&paths.cert, format!("cannot read: {e}")))?;

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Build the bootable appliance image, offline from Debian's packages plus our static binary.
+#
+#   image/build.sh [--out DIR] [--version V] [--suite bookworm] [--mirror URL]
+#
+# Produces, in DIR (default target/image):
+#   rackvault-<V>.img     a raw GPT disk: write it to a disk (dd) or boot it in qemu
+#   rackvault-<V>.qcow2   the same disk as qcow2, to import as a VM
+#   rackvault-<V>.root    the root filesystem (erofs) the image's slot A holds
+#   boot/                 the kernel and initrd that go with it
+#
+# Steps (see image/README.md for the disk layout and the boot):
+#   1. cargo builds rackvault for x86_64-unknown-linux-musl: one static binary;
+#   2. mmdebstrap builds a minimal Debian root (systemd, the kernel, an initramfs with erofs)
+#      from the package registry, with image/overlay/ on top and the binary in /usr/bin;
+#   3. the root becomes a read-only erofs image; the kernel and initrd go to the EFI system
+#      partition with systemd-boot;
+#   4. sfdisk lays out the GPT disk and the partition images are written into it at their
+#      offsets, so nothing here needs loop devices or mounts.
+# Needs root (mmdebstrap's root mode) or working user namespaces (its unshare mode), and the
+# Debian packages listed in NEEDS below; it installs those that are missing when run as root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+out=$root/target/image
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+suite=bookworm
+mirror=
+while (($#)); do
+	case $1 in
+	--out) out=$2; shift 2 ;;
+	--version) version=$2; shift 2 ;;
+	--suite) suite=$2; shift 2 ;;
+	--mirror) mirror=$2; shift 2 ;;
+	-h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+	*) echo "image/build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+	esac
+done
+[[ -n $version ]] || { echo "image/build.sh: no version found in Cargo.toml; give --version" >&2; exit 2; }
+
+# Partition sizes, in MiB. The slots are sized for updates to grow into; the data partition
+# is small in the image and grows to fill the disk at the first boot.
+ESP_MIB=256
+SLOT_MIB=1024
+DATA_MIB=256
+# The static binary's size budget (stripped), checked below.
+BINARY_BUDGET_MIB=24
+
+NEEDS=(mmdebstrap musl-tools erofs-utils dosfstools mtools fdisk e2fsprogs qemu-utils uidmap)
+missing=()
+for p in "${NEEDS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if ((EUID != 0)); then
+		echo "image/build.sh: install ${missing[*]} first (apt-get install ${missing[*]})" >&2
+		exit 1
+	fi
+	echo "image/build.sh: installing ${missing[*]}" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 install "${missing[@]}" >/dev/null
+fi
+
+say() { printf 'image/build.sh: %s\n' "$*" >&2; }
+started=$SECONDS
+mkdir -p "$out"
+work=$(mktemp -d "$out/.build.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+
+# 1. The binary.
+say "building rackvault $version for x86_64-unknown-linux-musl"
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+	rustup target add x86_64-unknown-linux-musl >&2
+fi
+cargo build --release --quiet --target x86_64-unknown-linux-musl -p rackvault
+bin=$work/rackvault
+cp target/x86_64-unknown-linux-musl/release/rackvault "$bin"
+strip "$bin"
+bin_bytes=$(stat -c %s "$bin")
+say "binary: $((bin_bytes / 1024)) KiB stripped (budget ${BINARY_BUDGET_MIB} MiB)"
+if ((bin_bytes > BINARY_BUDGET_MIB * 1024 * 1024)); then
+	say "the static binary is over its size budget of ${BINARY_BUDGET_MIB} MiB: find what grew (cargo bloat) before raising it"
+	exit 1
+fi
+
+# 2. The root filesystem.
+say "building the $suite root with mmdebstrap"
+mode=root
+((EUID == 0)) || mode=unshare
+packages=systemd,systemd-sysv,udev,systemd-timesyncd,systemd-resolved,linux-image-amd64,initramfs-tools,zstd,kmod,e2fsprogs,iproute2,ca-certificates,tzdata,systemd-boot-efi
+rootfs=$work/rootfs
+mm=(mmdebstrap --quiet --variant=minbase --mode="$mode" --include="$packages"
+	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
+	--dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
+	--dpkgopt='path-exclude=/usr/share/info/*'
+	--setup-hook='mkdir -p "$1/etc/initramfs-tools"'
+	--setup-hook="cp -a $root/image/overlay/etc/initramfs-tools/. \"\$1/etc/initramfs-tools/\""
+	--customize-hook="$root/image/customize.sh \"\$1\" $bin $version")
+if [[ -n $mirror ]]; then
+	"${mm[@]}" "$suite" "$rootfs" "$mirror" >&2
+else
+	"${mm[@]}" "$suite" "$rootfs" >&2
+fi
+
+printf 'rackvault\n' >"$rootfs/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 rackvault\n::1 localhost ip6-localhost ip6-loopback\n' >"$rootfs/etc/hosts"
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$rootfs/etc/resolv.conf"
+
+# 3. The partitions' contents.
+kernel=$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -n1)
+initrd=$(ls "$rootfs"/boot/initrd.img-* | sort -V | tail -n1)
+mkdir -p "$out/boot"
+cp "$kernel" "$out/boot/vmlinuz"
+cp "$initrd" "$out/boot/initrd.img"
+efi=$rootfs/usr/lib/systemd/boot/efi/systemd-bootx64.efi
+[[ -f $efi ]] || { say "systemd-boot is missing from the root ($efi)"; exit 1; }
+cp "$efi" "$work/systemd-bootx64.efi"
+# The root slot holds no kernel (it is on the EFI partition) and no package caches.
+rm -rf "$rootfs"/boot/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
+say "making the read-only root (erofs, lz4hc)"
+root_img=$out/rackvault-$version.root
+rm -f "$root_img"
+mkfs.erofs -zlz4hc -T0 --all-root "$root_img" "$rootfs" >/dev/null 2>&1 ||
+	mkfs.erofs -zlz4hc "$root_img" "$rootfs" >/dev/null
+root_bytes=$(stat -c %s "$root_img")
+if ((root_bytes > SLOT_MIB * 1024 * 1024)); then
+	say "the root filesystem ($((root_bytes >> 20)) MiB) does not fit a ${SLOT_MIB} MiB slot"
+	exit 1
+fi
+
+say "making the EFI system partition (systemd-boot, slot A)"
+esp=$work/esp.img
+mkfs.vfat -C -F 32 -n RV-ESP "$esp" $((ESP_MIB * 1024)) >/dev/null
+export MTOOLS_SKIP_CHECK=1
+mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/rackvault ::/rackvault/a
+mcopy -i "$esp" "$work/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+mcopy -i "$esp" "$out/boot/vmlinuz" ::/rackvault/a/vmlinuz
+mcopy -i "$esp" "$out/boot/initrd.img" ::/rackvault/a/initrd.img
+printf 'default rackvault-a.conf\ntimeout 1\nconsole-mode keep\neditor no\n' >"$work/loader.conf"
+mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
+cat >"$work/rackvault-a.conf" <<EOF
+title rackvault $version (slot A)
+version $version
+linux /rackvault/a/vmlinuz
+initrd /rackvault/a/initrd.img
+options root=PARTLABEL=rv-root-a rootfstype=erofs ro console=tty0 console=ttyS0,115200 rackvault.slot=a
+EOF
+mcopy -i "$esp" "$work/rackvault-a.conf" ::/loader/entries/rackvault-a.conf
+
+say "making the data partition (ext4, grown at the first boot)"
+data=$work/data.img
+uid=$(awk -F: '$1 == "rackvault" { print $3 ":" $4 }' "$rootfs/etc/passwd")
+[[ -n $uid ]] || { say "the root has no rackvault user"; exit 1; }
+mkfs.ext4 -q -F -L rv-data -E root_owner="$uid" "$data" "${DATA_MIB}M"
+
+# 4. The disk.
+say "laying out the GPT disk"
+img=$out/rackvault-$version.img
+rm -f "$img"
+total_mib=$((1 + ESP_MIB + 2 * SLOT_MIB + DATA_MIB + 1))
+truncate -s "${total_mib}M" "$img"
+# Types: EFI system; the discoverable-partitions "root x86-64" type for both slots; Linux
+# data for the data partition. The names are what the system finds them by (PARTLABEL).
+sfdisk --quiet "$img" <<EOF
+label: gpt
+start=1MiB, size=${ESP_MIB}MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="rv-esp"
+size=${SLOT_MIB}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="rv-root-a"
+size=${SLOT_MIB}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="rv-root-b"
+size=${DATA_MIB}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="rv-data"
+EOF
+put() { # put IMAGE START_MIB
+	dd if="$1" of="$img" bs=1M seek="$2" conv=notrunc,sparse status=none
+}
+put "$esp" 1
+put "$root_img" $((1 + ESP_MIB))
+put "$data" $((1 + ESP_MIB + 2 * SLOT_MIB))
+say "converting to qcow2"
+qemu-img convert -f raw -O qcow2 "$img" "$out/rackvault-$version.qcow2"
+ln -sfn "rackvault-$version.img" "$out/rackvault.img"
+ln -sfn "rackvault-$version.qcow2" "$out/rackvault.qcow2"
+ln -sfn "rackvault-$version.root" "$out/rackvault.root"
+printf '%s\n' "$version" >"$out/VERSION"
+say "done in $((SECONDS - started)) s: $img ($(du -h --apparent-size "$img" | cut -f1) raw, $(du -h "$out/rackvault-$version.qcow2" | cut -f1) qcow2; root $((root_bytes >> 20)) MiB, binary $((bin_bytes >> 20)) MiB)"
