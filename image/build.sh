@@ -2,11 +2,20 @@
 # Build the bootable appliance image, offline from Debian's packages plus our static binary.
 #
 #   image/build.sh [--out DIR] [--version V] [--suite bookworm] [--mirror URL]
+#                  [--update-key PUB] [--signing-key KEY]
+#
+# Update keys (see image/README.md, "Signing"): --update-key is the public key (hex, from
+# `rackvault update keygen`) built into the image, which then accepts only bundles signed with
+# its private key; --signing-key is that private key, given on the signing host only, to also
+# write the signed update bundle rackvault-<V>.rvu. Without either, a development key pair is
+# made once in DIR/dev-update-key{,.pub} and used for both: never ship such an image.
 #
 # Produces, in DIR (default target/image):
 #   rackvault-<V>.img     a raw GPT disk: write it to a disk (dd) or boot it in qemu
 #   rackvault-<V>.qcow2   the same disk as qcow2, to import as a VM
 #   rackvault-<V>.root    the root filesystem (erofs) the image's slot A holds
+#   rackvault-<V>.rvu     the signed update bundle of this build (root, kernel, initrd),
+#                         when a signing key is at hand
 #   boot/                 the kernel and initrd that go with it
 #
 # Steps (see image/README.md for the disk layout and the boot):
@@ -27,13 +36,16 @@ out=$root/target/image
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 suite=bookworm
 mirror=
+update_key= signing_key=
 while (($#)); do
 	case $1 in
 	--out) out=$2; shift 2 ;;
 	--version) version=$2; shift 2 ;;
 	--suite) suite=$2; shift 2 ;;
 	--mirror) mirror=$2; shift 2 ;;
-	-h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+	--update-key) update_key=$2; shift 2 ;;
+	--signing-key) signing_key=$2; shift 2 ;;
+	-h | --help) sed -n '2,32p' "$0"; exit 0 ;;
 	*) echo "image/build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -84,6 +96,20 @@ if ((bin_bytes > BINARY_BUDGET_MIB * 1024 * 1024)); then
 	exit 1
 fi
 
+# The update key built into the image, and the key that signs this build's bundle.
+if [[ -z $update_key && -z $signing_key ]]; then
+	if [[ ! -e $out/dev-update-key ]]; then
+		"$bin" update keygen --out "$out/dev-update-key" >/dev/null
+	fi
+	update_key=$out/dev-update-key.pub signing_key=$out/dev-update-key
+	say "using the development update key $update_key: an image for real use is built with --update-key"
+elif [[ -z $update_key ]]; then
+	say "--signing-key needs --update-key too (the public key the image will trust)"
+	exit 2
+fi
+pubkey=$(tr -d '[:space:]' <"$update_key")
+[[ $pubkey =~ ^[0-9a-f]{64}$ ]] || { say "$update_key does not hold a public key (64 hex digits)"; exit 2; }
+
 # 2. The root filesystem.
 say "building the $suite root with mmdebstrap"
 mode=root
@@ -96,7 +122,7 @@ mm=(mmdebstrap --quiet --variant=minbase --mode="$mode" --include="$packages"
 	--dpkgopt='path-exclude=/usr/share/info/*'
 	--setup-hook='mkdir -p "$1/etc/initramfs-tools"'
 	--setup-hook="cp -a $root/image/overlay/etc/initramfs-tools/. \"\$1/etc/initramfs-tools/\""
-	--customize-hook="$root/image/customize.sh \"\$1\" $bin $version")
+	--customize-hook="$root/image/customize.sh \"\$1\" $bin $version $pubkey")
 if [[ -n $mirror ]]; then
 	"${mm[@]}" "$suite" "$rootfs" "$mirror" >&2
 else
@@ -175,6 +201,13 @@ put() { # put IMAGE START_MIB
 put "$esp" 1
 put "$root_img" $((1 + ESP_MIB))
 put "$data" $((1 + ESP_MIB + 2 * SLOT_MIB))
+if [[ -n $signing_key ]]; then
+	say "signing the update bundle"
+	rm -f "$out/rackvault-$version.rvu"
+	"$bin" update bundle --key "$signing_key" --version "$version" --root "$root_img" \
+		--kernel "$out/boot/vmlinuz" --initrd "$out/boot/initrd.img" --out "$out/rackvault-$version.rvu" >/dev/null
+	"$bin" update verify "$out/rackvault-$version.rvu" --public-key "$update_key" >/dev/null
+fi
 say "converting to qcow2"
 qemu-img convert -f raw -O qcow2 "$img" "$out/rackvault-$version.qcow2"
 ln -sfn "rackvault-$version.img" "$out/rackvault.img"

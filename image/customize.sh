@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # mmdebstrap's customize hook for the appliance root: image/build.sh runs it as
-#   customize.sh ROOTFS BINARY VERSION
+#   customize.sh ROOTFS BINARY VERSION UPDATE_PUBLIC_KEY
 # after every package is installed. It puts the binary and image/overlay/ in place, makes the
 # service user, and chooses which units run: the daemon, its console banner, networkd with
 # DHCP, resolved and timesyncd; no login prompts (there is no password to log in with) and no
 # first-boot questions.
 set -euo pipefail
-rootfs=$1 bin=$2 version=$3
+rootfs=$1 bin=$2 version=$3 pubkey=$4
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 install -D -m 0755 "$bin" "$rootfs/usr/bin/rackvault"
 cp -a "$here/overlay/." "$rootfs/"
 install -d -m 0755 "$rootfs/usr/lib/rackvault" "$rootfs/srv" "$rootfs/var/lib/rackvault"
 printf '%s\n' "$version" >"$rootfs/usr/lib/rackvault/version"
+# The only key whose update bundles this image accepts.
+printf '%s\n' "$pubkey" >"$rootfs/usr/lib/rackvault/update.pub"
 
 chroot "$rootfs" useradd --system --user-group --home-dir /var/lib/rackvault --no-create-home \
 	--shell /usr/sbin/nologin --comment "rackvault appliance daemon" rackvault

@@ -12,6 +12,7 @@ mod s3_cmd;
 mod serve_cmd;
 mod store_cmd;
 mod tape_cmd;
+mod update_cmd;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -256,6 +257,8 @@ enum Command {
     /// What the appliance's console shows: the addresses to open, the TLS certificate's
     /// fingerprint and, until setup is done, the setup code.
     Console(console_cmd::ConsoleArgs),
+    /// Signed update bundles of the appliance image: make a signing key, sign, verify.
+    Update(update_cmd::UpdateArgs),
     /// The recovery key of an encrypted store: export it, install it on a new appliance, check it.
     Key(key_cmd::KeyArgs),
     /// The tape tier: inventory, label, destage, restore from tape, catalog, verify, pools.
@@ -712,6 +715,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),
         Command::Console(args) => return console_cmd::run(args),
+        Command::Update(args) => return update_cmd::run(args),
         Command::Key(args) => return key_cmd::run(args),
         Command::Remote(args) => return remote_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,

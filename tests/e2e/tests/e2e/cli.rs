@@ -81,3 +81,47 @@ fn demo_succeeds_and_checks_its_restore() {
     // What the demo left is a valid store.
     verify_clean(&dir.path().join("store"));
 }
+
+#[test]
+fn update_bundles_verify_only_with_their_key_whole_and_newer() {
+    let dir = scratch("cli-update");
+    let d = dir.path();
+    for (name, len, seed) in [("root", 3 * MIB, 1), ("kernel", 64 * 1024, 2), ("initrd", 512 * 1024, 3)] {
+        std::fs::write(d.join(name), random_bytes(seed, len as usize)).unwrap();
+    }
+    let key = d.join("signing.key");
+    rv!["update", "keygen", "--out", &key].run().success();
+    let public = d.join("signing.key.pub");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "the signing key is private");
+    rv!["update", "keygen", "--out", &key].run().failure().stderr_has(&["never overwritten"]);
+    let other = d.join("other.key");
+    rv!["update", "keygen", "--out", &other].run().success();
+
+    let bundle = d.join("b.rvu");
+    #[rustfmt::skip]
+    rv!["update", "bundle", "--key", &key, "--version", "0.7.0", "--root", d.join("root"),
+        "--kernel", d.join("kernel"), "--initrd", d.join("initrd"), "--out", &bundle].run().success();
+    let ok = rv!["update", "verify", &bundle, "--public-key", &public, "--running", "0.6.0"].run().success();
+    assert!(ok.stdout.contains("a good bundle of version 0.7.0"), "{}", ok.context());
+    rv!["update", "verify", &bundle, "--public-key", d.join("other.key.pub")]
+        .run()
+        .failure()
+        .stderr_has(&["signature does not verify"]);
+    rv!["update", "verify", &bundle, "--public-key", &public, "--running", "0.7.0"]
+        .run()
+        .failure()
+        .stderr_has(&["not newer", "force"]);
+    rv!["update", "verify", &bundle, "--public-key", &public, "--running", "0.7.0", "--force"].run().success();
+
+    let bytes = std::fs::read(&bundle).unwrap();
+    let cut = d.join("cut.rvu");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    rv!["update", "verify", &cut, "--public-key", &public].run().failure().stderr_has(&["ends", "early", "initrd"]);
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 600 * 1024; // inside the root component
+    flipped[at] ^= 1;
+    let bad = d.join("bad.rvu");
+    std::fs::write(&bad, &flipped).unwrap();
+    rv!["update", "verify", &bad, "--public-key", &public].run().failure().stderr_has(&["root", "signed digest"]);
+}
