@@ -123,12 +123,10 @@ mm=(mmdebstrap --quiet --variant=minbase --mode="$mode" --include="$packages"
 	--setup-hook='mkdir -p "$1/etc/initramfs-tools"'
 	--setup-hook="cp -a $root/image/overlay/etc/initramfs-tools/. \"\$1/etc/initramfs-tools/\""
 	--customize-hook="$root/image/customize.sh \"\$1\" $bin $version $pubkey")
-if [[ -n $mirror ]]; then
-	"${mm[@]}" "$suite" "$rootfs" "$mirror" >&2
-else
-	"${mm[@]}" "$suite" "$rootfs" >&2
-fi
+"${mm[@]}" "$suite" "$rootfs" ${mirror:+"$mirror"} >&2
 
+# Written after mmdebstrap, not by the customize hook: mmdebstrap puts the build host's
+# /etc/hostname and /etc/resolv.conf in place for the build and handles them when it ends.
 printf 'rackvault\n' >"$rootfs/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 rackvault\n::1 localhost ip6-localhost ip6-loopback\n' >"$rootfs/etc/hosts"
 ln -sfn ../run/systemd/resolve/stub-resolv.conf "$rootfs/etc/resolv.conf"
@@ -147,8 +145,8 @@ rm -rf "$rootfs"/boot/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
 say "making the read-only root (erofs, lz4hc)"
 root_img=$out/rackvault-$version.root
 rm -f "$root_img"
-mkfs.erofs -zlz4hc -T0 --all-root "$root_img" "$rootfs" >/dev/null 2>&1 ||
-	mkfs.erofs -zlz4hc "$root_img" "$rootfs" >/dev/null
+# -T0: every file's time is the epoch, so the same packages make the same image.
+mkfs.erofs -zlz4hc -T0 "$root_img" "$rootfs" >/dev/null
 root_bytes=$(stat -c %s "$root_img")
 if ((root_bytes > SLOT_MIB * 1024 * 1024)); then
 	say "the root filesystem ($((root_bytes >> 20)) MiB) does not fit a ${SLOT_MIB} MiB slot"

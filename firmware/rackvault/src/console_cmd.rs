@@ -7,11 +7,10 @@
 //! cannot race the daemon, and it says plainly what is missing instead.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -52,7 +51,8 @@ fn banner(args: &ConsoleArgs) -> Result<String> {
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|_| crate::VERSION.to_string());
     out.push_str(&format!("\nrackvault {version}: backup appliance\n\n"));
-    let addrs = addresses().context("listing the network interfaces")?;
+    // The same addresses the certificate names.
+    let addrs = webserver::own_addresses();
     if addrs.is_empty() {
         out.push_str("  No network address yet: check the cable and the DHCP server.\n");
     } else {
@@ -77,8 +77,8 @@ fn banner(args: &ConsoleArgs) -> Result<String> {
             let unit = st.fragment_size() as u64;
             out.push_str(&format!(
                 "\n  Data partition: {} in all, {} free\n",
-                gib(st.blocks() as u64 * unit),
-                gib(st.blocks_available() as u64 * unit)
+                crate::human_bytes(st.blocks() as u64 * unit),
+                crate::human_bytes(st.blocks_available() as u64 * unit)
             ));
         }
         Err(e) => out.push_str(&format!("\n  The data directory {} cannot be read: {e}\n", args.data_dir.display())),
@@ -95,32 +95,4 @@ fn banner(args: &ConsoleArgs) -> Result<String> {
     }
     out.push('\n');
     Ok(out)
-}
-
-/// The addresses worth showing: every up interface's address except loopback and IPv6
-/// link-local ones (a browser cannot use those without a zone).
-fn addresses() -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs()? {
-        if !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP) {
-            continue;
-        }
-        let Some(addr) = ifa.address else { continue };
-        let ip = if let Some(v4) = addr.as_sockaddr_in() {
-            IpAddr::V4(v4.ip())
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            IpAddr::V6(v6.ip())
-        } else {
-            continue;
-        };
-        let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-        if !ip.is_loopback() && !link_local && !out.contains(&ip) {
-            out.push(ip);
-        }
-    }
-    Ok(out)
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }

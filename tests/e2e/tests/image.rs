@@ -187,9 +187,15 @@ fn the_image_boots_to_the_https_ui_within_120_s_and_its_console_shows_what_setup
     // The system came up whole: the data partition grew to the disk, and no unit failed.
     let console = vm.console();
     let data = vm.wait_console("Data partition:", late);
-    let total: f64 =
-        data.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("data size in {data:?}"));
-    assert!(total > 5.0, "the data partition (256 MiB in the image) grew to fill the 8 GiB disk at first boot: {data}");
+    // "<n> <unit> in all, …", as `human_bytes` writes it.
+    let mut words = data.split(' ');
+    let (n, unit) = (words.next().and_then(|n| n.parse::<f64>().ok()), words.next());
+    let gib = match (n, unit) {
+        (Some(n), Some("GiB")) => n,
+        (Some(n), Some("MiB")) => n / 1024.0,
+        _ => panic!("a data size in {data:?}"),
+    };
+    assert!(gib > 5.0, "the data partition (256 MiB in the image) grew to fill the 8 GiB disk at first boot: {data}");
     assert!(!console.contains("Failed to start"), "a unit failed at boot:\n{}", tail(&console));
 
     // Setup with the code from the console, over a connection pinned to the certificate the

@@ -2,8 +2,8 @@
 //! files, over the engine's service API (`service::Appliance`); nothing here touches the
 //! engine or the store directly.
 //!
-//! The binary builds the tokio runtime and calls [`serve`] (or [`Server::bind`] then
-//! [`Server::run`]) inside it; this crate spawns tasks on that runtime but never builds one,
+//! The binary builds the tokio runtime and calls [`Server::bind`] then [`Server::run`] inside
+//! it (so it can tell its service manager it is ready in between); this crate spawns tasks on that runtime but never builds one,
 //! reads no configuration path and handles no signal: shutdown is the future it is given.
 //!
 //! Request pipeline (`http.rs`), in order: route lookup (method + path pattern with `{params}`),
@@ -22,7 +22,6 @@
 //! `PUT /api/v1/settings/certificate` is checked, stored by the service, and used for every
 //! connection accepted after it.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,7 +34,7 @@ mod ui;
 
 pub use api::{routes, RouteInfo};
 pub use server::Server;
-pub use tls::{certificate_fingerprint, ensure_certificate, fingerprint_sha256, CertPaths};
+pub use tls::{certificate_fingerprint, ensure_certificate, fingerprint_sha256, own_addresses, CertPaths};
 pub use ui::embedded_files;
 
 /// A sink for the server's operational messages (listening, certificate reloads, accept
@@ -138,14 +137,4 @@ pub enum WebError {
         /// What is wrong and what to do.
         reason: String,
     },
-}
-
-/// Serves the API and UI until `shutdown` resolves, then stops accepting, lets requests in
-/// flight finish (up to 10 s) and returns. Creates a self-signed certificate first if the
-/// appliance has none.
-pub async fn serve<F>(app: Arc<service::Appliance>, cfg: ServerConfig, shutdown: F) -> Result<(), WebError>
-where
-    F: Future + Send,
-{
-    Server::bind(app, cfg).await?.run(shutdown).await
 }

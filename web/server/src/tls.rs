@@ -105,7 +105,7 @@ pub const CERT_VALID_DAYS: u64 = 2 * 365;
 
 /// The appliance's own addresses that clients may use: every interface address except
 /// loopback and IPv6 link-local (which needs a zone a URL cannot carry).
-fn own_addresses() -> Vec<std::net::IpAddr> {
+pub fn own_addresses() -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return out };
     for ifa in addrs {
