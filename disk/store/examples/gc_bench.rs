@@ -116,6 +116,7 @@ fn backup(store: &Store, name: &str, disk: &[Digest], changed: &[(usize, Vec<u8>
             cipher: store::Cipher::None,
             raw_len: raw.len() as u32,
             payload: raw.clone(),
+            foreign: false,
         };
         session.insert(&chunk)?;
     }

@@ -3,7 +3,7 @@
 //! ## Databases (keys and values are our own fixed encodings, little-endian unless noted)
 //! | database | key | value |
 //! |---|---|---|
-//! | `chunks` | digest (32 bytes) | [`ChunkLoc`]: pack u64, offset u64, stored_len u32, raw_len u32, kind u8, codec u8 |
+//! | `chunks` | digest (32 bytes) | [`ChunkLoc`]: pack u64, offset u64, stored_len u32, raw_len u32, kind u8 (bit 7 set: a foreign record, see `pack`), codec u8 |
 //! | `packs`  | pack number (u64 big-endian, so keys sort) | [`PackInfo`] as JSON |
 //! | `points` | name, 0x00, id (u64 big-endian) | [`RestorePoint`](crate::RestorePoint) as JSON |
 //! | `meta`   | utf-8 name | `format` (u32), `next_pack` (u64), `next_point` (u64), `gc_generation` (u64), `clock` ([`ClockRecord`](crate::clock::ClockRecord) JSON) |
@@ -48,9 +48,26 @@ pub struct ChunkLoc {
     pub raw_len: u32,
     pub kind: RecordKind,
     pub codec: Codec,
+    /// A foreign record (a replica's, held without its key: see `pack`).
+    pub foreign: bool,
 }
 
 impl ChunkLoc {
+    const FOREIGN_BIT: u8 = 0x80;
+
+    /// Where the record `header` describes lies: at `offset` in pack `pack`.
+    pub fn at(pack: u64, offset: u64, header: &crate::pack::RecordHeader) -> ChunkLoc {
+        ChunkLoc {
+            pack,
+            offset,
+            stored_len: header.stored_len,
+            raw_len: header.raw_len,
+            kind: header.kind,
+            codec: header.codec,
+            foreign: header.foreign,
+        }
+    }
+
     pub const ENCODED_LEN: usize = 26;
 
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
@@ -59,7 +76,7 @@ impl ChunkLoc {
         v[8..16].copy_from_slice(&self.offset.to_le_bytes());
         v[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
         v[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
-        v[24] = self.kind as u8;
+        v[24] = self.kind as u8 | if self.foreign { Self::FOREIGN_BIT } else { 0 };
         v[25] = self.codec as u8;
         v
     }
@@ -73,8 +90,9 @@ impl ChunkLoc {
             offset: u64::from_le_bytes(v[8..16].try_into().ok()?),
             stored_len: u32::from_le_bytes(v[16..20].try_into().ok()?),
             raw_len: u32::from_le_bytes(v[20..24].try_into().ok()?),
-            kind: RecordKind::from_u8(v[24])?,
+            kind: RecordKind::from_u8(v[24] & !Self::FOREIGN_BIT)?,
             codec: Codec::from_u8(v[25])?,
+            foreign: v[24] & Self::FOREIGN_BIT != 0,
         })
     }
 }
@@ -290,6 +308,23 @@ impl Catalog {
                 detail: format!("index entry for chunk {digest} is malformed; run `rackvault reindex`"),
             }),
         }
+    }
+
+    /// Index a durable record at `loc` under `digest`, by the rules every writer follows: a
+    /// copy of a chunk recorded as damaged replaces the damaged one (healing every restore
+    /// point referencing it); a record of this store's own replaces a foreign one (a
+    /// replica's, unverifiable here: see `pack`); otherwise the first durable copy stays.
+    /// Returns whether the digest was new to the index.
+    pub fn index_chunk(&self, txn: &mut RwTxn<'_>, digest: &Digest, loc: &ChunkLoc) -> Result<bool> {
+        let existing = self.chunk(txn, digest)?;
+        let damaged = self.is_damaged(txn, digest)?;
+        if existing.is_none() || damaged || existing.is_some_and(|old| old.foreign && !loc.foreign) {
+            self.chunks.put(txn, &digest.0, &loc.encode()).map_err(|e| self.err(e))?;
+        }
+        if damaged {
+            self.clear_damaged(txn, digest)?;
+        }
+        Ok(existing.is_none())
     }
 
     /// Where a condemned chunk is, and the GC generation that condemned it.

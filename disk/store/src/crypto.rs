@@ -255,6 +255,9 @@ struct RecordKeys {
 pub struct Keyring {
     ids: ChunkIds,
     records: Option<Arc<RecordKeys>>,
+    /// The keys of stores this one holds replicas of (recovery keys given at open): foreign
+    /// records open with them (see `pack`). Never used to seal.
+    replicas: Arc<[Keyring]>,
 }
 
 impl fmt::Debug for Keyring {
@@ -266,7 +269,7 @@ impl fmt::Debug for Keyring {
 impl Keyring {
     /// An unencrypted store's: plain ids, no sealing.
     pub fn plain() -> Keyring {
-        Keyring { ids: ChunkIds::PLAIN, records: None }
+        Keyring { ids: ChunkIds::PLAIN, records: None, replicas: Arc::new([]) }
     }
 
     /// An encrypted store's, sealing new records with `cipher` (never [`Cipher::None`]:
@@ -279,11 +282,23 @@ impl Keyring {
             aes_master: blake3::derive_key(CTX_AES, key.as_bytes()),
             xchacha: XChaCha20Poly1305::new((&xkey).into()),
         };
-        Keyring { ids: ChunkIds::keyed(key), records: Some(Arc::new(records)) }
+        Keyring { ids: ChunkIds::keyed(key), records: Some(Arc::new(records)), replicas: Arc::new([]) }
     }
 
     pub fn ids(&self) -> ChunkIds {
         self.ids
+    }
+
+    /// This keyring, also opening the foreign records of replicas sealed under `keys` (the
+    /// recovery keys of the stores they came from).
+    pub fn with_replica_keys(self, keys: &[StoreKey]) -> Keyring {
+        let replicas: Vec<Keyring> = keys.iter().map(|k| Keyring::new(k, Cipher::preferred())).collect();
+        Keyring { replicas: replicas.into(), ..self }
+    }
+
+    /// The replica keys (see [`Keyring::with_replica_keys`]).
+    pub fn replica_keys(&self) -> &[Keyring] {
+        &self.replicas
     }
 
     /// The id of `data` in this store.

@@ -37,6 +37,9 @@ pub enum StoreError {
     #[error("{path}: the store is not encrypted, but a key was given; open it without a key (encryption is chosen when a store is created)")]
     NotEncrypted { path: PathBuf },
 
+    #[error("chunk {digest} belongs to a replica this appliance keeps without its source store's key{}: give that store's recovery key (`rackvault key add-replica` on an appliance, `--replica-key FILE` on the command line) to restore it", if *.tried > 0 { format!(" (none of the {tried} replica keys given opens it)") } else { String::new() })]
+    ReplicaKeyRequired { digest: Digest, tried: usize },
+
     #[error("wrong recovery key: {0}")]
     RecoveryKey(String),
 
@@ -106,6 +109,7 @@ impl StoreError {
             | StoreError::Invalid(_)
             | StoreError::NotAStore { .. }
             | StoreError::KeyRequired { .. }
+            | StoreError::ReplicaKeyRequired { .. }
             | StoreError::WrongKey { .. }
             | StoreError::NotEncrypted { .. }
             | StoreError::RecoveryKey(_)

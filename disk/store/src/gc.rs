@@ -803,14 +803,7 @@ impl Store {
             if file.read_exact(&mut payload).is_err() {
                 return Ok(false);
             }
-            let here = ChunkLoc {
-                pack: n,
-                offset,
-                stored_len: header.stored_len,
-                raw_len: header.raw_len,
-                kind: header.kind,
-                codec: header.codec,
-            };
+            let here = ChunkLoc::at(n, offset, &header);
             offset += pack::RECORD_HEADER_LEN as u64 + header.stored_len as u64;
             let indexed = self.catalog.chunk(&rtxn, &header.digest)?.is_some_and(|l| l == here);
             let held = !indexed
@@ -828,6 +821,7 @@ impl Store {
                 cipher: header.cipher,
                 raw_len: header.raw_len,
                 payload: std::mem::take(&mut payload),
+                foreign: header.foreign,
             };
             let at = o.writer.append(&chunk)?;
             mine.push(Moved {

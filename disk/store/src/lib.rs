@@ -134,7 +134,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use heed::PutFlags;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{ChunkLoc, PackInfo};
@@ -289,6 +288,10 @@ pub struct PointOrigin {
     pub point: String,
     /// When the source made it.
     pub created_unix: u64,
+    /// Kept here without the source store's key: its records are foreign (see `pack`) and
+    /// it restores only with that store's recovery key (`StoreOptions::replica_keys`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_key: bool,
 }
 
 /// A deleted restore point (format 2): kept in `tombstones` and as a record in a pack, so the
@@ -389,6 +392,9 @@ pub struct StoreOptions {
     pub key: Option<StoreKey>,
     /// The cipher a new encrypted store seals records with; `None`: [`Cipher::preferred`].
     pub cipher: Option<Cipher>,
+    /// Recovery keys of the stores this one holds replicas of without their key: with them,
+    /// those replicas restore (their foreign records open: see `pack`).
+    pub replica_keys: Vec<StoreKey>,
 }
 
 /// How sealed packs are protected on disk (see [`StoreOptions::immutable_packs`]).
@@ -466,6 +472,7 @@ impl Default for StoreOptions {
             immutable_packs: false,
             key: None,
             cipher: None,
+            replica_keys: Vec::new(),
         }
     }
 }
@@ -550,7 +557,7 @@ impl Store {
             });
         }
         // Then a missing or wrong key, before the index or any pack is read.
-        let keyring = Self::keyring_for(root, &marker, opts)?;
+        let keyring = Self::keyring_for(root, &marker, opts)?.with_replica_keys(&opts.replica_keys);
         let store_format = if marker.encryption.is_some() { FORMAT_VERSION } else { PLAIN_FORMAT_VERSION };
         let mut store_id = [0u8; 16];
         for (i, b) in store_id.iter_mut().enumerate() {
@@ -878,12 +885,20 @@ impl Store {
         Ok(report)
     }
 
-    /// Whether the index holds a usable copy of `digest`: indexed and not recorded as
-    /// damaged (so a backup stores a new copy of a chunk verify found damaged or missing).
+    /// Whether the index holds a usable copy of `digest` of this store's own: indexed, not
+    /// recorded as damaged (so a backup stores a new copy of a chunk verify found damaged or
+    /// missing), and not foreign (a replica's record this store cannot check is never
+    /// deduplicated against: see `pack`).
     pub fn contains(&self, digest: &Digest) -> Result<bool> {
         let rtxn = self.catalog.read()?;
-        Ok(self.catalog.chunks.get(&rtxn, &digest.0).map_err(|e| self.catalog.err(e))?.is_some()
-            && !self.catalog.is_damaged(&rtxn, digest)?)
+        Ok(self.catalog.chunk(&rtxn, digest)?.is_some_and(|l| !l.foreign) && !self.catalog.is_damaged(&rtxn, digest)?)
+    }
+
+    /// Whether the index holds a usable copy of `digest`, its own or foreign: what a replica
+    /// held without its key may reference.
+    pub fn holds(&self, digest: &Digest) -> Result<bool> {
+        let rtxn = self.catalog.read()?;
+        Ok(self.catalog.chunk(&rtxn, digest)?.is_some() && !self.catalog.is_damaged(&rtxn, digest)?)
     }
 
     /// Where `digest` is stored.
@@ -1031,6 +1046,26 @@ impl Store {
         Ok(loc)
     }
 
+    /// Check chunk `digest` as far as this store can (see [`pack::check_content`]): its
+    /// checksum, then its content against its id, unless it is a replica's record sealed with
+    /// a key this store lacks. `out` receives the content where it could be decoded.
+    pub fn check_chunk(
+        &self,
+        digest: &Digest,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(ChunkLoc, pack::ContentCheck)> {
+        let (loc, file) = self.locate_open(digest)?;
+        let path = self.pack_path(loc.pack);
+        let header = pack::read_record_stored(&file, &path, loc.offset, loc.stored_len, scratch)?;
+        let corrupt = |detail: String| StoreError::Corrupt { path: path.clone(), offset: loc.offset, detail };
+        if header.digest != *digest {
+            return Err(corrupt(format!("index says chunk {digest} is here, the record holds {}", header.digest)));
+        }
+        let how = pack::check_content(&self.keyring, &header, &scratch[pack::RECORD_HEADER_LEN..], out).map_err(corrupt)?;
+        Ok((loc, how))
+    }
+
     /// Chunk `digest` as stored (still compressed), with its record checksum checked: what
     /// the tape tier copies, so that destaging never recompresses.
     pub fn read_encoded(&self, digest: &Digest, scratch: &mut Vec<u8>) -> Result<EncodedChunk> {
@@ -1051,6 +1086,7 @@ impl Store {
             cipher: header.cipher,
             raw_len: header.raw_len,
             payload: scratch[pack::RECORD_HEADER_LEN..].to_vec(),
+            foreign: header.foreign,
         })
     }
 
@@ -1299,9 +1335,9 @@ impl<'s> BackupSession<'s> {
         &self.store.keyring
     }
 
-    /// Whether the store or this session already holds `digest`.
+    /// Whether the store or this session already holds a copy of its own of `digest`.
     pub fn contains(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.pending.contains_key(digest) || self.store.contains(digest)?)
+        Ok(self.pending.get(digest).is_some_and(|l| !l.foreign) || self.store.contains(digest)?)
     }
 
     /// Store `chunk` unless it is already present. Returns whether it was new.
@@ -1311,18 +1347,26 @@ impl<'s> BackupSession<'s> {
     /// threads. Its id must be the store's ([`Keyring::digest`]). A sealed record is stored
     /// as it is, so records copied from a store with the same key keep their bytes; a plain
     /// store refuses sealed records.
+    ///
+    /// A foreign record (a replica's, held without its key: see `pack`) is stored as it is,
+    /// unless the store holds that digest already (its own or foreign); a record of the
+    /// store's own is stored even where a foreign one has its digest, and replaces it.
     pub fn insert(&mut self, chunk: &EncodedChunk) -> Result<bool> {
-        if self.contains(&chunk.digest)? {
+        if chunk.foreign {
+            if self.pending.contains_key(&chunk.digest) || self.store.holds(&chunk.digest)? {
+                return Ok(false);
+            }
+        } else if self.contains(&chunk.digest)? {
             return Ok(false);
         }
-        if chunk.cipher != crypto::Cipher::None && !self.store.keyring.is_encrypted() {
+        if chunk.cipher != crypto::Cipher::None && !chunk.foreign && !self.store.keyring.is_encrypted() {
             return Err(StoreError::Invalid(format!(
                 "chunk {} is encrypted and this store is not; copy encrypted records only into a store opened                  with their key",
                 chunk.digest
             )));
         }
         let sealed;
-        let chunk = if chunk.cipher == crypto::Cipher::None && self.store.keyring.is_encrypted() {
+        let chunk = if chunk.cipher == crypto::Cipher::None && !chunk.foreign && self.store.keyring.is_encrypted() {
             sealed = chunk.clone().sealed_for(&self.store.keyring)?;
             &sealed
         } else {
@@ -1349,6 +1393,7 @@ impl<'s> BackupSession<'s> {
                 raw_len: chunk.raw_len,
                 kind: chunk.kind,
                 codec: chunk.codec,
+                foreign: chunk.foreign,
             },
         );
         match chunk.kind {
@@ -1376,17 +1421,7 @@ impl<'s> BackupSession<'s> {
         let catalog = &self.store.catalog;
         let mut wtxn = catalog.write()?;
         for (digest, loc) in self.pending.drain() {
-            // A new copy of a chunk recorded as damaged replaces the damaged one, which heals
-            // every restore point referencing it; otherwise the first durable copy wins.
-            if catalog.is_damaged(&wtxn, &digest)? {
-                catalog.chunks.put(&mut wtxn, &digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
-                catalog.clear_damaged(&mut wtxn, &digest)?;
-                continue;
-            }
-            match catalog.chunks.put_with_flags(&mut wtxn, PutFlags::NO_OVERWRITE, &digest.0, &loc.encode()) {
-                Ok(()) | Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
-                Err(e) => return Err(catalog.err(e)),
-            }
+            catalog.index_chunk(&mut wtxn, &digest, &loc)?;
         }
         let info = PackInfo { number, len, records, sealed_unix: now_unix() };
         catalog

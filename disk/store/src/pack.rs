@@ -17,7 +17,7 @@
 //!                         4 = tombstone of a deleted restore point; format 2)
 //!   5  codec        u8   (0 = stored raw, 1 = zstd frame)
 //!   6  cipher       u8   (0 = not encrypted; format 3: 1 = AES-256-GCM, 2 = XChaCha20-Poly1305)
-//!   7  reserved     u8   = 0
+//!   7  flags        u8   (bit 0 = foreign, see below; other bits 0)
 //!   8  raw_len      u32  (uncompressed length)
 //!  12  stored_len   u32  (payload length)
 //!  16  digest       [u8; 32]  the chunk id: blake3 of the uncompressed bytes, keyed in an
@@ -35,6 +35,20 @@
 //! is copied verbatim into another pack or another store with the same key. Format 2 wrote
 //! byte 6 as zero, so every older record reads as unencrypted; in an encrypted store an
 //! unencrypted record is refused as tampering (it was written without the key).
+//!
+//! ### Foreign records (replicas held without their key)
+//! A replication receiver that does not hold the sending store's key keeps the sender's
+//! records as they come and sets the *foreign* flag: a sealed data chunk it cannot open, and
+//! an index-tree node the sender sent opened (a node holds only chunk ids, which are keyed,
+//! so it says nothing of the content; the receiver must walk trees for GC, verify and its
+//! completeness check). Its chunk id is the sender's keyed id, so this store cannot check it:
+//! the checksum is the only check, and a foreign record is never deduplicated against by a
+//! backup here, which stores its own copy instead (see `Store::contains`). With the sender's
+//! recovery key given to the store ([`Keyring::with_replica_keys`]) a foreign sealed record
+//! opens and its tag and id are checked as in its own store. The flag is not part of the
+//! associated data (byte 7 is 0 there), so the record verifies under its key wherever it lies.
+//! Format 2 wrote byte 7 as zero: every older record reads as not foreign.
+//!
 //! A reader can walk a pack from byte 64, record by record, and rebuild the chunk index from
 //! it alone: every record carries its digest, both lengths and a checksum. A record whose
 //! magic is zero marks the padding at the end (fewer than 4096 zero bytes before the end of
@@ -64,6 +78,8 @@ pub const PACK_HEADER_LEN: u64 = 64;
 pub const RECORD_HEADER_LEN: usize = 64;
 /// Largest chunk or tree node the store accepts (bytes, uncompressed).
 pub const MAX_RECORD_RAW: u32 = 16 << 20;
+/// Record header byte 7: a foreign record.
+const FLAG_FOREIGN: u8 = 1;
 
 /// Write buffer: large enough to keep the device busy, small enough for bounded memory.
 const WRITE_BUF: usize = 8 << 20;
@@ -122,6 +138,8 @@ pub struct EncodedChunk {
     pub cipher: Cipher,
     pub raw_len: u32,
     pub payload: Vec<u8>,
+    /// Kept for a replication source whose key this store lacks (see the module docs).
+    pub foreign: bool,
 }
 
 impl EncodedChunk {
@@ -135,13 +153,14 @@ impl EncodedChunk {
             raw_len: self.raw_len,
             stored_len: self.payload.len() as u32,
             digest: self.digest,
+            foreign: self.foreign,
             crc: 0,
         }
     }
 
     /// An unencrypted record of `payload` as it is to be stored.
     pub fn plain(digest: Digest, kind: RecordKind, codec: Codec, raw_len: u32, payload: Vec<u8>) -> EncodedChunk {
-        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len, payload }
+        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len, payload, foreign: false }
     }
 
     /// This record sealed with `keys` if it is not sealed yet and the store is encrypted.
@@ -189,7 +208,7 @@ impl ChunkEncoder {
         };
         let (codec, payload) =
             if compressed && out.len() < limit { (Codec::Zstd, out) } else { (Codec::Raw, raw.to_vec()) };
-        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len: raw.len() as u32, payload }
+        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len: raw.len() as u32, payload, foreign: false }
     }
 
     /// [`encode`](ChunkEncoder::encode), then seal the record if `keys` is an encrypted
@@ -230,8 +249,23 @@ pub fn looks_incompressible(raw: &[u8]) -> bool {
     })
 }
 
+/// How far [`check_content`] could check a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentCheck {
+    /// Decoded, and its content matches its id (and its tag, if sealed).
+    Verified,
+    /// A foreign record: sealed with a key this store does not hold, or an opened tree node
+    /// whose keyed id this store cannot compute. Its checksum is the only check there is.
+    ChecksumOnly,
+}
+
 /// Decode a record's payload into `out`: open it if it is sealed, decompress it, and with
 /// [`ReadCheck::Digest`] check its content against the record's chunk id under `keys`.
+///
+/// A foreign record (see the module docs) that is sealed opens under the first of the
+/// keyring's replica keys that opens it, and is refused when none does (the text says to
+/// give the source's recovery key). A foreign record that is not sealed (an opened tree
+/// node) is decompressed; its id is checked only where a replica key computes it.
 pub fn decode_record(
     keys: &Keyring,
     header: &RecordHeader,
@@ -239,6 +273,49 @@ pub fn decode_record(
     out: &mut Vec<u8>,
     check: ReadCheck,
 ) -> std::result::Result<(), String> {
+    match decode_any(keys, header, payload, out, check)? {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "record {} is sealed with the key of the store it was replicated from, which this appliance does \
+             not hold: give that store's recovery key to read it",
+            header.digest
+        )),
+    }
+}
+
+/// Check a record's content as far as this store can (verify and pack scans): decode it and
+/// match it against its id; for a foreign record without its key, the checksum alone
+/// (already checked by the caller) is all there is.
+pub fn check_content(
+    keys: &Keyring,
+    header: &RecordHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> std::result::Result<ContentCheck, String> {
+    Ok(decode_any(keys, header, payload, out, ReadCheck::Digest)?.unwrap_or(ContentCheck::ChecksumOnly))
+}
+
+/// `None`: a foreign sealed record no key here opens.
+fn decode_any(
+    keys: &Keyring,
+    header: &RecordHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    check: ReadCheck,
+) -> std::result::Result<Option<ContentCheck>, String> {
+    if header.foreign {
+        if header.cipher == Cipher::None {
+            decompress_payload(header.codec, payload, header.raw_len, out)?;
+            let verified = keys.replica_keys().iter().any(|k| k.digest(out) == header.digest);
+            return Ok(Some(if verified { ContentCheck::Verified } else { ContentCheck::ChecksumOnly }));
+        }
+        for k in keys.replica_keys() {
+            if open_and_decode(k, header, payload, out).is_ok() && k.digest(out) == header.digest {
+                return Ok(Some(ContentCheck::Verified));
+            }
+        }
+        return Ok(None);
+    }
     if header.cipher == Cipher::None {
         if keys.is_encrypted() {
             // An encrypted store never writes a record unsealed: this one was put there by
@@ -247,30 +324,40 @@ pub fn decode_record(
         }
         decompress_payload(header.codec, payload, header.raw_len, out)?;
     } else {
-        let open = |dst: &mut Vec<u8>| {
-            keys.open(header.kind, header.codec, header.cipher, header.raw_len, &header.digest, payload, dst)
-        };
-        match header.codec {
-            Codec::Raw => {
-                open(out)?;
-                if out.len() != header.raw_len as usize {
-                    return Err(format!("raw payload is {} bytes, header says {}", out.len(), header.raw_len));
-                }
-            }
-            Codec::Zstd => {
-                thread_local! {
-                    static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-                }
-                PLAIN.with(|cell| {
-                    let mut plain = cell.borrow_mut();
-                    open(&mut plain)?;
-                    decompress_payload(header.codec, &plain, header.raw_len, out)
-                })?;
-            }
-        }
+        open_and_decode(keys, header, payload, out)?;
     }
     if check == ReadCheck::Digest && keys.digest(out) != header.digest {
         return Err(format!("content does not match its digest {}", header.digest));
+    }
+    Ok(Some(ContentCheck::Verified))
+}
+
+/// Open a sealed record with `keys` and decompress it into `out`.
+fn open_and_decode(
+    keys: &Keyring,
+    header: &RecordHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    let open =
+        |dst: &mut Vec<u8>| keys.open(header.kind, header.codec, header.cipher, header.raw_len, &header.digest, payload, dst);
+    match header.codec {
+        Codec::Raw => {
+            open(out)?;
+            if out.len() != header.raw_len as usize {
+                return Err(format!("raw payload is {} bytes, header says {}", out.len(), header.raw_len));
+            }
+        }
+        Codec::Zstd => {
+            thread_local! {
+                static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            PLAIN.with(|cell| {
+                let mut plain = cell.borrow_mut();
+                open(&mut plain)?;
+                decompress_payload(header.codec, &plain, header.raw_len, out)
+            })?;
+        }
     }
     Ok(())
 }
@@ -351,6 +438,8 @@ pub struct RecordHeader {
     pub raw_len: u32,
     pub stored_len: u32,
     pub digest: Digest,
+    /// Byte 7, bit 0: a foreign record (see the module docs).
+    pub foreign: bool,
     pub crc: u32,
 }
 
@@ -361,6 +450,7 @@ impl RecordHeader {
         h[4] = self.kind as u8;
         h[5] = self.codec as u8;
         h[6] = self.cipher as u8;
+        h[7] = u8::from(self.foreign);
         h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
         h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
         h[16..48].copy_from_slice(&self.digest.0);
@@ -382,6 +472,10 @@ impl RecordHeader {
         let kind = RecordKind::from_u8(h[4]).ok_or_else(|| format!("unknown record kind {}", h[4]))?;
         let codec = Codec::from_u8(h[5]).ok_or_else(|| format!("unknown codec {}", h[5]))?;
         let cipher = Cipher::from_u8(h[6]).ok_or_else(|| format!("unknown cipher {}", h[6]))?;
+        if h[7] & !FLAG_FOREIGN != 0 {
+            return Err(format!("unknown record flags {:#04x}", h[7]));
+        }
+        let foreign = h[7] & FLAG_FOREIGN != 0;
         let raw_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
         let stored_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
         if raw_len > MAX_RECORD_RAW || stored_len > MAX_RECORD_RAW + (MAX_RECORD_RAW >> 4) {
@@ -389,7 +483,7 @@ impl RecordHeader {
         }
         let digest = Digest(h[16..48].try_into().expect("32 bytes"));
         let crc = u32::from_le_bytes(h[48..52].try_into().expect("4 bytes"));
-        Ok(Some(RecordHeader { kind, codec, cipher, raw_len, stored_len, digest, crc }))
+        Ok(Some(RecordHeader { kind, codec, cipher, raw_len, stored_len, digest, foreign, crc }))
     }
 
     /// The checksum over the header's first 48 bytes and the payload.
@@ -550,7 +644,9 @@ pub fn read_record(
     let header = read_record_stored(file, path, offset, stored_len, scratch)?;
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), offset, detail };
     let payload = &scratch[RECORD_HEADER_LEN..];
-    decode_record(keys, &header, payload, out, check).map_err(corrupt)?;
+    if decode_any(keys, &header, payload, out, check).map_err(corrupt)?.is_none() {
+        return Err(StoreError::ReplicaKeyRequired { digest: header.digest, tried: keys.replica_keys().len() });
+    }
     Ok(header)
 }
 
@@ -592,6 +688,8 @@ pub struct ScannedRecord {
     pub offset: u64,
     /// Whether the payload passed its checksum (and, when content is checked, its digest).
     pub intact: bool,
+    /// Intact, but a foreign record this store could check by its checksum only.
+    pub checksum_only: bool,
 }
 
 /// A stretch of a pack [`scan_pack`] could not read as records: a damaged header, a record
@@ -756,12 +854,19 @@ pub fn scan_pack(path: &Path, check_content: bool, keys: &Keyring) -> Result<Pac
                 Ok(header) => {
                     let total = RECORD_HEADER_LEN + header.stored_len as usize;
                     let next = pos + total as u64;
+                    let mut checksum_only = false;
                     let crc_ok = match w.get(pos, total)? {
                         Some(b) => {
                             let ok = RecordHeader::compute_crc(b, &b[RECORD_HEADER_LEN..]) == header.crc;
                             if ok && check_content {
                                 let payload = &b[RECORD_HEADER_LEN..];
-                                Some(decode_record(keys, &header, payload, &mut out, ReadCheck::Digest).is_ok())
+                                match crate::pack::check_content(keys, &header, payload, &mut out) {
+                                    Ok(how) => {
+                                        checksum_only = how == ContentCheck::ChecksumOnly;
+                                        Some(true)
+                                    }
+                                    Err(_) => Some(false),
+                                }
                             } else {
                                 Some(ok)
                             }
@@ -770,7 +875,7 @@ pub fn scan_pack(path: &Path, check_content: bool, keys: &Keyring) -> Result<Pac
                     };
                     match crc_ok {
                         Some(true) => {
-                            scan.records.push(ScannedRecord { header, offset: pos, intact: true });
+                            scan.records.push(ScannedRecord { header, offset: pos, intact: true, checksum_only });
                             pos = next;
                             scan.end = pos;
                             continue;
@@ -778,7 +883,7 @@ pub fn scan_pack(path: &Path, check_content: bool, keys: &Keyring) -> Result<Pac
                         // A damaged payload: trust the length only if the next record (or
                         // the end of the pack) is where it says.
                         Some(false) if next == len || w.padding_at(next)? || w.valid_record_at(next)?.is_some() => {
-                            scan.records.push(ScannedRecord { header, offset: pos, intact: false });
+                            scan.records.push(ScannedRecord { header, offset: pos, intact: false, checksum_only: false });
                             pos = next;
                             scan.end = pos;
                             continue;
@@ -845,6 +950,7 @@ pub fn split_records(buf: &[u8]) -> std::result::Result<(Vec<EncodedChunk>, usiz
             cipher: header.cipher,
             raw_len: header.raw_len,
             payload: payload.to_vec(),
+            foreign: header.foreign,
         });
         at += len;
     }

@@ -175,14 +175,7 @@ impl Store {
         for number in numbers {
             let pack_scan = pack::scan_pack(&self.pack_path(number), true, self.keyring())?;
             for r in pack_scan.records.iter().filter(|r| r.intact && wrong.contains(&r.header.digest)) {
-                found.entry(r.header.digest).or_insert(ChunkLoc {
-                    pack: number,
-                    offset: r.offset,
-                    stored_len: r.header.stored_len,
-                    raw_len: r.header.raw_len,
-                    kind: r.header.kind,
-                    codec: r.header.codec,
-                });
+                found.entry(r.header.digest).or_insert(ChunkLoc::at(number, r.offset, &r.header));
             }
         }
         if found.is_empty() {
@@ -257,7 +250,7 @@ impl Store {
                 }
             };
             let payload = &scratch[pack::RECORD_HEADER_LEN..];
-            if let Err(e) = pack::decode_record(self.keyring(), &header, payload, &mut out, pack::ReadCheck::Digest) {
+            if let Err(e) = pack::check_content(self.keyring(), &header, payload, &mut out) {
                 dropped.push((*digest, *loc, e));
                 continue;
             }
@@ -272,19 +265,10 @@ impl Store {
                 cipher: header.cipher,
                 raw_len: header.raw_len,
                 payload: payload.to_vec(),
+                foreign: header.foreign,
             };
             let at = w.append(&chunk)?;
-            kept.push((
-                *digest,
-                ChunkLoc {
-                    pack: w.number,
-                    offset: at.offset,
-                    stored_len: at.stored_len,
-                    raw_len: header.raw_len,
-                    kind: header.kind,
-                    codec: header.codec,
-                },
-            ));
+            kept.push((*digest, ChunkLoc::at(w.number, at.offset, &chunk.header())));
         }
         let info = match writer {
             Some(w) => Some(self.finish_pack(w)?),
@@ -398,6 +382,7 @@ impl Store {
                         raw_len: chunk.raw_len,
                         kind: RecordKind::Manifest,
                         codec: pack::Codec::Raw,
+                        foreign: false,
                     },
                 ));
             }

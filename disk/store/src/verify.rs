@@ -37,7 +37,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use heed::PutFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{pack_key, point_key, ChunkLoc};
@@ -83,6 +82,10 @@ pub struct VerifyOptions {
 pub struct VerifyReport {
     pub restore_points_checked: u64,
     pub chunks_checked: u64,
+    /// Of `chunks_checked`, the chunks of replicas held without their key: sealed with a key
+    /// this appliance lacks, so checked by their checksum only (see `pack`).
+    #[serde(default)]
+    pub chunks_checksum_only: u64,
     pub bytes_checked: u64,
     pub packs_scanned: u64,
     /// Packs an incremental verify left out: scanned clean within its window.
@@ -141,6 +144,7 @@ pub(crate) struct StoreScan {
     pub packs: HashMap<u64, PackSummary>,
     pub damaged_records: Vec<String>,
     pub chunks_checked: u64,
+    pub chunks_checksum_only: u64,
     pub bytes_checked: u64,
 }
 
@@ -256,6 +260,7 @@ impl Store {
     ) -> Result<Vec<DamagedRange>> {
         let damaged: Mutex<Vec<(u64, Digest, String)>> = Mutex::new(Vec::new());
         let checked = AtomicU64::new(0);
+        let checksum_only = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let (tx, rx) = crossbeam_channel::bounded::<(u64, Digest)>(1024);
         let mut walk_failure: Option<(u64, String)> = None;
@@ -266,15 +271,18 @@ impl Store {
             for _ in 0..threads.max(1) {
                 let rx = rx.clone();
                 let (damaged, local_fault) = (&damaged, &local_fault);
-                let (checked, bytes) = (&checked, &bytes);
+                let (checked, bytes, checksum_only) = (&checked, &bytes, &checksum_only);
                 s.spawn(move || {
                     let (mut scratch, mut out) = (Vec::new(), Vec::new());
                     for (index, digest) in rx {
-                        match self.read_chunk(&digest, &mut scratch, &mut out) {
-                            Ok(_) => {
+                        match self.check_chunk(&digest, &mut scratch, &mut out) {
+                            Ok((loc, how)) => {
                                 checked.fetch_add(1, Ordering::Relaxed);
-                                bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
-                                progress(out.len() as u64);
+                                if how == pack::ContentCheck::ChecksumOnly {
+                                    checksum_only.fetch_add(1, Ordering::Relaxed);
+                                }
+                                bytes.fetch_add(u64::from(loc.raw_len), Ordering::Relaxed);
+                                progress(u64::from(loc.raw_len));
                             }
                             Err(e) if e.is_local_fault() => {
                                 local_fault.lock().expect("fault slot").get_or_insert(e);
@@ -324,6 +332,7 @@ impl Store {
             return Err(StoreError::Cancelled);
         }
         report.chunks_checked += checked.into_inner();
+        report.chunks_checksum_only += checksum_only.into_inner();
         report.bytes_checked += bytes.into_inner();
         let mut list = damaged.into_inner().expect("damage list");
         list.sort_by_key(|(index, _, _)| *index);
@@ -372,6 +381,7 @@ impl Store {
         let summaries: Mutex<HashMap<u64, PackSummary>> = Mutex::new(HashMap::new());
         let damaged_records: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let checked = AtomicU64::new(0);
+        let checksum_only = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let next = AtomicU64::new(0);
         let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
@@ -403,6 +413,9 @@ impl Store {
                             for r in &scan.records {
                                 if r.intact {
                                     checked.fetch_add(1, Ordering::Relaxed);
+                                    if r.checksum_only {
+                                        checksum_only.fetch_add(1, Ordering::Relaxed);
+                                    }
                                     bytes.fetch_add(r.header.raw_len as u64, Ordering::Relaxed);
                                     // The total is the packs' size, so progress counts stored bytes.
                                     progress(pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64);
@@ -460,6 +473,7 @@ impl Store {
             packs: summaries.into_inner().expect("summaries"),
             damaged_records,
             chunks_checked: checked.into_inner(),
+            chunks_checksum_only: checksum_only.into_inner(),
             bytes_checked: bytes.into_inner(),
         })
     }
@@ -740,6 +754,7 @@ impl Store {
             packs_skipped_recent: skipped_recent,
             packs_left_for_later: left_for_later,
             chunks_checked: scan.chunks_checked,
+            chunks_checksum_only: scan.chunks_checksum_only,
             bytes_checked: scan.bytes_checked,
             damaged_records: scan.damaged_records.clone(),
             ..Default::default()
@@ -907,32 +922,9 @@ impl Store {
                     ));
                     continue;
                 }
-                let loc = ChunkLoc {
-                    pack: number,
-                    offset: r.offset,
-                    stored_len: r.header.stored_len,
-                    raw_len: r.header.raw_len,
-                    kind: r.header.kind,
-                    codec: r.header.codec,
-                };
-                // An intact copy of a chunk recorded as damaged replaces the damaged one.
-                if catalog.is_damaged(&wtxn, &r.header.digest)? {
-                    if catalog.chunks.get(&wtxn, &r.header.digest.0).map_err(|e| catalog.err(e))?.is_none() {
-                        report.chunks += 1;
-                    }
-                    catalog.chunks.put(&mut wtxn, &r.header.digest.0, &loc.encode()).map_err(|e| catalog.err(e))?;
-                    catalog.clear_damaged(&mut wtxn, &r.header.digest)?;
-                } else {
-                    match catalog.chunks.put_with_flags(
-                        &mut wtxn,
-                        PutFlags::NO_OVERWRITE,
-                        &r.header.digest.0,
-                        &loc.encode(),
-                    ) {
-                        Ok(()) => report.chunks += 1,
-                        Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
-                        Err(e) => return Err(catalog.err(e)),
-                    }
+                let loc = ChunkLoc::at(number, r.offset, &r.header);
+                if catalog.index_chunk(&mut wtxn, &r.header.digest, &loc)? {
+                    report.chunks += 1;
                 }
                 match r.header.kind {
                     RecordKind::Manifest => manifests.push(loc),

@@ -339,3 +339,41 @@ fn gc_repack_and_repair_copy_sealed_records_verbatim_and_keep_them_readable() {
     common::assert_restores(&store, &again, &kept_disk, &chunk_content);
     assert!(store.verify_store(1, &|_| {}).unwrap().is_clean());
 }
+
+#[test]
+fn a_foreign_record_is_never_deduplicated_against_and_a_record_of_the_stores_own_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), None, None).unwrap();
+    // A hostile replication source plants garbage under the plain id of content this store
+    // will back up (a plain store's ids are public blake3 hashes).
+    let planted = Digest::of(&chunk_content(2));
+    let mut session = store.begin_backup().unwrap();
+    let garbage = pack::EncodedChunk {
+        cipher: Cipher::XChaCha20Poly1305,
+        foreign: true,
+        ..pack::EncodedChunk::plain(planted, pack::RecordKind::Data, pack::Codec::Raw, CHUNK as u32, vec![7; 64])
+    };
+    assert!(session.insert(&garbage).unwrap());
+    session.flush().unwrap();
+    drop(session);
+    assert!(store.holds(&planted).unwrap() && !store.contains(&planted).unwrap());
+    // The backup stores its own copy, which takes over the index entry; the point restores.
+    let point = backup(&store, "vm", &[2, 3]);
+    common::assert_restores(&store, &point, &[2, 3], &chunk_content);
+    assert!(store.locate(&planted).unwrap().is_some_and(|l| !l.foreign));
+    // The index rebuilt from the packs alone keeps the store's own copy, whichever pack is
+    // read first.
+    store.reindex().unwrap();
+    assert!(store.locate(&planted).unwrap().is_some_and(|l| !l.foreign));
+    common::assert_restores(&store, &point, &[2, 3], &chunk_content);
+    // The planted record is still in a pack, checked by its checksum only: not damage.
+    let v = store.verify_store(1, &|_| {}).unwrap();
+    assert!(v.is_clean() && v.chunks_checksum_only == 1, "{v:?}");
+    // A foreign record whose checksum fails is damage, as any other.
+    let packs: Vec<_> = std::fs::read_dir(dir.path().join("packs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let first = packs.iter().min().unwrap();
+    let mut bytes = std::fs::read(first).unwrap();
+    bytes[64 + 64 + 10] ^= 1;
+    std::fs::write(first, &bytes).unwrap();
+    assert!(!store.verify_store(1, &|_| {}).unwrap().is_clean());
+}

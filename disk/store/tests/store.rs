@@ -257,6 +257,7 @@ fn hostile_record_and_node_bytes_never_panic() {
         raw_len: enc.raw_len,
         stored_len: enc.payload.len() as u32,
         digest: enc.digest,
+        foreign: false,
         crc: 0,
     }
     .encode();

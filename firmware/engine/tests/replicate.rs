@@ -273,7 +273,7 @@ fn a_commit_of_a_point_with_missing_chunks_is_refused_and_publishes_nothing() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (src, dst) = (open(a.path()), open(b.path()));
     let (p, _) = backup(&src, "vm1", &image(2 << 20, 5));
-    let origin = PointOrigin { namespace: "site-a".into(), store_id: src.store_id(), point: p.spec(), created_unix: 1 };
+    let origin = PointOrigin { namespace: "site-a".into(), store_id: src.store_id(), point: p.spec(), created_unix: 1, without_key: false };
     let mut target = StoreTarget::new(&dst);
     // Only the root node: the rest is missing.
     target.put_records(&[record_of(&src, &p.disks[0].root)]).unwrap();
@@ -374,22 +374,133 @@ fn open_encrypted(dir: &std::path::Path, k: u8) -> Store {
 }
 
 #[test]
-fn an_encrypted_store_replicates_its_sealed_records_verbatim_to_a_store_with_the_same_key_and_is_refused_by_one_without(
-) {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+fn an_encrypted_store_replicates_its_sealed_records_verbatim_to_a_store_with_the_same_key() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let src = open_encrypted(a.path(), 9);
     let img = image(4 << 20, 11);
     let (p, _) = backup(&src, "vm1", &img);
-    // Same key: the sealed records travel as they are and the point restores exactly.
     let same = open_encrypted(b.path(), 9);
     let r = replicate::replicate(&src, &p, &mut StoreTarget::new(&same), &opts(), &NoProgress).unwrap();
+    assert!(!r.without_key, "the receiver holds the key: {r:?}");
     assert_eq!(restored(&same, &r.delivered_as), img);
-    assert!(same.verify_store(2, &|_| {}).unwrap().is_clean());
-    // No key: refused with a clear message, nothing of it kept.
-    let plain = open(c.path());
-    let e = replicate::replicate(&src, &p, &mut StoreTarget::new(&plain), &opts(), &NoProgress).unwrap_err();
-    assert!(e.to_string().contains("encrypted and this store has no key"), "{e}");
-    assert_eq!(e.kind(), engine::ErrorKind::Permanent);
-    assert!(plain.list().unwrap().is_empty());
-    assert_eq!(plain.usage().unwrap().packs, 0);
+    let v = same.verify_store(2, &|_| {}).unwrap();
+    assert!(v.is_clean() && v.chunks_checksum_only == 0, "{v:?}");
+}
+
+/// A store holding `key`'s replicas without holding `key` as its own (see `StoreOptions`).
+fn reopen_with_replica_key(dir: &std::path::Path, own: Option<u8>, replica: u8) -> Store {
+    let opts = StoreOptions {
+        key: own.map(|k| store::StoreKey::from_bytes([k; 32])),
+        replica_keys: vec![store::StoreKey::from_bytes([replica; 32])],
+        ..Default::default()
+    };
+    Store::open(dir, &opts).unwrap()
+}
+
+fn restore_error(store: &Store, spec: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = store.find(spec).unwrap();
+    let opts = RestoreOptions {
+        to: dir.path().join("disk.raw"),
+        format: RestoreFormat::Raw,
+        verify: false,
+        force: true,
+        disk: 0,
+        threads: 2,
+    };
+    engine::restore(store, &p, &opts, &NoProgress).unwrap_err().to_string()
+}
+
+#[test]
+fn a_store_without_the_key_keeps_an_encrypted_point_verifies_its_ciphertext_and_restores_it_only_with_the_recovery_key(
+) {
+    for own_key in [None, Some(4u8)] {
+        let (a, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let src = open_encrypted(a.path(), 9);
+        let mut img = image(4 << 20, 11);
+        let (p1, _) = backup(&src, "vm1", &img);
+        // A plain store, and one encrypted under a key of its own: neither holds key 9.
+        let dst = match own_key {
+            None => open(c.path()),
+            Some(k) => open_encrypted(c.path(), k),
+        };
+        let r1 = replicate::replicate(&src, &p1, &mut StoreTarget::new(&dst), &opts(), &NoProgress).unwrap();
+        assert!(r1.without_key && r1.nodes_sent > 0 && r1.chunks_sent > 0, "{r1:?}");
+        let kept = dst.find(&r1.delivered_as).unwrap();
+        assert!(kept.origin.as_ref().is_some_and(|o| o.without_key), "{kept:?}");
+        // Without the key: the ciphertext verifies (checksums, tree structure, completeness)...
+        let v = dst.verify_store(2, &|_| {}).unwrap();
+        assert!(v.is_clean() && v.chunks_checksum_only > 0, "{v:?}");
+        // ...and nothing reads the data.
+        let e = restore_error(&dst, &r1.delivered_as);
+        assert!(e.contains("recovery key"), "{e}");
+        // Run again: nothing sent. A changed point sends only what changed.
+        let again = replicate::replicate(&src, &p1, &mut StoreTarget::new(&dst), &opts(), &NoProgress).unwrap();
+        assert!(again.already_there && again.bytes_sent == 0, "{again:?}");
+        change(&mut img, 5, 3);
+        let (p2, _) = backup(&src, "vm1", &img);
+        let r2 = replicate::replicate(&src, &p2, &mut StoreTarget::new(&dst), &opts(), &NoProgress).unwrap();
+        assert!(r2.bytes_sent * 5 < r1.bytes_sent, "the second point sent {} of {} bytes", r2.bytes_sent, r1.bytes_sent);
+        // The receiver's own backup of the same disk deduplicates nothing against the replica.
+        let (own, own_bytes) = backup(&dst, "local", &img);
+        assert!(own_bytes > 0 && own.origin.is_none());
+        // Retention here is its own: delete the first replica, collect, and the second still
+        // verifies and is whole.
+        dst.delete_points(&[(kept.name.clone(), kept.id)], "test").unwrap();
+        dst.gc(&store::GcOptions { repack_threshold: 0.01, dry_run: false }, &|_| {}, &|| false).unwrap();
+        let v = dst.verify_store(2, &|_| {}).unwrap();
+        assert!(v.is_clean(), "{v:?}");
+        assert_eq!(restored(&dst, &own.spec()), img);
+        // With the source's recovery key, the replica restores exactly (every tag and id
+        // checked); so does the index rebuilt from the packs alone.
+        drop(dst);
+        let with_key = reopen_with_replica_key(c.path(), own_key, 9);
+        assert_eq!(restored(&with_key, &r2.delivered_as), img);
+        with_key.reindex().unwrap();
+        assert_eq!(restored(&with_key, &r2.delivered_as), img);
+        let v = with_key.verify_store(2, &|_| {}).unwrap();
+        assert!(v.is_clean() && v.chunks_checksum_only == 0, "every chunk opens with the key now: {v:?}");
+        // A wrong recovery key reads nothing.
+        drop(with_key);
+        let wrong = reopen_with_replica_key(c.path(), own_key, 8);
+        assert!(restore_error(&wrong, &r2.delivered_as).contains("recovery key"));
+    }
+}
+
+#[test]
+fn a_receiver_without_the_key_refuses_clear_data_sealed_nodes_and_malformed_nodes_and_keeps_none_of_the_batch() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src = open_encrypted(a.path(), 9);
+    let (p, _) = backup(&src, "vm1", &image(2 << 20, 5));
+    let dst = open(b.path());
+    let sealed_by = replicate::sealed_by(&src);
+    let keeping = replicate::Keeping::for_sender(&dst, sealed_by.as_deref());
+    assert_eq!(keeping, replicate::Keeping::WithoutKey);
+    let mut scratch = Vec::new();
+    let root = p.disks[0].root;
+    let sealed_node = src.read_encoded(&root, &mut scratch).unwrap();
+    let open_node = replicate::record_to_send(&src, &root, true, &mut scratch).unwrap();
+    assert_eq!(open_node.cipher, store::Cipher::None);
+    let leaf = src.walk(&p.disks[0]).find_map(|d| d.ok().filter(|d| !d.is_zero())).unwrap();
+    let data = src.read_encoded(&leaf, &mut scratch).unwrap();
+    let clear_data = EncodedChunk::plain(leaf, RecordKind::Data, store::Codec::Raw, 4, vec![1, 2, 3, 4]);
+    let mut bad_node = open_node.clone();
+    bad_node.payload[0] ^= 0xff;
+    for (what, rec) in [
+        ("arrived unencrypted", clear_data),
+        ("arrived sealed", sealed_node),
+        ("not an index-tree node", bad_node),
+        ("shorter than its salt", EncodedChunk { payload: vec![0; 8], ..data.clone() }),
+        ("only data chunks and index-tree nodes", EncodedChunk { kind: RecordKind::Manifest, ..data.clone() }),
+    ] {
+        let mut target = StoreTarget::keeping(&dst, keeping);
+        let e = target.put_records(&[data.clone(), rec]).unwrap_err();
+        assert!(e.to_string().contains(what), "{what}: {e}");
+        assert_eq!(dst.usage().unwrap().chunks, 0, "{what}: nothing of the batch is kept");
+    }
+    // The same records, well formed, are kept, and kept as foreign: the receiver's own
+    // lookups never see them.
+    StoreTarget::keeping(&dst, keeping).put_records(&[data, open_node]).unwrap();
+    assert!(dst.holds(&leaf).unwrap() && !dst.contains(&leaf).unwrap());
+    assert!(dst.locate(&root).unwrap().is_some_and(|l| l.foreign));
 }

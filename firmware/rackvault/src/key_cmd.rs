@@ -30,6 +30,19 @@ pub fn key_file() -> Option<&'static Path> {
     KEY_FILE.get().and_then(|p| p.as_deref())
 }
 
+/// The global `--replica-key` files, as given.
+static REPLICA_KEY_FILES: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+pub fn set_replica_key_files(paths: Vec<PathBuf>) {
+    let _ = REPLICA_KEY_FILES.set(paths);
+}
+
+/// The keys the global `--replica-key` files hold (see `StoreOptions::replica_keys`).
+pub fn replica_keys() -> Result<Vec<StoreKey>> {
+    let paths = REPLICA_KEY_FILES.get().map(Vec::as_slice).unwrap_or_default();
+    paths.iter().map(|p| read_key_file(p)).collect()
+}
+
 /// Read a key file (or standard input for `-`).
 pub fn read_key_file(path: &Path) -> Result<StoreKey> {
     let text = if path == Path::new("-") {
@@ -140,6 +153,14 @@ enum KeyCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Give an appliance (its daemon stopped) the recovery key of a store it keeps replicas of
+    /// without that key (--key-file, or typed on standard input): sealed into its
+    /// configuration, so that those replicas restore there. The key's own store never needs
+    /// to be reachable.
+    AddReplica {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Check that --key-file opens the store (nothing is read but the store's marker).
     Check {
         #[arg(long)]
@@ -197,6 +218,18 @@ pub fn run(args: KeyArgs) -> Result<ExitCode> {
                 "installed the store key into {}; `rackvault serve --data-dir {}` opens the store with it",
                 data_dir.join("config.json").display(),
                 data_dir.display()
+            );
+        }
+        KeyCommand::AddReplica { data_dir } => {
+            let key = match store_key()? {
+                Some(k) => k,
+                None => read_key_file(Path::new("-"))?,
+            };
+            let added = service::install_replica_key(&data_dir, &key)?;
+            println!(
+                "{} {}; the daemon reads the replicas kept without this key with it from its next start",
+                if added { "added the replica key to" } else { "the key was there already in" },
+                data_dir.join("config.json").display()
             );
         }
         KeyCommand::Check { store } => {

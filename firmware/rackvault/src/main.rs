@@ -41,6 +41,11 @@ struct Cli {
     /// store, where the new key is written.
     #[arg(long, global = true, env = "RACKVAULT_KEY_FILE", value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// The recovery key of a store this one holds replicas of without its key (a recovery
+    /// key file, or a file holding its printable form): with it, those replicas restore.
+    /// May be given more than once.
+    #[arg(long, global = true, value_name = "FILE")]
+    replica_key: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -345,7 +350,8 @@ fn parse_cipher(s: &str) -> Result<store::Cipher, String> {
 /// Open the store at `path` with the global `--key-file`'s key, if one was given.
 fn open_store(path: &Path, create: bool) -> Result<Store> {
     let key = key_cmd::store_key()?;
-    Ok(opened_store(Store::open(path, &StoreOptions { create, key, ..Default::default() })?))
+    let replica_keys = key_cmd::replica_keys()?;
+    Ok(opened_store(Store::open(path, &StoreOptions { create, key, replica_keys, ..Default::default() })?))
 }
 
 /// Tell what the cleanup at open did.
@@ -847,6 +853,7 @@ fn main() -> ExitCode {
     raise_open_files_limit();
     let cli = Cli::parse();
     key_cmd::set_key_file(cli.key_file.clone());
+    key_cmd::set_replica_key_files(cli.replica_key.clone());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -155,6 +155,10 @@ pub struct ConfigFile {
     /// The encrypted staging store's key, sealed (see `store_key`); absent for a plain store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_key: Option<String>,
+    /// Recovery keys of stores this appliance keeps replicas of without their key, sealed
+    /// like `store_key` (see `store_key::install_replica_key`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_keys: Vec<String>,
 }
 
 impl ConfigFile {

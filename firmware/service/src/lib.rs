@@ -76,7 +76,7 @@ pub use replication_s3::{S3RemoteConfig, S3RemoteInfo, S3RemoteInput};
 /// The bodies of the replication routes, as the receiving web server reads them (the web
 /// reaches the engine only through this crate).
 pub mod replica_wire {
-    pub use engine::replicate::wire::{CommitRequest, Digests, FindAnswer, FindRequest};
+    pub use engine::replicate::wire::{CommitRequest, Digests, FindAnswer, FindRequest, SEALED_BY_PARAM};
     pub use engine::replicate::{Delivered, Received, StreamEnd, BATCH_MEDIA_TYPE, MAX_BATCH_BYTES};
 }
 pub use points::{Alert, Dashboard, Usage, UsageSample};
@@ -87,7 +87,7 @@ pub use results::{
 pub use schedule::CalendarEvent;
 pub use settings::SettingsInput;
 pub use sources::{JobInfo, JobInput, SourceInfo, SourceInput};
-pub use store_key::{export_recovery_key, install_recovery_key, RecoveryKeyExport};
+pub use store_key::{export_recovery_key, install_recovery_key, install_replica_key, RecoveryKeyExport};
 pub use tape::PoolInput;
 pub use tasks::{Live, ShutdownReport, TaskError, TaskErrorKind, TaskInfo, TaskKind, TaskState};
 
@@ -373,7 +373,8 @@ impl Appliance {
         // Sealed packs get the immutable attribute while any job makes immutable points.
         let immutable_packs = config.jobs.iter().any(|j| j.immutable_days.is_some());
         let key = store_key::key_for_open(data_dir, &store_dir, &mut config, &sealer, opts.encrypt_store)?;
-        let store_opts = StoreOptions { create: true, immutable_packs, key, ..Default::default() };
+        let replica_keys = store_key::replica_keys(&config, &sealer)?;
+        let store_opts = StoreOptions { create: true, immutable_packs, key, replica_keys, ..Default::default() };
         let store =
             Arc::new(Store::open(&store_dir, &store_opts).map_err(|e| store_key::explain_open_error(data_dir, e))?);
         let (tasks, interrupted) = Tasks::open(env.clone(), tasks_db, data_dir.join("tasks"))?;

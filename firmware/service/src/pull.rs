@@ -71,7 +71,7 @@ impl Appliance {
                 };
                 let idx = src.point_indexes().map_err(replicate_error)?;
                 let locks = idx.iter().map(|p| p.retain_until_unix).collect();
-                (idx.into_iter().map(|p| RemotePoint { point: p.point, origin: p.origin }).collect(), locks)
+                (idx.into_iter().map(|p| RemotePoint { point: p.point, origin: p.origin, sealed_by: None }).collect(), locks)
             }
             None if r.pull => {
                 let points = self.http_source(&r)?.points().map_err(replicate_error)?;
@@ -197,6 +197,7 @@ impl Appliance {
     pub fn replica_source_points(&self, actor: &Principal) -> Result<SourcePoints, ServiceError> {
         Self::pull_token(actor)?;
         let store_id = self.store.store_id();
+        let sealed_by = replicate::sealed_by(&self.store);
         let points = self
             .store
             .list()?
@@ -208,8 +209,10 @@ impl Appliance {
                     store_id: store_id.clone(),
                     point: p.spec(),
                     created_unix: p.created_unix,
+                    without_key: false,
                 },
                 point: p,
+                sealed_by: sealed_by.clone(),
             })
             .collect();
         Ok(SourcePoints { points })
@@ -217,8 +220,15 @@ impl Appliance {
 
     /// The data and index records `digests` (hex) name, as the store holds them, in the wire
     /// form of a batch; as many as fit in one batch, in the order asked (the puller asks again
-    /// for the rest). Unknown digests are left out.
-    pub fn replica_source_records(&self, actor: &Principal, digests: &[String]) -> Result<Vec<u8>, ServiceError> {
+    /// for the rest). Unknown digests are left out. With `open_trees`, index-tree nodes go
+    /// opened, for a puller that keeps the points without this store's key (see
+    /// `engine::replicate`).
+    pub fn replica_source_records(
+        &self,
+        actor: &Principal,
+        digests: &[String],
+        open_trees: bool,
+    ) -> Result<Vec<u8>, ServiceError> {
         Self::pull_token(actor)?;
         let ds = replicate::parse_digests(digests).map_err(replicate_error)?;
         let mut out = Vec::new();
@@ -228,7 +238,7 @@ impl Appliance {
             if !self.store.contains(&d)? {
                 continue;
             }
-            let c = self.store.read_encoded(&d, &mut scratch)?;
+            let c = replicate::record_to_send(&self.store, &d, open_trees, &mut scratch)?;
             if !matches!(c.kind, RecordKind::Data | RecordKind::Tree) {
                 continue;
             }

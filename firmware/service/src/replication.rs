@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use engine::replicate::wire::FindAnswer;
-use engine::replicate::{self, Delivered, ReplicaTarget, ReplicateError, ReplicateOptions, StoreTarget};
+use engine::replicate::{self, Delivered, Keeping, ReplicaTarget, ReplicateError, ReplicateOptions, StoreTarget};
 use store::{PointOrigin, RestorePoint};
 
 use crate::replication_s3::{self, S3RemoteConfig, S3RemoteInfo, S3RemoteInput};
@@ -562,16 +562,35 @@ impl Appliance {
         Ok(())
     }
 
-    pub fn replica_find(&self, actor: &Principal, origin: &PointOrigin) -> Result<FindAnswer, ServiceError> {
+    /// Whether the point from `origin` is here; and whether this appliance keeps records from
+    /// a sender whose store key has the check value `sealed_by` without that key (the sender
+    /// then sends tree nodes opened: see `engine::replicate`).
+    pub fn replica_find(
+        &self,
+        actor: &Principal,
+        origin: &PointOrigin,
+        sealed_by: Option<&str>,
+    ) -> Result<FindAnswer, ServiceError> {
         Self::check_origin(actor, origin)?;
-        Ok(FindAnswer { point: StoreTarget::new(&self.store).find(origin).map_err(replicate_error)? })
+        let keeping = Keeping::for_sender(&self.store, sealed_by);
+        Ok(FindAnswer {
+            point: StoreTarget::keeping(&self.store, keeping).find(origin).map_err(replicate_error)?,
+            without_key: keeping == Keeping::WithoutKey,
+        })
     }
 
-    /// Which of `digests` (hex) this store lacks.
-    pub fn replica_lacking(&self, actor: &Principal, digests: &[String]) -> Result<Vec<String>, ServiceError> {
+    /// Which of `digests` (hex) this store lacks, for a sender whose key has the check value
+    /// `sealed_by`.
+    pub fn replica_lacking(
+        &self,
+        actor: &Principal,
+        digests: &[String],
+        sealed_by: Option<&str>,
+    ) -> Result<Vec<String>, ServiceError> {
         Self::replica_namespace(actor)?;
         let ds = replicate::parse_digests(digests).map_err(replicate_error)?;
-        let lacking = StoreTarget::new(&self.store).lacking(&ds).map_err(replicate_error)?;
+        let keeping = Keeping::for_sender(&self.store, sealed_by);
+        let lacking = replicate::lacking_in(&self.store, keeping, &ds).map_err(replicate_error)?;
         Ok(lacking.iter().map(store::Digest::to_hex).collect())
     }
 
@@ -581,10 +600,12 @@ impl Appliance {
     pub fn replica_receive(
         &self,
         actor: &Principal,
+        sealed_by: Option<&str>,
         next: &mut dyn FnMut() -> Result<Vec<u8>, replicate::StreamEnd>,
     ) -> Result<replicate::Received, ServiceError> {
         Self::replica_namespace(actor)?;
-        replicate::receive_stream(&self.store, next).map_err(replicate_error)
+        let keeping = Keeping::for_sender(&self.store, sealed_by);
+        replicate::receive_stream(&self.store, keeping, next).map_err(replicate_error)
     }
 
     /// Publishes a replicated point once complete.
@@ -593,9 +614,11 @@ impl Appliance {
         actor: &Principal,
         point: &RestorePoint,
         origin: &PointOrigin,
+        sealed_by: Option<&str>,
     ) -> Result<Delivered, ServiceError> {
         Self::check_origin(actor, origin)?;
-        let d = StoreTarget::new(&self.store).commit(point, origin).map_err(replicate_error)?;
+        let keeping = Keeping::for_sender(&self.store, sealed_by);
+        let d = StoreTarget::keeping(&self.store, keeping).commit(point, origin).map_err(replicate_error)?;
         if !d.already_there {
             self.audit(
                 actor,

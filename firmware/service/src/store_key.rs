@@ -19,6 +19,13 @@
 //! recovery key against the store in `DIR/store` (if one is there; a wrong key is refused
 //! before anything is read) and seals it into `config.json`, with the daemon stopped (it takes
 //! the data directory's lock). The daemon then opens the store with it.
+//!
+//! ## Keys of replicas kept without them
+//! An appliance that receives (or pulls) the points of an encrypted store whose key it does
+//! not hold keeps them sealed (see `engine::replicate`). To restore them there, an admin gives
+//! it that store's recovery key: `rackvault key add-replica --data-dir DIR --key-file FILE`,
+//! daemon stopped, seals it into `config.json` as one of `replica_keys`, and the daemon opens
+//! its store with those keys as `StoreOptions::replica_keys`.
 
 use std::path::Path;
 
@@ -146,20 +153,7 @@ pub fn export_recovery_key(data_dir: &Path) -> Result<Option<RecoveryKeyExport>,
 /// against the store there if there is one, then sealed into `config.json`. A different key
 /// already installed is replaced only with `replace`.
 pub fn install_recovery_key(data_dir: &Path, key: &StoreKey, replace: bool) -> Result<(), ServiceError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| ServiceError::io(data_dir, e))?;
-    let lock_path = data_dir.join("appliance.lock");
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ServiceError::io(&lock_path, e))?;
-    if lock.try_lock().is_err() {
-        return Err(ServiceError::Conflict(format!(
-            "{}: a rackvault serve is using this data directory; stop it, install the key, then start it again",
-            data_dir.display()
-        )));
-    }
+    let _lock = lock_stopped(data_dir)?;
     let store_dir = data_dir.join("store");
     if store_dir.join("rackvault-store.json").exists() {
         // Refuses a wrong key before reading anything, and a plain store.
@@ -184,6 +178,46 @@ pub fn install_recovery_key(data_dir: &Path, key: &StoreKey, replace: bool) -> R
     }
     config.store_key = Some(seal_key(&sealer, key));
     config.save(&config_path)
+}
+
+/// Takes the lock of the appliance in `data_dir`, refusing while its daemon runs.
+fn lock_stopped(data_dir: &Path) -> Result<std::fs::File, ServiceError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| ServiceError::io(data_dir, e))?;
+    let lock_path = data_dir.join("appliance.lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ServiceError::io(&lock_path, e))?;
+    if lock.try_lock().is_err() {
+        return Err(ServiceError::Conflict(format!(
+            "{}: a rackvault serve is using this data directory; stop it, install the key, then start it again",
+            data_dir.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// Add `key`, the recovery key of a store this appliance keeps replicas of without its key,
+/// to the appliance in `data_dir` (its daemon stopped): sealed into `config.json`. Returns
+/// whether it was new.
+pub fn install_replica_key(data_dir: &Path, key: &StoreKey) -> Result<bool, ServiceError> {
+    let _lock = lock_stopped(data_dir)?;
+    let sealer = Sealer::open(&data_dir.join("appliance.key"))?;
+    let config_path = data_dir.join("config.json");
+    let mut config = ConfigFile::load(&config_path)?;
+    if replica_keys(&config, &sealer)?.contains(key) {
+        return Ok(false);
+    }
+    config.replica_keys.push(seal_key(&sealer, key));
+    config.save(&config_path)?;
+    Ok(true)
+}
+
+/// The replica keys `config` holds, unsealed.
+pub(crate) fn replica_keys(config: &ConfigFile, sealer: &Sealer) -> Result<Vec<StoreKey>, ServiceError> {
+    config.replica_keys.iter().map(|sealed| unseal_key(sealer, sealed)).collect()
 }
 
 impl Appliance {

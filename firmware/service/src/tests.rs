@@ -1376,13 +1376,13 @@ fn a_replicated_point_that_is_incomplete_here_is_refused_with_its_own_kind_and_o
         origin: None,
     };
     let origin =
-        store::PointOrigin { namespace: "site-a".into(), store_id: "00".into(), point: "vm@3".into(), created_unix: 1 };
-    let e = app.replica_commit(&token, &point, &origin).unwrap_err();
+        store::PointOrigin { namespace: "site-a".into(), store_id: "00".into(), point: "vm@3".into(), created_unix: 1, without_key: false };
+    let e = app.replica_commit(&token, &point, &origin, None).unwrap_err();
     assert_eq!(e.kind(), ServiceErrorKind::Incomplete, "{e}");
     assert!(e.to_string().contains(&missing.to_hex()), "{e}");
     assert!(app.points(&admin()).unwrap().is_empty());
     // Another namespace, or anyone but a replication token, is refused.
     let other = store::PointOrigin { namespace: "site-b".into(), ..origin.clone() };
-    assert_eq!(app.replica_commit(&token, &point, &other).unwrap_err().kind(), ServiceErrorKind::Forbidden);
-    assert_eq!(app.replica_commit(&admin(), &point, &origin).unwrap_err().kind(), ServiceErrorKind::Forbidden);
+    assert_eq!(app.replica_commit(&token, &point, &other, None).unwrap_err().kind(), ServiceErrorKind::Forbidden);
+    assert_eq!(app.replica_commit(&admin(), &point, &origin, None).unwrap_err().kind(), ServiceErrorKind::Forbidden);
 }

@@ -153,17 +153,20 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/replica/source/points", PULL, NoBody, |c| c.ok(c.app.replica_source_points(c.actor()?))),
     route!("POST", "/api/v1/replica/source/records", PULL, Json, |c| {
         let r: service::replica_wire::Digests = c.json()?;
-        let body = c.app.replica_source_records(c.actor()?, &r.digests)?;
+        let body = c.app.replica_source_records(c.actor()?, &r.digests, r.open_trees)?;
         Ok(Reply::bytes(service::replica_wire::BATCH_MEDIA_TYPE, body))
     }),
     route!("POST", "/api/v1/points/{spec}/replicate", OPERATOR, Json, replicate_point),
     route!("POST", "/api/v1/replica/find", REPLICATION, Json, |c| {
         let r: service::replica_wire::FindRequest = c.json()?;
-        c.ok(c.app.replica_find(c.actor()?, &r.origin))
+        c.ok(c.app.replica_find(c.actor()?, &r.origin, r.sealed_by.as_deref()))
     }),
     route!("POST", "/api/v1/replica/lacking", REPLICATION, Json, |c| {
         let r: service::replica_wire::Digests = c.json()?;
-        c.ok(c.app.replica_lacking(c.actor()?, &r.digests).map(|digests| service::replica_wire::Digests { digests }))
+        c.ok(c
+            .app
+            .replica_lacking(c.actor()?, &r.digests, r.sealed_by.as_deref())
+            .map(service::replica_wire::Digests::answer))
     }),
     // Streamed by `http.rs` (`receive_records`) and never reaches this handler.
     route!("POST", "/api/v1/replica/records", REPLICATION, Records, |_| {
@@ -171,7 +174,7 @@ pub(crate) static ROUTES: &[Route] = &[
     }),
     route!("POST", "/api/v1/replica/commit", REPLICATION, Json, |c| {
         let r: service::replica_wire::CommitRequest = c.json()?;
-        c.ok(c.app.replica_commit(c.actor()?, &r.point, &r.origin))
+        c.ok(c.app.replica_commit(c.actor()?, &r.point, &r.origin, r.sealed_by.as_deref()))
     }),
     route!("GET", "/api/v1/tokens", ADMIN, NoBody, |c| c.ok(c.app.api_tokens(c.actor()?))),
     route!("POST", "/api/v1/tokens", ADMIN, Json, create_token),

@@ -414,7 +414,17 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
             ));
         }
         let actor = principal.ok_or_else(ApiError::unauthenticated)?;
-        return receive_records(shared, actor, body).await;
+        // The sender's key check value (hex), when its store is encrypted.
+        let sealed_by = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == service::replica_wire::SEALED_BY_PARAM)
+            .map(|(_, v)| v.to_string())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        return receive_records(shared, actor, sealed_by, body).await;
     }
     let body = if is_state_changing(&parts.method) {
         read_body(body, max, shared.cfg.timeouts.body).await?
@@ -449,13 +459,18 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
 /// go over a small channel to a blocking thread that checks and stores each record, so a cut
 /// connection keeps every complete record before the cut (see `engine::replicate`). Each
 /// piece must arrive within the body deadline.
-async fn receive_records(shared: Arc<Shared>, actor: Principal, mut body: Incoming) -> Result<Reply, ApiError> {
+async fn receive_records(
+    shared: Arc<Shared>,
+    actor: Principal,
+    sealed_by: Option<String>,
+    mut body: Incoming,
+) -> Result<Reply, ApiError> {
     use service::replica_wire::StreamEnd;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, StreamEnd>>(16);
     let app = shared.app.clone();
     let worker = tokio::task::spawn_blocking(move || {
         let mut next = || rx.blocking_recv().unwrap_or(Err(StreamEnd::Cut("the receiver stopped reading".into())));
-        app.replica_receive(&actor, &mut next)
+        app.replica_receive(&actor, sealed_by.as_deref(), &mut next)
     });
     let deadline = shared.cfg.timeouts.body;
     let end = loop {

@@ -29,6 +29,24 @@
 //! the next run's questions find exactly what is durable: nothing durable is sent again, and
 //! at most one unacknowledged batch is.
 //!
+//! ## Receiving without the key
+//! A receiver keeps what it is sent in one of two ways ([`Keeping`]), chosen from the key
+//! check value the sender declares (never the key itself):
+//! - **Verified**: neither store is encrypted, or both hold the same key. Every record's
+//!   content is checked against its id (and its tag) before it is written, as above.
+//! - **Without the key**: the sender's store is encrypted under a key this receiver lacks
+//!   (an offsite box that must not be able to read what it keeps). The receiver says so in
+//!   its answer to [`ReplicaTarget::find`], and the sender then sends its index-tree nodes
+//!   *opened*: a node holds only chunk ids, keyed under the sender's key, so it tells the
+//!   receiver nothing of the content beyond which chunks repeat and which are zero, which
+//!   the exchange shows anyway. Data chunks stay sealed. The receiver keeps both as
+//!   *foreign* records (see `store::pack`): it checks their framing and checksum, a node's
+//!   structure, and that data is sealed; it walks the opened nodes for its completeness
+//!   check, its GC and its verify, which checks data by checksum. Foreign records are never
+//!   deduplicated against by the receiver's own backups. The point restores on the receiver
+//!   with the sender's recovery key (`StoreOptions::replica_keys`), which then checks every
+//!   tag and id.
+//!
 //! ## Hostile or broken peers
 //! A receiver refuses a batch with a record of a kind other than data or tree node, a
 //! record whose payload does not decode to its length or does not match its digest, or more
@@ -110,8 +128,44 @@ pub struct Delivered {
     pub already_there: bool,
 }
 
+/// How a receiver keeps what a sender sends (see "Receiving without the key" above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeping {
+    /// Every record's content is checked against its id before it is written.
+    Verified,
+    /// The sender's store is encrypted under a key the receiver lacks: its sealed data and
+    /// opened tree nodes are kept as foreign records.
+    WithoutKey,
+}
+
+impl Keeping {
+    /// How `store` keeps records from a sender whose store key has the check value
+    /// `sealed_by` (hex; `None`: the sender's store is not encrypted).
+    pub fn for_sender(store: &Store, sealed_by: Option<&str>) -> Keeping {
+        match (sealed_by, store.encryption()) {
+            (None, _) => Keeping::Verified,
+            (Some(theirs), Some(ours)) if theirs.eq_ignore_ascii_case(&ours.key_check) => Keeping::Verified,
+            (Some(_), _) => Keeping::WithoutKey,
+        }
+    }
+}
+
+/// The check value of `store`'s key (hex), which a sender declares so that the receiver
+/// knows whether it holds the same key; `None` for an unencrypted store.
+pub fn sealed_by(store: &Store) -> Option<String> {
+    store.encryption().map(|e| e.key_check.to_ascii_lowercase())
+}
+
 /// The receiving side of a replication.
 pub trait ReplicaTarget {
+    /// Tells the receiver the check value of the sender's store key ([`sealed_by`]), before
+    /// [`ReplicaTarget::find`]; a receiver that decides nothing from it ignores it.
+    fn introduce(&mut self, _sealed_by: Option<&str>) {}
+    /// After [`ReplicaTarget::find`]: whether the receiver keeps this sender's records
+    /// without its key ([`Keeping::WithoutKey`]), so tree nodes must travel opened.
+    fn keeps_without_key(&self) -> bool {
+        false
+    }
     /// The point replicated from `origin`, if the receiver has committed it.
     fn find(&mut self, origin: &PointOrigin) -> Result<Option<String>, ReplicateError>;
     /// Which of `digests` (at most [`MAX_QUERY`]) the receiver lacks, in the order given.
@@ -179,6 +233,9 @@ pub struct ReplicateReport {
     pub batches: u64,
     pub questions: u64,
     pub seconds: f64,
+    /// The receiver keeps this point without the key (tree nodes were sent opened).
+    #[serde(default)]
+    pub without_key: bool,
 }
 
 /// Checks a namespace: 1-32 of `[a-z0-9-]`, not starting with '-'.
@@ -217,22 +274,26 @@ pub fn replicate(
         store_id: store.store_id(),
         point: point.spec(),
         created_unix: point.created_unix,
+        without_key: false,
     };
     let mut report = ReplicateReport {
         point: point.spec(),
         bytes_logical: point.disks.iter().map(|d| d.size).sum(),
         ..Default::default()
     };
+    target.introduce(sealed_by(store).as_deref());
     if let Some(there) = retry(progress, |_| target.find(&origin))? {
         report.delivered_as = there;
         report.already_there = true;
         return Ok(report);
     }
+    let open_trees = target.keeps_without_key() && store.keyring().is_encrypted();
+    report.without_key = open_trees;
     // A commit can find chunks gone that an earlier run delivered (the receiver's GC took
     // them while no point referenced them): ask again, once or twice.
     for attempt in 0..3 {
         let plan = plan(store, point, target, opts, &mut report, progress)?;
-        send(store, &plan, target, opts, &mut report, progress)?;
+        send(store, &plan, open_trees, target, opts, &mut report, progress)?;
         match retry(progress, |_| target.commit(point, &origin)) {
             Ok(d) => {
                 report.delivered_as = d.point;
@@ -369,6 +430,7 @@ fn plan(
 fn send(
     store: &Store,
     plan: &Plan,
+    open_trees: bool,
     target: &mut dyn ReplicaTarget,
     opts: &ReplicateOptions,
     report: &mut ReplicateReport,
@@ -428,7 +490,7 @@ fn send(
     let mut scratch = Vec::new();
     for group in std::iter::once(&plan.data).chain(plan.nodes.iter()) {
         for d in group {
-            let c = store.read_encoded(d, &mut scratch)?;
+            let c = record_to_send(store, d, open_trees, &mut scratch)?;
             if payload(&batch) + c.payload.len() > limit && !batch.is_empty() {
                 flush(&mut *target, &mut batch, report)?;
             }
@@ -441,9 +503,28 @@ fn send(
     Ok(())
 }
 
+/// Record `digest` of `store` as it travels: as the store holds it, except that with
+/// `open_trees` an index-tree node of an encrypted store goes opened (for a receiver that
+/// keeps it without the key; see the module docs).
+pub fn record_to_send(
+    store: &Store,
+    digest: &Digest,
+    open_trees: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<EncodedChunk, StoreError> {
+    let c = store.read_encoded(digest, scratch)?;
+    if !open_trees || c.kind != RecordKind::Tree || c.cipher == store::Cipher::None {
+        return Ok(c);
+    }
+    let mut raw = Vec::new();
+    store.read_chunk(digest, scratch, &mut raw)?;
+    Ok(EncodedChunk::plain(*digest, RecordKind::Tree, store::Codec::Raw, raw.len() as u32, raw))
+}
+
 /// A receiver in this process: another store.
 pub struct StoreTarget<'a> {
     store: &'a Store,
+    keeping: Keeping,
 }
 
 impl std::fmt::Debug for StoreTarget<'_> {
@@ -454,7 +535,13 @@ impl std::fmt::Debug for StoreTarget<'_> {
 
 impl<'a> StoreTarget<'a> {
     pub fn new(store: &'a Store) -> StoreTarget<'a> {
-        StoreTarget { store }
+        StoreTarget { store, keeping: Keeping::Verified }
+    }
+
+    /// A receiver keeping what it gets as `keeping` says (the receiving web server decides
+    /// it per request from what the sender declares).
+    pub fn keeping(store: &'a Store, keeping: Keeping) -> StoreTarget<'a> {
+        StoreTarget { store, keeping }
     }
 }
 
@@ -478,13 +565,73 @@ pub fn check_record(keys: &store::Keyring, c: &EncodedChunk, raw: &mut Vec<u8>) 
             c.digest
         )));
     }
+    if c.cipher == store::Cipher::None && keys.is_encrypted() {
+        return Err(ReplicateError::Refused(format!(
+            "record {} is not encrypted and this store is: an unencrypted store replicates into an unencrypted \
+             store only",
+            c.digest
+        )));
+    }
     let bad = |e: String| ReplicateError::Refused(format!("record {}: {e}", c.digest));
-    store::pack::decode_record(keys, &c.header(), &c.payload, raw, store::pack::ReadCheck::Digest).map_err(bad)?;
+    let header = store::pack::RecordHeader { foreign: false, ..c.header() };
+    store::pack::decode_record(keys, &header, &c.payload, raw, store::pack::ReadCheck::Digest).map_err(bad)?;
     if c.kind == RecordKind::Tree {
         let level = raw.get(4).copied().unwrap_or(u8::MAX);
         store::tree::decode_node(raw, level, &c.digest).map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Checks one record as a receiver keeping it without the key must ([`Keeping::WithoutKey`]):
+/// its kind; a data chunk must be sealed (the sender's store is encrypted, so its data never
+/// travels in the clear); a tree node must come opened and be a well-formed node, which
+/// `raw` receives. Its id cannot be checked here (it is keyed under the sender's key).
+pub fn check_foreign_record(c: &EncodedChunk, raw: &mut Vec<u8>) -> Result<(), ReplicateError> {
+    if c.digest.is_zero() {
+        return Err(ReplicateError::Refused("a record has the all-zero digest, which is never stored".into()));
+    }
+    let bad = |e: String| ReplicateError::Refused(format!("record {}: {e}", c.digest));
+    match c.kind {
+        RecordKind::Data if c.cipher == store::Cipher::None => Err(bad(
+            "a data chunk from an encrypted store arrived unencrypted; its sender must send records as its \
+             store holds them"
+                .into(),
+        )),
+        RecordKind::Data if c.payload.len() < store::crypto::SEAL_OVERHEAD => {
+            Err(bad(format!("a sealed record of {} bytes is shorter than its salt and tag", c.payload.len())))
+        }
+        RecordKind::Data => Ok(()),
+        RecordKind::Tree if c.cipher != store::Cipher::None => Err(bad(
+            "an index-tree node arrived sealed; a receiver without the key needs the nodes opened (update the \
+             sending appliance)"
+                .into(),
+        )),
+        RecordKind::Tree => {
+            store::pack::decompress_payload(c.codec, &c.payload, c.raw_len, raw).map_err(bad)?;
+            let level = raw.get(4).copied().unwrap_or(u8::MAX);
+            store::tree::decode_node(raw, level, &c.digest).map_err(|e| bad(e.to_string()))?;
+            Ok(())
+        }
+        other => Err(bad(format!(
+            "it is of kind {other:?}; only data chunks and index-tree nodes are replicated"
+        ))),
+    }
+}
+
+/// Checks a received record as `keeping` says and marks it as it is to be stored: foreign
+/// when kept without the key, else not (whatever the sender's header said).
+pub fn accept_record(
+    keys: &store::Keyring,
+    keeping: Keeping,
+    mut c: EncodedChunk,
+    raw: &mut Vec<u8>,
+) -> Result<EncodedChunk, ReplicateError> {
+    match keeping {
+        Keeping::Verified => check_record(keys, &c, raw)?,
+        Keeping::WithoutKey => check_foreign_record(&c, raw)?,
+    }
+    c.foreign = keeping == Keeping::WithoutKey;
+    Ok(c)
 }
 
 /// Calls `visit` once for every record `point` references (its files, and each disk's tree
@@ -533,11 +680,21 @@ pub fn for_each_reference<E: From<StoreError>>(
 }
 
 /// Checks that everything `point` references is in `store` (walking each disk's tree), so a
-/// point is published only complete. Returns the missing chunks (at most `limit`).
-pub fn missing_references(store: &Store, point: &RestorePoint, limit: usize) -> Result<Vec<Digest>, StoreError> {
+/// point is published only complete. Returns the missing chunks (at most `limit`). A point
+/// kept without the key may reference foreign records; any other only the store's own.
+pub fn missing_references(
+    store: &Store,
+    point: &RestorePoint,
+    keeping: Keeping,
+    limit: usize,
+) -> Result<Vec<Digest>, StoreError> {
     let mut missing = Vec::new();
     for_each_reference(store, point, &mut |d| -> Result<bool, StoreError> {
-        if store.contains(d)? {
+        let there = match keeping {
+            Keeping::Verified => store.contains(d)?,
+            Keeping::WithoutKey => store.holds(d)?,
+        };
+        if there {
             return Ok(true);
         }
         if missing.len() < limit {
@@ -550,12 +707,17 @@ pub fn missing_references(store: &Store, point: &RestorePoint, limit: usize) -> 
 
 /// Commits a replicated point into `store` under its namespace, once complete; a point from
 /// the same origin that is already there is returned instead.
-pub fn receive_commit(store: &Store, point: &RestorePoint, origin: &PointOrigin) -> Result<Delivered, ReplicateError> {
+pub fn receive_commit(
+    store: &Store,
+    point: &RestorePoint,
+    origin: &PointOrigin,
+    keeping: Keeping,
+) -> Result<Delivered, ReplicateError> {
     validate_namespace(&origin.namespace)?;
     if let Some(p) = store.find_origin(origin)? {
         return Ok(Delivered { point: p.spec(), already_there: true });
     }
-    let missing = missing_references(store, point, 1000)?;
+    let missing = missing_references(store, point, keeping, 1000)?;
     if let Some(first) = missing.first() {
         return Err(ReplicateError::Incomplete(format!("lacks chunk {first} and {} more", missing.len() - 1)));
     }
@@ -563,36 +725,53 @@ pub fn receive_commit(store: &Store, point: &RestorePoint, origin: &PointOrigin)
     for f in &point.files {
         session.add_file_record(f.clone())?;
     }
-    session.set_origin(origin.clone());
+    session.set_origin(PointOrigin { without_key: keeping == Keeping::WithoutKey, ..origin.clone() });
     let name = replica_name(&origin.namespace, &point.name);
     let stats = store::PointStats { bytes_logical: point.stats.bytes_logical, ..Default::default() };
     let p = session.commit(&name, point.disks.clone(), stats)?;
     Ok(Delivered { point: p.spec(), already_there: false })
 }
 
+/// Which of `digests` `store` lacks, for a sender whose records it keeps as `keeping` says.
+pub fn lacking_in(store: &Store, keeping: Keeping, digests: &[Digest]) -> Result<Vec<Digest>, ReplicateError> {
+    let mut out = Vec::new();
+    for d in digests {
+        let there = match keeping {
+            Keeping::Verified => store.contains(d)?,
+            Keeping::WithoutKey => store.holds(d)?,
+        };
+        if !there {
+            out.push(*d);
+        }
+    }
+    Ok(out)
+}
+
 impl ReplicaTarget for StoreTarget<'_> {
+    fn introduce(&mut self, sealed_by: Option<&str>) {
+        self.keeping = Keeping::for_sender(self.store, sealed_by);
+    }
+
+    fn keeps_without_key(&self) -> bool {
+        self.keeping == Keeping::WithoutKey
+    }
+
     fn find(&mut self, origin: &PointOrigin) -> Result<Option<String>, ReplicateError> {
         Ok(self.store.find_origin(origin)?.map(|p| p.spec()))
     }
 
     fn lacking(&mut self, digests: &[Digest]) -> Result<Vec<Digest>, ReplicateError> {
-        let mut out = Vec::new();
-        for d in digests {
-            if !self.store.contains(d)? {
-                out.push(*d);
-            }
-        }
-        Ok(out)
+        lacking_in(self.store, self.keeping, digests)
     }
 
     fn put_records(&mut self, records: &[EncodedChunk]) -> Result<(), ReplicateError> {
         // The receiving path of the web server, with the whole batch as one piece.
         let mut piece = Some(store::pack::join_records(records));
-        receive_stream(self.store, &mut || piece.take().ok_or(StreamEnd::Complete)).map(|_| ())
+        receive_stream(self.store, self.keeping, &mut || piece.take().ok_or(StreamEnd::Complete)).map(|_| ())
     }
 
     fn commit(&mut self, point: &RestorePoint, origin: &PointOrigin) -> Result<Delivered, ReplicateError> {
-        receive_commit(self.store, point, origin)
+        receive_commit(self.store, point, origin, self.keeping)
     }
 }
 
@@ -605,27 +784,52 @@ pub mod wire {
     use serde::{Deserialize, Serialize};
     use store::{PointOrigin, RestorePoint};
 
+    /// `sealed_by` in every request: the check value of the sender's store key (hex),
+    /// absent for an unencrypted store (see `Keeping`).
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct FindRequest {
         pub origin: PointOrigin,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub sealed_by: Option<String>,
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct FindAnswer {
         pub point: Option<String>,
+        /// The receiver keeps this sender's records without its key: send tree nodes opened.
+        #[serde(default)]
+        pub without_key: bool,
     }
 
     /// Digests as hex.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Digests {
         pub digests: Vec<String>,
+        /// In a question to a receiver: the sender's key check value (see [`FindRequest`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub sealed_by: Option<String>,
+        /// In a pull for records: send index-tree nodes opened (the puller keeps them without
+        /// the key).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub open_trees: bool,
+    }
+
+    impl Digests {
+        pub fn answer(digests: Vec<String>) -> Digests {
+            Digests { digests, sealed_by: None, open_trees: false }
+        }
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct CommitRequest {
         pub point: RestorePoint,
         pub origin: PointOrigin,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub sealed_by: Option<String>,
     }
+
+    /// The query parameter of the records route that carries the sender's key check value.
+    pub const SEALED_BY_PARAM: &str = "sealed_by";
 
     /// The error `code` of a commit refused (409) because the point is incomplete on the
     /// receiver; the sender then asks again what is lacking.
@@ -656,11 +860,13 @@ fn to_hex(ds: &[Digest]) -> Vec<String> {
 #[derive(Debug)]
 pub struct HttpTarget {
     client: pinhttp::Client,
+    sealed_by: Option<String>,
+    without_key: bool,
 }
 
 impl HttpTarget {
     pub fn new(client: pinhttp::Client) -> HttpTarget {
-        HttpTarget { client }
+        HttpTarget { client, sealed_by: None, without_key: false }
     }
 
     fn call(&mut self, path: &str, content_type: &str, body: &[u8]) -> Result<pinhttp::Response, ReplicateError> {
@@ -683,23 +889,39 @@ impl HttpTarget {
 }
 
 impl ReplicaTarget for HttpTarget {
+    fn introduce(&mut self, sealed_by: Option<&str>) {
+        self.sealed_by = sealed_by.map(str::to_string);
+    }
+
+    fn keeps_without_key(&self) -> bool {
+        self.without_key
+    }
+
     fn find(&mut self, origin: &PointOrigin) -> Result<Option<String>, ReplicateError> {
-        let a: wire::FindAnswer = self.json("/api/v1/replica/find", &wire::FindRequest { origin: origin.clone() })?;
+        let req = wire::FindRequest { origin: origin.clone(), sealed_by: self.sealed_by.clone() };
+        let a: wire::FindAnswer = self.json("/api/v1/replica/find", &req)?;
+        self.without_key = a.without_key;
         Ok(a.point)
     }
 
     fn lacking(&mut self, digests: &[Digest]) -> Result<Vec<Digest>, ReplicateError> {
-        let a: wire::Digests = self.json("/api/v1/replica/lacking", &wire::Digests { digests: to_hex(digests) })?;
+        let req = wire::Digests { digests: to_hex(digests), sealed_by: self.sealed_by.clone(), open_trees: false };
+        let a: wire::Digests = self.json("/api/v1/replica/lacking", &req)?;
         parse_digests(&a.digests)
     }
 
     fn put_records(&mut self, records: &[EncodedChunk]) -> Result<(), ReplicateError> {
-        self.call("/api/v1/replica/records", BATCH_MEDIA_TYPE, &store::pack::join_records(records))?;
+        let path = match &self.sealed_by {
+            Some(check) => format!("/api/v1/replica/records?{}={check}", wire::SEALED_BY_PARAM),
+            None => "/api/v1/replica/records".to_string(),
+        };
+        self.call(&path, BATCH_MEDIA_TYPE, &store::pack::join_records(records))?;
         Ok(())
     }
 
     fn commit(&mut self, point: &RestorePoint, origin: &PointOrigin) -> Result<Delivered, ReplicateError> {
-        let req = wire::CommitRequest { point: point.clone(), origin: origin.clone() };
+        let req =
+            wire::CommitRequest { point: point.clone(), origin: origin.clone(), sealed_by: self.sealed_by.clone() };
         self.json("/api/v1/replica/commit", &req)
     }
 }
@@ -766,6 +988,7 @@ pub struct Received {
 /// lacking); a malformed or wrong record refuses the whole batch, and nothing of it is kept.
 pub fn receive_stream(
     store: &Store,
+    keeping: Keeping,
     next: &mut dyn FnMut() -> Result<Vec<u8>, StreamEnd>,
 ) -> Result<Received, ReplicateError> {
     let mut session = store.begin_backup()?;
@@ -782,15 +1005,15 @@ pub fn receive_stream(
         let (records, used) = store::pack::split_records(&buf).map_err(|what| {
             ReplicateError::Refused(format!("the batch is malformed after {} records: {what}", received.records))
         })?;
-        for c in &records {
+        for c in records {
             payload_total += c.payload.len();
             if payload_total > MAX_BATCH_BYTES {
                 return Err(ReplicateError::Refused(format!(
                     "more than {MAX_BATCH_BYTES} bytes of records in one batch; send smaller batches"
                 )));
             }
-            check_record(store.keyring(), c, &mut raw)?;
-            session.insert(c)?;
+            let c = accept_record(store.keyring(), keeping, c, &mut raw)?;
+            session.insert(&c)?;
             received.records += 1;
         }
         buf.drain(..used);

@@ -22,7 +22,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use store::{Digest, EncodedChunk, PointOrigin, RestorePoint, Store};
 
-use super::{check_cancel, receive_commit, retry, ReplicaTarget, ReplicateError, StoreTarget, MAX_BATCH_BYTES};
+use super::{
+    check_cancel, receive_commit, retry, Keeping, ReplicaTarget, ReplicateError, StoreTarget, MAX_BATCH_BYTES,
+};
 use crate::Progress;
 
 /// A point a source holds: as its own store had it, and where it came from.
@@ -30,6 +32,10 @@ use crate::Progress;
 pub struct RemotePoint {
     pub point: RestorePoint,
     pub origin: PointOrigin,
+    /// The check value of the source store's key (hex), when it is encrypted: a puller that
+    /// does not hold that key keeps the point without it (see `Keeping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_by: Option<String>,
 }
 
 impl RemotePoint {
@@ -46,6 +52,10 @@ pub trait ReplicaSource {
     /// The records `digests` name (at most [`PULL_GROUP`] at a time), in any order. A
     /// digest the source does not have is left out; the puller names it.
     fn records(&mut self, digests: &[Digest]) -> Result<Vec<EncodedChunk>, ReplicateError>;
+    /// Hand out index-tree nodes opened from now on (for a puller that keeps the point
+    /// without the key). A source that cannot ignores it; the puller then refuses the
+    /// sealed nodes it gets.
+    fn open_trees(&mut self, _open: bool) {}
 }
 
 /// Digests asked of a source at a time: with the default 256 KiB chunks, about 32 MiB of
@@ -105,6 +115,8 @@ pub fn pull(
         report.already_there = true;
         return Ok(report);
     }
+    let keeping = Keeping::for_sender(store, rp.sealed_by.as_deref());
+    source.open_trees(keeping == Keeping::WithoutKey);
     let mut fetch = |digests: &[Digest], report: &mut PullReport| -> Result<Vec<EncodedChunk>, ReplicateError> {
         let mut out = Vec::with_capacity(digests.len());
         for group in digests.chunks(PULL_GROUP) {
@@ -140,7 +152,7 @@ pub fn pull(
         }
         Ok(out)
     };
-    let mut local = StoreTarget::new(store);
+    let mut local = StoreTarget::keeping(store, keeping);
     progress.start("pull", 0);
 
     // Top down: the lacking nodes (held), and the data chunks under lacking leaves.
@@ -161,7 +173,10 @@ pub fn pull(
             let mut children = Vec::new();
             for c in &nodes {
                 // Checked now, not only when written: the walk trusts what it decodes.
-                super::check_record(store.keyring(), c, &mut raw)?;
+                match keeping {
+                    Keeping::Verified => super::check_record(store.keyring(), c, &mut raw)?,
+                    Keeping::WithoutKey => super::check_foreign_record(c, &mut raw)?,
+                }
                 children.extend(store::tree::decode_node(&raw, level, &c.digest)?.into_iter().filter(|d| !d.is_zero()));
             }
             report.nodes_fetched += nodes.len() as u64;
@@ -189,7 +204,7 @@ pub fn pull(
     for level in &held {
         put_all(&mut local, level)?;
     }
-    let d = receive_commit(store, &rp.point, &rp.origin)?;
+    let d = receive_commit(store, &rp.point, &rp.origin, keeping)?;
     report.delivered_as = d.point;
     report.already_there = d.already_there;
     report.seconds = started.elapsed().as_secs_f64();
@@ -220,11 +235,12 @@ fn put_all(local: &mut StoreTarget<'_>, records: &[EncodedChunk]) -> Result<(), 
 #[derive(Debug)]
 pub struct HttpSource {
     client: pinhttp::Client,
+    open_trees: bool,
 }
 
 impl HttpSource {
     pub fn new(client: pinhttp::Client) -> HttpSource {
-        HttpSource { client }
+        HttpSource { client, open_trees: false }
     }
 }
 
@@ -239,8 +255,13 @@ impl ReplicaSource for HttpSource {
     }
 
     fn records(&mut self, digests: &[Digest]) -> Result<Vec<EncodedChunk>, ReplicateError> {
-        let body = serde_json::to_vec(&super::wire::Digests { digests: digests.iter().map(Digest::to_hex).collect() })
-            .map_err(|e| ReplicateError::Invalid(format!("encoding a request: {e}")))?;
+        let req = super::wire::Digests {
+            digests: digests.iter().map(Digest::to_hex).collect(),
+            sealed_by: None,
+            open_trees: self.open_trees,
+        };
+        let body =
+            serde_json::to_vec(&req).map_err(|e| ReplicateError::Invalid(format!("encoding a request: {e}")))?;
         let r =
             super::http_call(&mut self.client, "POST", "/api/v1/replica/source/records", "application/json", &body)?;
         let (records, used) = store::pack::split_records(&r.body).map_err(|what| {
@@ -253,5 +274,9 @@ impl ReplicaSource for HttpSource {
             });
         }
         Ok(records)
+    }
+
+    fn open_trees(&mut self, open: bool) {
+        self.open_trees = open;
     }
 }

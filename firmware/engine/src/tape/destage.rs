@@ -119,6 +119,14 @@ pub fn destage(
                 .into(),
         ));
     }
+    if let Some(p) = points.iter().find(|p| p.origin.as_ref().is_some_and(|o| o.without_key)) {
+        // Its records are sealed under another store's key, with ids this store cannot check.
+        return Err(TapeError::Invalid(format!(
+            "{} is a replica kept without its source's key; destaging such replicas to tape is not supported \
+             yet: destage it on its source appliance",
+            p.spec()
+        )));
+    }
     let started = Instant::now();
     let lines = std::sync::Mutex::new(Vec::<String>::new());
     let log = |s: String| lines.lock().unwrap_or_else(|e| e.into_inner()).push(s);

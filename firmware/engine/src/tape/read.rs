@@ -370,6 +370,7 @@ pub fn restore_from_tape(
                     cipher: store::Cipher::None,
                     raw_len: r.header.raw_len,
                     payload: r.payload.clone(),
+                    foreign: false,
                 })?;
             }
             Sink::Import { session: Box::new(session) }
@@ -464,6 +465,7 @@ pub fn restore_from_tape(
                             cipher: store::Cipher::None,
                             raw_len: r.header.raw_len,
                             payload: r.payload,
+                            foreign: false,
                         })?;
                         let n = raw.len() as u64 * targets.len() as u64;
                         progress.advance(n);

@@ -359,8 +359,9 @@ fn a_source_handing_out_wrong_records_makes_the_pull_fail_and_writes_none_of_the
         store_id: src.store_id(),
         point: p.spec(),
         created_unix: p.created_unix,
+        without_key: false,
     };
-    let mut liar = Liar { store: &src, points: vec![pull::RemotePoint { point: p.clone(), origin }] };
+    let mut liar = Liar { store: &src, points: vec![pull::RemotePoint { point: p.clone(), origin, sealed_by: None }] };
     let dst = open(b.path());
     let rp = liar.points[0].clone();
     let e = pull::pull(&mut liar, &dst, &rp, &NoProgress).unwrap_err();

@@ -114,13 +114,13 @@ fn a_pull_token_reads_only_the_appliances_own_points_and_a_session_reads_none() 
     let offered = app.replica_source_points(&puller).unwrap();
     assert_eq!(offered.points.len(), 1);
     let root = offered.points[0].point.disks[0].root;
-    let body = app.replica_source_records(&puller, &[root.to_hex(), "00".repeat(32)]).unwrap();
+    let body = app.replica_source_records(&puller, &[root.to_hex(), "00".repeat(32)], false).unwrap();
     let (records, used) = store::pack::split_records(&body).unwrap();
     assert_eq!((records.len(), used), (1, body.len()), "the root node only; the unknown digest left out");
     assert_eq!(records[0].digest, root);
     assert!(matches!(app.replica_source_points(&admin()), Err(ServiceError::Forbidden(_))));
     let replicator = Principal { user: "admin".into(), role: Role::Replication, token: Some("site-a".into()) };
-    assert!(matches!(app.replica_source_records(&replicator, &[root.to_hex()]), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(app.replica_source_records(&replicator, &[root.to_hex()], false), Err(ServiceError::Forbidden(_))));
 }
 
 #[test]

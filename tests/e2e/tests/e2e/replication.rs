@@ -550,3 +550,83 @@ fn an_offsite_appliance_pulls_new_points_with_a_pull_token_that_can_do_nothing_e
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("pulls from"), "{v}");
 }
+
+#[test]
+fn an_appliance_without_the_key_keeps_an_encrypted_appliances_points_verifies_them_and_restores_them_once_given_the_recovery_key(
+) {
+    let dir = scratch("replication-without-key");
+    let a_data = dir.path().join("a");
+    let a_d = crate::daemon::start_with(&a_data, &dir.path().join("a.log"), crate::daemon::free_port(), &[
+        "--encrypt-store",
+    ]);
+    let mut a_c = Client::new(&a_data, a_d.port);
+    a_c.set_up(&a_data);
+    a_c.sign_in();
+    let a = Appliance { d: a_d, c: a_c, data: a_data };
+    // B has no key of A's store (its own store is not even encrypted).
+    let b = appliance(dir.path(), "b");
+    let b_url = format!("https://127.0.0.1:{}", b.d.port);
+    add_remote(&a, &b, "offsite", "site-a", &b_url);
+    let src = a.c.ok("GET", "/api/v1/sources", None)[0].clone();
+    let (src_id, disk) = (src["id"].as_str().unwrap().to_string(), src["url"].as_str().unwrap().to_string());
+    let first = backup(&a, &src_id);
+    let spec = format!("{}@{}", first["result"]["name"].as_str().unwrap(), first["result"]["id"]);
+
+    // Pushed: B keeps it without the key.
+    let t = a.c.ok("POST", &format!("/api/v1/points/{spec}/replicate"), Some(&json!({ "remote": "offsite" })));
+    let r = succeeded(&a.c, &t)["result"].clone();
+    assert_eq!(r["without_key"], true, "{r}");
+    let pushed = r["delivered_as"].as_str().unwrap().to_string();
+    // Pulled by B on its own schedule: kept without the key too (A hands out its tree nodes
+    // opened, its data sealed).
+    let tok = a.c.ok("POST", "/api/v1/tokens", Some(&json!({ "name": "offsite-b", "role": "pull" })));
+    let a_url = format!("https://127.0.0.1:{}", a.d.port);
+    let fp = b.c.ok("POST", "/api/v1/remotes/fingerprint", Some(&json!({ "url": a_url })));
+    let remote = b.c.ok(
+        "POST",
+        "/api/v1/remotes",
+        Some(&json!({ "name": "prod", "url": a_url, "fingerprint": fp["fingerprint"], "token": tok["token"],
+                      "namespace": "site-p", "pull": true })),
+    );
+    let t = b.c.ok("POST", &format!("/api/v1/remotes/{}/pull", remote["id"].as_str().unwrap()), None);
+    let pulled = succeeded(&b.c, &t)["result"]["pulled"][0].as_str().expect("one point pulled").to_string();
+
+    // B verifies the ciphertext: clean, its chunks checked by checksum.
+    let t = b.c.ok("POST", "/api/v1/verifications", Some(&json!({})));
+    let v = succeeded(&b.c, &t)["result"].clone();
+    assert!(v.to_string().contains("chunks_checksum_only"), "{v}");
+    // It cannot restore them: the task says what it needs.
+    for point in [&pushed, &pulled] {
+        let t = b.c.ok("POST", "/api/v1/restores", Some(&json!({ "point": point, "target": "nokey" })));
+        let t = wait_task(&b.c, t["id"].as_u64().unwrap());
+        assert_eq!(t["state"], "failed", "{t}");
+        assert!(t.to_string().contains("recovery key"), "{t}");
+    }
+
+    // Given A's recovery key (daemon stopped), B restores both exactly.
+    let key = dir.path().join("a.rvkey");
+    e2e::rv!["key", "export", "--data-dir", &a.data, "--out", &key].run().success();
+    let Appliance { d: b_d, data: b_data, .. } = b;
+    let port = b_d.port;
+    drop(b_d);
+    e2e::rv!["key", "add-replica", "--data-dir", &b_data, "--key-file", &key].run().success();
+    let b_d = crate::daemon::start_on(&b_data, &dir.path().join("b.log"), port);
+    let mut b_c = Client::new(&b_data, b_d.port);
+    b_c.sign_in();
+    let b = Appliance { d: b_d, c: b_c, data: b_data };
+    let original = sha(&std::fs::read(&disk).unwrap());
+    assert_eq!(sha(&restore_bytes(&b, &pushed, "pushed")), original, "the pushed replica restores exactly");
+    assert_eq!(sha(&restore_bytes(&b, &pulled, "pulled")), original, "the pulled replica restores exactly");
+    // The command line reads them with the key given for the run (the daemon stopped).
+    let Appliance { d: b_d, data: b_data, .. } = b;
+    drop(b_d);
+    let out = dir.path().join("cli.raw");
+    e2e::rv!["restore", &pushed, "--store", b_data.join("store"), "--to", &out, "--replica-key", &key]
+        .run()
+        .success();
+    assert_eq!(sha(&std::fs::read(&out).unwrap()), original);
+    e2e::rv!["restore", &pulled, "--store", b_data.join("store"), "--to", dir.path().join("cli2.raw")]
+        .run()
+        .failure()
+        .stderr_has(&["recovery key"]);
+}
