@@ -10,7 +10,7 @@ use std::time::Duration;
 use e2e::scratch;
 use serde_json::{json, Value};
 
-use crate::daemon::{start, start_on, Client, Daemon};
+use crate::daemon::{free_port, start_on, start_with, Client, Daemon};
 
 /// A daemon, set up and signed in.
 struct Appliance {
@@ -20,8 +20,13 @@ struct Appliance {
 }
 
 fn appliance(dir: &Path, name: &str) -> Appliance {
+    appliance_with(dir, name, &[])
+}
+
+/// An appliance started with more `serve` arguments (`--encrypt-store`).
+fn appliance_with(dir: &Path, name: &str, extra: &[&str]) -> Appliance {
     let data = dir.join(name);
-    let d = start(&data, &dir.join(format!("{name}.log")));
+    let d = start_with(&data, &dir.join(format!("{name}.log")), free_port(), extra);
     let mut c = Client::new(&data, d.port);
     c.set_up(&data);
     c.sign_in();
@@ -345,7 +350,9 @@ fn kill_dash_nine_of_the_receiver_20_times_mid_transfer_leaves_its_store_consist
     eprintln!("CRASH_SEED={seed}");
     let mut rng = e2e::Rng::new(seed);
     let dir = scratch("replication-kill");
-    let a = appliance(dir.path(), "a");
+    // A's store is encrypted and B holds no key of it: B keeps what it gets as foreign
+    // records, the harder case (the cut-link test above covers unencrypted stores).
+    let a = appliance_with(dir.path(), "a", &["--encrypt-store"]);
     let mut b = appliance(dir.path(), "b");
     let b_url = format!("https://127.0.0.1:{}", b.d.port);
     add_remote(&a, &b, "offsite", "site-a", &b_url);
@@ -413,6 +420,15 @@ fn kill_dash_nine_of_the_receiver_20_times_mid_transfer_leaves_its_store_consist
     }
     assert_eq!(kills, 20, "B was killed 20 times mid-transfer");
     let there = delivered.expect("delivered");
+    // B restores it once given A's recovery key.
+    let key = dir.path().join("a.rvkey");
+    e2e::rv!["key", "export", "--data-dir", &a.data, "--out", &key].run().success();
+    let port = b.d.port;
+    let _ = b.d.child.kill();
+    let _ = b.d.child.wait();
+    e2e::rv!["key", "add-replica", "--data-dir", &b.data, "--key-file", &key].run().success();
+    b.d = start_on(&b.data, &b_log, port);
+    b.c.sign_in();
     assert_eq!(sha(&restore_bytes(&b, &there, "after-kills")), sha(&std::fs::read(&disk).unwrap()));
     let points = b.c.ok("GET", "/api/v1/points", None);
     let from_a = points.as_array().unwrap().iter().filter(|p| spec_of(p).starts_with("site-a.")).count();
@@ -555,14 +571,7 @@ fn an_offsite_appliance_pulls_new_points_with_a_pull_token_that_can_do_nothing_e
 fn an_appliance_without_the_key_keeps_an_encrypted_appliances_points_verifies_them_and_restores_them_once_given_the_recovery_key(
 ) {
     let dir = scratch("replication-without-key");
-    let a_data = dir.path().join("a");
-    let a_d = crate::daemon::start_with(&a_data, &dir.path().join("a.log"), crate::daemon::free_port(), &[
-        "--encrypt-store",
-    ]);
-    let mut a_c = Client::new(&a_data, a_d.port);
-    a_c.set_up(&a_data);
-    a_c.sign_in();
-    let a = Appliance { d: a_d, c: a_c, data: a_data };
+    let a = appliance_with(dir.path(), "a", &["--encrypt-store"]);
     // B has no key of A's store (its own store is not even encrypted).
     let b = appliance(dir.path(), "b");
     let b_url = format!("https://127.0.0.1:{}", b.d.port);
@@ -610,7 +619,7 @@ fn an_appliance_without_the_key_keeps_an_encrypted_appliances_points_verifies_th
     let port = b_d.port;
     drop(b_d);
     e2e::rv!["key", "add-replica", "--data-dir", &b_data, "--key-file", &key].run().success();
-    let b_d = crate::daemon::start_on(&b_data, &dir.path().join("b.log"), port);
+    let b_d = start_on(&b_data, &dir.path().join("b.log"), port);
     let mut b_c = Client::new(&b_data, b_d.port);
     b_c.sign_in();
     let b = Appliance { d: b_d, c: b_c, data: b_data };
