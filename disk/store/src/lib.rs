@@ -1062,7 +1062,8 @@ impl Store {
         if header.digest != *digest {
             return Err(corrupt(format!("index says chunk {digest} is here, the record holds {}", header.digest)));
         }
-        let how = pack::check_content(&self.keyring, &header, &scratch[pack::RECORD_HEADER_LEN..], out).map_err(corrupt)?;
+        let how =
+            pack::check_content(&self.keyring, &header, &scratch[pack::RECORD_HEADER_LEN..], out).map_err(corrupt)?;
         Ok((loc, how))
     }
 

@@ -339,8 +339,9 @@ fn open_and_decode(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
-    let open =
-        |dst: &mut Vec<u8>| keys.open(header.kind, header.codec, header.cipher, header.raw_len, &header.digest, payload, dst);
+    let open = |dst: &mut Vec<u8>| {
+        keys.open(header.kind, header.codec, header.cipher, header.raw_len, &header.digest, payload, dst)
+    };
     match header.codec {
         Codec::Raw => {
             open(out)?;
@@ -883,7 +884,12 @@ pub fn scan_pack(path: &Path, check_content: bool, keys: &Keyring) -> Result<Pac
                         // A damaged payload: trust the length only if the next record (or
                         // the end of the pack) is where it says.
                         Some(false) if next == len || w.padding_at(next)? || w.valid_record_at(next)?.is_some() => {
-                            scan.records.push(ScannedRecord { header, offset: pos, intact: false, checksum_only: false });
+                            scan.records.push(ScannedRecord {
+                                header,
+                                offset: pos,
+                                intact: false,
+                                checksum_only: false,
+                            });
                             pos = next;
                             scan.end = pos;
                             continue;

@@ -273,7 +273,13 @@ fn a_commit_of_a_point_with_missing_chunks_is_refused_and_publishes_nothing() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (src, dst) = (open(a.path()), open(b.path()));
     let (p, _) = backup(&src, "vm1", &image(2 << 20, 5));
-    let origin = PointOrigin { namespace: "site-a".into(), store_id: src.store_id(), point: p.spec(), created_unix: 1, without_key: false };
+    let origin = PointOrigin {
+        namespace: "site-a".into(),
+        store_id: src.store_id(),
+        point: p.spec(),
+        created_unix: 1,
+        without_key: false,
+    };
     let mut target = StoreTarget::new(&dst);
     // Only the root node: the rest is missing.
     target.put_records(&[record_of(&src, &p.disks[0].root)]).unwrap();
@@ -412,8 +418,8 @@ fn restore_error(store: &Store, spec: &str) -> String {
 }
 
 #[test]
-fn a_store_without_the_key_keeps_an_encrypted_point_verifies_its_ciphertext_and_restores_it_only_with_the_recovery_key(
-) {
+fn a_store_without_the_key_keeps_an_encrypted_point_verifies_its_ciphertext_and_restores_it_only_with_the_recovery_key()
+{
     for own_key in [None, Some(4u8)] {
         let (a, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let src = open_encrypted(a.path(), 9);
@@ -440,7 +446,12 @@ fn a_store_without_the_key_keeps_an_encrypted_point_verifies_its_ciphertext_and_
         change(&mut img, 5, 3);
         let (p2, _) = backup(&src, "vm1", &img);
         let r2 = replicate::replicate(&src, &p2, &mut StoreTarget::new(&dst), &opts(), &NoProgress).unwrap();
-        assert!(r2.bytes_sent * 5 < r1.bytes_sent, "the second point sent {} of {} bytes", r2.bytes_sent, r1.bytes_sent);
+        assert!(
+            r2.bytes_sent * 5 < r1.bytes_sent,
+            "the second point sent {} of {} bytes",
+            r2.bytes_sent,
+            r1.bytes_sent
+        );
         // The receiver's own backup of the same disk deduplicates nothing against the replica.
         let (own, own_bytes) = backup(&dst, "local", &img);
         assert!(own_bytes > 0 && own.origin.is_none());

@@ -176,9 +176,16 @@ enum Command {
     Replicate {
         /// NAME or NAME@ID.
         point: String,
+        /// A store, with the remote given in full (--to URL and its options).
+        #[arg(long, required_unless_present = "data_dir", conflicts_with = "data_dir")]
+        store: Option<PathBuf>,
+        /// An appliance's data directory (its daemon stopped): replicate one of its points to
+        /// one of its remotes, --to naming the remote, with the remote's own settings and
+        /// sealed secrets.
         #[arg(long)]
-        store: PathBuf,
-        /// The receiving appliance (https://HOST:PORT) or bucket (s3://BUCKET[/PREFIX]).
+        data_dir: Option<PathBuf>,
+        /// The receiving appliance (https://HOST:PORT) or bucket (s3://BUCKET[/PREFIX]); with
+        /// --data-dir, the name of one of the appliance's remotes.
         #[arg(long)]
         to: String,
         /// An appliance's certificate SHA-256 fingerprint (read it with `rackvault
@@ -190,8 +197,8 @@ enum Command {
         token_file: Option<PathBuf>,
         /// On an appliance, the token's name: the namespace the point arrives in; in a bucket,
         /// the folder this store's points go in under the prefix.
-        #[arg(long)]
-        namespace: String,
+        #[arg(long, required_unless_present = "data_dir")]
+        namespace: Option<String>,
         /// Send at most this many MB/s.
         #[arg(long)]
         max_mbps: Option<u32>,
@@ -595,7 +602,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Replicate { point, store, to, fingerprint, token_file, namespace, max_mbps, lock, s3, json } => {
+        Command::Replicate { point, data_dir: Some(dir), to, json, .. } => {
+            remote_cmd::replicate_to_remote(&dir, &point, &to, json)?;
+        }
+        Command::Replicate {
+            point, store, to, fingerprint, token_file, namespace, max_mbps, lock, s3, json, ..
+        } => {
+            let (Some(store), Some(namespace)) = (store, namespace) else {
+                anyhow::bail!("give --store and --namespace (or --data-dir and a remote's name)");
+            };
             let store = open_store(&store, false)?;
             let p = store.find(&point)?;
             let opts = engine::replicate::ReplicateOptions {

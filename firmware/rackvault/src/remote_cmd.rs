@@ -92,15 +92,66 @@ fn read_secret(path: &Option<PathBuf>, what: &str) -> Result<Option<String>> {
         .transpose()
 }
 
-pub fn run(args: RemoteArgs) -> Result<ExitCode> {
-    if !args.data_dir.join("appliance.key").exists() {
+/// Opens the appliance in `data_dir` (its daemon stopped) for the console.
+fn open_appliance(data_dir: &std::path::Path) -> Result<std::sync::Arc<Appliance>> {
+    if !data_dir.join("appliance.key").exists() {
         anyhow::bail!(
             "{}: not an appliance data directory (no appliance.key); give the --data-dir of `rackvault serve`",
-            args.data_dir.display()
+            data_dir.display()
         );
     }
-    let app = Appliance::open(&args.data_dir, ApplianceOptions::default())
-        .with_context(|| format!("opening the appliance data directory {}", args.data_dir.display()))?;
+    Appliance::open(data_dir, ApplianceOptions::default())
+        .with_context(|| format!("opening the appliance data directory {}", data_dir.display()))
+}
+
+/// `rackvault replicate POINT --data-dir DIR --to REMOTE`: the appliance's replication task,
+/// run from its console with the remote's settings and sealed secrets, its progress shown
+/// until it ends.
+pub fn replicate_to_remote(data_dir: &std::path::Path, point: &str, remote: &str, json: bool) -> Result<()> {
+    let app = open_appliance(data_dir)?;
+    let console = Principal::new("console", Role::Operator);
+    let task = app.start_replication(&console, point, remote)?;
+    let mut last = String::new();
+    let info = loop {
+        let t = app.task(&console, task.id)?;
+        if t.state.is_finished() {
+            break t;
+        }
+        let line = format!("{} {:.0}%", t.phase, t.percent);
+        if !json && line != last && !t.phase.is_empty() {
+            eprintln!("{line}");
+            last = line;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    if json {
+        print_json(&info)?;
+    }
+    match (info.state, &info.result) {
+        (service::TaskState::Succeeded, Some(service::TaskResult::Replicate(r))) => {
+            if !json {
+                println!(
+                    "replicated {} to {} as {}{}: {} sent in {:.1} s",
+                    r.report.point,
+                    r.remote,
+                    r.report.delivered_as,
+                    if r.report.already_there { " (it was there already)" } else { "" },
+                    crate::human_bytes(r.report.bytes_sent),
+                    r.report.seconds
+                );
+            }
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "the replication {}: {}",
+            format!("{:?}", info.state).to_lowercase(),
+            info.error.unwrap_or_else(|| "no result".into())
+        ),
+    }
+}
+
+pub fn run(args: RemoteArgs) -> Result<ExitCode> {
+    let app = open_appliance(&args.data_dir)?;
     let console = Principal::new("console", Role::Admin);
     match args.command {
         RemoteCommand::List { json } => {

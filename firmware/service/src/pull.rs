@@ -71,7 +71,12 @@ impl Appliance {
                 };
                 let idx = src.point_indexes().map_err(replicate_error)?;
                 let locks = idx.iter().map(|p| p.retain_until_unix).collect();
-                (idx.into_iter().map(|p| RemotePoint { point: p.point, origin: p.origin, sealed_by: None }).collect(), locks)
+                (
+                    idx.into_iter()
+                        .map(|p| RemotePoint { point: p.point, origin: p.origin, sealed_by: None })
+                        .collect(),
+                    locks,
+                )
             }
             None if r.pull => {
                 let points = self.http_source(&r)?.points().map_err(replicate_error)?;

@@ -1375,8 +1375,13 @@ fn a_replicated_point_that_is_incomplete_here_is_refused_with_its_own_kind_and_o
         immutable_until_unix: None,
         origin: None,
     };
-    let origin =
-        store::PointOrigin { namespace: "site-a".into(), store_id: "00".into(), point: "vm@3".into(), created_unix: 1, without_key: false };
+    let origin = store::PointOrigin {
+        namespace: "site-a".into(),
+        store_id: "00".into(),
+        point: "vm@3".into(),
+        created_unix: 1,
+        without_key: false,
+    };
     let e = app.replica_commit(&token, &point, &origin, None).unwrap_err();
     assert_eq!(e.kind(), ServiceErrorKind::Incomplete, "{e}");
     assert!(e.to_string().contains(&missing.to_hex()), "{e}");

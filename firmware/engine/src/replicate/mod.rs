@@ -592,11 +592,11 @@ pub fn check_foreign_record(c: &EncodedChunk, raw: &mut Vec<u8>) -> Result<(), R
     }
     let bad = |e: String| ReplicateError::Refused(format!("record {}: {e}", c.digest));
     match c.kind {
-        RecordKind::Data if c.cipher == store::Cipher::None => Err(bad(
-            "a data chunk from an encrypted store arrived unencrypted; its sender must send records as its \
+        RecordKind::Data if c.cipher == store::Cipher::None => {
+            Err(bad("a data chunk from an encrypted store arrived unencrypted; its sender must send records as its \
              store holds them"
-                .into(),
-        )),
+                .into()))
+        }
         RecordKind::Data if c.payload.len() < store::crypto::SEAL_OVERHEAD => {
             Err(bad(format!("a sealed record of {} bytes is shorter than its salt and tag", c.payload.len())))
         }
@@ -612,9 +612,7 @@ pub fn check_foreign_record(c: &EncodedChunk, raw: &mut Vec<u8>) -> Result<(), R
             store::tree::decode_node(raw, level, &c.digest).map_err(|e| bad(e.to_string()))?;
             Ok(())
         }
-        other => Err(bad(format!(
-            "it is of kind {other:?}; only data chunks and index-tree nodes are replicated"
-        ))),
+        other => Err(bad(format!("it is of kind {other:?}; only data chunks and index-tree nodes are replicated"))),
     }
 }
 

@@ -260,8 +260,7 @@ impl ReplicaSource for HttpSource {
             sealed_by: None,
             open_trees: self.open_trees,
         };
-        let body =
-            serde_json::to_vec(&req).map_err(|e| ReplicateError::Invalid(format!("encoding a request: {e}")))?;
+        let body = serde_json::to_vec(&req).map_err(|e| ReplicateError::Invalid(format!("encoding a request: {e}")))?;
         let r =
             super::http_call(&mut self.client, "POST", "/api/v1/replica/source/records", "application/json", &body)?;
         let (records, used) = store::pack::split_records(&r.body).map_err(|what| {

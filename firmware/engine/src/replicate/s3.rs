@@ -566,7 +566,11 @@ fn point_indexes(s3: &BlockingS3, layout: &S3Layout) -> Result<Vec<PointIndex>, 
 
 impl ReplicaSource for S3Source<'_> {
     fn points(&mut self) -> Result<Vec<RemotePoint>, ReplicateError> {
-        Ok(self.point_indexes()?.into_iter().map(|p| RemotePoint { point: p.point, origin: p.origin, sealed_by: None }).collect())
+        Ok(self
+            .point_indexes()?
+            .into_iter()
+            .map(|p| RemotePoint { point: p.point, origin: p.origin, sealed_by: None })
+            .collect())
     }
 
     fn records(&mut self, digests: &[Digest]) -> Result<Vec<EncodedChunk>, ReplicateError> {

@@ -120,7 +120,10 @@ fn a_pull_token_reads_only_the_appliances_own_points_and_a_session_reads_none() 
     assert_eq!(records[0].digest, root);
     assert!(matches!(app.replica_source_points(&admin()), Err(ServiceError::Forbidden(_))));
     let replicator = Principal { user: "admin".into(), role: Role::Replication, token: Some("site-a".into()) };
-    assert!(matches!(app.replica_source_records(&replicator, &[root.to_hex()], false), Err(ServiceError::Forbidden(_))));
+    assert!(matches!(
+        app.replica_source_records(&replicator, &[root.to_hex()], false),
+        Err(ServiceError::Forbidden(_))
+    ));
 }
 
 #[test]

@@ -626,13 +626,18 @@ fn an_appliance_without_the_key_keeps_an_encrypted_appliances_points_verifies_th
     let original = sha(&std::fs::read(&disk).unwrap());
     assert_eq!(sha(&restore_bytes(&b, &pushed, "pushed")), original, "the pushed replica restores exactly");
     assert_eq!(sha(&restore_bytes(&b, &pulled, "pulled")), original, "the pulled replica restores exactly");
+    // From A's console (its daemon stopped), the point goes to the remote named "offsite"
+    // with that remote's settings and sealed token: it is there already.
+    let Appliance { d: a_d, data: a_data, .. } = a;
+    drop(a_d);
+    let out = e2e::rv!["replicate", &spec, "--data-dir", &a_data, "--to", "offsite"].run().success();
+    assert!(out.stdout.contains("to offsite as") && out.stdout.contains("there already"), "{}", out.context());
+    e2e::rv!["replicate", &spec, "--data-dir", &a_data, "--to", "nowhere"].run().failure().stderr_has(&["nowhere"]);
     // The command line reads them with the key given for the run (the daemon stopped).
     let Appliance { d: b_d, data: b_data, .. } = b;
     drop(b_d);
     let out = dir.path().join("cli.raw");
-    e2e::rv!["restore", &pushed, "--store", b_data.join("store"), "--to", &out, "--replica-key", &key]
-        .run()
-        .success();
+    e2e::rv!["restore", &pushed, "--store", b_data.join("store"), "--to", &out, "--replica-key", &key].run().success();
     assert_eq!(sha(&std::fs::read(&out).unwrap()), original);
     e2e::rv!["restore", &pulled, "--store", b_data.join("store"), "--to", dir.path().join("cli2.raw")]
         .run()
