@@ -1598,6 +1598,7 @@
     if (p.tape_only) out.push(h('span', { class: 'badge flag flag-tape-only', test: 'flag-tape-only', title: 'No longer on disk: restore it from tape' }, 'on tape only'));
     else if (p.on_tape) out.push(h('span', { class: 'badge flag flag-tape', test: 'flag-on-tape', title: 'A complete copy exists on tape' }, 'on tape'));
     if (p.pinned) out.push(h('span', { class: 'badge flag flag-pinned', test: 'flag-pinned', title: 'Protected from prune and delete until unpinned' }, 'pinned'));
+    if (p.origin && p.origin.without_key) out.push(h('span', { class: 'badge flag flag-sealed', test: 'flag-sealed', title: `Replicated from ${p.origin.namespace} and kept without that store's key: verified by checksum; restoring it needs that store's recovery key (rackvault key add-replica)` }, 'sealed: source key needed'));
     for (const c of p.remote_copies || []) out.push(h('span', { class: 'badge flag flag-remote', test: 'flag-remote', title: `Replicated to ${c.remote} as ${c.delivered_as} (${fmtDate(c.unix)})` }, `offsite: ${c.remote}`));
     if (p.immutable) {
       const until = p.immutable_until_unix;
