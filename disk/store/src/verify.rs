@@ -84,7 +84,7 @@ pub struct VerifyReport {
     pub chunks_checked: u64,
     /// Of `chunks_checked`, the chunks of replicas held without their key: sealed with a key
     /// this appliance lacks, so checked by their checksum only (see `pack`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub chunks_checksum_only: u64,
     pub bytes_checked: u64,
     pub packs_scanned: u64,
@@ -95,6 +95,10 @@ pub struct VerifyReport {
     /// Damaged records found by scanning packs (pack path and byte offset).
     pub damaged_records: Vec<String>,
     pub damaged_points: Vec<PointDamage>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl VerifyReport {
