@@ -38,4 +38,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = pack::decode_record(&keys, &h, payload, &mut out, pack::ReadCheck::Digest);
     }
     let _ = pack::scan_pack(&path, true, &keys);
+    // And as foreign records (a replica's, kept without its key; flag bit set by the input),
+    // in a store that holds one replica key: checked as far as it can, never a panic.
+    let replicas = store::Keyring::plain().with_replica_keys(&[store::StoreKey::from_bytes([7; 32])]);
+    if let Ok(Some(h)) = pack::RecordHeader::decode(data) {
+        let payload = &data[pack::RECORD_HEADER_LEN.min(data.len())..];
+        let _ = pack::check_content(&replicas, &h, payload, &mut out);
+    }
+    let _ = pack::scan_pack(&path, true, &replicas);
 });
