@@ -2,13 +2,15 @@
 # Build the bootable appliance image, offline from Debian's packages plus our static binary.
 #
 #   image/build.sh [--out DIR] [--version V] [--suite bookworm] [--mirror URL]
-#                  [--update-key PUB] [--signing-key KEY]
+#                  [--update-key PUB] [--signing-key KEY] [--also-bundle V2]
 #
 # Update keys (see image/README.md, "Signing"): --update-key is the public key (hex, from
 # `rackvault update keygen`) built into the image, which then accepts only bundles signed with
 # its private key; --signing-key is that private key, given on the signing host only, to also
 # write the signed update bundle rackvault-<V>.rvu. Without either, a development key pair is
 # made once in DIR/dev-update-key{,.pub} and used for both: never ship such an image.
+# --also-bundle V2 also writes rackvault-V2.rvu: the same system saying version V2, an update
+# to install on this image (the image test applies it).
 #
 # Produces, in DIR (default target/image):
 #   rackvault-<V>.img     a raw GPT disk: write it to a disk (dd) or boot it in qemu
@@ -36,7 +38,7 @@ out=$root/target/image
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 suite=bookworm
 mirror=
-update_key= signing_key=
+update_key= signing_key= also_bundle=
 while (($#)); do
 	case $1 in
 	--out) out=$2; shift 2 ;;
@@ -45,7 +47,8 @@ while (($#)); do
 	--mirror) mirror=$2; shift 2 ;;
 	--update-key) update_key=$2; shift 2 ;;
 	--signing-key) signing_key=$2; shift 2 ;;
-	-h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+	--also-bundle) also_bundle=$2; shift 2 ;;
+	-h | --help) sed -n '2,34p' "$0"; exit 0 ;;
 	*) echo "image/build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -161,14 +164,19 @@ mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/rackvault ::/rac
 mcopy -i "$esp" "$work/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$esp" "$out/boot/vmlinuz" ::/rackvault/a/vmlinuz
 mcopy -i "$esp" "$out/boot/initrd.img" ::/rackvault/a/initrd.img
-printf 'default rackvault-a.conf\ntimeout 1\nconsole-mode keep\neditor no\n' >"$work/loader.conf"
+# The boot loader starts the entry with the highest `version` (the update generation: 1 for
+# this build, one more for each update applied) among those its boot counter has not marked
+# bad; an update's entry is tried 3 times (see firmware/service/src/update.rs). `panic=5`
+# reboots from a root that does not mount, which counts as a failed try.
+printf 'default rackvault-*\ntimeout 1\nconsole-mode keep\neditor no\n' >"$work/loader.conf"
 mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
 cat >"$work/rackvault-a.conf" <<EOF
-title rackvault $version (slot A)
-version $version
+title rackvault $version (slot a)
+sort-key rackvault
+version 1
 linux /rackvault/a/vmlinuz
 initrd /rackvault/a/initrd.img
-options root=PARTLABEL=rv-root-a rootfstype=erofs ro console=tty0 console=ttyS0,115200 rackvault.slot=a
+options root=PARTLABEL=rv-root-a rootfstype=erofs ro console=tty0 console=ttyS0,115200 rackvault.slot=a panic=5
 EOF
 mcopy -i "$esp" "$work/rackvault-a.conf" ::/loader/entries/rackvault-a.conf
 
@@ -205,6 +213,18 @@ if [[ -n $signing_key ]]; then
 	"$bin" update bundle --key "$signing_key" --version "$version" --root "$root_img" \
 		--kernel "$out/boot/vmlinuz" --initrd "$out/boot/initrd.img" --out "$out/rackvault-$version.rvu" >/dev/null
 	"$bin" update verify "$out/rackvault-$version.rvu" --public-key "$update_key" >/dev/null
+	if [[ -n $also_bundle ]]; then
+		say "signing an update bundle that says version $also_bundle"
+		printf '%s\n' "$also_bundle" >"$rootfs/usr/lib/rackvault/version"
+		mkfs.erofs -zlz4hc -T0 "$work/root2.img" "$rootfs" >/dev/null
+		rm -f "$out/rackvault-$also_bundle.rvu"
+		"$bin" update bundle --key "$signing_key" --version "$also_bundle" --root "$work/root2.img" \
+			--kernel "$out/boot/vmlinuz" --initrd "$out/boot/initrd.img" --out "$out/rackvault-$also_bundle.rvu" >/dev/null
+		printf '%s\n' "$version" >"$rootfs/usr/lib/rackvault/version"
+	fi
+elif [[ -n $also_bundle ]]; then
+	say "--also-bundle needs the signing key (--signing-key, or the development key)"
+	exit 2
 fi
 say "converting to qcow2"
 qemu-img convert -f raw -O qcow2 "$img" "$out/rackvault-$version.qcow2"

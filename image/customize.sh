@@ -18,10 +18,17 @@ printf '%s\n' "$pubkey" >"$rootfs/usr/lib/rackvault/update.pub"
 
 chroot "$rootfs" useradd --system --user-group --home-dir /var/lib/rackvault --no-create-home \
 	--shell /usr/sbin/nologin --comment "rackvault appliance daemon" rackvault
+# The EFI system partition at /efi, writable by the daemon only: updates write the other
+# slot's kernel, initrd and boot entry there, and the health check blesses the running one.
+install -d -m 0755 "$rootfs/efi"
+uid=$(chroot "$rootfs" id -u rackvault) gid=$(chroot "$rootfs" id -g rackvault)
+printf 'PARTLABEL=rv-esp     /efi                vfat   rw,noatime,uid=%s,gid=%s,umask=0077,nofail  0  0\n' \
+	"$uid" "$gid" >>"$rootfs/etc/fstab"
 # Root has no password (locked), so nobody logs in on the console; there is no SSH server.
 chroot "$rootfs" passwd --lock root >/dev/null
 
 systemctl --root="$rootfs" enable --quiet rackvault.service rackvault-console.service \
+	rackvault-health.service rackvault-reboot.path \
 	systemd-networkd.service systemd-networkd-wait-online.service systemd-resolved.service systemd-timesyncd.service
 for unit in getty@.service serial-getty@.service autovt@.service systemd-firstboot.service \
 	apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service; do

@@ -5,6 +5,7 @@
 
 mod console_cmd;
 mod demo;
+mod health_cmd;
 mod key_cmd;
 mod progress;
 mod remote_cmd;
@@ -269,6 +270,9 @@ enum Command {
     /// What the appliance's console shows: the addresses to open, the TLS certificate's
     /// fingerprint and, until setup is done, the setup code.
     Console(console_cmd::ConsoleArgs),
+    /// Wait until the daemon answers on its HTTPS port; with --bless, then mark the running
+    /// root slot good (the appliance image runs it after each boot).
+    Health(health_cmd::HealthArgs),
     /// Signed update bundles of the appliance image: make a signing key, sign, verify.
     Update(update_cmd::UpdateArgs),
     /// The recovery key of an encrypted store: export it, install it on a new appliance, check it.
@@ -736,6 +740,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),
         Command::Console(args) => return console_cmd::run(args),
+        Command::Health(args) => return health_cmd::run(args),
         Command::Update(args) => return update_cmd::run(args),
         Command::Key(args) => return key_cmd::run(args),
         Command::Remote(args) => return remote_cmd::run(args),

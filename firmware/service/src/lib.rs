@@ -53,6 +53,7 @@ mod sources;
 mod store_key;
 mod tape;
 mod tasks;
+pub mod update;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -248,6 +249,9 @@ pub struct ApplianceOptions {
     /// The daemon's tokio runtime, lent to the S3 client (which is async) for S3 remotes;
     /// without it they are refused. Only the binary makes runtimes.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Where the running system's slots, boot entries and keys are, for updates (see
+    /// `update`); `None`: the appliance image's.
+    pub system: Option<update::SystemLayout>,
 }
 
 /// The appliance.
@@ -263,6 +267,10 @@ pub struct Appliance {
     config: Mutex<ConfigFile>,
     sealer: Sealer,
     store: Arc<Store>,
+    /// The running system, for updates (see `update`).
+    system: update::SystemLayout,
+    /// Held while an update is received and written: one at a time.
+    update_lock: Mutex<()>,
     /// Next planned run per job id, and the last task a job started.
     next_runs: Mutex<HashMap<String, u64>>,
     last_tasks: Mutex<HashMap<String, u64>>,
@@ -410,6 +418,8 @@ impl Appliance {
             tasks: Arc::new(tasks),
             usage_db,
             copies_db,
+            system: opts.system.clone().unwrap_or_else(update::SystemLayout::appliance),
+            update_lock: Mutex::new(()),
             config: Mutex::new(config),
             sealer,
             store,

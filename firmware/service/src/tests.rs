@@ -1350,6 +1350,7 @@ fn a_task_result_round_trips_through_the_persisted_record() {
 mod hardening;
 mod remotes;
 mod store_key;
+mod update;
 
 #[test]
 fn a_replicated_point_that_is_incomplete_here_is_refused_with_its_own_kind_and_only_a_replication_token_may_deliver() {

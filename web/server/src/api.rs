@@ -31,6 +31,25 @@ pub(crate) enum Body {
     /// A batch of replicated records (`engine::replicate::BATCH_MEDIA_TYPE`), up to
     /// `engine::replicate::MAX_BATCH_BYTES` plus the records' headers.
     Records,
+    /// An update bundle of the appliance image ([`BUNDLE_MEDIA_TYPE`]), up to
+    /// [`MAX_BUNDLE_BYTES`], streamed to the data partition.
+    Bundle,
+}
+
+/// The media type of an update bundle upload.
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.rackvault.bundle";
+/// Largest update bundle accepted: a root slot (1 GiB) and its kernel and initrd.
+pub const MAX_BUNDLE_BYTES: usize = 1280 << 20;
+
+impl Body {
+    /// The media type of a streamed body (records, bundles); `None` for JSON or none.
+    pub(crate) fn streamed(self) -> Option<&'static str> {
+        match self {
+            Body::Records => Some(service::replica_wire::BATCH_MEDIA_TYPE),
+            Body::Bundle => Some(BUNDLE_MEDIA_TYPE),
+            Body::None | Body::Json => None,
+        }
+    }
 }
 
 type Handler = fn(&Ctx) -> Result<Reply, ApiError>;
@@ -45,7 +64,7 @@ pub(crate) struct Route {
 }
 
 use Access::{Any, Public};
-use Body::{Json, None as NoBody, Records};
+use Body::{Bundle, Json, None as NoBody, Records};
 const REPLICATION: Access = Access::Role(Role::Replication);
 const PULL: Access = Access::Role(Role::Pull);
 const ADMIN: Access = Access::Role(Role::Admin);
@@ -172,6 +191,12 @@ pub(crate) static ROUTES: &[Route] = &[
     route!("POST", "/api/v1/replica/records", REPLICATION, Records, |_| {
         Err(ApiError::internal("records are received by the streaming path".to_string()))
     }),
+    route!("GET", "/api/v1/system", AUDITOR, NoBody, |c| c.ok(c.app.system_info(c.actor()?))),
+    // Streamed by `http.rs` (`receive_bundle`) and never reaches this handler.
+    route!("POST", "/api/v1/system/update", ADMIN, Bundle, |_| {
+        Err(ApiError::internal("bundles are received by the streaming path".to_string()))
+    }),
+    route!("POST", "/api/v1/system/reboot", ADMIN, NoBody, |c| c.empty(c.app.request_reboot(c.actor()?))),
     route!("POST", "/api/v1/replica/commit", REPLICATION, Json, |c| {
         let r: service::replica_wire::CommitRequest = c.json()?;
         c.ok(c.app.replica_commit(c.actor()?, &r.point, &r.origin, r.sealed_by.as_deref()))
@@ -206,8 +231,9 @@ pub struct RouteInfo {
     pub access: &'static str,
     /// Whether the route reads a JSON body.
     pub json_body: bool,
-    /// Reads a binary batch of replicated records instead.
-    pub records_body: bool,
+    /// Reads a streamed binary body of this media type instead (replicated records, update
+    /// bundles).
+    pub streamed_body: Option<&'static str>,
 }
 
 /// Every API route, in table order.
@@ -226,7 +252,7 @@ pub fn routes() -> impl Iterator<Item = RouteInfo> {
             Access::Role(Role::Pull) => "pull",
         },
         json_body: r.body == Body::Json,
-        records_body: r.body == Body::Records,
+        streamed_body: r.body.streamed(),
     })
 }
 

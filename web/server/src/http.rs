@@ -371,6 +371,8 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
         shared.cfg.max_body.min(PUBLIC_MAX_BODY)
     } else if route.body == Body::Records {
         service::replica_wire::MAX_BATCH_BYTES + (service::replica_wire::MAX_BATCH_BYTES >> 6)
+    } else if route.body == Body::Bundle {
+        crate::api::MAX_BUNDLE_BYTES
     } else {
         shared.cfg.max_body
     };
@@ -405,14 +407,22 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
             )));
         }
     }
-    if route.body == Body::Records {
-        if header_str(h, &header::CONTENT_TYPE).is_none_or(|t| t.trim() != service::replica_wire::BATCH_MEDIA_TYPE) {
+    if let Some(media) = route.body.streamed() {
+        if header_str(h, &header::CONTENT_TYPE).is_none_or(|t| t.trim() != media) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("send the records with Content-Type: {}", service::replica_wire::BATCH_MEDIA_TYPE),
+                format!("send the body with Content-Type: {media}"),
             ));
         }
+    }
+    if route.body == Body::Bundle {
+        let actor = principal.ok_or_else(ApiError::unauthenticated)?;
+        let force = parts.uri.query().unwrap_or("").split('&').any(|kv| kv == "force=true");
+        let app = shared.app.clone();
+        return stream_body(&shared, body, move |next| app.receive_update(&actor, force, next)).await;
+    }
+    if route.body == Body::Records {
         let actor = principal.ok_or_else(ApiError::unauthenticated)?;
         // The sender's key check value (hex), when its store is encrypted.
         let sealed_by = parts
@@ -455,22 +465,35 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
     blocking(move || handler(&ctx)).await?
 }
 
-/// Streams a batch of replicated records into the service as it arrives: the body's pieces
-/// go over a small channel to a blocking thread that checks and stores each record, so a cut
-/// connection keeps every complete record before the cut (see `engine::replicate`). Each
-/// piece must arrive within the body deadline.
+/// Streams a batch of replicated records into the service as it arrives: a cut connection
+/// keeps every complete record before the cut (see `engine::replicate`).
 async fn receive_records(
     shared: Arc<Shared>,
     actor: Principal,
     sealed_by: Option<String>,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    let app = shared.app.clone();
+    stream_body(&shared, body, move |next| app.replica_receive(&actor, sealed_by.as_deref(), next)).await
+}
+
+/// Streams a request body into `consume` as it arrives: the body's pieces go over a small
+/// channel to a blocking thread, then how the body ended. Each piece must arrive within the
+/// body deadline. The answer is what `consume` returns, as JSON.
+async fn stream_body<T: serde::Serialize + Send + 'static>(
+    shared: &Arc<Shared>,
     mut body: Incoming,
+    consume: impl FnOnce(
+            &mut dyn FnMut() -> Result<Vec<u8>, service::replica_wire::StreamEnd>,
+        ) -> Result<T, service::ServiceError>
+        + Send
+        + 'static,
 ) -> Result<Reply, ApiError> {
     use service::replica_wire::StreamEnd;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, StreamEnd>>(16);
-    let app = shared.app.clone();
     let worker = tokio::task::spawn_blocking(move || {
         let mut next = || rx.blocking_recv().unwrap_or(Err(StreamEnd::Cut("the receiver stopped reading".into())));
-        app.replica_receive(&actor, sealed_by.as_deref(), &mut next)
+        consume(&mut next)
     });
     let deadline = shared.cfg.timeouts.body;
     let end = loop {

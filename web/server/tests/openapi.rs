@@ -165,12 +165,15 @@ fn document_matches_the_router() {
 
         // A request body exactly when the route reads JSON, and then as a named schema.
         match (op.get("requestBody"), route.json_body) {
-            (Some(b), false) if route.records_body => {
-                if deref(&doc, b)["content"]["application/vnd.rackvault.records"].is_null() {
-                    fail.push(format!("{name}: the route reads a batch of records; document that media type"));
+            (Some(b), false) if route.streamed_body.is_some() => {
+                let media = route.streamed_body.unwrap_or_default();
+                if deref(&doc, b)["content"][media].is_null() {
+                    fail.push(format!("{name}: the route reads a streamed {media} body; document that media type"));
                 }
             }
-            (None, false) if route.records_body => fail.push(format!("{name}: the route reads records; document it")),
+            (None, false) if route.streamed_body.is_some() => {
+                fail.push(format!("{name}: the route reads a streamed body; document it"))
+            }
             (Some(_), false) => fail.push(format!("{name}: documents a requestBody the route never reads")),
             (None, true) => fail.push(format!("{name}: the route reads a JSON body; document it")),
             (Some(b), true) => {
