@@ -254,6 +254,23 @@
     throw err;
   }
 
+  // Upload a file as a streamed body (an update bundle): the answer or an ApiError, as `api`.
+  async function apiUpload(path, file, contentType) {
+    const headers = { Accept: 'application/json', 'Content-Type': contentType };
+    if (state.session && state.session.csrf) headers['X-CSRF-Token'] = state.session.csrf;
+    let res;
+    try {
+      res = await fetch(API + path, { method: 'POST', credentials: 'same-origin', cache: 'no-store', headers, body: file });
+    } catch (e) {
+      throw new ApiError(0, 'network', `The upload did not reach the appliance (${e.message}); nothing was installed. Try again.`);
+    }
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { /* an unreadable answer */ }
+    if (res.ok) return data;
+    throw new ApiError(res.status, data && data.code, (data && data.error) || `${res.status} ${res.statusText || 'error'}`);
+  }
+
   function can(role) {
     return !!state.session && (ROLE_RANK[state.session.role] || 0) >= ROLE_RANK[role];
   }
@@ -2289,6 +2306,8 @@
         fact('Space saving', usage.dedup_ratio ? `${Number(usage.dedup_ratio).toFixed(2)}×` : '—'),
         fact('Restore points', usage.restore_points != null ? String(usage.restore_points) : '—'))),
     ];
+    parts.push(await systemCard());
+    if (!ctx.alive()) return;
     if (can('admin')) parts.push(settingsCard(st));
     else {
       const lim = st.settings || {};
@@ -2437,6 +2456,48 @@
   }
 
   // Task limits and the tape library (admin).
+  // The system: image version, root slot, the last update (a rollback shows as an error), and
+  // for admins on the appliance image the update upload and the reboot.
+  async function systemCard() {
+    const sys = await api('GET', '/system');
+    const u = sys.update;
+    const facts = h('dl', { class: 'kv kv-wide' },
+      fact('Image version', h('span', { id: 'system-version' }, sys.version)),
+      fact('Root slot', sys.slot ? h('code', { id: 'system-slot' }, sys.slot) : 'not the appliance image'),
+      u ? fact('Last update', h('span', { id: 'system-update', class: `update-${u.state}` }, `${u.message} (${fmtDate(u.applied_unix)})`)) : null);
+    const kids = [];
+    if (u && u.state === 'rolled-back') {
+      kids.push(h('div', { class: 'banner banner-error', role: 'alert', id: 'system-rollback' }, h('span', { class: 'banner-text' }, u.message)));
+    }
+    kids.push(facts);
+    if (can('admin') && sys.appliance) {
+      const file = h('input', { type: 'file', id: 'update-file', accept: '.rvu,application/octet-stream' });
+      const force = h('input', { type: 'checkbox', id: 'update-force' });
+      const reboot = button('Reboot now', { id: 'system-reboot', class: 'btn', hidden: !(u && u.state === 'reboot-pending') }, async () => {
+        if (!window.confirm('Reboot the appliance now? Running tasks are stopped; the UI comes back in a minute or two.')) return;
+        await busy(reboot, async () => {
+          await api('POST', '/system/reboot');
+          notice('The appliance is rebooting. Reload this page in a minute or two.');
+        });
+      });
+      const apply = button('Upload and apply', { id: 'update-apply', class: 'btn btn-primary' }, async () => {
+        const f = file.files && file.files[0];
+        if (!f) { showError(new Error('Choose an update bundle (.rvu) first.')); return; }
+        await busy(apply, async () => {
+          notice(`Uploading ${f.name} (${fmtBytes(f.size)}) and checking its signature…`);
+          const r = await apiUpload(`/system/update${force.checked ? '?force=true' : ''}`, f, 'application/vnd.rackvault.bundle');
+          notice(r.message);
+          reboot.hidden = false;
+        });
+      });
+      kids.push(h('div', { class: 'form-row' },
+        h('label', { for: 'update-file' }, 'Update bundle '), file, ' ',
+        h('label', null, force, ' allow an older version'), ' ', apply, ' ', reboot),
+      h('p', { class: 'muted small' }, 'The bundle is checked whole (signature, contents, version) before anything is written; it then goes to the other root slot, and the appliance tries it three times after the reboot. If it does not come up healthy, the appliance goes back to this version by itself.'));
+    }
+    return card('System and updates', { id: 'system-card' }, kids);
+  }
+
   function settingsCard(st) {
     const lim = st.settings || {};
     const num = (id, v) => input(id, { type: 'number', min: 1, max: 64, value: String(v != null ? v : 1), class: 'input input-narrow' });
