@@ -54,7 +54,9 @@ cargo build --release --workspace --quiet
 echo "== appliance image" >&2
 # Built once here (image/build.sh installs what it needs); tests/e2e/tests/image.rs boots it.
 export RACKVAULT_IMAGE_DIR=$PWD/target/image RACKVAULT_REQUIRE_IMAGE=1
-image/build.sh --out "$RACKVAULT_IMAGE_DIR" 2>&1 | grep '^image/build.sh' >&2
+# With a second bundle, one version up, for the update test to install.
+image_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+image/build.sh --out "$RACKVAULT_IMAGE_DIR" --also-bundle "$image_version.1" 2>&1 | grep '^image/build.sh' >&2
 echo "== peers" >&2
 export RV_PEERS_ROOT=${RV_PEERS_ROOT:-/tmp/rackvault-peers}
 PEERS=(tgt-disk nfs-ganesha s3)

@@ -126,6 +126,8 @@ impl ServerCertVerifier for Pinned {
 pub struct Response {
     pub status: u16,
     pub content_type: String,
+    /// `Set-Cookie` values, as sent (a session's cookie).
+    pub set_cookies: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -134,6 +136,8 @@ pub struct Client {
     addr: String,
     fingerprint: String,
     token: Option<String>,
+    /// Sent with every request (a session's cookie and CSRF token); never in `Debug`.
+    headers: Vec<(String, String)>,
     timeout: Duration,
     conn: Option<StreamOwned<ClientConnection, TcpStream>>,
 }
@@ -244,7 +248,18 @@ impl Client {
         let fingerprint = normalize_fingerprint(fingerprint).ok_or_else(|| {
             HttpError::Invalid(format!("{fingerprint:?} is not a SHA-256 fingerprint (32 hex bytes)"))
         })?;
-        Ok(Client { addr, fingerprint, token, timeout: Duration::from_secs(60), conn: None })
+        Ok(Client { addr, fingerprint, token, headers: Vec::new(), timeout: Duration::from_secs(60), conn: None })
+    }
+
+    /// Sends `name: value` with every request (a session cookie, a CSRF token). Refused when
+    /// either holds a line break or the name is not a token.
+    pub fn header(mut self, name: &str, value: &str) -> Result<Client, HttpError> {
+        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !name_ok || value.contains(['\r', '\n']) {
+            return Err(HttpError::Invalid(format!("bad header {name:?}")));
+        }
+        self.headers.push((name.to_string(), value.to_string()));
+        Ok(self)
     }
 
     /// Sets the deadline of every connect, read and write.
@@ -296,6 +311,9 @@ impl Client {
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
+        for (k, v) in &self.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).map_err(|e| io_error(&addr, e, timeout))?;
         stream.write_all(body).map_err(|e| io_error(&addr, e, timeout))?;
@@ -345,6 +363,7 @@ fn read_response<R: Read>(r: &mut R, addr: &str, timeout: Duration) -> Result<(R
         .filter(|c| (100..600).contains(c))
         .ok_or_else(|| bad(format!("status line {status_line:?}")))?;
     let (mut len, mut content_type, mut keep) = (None, String::new(), version == "HTTP/1.1");
+    let mut set_cookies = Vec::new();
     for line in lines {
         let Some((k, v)) = line.split_once(':') else { return Err(bad(format!("header line {line:?}"))) };
         let v = v.trim();
@@ -353,6 +372,7 @@ fn read_response<R: Read>(r: &mut R, addr: &str, timeout: Duration) -> Result<(R
                 len = Some(v.parse::<usize>().map_err(|_| bad(format!("Content-Length {v:?}")))?);
             }
             "content-type" => content_type = v.to_string(),
+            "set-cookie" if set_cookies.len() < 16 => set_cookies.push(v.to_string()),
             "connection" if v.eq_ignore_ascii_case("close") => keep = false,
             "transfer-encoding" => {
                 return Err(bad(format!("Transfer-Encoding {v} (only Content-Length is understood)")))
@@ -367,7 +387,7 @@ fn read_response<R: Read>(r: &mut R, addr: &str, timeout: Duration) -> Result<(R
         if !body.is_empty() {
             return Err(bad(format!("a {status} answer with a body")));
         }
-        return Ok((Response { status, content_type, body }, keep));
+        return Ok((Response { status, content_type, set_cookies, body }, keep));
     }
     match len {
         Some(n) if n > MAX_BODY => return Err(bad(format!("an answer of {n} bytes (more than {MAX_BODY})"))),
@@ -387,7 +407,7 @@ fn read_response<R: Read>(r: &mut R, addr: &str, timeout: Duration) -> Result<(R
             }
         }
     }
-    Ok((Response { status, content_type, body }, keep))
+    Ok((Response { status, content_type, set_cookies, body }, keep))
 }
 
 #[cfg(test)]
