@@ -158,6 +158,9 @@ pub struct SystemInfo {
     pub version: String,
     /// The running root slot, `a` or `b`.
     pub slot: Option<String>,
+    /// The running slot is on trial: its boot entry still counts tries (the health check
+    /// marks it good once the daemon answers).
+    pub on_trial: bool,
     /// The last update applied, if any.
     pub update: Option<UpdateStatus>,
 }
@@ -222,7 +225,13 @@ impl Appliance {
                 message,
             }
         });
-        Ok(SystemInfo { appliance: slot.is_some(), version, slot: slot.map(|s| s.to_string()), update })
+        let on_trial = slot.is_some_and(|s| {
+            std::fs::read_dir(sys.entries_dir()).into_iter().flatten().flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                entry_slot(&name) == Some(s) && blessed_name(&name).is_some()
+            })
+        });
+        Ok(SystemInfo { appliance: slot.is_some(), version, slot: slot.map(|s| s.to_string()), on_trial, update })
     }
 
     /// Receives an update bundle as it streams in (`next` gives its pieces, then how it

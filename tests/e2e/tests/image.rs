@@ -71,10 +71,17 @@ impl Vm {
                 .arg(&disk)
                 .arg(format!("{disk_gib}G")),
         );
+        std::fs::copy(OVMF_VARS, dir.join("OVMF_VARS.fd")).expect("copy the UEFI variable store");
+        Vm::power_on(dir, "serial.log")
+    }
+
+    /// Powers on the machine whose disk and UEFI variables are in `dir` (again), its console
+    /// in `serial_name`.
+    fn power_on(dir: &Path, serial_name: &str) -> Vm {
+        let disk = dir.join("disk.qcow2");
         let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).expect("copy the UEFI variable store");
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let serial = dir.join("serial.log");
+        let serial = dir.join(serial_name);
         let child = Command::new("qemu-system-x86_64")
             .args(["-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults"])
             .args(["-display", "none", "-monitor", "none", "-vga", "none"])
@@ -92,7 +99,7 @@ impl Vm {
             .arg(format!("file:{}", serial.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.log")).expect("qemu log"))
+            .stderr(std::fs::File::options().create(true).append(true).open(dir.join("qemu.log")).expect("qemu log"))
             .spawn()
             .expect("start qemu-system-x86_64");
         Vm { child, port, serial, powered_on: Instant::now() }
@@ -224,4 +231,156 @@ fn the_image_boots_to_the_https_ui_within_120_s_and_its_console_shows_what_setup
         v["appliance"]["version"].as_str().is_some_and(|s| s.starts_with(version.trim())),
         "the appliance runs the image's version {version}: {v}"
     );
+
+    updates_apply_and_a_broken_one_rolls_back(&image, scratch.path(), vm, &served, version.trim());
+}
+
+/// A signed-in admin's session on the appliance: every request on a new pinned connection.
+struct Session {
+    url: String,
+    fingerprint: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl Session {
+    fn sign_in(url: &str, fingerprint: &str) -> Session {
+        let r =
+            request(url, fingerprint, "POST", "/api/v1/login", Some(&json!({ "user": "admin", "password": PASSWORD })));
+        assert_eq!(r.status, 200, "sign-in: {}", String::from_utf8_lossy(&r.body));
+        let cookie = r.set_cookies.first().and_then(|c| c.split(';').next()).expect("a session cookie").to_string();
+        let v: Value = serde_json::from_slice(&r.body).expect("the sign-in answer");
+        let csrf = v["csrf"].as_str().expect("a CSRF token").to_string();
+        Session { url: url.into(), fingerprint: fingerprint.into(), cookie, csrf }
+    }
+
+    fn call(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+        let mut c = pinhttp::Client::new(&self.url, &self.fingerprint, None)
+            .and_then(|c| c.header("Cookie", &self.cookie))
+            .and_then(|c| c.header("X-CSRF-Token", &self.csrf))
+            .expect("a session client")
+            .timeout(Duration::from_secs(900));
+        let r = c.request(method, path, content_type, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+    }
+
+    fn system(&self) -> Value {
+        let (status, v) = self.call("GET", "/api/v1/system", "", &[]);
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    fn upload(&self, bundle: &[u8], force: bool) -> (u16, Value) {
+        let path = if force { "/api/v1/system/update?force=true" } else { "/api/v1/system/update" };
+        self.call("POST", path, "application/vnd.rackvault.bundle", bundle)
+    }
+}
+
+/// Waits until the appliance at `url` answers over HTTPS with `fingerprint` (after a reboot).
+fn wait_up(vm: &mut Vm, url: &str, fingerprint: &str, within: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if pinhttp::fetch_fingerprint(url, Duration::from_secs(3)).is_ok_and(|f| f == fingerprint) {
+            let (status, _) = json_call(url, fingerprint, "GET", "/api/v1/setup", None);
+            if status == 200 {
+                return started.elapsed();
+            }
+        }
+        if let Ok(Some(status)) = vm.child.try_wait() {
+            panic!("the virtual machine stopped ({status}) {what}; its console:\n{}", tail(&vm.console()));
+        }
+        assert!(
+            started.elapsed() < within,
+            "the appliance did not come back {what} within {within:?}:\n{}",
+            tail(&vm.console())
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The update story, on the machine `vm` set up above: refusals change nothing; an update
+/// goes to slot B and runs after a reboot, and is marked good; an update to a slot that
+/// cannot boot is tried three times and the appliance goes back by itself, and says so.
+fn updates_apply_and_a_broken_one_rolls_back(image: &Path, dir: &Path, mut vm: Vm, fingerprint: &str, version: &str) {
+    let url = format!("https://127.0.0.1:{}", vm.port);
+    let s = Session::sign_in(&url, fingerprint);
+    let sys = s.system();
+    assert_eq!((sys["appliance"].as_bool(), sys["slot"].as_str()), (Some(true), Some("a")), "{sys}");
+    assert_eq!(sys["version"].as_str(), Some(version), "{sys}");
+    assert!(sys["update"].is_null() && sys["on_trial"] == json!(false), "{sys}");
+    let own = std::fs::read(image.join(format!("rackvault-{version}.rvu"))).expect("the image's own bundle");
+    let (next_version, next) = std::fs::read_dir(image)
+        .expect("the image directory")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find_map(|n| n.strip_prefix("rackvault-")?.strip_suffix(".rvu").filter(|v| *v != version).map(str::to_string))
+        .map(|v| {
+            let bytes = std::fs::read(image.join(format!("rackvault-{v}.rvu"))).expect("the second bundle");
+            (v, bytes)
+        })
+        .expect("a second bundle (image/build.sh --also-bundle)");
+
+    // Refused, and nothing changes: a bad signature, the running version, a truncated upload.
+    let mut forged = next.clone();
+    let manifest_len = u32::from_le_bytes(forged[8..12].try_into().unwrap()) as usize;
+    forged[12 + manifest_len + 5] ^= 1;
+    for (what, bytes, want) in [
+        ("a bad signature", &forged[..], "signature"),
+        ("the running version", &own[..], "not newer"),
+        ("a truncated bundle", &next[..next.len() - 4096], "early"),
+    ] {
+        let (status, v) = s.upload(bytes, false);
+        assert_eq!(status, 400, "{what}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(want) && e.contains("either slot")), "{what}: {v}");
+        assert!(s.system()["update"].is_null(), "{what}: no update recorded");
+    }
+
+    // The update: written to slot B, run after a reboot, marked good by the health check.
+    let started = Instant::now();
+    let (status, v) = s.upload(&next, false);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["slot"].as_str(), v["version"].as_str()), (Some("b"), Some(next_version.as_str())), "{v}");
+    eprintln!(
+        "update: {} MiB uploaded, checked and written in {:.1} s",
+        next.len() >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(s.system()["update"]["state"], "reboot-pending");
+    let (status, v) = s.call("POST", "/api/v1/system/reboot", "", &[]);
+    assert_eq!(status, 204, "{v}");
+    std::thread::sleep(Duration::from_secs(5));
+    let took = wait_up(&mut vm, &url, fingerprint, Duration::from_secs(300), "after the update's reboot");
+    eprintln!("update: back after the reboot in {:.1} s", took.as_secs_f64());
+    let s = Session::sign_in(&url, fingerprint);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sys = loop {
+        let sys = s.system();
+        if sys["on_trial"] == json!(false) || Instant::now() > deadline {
+            break sys;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!((sys["slot"].as_str(), sys["version"].as_str()), (Some("b"), Some(next_version.as_str())), "{sys}");
+    assert_eq!(sys["update"]["state"], "running", "{sys}");
+    assert_eq!(sys["on_trial"], json!(false), "the health check marked slot B good: {sys}");
+
+    // An update whose root cannot boot: the old version forced into slot A, then slot A's
+    // filesystem destroyed (the machine off). Three tries, then slot B again, by itself.
+    let (status, v) = s.upload(&own, true);
+    assert_eq!((status, v["slot"].as_str()), (200, Some("a")), "a forced downgrade: {v}");
+    drop(vm);
+    // Slot A starts after the 1 MiB gap and the 256 MiB EFI partition (image/build.sh).
+    testkit::qemu::run(
+        Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -z 257M 4M"]).arg(dir.join("disk.qcow2")),
+    );
+    let mut vm = Vm::power_on(dir, "serial-rollback.log");
+    let url = format!("https://127.0.0.1:{}", vm.port);
+    let took = wait_up(&mut vm, &url, fingerprint, Duration::from_secs(600), "after the broken update");
+    let tries = vm.console().matches("Rebooting automatically due to panic=").count();
+    eprintln!("rollback: back on the old slot {:.1} s after power-on, after {tries} failed tries", took.as_secs_f64());
+    let s = Session::sign_in(&url, fingerprint);
+    let sys = s.system();
+    assert_eq!((sys["slot"].as_str(), sys["version"].as_str()), (Some("b"), Some(next_version.as_str())), "{sys}");
+    assert_eq!(sys["update"]["state"], "rolled-back", "{sys}");
+    assert!(sys["update"]["message"].as_str().is_some_and(|m| m.contains("went back to slot b")), "{sys}");
+    assert!(tries >= 1, "the broken slot was tried:\n{}", tail(&vm.console()));
 }

@@ -148,8 +148,10 @@ fn an_update_goes_to_the_other_slot_on_trial_and_the_system_tells_a_reboot_an_up
     // The next boot runs slot b: the update runs.
     std::fs::write(sys.path("cmdline"), "root=PARTLABEL=rv-root-b ro rackvault.slot=b panic=5\n").unwrap();
     std::fs::write(sys.path("boot_id"), "boot-2\n").unwrap();
-    let u = app.system_info(&admin()).unwrap().update.unwrap();
+    let info = app.system_info(&admin()).unwrap();
+    let u = info.update.unwrap();
     assert_eq!((u.state, u.to_version.as_str()), (UpdateState::Running, "1.1.0"), "{u:?}");
+    assert!(info.on_trial, "slot b counts its tries until the health check marks it good");
 
     // Had the boot loader gone back to slot a, the system would say so.
     std::fs::write(sys.path("cmdline"), "root=PARTLABEL=rv-root-a ro rackvault.slot=a panic=5\n").unwrap();
