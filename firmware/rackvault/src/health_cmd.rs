@@ -99,8 +99,7 @@ fn bless(esp: &std::path::Path) -> Result<()> {
         return Ok(());
     };
     let dir = esp.join("loader/entries");
-    std::fs::rename(&path, dir.join(&good)).with_context(|| format!("renaming {}", path.display()))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+    service::update::rename_synced(&path, &dir.join(&good))?;
     println!("rackvault health: this slot is good now ({} -> {good})", path.display());
     Ok(())
 }

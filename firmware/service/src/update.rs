@@ -463,12 +463,23 @@ impl Write for SyncedFile {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
+/// Writes `path` whole or not at all: a temporary file, synced, renamed, then the file synced
+/// again under its new name and its directory synced. The second sync is for vfat (the EFI
+/// partition): a rename there moves the file's directory entry, whose size and first cluster
+/// are written only with the file's inode, which syncing the directory does not write.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| ServiceError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ServiceError::io(path, e))?;
-    if let Some(dir) = path.parent() {
+    drop(f);
+    rename_synced(&tmp, path)
+}
+
+/// Renames `from` to `to` durably, on vfat too (see [`write_synced`]).
+pub fn rename_synced(from: &Path, to: &Path) -> Result<(), ServiceError> {
+    std::fs::rename(from, to).map_err(|e| ServiceError::io(to, e))?;
+    File::open(to).and_then(|f| f.sync_all()).map_err(|e| ServiceError::io(to, e))?;
+    if let Some(dir) = to.parent() {
         sync_dir(dir)?;
     }
     Ok(())
