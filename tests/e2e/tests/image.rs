@@ -347,7 +347,12 @@ fn updates_apply_and_a_broken_one_rolls_back(image: &Path, dir: &Path, mut vm: V
     assert_eq!(s.system()["update"]["state"], "reboot-pending");
     let (status, v) = s.call("POST", "/api/v1/system/reboot", "", &[]);
     assert_eq!(status, 204, "{v}");
-    std::thread::sleep(Duration::from_secs(5));
+    // Down first (the old daemon stops), then up again.
+    let down = Instant::now();
+    while pinhttp::fetch_fingerprint(&url, Duration::from_secs(3)).is_ok() {
+        assert!(down.elapsed() < Duration::from_secs(180), "the appliance did not reboot:\n{}", tail(&vm.console()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let took = wait_up(&mut vm, &url, fingerprint, Duration::from_secs(300), "after the update's reboot");
     eprintln!("update: back after the reboot in {:.1} s", took.as_secs_f64());
     let s = Session::sign_in(&url, fingerprint);
