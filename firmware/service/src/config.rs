@@ -176,21 +176,38 @@ impl ConfigFile {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ServiceError> {
-        let tmp = path.with_extension("json.tmp");
         let mut text = serde_json::to_vec_pretty(self).expect("config serialises");
         text.push(b'\n');
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| ServiceError::io(path, e))
+        write_synced(path, &text)
     }
+}
+
+/// Writes `path` whole or not at all: a temporary file, synced, renamed, then the file synced
+/// again under its new name and its directory synced. The second sync is for vfat (the EFI
+/// partition, see `update`): a rename there moves the file's directory entry, whose size and
+/// first cluster are written only with the file's inode, which syncing the directory does not
+/// write.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| ServiceError::io(&tmp, e))?;
+    drop(f);
+    rename_synced(&tmp, path)
+}
+
+/// Renames `from` to `to` durably, on vfat too (see [`write_synced`]).
+pub fn rename_synced(from: &Path, to: &Path) -> Result<(), ServiceError> {
+    std::fs::rename(from, to).map_err(|e| ServiceError::io(to, e))?;
+    std::fs::File::open(to).and_then(|f| f.sync_all()).map_err(|e| ServiceError::io(to, e))?;
+    if let Some(dir) = to.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Syncs a directory (its entries).
+pub fn sync_dir(dir: &Path) -> Result<(), ServiceError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ServiceError::io(dir, e))
 }
 
 /// Seals and opens secrets with the appliance key.

@@ -48,6 +48,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::rename_synced;
+use crate::config::{sync_dir, write_synced};
 use crate::{Appliance, Principal, Role, ServiceError};
 
 /// Where the running system keeps what updates read and write. [`SystemLayout::appliance`]
@@ -244,7 +246,7 @@ impl Appliance {
         next: &mut dyn FnMut() -> Result<Vec<u8>, crate::replica_wire::StreamEnd>,
     ) -> Result<UpdateApplied, ServiceError> {
         actor.require(Role::Admin)?;
-        let sys = self.system.clone();
+        let sys = &self.system;
         let running = sys.running_slot().ok_or_else(|| {
             invalid(
                 "this is not the appliance image (no rackvault.slot= on the kernel command line): update it the way \
@@ -259,6 +261,22 @@ impl Appliance {
         std::fs::create_dir_all(&dir).map_err(|e| ServiceError::io(&dir, e))?;
         let upload = dir.join("upload.part");
         let received = receive_to(&upload, next)?;
+        let result = self.apply_upload(actor, sys, running, &upload, received, force);
+        // Applied or refused, the upload is not kept (it may be as large as a root slot).
+        let _ = std::fs::remove_file(&upload);
+        result
+    }
+
+    /// Steps 2-6 for the upload at `upload` (see the module docs).
+    fn apply_upload(
+        &self,
+        actor: &Principal,
+        sys: &SystemLayout,
+        running: char,
+        upload: &Path,
+        received: u64,
+        force: bool,
+    ) -> Result<UpdateApplied, ServiceError> {
         let key_hex = std::fs::read_to_string(&sys.public_key).map_err(|e| ServiceError::io(&sys.public_key, e))?;
         let key = bundle::PublicKey::from_hex(key_hex.trim()).map_err(invalid)?;
         let running_version = sys.running_version().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
@@ -267,7 +285,7 @@ impl Appliance {
         };
         // Step 2: everything checked before anything is written.
         let manifest = {
-            let f = File::open(&upload).map_err(|e| ServiceError::io(&upload, e))?;
+            let f = File::open(upload).map_err(|e| ServiceError::io(upload, e))?;
             let b = bundle::Bundle::open(std::io::BufReader::new(f), &key).map_err(refused)?;
             bundle::check_upgrade(&running_version, &b.manifest.version, force).map_err(refused)?;
             b.unpack(|_| Ok(std::io::sink()), |_| {}).map_err(refused)?
@@ -299,7 +317,7 @@ impl Appliance {
         let boot_dir = sys.esp.join(format!("rackvault/{target}"));
         std::fs::create_dir_all(&boot_dir).map_err(|e| ServiceError::io(&boot_dir, e))?;
         let written = {
-            let f = File::open(&upload).map_err(|e| ServiceError::io(&upload, e))?;
+            let f = File::open(upload).map_err(|e| ServiceError::io(upload, e))?;
             let b = bundle::Bundle::open(std::io::BufReader::new(f), &key).map_err(refused)?;
             let (device, boot_dir) = (device.clone(), boot_dir.clone());
             b.unpack(
@@ -343,7 +361,6 @@ impl Appliance {
         };
         let json = serde_json::to_vec_pretty(&record).map_err(|e| ServiceError::Internal(e.to_string()))?;
         write_synced(&self.update_record_path(), &json)?;
-        let _ = std::fs::remove_file(&upload);
         self.audit(
             actor,
             "apply update",
@@ -461,32 +478,6 @@ impl Write for SyncedFile {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.sync_all().map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
     }
-}
-
-/// Writes `path` whole or not at all: a temporary file, synced, renamed, then the file synced
-/// again under its new name and its directory synced. The second sync is for vfat (the EFI
-/// partition): a rename there moves the file's directory entry, whose size and first cluster
-/// are written only with the file's inode, which syncing the directory does not write.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| ServiceError::io(&tmp, e))?;
-    drop(f);
-    rename_synced(&tmp, path)
-}
-
-/// Renames `from` to `to` durably, on vfat too (see [`write_synced`]).
-pub fn rename_synced(from: &Path, to: &Path) -> Result<(), ServiceError> {
-    std::fs::rename(from, to).map_err(|e| ServiceError::io(to, e))?;
-    File::open(to).and_then(|f| f.sync_all()).map_err(|e| ServiceError::io(to, e))?;
-    if let Some(dir) = to.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ServiceError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ServiceError::io(dir, e))
 }
 
 #[cfg(test)]

@@ -113,6 +113,7 @@ fn refused_bundles_leave_both_slots_and_the_boot_entries_as_they_were() {
         assert_eq!(sys.entries(), before, "{what}: the boot entries are unchanged");
         assert!(sys.slot_b().iter().all(|b| *b == 0), "{what}: slot b is untouched");
         assert!(app.system_info(&admin()).unwrap().update.is_none());
+        assert!(!d.path().join("updates/upload.part").exists(), "{what}: the refused upload is not kept");
     }
     // Only admins update.
     let op = Principal::new("op", Role::Operator);
