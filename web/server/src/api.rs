@@ -36,6 +36,11 @@ pub(crate) enum Body {
     Bundle,
 }
 
+/// The value of `name` in a query string (`a=1&b=2`), as sent.
+pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
 /// The media type of an update bundle upload.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.rackvault.bundle";
 /// Largest update bundle accepted: a root slot (1 GiB) and its kernel and initrd.
@@ -324,7 +329,7 @@ impl Ctx {
     }
 
     fn query(&self, name: &str) -> Option<&str> {
-        self.query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+        query_param(&self.query, name)
     }
 
     fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {

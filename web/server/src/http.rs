@@ -418,22 +418,17 @@ async fn api_request(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAd
     }
     if route.body == Body::Bundle {
         let actor = principal.ok_or_else(ApiError::unauthenticated)?;
-        let force = parts.uri.query().unwrap_or("").split('&').any(|kv| kv == "force=true");
+        let force = crate::api::query_param(parts.uri.query().unwrap_or(""), "force") == Some("true");
         let app = shared.app.clone();
         return stream_body(&shared, body, move |next| app.receive_update(&actor, force, next)).await;
     }
     if route.body == Body::Records {
         let actor = principal.ok_or_else(ApiError::unauthenticated)?;
         // The sender's key check value (hex), when its store is encrypted.
-        let sealed_by = parts
-            .uri
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == service::replica_wire::SEALED_BY_PARAM)
-            .map(|(_, v)| v.to_string())
-            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let sealed_by =
+            crate::api::query_param(parts.uri.query().unwrap_or(""), service::replica_wire::SEALED_BY_PARAM)
+                .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_string);
         return receive_records(shared, actor, sealed_by, body).await;
     }
     let body = if is_state_changing(&parts.method) {
