@@ -24,10 +24,10 @@
 #   1. cargo builds rackvault for x86_64-unknown-linux-musl: one static binary;
 #   2. mmdebstrap builds a minimal Debian root (systemd, the kernel, an initramfs with erofs)
 #      from the package registry, with image/overlay/ on top and the binary in /usr/bin;
-#   3. the root becomes a read-only erofs image; the kernel and initrd go to the EFI system
-#      partition with systemd-boot;
-#   4. sfdisk lays out the GPT disk and the partition images are written into it at their
-#      offsets, so nothing here needs loop devices or mounts.
+#   3. the root becomes a read-only erofs image;
+#   4. image/assemble-disk.sh (shared with the Buildroot tree) lays out the GPT disk: the
+#      kernel and initrd go to the EFI system partition with systemd-boot, the partition
+#      images are written at their offsets, so nothing here needs loop devices or mounts.
 # Needs root (mmdebstrap's root mode) or working user namespaces (its unshare mode), and the
 # Debian packages listed in NEEDS below; it installs those that are missing when run as root.
 set -euo pipefail
@@ -54,11 +54,7 @@ while (($#)); do
 done
 [[ -n $version ]] || { echo "image/build.sh: no version found in Cargo.toml; give --version" >&2; exit 2; }
 
-# Partition sizes, in MiB. The slots are sized for updates to grow into; the data partition
-# is small in the image and grows to fill the disk at the first boot.
-ESP_MIB=256
-SLOT_MIB=1024
-DATA_MIB=256
+# The partition sizes are image/assemble-disk.sh's.
 # The static binary's size budget (stripped), checked below.
 BINARY_BUDGET_MIB=24
 
@@ -151,62 +147,13 @@ rm -f "$root_img"
 # -T0: every file's time is the epoch, so the same packages make the same image.
 mkfs.erofs -zlz4hc -T0 "$root_img" "$rootfs" >/dev/null
 root_bytes=$(stat -c %s "$root_img")
-if ((root_bytes > SLOT_MIB * 1024 * 1024)); then
-	say "the root filesystem ($((root_bytes >> 20)) MiB) does not fit a ${SLOT_MIB} MiB slot"
-	exit 1
-fi
 
-say "making the EFI system partition (systemd-boot, slot A)"
-esp=$work/esp.img
-mkfs.vfat -C -F 32 -n RV-ESP "$esp" $((ESP_MIB * 1024)) >/dev/null
-export MTOOLS_SKIP_CHECK=1
-mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/rackvault ::/rackvault/a
-mcopy -i "$esp" "$work/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$esp" "$out/boot/vmlinuz" ::/rackvault/a/vmlinuz
-mcopy -i "$esp" "$out/boot/initrd.img" ::/rackvault/a/initrd.img
-# The boot loader starts the entry with the highest `version` (the update generation: 1 for
-# this build, one more for each update applied) among those its boot counter has not marked
-# bad; an update's entry is tried 3 times (see firmware/service/src/update.rs). `panic=5`
-# reboots from a root that does not mount, which counts as a failed try.
-printf 'default rackvault-*\ntimeout 1\nconsole-mode keep\neditor no\n' >"$work/loader.conf"
-mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
-cat >"$work/rackvault-a.conf" <<EOF
-title rackvault $version (slot a)
-sort-key rackvault
-version 1
-linux /rackvault/a/vmlinuz
-initrd /rackvault/a/initrd.img
-options root=PARTLABEL=rv-root-a rootfstype=erofs ro console=tty0 console=ttyS0,115200 rackvault.slot=a panic=5
-EOF
-mcopy -i "$esp" "$work/rackvault-a.conf" ::/loader/entries/rackvault-a.conf
-
-say "making the data partition (ext4, grown at the first boot)"
-data=$work/data.img
-uid=$(awk -F: '$1 == "rackvault" { print $3 ":" $4 }' "$rootfs/etc/passwd")
-[[ -n $uid ]] || { say "the root has no rackvault user"; exit 1; }
-mkfs.ext4 -q -F -L rv-data -E root_owner="$uid" "$data" "${DATA_MIB}M"
-
-# 4. The disk.
-say "laying out the GPT disk"
+say "laying out the GPT disk (image/assemble-disk.sh, shared with the Buildroot tree)"
 img=$out/rackvault-$version.img
-rm -f "$img"
-total_mib=$((1 + ESP_MIB + 2 * SLOT_MIB + DATA_MIB + 1))
-truncate -s "${total_mib}M" "$img"
-# Types: EFI system; the discoverable-partitions "root x86-64" type for both slots; Linux
-# data for the data partition. The names are what the system finds them by (PARTLABEL).
-sfdisk --quiet "$img" <<EOF
-label: gpt
-start=1MiB, size=${ESP_MIB}MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="rv-esp"
-size=${SLOT_MIB}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="rv-root-a"
-size=${SLOT_MIB}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="rv-root-b"
-size=${DATA_MIB}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="rv-data"
-EOF
-put() { # put IMAGE START_MIB
-	dd if="$1" of="$img" bs=1M seek="$2" conv=notrunc,sparse status=none
-}
-put "$esp" 1
-put "$root_img" $((1 + ESP_MIB))
-put "$data" $((1 + ESP_MIB + 2 * SLOT_MIB))
+owner=$(awk -F: '$1 == "rackvault" { print $3 ":" $4 }' "$rootfs/etc/passwd")
+[[ -n $owner ]] || { say "the root has no rackvault user"; exit 1; }
+"$root/image/assemble-disk.sh" --out "$img" --root "$root_img" --kernel "$out/boot/vmlinuz" \
+	--initrd "$out/boot/initrd.img" --efi "$work/systemd-bootx64.efi" --owner "$owner" --version "$version"
 if [[ -n $signing_key ]]; then
 	say "signing the update bundle"
 	rm -f "$out/rackvault-$version.rvu"

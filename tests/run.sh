@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
-for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2 chromium chromium-driver openssl python3-aiosmtpd python3-venv; do
+for pkg in qemu-utils tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils systemd iproute2 chromium chromium-driver openssl python3-aiosmtpd python3-venv socat; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -7,6 +7,8 @@
 #
 #   tests/bench/bench.sh                  # 2 GiB image, 3 runs per tool
 #   SIZE_MIB=256 RUNS=1 tests/bench/bench.sh
+#   TOOL_FILES="tests/bench/rackvault.tool tests/bench/rackvault-no-readahead.tool" DROP_CACHES=1 \
+#     tests/bench/bench.sh                # also restores without the read-ahead, caches dropped
 # Needs root for apt-get (restic, borgbackup, b3sum, time) the first time.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +19,7 @@ export RACKVAULT_BENCH_ARGS=${RACKVAULT_BENCH_ARGS:-}
 (cd "$ROOT" && cargo build --release -p rackvault --quiet)
 export RACKVAULT_BIN=$ROOT/target/release/rackvault
 status=0
-TOOL_FILES="$HERE/rackvault.tool" "$HERE/peer-bench.sh" || status=$?
+TOOL_FILES=${TOOL_FILES:-"$HERE/rackvault.tool"} "$HERE/peer-bench.sh" || status=$?
 python3 - "$RESULTS/results.tsv" <<'PY'
 import csv, statistics as st, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t") if r["wall_s"] != "-"]

@@ -255,20 +255,29 @@
   }
 
   // Upload a file as a streamed body (an update bundle): the answer or an ApiError, as `api`.
-  async function apiUpload(path, file, contentType) {
-    const headers = { Accept: 'application/json', 'Content-Type': contentType };
-    if (state.session && state.session.csrf) headers['X-CSRF-Token'] = state.session.csrf;
-    let res;
-    try {
-      res = await fetch(API + path, { method: 'POST', credentials: 'same-origin', cache: 'no-store', headers, body: file });
-    } catch (e) {
-      throw new ApiError(0, 'network', `The upload did not reach the appliance (${e.message}); nothing was installed. Try again.`);
-    }
-    const text = await res.text();
-    let data = null;
-    try { data = text ? JSON.parse(text) : null; } catch (e) { /* an unreadable answer */ }
-    if (res.ok) return data;
-    throw new ApiError(res.status, data && data.code, (data && data.error) || `${res.status} ${res.statusText || 'error'}`);
+  // A file upload with progress: `onProgress(sent, total)` while the body goes out, then
+  // `onProgress(total, total)` once the appliance has it all and is working on it.
+  function apiUpload(path, file, contentType, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', API + path);
+      xhr.setRequestHeader('Accept', 'application/json');
+      xhr.setRequestHeader('Content-Type', contentType);
+      if (state.session && state.session.csrf) xhr.setRequestHeader('X-CSRF-Token', state.session.csrf);
+      xhr.withCredentials = true;
+      if (onProgress) {
+        xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) onProgress(ev.loaded, ev.total); };
+        xhr.upload.onload = () => onProgress(file.size, file.size);
+      }
+      xhr.onerror = () => reject(new ApiError(0, 'network', 'The upload did not reach the appliance (the connection failed); nothing was installed. Try again.'));
+      xhr.onload = () => {
+        let data = null;
+        try { data = xhr.responseText ? JSON.parse(xhr.responseText) : null; } catch (e) { /* an unreadable answer */ }
+        if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+        else reject(new ApiError(xhr.status, data && data.code, (data && data.error) || `${xhr.status} ${xhr.statusText || 'error'}`));
+      };
+      xhr.send(file);
+    });
   }
 
   function can(role) {
@@ -2307,6 +2316,7 @@
         fact('Restore points', usage.restore_points != null ? String(usage.restore_points) : '—'))),
     ];
     parts.push(await systemCard());
+    parts.push(await networkCard());
     if (!ctx.alive()) return;
     if (can('admin')) parts.push(settingsCard(st));
     else {
@@ -2455,6 +2465,52 @@
     return card('Notifications', { id: 'notify-card' }, form);
   }
 
+  // The appliance's address (DHCP or static) and time servers; admins change them.
+  async function networkCard() {
+    const n = await api('GET', '/system/network');
+    const st = n.settings;
+    const stateText = { applied: 'applied', pending: 'saved, not applied yet', failed: 'not applied', 'not-applicable': 'not the appliance image' };
+    const facts = h('dl', { class: 'kv kv-wide' },
+      fact('Addresses now', h('span', { id: 'network-addresses', class: 'mono' }, n.addresses.length ? n.addresses.join(', ') : 'none')),
+      fact('Settings', h('span', { id: 'network-state', class: `network-${n.state}` }, `${stateText[n.state] || n.state} — ${n.message}`)));
+    if (!can('admin')) return card('Network and time', { id: 'network-card' }, facts);
+    const mode = select('network-mode', [{ value: 'dhcp', label: 'DHCP' }, { value: 'static', label: 'Static address' }], st.mode);
+    const address = input('network-address', { value: st.address || '', class: 'input mono', placeholder: '192.0.2.10/24', autocomplete: 'off' });
+    const gateway = input('network-gateway', { value: st.gateway || '', class: 'input mono', placeholder: '192.0.2.1 — optional', autocomplete: 'off' });
+    const dns = input('network-dns', { value: (st.dns || []).join(', '), class: 'input mono', placeholder: '192.0.2.53, 192.0.2.54', autocomplete: 'off' });
+    const ntp = input('network-ntp', { value: (st.ntp || []).join(', '), class: 'input mono', placeholder: 'empty: the DHCP server’s or the defaults — e.g. ntp.example.net', autocomplete: 'off' });
+    const staticFields = h('div', { class: 'grid-3 tight', id: 'network-static' },
+      field('Address / prefix', address, 'The appliance’s address and prefix length.'),
+      field('Gateway', gateway, 'In the same subnet.'),
+      field('DNS servers', dns, 'Addresses, separated by commas.'));
+    const sync = () => { staticFields.hidden = mode.value !== 'static'; };
+    mode.addEventListener('change', sync);
+    sync();
+    const submit = h('button', { id: 'network-save', class: 'btn btn-primary', type: 'submit' }, 'Save network');
+    const form = h('form', { id: 'network-form', class: 'form', novalidate: true },
+      field('Address', mode, 'DHCP by default.'), staticFields,
+      field('Time servers (NTP)', ntp, 'Host names or addresses, separated by commas.'),
+      h('div', { class: 'form-actions' }, submit));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const list = (el) => el.value.split(',').map((x) => x.trim()).filter(Boolean);
+      const b = { mode: mode.value, ntp: list(ntp) };
+      if (mode.value === 'static') {
+        b.address = address.value.trim();
+        b.gateway = gateway.value.trim() || null;
+        b.dns = list(dns);
+        if (!b.address.includes('/')) return showBanner('error', 'Enter the static address with its prefix length, e.g. 192.0.2.10/24.');
+        if (!window.confirm(`Move the appliance to ${b.address}? This page then answers only at https://${b.address.split('/')[0]}/.`)) return;
+      }
+      await busy(submit, async () => {
+        const r = await api('PUT', '/system/network', b);
+        $('#network-state').textContent = `${stateText[r.state] || r.state} — ${r.message}`;
+        notice(mode.value === 'static' ? `Saved. Open the appliance at https://${b.address.split('/')[0]}/ once it has moved.` : 'Network settings saved.');
+      });
+    });
+    return card('Network and time', { id: 'network-card' }, facts, form);
+  }
+
   // Task limits and the tape library (admin).
   // The system: image version, root slot, the last update (a rollback shows as an error), and
   // for admins on the appliance image the update upload and the reboot.
@@ -2484,15 +2540,25 @@
         const f = file.files && file.files[0];
         if (!f) { showError(new Error('Choose an update bundle (.rvu) first.')); return; }
         await busy(apply, async () => {
-          notice(`Uploading ${f.name} (${fmtBytes(f.size)}) and checking its signature…`);
-          const r = await apiUpload(`/system/update${force.checked ? '?force=true' : ''}`, f, 'application/vnd.rackvault.bundle');
+          progress.hidden = false;
+          const r = await apiUpload(`/system/update${force.checked ? '?force=true' : ''}`, f, 'application/vnd.rackvault.bundle', (sent, total) => {
+            progress.max = total;
+            progress.value = sent;
+            progressText.textContent = sent < total
+              ? `Uploading ${f.name}: ${fmtBytes(sent)} of ${fmtBytes(total)} (${Math.floor((100 * sent) / total)} %)`
+              : `Uploaded. Checking the signature and contents, then writing the other root slot (about a minute)…`;
+          }).finally(() => { progress.hidden = true; });
+          progressText.textContent = '';
           notice(r.message);
           reboot.hidden = false;
         });
       });
+      const progress = h('progress', { id: 'update-progress', hidden: true });
+      const progressText = h('span', { id: 'update-progress-text', class: 'muted small', role: 'status' });
       kids.push(h('div', { class: 'form-row' },
         h('label', { for: 'update-file' }, 'Update bundle '), file, ' ',
         h('label', null, force, ' allow an older version'), ' ', apply, ' ', reboot),
+      h('div', { class: 'form-row' }, progress, ' ', progressText),
       h('p', { class: 'muted small' }, 'The bundle is checked whole (signature, contents, version) before anything is written; it then goes to the other root slot, and the appliance tries it three times after the reboot. If it does not come up healthy, the appliance goes back to this version by itself.'));
     }
     return card('System and updates', { id: 'system-card' }, kids);

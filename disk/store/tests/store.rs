@@ -328,3 +328,39 @@ fn configuration_files_travel_with_the_point_and_survive_a_lost_index() {
     }
     assert!(store.read_point_file(&found.files[0]).is_err());
 }
+
+#[test]
+fn read_ahead_names_whole_stretches_of_a_pack_in_tree_order_and_skips_what_it_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64 << 20);
+    // Distinct chunks (no repeats: every third id would repeat an earlier one) written in
+    // order land back to back in one pack.
+    let disk: Vec<u64> = (1..=60).filter(|i| i % 3 != 0).collect();
+    let point = backup(&store, "vm", &disk);
+    let digests: Vec<Digest> = store.walk(&point.disks[0]).map(|d| d.unwrap()).collect();
+    let locs: Vec<_> = digests.iter().map(|d| store.locate(d).unwrap().unwrap()).collect();
+    assert!(locs.iter().all(|l| l.pack == locs[0].pack), "one pack");
+    let record_len = |l: &store::ChunkLoc| pack::RECORD_HEADER_LEN as u64 + u64::from(l.stored_len);
+    let start = locs.iter().map(|l| l.offset).min().unwrap();
+    let end = locs.iter().map(|l| l.offset + record_len(l)).max().unwrap();
+    assert!(end - start < 4 << 20, "the stretch fits one hand-over");
+
+    // In tree order: one stretch, each byte once; a chunk the store does not hold is skipped
+    // (the read reports it) without ending the stretch.
+    let mut ahead = store.readahead();
+    for (i, d) in digests.iter().enumerate() {
+        ahead.want(d);
+        if i == 10 {
+            ahead.want(&Digest([7; 32]));
+        }
+    }
+    assert_eq!(ahead.finish(), (end - start, 1));
+
+    // Backwards, no record follows the one before: every record is its own stretch.
+    let mut ahead = store.readahead();
+    for d in digests.iter().rev() {
+        ahead.want(d);
+    }
+    assert_eq!(ahead.finish(), (locs.iter().map(record_len).sum::<u64>(), digests.len() as u64));
+    assert_restores(&store, &point, &disk);
+}

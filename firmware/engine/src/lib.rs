@@ -21,7 +21,11 @@
 //! A walker thread reads the index tree in disk order and feeds `(chunk no., digest)` to
 //! workers, which read, check and decompress each chunk and write it at its offset with
 //! `pwrite` (raw file or block device), or hand it to the single qcow2 writer. All-zero
-//! chunks become holes in a new raw file and are written as zeros on a block device.
+//! chunks become holes in a new raw file and are written as zeros on a block device. The
+//! walker also names each chunk to the store's read-ahead (`store::Readahead`) as it queues
+//! it, so the pack ranges a queue's length ahead are being read while the workers decompress
+//! and write: on a store whose points are spread over many packs this halves an uncached
+//! restore (README, "Performance").
 
 mod progress;
 pub mod prune;

@@ -49,6 +49,8 @@ pub struct RestoreOptions {
     /// Which disk of the restore point (index); 0 for single-disk points.
     pub disk: usize,
     pub threads: usize,
+    /// Read packs ahead in tree order (see `store::Readahead`); off only to measure it.
+    pub read_ahead: bool,
 }
 
 /// What a restore did; the `--json` output of `rackvault restore`.
@@ -164,7 +166,7 @@ pub fn restore(
         Sink::Raw { write_zeros, .. } => *write_zeros,
         Sink::Qcow2(a) => (disk.chunk_size as u64) < a.lock().expect("qcow2 lock").cluster,
     };
-    let chunks = ChunkFeed { with_zeros: send_zeros, read_data: true };
+    let chunks = ChunkFeed { with_zeros: send_zeros, read_data: true, read_ahead: opts.read_ahead };
     let zero_chunks = for_each_chunk(store, disk, threads, chunks, progress, |index, digest, data| {
         let offset = index * disk.chunk_size as u64;
         let len = (disk.chunk_size as u64).min(disk.size - offset) as usize;
@@ -230,6 +232,8 @@ struct ChunkFeed {
     /// Read and decompress each chunk from the store; otherwise the data is empty and only
     /// the digest is given.
     read_data: bool,
+    /// Name the chunks to the store's read-ahead as the walker queues them.
+    read_ahead: bool,
 }
 
 /// Walk `disk`'s tree on one thread and hand each chunk to `f` on `threads` workers, as
@@ -280,6 +284,9 @@ fn for_each_chunk(
             });
         }
         drop(rx);
+        // The walker runs up to the channel's depth ahead of the readers: what it names to
+        // the read-ahead is in the page cache (or on its way) when they get to it.
+        let mut ahead = (feed.read_data && feed.read_ahead).then(|| store.readahead());
         let mut index = 0u64;
         for entry in store.walk(disk) {
             if stop.load(Ordering::Relaxed) {
@@ -297,6 +304,9 @@ fn for_each_chunk(
                         // Skipped here, so count its bytes as done here.
                         let offset = index * disk.chunk_size as u64;
                         progress.advance((disk.chunk_size as u64).min(disk.size - offset));
+                    }
+                    if let (Some(ahead), false) = (ahead.as_mut(), d.is_zero()) {
+                        ahead.want(&d);
                     }
                     if (with_zeros || !d.is_zero()) && tx.send((index, d)).is_err() {
                         break;
@@ -316,6 +326,7 @@ fn for_each_chunk(
                 disk.label, disk.chunks
             )));
         }
+        drop(ahead);
         drop(tx);
     });
     match failure.into_inner().expect("failure slot") {
@@ -344,7 +355,7 @@ fn verify_output(
     let cs = disk.chunk_size as u64;
     let mismatch: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     // Here zero chunks must be checked too: walk with zeros and ignore the stored data.
-    let chunks = ChunkFeed { with_zeros: true, read_data: false };
+    let chunks = ChunkFeed { with_zeros: true, read_data: false, read_ahead: false };
     for_each_chunk(store, disk, threads, chunks, progress, |index, digest, _| {
         let offset = index * cs;
         let len = cs.min(disk.size - offset) as usize;

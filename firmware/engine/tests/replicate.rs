@@ -74,8 +74,15 @@ fn restored(store: &Store, spec: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("disk.raw");
     let p = store.find(spec).unwrap();
-    let opts =
-        RestoreOptions { to: to.clone(), format: RestoreFormat::Raw, verify: false, force: true, disk: 0, threads: 2 };
+    let opts = RestoreOptions {
+        to: to.clone(),
+        format: RestoreFormat::Raw,
+        verify: false,
+        force: true,
+        disk: 0,
+        threads: 2,
+        read_ahead: true,
+    };
     engine::restore(store, &p, &opts, &NoProgress).unwrap();
     std::fs::read(&to).unwrap()
 }
@@ -413,6 +420,7 @@ fn restore_error(store: &Store, spec: &str) -> String {
         force: true,
         disk: 0,
         threads: 2,
+        read_ahead: true,
     };
     engine::restore(store, &p, &opts, &NoProgress).unwrap_err().to_string()
 }

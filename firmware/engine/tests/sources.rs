@@ -81,6 +81,7 @@ fn restore(store: &Store, name: &str, disk: usize, to: &Path) -> Vec<u8> {
         force: false,
         disk,
         threads: 2,
+        read_ahead: true,
     };
     engine::restore(store, &point, &opts, &NoProgress).unwrap();
     std::fs::read(to).unwrap()

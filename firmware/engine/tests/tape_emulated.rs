@@ -162,6 +162,7 @@ fn catalog_rebuilt_from_tapes_alone_restores_again_and_reimports() {
         force: false,
         disk: 0,
         threads: 2,
+        read_ahead: true,
     };
     engine::restore(&store2, &p, &opts, &NoProgress).unwrap();
     assert_eq!(std::fs::read(f.path("from-store.raw")).unwrap(), f.image);

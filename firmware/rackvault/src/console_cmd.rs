@@ -52,7 +52,7 @@ fn banner(args: &ConsoleArgs) -> Result<String> {
         .unwrap_or_else(|_| crate::VERSION.to_string());
     out.push_str(&format!("\nrackvault {version}: backup appliance\n\n"));
     // The same addresses the certificate names.
-    let addrs = webserver::own_addresses();
+    let addrs = service::network::own_addresses();
     if addrs.is_empty() {
         out.push_str("  No network address yet: check the cable and the DHCP server.\n");
     } else {

@@ -186,6 +186,7 @@ pub fn run(dir: &Path, size_mib: u64, interactive: bool) -> Result<()> {
         force: true,
         disk: 0,
         threads: 0,
+        read_ahead: true,
     };
     let r = engine::restore(&store, &point, &ropts, &bar)?;
     let want = hash_file(&disk)?;

@@ -100,6 +100,7 @@ fn bless(esp: &std::path::Path) -> Result<()> {
     };
     let dir = esp.join("loader/entries");
     service::update::rename_synced(&path, &dir.join(&good))?;
+    service::update::sync_filesystem(esp)?;
     println!("rackvault health: this slot is good now ({} -> {good})", path.display());
     Ok(())
 }

@@ -7,6 +7,7 @@ mod console_cmd;
 mod demo;
 mod health_cmd;
 mod key_cmd;
+mod network_cmd;
 mod progress;
 mod remote_cmd;
 mod s3_cmd;
@@ -140,6 +141,9 @@ enum Command {
         force: bool,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Read packs only when a chunk is needed, not ahead (to measure the read-ahead).
+        #[arg(long, hide = true)]
+        no_read_ahead: bool,
         /// Fetch the point from a bucket first (s3://BUCKET[/PREFIX]; NAME or NAME@ID as the
         /// source named it), into --store (created if missing; give the lost store's recovery
         /// key with --key-file after a disaster).
@@ -273,6 +277,8 @@ enum Command {
     /// Wait until the daemon answers on its HTTPS port; with --bless, then mark the running
     /// root slot good (the appliance image runs it after each boot).
     Health(health_cmd::HealthArgs),
+    /// The appliance image's network and time settings: apply what the UI saved (as root).
+    Network(network_cmd::NetworkArgs),
     /// Signed update bundles of the appliance image: make a signing key, sign, verify.
     Update(update_cmd::UpdateArgs),
     /// The recovery key of an encrypted store: export it, install it on a new appliance, check it.
@@ -559,7 +565,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Restore { point, store, to, disk, all, format, verify, force, threads, from, namespace, s3, json } => {
+        Command::Restore {
+            point,
+            store,
+            to,
+            disk,
+            all,
+            format,
+            verify,
+            force,
+            threads,
+            no_read_ahead,
+            from,
+            namespace,
+            s3,
+            json,
+        } => {
             let (store, rp) = match (&from, &namespace) {
                 (Some(url), Some(ns)) => {
                     let store = open_store(&store, true)?;
@@ -588,7 +609,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let disk = pick_disk(&rp, disk.as_deref())?;
-            let opts = RestoreOptions { to, format, verify, force, disk, threads };
+            let opts = RestoreOptions { to, format, verify, force, disk, threads, read_ahead: !no_read_ahead };
             let report = engine::restore(&store, &rp, &opts, &bar)?;
             if json {
                 print_json(&report)?;
@@ -742,6 +763,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Console(args) => return console_cmd::run(args),
         Command::Health(args) => return health_cmd::run(args),
         Command::Update(args) => return update_cmd::run(args),
+        Command::Network(args) => return network_cmd::run(args),
         Command::Key(args) => return key_cmd::run(args),
         Command::Remote(args) => return remote_cmd::run(args),
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, interactive)?,
@@ -818,7 +840,7 @@ fn restore_all(
     }
     for (i, disk) in rp.disks.iter().enumerate() {
         let name = format!("{}.{ext}", disk.label.replace([':', '/'], "-"));
-        let opts = RestoreOptions { to: dir.join(&name), format, verify, force, disk: i, threads };
+        let opts = RestoreOptions { to: dir.join(&name), format, verify, force, disk: i, threads, read_ahead: true };
         out.disks.push(engine::restore(store, rp, &opts, bar)?);
         out.written.push(name);
     }

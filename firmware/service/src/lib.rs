@@ -39,6 +39,7 @@ mod config;
 mod error;
 mod lifecycle;
 mod metrics;
+pub mod network;
 pub mod notify;
 mod operations;
 mod points;

@@ -248,6 +248,7 @@ impl Appliance {
                         force: false,
                         disk: i,
                         threads: 0,
+                        read_ahead: true,
                     };
                     let r = engine::restore(&store, &point, &opts, live)?;
                     live.log(&format!("disk {label}: {} bytes written", r.bytes_written));

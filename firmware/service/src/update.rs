@@ -19,7 +19,8 @@
 //! 3. The inactive slot's boot entry is removed (and the directory synced), so that a slot
 //!    half written is never booted.
 //! 4. The root filesystem is written to the inactive slot's partition, the kernel and initrd to
-//!    its ESP directory; each is synced.
+//!    its ESP directory; each is synced, then the whole ESP (`syncfs`: vfat's fsync alone can
+//!    miss a directory entry, see [`sync_filesystem`]).
 //! 5. Its boot entry is written as `rackvault-<slot>+3.conf`, with the next generation: the
 //!    commit point. systemd-boot counts the tries down in the file name at each boot.
 //! 6. An update record (`<data>/update.json`, versioned) names both versions and slots and the
@@ -48,7 +49,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::rename_synced;
+pub use crate::config::{rename_synced, sync_filesystem};
 use crate::config::{sync_dir, write_synced};
 use crate::{Appliance, Principal, Role, ServiceError};
 
@@ -68,7 +69,12 @@ pub struct SystemLayout {
     pub public_key: PathBuf,
     /// The running image's version.
     pub version: PathBuf,
+    /// What `rackvault network apply` last did (see the `network` module).
+    pub network_applied: PathBuf,
 }
+
+/// Where `rackvault network apply` reports what it did, on the appliance image.
+pub const NETWORK_APPLIED: &str = "/run/rackvault/network-applied.json";
 
 impl SystemLayout {
     /// The appliance image's layout.
@@ -80,6 +86,7 @@ impl SystemLayout {
             root_device: "/dev/disk/by-partlabel/rv-root-{slot}".into(),
             public_key: "/usr/lib/rackvault/update.pub".into(),
             version: "/usr/lib/rackvault/version".into(),
+            network_applied: NETWORK_APPLIED.into(),
         }
     }
 
@@ -308,6 +315,7 @@ impl Appliance {
             }
         }
         sync_dir(&entries)?;
+        sync_filesystem(&sys.esp)?;
         let options = running_options
             .ok_or_else(|| invalid(format!("no boot entry for the running slot {running} in {}", entries.display())))?
             .replace(&format!("rv-root-{running}"), &format!("rv-root-{target}"))
@@ -339,6 +347,7 @@ impl Appliance {
             })?
         };
         sync_dir(&boot_dir)?;
+        sync_filesystem(&sys.esp)?;
         // Step 5: the entry, with its tries: the commit point.
         generation += 1;
         let entry = format!(
@@ -348,6 +357,7 @@ impl Appliance {
         );
         let final_path = entries.join(format!("rackvault-{target}+{BOOT_TRIES}.conf"));
         write_synced(&final_path, entry.as_bytes())?;
+        sync_filesystem(&sys.esp)?;
         // Step 6: the record.
         let record = UpdateRecord {
             v: 1,

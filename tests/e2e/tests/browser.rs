@@ -1050,6 +1050,10 @@ fn web_ui_walkthrough() {
         let fp2 = b.wait("the settings fingerprint", Duration::from_secs(10), || b.text("#settings-fingerprint"));
         assert_eq!(fp2, fp, "settings show the certificate fingerprint the setup page showed");
         b.screenshot("28-settings");
+        // The network card: outside the appliance image it says the settings would not apply
+        // (the image test sets a static address for real).
+        let net = b.wait("the network card", Duration::from_secs(10), || b.text("#network-state"));
+        assert!(net.contains("not the appliance image"), "{net}");
 
         // Settings: task limits are saved; a tape library address that does not answer is
         // refused with the reason, and the working one stays.

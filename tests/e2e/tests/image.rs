@@ -48,10 +48,20 @@ fn image_dir() -> Option<PathBuf> {
 /// A virtual machine we started, killed by PID when dropped.
 struct Vm {
     child: Child,
+    /// Forwarded to the guest's HTTPS port at the address DHCP gives (10.0.2.15).
     port: u16,
+    /// Forwarded to the guest's HTTPS port at [`STATIC_ADDRESS`], which the test sets.
+    static_port: u16,
     serial: PathBuf,
     powered_on: Instant,
 }
+
+/// The static address the test gives the appliance in qemu's user network (10.0.2.0/24, the
+/// host's side at 10.0.2.2).
+const STATIC_ADDRESS: &str = "10.0.2.16";
+/// Where the guest finds the NFS peer: qemu forwards this address's NFS and MOUNT ports (and
+/// nothing else) to the peer on the host's loopback.
+const NFS_GUEST_ADDRESS: &str = "10.0.2.100";
 
 impl Drop for Vm {
     fn drop(&mut self) {
@@ -80,7 +90,22 @@ impl Vm {
     fn power_on(dir: &Path, serial_name: &str) -> Vm {
         let disk = dir.join("disk.qcow2");
         let vars = dir.join("OVMF_VARS.fd");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let free =
+            || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let (port, static_port) = (free(), free());
+        // The guest reaches nothing but what is forwarded (restrict=on): the HTTPS port from
+        // the host's loopback (at either address), and from the guest the NFS peer's two
+        // ports, each connection relayed by socat to the peer on the host's loopback.
+        let mut net = format!(
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:443,hostfwd=tcp:127.0.0.1:{static_port}-{STATIC_ADDRESS}:443"
+        );
+        if let Some(env) = e2e::peer_env("nfs-ganesha") {
+            assert!(testkit::qemu::which("socat").is_some(), "socat is not installed (apt-get install socat)");
+            for key in ["RV_NFS_PORT", "RV_NFS_MOUNT_PORT"] {
+                let p = &env[key];
+                net.push_str(&format!(",guestfwd=tcp:{NFS_GUEST_ADDRESS}:{p}-cmd:socat - TCP:127.0.0.1:{p}"));
+            }
+        }
         let serial = dir.join(serial_name);
         let child = Command::new("qemu-system-x86_64")
             .args(["-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nodefaults"])
@@ -91,9 +116,8 @@ impl Vm {
             .arg(format!("if=pflash,format=raw,file={}", vars.display()))
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
-            // The guest reaches nothing but the host's forwarded port (restrict=on).
             .arg("-netdev")
-            .arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:443"))
+            .arg(net)
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -102,7 +126,7 @@ impl Vm {
             .stderr(std::fs::File::options().create(true).append(true).open(dir.join("qemu.log")).expect("qemu log"))
             .spawn()
             .expect("start qemu-system-x86_64");
-        Vm { child, port, serial, powered_on: Instant::now() }
+        Vm { child, port, static_port, serial, powered_on: Instant::now() }
     }
 
     fn console(&self) -> String {
@@ -232,7 +256,129 @@ fn the_image_boots_to_the_https_ui_within_120_s_and_its_console_shows_what_setup
         "the appliance runs the image's version {version}: {v}"
     );
 
+    let mut vm = vm;
+    a_static_address_and_a_backup_over_nfs(&mut vm, &served);
     updates_apply_and_a_broken_one_rolls_back(&image, scratch.path(), vm, &served, version.trim());
+}
+
+/// Waits for task `id` to end; it must have succeeded.
+fn wait_task(s: &Session, id: &Value, within: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, t) = s.call("GET", &format!("/api/v1/tasks/{id}"), "", &[]);
+        assert_eq!(status, 200, "{t}");
+        if t["state"] != "queued" && t["state"] != "running" {
+            if t["state"] != "succeeded" {
+                let (_, log) = s.call("GET", &format!("/api/v1/tasks/{id}/log"), "", &[]);
+                panic!("task {id} ended {}: {t}\nits log: {log}", t["state"]);
+            }
+            return t;
+        }
+        assert!(started.elapsed() < within, "task {id} did not end within {within:?}: {t}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The admin gives the appliance a static address and a time server from the API, as the UI
+/// does: the system applies them within seconds and the appliance answers at the new address.
+/// Then the appliance backs up a disk served over NFS by the peer on the host, restores it
+/// and verifies the point, all inside the guest.
+fn a_static_address_and_a_backup_over_nfs(vm: &mut Vm, fingerprint: &str) {
+    let url = format!("https://127.0.0.1:{}", vm.port);
+    let s = Session::sign_in(&url, fingerprint);
+    let (status, v) = s.call("GET", "/api/v1/system/network", "", &[]);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["settings"]["mode"].as_str(), v["state"].as_str()), (Some("dhcp"), Some("applied")), "{v}");
+    assert!(v["addresses"].as_array().is_some_and(|a| a.contains(&json!("10.0.2.15"))), "{v}");
+    // Refused with the reason, and nothing changes.
+    let bad = json!({ "mode": "static", "address": format!("{STATIC_ADDRESS}/24"), "gateway": "10.0.3.1" });
+    let (status, v) = s.call("PUT", "/api/v1/system/network", "application/json", bad.to_string().as_bytes());
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("gateway")), "{v}");
+    let settings = json!({
+        "mode": "static", "address": format!("{STATIC_ADDRESS}/24"), "gateway": "10.0.2.2",
+        "dns": ["10.0.2.3"], "ntp": ["10.0.2.2"],
+    });
+    let (status, v) = s.call("PUT", "/api/v1/system/network", "application/json", settings.to_string().as_bytes());
+    assert_eq!(status, 200, "{v}");
+    let set_at = Instant::now();
+    let static_url = format!("https://127.0.0.1:{}", vm.static_port);
+    wait_up(vm, &static_url, fingerprint, Duration::from_secs(120), "at its static address");
+    let s = Session::sign_in(&static_url, fingerprint);
+    let v = loop {
+        let (_, v) = s.call("GET", "/api/v1/system/network", "", &[]);
+        if v["state"] == "applied" || set_at.elapsed() > Duration::from_secs(120) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(v["state"], "applied", "{v}");
+    assert!(v["addresses"].as_array().is_some_and(|a| a.contains(&json!(STATIC_ADDRESS))), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("time servers 10.0.2.2")), "{v}");
+    eprintln!("network: answering at the static address {:.1} s after it was set", set_at.elapsed().as_secs_f64());
+
+    // A backup of a disk on the NFS peer, its restore and a verify, inside the appliance.
+    let Some(env) = e2e::peer_env("nfs-ganesha") else { return };
+    let rel = format!("image-test-{}.img", std::process::id());
+    let local = PathBuf::from(&env["RV_NFS_EXPORT_DIR"]).join(&rel);
+    let size: u64 = 48 << 20;
+    e2e::make_image(&local, size, 7, e2e::Profile::VM);
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(local.clone());
+    let source_url = format!(
+        "nfs://{NFS_GUEST_ADDRESS}:{}{}/{rel}?mountport={}",
+        env["RV_NFS_PORT"], env["RV_NFS_EXPORT"], env["RV_NFS_MOUNT_PORT"]
+    );
+    let body = json!({ "name": "nfs-disk", "url": source_url });
+    let (status, src) = s.call("POST", "/api/v1/sources", "application/json", body.to_string().as_bytes());
+    assert_eq!(status, 200, "{src}");
+    let started = Instant::now();
+    let body = json!({ "source": src["id"] });
+    let (status, t) = s.call("POST", "/api/v1/backups", "application/json", body.to_string().as_bytes());
+    assert_eq!(status, 200, "{t}");
+    let t = wait_task(&s, &t["id"], Duration::from_secs(300));
+    let backed_up = started.elapsed();
+    let (_, points) = s.call("GET", "/api/v1/points", "", &[]);
+    let point = points
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "nfs-disk"))
+        .unwrap_or_else(|| panic!("a restore point of nfs-disk: {points}; the backup: {t}"))
+        .clone();
+    assert_eq!(point["disks"][0]["size"].as_u64(), Some(size), "{point}");
+    let spec = format!("{}@{}", point["name"].as_str().unwrap_or_default(), point["id"]);
+    let started = Instant::now();
+    let body = json!({ "point": spec, "target": "nfs-disk-check" });
+    let (status, t) = s.call("POST", "/api/v1/restores", "application/json", body.to_string().as_bytes());
+    assert_eq!(status, 200, "{t}");
+    let t = wait_task(&s, &t["id"], Duration::from_secs(300));
+    let restored = started.elapsed();
+    let outputs = t["result"]["outputs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.as_str().is_some_and(|o| o.starts_with("/var/lib/rackvault/data/restores/nfs-disk-check/"))),
+        "the restore went to the data partition: {t}"
+    );
+    let (_, log) = s.call("GET", &format!("/api/v1/tasks/{}/log", t["id"]), "", &[]);
+    assert!(
+        log.to_string().contains(&format!("restore: finished ({size} bytes)")),
+        "the whole disk was restored: {log}"
+    );
+    let body = json!({ "point": spec });
+    let (status, t) = s.call("POST", "/api/v1/verifications", "application/json", body.to_string().as_bytes());
+    assert_eq!(status, 200, "{t}");
+    wait_task(&s, &t["id"], Duration::from_secs(300));
+    eprintln!(
+        "nfs: {} MiB backed up over NFS in {:.1} s, restored in {:.1} s (TCG)",
+        size >> 20,
+        backed_up.as_secs_f64(),
+        restored.as_secs_f64()
+    );
 }
 
 /// A signed-in admin's session on the appliance: every request on a new pinned connection.
@@ -300,9 +446,11 @@ fn wait_up(vm: &mut Vm, url: &str, fingerprint: &str, within: Duration, what: &s
 
 /// The update story, on the machine `vm` set up above: refusals change nothing; an update
 /// goes to slot B and runs after a reboot, and is marked good; an update to a slot that
-/// cannot boot is tried three times and the appliance goes back by itself, and says so.
+/// cannot boot is tried three times and the appliance goes back by itself, and says so. The
+/// appliance is reached at its static address throughout: the network settings survive the
+/// update and the rollback.
 fn updates_apply_and_a_broken_one_rolls_back(image: &Path, dir: &Path, mut vm: Vm, fingerprint: &str, version: &str) {
-    let url = format!("https://127.0.0.1:{}", vm.port);
+    let url = format!("https://127.0.0.1:{}", vm.static_port);
     let s = Session::sign_in(&url, fingerprint);
     let sys = s.system();
     assert_eq!((sys["appliance"].as_bool(), sys["slot"].as_str()), (Some(true), Some("a")), "{sys}");
@@ -378,7 +526,7 @@ fn updates_apply_and_a_broken_one_rolls_back(image: &Path, dir: &Path, mut vm: V
         Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -z 257M 4M"]).arg(dir.join("disk.qcow2")),
     );
     let mut vm = Vm::power_on(dir, "serial-rollback.log");
-    let url = format!("https://127.0.0.1:{}", vm.port);
+    let url = format!("https://127.0.0.1:{}", vm.static_port);
     let took = wait_up(&mut vm, &url, fingerprint, Duration::from_secs(600), "after the broken update");
     let tries = vm.console().matches("Rebooting automatically due to panic=").count();
     eprintln!("rollback: back on the old slot {:.1} s after power-on, after {tries} failed tries", took.as_secs_f64());

@@ -202,6 +202,8 @@ pub(crate) static ROUTES: &[Route] = &[
         Err(ApiError::internal("bundles are received by the streaming path".to_string()))
     }),
     route!("POST", "/api/v1/system/reboot", ADMIN, NoBody, |c| c.empty(c.app.request_reboot(c.actor()?))),
+    route!("GET", "/api/v1/system/network", AUDITOR, NoBody, |c| c.ok(c.app.network(c.actor()?))),
+    route!("PUT", "/api/v1/system/network", ADMIN, Json, |c| c.ok(c.app.put_network(c.actor()?, c.json()?))),
     route!("POST", "/api/v1/replica/commit", REPLICATION, Json, |c| {
         let r: service::replica_wire::CommitRequest = c.json()?;
         c.ok(c.app.replica_commit(c.actor()?, &r.point, &r.origin, r.sealed_by.as_deref()))

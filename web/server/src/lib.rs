@@ -34,7 +34,7 @@ mod ui;
 
 pub use api::{routes, RouteInfo};
 pub use server::Server;
-pub use tls::{certificate_fingerprint, ensure_certificate, fingerprint_sha256, own_addresses, CertPaths};
+pub use tls::{certificate_fingerprint, ensure_certificate, fingerprint_sha256, CertPaths};
 pub use ui::embedded_files;
 
 /// A sink for the server's operational messages (listening, certificate reloads, accept

@@ -103,28 +103,6 @@ fn host_name() -> Option<String> {
 /// How long a generated certificate is valid: about two years from the day before it was made.
 pub const CERT_VALID_DAYS: u64 = 2 * 365;
 
-/// The appliance's own addresses that clients may use: every interface address except
-/// loopback and IPv6 link-local (which needs a zone a URL cannot carry).
-pub fn own_addresses() -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return out };
-    for ifa in addrs {
-        let Some(a) = ifa.address else { continue };
-        let ip: std::net::IpAddr = if let Some(v4) = a.as_sockaddr_in() {
-            v4.ip().into()
-        } else if let Some(v6) = a.as_sockaddr_in6() {
-            v6.ip().into()
-        } else {
-            continue;
-        };
-        let link_local = matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-        if !ip.is_loopback() && !ip.is_unspecified() && !link_local && !out.contains(&ip) {
-            out.push(ip);
-        }
-    }
-    out
-}
-
 /// Generates a self-signed ECDSA P-256 server certificate for localhost, 127.0.0.1, ::1, the
 /// host name and the appliance's own addresses, valid from yesterday for [`CERT_VALID_DAYS`],
 /// with the key usage and extended key usage of a TLS server; returns (certificate PEM, key
@@ -165,7 +143,7 @@ fn generate_self_signed_at(now: std::time::SystemTime, valid_days: u64) -> Resul
             sans.push(SanType::DnsName(name));
         }
     }
-    sans.extend(own_addresses().into_iter().map(SanType::IpAddress));
+    sans.extend(service::network::own_addresses().into_iter().map(SanType::IpAddress));
     params.subject_alt_names = sans;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("key generation: {e}"))?;
     let cert = params.self_signed(&key).map_err(|e| format!("certificate generation: {e}"))?;
@@ -319,7 +297,7 @@ mod tests {
             })
             .collect();
         assert!(ips.contains(&std::net::Ipv4Addr::LOCALHOST.into()));
-        for own in own_addresses() {
+        for own in service::network::own_addresses() {
             assert!(ips.contains(&own), "{own} missing from the SAN {ips:?}");
         }
         assert!(san.general_names.iter().any(|g| matches!(g, GeneralName::DNSName("localhost"))));

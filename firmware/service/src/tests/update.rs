@@ -42,6 +42,7 @@ impl System {
             root_device: p.join("rv-root-{slot}").display().to_string(),
             public_key: p.join("update.pub"),
             version: p.join("version"),
+            network_applied: p.join("network-applied.json"),
         };
         System { dir, layout, key }
     }
@@ -173,4 +174,50 @@ fn an_update_goes_to_the_other_slot_on_trial_and_the_system_tells_a_reboot_an_up
     assert_eq!(sys.entries(), ["rackvault-a+3.conf", "rackvault-b.conf"]);
     let entry = std::fs::read_to_string(sys.path("esp/loader/entries/rackvault-a+3.conf")).unwrap();
     assert!(entry.contains("version 3") && entry.contains("rackvault.slot=a"), "{entry}");
+}
+
+#[test]
+fn network_settings_are_kept_for_the_system_and_the_view_tells_applied_pending_and_failed_apart() {
+    use crate::network::{AddressMode, AppliedNetwork, ApplyState, NetworkRecord, NetworkSettings};
+    let sys = System::new();
+    let d = tempfile::tempdir().unwrap();
+    let app =
+        Appliance::open(d.path(), ApplianceOptions { system: Some(sys.layout.clone()), ..Default::default() }).unwrap();
+    let v = app.network(&admin()).unwrap();
+    assert_eq!((v.settings.mode, v.state), (AddressMode::Dhcp, ApplyState::Pending), "{v:?}");
+
+    let wanted = NetworkSettings {
+        mode: AddressMode::Static,
+        address: Some("10.0.2.16/24".into()),
+        gateway: Some("10.0.2.2".into()),
+        dns: vec!["10.0.2.3".into()],
+        ntp: vec!["10.0.2.2".into()],
+    };
+    let op = Principal::new("op", Role::Operator);
+    assert_eq!(app.put_network(&op, wanted.clone()).unwrap_err().kind(), ServiceErrorKind::Forbidden);
+    let v = app.put_network(&admin(), wanted.clone()).unwrap();
+    assert_eq!((&v.settings, v.state), (&wanted, ApplyState::Pending), "{v:?}");
+    // What the root side reads is the file the daemon wrote, checked again.
+    let record = crate::network::read_settings_file(d.path()).unwrap().expect("the settings file");
+    assert_eq!(record.settings(), wanted);
+
+    // `rackvault network apply` reports: applied, or failed with its reason.
+    let report = |record: Option<NetworkRecord>, ok: bool, message: &str| {
+        let a = AppliedNetwork { v: 1, record, ok, message: message.into(), at_unix: 1 };
+        std::fs::write(sys.path("network-applied.json"), serde_json::to_vec(&a).unwrap()).unwrap();
+    };
+    report(Some(record.clone()), true, "static 10.0.2.16/24");
+    let v = app.network(&admin()).unwrap();
+    assert_eq!((v.state, v.message.as_str()), (ApplyState::Applied, "static 10.0.2.16/24"));
+    report(Some(record.clone()), false, "networkctl reload failed");
+    assert_eq!(app.network(&admin()).unwrap().state, ApplyState::Failed);
+    // Changed since: pending again.
+    report(Some(record), true, "static 10.0.2.16/24");
+    let dhcp = NetworkSettings { ntp: vec!["ntp.example.net".into()], ..Default::default() };
+    assert_eq!(app.put_network(&admin(), dhcp).unwrap().state, ApplyState::Pending);
+    // Refused settings leave the file as it was.
+    let before = std::fs::read(d.path().join("network.json")).unwrap();
+    let bad = NetworkSettings { mode: AddressMode::Static, address: Some("10.0.2.16".into()), ..Default::default() };
+    assert_eq!(app.put_network(&admin(), bad).unwrap_err().kind(), ServiceErrorKind::Invalid);
+    assert_eq!(std::fs::read(d.path().join("network.json")).unwrap(), before);
 }

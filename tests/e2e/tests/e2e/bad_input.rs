@@ -368,6 +368,7 @@ fn read_error_mid_backup() {
             force: false,
             disk: 0,
             threads: 2,
+            read_ahead: true,
         };
         engine::restore(&store, &point, &ropts, &NoProgress).expect("restore");
         assert_eq!(&hash_file(&to), want, "restore of vm@{id}");
