@@ -45,20 +45,11 @@ pub fn run(args: NetworkArgs) -> Result<ExitCode> {
 
 fn apply(data_dir: &Path, reload: bool, root: &Path) -> Result<ExitCode> {
     let status_path = root.join(service::update::NETWORK_APPLIED.trim_start_matches('/'));
-    let report = |record: Option<NetworkRecord>, ok: bool, message: String| -> Result<()> {
-        write_replacing(&status_path, &serde_json::to_vec_pretty(&AppliedNetwork::now(record, ok, message))?)
-    };
-    let record = match network::read_settings_file(data_dir) {
-        Ok(r) => r,
-        Err(e) => {
-            // Not applied: the image's DHCP default stays, and the UI shows why.
-            let message = format!("the settings were not applied: {e}; the appliance keeps using DHCP");
-            remove(&root.join(NETWORK_FILE))?;
-            remove(&root.join(TIME_FILE))?;
-            report(None, false, message.clone())?;
-            eprintln!("rackvault network apply: {message}");
-            return Ok(ExitCode::from(1));
-        }
+    // Invalid settings are not applied: the image's defaults (DHCP) take their place, and the
+    // UI shows why.
+    let (record, refused) = match network::read_settings_file(data_dir) {
+        Ok(r) => (r, None),
+        Err(e) => (None, Some(format!("the settings were not applied: {e}; the appliance uses DHCP"))),
     };
     let (network_file, time_file) = record.as_ref().map(network::render).unwrap_or((None, None));
     for (rel, content) in [(NETWORK_FILE, network_file), (TIME_FILE, time_file)] {
@@ -68,28 +59,40 @@ fn apply(data_dir: &Path, reload: bool, root: &Path) -> Result<ExitCode> {
             None => remove(&path)?,
         }
     }
-    let summary = summary(record.as_ref());
+    let mut outcome = match refused {
+        Some(why) => Err(why),
+        None => Ok(summary(record.as_ref())),
+    };
     if reload {
-        let steps: [&[&str]; 2] =
-            [&["networkctl", "reload"], &["systemctl", "try-restart", "systemd-timesyncd.service"]];
-        for step in steps {
-            let out = Command::new(step[0]).args(&step[1..]).output();
-            let failed = match out {
-                Ok(o) if o.status.success() => None,
-                Ok(o) => Some(format!("{} ({})", o.status, String::from_utf8_lossy(&o.stderr).trim())),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = failed {
-                let message = format!("written, but `{}` failed: {why}; they apply at the next boot", step.join(" "));
-                report(record, false, message.clone())?;
-                eprintln!("rackvault network apply: {message}");
-                return Ok(ExitCode::from(1));
-            }
+        if let Err(why) = reload_services() {
+            outcome = Err(format!("written, but {why}; they apply at the next boot"));
         }
     }
-    eprintln!("rackvault network apply: {summary}");
-    report(record, true, summary)?;
-    Ok(ExitCode::SUCCESS)
+    let (ok, message, code) = match outcome {
+        Ok(m) => (true, m, ExitCode::SUCCESS),
+        Err(m) => (false, m, ExitCode::from(1)),
+    };
+    eprintln!("rackvault network apply: {message}");
+    let report = AppliedNetwork::now(record, ok, message);
+    write_replacing(&status_path, &serde_json::to_vec_pretty(&report)?)?;
+    Ok(code)
+}
+
+/// Has networkd re-read its configuration (it reconfigures the links whose file changed) and
+/// restarts timesyncd; the first step that fails, said.
+fn reload_services() -> std::result::Result<(), String> {
+    let steps: [&[&str]; 2] = [&["networkctl", "reload"], &["systemctl", "try-restart", "systemd-timesyncd.service"]];
+    for step in steps {
+        let failed = match Command::new(step[0]).args(&step[1..]).output() {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(format!("{} ({})", o.status, String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            return Err(format!("`{}` failed: {why}", step.join(" ")));
+        }
+    }
+    Ok(())
 }
 
 /// One line for the operator: what the system now runs with.
@@ -124,5 +127,53 @@ fn remove(path: &Path) -> Result<()> {
             Err(e).with_context(|| format!("removing {}", path.display()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service::network::{AddressMode, NetworkSettings};
+
+    fn status(root: &Path) -> AppliedNetwork {
+        let path = root.join(service::update::NETWORK_APPLIED.trim_start_matches('/'));
+        serde_json::from_slice(&std::fs::read(path).expect("the status file")).expect("a status")
+    }
+
+    #[test]
+    fn apply_renders_the_saved_settings_and_an_invalid_file_falls_back_to_dhcp_saying_why() {
+        let (data, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // No settings yet: nothing rendered, and that is applied.
+        assert_eq!(apply(data.path(), false, root.path()).unwrap(), ExitCode::SUCCESS);
+        assert!(!root.path().join(NETWORK_FILE).exists() && !root.path().join(TIME_FILE).exists());
+        assert!(status(root.path()).ok);
+
+        let settings = NetworkSettings {
+            mode: AddressMode::Static,
+            address: Some("192.0.2.10/24".into()),
+            gateway: Some("192.0.2.1".into()),
+            dns: vec![],
+            ntp: vec!["ntp.example.net".into()],
+        };
+        let record = settings.to_record().unwrap();
+        std::fs::write(network::record_path(data.path()), serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(apply(data.path(), false, root.path()).unwrap(), ExitCode::SUCCESS);
+        let net = std::fs::read_to_string(root.path().join(NETWORK_FILE)).unwrap();
+        assert!(net.contains("Address=192.0.2.10/24") && net.contains("DHCP=no"), "{net}");
+        assert!(std::fs::read_to_string(root.path().join(TIME_FILE)).unwrap().contains("NTP=ntp.example.net"));
+        let s = status(root.path());
+        assert!(s.ok && s.record == Some(record), "{s:?}");
+        assert!(s.message.contains("static address 192.0.2.10/24 via 192.0.2.1"), "{}", s.message);
+
+        // A file the API would not have written: not applied, DHCP again, the reason kept.
+        std::fs::write(
+            network::record_path(data.path()),
+            b"{\"v\":1,\"static_address\":null,\"dns\":[],\"ntp\":[\"a b\"]}",
+        )
+        .unwrap();
+        assert_eq!(apply(data.path(), false, root.path()).unwrap(), ExitCode::from(1));
+        assert!(!root.path().join(NETWORK_FILE).exists() && !root.path().join(TIME_FILE).exists());
+        let s = status(root.path());
+        assert!(!s.ok && s.record.is_none() && s.message.contains("time server"), "{s:?}");
     }
 }
