@@ -117,6 +117,7 @@ fn backup(store: &Store, name: &str, disk: &[Digest], changed: &[(usize, Vec<u8>
             raw_len: raw.len() as u32,
             payload: raw.clone(),
             foreign: false,
+            deferred: false,
         };
         session.insert(&chunk)?;
     }

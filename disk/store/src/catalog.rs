@@ -105,6 +105,11 @@ pub struct PackInfo {
     pub len: u64,
     pub records: u32,
     pub sealed_unix: u64,
+    /// Record bytes of chunks stored raw for the recompression pass (see the crate docs,
+    /// "Compression off the critical path"); 0 once it has rewritten the pack, and in packs
+    /// written before it existed.
+    #[serde(default)]
+    pub deferred_bytes: u64,
 }
 
 /// Why a digest is in `damaged`, and since when.

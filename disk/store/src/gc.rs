@@ -78,6 +78,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{decode_condemned, encode_condemned, pack_key, ChunkLoc, PackInfo};
 use crate::error::{Result, StoreError};
 use crate::pack::{self, EncodedChunk, PackWriter, RecordHeader, RecordKind};
+use crate::recompress::Recompressor;
 use crate::{fsync_dir, now_unix, tree, Digest, RestorePoint, Store};
 
 /// Default dead share above which a pack that still holds live data is rewritten.
@@ -88,7 +89,7 @@ const BATCH: usize = 32_768;
 
 /// Entries a repack repoints in one transaction at most (with real chunk sizes the pack
 /// target is reached long before).
-const REPACK_BATCH: usize = BATCH;
+pub(crate) const REPACK_BATCH: usize = BATCH;
 
 /// Packs smaller than an eighth of the target are merged once there are this many.
 const SMALL_PACKS_TO_MERGE: usize = 8;
@@ -296,17 +297,17 @@ impl Drop for Registration {
 type Locate<'a> = dyn Fn(&Digest) -> Result<Option<ChunkLoc>> + 'a;
 
 /// One record copied by a repack.
-struct Moved {
+pub(crate) struct Moved {
     digest: Digest,
     old: ChunkLoc,
     new: ChunkLoc,
 }
 
 /// A repack output pack and what went into it.
-struct RepackOut {
-    writer: PackWriter,
-    moved: Vec<Moved>,
-    sources: Vec<(u64, u64)>,
+pub(crate) struct RepackOut {
+    pub(crate) writer: PackWriter,
+    pub(crate) moved: Vec<Moved>,
+    pub(crate) sources: Vec<(u64, u64)>,
 }
 
 impl Store {
@@ -650,37 +651,10 @@ impl Store {
         }
 
         // 3. Sweep.
-        let running = Registration::running(self)?;
-        report.sessions_running = running.len() as u64;
-        let oldest_session = running.iter().copied().min().unwrap_or(u64::MAX);
-        let freeable = |condemned_in: u64| condemned_in <= oldest_session;
-        let (needed, packs) = {
-            let rtxn = catalog.read()?;
-            let mut needed: HashMap<u64, u64> = HashMap::new();
-            for item in catalog.chunks.iter(&rtxn).map_err(|e| catalog.err(e))? {
-                let (_, v) = item.map_err(|e| catalog.err(e))?;
-                if let Some(loc) = ChunkLoc::decode(v) {
-                    *needed.entry(loc.pack).or_default() += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
-                }
-            }
-            for item in catalog.condemned.iter(&rtxn).map_err(|e| catalog.err(e))? {
-                let (_, v) = item.map_err(|e| catalog.err(e))?;
-                if let Some((loc, c)) = decode_condemned(v) {
-                    if !freeable(c) {
-                        report.chunks_held += 1;
-                        *needed.entry(loc.pack).or_default() += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
-                    }
-                }
-            }
-            let mut packs: Vec<PackInfo> = Vec::new();
-            for item in catalog.packs.iter(&rtxn).map_err(|e| catalog.err(e))? {
-                let (_, v) = item.map_err(|e| catalog.err(e))?;
-                if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
-                    packs.push(info);
-                }
-            }
-            (needed, packs)
-        };
+        let (freeable, sessions_running) = self.freeable_now()?;
+        report.sessions_running = sessions_running;
+        let (needed, held, packs) = self.needed_by_pack(&freeable)?;
+        report.chunks_held = held;
         let mut dead_packs = Vec::new();
         let mut repack = Vec::new();
         for info in &packs {
@@ -730,7 +704,8 @@ impl Store {
                 break;
             }
             let need = needed.get(&n).copied().unwrap_or(0);
-            match self.repack_into(n, need, &freeable, &mut out)? {
+            let Some(info) = packs.iter().find(|i| i.number == n) else { continue };
+            match self.repack_into(info, need, &freeable, &mut out, None)? {
                 true => report.packs_repacked += 1,
                 false => report.packs_skipped_damaged += 1,
             }
@@ -760,15 +735,73 @@ impl Store {
         Ok(report)
     }
 
-    /// Copy the records of pack `n` that are still needed into the repack output. Returns
-    /// false (and copies nothing) when a needed record is damaged.
-    fn repack_into(
+    /// Record bytes per pack that must be kept (index entries, and condemned entries not
+    /// `freeable`), how many condemned entries are held, and the pack table.
+    pub(crate) fn needed_by_pack(
         &self,
-        n: u64,
+        freeable: &dyn Fn(u64) -> bool,
+    ) -> Result<(HashMap<u64, u64>, u64, Vec<PackInfo>)> {
+        let catalog = &self.catalog;
+        let rtxn = catalog.read()?;
+        let mut needed: HashMap<u64, u64> = HashMap::new();
+        let mut held = 0;
+        for item in catalog.chunks.iter(&rtxn).map_err(|e| catalog.err(e))? {
+            let (_, v) = item.map_err(|e| catalog.err(e))?;
+            if let Some(loc) = ChunkLoc::decode(v) {
+                *needed.entry(loc.pack).or_default() += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+            }
+        }
+        for item in catalog.condemned.iter(&rtxn).map_err(|e| catalog.err(e))? {
+            let (_, v) = item.map_err(|e| catalog.err(e))?;
+            if let Some((loc, c)) = decode_condemned(v) {
+                if !freeable(c) {
+                    held += 1;
+                    *needed.entry(loc.pack).or_default() += pack::RECORD_HEADER_LEN as u64 + loc.stored_len as u64;
+                }
+            }
+        }
+        Ok((needed, held, self.pack_table_in(&rtxn)?))
+    }
+
+    /// The pack table, in pack-number order.
+    pub(crate) fn pack_table_in(&self, txn: &RoTxn<'_>) -> Result<Vec<PackInfo>> {
+        let catalog = &self.catalog;
+        let mut packs: Vec<PackInfo> = Vec::new();
+        for item in catalog.packs.iter(txn).map_err(|e| catalog.err(e))? {
+            let (_, v) = item.map_err(|e| catalog.err(e))?;
+            if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
+                packs.push(info);
+            }
+        }
+        Ok(packs)
+    }
+
+    /// Which condemned generations may be freed now: those no running backup session can
+    /// still need (see the module docs). Also how many sessions run.
+    pub(crate) fn freeable_now(&self) -> Result<(impl Fn(u64) -> bool + use<>, u64)> {
+        let running = Registration::running(self)?;
+        let oldest_session = running.iter().copied().min().unwrap_or(u64::MAX);
+        Ok((move |condemned_in: u64| condemned_in <= oldest_session, running.len() as u64))
+    }
+
+    /// Whether a backup session is registered now.
+    pub(crate) fn backup_running(&self) -> Result<bool> {
+        Ok(!Registration::running(self)?.is_empty())
+    }
+
+    /// Copy the records of pack `source` that are still needed into the repack output,
+    /// compressing its deferred chunks on the way when `recompress` is given (else they stay
+    /// deferred in the output). Returns false (and copies nothing) when a needed record is
+    /// damaged.
+    pub(crate) fn repack_into(
+        &self,
+        source: &PackInfo,
         needed: u64,
         freeable: &dyn Fn(u64) -> bool,
         out: &mut Option<RepackOut>,
+        mut recompress: Option<&mut Recompressor>,
     ) -> Result<bool> {
+        let n = source.number;
         let path = self.pack_path(n);
         let mut file =
             std::io::BufReader::with_capacity(4 << 20, File::open(&path).map_err(|e| StoreError::io(&path, e))?);
@@ -814,20 +847,21 @@ impl Store {
             if RecordHeader::compute_crc(&h, &payload) != header.crc {
                 return Ok(false);
             }
-            let chunk = EncodedChunk {
-                digest: header.digest,
-                kind: header.kind,
-                codec: header.codec,
-                cipher: header.cipher,
-                raw_len: header.raw_len,
-                payload: std::mem::take(&mut payload),
-                foreign: header.foreign,
-            };
+            let mut chunk = EncodedChunk::from_record(&header, std::mem::take(&mut payload));
+            if source.deferred_bytes > 0 && pack::maybe_deferred(&header) {
+                match recompress.as_deref_mut() {
+                    Some(r) => match r.compress(self.keyring(), &header, chunk) {
+                        Ok(c) => chunk = c,
+                        Err(_) => return Ok(false), // its content does not match its id
+                    },
+                    None => chunk.deferred = true,
+                }
+            }
             let at = o.writer.append(&chunk)?;
             mine.push(Moved {
                 digest: chunk.digest,
                 old: here,
-                new: ChunkLoc { pack: o.writer.number, offset: at.offset, ..here },
+                new: ChunkLoc::at(o.writer.number, at.offset, &chunk.header()),
             });
             found += pack::RECORD_HEADER_LEN as u64 + u64::from(header.stored_len);
             payload = chunk.payload;
@@ -842,11 +876,11 @@ impl Store {
     }
 
     /// Seal a repack output, repoint what moved, drop its source packs. Returns bytes freed.
-    fn finish_repack(&self, o: RepackOut) -> Result<u64> {
+    pub(crate) fn finish_repack(&self, o: RepackOut) -> Result<u64> {
         let number = o.writer.number;
-        let (tmp_path, len, records) = o.writer.seal()?;
+        let sealed = o.writer.seal()?;
         let final_path = self.pack_path(number);
-        std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        std::fs::rename(&sealed.path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
         fsync_dir(&self.root.join("packs"))?;
         self.protect_pack(&final_path);
         let catalog = &self.catalog;
@@ -863,10 +897,9 @@ impl Store {
                 }
             }
         }
-        let info = PackInfo { number, len, records, sealed_unix: now_unix() };
         catalog
             .packs
-            .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&info).expect("pack info serialises"))
+            .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&sealed.info).expect("pack info serialises"))
             .map_err(|e| catalog.err(e))?;
         for (n, _) in &o.sources {
             catalog.packs.delete(&mut wtxn, &pack_key(*n)).map_err(|e| catalog.err(e))?;
@@ -881,7 +914,7 @@ impl Store {
     }
 
     /// Drop condemned entries that no running backup can need, in batches.
-    fn drop_freeable_condemned(&self, freeable: &dyn Fn(u64) -> bool) -> Result<u64> {
+    pub(crate) fn drop_freeable_condemned(&self, freeable: &dyn Fn(u64) -> bool) -> Result<u64> {
         let catalog = &self.catalog;
         let mut dropped = 0;
         let mut last: Option<[u8; 32]> = None;

@@ -92,6 +92,14 @@
 //! the record its checksum: [`Store::find`] refuses a record that fails it, [`Store::list`]
 //! leaves it out and [`Store::list_checked`] names it.
 //!
+//! ## Compression off the critical path
+//! A backup may store data chunks raw ([`ChunkEncoder::deferring`]); each pack's
+//! [`PackInfo::deferred_bytes`] counts those that may compress (not the records: any
+//! rackvault reads them as plain raw records). [`Store::recompress`] later rewrites those
+//! packs with the chunks compressed, in the GC's repack order (see `recompress`). A pack
+//! table rebuilt from packs (reindex, adoption at open) assumes every raw data chunk of the
+//! store's own deferred, so the pass tries each once.
+//!
 //! ## Read-only stores
 //! A store opened with [`StoreOptions::read_only`], or on a read-only filesystem, writes
 //! nothing: no cleanup at open, no format stamp, no `damaged` notes, no lock files on a
@@ -103,7 +111,7 @@
 //! |---|---|---|
 //! | a backup session | `writers.lock` shared, for its lifetime | cleanup must not delete its `tmp/` pack |
 //! | cleanup at open, `reindex`, `repair` | `writers.lock` exclusive, non-blocking for cleanup | they delete or rewrite what writers use |
-//! | a GC | `gc.lock` exclusive (non-blocking: a second GC is refused), `writers.lock` shared | one collector at a time; cleanup at open must not delete its repack pack in `tmp/` |
+//! | a GC, a recompression pass | `gc.lock` exclusive (non-blocking: a second is refused), `writers.lock` shared | one repacker at a time; cleanup at open must not delete its repack pack in `tmp/` |
 //! | `reindex`, `repair` | `gc.lock` exclusive too | they rewrite the index the GC reads |
 //! | a backup session's registration | its own `sessions/*.lock`, exclusive | the GC learns which sessions run, and since which GC generation (see `gc`) |
 //! | LMDB write transactions | LMDB's own writer lock, across processes | one writer at a time |
@@ -122,6 +130,7 @@ mod gc;
 pub mod kv;
 pub mod pack;
 mod readahead;
+mod recompress;
 pub mod recovery;
 mod repair;
 pub mod retention;
@@ -145,6 +154,7 @@ pub use error::{ErrorKind, Result, StoreError};
 pub use gc::{GcOptions, GcProgress, GcReport, DEFAULT_REPACK_THRESHOLD};
 pub use pack::{ChunkEncoder, Codec, EncodedChunk, RecordKind};
 pub use readahead::Readahead;
+pub use recompress::{RecompressOptions, RecompressReport};
 pub use repair::{DroppedRecord, IncompletePoint, RepairReport, RewrittenPack};
 pub use tree::{TreeBuilder, TreeWalker};
 pub use verify::{DamagedRange, PointDamage, ReindexReport, VerifyOptions, VerifyReport};
@@ -1082,15 +1092,7 @@ impl Store {
                 detail: format!("index says chunk {digest} is here, the record holds {}", header.digest),
             });
         }
-        Ok(EncodedChunk {
-            digest: header.digest,
-            kind: header.kind,
-            codec: header.codec,
-            cipher: header.cipher,
-            raw_len: header.raw_len,
-            payload: scratch[pack::RECORD_HEADER_LEN..].to_vec(),
-            foreign: header.foreign,
-        })
+        Ok(EncodedChunk::from_record(&header, scratch[pack::RECORD_HEADER_LEN..].to_vec()))
     }
 
     /// The content of a file captured with a restore point, checked against its digest.
@@ -1230,18 +1232,13 @@ impl Store {
     pub fn usage(&self) -> Result<StoreUsage> {
         let rtxn = self.catalog.read()?;
         let chunks = self.catalog.chunks.len(&rtxn).map_err(|e| self.catalog.err(e))?;
-        let mut pack_bytes = 0;
-        let mut packs = 0;
-        for item in self.catalog.packs.iter(&rtxn).map_err(|e| self.catalog.err(e))? {
-            let (_, v) = item.map_err(|e| self.catalog.err(e))?;
-            if let Ok(info) = serde_json::from_slice::<PackInfo>(v) {
-                pack_bytes += info.len;
-                packs += 1;
-            }
-        }
+        let table = self.pack_table_in(&rtxn)?;
+        let pack_bytes = table.iter().map(|p| p.len).sum();
+        let deferred_bytes = table.iter().map(|p| p.deferred_bytes).sum();
+        let packs = table.len() as u64;
         let index_bytes = std::fs::metadata(self.catalog.path.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
         let points = self.catalog.points.len(&rtxn).map_err(|e| self.catalog.err(e))?;
-        Ok(StoreUsage { chunks, packs, pack_bytes, index_bytes, restore_points: points })
+        Ok(StoreUsage { chunks, packs, pack_bytes, deferred_bytes, index_bytes, restore_points: points })
     }
 }
 
@@ -1270,6 +1267,9 @@ pub struct StoreUsage {
     pub chunks: u64,
     pub packs: u64,
     pub pack_bytes: u64,
+    /// Of `pack_bytes`, data backups stored raw that the recompression pass has yet to
+    /// compress.
+    pub deferred_bytes: u64,
     pub index_bytes: u64,
     pub restore_points: u64,
 }
@@ -1283,6 +1283,8 @@ pub struct SessionStats {
     pub tree_nodes_new: u64,
     /// Bytes appended to packs (headers and payloads).
     pub bytes_written: u64,
+    /// Of those, the bytes of data chunks stored raw for the recompression pass.
+    pub bytes_deferred: u64,
     pub packs_sealed: u64,
     /// Whether pack files were opened with `O_DIRECT` (false where the filesystem refuses
     /// it, e.g. tmpfs); `None` before the first pack.
@@ -1405,6 +1407,9 @@ impl<'s> BackupSession<'s> {
             RecordKind::Manifest | RecordKind::Tombstone => {}
         }
         self.stats.bytes_written += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
+        if chunk.deferred {
+            self.stats.bytes_deferred += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
+        }
         if pack.len() >= self.store.pack_target {
             self.seal()?;
         }
@@ -1415,9 +1420,9 @@ impl<'s> BackupSession<'s> {
     pub(crate) fn seal(&mut self) -> Result<()> {
         let Some(pack) = self.pack.take() else { return Ok(()) };
         let number = pack.number;
-        let (tmp_path, len, records) = pack.seal()?;
+        let sealed = pack.seal()?;
         let final_path = self.store.pack_path(number);
-        std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        std::fs::rename(&sealed.path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
         self.store.failpoints.check("seal.fsync_dir", &final_path)?;
         fsync_dir(&self.store.root.join("packs"))?;
         self.store.protect_pack(&final_path);
@@ -1426,10 +1431,9 @@ impl<'s> BackupSession<'s> {
         for (digest, loc) in self.pending.drain() {
             catalog.index_chunk(&mut wtxn, &digest, &loc)?;
         }
-        let info = PackInfo { number, len, records, sealed_unix: now_unix() };
         catalog
             .packs
-            .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&info).expect("pack info serialises"))
+            .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&sealed.info).expect("pack info serialises"))
             .map_err(|e| catalog.err(e))?;
         wtxn.commit().map_err(|e| catalog.err(e))?;
         self.stats.packs_sealed += 1;

@@ -68,6 +68,7 @@ use std::path::{Path, PathBuf};
 
 use uringio::AlignedBuf;
 
+use crate::catalog::PackInfo;
 use crate::crypto::{Cipher, Keyring};
 use crate::error::{Result, StoreError};
 use crate::Digest;
@@ -140,6 +141,10 @@ pub struct EncodedChunk {
     pub payload: Vec<u8>,
     /// Kept for a replication source whose key this store lacks (see the module docs).
     pub foreign: bool,
+    /// Stored raw for now although it may compress: the recompression pass compresses it
+    /// later (see the crate docs, "Compression off the critical path"). Not written to the
+    /// record: the pack's [`PackInfo::deferred_bytes`](crate::PackInfo) counts it.
+    pub deferred: bool,
 }
 
 impl EncodedChunk {
@@ -158,9 +163,23 @@ impl EncodedChunk {
         }
     }
 
+    /// A record as it was read from a pack (or a replication stream): `payload` as stored.
+    pub fn from_record(header: &RecordHeader, payload: Vec<u8>) -> EncodedChunk {
+        EncodedChunk {
+            digest: header.digest,
+            kind: header.kind,
+            codec: header.codec,
+            cipher: header.cipher,
+            raw_len: header.raw_len,
+            payload,
+            foreign: header.foreign,
+            deferred: false,
+        }
+    }
+
     /// An unencrypted record of `payload` as it is to be stored.
     pub fn plain(digest: Digest, kind: RecordKind, codec: Codec, raw_len: u32, payload: Vec<u8>) -> EncodedChunk {
-        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len, payload, foreign: false }
+        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len, payload, foreign: false, deferred: false }
     }
 
     /// This record sealed with `keys` if it is not sealed yet and the store is encrypted.
@@ -178,12 +197,14 @@ impl EncodedChunk {
 /// Compresses chunks; one per worker thread (it keeps zstd's context between chunks).
 pub struct ChunkEncoder {
     level: Option<i32>,
+    /// Defer the compression of data chunks to the recompression pass.
+    defer: bool,
     compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl std::fmt::Debug for ChunkEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkEncoder").field("level", &self.level).finish()
+        f.debug_struct("ChunkEncoder").field("level", &self.level).field("defer", &self.defer).finish()
     }
 }
 
@@ -192,7 +213,21 @@ impl ChunkEncoder {
     /// not to compress, or when backup speed matters more than space).
     pub fn new(level: Option<i32>) -> ChunkEncoder {
         let compressor = level.map(|l| zstd::bulk::Compressor::new(l).expect("zstd accepts every level in its range"));
-        ChunkEncoder { level, compressor }
+        ChunkEncoder { level, defer: false, compressor }
+    }
+
+    /// An encoder for the backup window: data chunks are stored raw, those that may compress
+    /// marked [`deferred`](EncodedChunk::deferred) for [`Store::recompress`](crate::Store)
+    /// to compress later at the store's level; chunks that look random are stored raw for
+    /// good. Other records (tree nodes, manifests, files) are small and compressed at `level`
+    /// now.
+    pub fn deferring(level: i32) -> ChunkEncoder {
+        ChunkEncoder { defer: true, ..ChunkEncoder::new(Some(level)) }
+    }
+
+    /// Whether data chunks are left for the recompression pass.
+    pub fn defers(&self) -> bool {
+        self.defer
     }
 
     /// Encode `raw` whose digest is already known. Compression must save at least 1/16 of the
@@ -200,15 +235,22 @@ impl ChunkEncoder {
     /// Chunks that look like encrypted or already-compressed data are not even tried: zstd
     /// spends most of a backup's CPU time failing to compress them.
     pub fn encode(&mut self, digest: Digest, kind: RecordKind, raw: &[u8]) -> EncodedChunk {
+        let raw_len = raw.len() as u32;
+        let incompressible = self.compressor.is_none() || looks_incompressible(raw);
+        if self.defer && kind == RecordKind::Data {
+            let mut chunk = EncodedChunk::plain(digest, kind, Codec::Raw, raw_len, raw.to_vec());
+            chunk.deferred = !incompressible;
+            return chunk;
+        }
         let limit = raw.len() - raw.len() / 16;
         let mut out = Vec::with_capacity(limit);
         let compressed = match &mut self.compressor {
-            Some(c) => !looks_incompressible(raw) && c.compress_to_buffer(raw, &mut out).is_ok(),
+            Some(c) => !incompressible && c.compress_to_buffer(raw, &mut out).is_ok(),
             None => false,
         };
         let (codec, payload) =
             if compressed && out.len() < limit { (Codec::Zstd, out) } else { (Codec::Raw, raw.to_vec()) };
-        EncodedChunk { digest, kind, codec, cipher: Cipher::None, raw_len: raw.len() as u32, payload, foreign: false }
+        EncodedChunk::plain(digest, kind, codec, raw_len, payload)
     }
 
     /// [`encode`](ChunkEncoder::encode), then seal the record if `keys` is an encrypted
@@ -216,6 +258,14 @@ impl ChunkEncoder {
     pub fn encode_for(&mut self, keys: &Keyring, digest: Digest, kind: RecordKind, raw: &[u8]) -> Result<EncodedChunk> {
         self.encode(digest, kind, raw).sealed_for(keys)
     }
+}
+
+/// Whether a record found in a pack may be one whose compression was deferred: a raw data
+/// chunk of the store's own. Used where a pack's [`PackInfo`](crate::PackInfo) is rebuilt
+/// from its records alone (the deferral is not written to records); the recompression pass
+/// then tries each such record once, and one that looks random costs only its entropy check.
+pub fn maybe_deferred(header: &RecordHeader) -> bool {
+    header.kind == RecordKind::Data && header.codec == Codec::Raw && !header.foreign
 }
 
 /// Sample windows of a chunk and estimate the entropy of their bytes. Only if every window
@@ -544,6 +594,8 @@ pub struct PackWriter {
     buf: AlignedBuf,
     /// Logical end of the data: `flushed + buf.len()`.
     records: u32,
+    /// Record bytes (header and payload) of deferred chunks appended so far.
+    deferred: u64,
     direct: bool,
 }
 
@@ -555,7 +607,17 @@ impl PackWriter {
             uringio::WriteBehind::new(&file, WRITE_BUF, WRITES_IN_FLIGHT).map_err(|e| StoreError::io(path, e))?;
         let mut buf = writer.take_buffer().map_err(|f| StoreError::io(path, f.error))?;
         buf.extend_from_slice(&encode_pack_header(number, store_id, created, format));
-        Ok(PackWriter { path: path.to_path_buf(), writer, file, number, flushed: 0, buf, records: 0, direct })
+        Ok(PackWriter {
+            path: path.to_path_buf(),
+            writer,
+            file,
+            number,
+            flushed: 0,
+            buf,
+            records: 0,
+            deferred: 0,
+            direct,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -579,6 +641,12 @@ impl PackWriter {
         self.records
     }
 
+    /// Record bytes of the chunks appended [`deferred`](EncodedChunk::deferred), for the
+    /// pack's [`PackInfo::deferred_bytes`](crate::PackInfo).
+    pub fn deferred_bytes(&self) -> u64 {
+        self.deferred
+    }
+
     /// Append one record.
     pub fn append(&mut self, chunk: &EncodedChunk) -> Result<RecordLocation> {
         let offset = self.len();
@@ -588,6 +656,9 @@ impl PackWriter {
         self.put(&header.encode())?;
         self.put(&chunk.payload)?;
         self.records += 1;
+        if chunk.deferred {
+            self.deferred += RECORD_HEADER_LEN as u64 + chunk.payload.len() as u64;
+        }
         Ok(RecordLocation { offset, stored_len: header.stored_len })
     }
 
@@ -612,9 +683,9 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Write the tail (zero-padded to 4 KiB) and make the whole file durable. Returns the
-    /// logical length (end of the last record).
-    pub fn seal(mut self) -> Result<(PathBuf, u64, u32)> {
+    /// Write the tail (zero-padded to 4 KiB) and make the whole file durable. Returns where
+    /// it is and its pack-table entry (its length is the end of the last record).
+    pub fn seal(mut self) -> Result<SealedPack> {
         let logical = self.len();
         if !self.buf.is_empty() {
             self.buf.pad_to_alignment();
@@ -624,8 +695,22 @@ impl PackWriter {
         // Every write must have completed before the fsync that makes them durable.
         self.writer.finish().map_err(|f| StoreError::io(&self.path, f.error))?;
         self.file.sync_all().map_err(|e| StoreError::io(&self.path, e))?;
-        Ok((self.path, logical, self.records))
+        let info = PackInfo {
+            number: self.number,
+            len: logical,
+            records: self.records,
+            sealed_unix: crate::now_unix(),
+            deferred_bytes: self.deferred,
+        };
+        Ok(SealedPack { path: self.path, info })
     }
+}
+
+/// A pack made durable by [`PackWriter::seal`], still at its temporary path.
+#[derive(Debug)]
+pub struct SealedPack {
+    pub path: PathBuf,
+    pub info: PackInfo,
 }
 
 /// Read and check the record at `offset` of `file` (whose path is for messages), decoding its
@@ -949,15 +1034,7 @@ pub fn split_records(buf: &[u8]) -> std::result::Result<(Vec<EncodedChunk>, usiz
         if RecordHeader::compute_crc(h, payload) != header.crc {
             return Err(format!("record {} fails its checksum", header.digest));
         }
-        out.push(EncodedChunk {
-            digest: header.digest,
-            kind: header.kind,
-            codec: header.codec,
-            cipher: header.cipher,
-            raw_len: header.raw_len,
-            payload: payload.to_vec(),
-            foreign: header.foreign,
-        });
+        out.push(EncodedChunk::from_record(&header, payload.to_vec()));
         at += len;
     }
     Ok((out, at))

@@ -202,12 +202,12 @@ impl Store {
     /// Steps 2-3 of the durability order: seal, rename into `packs/`, `fsync` the directory.
     fn finish_pack(&self, writer: PackWriter) -> Result<PackInfo> {
         let number = writer.number;
-        let (tmp_path, len, records) = writer.seal()?;
+        let sealed = writer.seal()?;
         let final_path = self.pack_path(number);
-        std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        std::fs::rename(&sealed.path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
         fsync_dir(&self.root.join("packs"))?;
         self.protect_pack(&final_path);
-        Ok(PackInfo { number, len, records, sealed_unix: now_unix() })
+        Ok(sealed.info)
     }
 
     /// Copy the intact records `entries` of pack `number` into a new pack, then in one
@@ -258,14 +258,12 @@ impl Store {
                 Some(w) => w,
                 None => writer.insert(self.start_pack()?),
             };
+            // A raw chunk may have been deferred (the source's PackInfo says only how much):
+            // the copy stays eligible for the recompression pass.
             let chunk = EncodedChunk {
                 digest: *digest,
-                kind: header.kind,
-                codec: header.codec,
-                cipher: header.cipher,
-                raw_len: header.raw_len,
-                payload: payload.to_vec(),
-                foreign: header.foreign,
+                deferred: pack::maybe_deferred(&header),
+                ..EncodedChunk::from_record(&header, payload.to_vec())
             };
             let at = w.append(&chunk)?;
             kept.push((*digest, ChunkLoc::at(w.number, at.offset, &chunk.header())));

@@ -917,6 +917,7 @@ impl Store {
             }
             let mut end = pack::PACK_HEADER_LEN;
             let mut intact = 0u32;
+            let mut deferred = 0u64;
             for r in &scan.records {
                 if !r.intact {
                     report.damaged_records.push(format!(
@@ -937,8 +938,13 @@ impl Store {
                 }
                 intact += 1;
                 end = r.offset + pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64;
+                // The deferral is not in the records: assume it, so the pass tries them once.
+                if pack::maybe_deferred(&r.header) {
+                    deferred += pack::RECORD_HEADER_LEN as u64 + r.header.stored_len as u64;
+                }
             }
-            let info = PackInfo { number, len: end, records: intact, sealed_unix: now_unix() };
+            let info =
+                PackInfo { number, len: end, records: intact, sealed_unix: now_unix(), deferred_bytes: deferred };
             catalog
                 .packs
                 .put(&mut wtxn, &pack_key(number), &serde_json::to_vec(&info).expect("pack info serialises"))

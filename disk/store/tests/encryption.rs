@@ -351,6 +351,7 @@ fn a_foreign_record_is_never_deduplicated_against_and_a_record_of_the_stores_own
     let garbage = pack::EncodedChunk {
         cipher: Cipher::XChaCha20Poly1305,
         foreign: true,
+        deferred: false,
         ..pack::EncodedChunk::plain(planted, pack::RecordKind::Data, pack::Codec::Raw, CHUNK as u32, vec![7; 64])
     };
     assert!(session.insert(&garbage).unwrap());

@@ -482,6 +482,35 @@ pub fn start_writeback(file: &File) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
+/// Lower the calling thread (only it: Linux applies both to one thread id) to the lowest CPU
+/// priority (nice 19) and the idle I/O class, for background work that must yield to
+/// backups and restores: the store's recompression pass. An unprivileged process cannot
+/// raise it again, so call this on a thread of its own that ends with the work.
+pub fn lower_this_thread_to_background() -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority reads its three integer arguments only; an unknown id yields ESRCH.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid as libc::c_long,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The inode flag that makes a file immutable (`chattr +i`): no write, rename, link or
 /// unlink, even by root, until it is cleared (which needs `CAP_LINUX_IMMUTABLE`).
 const FS_IMMUTABLE_FL: libc::c_int = 0x10;
@@ -616,6 +645,30 @@ mod tests {
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn a_background_thread_runs_at_nice_19_in_the_idle_io_class_and_others_do_not() {
+        fn priorities() -> (i32, i64) {
+            // SAFETY: gettid, getpriority and ioprio_get read integer arguments only.
+            unsafe {
+                let tid = libc::gettid();
+                *libc::__errno_location() = 0;
+                let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                let ioprio = libc::syscall(libc::SYS_ioprio_get, 1 as libc::c_long, tid as libc::c_long);
+                (nice, ioprio)
+            }
+        }
+        let before = priorities();
+        let inside = std::thread::spawn(|| {
+            lower_this_thread_to_background().unwrap();
+            priorities()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside.0, 19);
+        assert_eq!(inside.1 >> 13, 3, "the idle I/O class");
+        assert_eq!(priorities(), before, "the calling thread is untouched");
     }
 
     #[test]

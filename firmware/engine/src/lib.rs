@@ -153,6 +153,9 @@ pub struct BackupOptions {
     pub chunk_size: u32,
     /// zstd level, or `None` to store chunks uncompressed.
     pub zstd_level: Option<i32>,
+    /// Store data chunks raw now and leave their compression (at `zstd_level`) to the
+    /// store's recompression pass, off the backup's critical path (`Store::recompress`).
+    pub defer_compression: bool,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
     /// Label of the disk inside the restore point.
@@ -168,6 +171,7 @@ impl BackupOptions {
             name: name.to_string(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             zstd_level: Some(DEFAULT_ZSTD_LEVEL),
+            defer_compression: true,
             threads: 0,
             disk_label: "disk0".into(),
             immutable_for_s: None,
@@ -185,6 +189,9 @@ pub struct BackupReport {
     pub bytes_logical: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Of `bytes_written`, data stored raw for the recompression pass to compress.
+    #[serde(default)]
+    pub bytes_deferred: u64,
     pub chunks_total: u64,
     pub chunks_new: u64,
     pub chunks_zero: u64,
@@ -326,6 +333,7 @@ pub fn backup_disks(
         bytes_logical: total,
         bytes_read,
         bytes_written: stats.bytes_written,
+        bytes_deferred: stats.bytes_deferred,
         chunks_total,
         chunks_new: stats.chunks_new,
         chunks_zero,
@@ -373,7 +381,10 @@ fn ingest_disk(
                     source,
                     chunk_size: cs,
                     size,
-                    encoder: ChunkEncoder::new(opts.zstd_level),
+                    encoder: match (opts.zstd_level, opts.defer_compression) {
+                        (Some(level), true) => ChunkEncoder::deferring(level),
+                        (level, _) => ChunkEncoder::new(level),
+                    },
                     bufs: Vec::new(),
                 };
                 loop {

@@ -76,9 +76,14 @@ enum Command {
         /// zstd compression level (negative levels are faster).
         #[arg(long, default_value_t = engine::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
         zstd_level: i32,
-        /// Store chunks uncompressed: fastest backup, largest store.
-        #[arg(long, conflicts_with = "zstd_level")]
+        /// Store chunks uncompressed, for good: largest store.
+        #[arg(long, conflicts_with_all = ["zstd_level", "compress_now"])]
         no_compress: bool,
+        /// Compress during the backup. By default data is stored raw, which keeps the
+        /// backup fast, and `rackvault recompress` (or the daemon's nightly maintenance)
+        /// compresses it later at --zstd-level.
+        #[arg(long)]
+        compress_now: bool,
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -266,6 +271,9 @@ enum Command {
     Unpin(store_cmd::PinArgs),
     /// Free the space of chunks no restore point references (safe while backups run).
     Gc(store_cmd::GcArgs),
+    /// Compress what backups stored raw to keep ingest fast (the daemon does this in its
+    /// nightly maintenance; safe while backups run).
+    Recompress(store_cmd::RecompressArgs),
     /// After verify found damage: rewrite damaged packs, drop what is lost, restore damaged
     /// catalog records from their manifests; exit 3 while restore points are incomplete.
     Repair(store_cmd::RepairArgs),
@@ -434,6 +442,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             chunk_size,
             zstd_level,
             no_compress,
+            compress_now,
             threads,
             immutable_for,
             pack_target,
@@ -458,6 +467,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = BackupOptions {
                 chunk_size,
                 zstd_level,
+                defer_compression: !compress_now,
                 threads,
                 immutable_for_s: immutable_for,
                 ..BackupOptions::new(&name)
@@ -487,6 +497,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.chunks_zero,
                     report.io_backend
                 );
+                if report.bytes_deferred > 0 {
+                    println!(
+                        "{} of it stored raw to keep the backup fast: `rackvault recompress --store {}` (the daemon's nightly maintenance) compresses it",
+                        human_bytes(report.bytes_deferred),
+                        store.root().display()
+                    );
+                }
                 if report.disks.len() > 1 || !report.files.is_empty() {
                     for d in &report.disks {
                         println!("  disk {}: {} ({}, {})", d.label, d.source, d.format, human_bytes(d.bytes_logical));
@@ -757,6 +774,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pin(args) => return store_cmd::pin(args, true),
         Command::Unpin(args) => return store_cmd::pin(args, false),
         Command::Gc(args) => return store_cmd::gc(args, interactive),
+        Command::Recompress(args) => return store_cmd::recompress(args, interactive),
         Command::Repair(args) => return store_cmd::repair(args),
         Command::Tape(args) => return tape_cmd::run(args, interactive),
         Command::Serve(args) => return serve_cmd::run(args),

@@ -88,6 +88,18 @@ pub struct GcArgs {
     json: bool,
 }
 
+/// `rackvault recompress`
+#[derive(Args, Debug)]
+pub struct RecompressArgs {
+    #[arg(long)]
+    store: PathBuf,
+    /// zstd level to compress at (negative levels are faster).
+    #[arg(long, default_value_t = engine::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
+    zstd_level: i32,
+    #[arg(long)]
+    json: bool,
+}
+
 /// `rackvault repair`
 #[derive(Args, Debug)]
 pub struct RepairArgs {
@@ -208,6 +220,45 @@ pub fn pin(a: PinArgs, pinned: bool) -> Result<ExitCode> {
     let (name, id) = split_spec(&a.point)?;
     store.set_pinned(&name, id, pinned)?;
     println!("{} {name}@{id}", if pinned { "pinned (protected from prune and delete):" } else { "unpinned:" });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn recompress(a: RecompressArgs, interactive: bool) -> Result<ExitCode> {
+    let store = open_store(&a.store, false)?;
+    let last = std::cell::Cell::new(0u64);
+    let progress = |p: store::GcProgress| {
+        // A line per tenth of the work.
+        if interactive && !a.json && p.total > 0 && (p.done * 10 / p.total > last.get() || p.done == p.total) {
+            last.set(p.done * 10 / p.total);
+            eprintln!("recompress: {} of {}", human_bytes(p.done), human_bytes(p.total));
+        }
+    };
+    let opts = store::RecompressOptions { level: a.zstd_level, yield_to_backups: false };
+    let report = store.recompress(&opts, &progress, &|| false)?;
+    if a.json {
+        print_json(&report)?;
+    } else if report.packs_pending == 0 {
+        println!("nothing to compress: no pack holds data a backup stored raw for later");
+    } else {
+        println!(
+            "recompressed {} pack(s) at zstd level {} in {:.1} s: {} chunk(s) compressed, {} left raw (they do not compress); {} -> {}; store {} -> {}",
+            report.packs_rewritten,
+            report.level,
+            report.duration_s,
+            report.chunks_compressed,
+            report.chunks_left_raw,
+            human_bytes(report.bytes_in),
+            human_bytes(report.bytes_out),
+            human_bytes(report.store_bytes_before),
+            human_bytes(report.store_bytes_after)
+        );
+    }
+    if report.packs_skipped_damaged > 0 {
+        println!(
+            "{} pack(s) with damaged records were left alone; run `rackvault verify`, then `rackvault repair`",
+            report.packs_skipped_damaged
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -332,11 +332,62 @@ impl Appliance {
                 "gc: {} chunk(s) condemned, {} pack(s) deleted, {} rewritten, {} bytes freed ({} held for running backups)",
                 report.chunks_condemned, report.packs_deleted, report.packs_repacked, report.bytes_freed, report.chunks_held
             ));
+            let recompress = (full && !dry_run).then(|| app.recompress_in_background(live)).flatten().map(Box::new);
             crate::points::record_usage(&app.store, &app.env, &app.usage_db);
-            Ok(TaskResult::Upkeep(UpkeepResult { pruned, relief: relieved, gc: report }))
+            Ok(TaskResult::Upkeep(UpkeepResult { pruned, relief: relieved, gc: report, recompress }))
         });
         let kind = if full { TaskKind::Maintenance } else { TaskKind::Gc };
         self.tasks.spawn(kind, "store", user, ("appliance", "store-upkeep"), work)
+    }
+
+    /// The maintenance's last step: compress what backups stored raw, on a thread of the
+    /// lowest CPU and I/O priority, stopping when a backup starts (the next maintenance goes
+    /// on). A failure is logged; the maintenance stands.
+    fn recompress_in_background(&self, live: &Live) -> Option<store::RecompressReport> {
+        let opts = store::RecompressOptions { level: engine::DEFAULT_ZSTD_LEVEL, yield_to_backups: true };
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let (started, last) = (AtomicBool::new(false), AtomicU64::new(0));
+        let progress = |p: store::GcProgress| {
+            if !started.swap(true, Ordering::Relaxed) {
+                engine::Progress::start(live, p.phase, p.total);
+            }
+            engine::Progress::advance(live, p.done.saturating_sub(last.swap(p.done, Ordering::Relaxed)));
+        };
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Err(e) = uringio::lower_this_thread_to_background() {
+                    live.log(&format!("note: recompression runs at normal priority ({e})"));
+                }
+                self.store.recompress(&opts, &progress, &|| live.is_cancelled())
+            })
+            .join()
+        });
+        match result {
+            Ok(Ok(r)) => {
+                if r.packs_pending > 0 {
+                    live.log(&format!(
+                        "recompress: {} pack(s) rewritten, {} chunk(s) compressed at zstd {}, store {} -> {} bytes{}",
+                        r.packs_rewritten,
+                        r.chunks_compressed,
+                        r.level,
+                        r.store_bytes_before,
+                        r.store_bytes_after,
+                        r.stopped_because.as_deref().map(|why| format!(" (stopped: {why})")).unwrap_or_default()
+                    ));
+                }
+                Some(r)
+            }
+            Ok(Err(e)) => {
+                live.log(&format!(
+                    "warning: recompression failed, data stays stored raw until the next maintenance: {e}"
+                ));
+                None
+            }
+            Err(_) => {
+                live.log("warning: recompression stopped unexpectedly; the next maintenance retries");
+                None
+            }
+        }
     }
 
     /// Prunes every job that has a retention policy; returns how many points went.

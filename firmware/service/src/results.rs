@@ -150,6 +150,9 @@ pub struct UpkeepResult {
     pub relief: Option<engine::prune::ReliefReport>,
     /// The garbage collection's report.
     pub gc: store::GcReport,
+    /// Maintenance only: the recompression of what backups stored raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recompress: Option<Box<store::RecompressReport>>,
 }
 
 /// A result as it was recorded, in a form this version does not read. It can only be shown

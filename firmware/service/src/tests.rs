@@ -1392,3 +1392,35 @@ fn a_replicated_point_that_is_incomplete_here_is_refused_with_its_own_kind_and_o
     assert_eq!(app.replica_commit(&token, &point, &other, None).unwrap_err().kind(), ServiceErrorKind::Forbidden);
     assert_eq!(app.replica_commit(&admin(), &point, &origin, None).unwrap_err().kind(), ServiceErrorKind::Forbidden);
 }
+
+#[test]
+fn the_nightly_maintenance_compresses_what_backups_stored_raw_and_logs_it() {
+    let (d, app) = open();
+    let job = lifecycle_job(&app, d.path(), None, None);
+    run_job_to_end(&app, &job);
+    let pending = app.store.usage().unwrap().deferred_bytes;
+    assert!(pending > 0, "a backup stores compressible data raw for later");
+    let before = app.store.usage().unwrap().pack_bytes;
+    let now = now_unix();
+    app.tick(now); // plans the maintenance (03:00 by default)
+    app.tick(now + 2 * 86_400);
+    let t = app
+        .tasks(&admin())
+        .unwrap()
+        .into_iter()
+        .find(|t| t.kind == TaskKind::Maintenance)
+        .expect("the maintenance started");
+    let t = wait(&app, t.id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let Some(TaskResult::Upkeep(r)) = &t.result else { panic!("{t:?}") };
+    let rc = r.recompress.as_ref().expect("the maintenance recompressed");
+    assert!(rc.complete && rc.chunks_compressed > 0 && rc.deferred_bytes_before == pending, "{rc:?}");
+    let after = app.store.usage().unwrap();
+    assert_eq!(after.deferred_bytes, 0);
+    assert!(after.pack_bytes < before, "{before} -> {}", after.pack_bytes);
+    let log = app.task_log(&admin(), t.id, 0).unwrap().0.join("\n");
+    assert!(log.contains("recompress:") && log.contains("chunk(s) compressed"), "{log}");
+    // Every chunk still matches its id.
+    let v = app.store.verify_store(1, &|_| {}).unwrap();
+    assert!(v.is_clean(), "{v:?}");
+}

@@ -14,7 +14,16 @@ pub const CHUNK: usize = 16 << 10;
 /// Store the chunks of `disk` (deduplicated) and build its index tree; returns the root
 /// and height.
 pub fn ingest(session: &mut BackupSession<'_>, disk: &[u64], content: &dyn Fn(u64) -> Vec<u8>) -> (Digest, u8) {
-    let mut enc = ChunkEncoder::new(Some(1));
+    ingest_with(session, disk, content, &mut ChunkEncoder::new(Some(1)))
+}
+
+/// [`ingest`] with the data chunks encoded by `enc`.
+pub fn ingest_with(
+    session: &mut BackupSession<'_>,
+    disk: &[u64],
+    content: &dyn Fn(u64) -> Vec<u8>,
+    enc: &mut ChunkEncoder,
+) -> (Digest, u8) {
     let keys = session.keyring().clone();
     let mut tree = TreeBuilder::with_ids(keys.ids());
     for &id in disk {

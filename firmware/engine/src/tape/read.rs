@@ -371,6 +371,7 @@ pub fn restore_from_tape(
                     raw_len: r.header.raw_len,
                     payload: r.payload.clone(),
                     foreign: false,
+                    deferred: false,
                 })?;
             }
             Sink::Import { session: Box::new(session) }
@@ -466,6 +467,7 @@ pub fn restore_from_tape(
                             raw_len: r.header.raw_len,
                             payload: r.payload,
                             foreign: false,
+                            deferred: false,
                         })?;
                         let n = raw.len() as u64 * targets.len() as u64;
                         progress.advance(n);
