@@ -189,8 +189,9 @@ pub struct BackupReport {
     pub bytes_logical: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    /// Of `bytes_written`, data stored raw for the recompression pass to compress.
-    #[serde(default)]
+    /// Of `bytes_written`, data stored raw for the recompression pass to compress (absent
+    /// when none, as in reports of versions before it).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_deferred: u64,
     pub chunks_total: u64,
     pub chunks_new: u64,
@@ -205,6 +206,10 @@ pub struct BackupReport {
     pub disks: Vec<BackupDiskReport>,
     /// Configuration files captured with the disks.
     pub files: Vec<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 pub fn default_threads(requested: usize) -> usize {
