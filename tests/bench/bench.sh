@@ -9,6 +9,10 @@
 #   SIZE_MIB=256 RUNS=1 tests/bench/bench.sh
 #   TOOL_FILES="tests/bench/rackvault.tool tests/bench/rackvault-no-readahead.tool" DROP_CACHES=1 \
 #     tests/bench/bench.sh                # also restores without the read-ahead, caches dropped
+#   TOOL_FILES="tests/bench/rackvault.tool tests/bench/rackvault-inline.tool" tests/bench/bench.sh
+#                                         # also compressing during the backup (--compress-now)
+#   LOAD=1 tests/bench/bench.sh           # a busy loop takes one core for the whole run
+#   taskset -c 0 tests/bench/bench.sh     # every tool on one core (CPU-count scaling)
 # Needs root for apt-get (restic, borgbackup, b3sum, time) the first time.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +23,12 @@ export RACKVAULT_BENCH_ARGS=${RACKVAULT_BENCH_ARGS:-}
 (cd "$ROOT" && cargo build --release -p rackvault --quiet)
 export RACKVAULT_BIN=$ROOT/target/release/rackvault
 status=0
+if [[ ${LOAD:-0} == 1 ]]; then
+	# One core busy for the whole run, as on an appliance doing other work; stopped by its PID.
+	python3 -c 'while True: pass' &
+	HOG=$!
+	trap 'kill $HOG 2>/dev/null' EXIT
+fi
 TOOL_FILES=${TOOL_FILES:-"$HERE/rackvault.tool"} "$HERE/peer-bench.sh" || status=$?
 python3 - "$RESULTS/results.tsv" <<'PY'
 import csv, statistics as st, sys
@@ -51,6 +61,16 @@ line("restore wall s vs restic", med(rv, "restore", "wall_s"), med("restic", "re
 g_rv, g_re = growth(rv), growth("restic")
 if g_rv is not None and g_re:
     print(f"| store growth from 1% change MiB vs restic | {g_rv/2**20:.1f} | {g_re/2**20:.1f} | {g_re/max(g_rv,1):.2f}x | >= 3x (at most 1/3) | {'yes' if g_rv*3 <= g_re else 'NO'} |")
+inl = "rackvault-inline"
+if med(inl, "backup_full", "wall_s") is not None:
+    line("full backup wall s vs restic, compressing inline", med(inl, "backup_full", "wall_s"), med("restic", "backup_full", "wall_s"), ">= 8x")
+cpu = lambda t: (med(t, "backup_full", "user_s") or 0) + (med(t, "backup_full", "sys_s") or 0)
+if med("borg", "backup_full", "wall_s") is not None:
+    line("full backup CPU-s vs borg", cpu(rv), cpu("borg"), ">= 4x")
+after, inline_size = med(rv, "after", "repo_bytes"), med(inl, "backup_incr", "repo_bytes")
+if after is not None and inline_size:
+    d = (after - inline_size) / inline_size * 100
+    print(f"| store MiB after recompression vs compressed inline | {after/2**20:.1f} | {inline_size/2**20:.1f} | {d:+.2f}% | within 3% | {'yes' if abs(d) <= 3 else 'NO'} |")
 rss = max((float(r["maxrss_kb"]) for r in rows if r["tool"] == rv), default=0) / 1024
 print(f"| peak RSS MiB, any step | {rss:.0f} | | | <= 256 | {'yes' if rss <= 256 else 'NO'} |")
 PY

@@ -6,5 +6,6 @@ TOOL_NAME=rackvault-no-readahead
 TOOL_INIT='true'
 TOOL_BACKUP='"$RACKVAULT_BIN" backup "$SRC" --store "$REPO" --name vm --json $RACKVAULT_BENCH_ARGS'
 TOOL_INCR='"$RACKVAULT_BIN" backup "$SRC" --store "$REPO" --name vm --json $RACKVAULT_BENCH_ARGS'
+TOOL_AFTER='"$RACKVAULT_BIN" recompress --store "$REPO" --json'
 TOOL_RESTORE='"$RACKVAULT_BIN" restore vm --store "$REPO" --to "$DEST/$(basename "$SRC")" --json --no-read-ahead'
 TOOL_VERSION='"$RACKVAULT_BIN" --version'

@@ -793,7 +793,9 @@
     clear(root);
 
     const stats = h('div', { class: 'stats' },
-      stat('Stored on disk', fmtBytes(usage.bytes_stored), 'stat-stored', 'after compression and deduplication'),
+      stat('Stored on disk', fmtBytes(usage.bytes_stored), 'stat-stored', usage.bytes_pending_compression
+        ? `after deduplication; ${fmtBytes(usage.bytes_pending_compression)} of it is compressed by the nightly maintenance`
+        : 'after compression and deduplication'),
       stat('Protected data', fmtBytes(usage.bytes_logical), 'stat-logical', 'the restore points’ full size'),
       stat('Space saving', usage.dedup_ratio ? `${Number(usage.dedup_ratio).toFixed(2)}×` : '—', 'stat-dedup', 'logical ÷ stored'),
       stat('Restore points', usage.restore_points != null ? String(usage.restore_points) : '—', 'stat-points'));

@@ -91,6 +91,10 @@ const BATCH: usize = 32_768;
 /// target is reached long before).
 pub(crate) const REPACK_BATCH: usize = BATCH;
 
+/// Record bytes a repack reads before it writes them out (a recompression compresses them
+/// in parallel meanwhile).
+const REPACK_READ_BATCH: usize = 32 << 20;
+
 /// Packs smaller than an eighth of the target are merged once there are this many.
 const SMALL_PACKS_TO_MERGE: usize = 8;
 
@@ -816,15 +820,17 @@ impl Store {
             *out = Some(RepackOut { writer, moved: Vec::new(), sources: Vec::new() });
         }
         let Some(o) = out.as_mut() else { return Ok(false) };
-        // Records are copied as they are read (memory: one record). If the pack turns out
-        // damaged, what was copied of it stays unreferenced in the output: garbage for the
-        // next GC, while this pack is left for `repair`.
+        // Records are copied in batches of about REPACK_READ_BATCH bytes as they are read (a
+        // recompression compresses a batch's deferred records on all its workers). If the
+        // pack turns out damaged, what was copied of it stays unreferenced in the output:
+        // garbage for the next GC, while this pack is left for `repair`.
         let rtxn = self.catalog.read()?;
         let mut mine: Vec<Moved> = Vec::new();
         let mut found = 0u64;
         let mut offset = pack::PACK_HEADER_LEN;
         let mut h = [0u8; pack::RECORD_HEADER_LEN];
-        let mut payload = Vec::new();
+        let mut batch: Vec<(ChunkLoc, RecordHeader, EncodedChunk)> = Vec::new();
+        let mut batch_bytes = 0usize;
         while offset + pack::RECORD_HEADER_LEN as u64 <= len {
             file.read_exact(&mut h).map_err(|e| StoreError::io(&path, e))?;
             let header = match RecordHeader::decode(&h) {
@@ -832,7 +838,7 @@ impl Store {
                 Ok(None) => break, // padding: the end
                 Err(_) => return Ok(false),
             };
-            payload.resize(header.stored_len as usize, 0);
+            let mut payload = vec![0; header.stored_len as usize];
             if file.read_exact(&mut payload).is_err() {
                 return Ok(false);
             }
@@ -847,24 +853,20 @@ impl Store {
             if RecordHeader::compute_crc(&h, &payload) != header.crc {
                 return Ok(false);
             }
-            let mut chunk = EncodedChunk::from_record(&header, std::mem::take(&mut payload));
-            if source.deferred_bytes > 0 && pack::maybe_deferred(&header) {
-                match recompress.as_deref_mut() {
-                    Some(r) => match r.compress(self.keyring(), &header, chunk) {
-                        Ok(c) => chunk = c,
-                        Err(_) => return Ok(false), // its content does not match its id
-                    },
-                    None => chunk.deferred = true,
-                }
-            }
-            let at = o.writer.append(&chunk)?;
-            mine.push(Moved {
-                digest: chunk.digest,
-                old: here,
-                new: ChunkLoc::at(o.writer.number, at.offset, &chunk.header()),
-            });
             found += pack::RECORD_HEADER_LEN as u64 + u64::from(header.stored_len);
-            payload = chunk.payload;
+            batch_bytes += payload.len();
+            let mut chunk = EncodedChunk::from_record(&header, payload);
+            chunk.deferred = source.deferred_bytes > 0 && pack::maybe_deferred(&header);
+            batch.push((here, header, chunk));
+            if batch_bytes >= REPACK_READ_BATCH {
+                if !self.copy_batch(&mut batch, o, &mut mine, recompress.as_deref_mut())? {
+                    return Ok(false);
+                }
+                batch_bytes = 0;
+            }
+        }
+        if !self.copy_batch(&mut batch, o, &mut mine, recompress)? {
+            return Ok(false);
         }
         if found != needed {
             // Some entry points where the walk did not find its record: leave it to repair.
@@ -872,6 +874,32 @@ impl Store {
         }
         o.moved.extend(mine);
         o.sources.push((n, len));
+        Ok(true)
+    }
+
+    /// Append a batch of records read by [`repack_into`](Store::repack_into) to the output,
+    /// its deferred records compressed first when `recompress` is given (else they stay
+    /// deferred). False when a deferred record's content does not match its id.
+    fn copy_batch(
+        &self,
+        batch: &mut Vec<(ChunkLoc, RecordHeader, EncodedChunk)>,
+        o: &mut RepackOut,
+        mine: &mut Vec<Moved>,
+        recompress: Option<&mut Recompressor>,
+    ) -> Result<bool> {
+        if let Some(r) = recompress {
+            if r.compress_batch(self.keyring(), batch).is_err() {
+                return Ok(false);
+            }
+        }
+        for (here, _, chunk) in batch.drain(..) {
+            let at = o.writer.append(&chunk)?;
+            mine.push(Moved {
+                digest: chunk.digest,
+                old: here,
+                new: ChunkLoc::at(o.writer.number, at.offset, &chunk.header()),
+            });
+        }
         Ok(true)
     }
 

@@ -1034,7 +1034,12 @@ pub fn split_records(buf: &[u8]) -> std::result::Result<(Vec<EncodedChunk>, usiz
         if RecordHeader::compute_crc(h, payload) != header.crc {
             return Err(format!("record {} fails its checksum", header.digest));
         }
-        out.push(EncodedChunk::from_record(&header, payload.to_vec()));
+        // A raw chunk may be one the sender stored raw for later: the receiving store's
+        // recompression pass tries it (the deferral is not in the record).
+        out.push(EncodedChunk {
+            deferred: maybe_deferred(&header),
+            ..EncodedChunk::from_record(&header, payload.to_vec())
+        });
         at += len;
     }
     Ok((out, at))

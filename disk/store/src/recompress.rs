@@ -34,6 +34,7 @@
 //! backup session is registered, leaving the rest for its next run; the daemon also runs it
 //! on a thread of the lowest CPU and I/O priority.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StoreError};
 use crate::gc::{GcProgress, RepackOut};
 use crate::pack::{self, ChunkEncoder, Codec, EncodedChunk, ReadCheck, RecordHeader, RecordKind};
-use crate::{Keyring, Store};
+use crate::{ChunkLoc, Keyring, Store};
 
 /// Tunables of one recompression pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub struct RecompressOptions {
     pub level: i32,
     /// Stop between packs when a backup starts (see the module docs).
     pub yield_to_backups: bool,
+    /// Compressing workers; 0: one per core. (They inherit the calling thread's CPU and I/O
+    /// priority.)
+    pub threads: usize,
 }
 
 /// What a recompression pass did.
@@ -80,50 +84,102 @@ pub struct RecompressReport {
     pub stopped_because: Option<String>,
 }
 
-/// Compresses deferred records during a repack (one per pass).
+/// Compresses deferred records during a repack (one per pass), on `threads` workers.
 pub(crate) struct Recompressor {
-    encoder: ChunkEncoder,
-    plain: Vec<u8>,
+    encoders: Vec<ChunkEncoder>,
+    stats: Counts,
+}
+
+/// What a pass did to the records it compressed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
     chunks_compressed: u64,
     chunks_left_raw: u64,
     bytes_in: u64,
     bytes_out: u64,
 }
 
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.chunks_compressed += o.chunks_compressed;
+        self.chunks_left_raw += o.chunks_left_raw;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+    }
+}
+
+/// Records a worker takes from a batch at a time.
+const GROUP: usize = 4;
+
 impl Recompressor {
-    fn new(level: i32) -> Recompressor {
+    fn new(level: i32, threads: usize) -> Recompressor {
         Recompressor {
-            encoder: ChunkEncoder::new(Some(level)),
-            plain: Vec::new(),
-            chunks_compressed: 0,
-            chunks_left_raw: 0,
-            bytes_in: 0,
-            bytes_out: 0,
+            encoders: (0..threads.max(1)).map(|_| ChunkEncoder::new(Some(level))).collect(),
+            stats: Counts::default(),
         }
     }
 
-    /// The record `chunk` (read from a pack, `header` its header) compressed if that saves
-    /// enough, else unchanged. Its content is checked against its id first; a mismatch is
-    /// an error and nothing is re-encoded.
-    pub(crate) fn compress(
+    /// Compress the deferred records of `batch` (read from a pack: where it was, its header,
+    /// the record) in place, clearing their deferral; the others are left as they are. The
+    /// workers take a few records at a time, so random and text chunks spread evenly.
+    pub(crate) fn compress_batch(
         &mut self,
         keys: &Keyring,
-        header: &RecordHeader,
-        chunk: EncodedChunk,
-    ) -> std::result::Result<EncodedChunk, String> {
-        pack::decode_record(keys, header, &chunk.payload, &mut self.plain, ReadCheck::Digest)?;
-        self.bytes_in += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
-        let encoded = self.encoder.encode(header.digest, RecordKind::Data, &self.plain);
-        let out = if encoded.codec == Codec::Zstd {
-            self.chunks_compressed += 1;
-            encoded.sealed_for(keys).map_err(|e| e.to_string())?
-        } else {
-            self.chunks_left_raw += 1;
-            chunk
-        };
-        self.bytes_out += (pack::RECORD_HEADER_LEN + out.payload.len()) as u64;
-        Ok(out)
+        batch: &mut [(ChunkLoc, RecordHeader, EncodedChunk)],
+    ) -> std::result::Result<(), String> {
+        let groups = Mutex::new(batch.chunks_mut(GROUP));
+        let results: Vec<std::result::Result<Counts, String>> = std::thread::scope(|s| {
+            let workers: Vec<_> = self
+                .encoders
+                .iter_mut()
+                .map(|encoder| {
+                    let groups = &groups;
+                    s.spawn(move || {
+                        let (mut plain, mut counts) = (Vec::new(), Counts::default());
+                        loop {
+                            let Some(group) = groups.lock().map_err(|_| "a worker panicked".to_string())?.next() else {
+                                return Ok(counts);
+                            };
+                            for (_, header, chunk) in group.iter_mut().filter(|(_, _, c)| c.deferred) {
+                                compress_one(encoder, keys, header, chunk, &mut plain, &mut counts)?;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err("a worker panicked".into()))).collect()
+        });
+        for r in results {
+            self.stats.add(r?);
+        }
+        Ok(())
     }
+}
+
+/// Replace the deferred record `chunk` (read from a pack, `header` its header) by its
+/// compressed form if that saves enough, else keep it as it is stored; either way it is no
+/// longer deferred. Its content is checked against its id first; a mismatch is an error and
+/// nothing is re-encoded.
+fn compress_one(
+    encoder: &mut ChunkEncoder,
+    keys: &Keyring,
+    header: &RecordHeader,
+    chunk: &mut EncodedChunk,
+    plain: &mut Vec<u8>,
+    counts: &mut Counts,
+) -> std::result::Result<(), String> {
+    pack::decode_record(keys, header, &chunk.payload, plain, ReadCheck::Digest)?;
+    counts.bytes_in += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
+    let encoded = encoder.encode(header.digest, RecordKind::Data, plain);
+    if encoded.codec == Codec::Zstd {
+        counts.chunks_compressed += 1;
+        *chunk = encoded.sealed_for(keys).map_err(|e| e.to_string())?;
+    } else {
+        counts.chunks_left_raw += 1;
+    }
+    chunk.deferred = false;
+    counts.bytes_out += (pack::RECORD_HEADER_LEN + chunk.payload.len()) as u64;
+    Ok(())
 }
 
 impl Store {
@@ -153,7 +209,11 @@ impl Store {
         let total = report.deferred_bytes_before;
         progress(GcProgress { phase: "recompress", done: 0, total });
 
-        let mut r = Recompressor::new(opts.level);
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let mut r = Recompressor::new(opts.level, threads);
         let mut out: Option<RepackOut> = None;
         let mut done = 0;
         for info in pending {
@@ -202,10 +262,10 @@ impl Store {
         drop(rtxn);
         report.store_bytes_after = after.iter().map(|p| p.len).sum();
         report.deferred_bytes_after = after.iter().map(|p| p.deferred_bytes).sum();
-        report.chunks_compressed = r.chunks_compressed;
-        report.chunks_left_raw = r.chunks_left_raw;
-        report.bytes_in = r.bytes_in;
-        report.bytes_out = r.bytes_out;
+        report.chunks_compressed = r.stats.chunks_compressed;
+        report.chunks_left_raw = r.stats.chunks_left_raw;
+        report.bytes_in = r.stats.bytes_in;
+        report.bytes_out = r.stats.bytes_out;
         report.duration_s = started.elapsed().as_secs_f64();
         Ok(report)
     }

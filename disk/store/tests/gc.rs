@@ -322,22 +322,12 @@ fn gc_crash_child() {
 #[test]
 fn gc_killed_at_random_moments_loses_no_live_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(42);
     let mut deleted_total = 0;
     let iterations = 100;
     for i in 0..iterations {
-        let mut child = std::process::Command::new(&exe)
-            .args(["--exact", "gc_crash_child", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("RV_GC_CHILD_DIR", dir.path())
-            .env("RV_GC_CHILD_SEED", (i + 1).to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20 + rng.below(400)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let env = [("RV_GC_CHILD_DIR", dir.path().display().to_string()), ("RV_GC_CHILD_SEED", (i + 1).to_string())];
+        testkit::kill_child_test_after("gc_crash_child", &env, Duration::from_millis(20 + rng.below(400)));
         let store = open(dir.path());
         for p in store.list().unwrap() {
             let seed: u64 = p.name[2..].parse().unwrap();

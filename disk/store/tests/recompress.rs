@@ -58,7 +58,7 @@ fn deferred(store: &Store, name: &str, disk: &[u64]) -> RestorePoint {
 }
 
 fn recompress(store: &Store) -> store::RecompressReport {
-    store.recompress(&RecompressOptions { level: 1, yield_to_backups: false }, &|_| {}, &|| false).unwrap()
+    store.recompress(&RecompressOptions { level: 1, yield_to_backups: false, threads: 0 }, &|_| {}, &|| false).unwrap()
 }
 
 fn assert_restores(store: &Store, point: &RestorePoint, want: &[u64]) {
@@ -148,8 +148,9 @@ fn a_backup_running_during_the_pass_keeps_every_chunk_it_deduplicated_against() 
     let mut session = store.begin_backup().unwrap();
     let tree = common::ingest_with(&mut session, &second, &chunk_content, &mut ChunkEncoder::deferring(1));
     // Yielding to backups, the pass does nothing while one runs.
-    let yielded =
-        store.recompress(&RecompressOptions { level: 1, yield_to_backups: true }, &|_| {}, &|| false).unwrap();
+    let yielded = store
+        .recompress(&RecompressOptions { level: 1, yield_to_backups: true, threads: 0 }, &|_| {}, &|| false)
+        .unwrap();
     assert!(!yielded.complete && yielded.packs_rewritten == 0, "{yielded:?}");
     assert!(yielded.stopped_because.as_deref().unwrap_or("").contains("backup"), "{yielded:?}");
     let r = recompress(&store);
@@ -241,21 +242,14 @@ fn recompress_crash_child() {
 #[test]
 fn recompression_killed_at_random_moments_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(7);
     let mut compressed_points = 0;
     for i in 0..40 {
-        let mut child = std::process::Command::new(&exe)
-            .args(["--exact", "recompress_crash_child", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("RV_RECOMPRESS_CHILD_DIR", dir.path())
-            .env("RV_RECOMPRESS_CHILD_SEED", (i + 1).to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(30 + rng.below(500)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let env = [
+            ("RV_RECOMPRESS_CHILD_DIR", dir.path().display().to_string()),
+            ("RV_RECOMPRESS_CHILD_SEED", (i + 1).to_string()),
+        ];
+        testkit::kill_child_test_after("recompress_crash_child", &env, Duration::from_millis(30 + rng.below(500)));
         let store = open(dir.path(), Some(key()));
         for p in store.list().unwrap() {
             let seed: u64 = p.name[2..].parse().unwrap();

@@ -115,6 +115,26 @@ fn a_point_replicates_exactly_under_its_namespace_and_a_second_run_sends_nothing
 }
 
 #[test]
+fn raw_data_a_sender_has_not_compressed_yet_is_compressed_by_the_receivers_own_pass() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src, dst) = (open(a.path()), open(b.path()));
+    let img = image(8 << 20, 3);
+    let (p, _) = backup(&src, "vm1", &img);
+    assert!(src.usage().unwrap().deferred_bytes > 0, "the backup left its text raw for later");
+    let r = replicate::replicate(&src, &p, &mut StoreTarget::new(&dst), &opts(), &NoProgress).unwrap();
+    let raw = dst.usage().unwrap();
+    assert!(raw.deferred_bytes > 0, "{raw:?}");
+    let pass = dst
+        .recompress(&store::RecompressOptions { level: 1, yield_to_backups: false, threads: 0 }, &|_| {}, &|| false)
+        .unwrap();
+    assert!(pass.chunks_compressed > 0 && pass.complete, "{pass:?}");
+    let after = dst.usage().unwrap();
+    assert!(after.deferred_bytes == 0 && after.pack_bytes < raw.pack_bytes, "{raw:?} -> {after:?}");
+    assert_eq!(restored(&dst, &r.delivered_as), img);
+    assert!(dst.verify_store(2, &|_| {}).unwrap().is_clean());
+}
+
+#[test]
 fn an_incremental_after_a_one_percent_change_sends_at_most_1_1_times_the_new_chunk_bytes() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (src, dst) = (open(a.path()), open(b.path()));

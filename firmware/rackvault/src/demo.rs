@@ -171,7 +171,7 @@ pub fn run(dir: &Path, size_mib: u64, interactive: bool) -> Result<()> {
 
     // What the daemon's nightly maintenance does: compress what the backups stored raw.
     let rc = store.recompress(
-        &store::RecompressOptions { level: engine::DEFAULT_ZSTD_LEVEL, yield_to_backups: false },
+        &store::RecompressOptions { level: engine::DEFAULT_ZSTD_LEVEL, yield_to_backups: false, threads: 0 },
         &|_| {},
         &|| false,
     )?;

@@ -96,6 +96,9 @@ pub struct RecompressArgs {
     /// zstd level to compress at (negative levels are faster).
     #[arg(long, default_value_t = engine::DEFAULT_ZSTD_LEVEL, allow_negative_numbers = true)]
     zstd_level: i32,
+    /// Compressing threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     #[arg(long)]
     json: bool,
 }
@@ -233,7 +236,7 @@ pub fn recompress(a: RecompressArgs, interactive: bool) -> Result<ExitCode> {
             eprintln!("recompress: {} of {}", human_bytes(p.done), human_bytes(p.total));
         }
     };
-    let opts = store::RecompressOptions { level: a.zstd_level, yield_to_backups: false };
+    let opts = store::RecompressOptions { level: a.zstd_level, yield_to_backups: false, threads: a.threads };
     let report = store.recompress(&opts, &progress, &|| false)?;
     if a.json {
         print_json(&report)?;

@@ -344,7 +344,7 @@ impl Appliance {
     /// lowest CPU and I/O priority, stopping when a backup starts (the next maintenance goes
     /// on). A failure is logged; the maintenance stands.
     fn recompress_in_background(&self, live: &Live) -> Option<store::RecompressReport> {
-        let opts = store::RecompressOptions { level: engine::DEFAULT_ZSTD_LEVEL, yield_to_backups: true };
+        let opts = store::RecompressOptions { level: engine::DEFAULT_ZSTD_LEVEL, yield_to_backups: true, threads: 0 };
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let (started, last) = (AtomicBool::new(false), AtomicU64::new(0));
         let progress = |p: store::GcProgress| {
@@ -410,6 +410,22 @@ impl Appliance {
     fn watermarks(&self) -> (u8, u8) {
         let s = &lock(&self.config).settings;
         (s.capacity_high_pct, s.capacity_low_pct)
+    }
+
+    /// Whether a backup may store its data raw for the nightly maintenance to compress: not
+    /// once the staging tier is above its low watermark, where the extra room raw data takes
+    /// until the night would bring it to the high one sooner.
+    pub(crate) fn defer_compression(&self, live: &Live) -> bool {
+        let (_, low) = self.watermarks();
+        let Ok(cap) = self.store.capacity() else { return true };
+        if cap.used_pct() < f64::from(low) {
+            return true;
+        }
+        live.log(&format!(
+            "the staging tier is {:.1}% full (low watermark {low}%): compressing during the backup",
+            cap.used_pct()
+        ));
+        false
     }
 
     /// Before a backup reads anything: above the high watermark, free what can be freed; if

@@ -88,8 +88,10 @@ impl Appliance {
         let (env, usage_db) = (self.env.clone(), self.usage_db);
         let retry_unit = *crate::lock(&self.tasks.retry_unit);
         let work: tasks::Job = Box::new(move |live: &Live| {
+            let mut defer_compression = true;
             if let Some(app) = me.upgrade() {
                 app.capacity_gate(live)?;
+                defer_compression = app.defer_compression(live);
             }
             let mut attempt = 0;
             loop {
@@ -113,7 +115,11 @@ impl Appliance {
                         .iter()
                         .map(|(label, d)| engine::DiskToBackup { label, source: d.as_ref() })
                         .collect();
-                    let opts = engine::BackupOptions { immutable_for_s, ..engine::BackupOptions::new(&name) };
+                    let opts = engine::BackupOptions {
+                        immutable_for_s,
+                        defer_compression,
+                        ..engine::BackupOptions::new(&name)
+                    };
                     let report = engine::backup_disks(&store, &disks, &opened.files, &opts, live)?;
                     live.log(&format!(
                         "backup complete: restore point {}@{}, {} bytes read, {} written, {} of {} chunks new",

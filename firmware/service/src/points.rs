@@ -10,6 +10,9 @@ use crate::{lock, now_unix, Appliance, CapacityInfo, Principal, Role, ServiceErr
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Usage {
     pub bytes_stored: u64,
+    /// Of `bytes_stored`, data backups stored raw that the nightly maintenance has yet to
+    /// compress.
+    pub bytes_pending_compression: u64,
     pub bytes_logical: u64,
     pub dedup_ratio: f64,
     pub restore_points: u64,
@@ -82,6 +85,7 @@ impl Appliance {
         history.reverse();
         Ok(Usage {
             bytes_stored: stored,
+            bytes_pending_compression: self.store.usage()?.deferred_bytes,
             bytes_logical: logical,
             dedup_ratio: if stored > 0 { logical as f64 / stored as f64 } else { 0.0 },
             restore_points: points,

@@ -1424,3 +1424,16 @@ fn the_nightly_maintenance_compresses_what_backups_stored_raw_and_logs_it() {
     let v = app.store.verify_store(1, &|_| {}).unwrap();
     assert!(v.is_clean(), "{v:?}");
 }
+
+#[test]
+fn above_the_low_watermark_a_backup_compresses_during_the_backup() {
+    let (d, app) = open();
+    let job = lifecycle_job(&app, d.path(), None, None);
+    // Any filesystem in use is above 1%.
+    let s = SettingsInput { capacity_high_pct: Some(99), capacity_low_pct: Some(1), ..settings_input(4, None) };
+    app.put_settings(&admin(), s).unwrap();
+    let t = run_job_to_end(&app, &job);
+    let log = app.task_log(&admin(), t.id, 0).unwrap().0.join("\n");
+    assert!(log.contains("compressing during the backup"), "{log}");
+    assert_eq!(app.store.usage().unwrap().deferred_bytes, 0, "nothing was left raw");
+}

@@ -7,6 +7,8 @@
 //!   directory is removed.
 //! - [`is_root`]: tests that mount filesystems skip (or fail, where peers are required)
 //!   without root.
+//! - [`kill_child_test_after`]: the crash tests' child: this test binary re-run on one
+//!   ignored test, killed with SIGKILL at a chosen moment.
 //! - [`peers`]: the real peers' settings from `tests/peers/start-*.sh` (S3), skipping or
 //!   failing (`RACKVAULT_REQUIRE_PEERS=1`) when one is not running; unique bucket names.
 //!
@@ -92,6 +94,22 @@ impl Drop for ClearImmutable<'_> {
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Run the ignored test `name` of this test binary as a child process with `env` added, and
+/// kill it with SIGKILL after `after` (a crash at that moment); returns once it is reaped.
+pub fn kill_child_test_after(name: &str, env: &[(&str, String)], after: std::time::Duration) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the child test");
+    std::thread::sleep(after);
+    child.kill().expect("SIGKILL the child test");
+    child.wait().expect("reap the child test");
 }
 
 #[cfg(test)]
