@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Direct NFS and Direct SAN ingest, side by side in one run, on the same deterministic VM disk
 # (gen_vmdisk.sh) served by the real peers of tests/peers on loopback:
-#   NFS   libnfs `nfs-cp URL local-file`  vs  `rackvault backup nfs://...` (new store each run)
+#   NFS   libnfs `nfs-cp URL file`, the file on a tmpfs (NFSCP_DIR, default /dev/shm) so that
+#         it pays nothing for the local disk's writeback  vs  `rackvault backup nfs://...`
+#         (new store each run, on disk)
 #   iSCSI libiscsi `iscsi-perf` (sequential READs, 32 in flight, 128 KiB each, for a fixed
 #         time; it reports its average)  vs  `rackvault backup iscsi://...` (new store each run)
 # rackvault runs its whole pipeline: read, hash, zero-skip, store in packs (compression
@@ -57,15 +59,18 @@ LIBNFS_URL="nfs://127.0.0.1/export/bench-vm-$SIZE_MIB.img?nfsport=$RV_NFS_PORT&m
 ISCSI_URL="iscsi://$RV_TGT_DISK_PORTAL/$BENCH_IQN/1"
 BYTES=$((SIZE_MIB << 20))
 TSV=$WORK/results.tsv
+NFSCP_OUT=${NFSCP_DIR:-/dev/shm}/rackvault-bench-nfs-cp.$$
+trap 'rm -f "$NFSCP_OUT"; "${T[@]}" --op delete --force --mode target --tid $BENCH_TID >/dev/null 2>&1 || true' EXIT
 printf 'run\tcontender\tseconds\tMBps\n' >"$TSV"
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 mbps() { awk -v a="$1" -v b="$2" -v n="$BYTES" 'BEGIN { printf "%.0f", n / (b - a) / 1e6 }'; }
 for ((run = 1; run <= RUNS; run++)); do
-	rm -f "$WORK/nfs-cp.out"
-	t0=$(now); nfs-cp "$LIBNFS_URL" "$WORK/nfs-cp.out" >/dev/null; t1=$(now)
+	rm -f "$NFSCP_OUT"
+	t0=$(now); nfs-cp "$LIBNFS_URL" "$NFSCP_OUT" >/dev/null; t1=$(now)
 	printf '%s\tnfs-cp\t%s\t%s\n' "$run" "$(secs "$t0" "$t1")" "$(mbps "$t0" "$t1")" >>"$TSV"
-	rm -f "$WORK/nfs-cp.out"
+	rm -f "$NFSCP_OUT"
+	sync # no contender pays for another's dirty pages
 
 	rm -rf "$WORK/store-nfs"
 	t0=$(now); "$RV" backup "$NFS_URL" --store "$WORK/store-nfs" --name bench --json >"$WORK/nfs-report.json"; t1=$(now)
