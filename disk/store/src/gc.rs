@@ -342,6 +342,18 @@ impl Store {
         Ok(Some(f))
     }
 
+    /// The locks of a pass that repacks (a GC, a recompression; see the crate docs' locking
+    /// table): `gc.lock` exclusive, refused if held, and `writers.lock` shared, like a backup,
+    /// so that cleanup at open does not delete the repack pack in `tmp/`. Held while the
+    /// returned files live.
+    pub(crate) fn repacker_locks(&self) -> Result<(Option<File>, File)> {
+        self.check_writable()?;
+        let gc = self.gc_lock(false)?;
+        let writers = self.writers_lock()?;
+        writers.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        Ok((gc, writers))
+    }
+
     /// Delete the packs a GC dropped from the index but had not deleted yet.
     pub(crate) fn finish_gc_deletions(&self) -> Result<u64> {
         let numbers: Vec<u64> = {
@@ -519,11 +531,7 @@ impl Store {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<GcReport> {
         let started = Instant::now();
-        self.check_writable()?;
-        let _gc = self.gc_lock(false)?;
-        // Shared, like a backup: cleanup at open must not delete our repack pack in tmp/.
-        let writers = self.writers_lock()?;
-        writers.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        let _locks = self.repacker_locks()?;
         if !opts.dry_run {
             self.finish_gc_deletions()?;
         }

@@ -225,11 +225,6 @@ impl ChunkEncoder {
         ChunkEncoder { defer: true, ..ChunkEncoder::new(Some(level)) }
     }
 
-    /// Whether data chunks are left for the recompression pass.
-    pub fn defers(&self) -> bool {
-        self.defer
-    }
-
     /// Encode `raw` whose digest is already known. Compression must save at least 1/16 of the
     /// bytes to be kept; otherwise the chunk is stored raw, which also makes restore cheaper.
     /// Chunks that look like encrypted or already-compressed data are not even tried: zstd

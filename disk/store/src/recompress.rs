@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 use crate::gc::{GcProgress, RepackOut};
 use crate::pack::{self, ChunkEncoder, Codec, EncodedChunk, ReadCheck, RecordHeader, RecordKind};
 use crate::{ChunkLoc, Keyring, Store};
@@ -192,10 +192,7 @@ impl Store {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<RecompressReport> {
         let started = Instant::now();
-        self.check_writable()?;
-        let _gc = self.gc_lock(false)?;
-        let writers = self.writers_lock()?;
-        writers.lock_shared().map_err(|e| StoreError::io(self.root.join("writers.lock"), e))?;
+        let _locks = self.repacker_locks()?;
         self.finish_gc_deletions()?;
         let mut report = RecompressReport { level: opts.level, complete: true, ..Default::default() };
 

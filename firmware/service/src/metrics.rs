@@ -128,7 +128,7 @@ impl Appliance {
             let at = self.counter(format!("job_last_success:{id}").as_bytes());
             let _ = writeln!(out, "rackvault_job_last_success_timestamp_seconds{{job=\"{}\"}} {at}", label(&name));
         }
-        if let Ok((stored, logical, points)) = self.usage_now() {
+        if let Ok(crate::points::UsageNow { stored, logical, points, .. }) = self.usage_now() {
             let _ = write!(
                 out,
                 "# HELP rackvault_store_bytes Bytes in the store's packs.\n# TYPE rackvault_store_bytes gauge\nrackvault_store_bytes {stored}\n\

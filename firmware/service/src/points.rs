@@ -45,16 +45,24 @@ pub struct Dashboard {
     pub alerts: Vec<Alert>,
 }
 
-pub(crate) fn usage_now(store: &Store) -> Result<(u64, u64, u64), ServiceError> {
+/// The store's size now: what the usage view, its samples and the metrics show.
+pub(crate) struct UsageNow {
+    pub(crate) stored: u64,
+    pub(crate) pending_compression: u64,
+    pub(crate) logical: u64,
+    pub(crate) points: u64,
+}
+
+pub(crate) fn usage_now(store: &Store) -> Result<UsageNow, ServiceError> {
     let u = store.usage()?;
     let logical: u64 = store.list()?.iter().map(|p| p.stats.bytes_logical).sum();
-    Ok((u.pack_bytes, logical, u.restore_points))
+    Ok(UsageNow { stored: u.pack_bytes, pending_compression: u.deferred_bytes, logical, points: u.restore_points })
 }
 
 /// Adds a usage sample (after every backup), for the dashboard's chart.
 pub(crate) fn record_usage(store: &Store, env: &KvEnv, db: &KvDb) {
-    let Ok((stored, logical, _)) = usage_now(store) else { return };
-    let s = UsageSample { unix: now_unix(), bytes_stored: stored, bytes_logical: logical };
+    let Ok(u) = usage_now(store) else { return };
+    let s = UsageSample { unix: now_unix(), bytes_stored: u.stored, bytes_logical: u.logical };
     if let Ok(mut wtxn) = env.write() {
         if db.put(&mut wtxn, &s.unix.to_be_bytes(), &serde_json::to_vec(&s).expect("serialises")).is_ok() {
             let _ = wtxn.commit();
@@ -65,13 +73,13 @@ pub(crate) fn record_usage(store: &Store, env: &KvEnv, db: &KvDb) {
 impl Appliance {
     // ---- restore points and usage -----------------------------------------------------------
 
-    pub(crate) fn usage_now(&self) -> Result<(u64, u64, u64), ServiceError> {
+    pub(crate) fn usage_now(&self) -> Result<UsageNow, ServiceError> {
         usage_now(&self.store)
     }
 
     pub fn usage(&self, actor: &Principal) -> Result<Usage, ServiceError> {
         actor.require(Role::Auditor)?;
-        let (stored, logical, points) = self.usage_now()?;
+        let UsageNow { stored, pending_compression, logical, points } = self.usage_now()?;
         let mut history = Vec::new();
         {
             let rtxn = self.env.read()?;
@@ -85,7 +93,7 @@ impl Appliance {
         history.reverse();
         Ok(Usage {
             bytes_stored: stored,
-            bytes_pending_compression: self.store.usage()?.deferred_bytes,
+            bytes_pending_compression: pending_compression,
             bytes_logical: logical,
             dedup_ratio: if stored > 0 { logical as f64 / stored as f64 } else { 0.0 },
             restore_points: points,

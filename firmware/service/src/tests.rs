@@ -1397,6 +1397,10 @@ fn a_replicated_point_that_is_incomplete_here_is_refused_with_its_own_kind_and_o
 fn the_nightly_maintenance_compresses_what_backups_stored_raw_and_logs_it() {
     let (d, app) = open();
     let job = lifecycle_job(&app, d.path(), None, None);
+    // Below the low watermark, whatever the test machine's disk holds (above it a backup
+    // compresses inline: the next test).
+    let s = SettingsInput { capacity_high_pct: Some(99), capacity_low_pct: Some(98), ..settings_input(4, None) };
+    app.put_settings(&admin(), s).unwrap();
     run_job_to_end(&app, &job);
     let pending = app.store.usage().unwrap().deferred_bytes;
     assert!(pending > 0, "a backup stores compressible data raw for later");
